@@ -1,0 +1,41 @@
+"""streambatch: shuffled epochs over datasets larger than RAM, in bounded memory, for PyTorch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .convert import convert
+from .errors import (
+    DataError,
+    InputError,
+    ManifestError,
+    StateError,
+    StreambatchError,
+    TargetExistsError,
+)
+from .manifest import Column, Manifest, load_manifest
+
+__version__ = "0.1.0"
+__all__ = [
+    "convert",
+    "load_manifest",
+    "Manifest",
+    "Column",
+    "StreamDataset",
+    "StreambatchError",
+    "InputError",
+    "ManifestError",
+    "DataError",
+    "StateError",
+    "TargetExistsError",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # torch is imported only where tensors are made, so `streambatch convert` starts fast.
+    if name == "StreamDataset":
+        from .dataset import StreamDataset
+
+        return StreamDataset
+    raise AttributeError(f"module 'streambatch' has no attribute {name!r}")

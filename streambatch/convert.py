@@ -1,0 +1,278 @@
+"""``streambatch convert``: any common dataset into chunked Zarr v3 or Parquet plus a manifest.
+
+::
+
+    source --pieces--> [pre-shuffle: scatter to buckets, shuffle each] --units--> writer
+                 \\--> statistics (one streaming pass)           temp folder --rename--> target
+
+Everything is written into a temporary folder beside the target (``.NAME.sbtmp-PID-XXXX``)
+and renamed into place at the end, manifest last; a crash or Ctrl-C leaves no dataset at the
+target, and a later run removes temporary folders whose process is gone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ._progress import Progress
+from ._sizes import parse_size
+from .errors import InputError, TargetExistsError
+from .manifest import FORMAT_VERSION, Column, Manifest, compute_fingerprint
+from .sources import Source, open_source
+from .stats import ColumnStats, LabelStats
+from .storage import CODECS, STORAGES, open_writer
+
+__all__ = ["convert", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC", "DEFAULT_MEMORY"]
+
+DEFAULT_UNIT_BYTES = 256 * 1024
+DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
+DEFAULT_CODEC = "none"
+DEFAULT_MEMORY = 1024 * 1024 * 1024
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.sbtmp-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temp(target: Path) -> list[Path]:
+    """Remove temporary folders of earlier conversions to ``target`` whose process is gone."""
+    removed = []
+    parent = target.parent
+    if not parent.is_dir():
+        return removed
+    for p in parent.iterdir():
+        m = _TMP_RE.match(p.name)
+        if m and m.group("name") == target.name and not _pid_alive(int(m.group("pid"))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _stage_units(pieces: Iterator[dict[str, np.ndarray]], unit_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """Re-cut pieces of any size into units of exactly ``unit_rows`` rows (the last may be short)."""
+    pending: list[dict[str, np.ndarray]] = []
+    have = 0
+    for piece in pieces:
+        n = len(next(iter(piece.values())))
+        lo = 0
+        if have:
+            take = min(unit_rows - have, n)
+            pending.append({k: v[:take] for k, v in piece.items()})
+            have += take
+            lo = take
+            if have == unit_rows:
+                yield {k: np.concatenate([p[k] for p in pending]) for k in piece}
+                pending, have = [], 0
+        while n - lo >= unit_rows:
+            yield {k: v[lo:lo + unit_rows] for k, v in piece.items()}
+            lo += unit_rows
+        if lo < n:
+            pending.append({k: v[lo:] for k, v in piece.items()})
+            have += n - lo
+    if have:
+        keys = pending[0].keys()
+        yield {k: np.concatenate([p[k] for p in pending]) for k in keys}
+
+
+def _shuffled_pieces(source: Source, names: tuple[str, ...], cols: tuple[Column, ...], seed: int,
+                     memory: int, piece_rows: int, workdir: Path) -> Iterator[dict[str, np.ndarray]]:
+    """Out-of-core uniform shuffle: scatter rows at random into buckets on disk, then shuffle each.
+
+    A row's bucket is uniform and independent, and each bucket is permuted uniformly, so the
+    output is a uniformly random permutation of the input.  Buckets are sized to a quarter of
+    ``memory`` on average.
+    """
+    row_bytes = sum(c.row_nbytes for c in cols)
+    n_buckets = max(1, math.ceil(source.rows * row_bytes / max(1, memory // 4)))
+    if n_buckets > 2000:
+        raise InputError(f"{source.path}: --memory {memory} bytes is too small to pre-shuffle "
+                         f"{source.rows * row_bytes} bytes; give at least {source.rows * row_bytes // 2000 * 4} bytes")
+    workdir.mkdir()
+    rng = np.random.default_rng((seed, 0x5348, 1))
+    files = {(b, c.name): open(workdir / f"{b}-{c.name}.bin", "wb") for b in range(n_buckets) for c in cols}
+    sizes = np.zeros(n_buckets, np.int64)
+    try:
+        for piece in source.pieces(piece_rows, names):
+            n = len(piece[names[0]])
+            bucket = rng.integers(0, n_buckets, size=n)
+            order = np.argsort(bucket, kind="stable")
+            counts = np.bincount(bucket, minlength=n_buckets)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            for c in cols:
+                arr = np.ascontiguousarray(piece[c.name][order], dtype=c.np_dtype)
+                for b in np.flatnonzero(counts):
+                    files[(b, c.name)].write(memoryview(arr[bounds[b]:bounds[b + 1]]).cast("B"))
+            sizes += counts
+    finally:
+        for f in files.values():
+            f.close()
+    for b in range(n_buckets):
+        perm = np.random.default_rng((seed, 0x5348, 2, b)).permutation(int(sizes[b]))
+        data = {}
+        for c in cols:
+            path = workdir / f"{b}-{c.name}.bin"
+            data[c.name] = np.fromfile(path, dtype=c.np_dtype).reshape(int(sizes[b]), *c.shape)[perm]
+            path.unlink()
+        for lo in range(0, int(sizes[b]), piece_rows):
+            yield {k: v[lo:lo + piece_rows] for k, v in data.items()}
+    workdir.rmdir()
+
+
+def _plan(source: Source, cols: tuple[Column, ...], unit_rows: int, shard_bytes: int, fmt: str,
+          codec: str) -> dict[str, Any]:
+    row_bytes = sum(c.row_nbytes for c in cols)
+    units = -(-source.rows // unit_rows)
+    unit_bytes = unit_rows * row_bytes
+    units_per_shard = max(1, min(units, shard_bytes // max(1, unit_rows * max(c.row_nbytes for c in cols))))
+    return {
+        "source": str(source.path), "source_format": source.format, "format": fmt, "codec": codec,
+        "rows": source.rows, "columns": [c.to_json() for c in cols], "row_bytes": row_bytes,
+        "unit_rows": unit_rows, "unit_bytes": unit_bytes, "units": units,
+        "shards": -(-units // units_per_shard) if fmt == "zarr" else max(1, math.ceil(units * unit_bytes / shard_bytes)),
+        "bytes": source.rows * row_bytes,
+    }
+
+
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str = "zarr", *,
+            columns: list[str] | None = None, label: str | None = None, unit_rows: int | None = None,
+            unit_bytes: int | str | None = None, shard_bytes: int | str = DEFAULT_SHARD_BYTES,
+            codec: str = DEFAULT_CODEC, shuffle: int | None = None, memory: int | str = DEFAULT_MEMORY,
+            overwrite: bool = False, dry_run: bool = False, source_format: str | None = None,
+            progress: bool | None = None) -> Manifest | dict[str, Any]:
+    """Convert ``src`` into a streambatch dataset at ``dst`` and return its ``Manifest``.
+
+    Args:
+        src: an .npy file or folder of .npy files (one column each), .npz, Parquet file or
+            folder, CSV, JSON Lines, Arrow IPC / Feather, HDF5, or a Zarr v2/v3 store.
+        dst: the dataset folder to create.
+        format: ``"zarr"`` (sharded Zarr v3) or ``"parquet"``.
+        columns: the columns to keep (all by default).
+        label: an integer column to histogram; its intra-unit correlation predicts shuffle quality.
+        unit_rows / unit_bytes: the shuffle unit size (rows, or decoded bytes; default 256 KiB).
+        shard_bytes: the file size (Zarr shard, Parquet file); default 128 MiB.
+        codec: ``"none"``, ``"lz4"`` or ``"zstd"``.
+        shuffle: a seed: write the rows in a uniformly random order (out-of-core, two passes).
+        memory: the converter's memory budget (default 1 GiB).
+        overwrite: replace an existing ``dst``.
+        dry_run: only return the plan (rows, units, shards, sizes) as a dict.
+        source_format: force the input format instead of detecting it from the path.
+        progress: draw a progress bar (default: when stderr is a terminal).
+
+    Raises:
+        InputError: the input is missing, empty, ragged, of different column lengths, of an
+            unsupported dtype, has duplicate column names or NaN labels.
+        TargetExistsError: ``dst`` exists and ``overwrite`` is false.
+        ValueError: an unknown format or codec, or a bad size.
+    """
+    if format not in STORAGES:
+        raise ValueError(f"unknown output format {format!r}; choose one of {', '.join(STORAGES)}")
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    memory_b = parse_size(memory, "memory")
+    shard_b = parse_size(shard_bytes, "shard bytes")
+    source = open_source(src, source_format)
+    names = tuple(columns) if columns else tuple(c.name for c in source.columns)
+    by_name = {c.name: c for c in source.columns}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise InputError(f"{source.path}: no column(s) {unknown}; columns are {list(by_name)}")
+    if len(set(names)) != len(names):
+        raise InputError(f"{source.path}: column list names a column twice: {list(names)}")
+    cols = tuple(by_name[n] for n in names)
+    if label is not None and label not in names:
+        raise InputError(f"{source.path}: label column {label!r} is not among the columns {list(names)}")
+    row_bytes = sum(c.row_nbytes for c in cols)
+    if unit_rows is None:
+        ub = parse_size(unit_bytes, "unit bytes") if unit_bytes is not None else DEFAULT_UNIT_BYTES
+        unit_rows = max(1, ub // max(1, row_bytes))
+    if unit_rows <= 0:
+        raise ValueError(f"unit rows must be positive, got {unit_rows}")
+    unit_rows = min(unit_rows, source.rows)
+    plan = _plan(source, cols, unit_rows, shard_b, format, codec)
+    if dry_run:
+        return plan
+
+    target = Path(dst)
+    if target.exists() and not overwrite:
+        raise TargetExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(target)
+    tmp = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    writer = None
+    try:
+        piece_rows = max(1, memory_b // 16 // max(1, row_bytes))
+        if shuffle is not None:
+            pieces = _shuffled_pieces(source, names, cols, int(shuffle), memory_b, piece_rows, tmp / ".buckets")
+        else:
+            pieces = source.pieces(piece_rows, names)
+        stats = {c.name: ColumnStats(c) for c in cols}
+        lstats = LabelStats(by_name[label]) if label is not None else None
+        writer = open_writer(format, tmp, cols, source.rows, unit_rows, shard_b, codec)
+
+        def counted(it: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+            for piece in it:
+                for c in cols:
+                    stats[c.name].update(piece[c.name])
+                if lstats is not None:
+                    lstats.check(piece[lstats.col.name], str(source.path))
+                yield piece
+
+        written = 0
+        with Progress(source.rows, f"convert {source.path.name}", row_bytes, enabled=progress) as bar:
+            for unit in _stage_units(counted(pieces), unit_rows):
+                writer.write_unit(unit)
+                if lstats is not None:
+                    lstats.update_unit(unit[lstats.col.name])
+                n = len(unit[names[0]])
+                written += n
+                bar.update(n)
+        if written != source.rows:
+            raise InputError(f"{source.path}: read {written} rows, expected {source.rows} (input changed?)")
+        files, layout, stored, checksums = writer.finish()
+        writer = None
+        urows = np.full(-(-written // unit_rows), unit_rows, np.int64)
+        urows[-1] = written - unit_rows * (len(urows) - 1)
+        col_stats: dict[str, Any] = {n: s.to_json() for n, s in stats.items()}
+        if lstats is not None:
+            col_stats[lstats.col.name]["histogram"] = lstats.to_json()
+        manifest = Manifest(
+            root=target, storage=format, rows=written, columns=cols,
+            unit_start=np.concatenate([[0], np.cumsum(urows)[:-1]]).astype(np.int64), unit_rows=urows,
+            unit_stored_nbytes=np.asarray(stored, np.int64), codec=codec,
+            files=tuple(files), layout=layout, stats=col_stats, label=label,
+            fingerprint=compute_fingerprint(cols, written, checksums),
+            source={"path": str(Path(src).resolve()), "format": source.format},
+            options={"unit_rows": unit_rows, "shard_bytes": shard_b, "codec": codec, "shuffle": shuffle,
+                     "memory": memory_b, "columns": list(names)},
+            version=FORMAT_VERSION,
+        )
+        manifest.write(tmp)
+        if target.exists():
+            old = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        return manifest
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

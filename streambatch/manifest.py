@@ -1,0 +1,321 @@
+"""The dataset manifest: one versioned JSON file, written last, that describes a dataset.
+
+A dataset is a folder holding the data (a Zarr v3 group or Parquet files) and
+``streambatch.json``.  The manifest lists the schema, the shuffle units (row ranges and
+where their bytes are), per-column statistics, checksums and how the dataset was made.
+Nothing in it is pickled; every path in it is relative to the dataset folder and is
+checked to stay inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ManifestError
+
+__all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "Column", "Manifest", "load_manifest"]
+
+MANIFEST_NAME = "_streambatch.json"
+FORMAT_VERSION = 1
+_MAX_ROWS = 1 << 48
+_MAX_ROW_BYTES = 1 << 32
+_SUPPORTED_DTYPES = frozenset(
+    "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split()
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: a numpy dtype name and the fixed shape of one row's value (``()`` for scalars).
+
+    ``kind`` is ``"fixed"`` for every column today; variable-length kinds (token lists,
+    strings, encoded images) will add other values without changing existing manifests.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] = ()
+    kind: str = "fixed"
+
+    @property
+    def np_dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.dtype)
+
+    @property
+    def row_items(self) -> int:
+        return int(math.prod(self.shape))
+
+    @property
+    def row_nbytes(self) -> int:
+        return self.row_items * self.np_dtype.itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "kind": self.kind}
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """A loaded, validated manifest.  ``root`` is the dataset folder.
+
+    ``unit_start[i]`` and ``unit_rows[i]`` give the rows of shuffle unit ``i``;
+    ``layout`` holds the storage-specific locations (see ``streambatch.storage``) as
+    int64 arrays, one entry per unit.
+    """
+
+    root: Path
+    storage: str
+    rows: int
+    columns: tuple[Column, ...]
+    unit_start: NDArray[np.int64]
+    unit_rows: NDArray[np.int64]
+    unit_stored_nbytes: NDArray[np.int64]
+    codec: str
+    files: tuple[str, ...]
+    layout: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    fingerprint: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+    @property
+    def n_units(self) -> int:
+        return int(self.unit_rows.shape[0])
+
+    @property
+    def row_nbytes(self) -> int:
+        """Decoded bytes of one row over all columns."""
+        return sum(c.row_nbytes for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.root}: no column {name!r}; columns are {[c.name for c in self.columns]}")
+
+    def select(self, names: list[str] | tuple[str, ...] | None) -> tuple[Column, ...]:
+        """The columns named (all if ``None``); ``ValueError`` naming an unknown one."""
+        if names is None:
+            return self.columns
+        known = {c.name: c for c in self.columns}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ValueError(f"{self.root}: unknown column(s) {missing}; columns are {list(known)}")
+        return tuple(known[n] for n in names)
+
+    def path_of(self, file_index: int) -> Path:
+        return self.root / self.files[file_index]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "streambatch",
+            "version": self.version,
+            "storage": self.storage,
+            "rows": self.rows,
+            "columns": [c.to_json() for c in self.columns],
+            "codec": self.codec,
+            "label": self.label,
+            "files": list(self.files),
+            "units": {
+                "start": self.unit_start.tolist(),
+                "rows": self.unit_rows.tolist(),
+                "stored_nbytes": self.unit_stored_nbytes.tolist(),
+            },
+            "layout": _layout_to_json(self.layout),
+            "stats": self.stats,
+            "fingerprint": self.fingerprint,
+            "source": self.source,
+            "options": self.options,
+        }
+
+    def write(self, folder: Path) -> None:
+        """Write the manifest into ``folder`` (atomically, via a temporary file)."""
+        path = Path(folder) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, separators=(",", ":"), allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def compute_fingerprint(columns: tuple[Column, ...], rows: int, checksums: list[int]) -> str:
+    """Content fingerprint: schema, row count and every unit checksum, hashed."""
+    h = hashlib.sha256()
+    h.update(json.dumps([c.to_json() for c in columns], sort_keys=True).encode())
+    h.update(str(rows).encode())
+    h.update(np.asarray(checksums, dtype=np.uint64).tobytes())
+    return h.hexdigest()[:32]
+
+
+def _layout_to_json(layout: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in layout.items():
+        if isinstance(v, np.ndarray):
+            out[k] = v.tolist()
+        elif isinstance(v, dict):
+            out[k] = _layout_to_json(v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _need(obj: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, Mapping) or key not in obj:
+        raise ManifestError(f"{where}: missing field {key!r}")
+    val = obj[key]
+    if isinstance(val, bool) and typ is not bool and (typ is int or (isinstance(typ, tuple) and bool not in typ)):
+        raise ManifestError(f"{where}: field {key!r} must be {_tname(typ)}, got {type(val).__name__}")
+    if not isinstance(val, typ):
+        raise ManifestError(f"{where}: field {key!r} must be {_tname(typ)}, got {type(val).__name__}")
+    return val
+
+
+def _tname(typ: type | tuple[type, ...]) -> str:
+    if isinstance(typ, tuple):
+        return " or ".join(t.__name__ for t in typ)
+    return typ.__name__
+
+
+def int_array(value: Any, n: int | None, where: str, *, lo: int = 0, hi: int = 1 << 62) -> NDArray[np.int64]:
+    """Validate a JSON list of ints (length ``n`` if given, each in ``[lo, hi]``) into int64."""
+    if not isinstance(value, list) or not all(type(v) is int for v in value):
+        raise ManifestError(f"{where}: expected a list of integers")
+    if n is not None and len(value) != n:
+        raise ManifestError(f"{where}: expected {n} entries, found {len(value)}")
+    if any(v < lo or v > hi for v in value):
+        raise ManifestError(f"{where}: values must lie in [{lo}, {hi}]")
+    return np.asarray(value, dtype=np.int64).reshape(len(value))
+
+
+def safe_relpath(root: Path, rel: Any, where: str) -> str:
+    """Check that ``rel`` is a relative path that stays inside ``root``; return it."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise ManifestError(f"{where}: file path must be a non-empty string")
+    p = Path(rel)
+    if p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or ":" in rel:
+        raise ManifestError(f"{where}: file path {rel!r} leaves the dataset folder")
+    return rel
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate the manifest of the dataset at ``path`` (the folder or the JSON file).
+
+    Raises ``ManifestError`` naming the file and field for anything missing, of the wrong
+    type, out of range or pointing outside the dataset folder; nothing else escapes.
+    """
+    p = Path(path)
+    root = p.parent if p.name == MANIFEST_NAME else p
+    mpath = root / MANIFEST_NAME
+    where = str(mpath)
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read(256 * 1024 * 1024 + 1)
+    except FileNotFoundError:
+        if not root.exists():
+            raise ManifestError(f"{root}: no such dataset") from None
+        raise ManifestError(f"{mpath}: manifest missing; is {root} a streambatch dataset "
+                            "(made by `streambatch convert`)?") from None
+    except OSError as e:
+        raise ManifestError(f"{mpath}: cannot read manifest: {e.strerror or e}") from None
+    if len(raw) > 256 * 1024 * 1024:
+        raise ManifestError(f"{where}: manifest larger than 256 MiB")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{where}: not valid JSON ({e})") from None
+    try:
+        return _parse(root, doc, where)
+    except ManifestError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:  # pragma: no cover - safety net
+        raise ManifestError(f"{where}: inconsistent manifest ({type(e).__name__}: {e})") from None
+
+
+def _parse(root: Path, doc: Any, where: str) -> Manifest:
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{where}: top level must be a JSON object")
+    if doc.get("format") != "streambatch":
+        raise ManifestError(f"{where}: not a streambatch manifest (field 'format' is {doc.get('format')!r})")
+    version = _need(doc, "version", int, where)
+    if version != FORMAT_VERSION:
+        raise ManifestError(f"{where}: format version {version} is not supported (this streambatch "
+                            f"reads version {FORMAT_VERSION}); upgrade streambatch or re-convert")
+    storage = _need(doc, "storage", str, where)
+    if storage not in ("zarr", "parquet"):
+        raise ManifestError(f"{where}: unknown storage {storage!r}")
+    rows = _need(doc, "rows", int, where)
+    if not 0 < rows <= _MAX_ROWS:
+        raise ManifestError(f"{where}: row count {rows} out of range")
+    cols_doc = _need(doc, "columns", list, where)
+    if not cols_doc:
+        raise ManifestError(f"{where}: no columns")
+    columns = []
+    seen: set[str] = set()
+    for i, c in enumerate(cols_doc):
+        cw = f"{where}: column {i}"
+        name = _need(c, "name", str, cw)
+        if not name or name in seen or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
+            raise ManifestError(f"{cw}: bad or duplicate name {name!r}")
+        seen.add(name)
+        dtype = _need(c, "dtype", str, cw)
+        if dtype not in _SUPPORTED_DTYPES:
+            raise ManifestError(f"{cw} ({name}): unsupported dtype {dtype!r}")
+        shape_doc = _need(c, "shape", list, cw)
+        if not all(type(d) is int and 0 < d <= _MAX_ROW_BYTES for d in shape_doc) or len(shape_doc) > 8:
+            raise ManifestError(f"{cw} ({name}): bad shape {shape_doc!r}")
+        col = Column(name, dtype, tuple(shape_doc), str(c.get("kind", "fixed")))
+        if col.kind != "fixed":
+            raise ManifestError(f"{cw} ({name}): column kind {col.kind!r} is not supported by this version")
+        if col.row_nbytes > _MAX_ROW_BYTES:
+            raise ManifestError(f"{cw} ({name}): {col.row_nbytes} bytes per row is absurd")
+        columns.append(col)
+    files = tuple(safe_relpath(root, f, f"{where}: files[{i}]")
+                  for i, f in enumerate(_need(doc, "files", list, where)))
+    units = _need(doc, "units", dict, where)
+    n_start = _need(units, "start", list, f"{where}: units")
+    n = len(n_start)
+    if n == 0:
+        raise ManifestError(f"{where}: no shuffle units")
+    start = int_array(n_start, None, f"{where}: units.start", hi=rows)
+    urows = int_array(_need(units, "rows", list, f"{where}: units"), n, f"{where}: units.rows", lo=1, hi=rows)
+    stored = int_array(_need(units, "stored_nbytes", list, f"{where}: units"), n,
+                       f"{where}: units.stored_nbytes", hi=1 << 40)
+    expect = np.concatenate([[0], np.cumsum(urows)[:-1]])
+    if not np.array_equal(start, expect) or int(urows.sum()) != rows:
+        raise ManifestError(f"{where}: units do not tile rows 0..{rows} contiguously")
+    codec = _need(doc, "codec", str, where)
+    label = doc.get("label")
+    if label is not None and label not in seen:
+        raise ManifestError(f"{where}: label column {label!r} is not a column")
+    layout = _need(doc, "layout", dict, where)
+    from .storage import validate_layout  # local: storage imports this module
+
+    checked = validate_layout(storage, layout, n, len(files), tuple(columns), codec, where)
+    stats = doc.get("stats", {})
+    if not isinstance(stats, dict):
+        raise ManifestError(f"{where}: field 'stats' must be an object")
+    fp = doc.get("fingerprint", "")
+    if not isinstance(fp, str):
+        raise ManifestError(f"{where}: field 'fingerprint' must be a string")
+    return Manifest(
+        root=root, storage=storage, rows=rows, columns=tuple(columns), unit_start=start,
+        unit_rows=urows, unit_stored_nbytes=stored, codec=codec, files=files, layout=checked,
+        stats=stats, label=label, fingerprint=fp,
+        source=doc.get("source", {}) if isinstance(doc.get("source", {}), dict) else {},
+        options=doc.get("options", {}) if isinstance(doc.get("options", {}), dict) else {},
+        version=version,
+    )

@@ -1,0 +1,437 @@
+"""Input formats for ``streambatch convert``: each read in pieces, never whole.
+
+A ``Source`` knows its columns and row count before any data is read and yields
+``pieces(max_rows)``: dicts of numpy arrays, at most ``max_rows`` rows each, in row order.
+Detection is by path (``detect_format``) or forced with ``--from``.  Every problem is an
+``InputError`` naming the file and the column (or row) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import InputError
+from .manifest import Column
+
+__all__ = ["Source", "SOURCE_FORMATS", "detect_format", "open_source"]
+
+_EXT = {
+    ".npy": "npy", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".arrow": "arrow", ".feather": "arrow", ".ipc": "arrow",
+    ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".zarr": "zarr",
+}
+SOURCE_FORMATS = ("npy", "npz", "parquet", "csv", "jsonl", "arrow", "hdf5", "zarr")
+
+
+@dataclass
+class Source:
+    """A readable input: its path, columns, row count and a piece iterator."""
+
+    path: Path
+    format: str
+    columns: tuple[Column, ...]
+    rows: int
+    _pieces: Callable[[int, tuple[str, ...]], Iterator[dict[str, np.ndarray]]] = field(repr=False)
+    nbytes: int = 0
+
+    def pieces(self, max_rows: int, names: tuple[str, ...] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield the rows in order, ``max_rows`` at most per piece, for columns ``names``."""
+        yield from self._pieces(max(1, max_rows), names or tuple(c.name for c in self.columns))
+
+
+def detect_format(path: Path) -> str:
+    """The input format of ``path`` by its extension or folder contents; ``InputError`` if unknown."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    ext = path.suffix.lower()
+    if path.is_dir():
+        if (path / "zarr.json").exists() or (path / ".zgroup").exists() or (path / ".zarray").exists():
+            return "zarr"
+        kinds = {_EXT.get(p.suffix.lower()) for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
+        kinds.discard(None)
+        if kinds == {"npy"}:
+            return "npy"
+        if kinds == {"parquet"}:
+            return "parquet"
+        raise InputError(f"{path}: cannot tell the input format of this folder (expected .npy files, "
+                         "Parquet files or a Zarr store); pass --from")
+    if ext in _EXT:
+        return _EXT[ext]
+    raise InputError(f"{path}: unknown file extension {ext!r}; pass --from with one of {', '.join(SOURCE_FORMATS)}")
+
+
+def _check_dtype(dt: np.dtype[Any], where: str) -> str:
+    if dt.kind in "biuf" and dt.itemsize <= 8 and dt.fields is None:
+        return np.dtype(dt).newbyteorder("=").name
+    what = {"O": "object", "c": "complex", "U": "string", "S": "bytes", "M": "datetime", "m": "timedelta",
+            "V": "structured/void"}.get(dt.kind, str(dt))
+    raise InputError(f"{where}: unsupported dtype {dt} ({what}); streambatch stores numeric and bool columns")
+
+
+def _check_names(names: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise InputError(f"{where}: duplicate column name {n!r}")
+        if not n or "/" in n or "\\" in n or n.startswith(".") or "\x00" in n:
+            raise InputError(f"{where}: column name {n!r} cannot be stored (empty, or has '/' or a leading '.')")
+        seen.add(n)
+
+
+def _equal_lengths(lengths: dict[str, int], where: str) -> int:
+    if not lengths:
+        raise InputError(f"{where}: no columns found")
+    vals = set(lengths.values())
+    if len(vals) > 1:
+        desc = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise InputError(f"{where}: columns have different lengths ({desc})")
+    rows = vals.pop()
+    if rows == 0:
+        raise InputError(f"{where}: input is empty (0 rows)")
+    return rows
+
+
+# --------------------------------------------------------------------------- numpy-like arrays
+
+
+def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callable[[str], str]) -> Source:
+    """A source over named array-likes supporting ``shape``, ``dtype`` and slicing (memmap, h5py, zarr)."""
+    _check_names(list(arrays), str(path))
+    cols = []
+    for name, a in arrays.items():
+        if len(a.shape) == 0:
+            raise InputError(f"{where_of(name)}: column {name!r} is a scalar, expected rows along axis 0")
+        cols.append(Column(name, _check_dtype(np.dtype(a.dtype), f"{where_of(name)}: column {name!r}"),
+                           tuple(int(d) for d in a.shape[1:])))
+    rows = _equal_lengths({n: int(a.shape[0]) for n, a in arrays.items()}, str(path))
+    for c in cols:
+        if c.shape and c.row_items == 0:
+            raise InputError(f"{where_of(c.name)}: column {c.name!r} has empty rows (shape {c.shape})")
+
+    def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        for lo in range(0, rows, max_rows):
+            hi = min(rows, lo + max_rows)
+            yield {n: np.asarray(arrays[n][lo:hi]) for n in names}
+
+    nbytes = sum(c.row_nbytes for c in cols) * rows
+    return Source(path, fmt, tuple(cols), rows, pieces, nbytes)
+
+
+def _open_npy(path: Path) -> Source:
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() == ".npy")
+    if not files:
+        raise InputError(f"{path}: folder holds no .npy files")
+    arrays = {}
+    for f in files:
+        try:
+            arrays[f.stem] = np.load(f, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise InputError(f"{f}: cannot read as .npy without pickle ({e})") from None
+        except OSError as e:
+            raise InputError(f"{f}: cannot read: {e}") from None
+    if path.is_file():
+        arrays = {"x" if path.stem == "" else path.stem: arrays[path.stem]}
+    return _array_source(path, "npy", arrays, lambda n: str(path / f"{n}.npy") if path.is_dir() else str(path))
+
+
+class _NpzMember:
+    """Streams one array out of an .npz archive (stored or deflated) without loading it whole."""
+
+    def __init__(self, path: Path, member: str) -> None:
+        self.path, self.member = path, member
+        with zipfile.ZipFile(path) as z, z.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is None:
+                raise InputError(f"{path}: member {member}: unsupported .npy version {version}")
+            shape, fortran, dtype = reader(f)
+            self.header_len = f.tell()
+        if fortran and len(shape) > 1:
+            raise InputError(f"{path}: member {member}: Fortran-ordered arrays are not supported")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def blocks(self, max_rows: int) -> Iterator[np.ndarray]:
+        row_bytes = int(math.prod(self.shape[1:])) * self.dtype.itemsize
+        rows = self.shape[0]
+        with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
+            f.read(self.header_len)
+            for lo in range(0, rows, max_rows):
+                n = min(max_rows, rows - lo)
+                buf = f.read(n * row_bytes)
+                if len(buf) != n * row_bytes:
+                    raise InputError(f"{self.path}: member {self.member} is truncated at row {lo}")
+                yield np.frombuffer(buf, dtype=self.dtype).reshape(n, *self.shape[1:])
+
+
+def _open_npz(path: Path) -> Source:
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = [m for m in z.namelist() if m.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{path}: not a readable .npz archive ({e})") from None
+    if not members:
+        raise InputError(f"{path}: archive holds no arrays")
+    parts = {m[:-4]: _NpzMember(path, m) for m in members}
+    _check_names(list(parts), str(path))
+    cols = []
+    for name, p in parts.items():
+        if len(p.shape) == 0:
+            raise InputError(f"{path}: column {name!r} is a scalar, expected rows along axis 0")
+        cols.append(Column(name, _check_dtype(p.dtype, f"{path}: column {name!r}"), p.shape[1:]))
+    rows = _equal_lengths({n: p.shape[0] for n, p in parts.items()}, str(path))
+
+    def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        its = {n: parts[n].blocks(max_rows) for n in names}
+        for _ in range(0, rows, max_rows):
+            yield {n: next(it) for n, it in its.items()}
+
+    return Source(path, "npz", tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows)
+
+
+def _open_hdf5(path: Path) -> Source:
+    try:
+        import h5py
+    except ImportError:
+        raise InputError(f"{path}: reading HDF5 needs h5py: pip install 'streambatch[hdf5]'") from None
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{path}: not a readable HDF5 file ({e})") from None
+    arrays: dict[str, Any] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            arrays[name.replace("/", ".")] = obj
+
+    f.visititems(visit)
+    return _array_source(path, "hdf5", arrays, lambda n: f"{path}:{n}")
+
+
+def _open_zarr(path: Path) -> Source:
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several types for a broken store
+        raise InputError(f"{path}: not a readable Zarr store ({e})") from None
+    if isinstance(node, zarr.Array):
+        arrays: dict[str, Any] = {path.stem or "x": node}
+    else:
+        arrays = {name: a for name, a in node.arrays()}
+    return _array_source(path, "zarr", arrays, lambda n: f"{path}/{n}")
+
+
+# --------------------------------------------------------------------------- Arrow-based
+
+
+def _arrow_column(field: Any, where: str) -> Column:
+    import pyarrow as pa
+
+    t = field.type
+    shape: list[int] = []
+    meta_shape = None
+    if field.metadata and b"streambatch.shape" in field.metadata:
+        meta_shape = json.loads(field.metadata[b"streambatch.shape"])
+    if isinstance(t, pa.FixedShapeTensorType):
+        shape = list(t.shape)
+        t = t.value_type
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        shape.append(t.list_size if pa.types.is_fixed_size_list(t) else -1)
+        t = t.value_type
+    cw = f"{where}: column {field.name!r}"
+    if pa.types.is_boolean(t):
+        dtype = "bool"
+    elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        dtype = _check_dtype(np.dtype(t.to_pandas_dtype()), cw)
+    else:
+        raise InputError(f"{cw}: unsupported type {field.type}; streambatch stores numeric and bool columns")
+    if meta_shape is not None and shape and all(s > 0 for s in shape) and math.prod(meta_shape) == math.prod(shape):
+        shape = [int(s) for s in meta_shape]
+    return Column(field.name, dtype, tuple(shape))
+
+
+def _arrow_to_numpy(arr: Any, col: Column, where: str, row0: int) -> np.ndarray:
+    """One Arrow column chunk to numpy, checking nulls and (for lists) that rows are not ragged."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cw = f"{where}: column {col.name!r}"
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if isinstance(arr.type, pa.FixedShapeTensorType):
+        arr = arr.storage
+    if arr.null_count:
+        bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(f"{cw}: missing value at row {row0 + bad}")
+    n = len(arr)
+    dims: list[int] = []
+    level = 0
+    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        expect = col.shape[level] if col.shape[level] > 0 else (int(lengths[0]) if len(lengths) else 0)
+        bad = np.flatnonzero(lengths != expect)
+        if bad.size:
+            raise InputError(f"{cw}: ragged rows: row {row0 + int(bad[0]) // math.prod(dims)} "
+                             f"has {int(lengths[bad[0]])} values where {expect} were expected")
+        dims.append(expect)
+        arr = arr.flatten()
+        if arr.null_count:
+            raise InputError(f"{cw}: missing value inside a list near row {row0}")
+        level += 1
+    values = arr.to_numpy(zero_copy_only=False)
+    out = values.reshape(n, *dims).astype(col.np_dtype, copy=False)
+    return out
+
+
+def _infer_list_shapes(cols: list[Column], first: Any, where: str) -> list[Column]:
+    """Fill in the shape of variable-size list columns from the first batch."""
+    out = []
+    for c in cols:
+        if any(s < 0 for s in c.shape):
+            if first is None or first.num_rows == 0:
+                raise InputError(f"{where}: column {c.name!r}: cannot tell the row shape of an empty list column")
+            arr = _arrow_to_numpy(first.column(c.name).slice(0, 1), c, where, 0)
+            c = Column(c.name, c.dtype, tuple(int(d) for d in arr.shape[1:]))
+        out.append(c)
+    return out
+
+
+def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
+                  batches: Callable[[int, tuple[str, ...]], Iterator[Any]],
+                  first_batch: Callable[[], Any] | None) -> Source:
+    where = str(path)
+    _check_names(list(schema.names), where)
+    cols = [_arrow_column(f, where) for f in schema]
+    if any(s < 0 for c in cols for s in c.shape):
+        cols = _infer_list_shapes(cols, first_batch() if first_batch else None, where)
+    if rows == 0:
+        raise InputError(f"{where}: input is empty (0 rows)")
+    by_name = {c.name: c for c in cols}
+
+    def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        row0 = 0
+        for b in batches(max_rows, names):
+            for lo in range(0, b.num_rows, max_rows):
+                part = b.slice(lo, max_rows)
+                yield {n: _arrow_to_numpy(part.column(n), by_name[n], where, row0 + lo) for n in names}
+            row0 += b.num_rows
+
+    return Source(path, fmt, tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows)
+
+
+def _open_parquet(path: Path) -> Source:
+    import pyarrow.parquet as pq
+
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir()
+                                                 if p.suffix.lower() in (".parquet", ".pq"))
+    if not files:
+        raise InputError(f"{path}: folder holds no Parquet files")
+    handles = []
+    for f in files:
+        try:
+            handles.append(pq.ParquetFile(f))
+        except Exception as e:  # pyarrow raises ArrowInvalid / OSError
+            raise InputError(f"{f}: not a readable Parquet file ({e})") from None
+    schema = handles[0].schema_arrow
+    for f, h in zip(files[1:], handles[1:]):
+        if h.schema_arrow.names != schema.names:
+            raise InputError(f"{f}: columns {h.schema_arrow.names} differ from {files[0].name}'s {schema.names}")
+    rows = sum(h.metadata.num_rows for h in handles)
+
+    def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
+        for h in handles:
+            yield from h.iter_batches(batch_size=max_rows, columns=list(names), use_threads=False)
+
+    def first() -> Any:
+        return next(handles[0].iter_batches(batch_size=1), None)
+
+    return _batch_source(path, "parquet", schema, rows, batches, first)
+
+
+def _open_arrow(path: Path) -> Source:
+    import pyarrow as pa
+
+    try:
+        source = pa.memory_map(str(path), "r")
+        try:
+            reader = pa.ipc.open_file(source)
+        except pa.ArrowInvalid:
+            source = pa.memory_map(str(path), "r")
+            reader = pa.ipc.open_stream(source).read_all()
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError
+        raise InputError(f"{path}: not a readable Arrow IPC / Feather file ({e})") from None
+    if isinstance(reader, pa.Table):
+        table = reader
+        schema, rows = table.schema, table.num_rows
+
+        def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
+            yield from table.select(list(names)).to_batches(max_chunksize=max_rows)
+
+        return _batch_source(path, "arrow", schema, rows, batches, lambda: table.slice(0, 1))
+
+    def batches_file(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i).select(list(names))
+
+    rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    return _batch_source(path, "arrow", reader.schema, rows, batches_file,
+                         lambda: reader.get_batch(0) if reader.num_record_batches else None)
+
+
+def _text_source(path: Path, fmt: str, open_reader: Callable[[], Any]) -> Source:
+    try:
+        r = open_reader()
+        schema = r.schema
+        rows = sum(b.num_rows for b in r)  # a counting pass: text formats do not know their length
+    except Exception as e:  # pyarrow raises ArrowInvalid with the line number
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{path}: cannot parse {fmt.upper()}: {str(e).splitlines()[0]}") from None
+
+    def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
+        for b in open_reader():
+            yield b.select(list(names))
+
+    def first() -> Any:
+        return next(iter(open_reader()), None)
+
+    return _batch_source(path, fmt, schema, rows, batches, first)
+
+
+def _open_csv(path: Path) -> Source:
+    import pyarrow.csv as pcsv
+
+    return _text_source(path, "csv", lambda: pcsv.open_csv(
+        str(path), read_options=pcsv.ReadOptions(block_size=8 << 20)))
+
+
+def _open_jsonl(path: Path) -> Source:
+    import pyarrow.json as pjson
+
+    return _text_source(path, "jsonl", lambda: pjson.open_json(
+        str(path), read_options=pjson.ReadOptions(block_size=8 << 20)))
+
+
+_OPENERS: dict[str, Callable[[Path], Source]] = {
+    "npy": _open_npy, "npz": _open_npz, "parquet": _open_parquet, "csv": _open_csv, "jsonl": _open_jsonl,
+    "arrow": _open_arrow, "hdf5": _open_hdf5, "zarr": _open_zarr,
+}
+
+
+def open_source(path: str | Path, fmt: str | None = None) -> Source:
+    """Open ``path`` as an input of format ``fmt`` (detected when ``None``)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    fmt = fmt or detect_format(p)
+    if fmt not in _OPENERS:
+        raise InputError(f"{p}: unknown input format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
+    return _OPENERS[fmt](p)

@@ -1,0 +1,111 @@
+"""Per-column statistics computed in one streaming pass with a numerically stable merge.
+
+Count, mean, standard deviation, min and max per feature (a tensor column gets one value
+per element of its row shape), merged piece by piece with Chan et al.'s parallel update in
+float64; an integer label column also gets a histogram and the intra-unit label
+correlation that predicts shuffle quality (../shared/SHUFFLE.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .manifest import Column
+
+__all__ = ["ColumnStats", "LabelStats"]
+
+
+class ColumnStats:
+    """Running count/mean/M2/min/max of one column, per feature."""
+
+    def __init__(self, col: Column) -> None:
+        self.col = col
+        self.n = 0
+        self.mean = np.zeros(col.row_items, np.float64)
+        self.m2 = np.zeros(col.row_items, np.float64)
+        self.min = np.full(col.row_items, np.inf)
+        self.max = np.full(col.row_items, -np.inf)
+
+    def update(self, values: np.ndarray) -> None:
+        if values.shape[0] == 0:
+            return
+        x = values.reshape(values.shape[0], -1).astype(np.float64)
+        nb = x.shape[0]
+        mb = x.mean(axis=0)
+        m2b = ((x - mb) ** 2).sum(axis=0)
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
+        self.n = n
+        self.min = np.minimum(self.min, x.min(axis=0))
+        self.max = np.maximum(self.max, x.max(axis=0))
+
+    def to_json(self) -> dict[str, Any]:
+        std = np.sqrt(self.m2 / max(1, self.n))
+
+        def out(a: np.ndarray) -> Any:
+            vals = [float(v) if np.isfinite(v) else None for v in a]
+            return vals[0] if not self.col.shape else vals
+
+        return {"count": self.n, "mean": out(self.mean), "std": out(std), "min": out(self.min), "max": out(self.max)}
+
+
+class LabelStats:
+    """Histogram of an integer-valued label column, and per-unit counts for the label ICC."""
+
+    def __init__(self, col: Column) -> None:
+        if col.shape:
+            raise InputError(f"label column {col.name!r} must be a scalar column, not shape {list(col.shape)}")
+        self.col = col
+        self.counts: dict[int, int] = {}
+        self.unit_counts: list[dict[int, int]] = []
+        self.rows_seen = 0
+
+    def check(self, values: np.ndarray, where: str) -> None:
+        """Raise ``InputError`` naming the row if a label is NaN or not a whole number."""
+        if values.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise InputError(f"{where}: label column {self.col.name!r} has NaN/inf at row "
+                                 f"{self.rows_seen + int(bad[0])}")
+            frac = np.flatnonzero(values != np.round(values))
+            if frac.size:
+                raise InputError(f"{where}: label column {self.col.name!r} has a non-integer value "
+                                 f"{values[frac[0]]} at row {self.rows_seen + int(frac[0])}")
+        self.rows_seen += values.shape[0]
+
+    def update_unit(self, values: np.ndarray) -> None:
+        vals, cnt = np.unique(values.astype(np.int64), return_counts=True)
+        unit = dict(zip(vals.tolist(), cnt.tolist()))
+        for v, c in unit.items():
+            self.counts[v] = self.counts.get(v, 0) + c
+        if len(self.counts) <= 4096:
+            self.unit_counts.append(unit)
+
+    def icc(self) -> float | None:
+        """Intra-unit correlation of one-hot labels (0: units look random, 1: label-pure units)."""
+        if len(self.counts) > 4096 or len(self.unit_counts) < 2 or len(self.counts) < 2:
+            return None
+        keys = sorted(self.counts)
+        idx = {k: i for i, k in enumerate(keys)}
+        cnt = np.zeros((len(self.unit_counts), len(keys)))
+        for u, d in enumerate(self.unit_counts):
+            for k, c in d.items():
+                cnt[u, idx[k]] = c
+        n = cnt.sum(axis=1, keepdims=True)
+        p_c = cnt / n
+        p = cnt.sum(axis=0) / n.sum()
+        between = float((n * (p_c - p) ** 2).sum() / n.sum())
+        total = float((p * (1 - p)).sum())
+        cbar = float(n.mean())
+        if total <= 0 or cbar <= 1:
+            return None
+        return float(np.clip((between - total / cbar) / (total * (1 - 1 / cbar)), 0.0, 1.0))
+
+    def to_json(self) -> dict[str, Any]:
+        keys = sorted(self.counts)
+        return {"values": keys, "counts": [self.counts[k] for k in keys], "icc": self.icc()}

@@ -1,0 +1,89 @@
+"""Storage formats behind one reader interface, one module per format, chosen by a dict.
+
+Every format stores rows in *shuffle units*: a Zarr v3 inner chunk (inside a shard file)
+or a Parquet row group.  A reader copies rows ``lo:hi`` of a unit into buffers the caller
+owns (``read_into``), so the loader can fill its window buffers without extra copies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ManifestError
+from ..manifest import Column, Manifest
+
+__all__ = ["UnitReader", "UnitWriter", "open_reader", "open_writer", "validate_layout", "CODECS", "STORAGES"]
+
+CODECS = ("none", "lz4", "zstd")
+STORAGES = ("zarr", "parquet")
+
+
+class UnitReader(Protocol):
+    """Reads shuffle units of one dataset.  Thread-safe: many threads may read at once."""
+
+    manifest: Manifest
+
+    def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
+        """Copy rows ``lo:hi`` (relative to the unit) of every column in ``out`` into it.
+
+        ``out[name]`` has shape ``(hi - lo, *column.shape)`` and the column's dtype.
+        Raises ``DataError`` naming the dataset, column, unit and file when stored bytes
+        are missing, truncated or (with ``verify``) fail their checksum.
+        """
+        ...
+
+    def verify_unit(self, unit: int) -> None:
+        """Re-read unit ``unit`` in full and check its checksums; raise ``DataError`` if bad."""
+        ...
+
+    def close(self) -> None:
+        """Release open files; idempotent."""
+        ...
+
+
+class UnitWriter(Protocol):
+    """Writes shuffle units in order into a dataset folder (the converter's temp folder)."""
+
+    def write_unit(self, data: dict[str, np.ndarray]) -> None:
+        """Append one unit: ``data[name]`` holds the same number of rows for every column."""
+        ...
+
+    def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
+        """Close files; return (files, layout, stored bytes per unit, checksum per unit)."""
+        ...
+
+    def abort(self) -> None:
+        """Close files after a failure (the converter removes the folder)."""
+        ...
+
+
+def _modules() -> dict[str, Any]:
+    from . import parquet_store, zarr_store
+
+    return {"zarr": zarr_store, "parquet": parquet_store}
+
+
+def open_reader(manifest: Manifest, verify: bool = False) -> UnitReader:
+    """The reader for ``manifest``'s storage format."""
+    return _modules()[manifest.storage].Reader(manifest, verify=verify)  # type: ignore[no-any-return]
+
+
+def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
+                shard_bytes: int, codec: str) -> UnitWriter:
+    """A writer of ``storage`` format into ``folder``."""
+    if storage not in STORAGES:
+        raise ValueError(f"unknown output format {storage!r}; choose one of {', '.join(STORAGES)}")
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    return _modules()[storage].Writer(folder, columns, rows, unit_rows, shard_bytes, codec)  # type: ignore[no-any-return]
+
+
+def validate_layout(storage: str, layout: dict[str, Any], n_units: int, n_files: int,
+                    columns: tuple[Column, ...], codec: str, where: str) -> dict[str, Any]:
+    """Check a manifest's storage layout; return it with int64 arrays.  ``ManifestError`` if bad."""
+    if codec not in CODECS:
+        raise ManifestError(f"{where}: unknown codec {codec!r}")
+    return _modules()[storage].validate_layout(layout, n_units, n_files, columns, where)  # type: ignore[no-any-return]

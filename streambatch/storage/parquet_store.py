@@ -1,0 +1,257 @@
+"""Parquet storage: files of row groups, one row group per shuffle unit.
+
+Layout of a dataset folder::
+
+    ds.parquet/
+      part-00000.parquet    row groups of C rows; a new file every --shard-bytes
+      part-00001.parquet
+      _streambatch.json     the manifest (written last; the leading _ keeps pyarrow from reading it)
+
+Scalar columns are plain Parquet columns; a fixed-shape tensor column is a
+``FixedSizeList<dtype, prod(shape)>`` whose field metadata ``streambatch.shape`` holds the
+row shape as JSON, so pyarrow and pandas read every file without streambatch.  The
+shuffle unit is one row group; its byte range in the file and a CRC-32 of those bytes are
+recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, ManifestError
+from ..manifest import Column, Manifest, int_array
+
+__all__ = ["Reader", "Writer", "validate_layout", "arrow_schema"]
+
+_PARQUET_CODEC = {"none": "none", "lz4": "lz4", "zstd": "zstd"}
+
+
+def arrow_schema(columns: tuple[Column, ...]) -> Any:
+    import pyarrow as pa
+
+    fields = []
+    for c in columns:
+        t = pa.from_numpy_dtype(c.np_dtype)
+        if c.shape:
+            fields.append(pa.field(c.name, pa.list_(t, c.row_items), nullable=False,
+                                   metadata={"streambatch.shape": json.dumps(list(c.shape))}))
+        else:
+            fields.append(pa.field(c.name, t, nullable=False))
+    return pa.schema(fields)
+
+
+class _TrackingSink:
+    """A write-only file object that counts bytes and checksums them as they pass."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "wb")
+        self.pos = 0
+        self.crc = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        n = self._f.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.pos += len(memoryview(data).cast("B"))
+        return n
+
+    def take_crc(self) -> int:
+        c, self.crc = self.crc, 0
+        return c
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+            self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
+class Writer:
+    """Appends one row group per unit, starting a new file every ``shard_bytes``."""
+
+    def __init__(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
+                 shard_bytes: int, codec: str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.columns = columns
+        self.schema = arrow_schema(columns)
+        self.shard_bytes = shard_bytes
+        self.codec = _PARQUET_CODEC[codec]
+        self.files: list[str] = []
+        self.loc: dict[str, list[int]] = {"file": [], "row_group": [], "offset": [], "size": [], "crc32": []}
+        self.stored: list[int] = []
+        self._writer: Any = None
+        self._sink: _TrackingSink | None = None
+        self._groups = 0
+
+    def _new_file(self) -> None:
+        import pyarrow.parquet as pq
+
+        self._close_file()
+        name = f"part-{len(self.files):05d}.parquet"
+        self.files.append(name)
+        self._sink = _TrackingSink(self.folder / name)
+        self._writer = pq.ParquetWriter(
+            self._sink, self.schema, compression=self.codec, use_dictionary=False,
+            write_statistics=False, data_page_size=1 << 20)
+        self._sink.take_crc()  # the magic bytes belong to no row group
+        self._groups = 0
+
+    def write_unit(self, data: dict[str, np.ndarray]) -> None:
+        import pyarrow as pa
+
+        if self._sink is None or self._sink.pos >= self.shard_bytes:
+            self._new_file()
+        assert self._sink is not None
+        arrays = []
+        n = 0
+        for c, field in zip(self.columns, self.schema):
+            arr = np.ascontiguousarray(data[c.name], dtype=c.np_dtype)
+            n = arr.shape[0]
+            flat = pa.array(arr.reshape(-1))
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, c.row_items) if c.shape else flat)
+        start = self._sink.pos
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema), row_group_size=max(1, n))
+        self._sink.flush()
+        size = self._sink.pos - start
+        self.loc["file"].append(len(self.files) - 1)
+        self.loc["row_group"].append(self._groups)
+        self.loc["offset"].append(start)
+        self.loc["size"].append(size)
+        self.loc["crc32"].append(self._sink.take_crc())
+        self.stored.append(size)
+        self._groups += 1
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
+        self._close_file()
+        return self.files, dict(self.loc), self.stored, list(self.loc["crc32"])
+
+    def abort(self) -> None:
+        try:
+            self._close_file()
+        except Exception:  # noqa: BLE001 - the conversion already failed; keep its error
+            pass
+
+
+def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
+                    where: str) -> dict[str, Any]:
+    w = f"{where}: layout"
+    return {
+        "file": int_array(layout.get("file"), n_units, f"{w}.file", hi=max(0, n_files - 1)),
+        "row_group": int_array(layout.get("row_group"), n_units, f"{w}.row_group", hi=1 << 31),
+        "offset": int_array(layout.get("offset"), n_units, f"{w}.offset", hi=1 << 50),
+        "size": int_array(layout.get("size"), n_units, f"{w}.size", lo=1, hi=1 << 40),
+        "crc32": int_array(layout.get("crc32"), n_units, f"{w}.crc32", hi=2**32 - 1),
+    }
+
+
+class Reader:
+    """Reads row groups with pyarrow (which releases the GIL); one ``ParquetFile`` per thread."""
+
+    def __init__(self, manifest: Manifest, verify: bool = False) -> None:
+        self.manifest = manifest
+        self.verify = verify
+        self._local = threading.local()
+        self._all: list[dict[int, Any]] = []
+        self._lock = threading.Lock()
+
+    def _where(self, unit: int, fi: int, col: str | None = None) -> str:
+        c = f", column {col!r}" if col else ""
+        return f"dataset {self.manifest.root}{c}, unit {unit}, file {self.manifest.files[fi]}"
+
+    def _file(self, fi: int, unit: int) -> Any:
+        import pyarrow.parquet as pq
+
+        files = getattr(self._local, "files", None)
+        if files is None:
+            files = self._local.files = {}
+            with self._lock:
+                self._all.append(files)
+        pf = files.get(fi)
+        if pf is None:
+            path = self.manifest.path_of(fi)
+            try:
+                pf = pq.ParquetFile(path)
+            except OSError as e:
+                raise DataError(f"{self._where(unit, fi)}: cannot open: {e}") from None
+            except Exception as e:  # pyarrow raises ArrowInvalid on a broken footer
+                raise DataError(f"{self._where(unit, fi)}: not a readable Parquet file: {e}") from None
+            files[fi] = pf
+        return pf
+
+    def _check(self, unit: int) -> None:
+        lay = self.manifest.layout
+        fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
+        path = self.manifest.path_of(fi)
+        try:
+            with open(path, "rb") as f:
+                f.seek(off)
+                raw = f.read(size)
+        except OSError as e:
+            raise DataError(f"{self._where(unit, fi)}: read failed: {e.strerror or e}") from None
+        if len(raw) != size:
+            raise DataError(f"{self._where(unit, fi)}: file truncated (needed bytes {off}..{off + size})")
+        if zlib.crc32(raw) != int(lay["crc32"][unit]):
+            raise DataError(f"{self._where(unit, fi)}: checksum mismatch (data corrupt)")
+
+    def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
+        rows_in_unit = int(self.manifest.unit_rows[unit])
+        if not 0 <= lo < hi <= rows_in_unit:
+            raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows_in_unit} rows")
+        if self.verify:
+            self._check(unit)
+        lay = self.manifest.layout
+        fi, rg = int(lay["file"][unit]), int(lay["row_group"][unit])
+        pf = self._file(fi, unit)
+        try:
+            table = pf.read_row_group(rg, columns=list(out), use_threads=False)
+        except Exception as e:  # pyarrow raises OSError/ArrowInvalid on corrupt pages
+            raise DataError(f"{self._where(unit, fi)}: cannot read row group {rg}: {e}") from None
+        if table.num_rows != rows_in_unit:
+            raise DataError(f"{self._where(unit, fi)}: row group {rg} has {table.num_rows} rows, "
+                            f"manifest says {rows_in_unit}")
+        for name, dst in out.items():
+            col = self.manifest.column(name)
+            arr = table.column(name).slice(lo, hi - lo).combine_chunks()
+            if col.shape:
+                arr = arr.flatten()
+            dst.reshape(-1)[...] = arr.to_numpy(zero_copy_only=False)
+
+    def verify_unit(self, unit: int) -> None:
+        self._check(unit)
+        out = {c.name: np.empty((int(self.manifest.unit_rows[unit]), *c.shape), c.np_dtype)
+               for c in self.manifest.columns}
+        self.read_into(unit, 0, int(self.manifest.unit_rows[unit]), out)
+
+    def close(self) -> None:
+        with self._lock:
+            all_files, self._all = self._all, []
+        for files in all_files:
+            for pf in files.values():
+                pf.close()
+            files.clear()

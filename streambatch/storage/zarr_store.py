@@ -1,0 +1,291 @@
+"""Zarr v3 storage: one sharded array per column, read and written directly.
+
+Layout of a dataset folder::
+
+    ds.zarr/
+      zarr.json                 the Zarr group
+      x/zarr.json               array (rows, 128) float32, shards of S rows, inner chunks of C rows
+      x/c/0/0  x/c/1/0 ...      shard files: C-row inner chunks back to back, index at the end
+      _streambatch.json         the manifest (written last)
+
+An inner chunk is the shuffle unit.  Any Zarr v3 reader (``zarr.open_group``) reads the
+data; streambatch itself reads chunk bytes with ``os.pread`` at offsets recorded in the
+manifest and decodes them with numcodecs, which is about ten times faster than the
+zarr-python API and scales across threads (../shared/STORAGE.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, ManifestError
+from ..manifest import Column, Manifest, int_array
+
+__all__ = ["Reader", "Writer", "validate_layout"]
+
+_EMPTY = np.uint64(2**64 - 1)
+
+
+def _compressor(codec: str, itemsize: int) -> Any:
+    import numcodecs
+
+    if codec == "lz4":
+        return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE, typesize=itemsize)
+    if codec == "zstd":
+        return numcodecs.Zstd(level=3)
+    return None
+
+
+def _zarr_compressor(codec: str) -> Any:
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if codec == "lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    if codec == "zstd":
+        return ZstdCodec(level=3)
+    return None
+
+
+def _chunk_key(col: Column, shard: int) -> str:
+    return "/".join([col.name, "c", str(shard)] + ["0"] * len(col.shape))
+
+
+class Writer:
+    """Writes columns as sharded Zarr v3 arrays, inner chunk by inner chunk.
+
+    Each unit is encoded and appended to its column's current shard file; the shard
+    index (offset, size per inner chunk, crc32c) is written when the shard is full.
+    """
+
+    def __init__(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
+                 shard_bytes: int, codec: str) -> None:
+        import zarr
+
+        self.folder = Path(folder)
+        self.columns = columns
+        self.unit_rows = unit_rows
+        self.codec = codec
+        # One shard size (in units) for all columns keeps every unit in shard u // k.
+        widest = max(c.row_nbytes for c in columns) * unit_rows
+        self.units_per_shard = max(1, min(-(-rows // unit_rows), shard_bytes // max(1, widest)))
+        shard_rows = self.units_per_shard * unit_rows
+        group = zarr.open_group(str(self.folder), mode="w-")
+        for c in columns:
+            group.create_array(
+                c.name, shape=(rows, *c.shape), dtype=c.dtype, chunks=(unit_rows, *c.shape),
+                shards=(shard_rows, *c.shape), compressors=_zarr_compressor(codec), fill_value=0,
+                attributes={"streambatch": {"column": c.to_json()}},
+            )
+        self.files: list[str] = []
+        self.loc: dict[str, dict[str, list[int]]] = {
+            c.name: {"file": [], "offset": [], "size": [], "crc32": []} for c in columns}
+        self.compressors = {c.name: _compressor(codec, c.np_dtype.itemsize) for c in columns}
+        self.stored: list[int] = []
+        self.checksums: list[int] = []
+        self._handles: dict[str, Any] = {}
+        self._index: dict[str, list[tuple[int, int]]] = {}
+        self._unit = 0
+
+    def _open_shard(self, col: Column, shard: int) -> Any:
+        key = _chunk_key(col, shard)
+        path = self.folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.files.append(key)
+        self._handles[col.name] = open(path, "wb")
+        self._index[col.name] = []
+        return self._handles[col.name]
+
+    def write_unit(self, data: dict[str, np.ndarray]) -> None:
+        u = self._unit
+        shard, pos = divmod(u, self.units_per_shard)
+        total = 0
+        crc = 0
+        for c in self.columns:
+            if pos == 0:
+                self._close_shard(c)
+                f = self._open_shard(c, shard)
+            else:
+                f = self._handles[c.name]
+            arr = np.ascontiguousarray(data[c.name], dtype=c.np_dtype.newbyteorder("<"))
+            n = arr.shape[0]
+            if n < self.unit_rows:  # the last unit: Zarr stores whole inner chunks, padded
+                pad = np.zeros((self.unit_rows - n, *c.shape), dtype=arr.dtype)
+                arr = np.concatenate([arr, pad])
+            comp = self.compressors[c.name]
+            payload = memoryview(arr).cast("B") if comp is None else comp.encode(arr)
+            offset = f.tell()
+            f.write(payload)
+            size = len(payload)
+            c32 = zlib.crc32(payload)
+            loc = self.loc[c.name]
+            loc["file"].append(len(self.files) - 1 if pos == 0 else loc["file"][-1])
+            loc["offset"].append(offset)
+            loc["size"].append(size)
+            loc["crc32"].append(c32)
+            self._index[c.name].append((offset, size))
+            total += size
+            crc = zlib.crc32(c32.to_bytes(4, "little"), crc)
+        self.stored.append(total)
+        self.checksums.append(crc)
+        self._unit += 1
+
+    def _close_shard(self, col: Column) -> None:
+        import google_crc32c
+
+        f = self._handles.pop(col.name, None)
+        if f is None:
+            return
+        entries = self._index.pop(col.name)
+        index = np.full((self.units_per_shard, 2), _EMPTY, dtype="<u8")
+        index[: len(entries)] = np.asarray(entries, dtype="<u8").reshape(-1, 2)
+        raw = index.tobytes()
+        f.write(raw)
+        f.write(google_crc32c.value(raw).to_bytes(4, "little"))
+        f.close()
+
+    def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
+        for c in self.columns:
+            self._close_shard(c)
+        layout = {"unit_rows": self.unit_rows, "units_per_shard": self.units_per_shard, "columns": self.loc}
+        return self.files, layout, self.stored, self.checksums
+
+    def abort(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+
+
+def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
+                    where: str) -> dict[str, Any]:
+    unit_rows = layout.get("unit_rows")
+    if type(unit_rows) is not int or unit_rows <= 0:
+        raise ManifestError(f"{where}: layout.unit_rows must be a positive integer")
+    cols = layout.get("columns")
+    if not isinstance(cols, dict):
+        raise ManifestError(f"{where}: layout.columns must be an object")
+    out: dict[str, Any] = {"unit_rows": unit_rows, "columns": {}}
+    for c in columns:
+        loc = cols.get(c.name)
+        cw = f"{where}: layout of column {c.name!r}"
+        if not isinstance(loc, dict):
+            raise ManifestError(f"{cw}: missing")
+        chunk_bytes = unit_rows * c.row_nbytes
+        out["columns"][c.name] = {
+            "file": int_array(loc.get("file"), n_units, f"{cw}.file", hi=max(0, n_files - 1)),
+            "offset": int_array(loc.get("offset"), n_units, f"{cw}.offset", hi=1 << 50),
+            "size": int_array(loc.get("size"), n_units, f"{cw}.size", lo=1,
+                              hi=max(chunk_bytes + (1 << 16), 2 * chunk_bytes)),
+            "crc32": int_array(loc.get("crc32"), n_units, f"{cw}.crc32", hi=2**32 - 1),
+        }
+    return out
+
+
+class Reader:
+    """Direct reader: ``os.pread`` of recorded byte ranges, numcodecs decode, no zarr-python."""
+
+    def __init__(self, manifest: Manifest, verify: bool = False) -> None:
+        self.manifest = manifest
+        self.verify = verify
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._decoders = {c.name: _compressor(manifest.codec, c.np_dtype.itemsize) for c in manifest.columns}
+        self._unit_rows = manifest.layout["unit_rows"]
+        self._closed = False
+
+    def _fd(self, file_index: int) -> int:
+        fd = self._fds.get(file_index)
+        if fd is not None:
+            return fd
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"{self.manifest.root}: reader is closed")
+            fd = self._fds.get(file_index)
+            if fd is None:
+                path = self.manifest.path_of(file_index)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise DataError(f"{path}: cannot open shard file: {e.strerror or e}") from None
+                self._fds[file_index] = fd
+            return fd
+
+    def _where(self, col: Column, unit: int, file_index: int) -> str:
+        return (f"dataset {self.manifest.root}, column {col.name!r}, unit {unit}, "
+                f"file {self.manifest.files[file_index]}")
+
+    def _pread_into(self, buf: memoryview, file_index: int, offset: int, col: Column, unit: int) -> None:
+        fd = self._fd(file_index)
+        got = 0
+        while got < len(buf):
+            try:
+                n = os.preadv(fd, [buf[got:]], offset + got)
+            except OSError as e:
+                raise DataError(f"{self._where(col, unit, file_index)}: read failed: {e.strerror or e}") from None
+            if n == 0:
+                raise DataError(f"{self._where(col, unit, file_index)}: file truncated "
+                                f"(needed bytes {offset}..{offset + len(buf)})")
+            got += n
+
+    def _stored(self, col: Column, unit: int) -> tuple[bytearray, int]:
+        loc = self.manifest.layout["columns"][col.name]
+        fi, off, size = int(loc["file"][unit]), int(loc["offset"][unit]), int(loc["size"][unit])
+        raw = bytearray(size)
+        self._pread_into(memoryview(raw), fi, off, col, unit)
+        return raw, fi
+
+    def _check(self, raw: Any, col: Column, unit: int, fi: int) -> None:
+        want = int(self.manifest.layout["columns"][col.name]["crc32"][unit])
+        if zlib.crc32(raw) != want:
+            raise DataError(f"{self._where(col, unit, fi)}: checksum mismatch (data corrupt)")
+
+    def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
+        rows_in_unit = int(self.manifest.unit_rows[unit])
+        if not 0 <= lo < hi <= rows_in_unit:
+            raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows_in_unit} rows")
+        for name, dst in out.items():
+            col = self.manifest.column(name)
+            dec = self._decoders[name]
+            if dec is None and not self.verify:
+                loc = self.manifest.layout["columns"][name]
+                fi = int(loc["file"][unit])
+                if int(loc["size"][unit]) != self._unit_rows * col.row_nbytes:
+                    raise DataError(f"{self._where(col, unit, fi)}: stored size {int(loc['size'][unit])} "
+                                    f"does not match an uncompressed chunk")
+                buf = memoryview(dst.reshape(-1).view(np.uint8)) if dst.size else memoryview(b"")
+                self._pread_into(buf, fi, int(loc["offset"][unit]) + lo * col.row_nbytes, col, unit)
+                continue
+            raw, fi = self._stored(col, unit)
+            if self.verify:
+                self._check(raw, col, unit, fi)
+            full = self._decode(raw, col, unit, fi)
+            dst[...] = full[lo:hi]
+
+    def _decode(self, raw: bytearray, col: Column, unit: int, fi: int) -> np.ndarray:
+        dec = self._decoders[col.name]
+        want = self._unit_rows * col.row_nbytes
+        try:
+            data = raw if dec is None else dec.decode(raw)
+        except Exception as e:  # numcodecs raises RuntimeError/ValueError on corrupt frames
+            raise DataError(f"{self._where(col, unit, fi)}: cannot decode chunk: {e}") from None
+        if len(memoryview(data).cast("B")) != want:
+            raise DataError(f"{self._where(col, unit, fi)}: decoded {len(data)} bytes, expected {want}")
+        return np.frombuffer(data, dtype=col.np_dtype.newbyteorder("<")).reshape(self._unit_rows, *col.shape)
+
+    def verify_unit(self, unit: int) -> None:
+        for col in self.manifest.columns:
+            raw, fi = self._stored(col, unit)
+            self._check(raw, col, unit, fi)
+            self._decode(raw, col, unit, fi)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
