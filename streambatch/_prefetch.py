@@ -1,0 +1,326 @@
+"""Every thread streambatch starts lives here: a small priority pool and the window prefetcher.
+
+::
+
+    consumer (iterating thread)                     pool threads (reader threads)
+    ---------------------------                     -----------------------------
+    window j+1 free?  --submit reads (prio 1)-->    _read_piece: unit rows -> window buffer
+    window j read?    --submit batches (prio 0)-->  _gather_batch: buffer[perm[b]] (+transform)
+    take batch futures in order, yield              results carry the original exception
+    last batch of window j taken: free its buffer
+
+Batches outrank reads in the pool, so a batch never waits behind the next window's reads,
+and a batch task is only submitted once its window is fully read, so no pool thread ever
+blocks on another task.  Output order is the plan's, whatever the thread count or timing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .manifest import Column
+from .plan import EpochPlan
+
+__all__ = ["Prefetcher", "THREAD_PREFIX"]
+
+THREAD_PREFIX = "streambatch-"
+_log = logging.getLogger("streambatch")
+_POLL = 0.1  # seconds between re-checks of the stop flag while blocked
+
+
+class _Task:
+    """A unit of pool work and its outcome: ok(value), failed(exception) or cancelled."""
+
+    __slots__ = ("fn", "args", "done", "value", "error", "where")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], where: str) -> None:
+        self.fn, self.args, self.where = fn, args, where
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class _Pool:
+    """Fixed threads taking the lowest (priority, sequence) task first."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._heap: list[tuple[int, int, _Task]] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._seq = itertools.count()
+        self.threads = [threading.Thread(target=_pool_worker, args=(self._heap, self._cond, self._stop),
+                                         name=f"{THREAD_PREFIX}{name}-{i}", daemon=True)
+                        for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...], where: str) -> _Task:
+        task = _Task(fn, args, where)
+        with self._cond:
+            if self._stop.is_set():
+                raise RuntimeError("streambatch loader is closed")
+            heapq.heappush(self._heap, (priority, next(self._seq), task))
+            self._cond.notify()
+        return task
+
+    def close(self, timeout: float = 5.0) -> None:
+        _shutdown(self._heap, self._cond, self._stop, self.threads, timeout)
+
+
+def _pool_worker(heap: list[tuple[int, int, _Task]], cond: threading.Condition, stop: threading.Event) -> None:
+    while True:
+        with cond:
+            while not heap and not stop.is_set():
+                cond.wait(_POLL)
+            if stop.is_set():
+                return
+            _, _, task = heapq.heappop(heap)
+        try:
+            task.value = task.fn(*task.args)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer with its type intact
+            e.add_note(task.where)
+            task.error = e
+        finally:
+            task.args = ()
+            task.done.set()
+
+
+def _shutdown(heap: list[Any], cond: threading.Condition, stop: threading.Event,
+              threads: list[threading.Thread], timeout: float) -> None:
+    with cond:
+        stop.set()
+        heap.clear()
+        cond.notify_all()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        if t is threading.current_thread():
+            continue
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            _log.warning("streambatch: thread %s did not stop within %.1fs (stuck in a read?)", t.name, timeout)
+
+
+def _read_piece(reader: Any, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
+    reader.read_into(unit, lo, hi, out)
+
+
+def _gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
+                    row_ids: NDArray[np.int64] | None, index_key: str | None,
+                    normalize: dict[str, tuple[np.ndarray, np.ndarray]],
+                    to_tensor: Callable[[np.ndarray], Any] | None, transform: Callable[[Any], Any] | None
+                    ) -> list[Any]:
+    """Assemble a group of batches (one task for several batches keeps thread hand-offs rare)."""
+    out_list = []
+    for idx in idx_list:
+        out: dict[str, Any] = {}
+        for name, buf in buffers.items():
+            arr = np.take(buf, idx, axis=0)
+            if name in normalize:
+                mean, inv_std = normalize[name]
+                arr = (arr.astype(np.float32) - mean) * inv_std
+            out[name] = arr
+        if index_key is not None and row_ids is not None:
+            out[index_key] = row_ids[idx]
+        if to_tensor is not None:
+            out = {k: to_tensor(v) for k, v in out.items()}
+        if transform is not None:
+            out = transform(out)
+        out_list.append(out)
+    return out_list
+
+
+class _Window:
+    """One window in flight: its buffer, its read tasks and the global row id of each position."""
+
+    __slots__ = ("j", "rows", "buffers", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches", "in_flight",
+                 "reads_done")
+
+    def __init__(self, j: int, rows: int, buffers: dict[str, np.ndarray], nbytes: int) -> None:
+        self.j, self.rows, self.buffers, self.nbytes = j, rows, buffers, nbytes
+        self.reads: list[_Task] = []
+        self.row_ids: NDArray[np.int64] | None = None
+        self.perm: NDArray[np.int64] | None = None
+        self.next_b = 0  # next batch to submit
+        self.n_batches = 0
+        self.in_flight = 0  # batch groups submitted and not yet taken
+        self.reads_done = 0  # reads[:reads_done] are known to be finished
+
+    def ready(self) -> bool:
+        while self.reads_done < len(self.reads) and self.reads[self.reads_done].done.is_set():
+            self.reads_done += 1
+        return self.reads_done == len(self.reads)
+
+
+class Prefetcher:
+    """Serves the batches of one ``EpochPlan`` in order, reading windows ahead with threads.
+
+    Memory invariant: ``accounted_bytes`` = bytes of window buffers in use + bytes of batches
+    submitted and not yet taken, and it never exceeds ``budget_bytes``: a window buffer is
+    acquired before its reads are submitted and released when its last batch is taken.
+    At most two windows are held: the one being served and the one being read.
+
+    Use as a context manager or call ``close()`` (idempotent); iteration stops the threads
+    when it ends, breaks or fails, and garbage collection is the safety net.
+    """
+
+    def __init__(self, reader: Any, plan: EpochPlan, columns: tuple[Column, ...], unit_start: NDArray[np.int64], *,
+                 threads: int, budget_bytes: int, batches_ahead: int, group: int = 4, start_batch: int = 0,
+                 index_key: str | None = None, normalize: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 to_tensor: Callable[[np.ndarray], Any] | None = None,
+                 transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
+                 name: str = "reader") -> None:
+        self.reader, self.plan, self.columns = reader, plan, columns
+        self.unit_start = unit_start
+        self.row_nbytes = sum(c.row_nbytes for c in columns)
+        self.window_nbytes = plan.window_rows * self.row_nbytes
+        self.batch_nbytes = plan.batch_size * self.row_nbytes
+        self.budget_bytes = budget_bytes
+        self.batches_ahead = max(1, batches_ahead)
+        self.group = max(1, min(group, self.batches_ahead))
+        if 2 * self.window_nbytes + self.batches_ahead * self.batch_nbytes > budget_bytes:
+            raise ValueError(f"window of {self.window_nbytes} bytes and {self.batches_ahead} batches ahead "
+                             f"do not fit the budget of {budget_bytes} bytes")
+        self.start_batch = start_batch
+        self.index_key = index_key
+        self.normalize = normalize or {}
+        self.to_tensor, self.transform, self.timeout = to_tensor, transform, timeout
+        self.accounted_bytes = 0
+        self.peak_accounted_bytes = 0
+        self._free: list[dict[str, np.ndarray]] = []
+        self._pool = _Pool(max(1, threads), name)
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _Pool.close, self._pool)
+
+    # -- accounting
+    def _acquire(self, n: int) -> None:
+        self.accounted_bytes += n
+        self.peak_accounted_bytes = max(self.peak_accounted_bytes, self.accounted_bytes)
+        assert self.accounted_bytes <= self.budget_bytes, "streambatch: byte budget exceeded"
+
+    def _release(self, n: int) -> None:
+        self.accounted_bytes -= n
+
+    def _start_window(self, j: int) -> _Window:
+        plan = self.plan
+        rows = plan.window_size(j)
+        if self._free:
+            bufs = self._free.pop()
+        else:
+            bufs = {c.name: np.empty((plan.window_rows, *c.shape), dtype=c.np_dtype) for c in self.columns}
+        self._acquire(self.window_nbytes)
+        w = _Window(j, rows, bufs, self.window_nbytes)
+        units, los, his = plan.window_segments(j)
+        off = 0
+        ids = np.empty(rows, np.int64) if self.index_key is not None else None
+        root = getattr(getattr(self.reader, "manifest", None), "root", "")
+        for u, lo, hi in zip(units.tolist(), los.tolist(), his.tolist()):
+            n = hi - lo
+            out = {name: b[off:off + n] for name, b in bufs.items()}
+            where = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+            w.reads.append(self._pool.submit(1, _read_piece, (self.reader, u, lo, hi, out), where))
+            if ids is not None:
+                ids[off:off + n] = self.unit_start[u] + np.arange(lo, hi)
+            off += n
+        w.row_ids = ids
+        w.perm = plan.window_perm(j)
+        w.n_batches = plan.window_batches(j)
+        return w
+
+    def _wait(self, task: _Task) -> Any:
+        t0 = time.monotonic()
+        while not task.done.wait(_POLL):
+            if self._closed:
+                raise RuntimeError("streambatch loader closed while waiting")
+            if self.timeout is not None and time.monotonic() - t0 > self.timeout:
+                raise TimeoutError(f"streambatch: no progress for {self.timeout:.1f}s {task.where}")
+        if task.error is not None:
+            raise task.error
+        return task.value
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._serve()
+        finally:
+            self.close()
+
+    def _serve(self) -> Iterator[Any]:
+        plan = self.plan
+        # Skip windows already served (resume), arithmetically: nothing is read for them.
+        skip = self.start_batch
+        todo: deque[int] = deque()
+        first_offset = 0
+        for j in plan.windows.tolist():
+            nb = plan.window_batches(j)
+            if skip >= nb:
+                skip -= nb
+                continue
+            if not todo:
+                first_offset, skip = skip, 0
+            todo.append(j)
+        held: deque[_Window] = deque()
+        pending: deque[tuple[_Task, _Window, int, int]] = deque()
+        in_flight = 0  # batches submitted and not yet taken
+        started = 0
+        while True:
+            while todo and len(held) < 2:
+                w = self._start_window(todo.popleft())
+                w.next_b = first_offset if started == 0 else 0
+                started += 1
+                held.append(w)
+            head = held[0] if held else None
+            if head is not None and head.next_b >= head.n_batches and head.in_flight == 0:
+                self._finish_window(held.popleft())
+                continue
+            cur = next((w for w in held if w.next_b < w.n_batches), None)
+            if cur is not None and in_flight + self.group <= self.batches_ahead and (not pending or cur.ready()):
+                while not cur.ready():
+                    self._wait(cur.reads[cur.reads_done])
+                b0 = cur.next_b
+                b1 = min(cur.n_batches, b0 + self.group)
+                assert cur.perm is not None
+                bs = plan.batch_size
+                idx_list = [cur.perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]
+                nbytes = sum(len(i) for i in idx_list) * self.row_nbytes
+                self._acquire(nbytes)
+                task = self._pool.submit(0, _gather_batches, (
+                    cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.to_tensor,
+                    self.transform), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
+                pending.append((task, cur, nbytes, b1 - b0))
+                in_flight += b1 - b0
+                cur.next_b = b1
+                cur.in_flight += 1
+                continue
+            if not pending:
+                assert not held and not todo, "streambatch: prefetcher stalled"
+                return
+            task, w, nbytes, count = pending.popleft()
+            batches = self._wait(task)
+            self._release(nbytes)
+            in_flight -= count
+            w.in_flight -= 1
+            yield from batches
+
+    def _finish_window(self, w: _Window) -> None:
+        for t in w.reads:  # reads done; drop references
+            if t.error is not None:
+                raise t.error
+        self._release(w.nbytes)
+        self._free.append(w.buffers)
+
+    def close(self) -> None:
+        """Stop every thread and drop buffers; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+        self._free.clear()

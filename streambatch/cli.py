@@ -1,0 +1,185 @@
+"""The ``streambatch`` command: ``convert``, ``info``, ``verify`` (and more subcommands).
+
+Examples::
+
+    streambatch convert train.parquet train.zarr --label y --shuffle 0
+    streambatch info train.zarr
+    streambatch verify train.zarr
+
+Errors are one line on stderr and exit code 2 (bad input) or 1 (a dataset that fails
+verification).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from ._sizes import format_size, parse_size
+from .errors import DataError, StreambatchError
+
+__all__ = ["main", "COMMANDS"]
+
+
+def _size(what: str) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        try:
+            return parse_size(v, what)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    result = convert(
+        args.src, args.dst, format=args.format, columns=args.columns, label=args.label,
+        unit_rows=args.unit_rows, unit_bytes=args.unit_bytes, shard_bytes=args.shard_bytes, codec=args.codec,
+        shuffle=args.shuffle, memory=args.memory, overwrite=args.overwrite, dry_run=args.dry_run,
+        source_format=args.source_format, progress=None if not args.quiet else False,
+    )
+    if args.dry_run:
+        assert isinstance(result, dict)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"plan: {result['rows']:,} rows x {result['row_bytes']} bytes = {format_size(result['bytes'])} "
+                  f"-> {result['format']} ({result['codec']}), {result['units']:,} units of {result['unit_rows']} rows "
+                  f"({format_size(result['unit_bytes'])}), {result['shards']} shard file(s)")
+        return 0
+    print(f"wrote {args.dst}")
+    return 0
+
+
+def _info_dict(path: str) -> dict[str, Any]:
+    from .manifest import load_manifest
+
+    m = load_manifest(path)
+    stored = int(m.unit_stored_nbytes.sum())
+    return {
+        "path": str(m.root), "storage": m.storage, "codec": m.codec, "rows": m.rows,
+        "columns": [c.to_json() for c in m.columns], "units": m.n_units,
+        "unit_rows": int(m.unit_rows.max()), "files": len(m.files), "decoded_bytes": m.rows * m.row_nbytes,
+        "stored_bytes": stored, "label": m.label, "fingerprint": m.fingerprint, "stats": m.stats,
+        "options": m.options, "source": m.source,
+    }
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list):
+        return f"[{len(v)} values: {', '.join(f'{x:.4g}' for x in v[:3] if x is not None)}{', ...' if len(v) > 3 else ''}]"
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = _info_dict(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['path']}: {info['storage']} ({info['codec']}), {info['rows']:,} rows, {info['units']:,} units of "
+          f"<= {info['unit_rows']} rows, {info['files']} files, {format_size(info['decoded_bytes'])} decoded, "
+          f"{format_size(info['stored_bytes'])} stored")
+    for c in info["columns"]:
+        st = info["stats"].get(c["name"], {})
+        print(f"  {c['name']:<16} {c['dtype']:<8} shape {tuple(c['shape'])!s:<14} mean {_short(st.get('mean'))} "
+              f"std {_short(st.get('std'))} min {_short(st.get('min'))} max {_short(st.get('max'))}")
+    if info["label"]:
+        h = info["stats"].get(info["label"], {}).get("histogram", {})
+        pairs = ", ".join(f"{v}: {c:,}" for v, c in zip(h.get("values", []), h.get("counts", [])))
+        print(f"  label {info['label']!r} histogram: {pairs}")
+        if h.get("icc") is not None:
+            print(f"  label correlation inside units (icc): {h['icc']:.3f} (0 = well mixed, 1 = sorted)")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .manifest import load_manifest
+    from .storage import open_reader
+
+    m = load_manifest(args.path)
+    reader = open_reader(m, verify=True)
+    try:
+        for u in range(m.n_units):
+            reader.verify_unit(u)
+    except DataError as e:
+        print(f"streambatch verify: FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        reader.close()
+    print(f"{m.root}: OK, {m.n_units:,} units, {m.rows:,} rows, checksums match")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "convert": _cmd_convert, "info": _cmd_info, "verify": _cmd_verify,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .convert import DEFAULT_CODEC
+    from .sources import SOURCE_FORMATS
+
+    p = argparse.ArgumentParser(prog="streambatch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="convert a dataset into chunked Zarr v3 or Parquet",
+                       epilog="example: streambatch convert data/ train.zarr --label y --shuffle 0")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--format", choices=["zarr", "parquet"], default="zarr")
+    c.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS, default=None,
+                   help="input format (default: from the path)")
+    c.add_argument("--columns", nargs="+", default=None)
+    c.add_argument("--label", default=None, help="integer label column to histogram")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--unit-rows", type=int, default=None, help="rows per shuffle unit")
+    g.add_argument("--unit-bytes", type=_size("--unit-bytes"), default=None, help="bytes per shuffle unit (256KiB)")
+    c.add_argument("--shard-bytes", type=_size("--shard-bytes"), default="128MiB", help="bytes per file (128MiB)")
+    c.add_argument("--codec", choices=["none", "lz4", "zstd"], default=DEFAULT_CODEC)
+    c.add_argument("--shuffle", type=int, default=None, metavar="SEED", help="write rows in a random order")
+    c.add_argument("--memory", type=_size("--memory"), default="1GiB", help="memory budget (1GiB)")
+    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    c.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    i = sub.add_parser("info", help="schema, rows, units, sizes and statistics of a dataset",
+                       epilog="example: streambatch info train.zarr")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    v = sub.add_parser("verify", help="re-read every unit and check checksums",
+                       epilog="example: streambatch verify train.zarr")
+    v.add_argument("path")
+    _add_more_commands(sub)
+    return p
+
+
+def _add_more_commands(sub: Any) -> None:
+    """Subcommands that need torch register here (imported lazily when run)."""
+    try:
+        from .cli_run import add_commands
+    except ImportError:
+        return
+    add_commands(sub, COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 1 verification failed, 2 bad input)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (StreambatchError, ValueError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"streambatch {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"streambatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""``StreamDataset``: a ``torch.utils.data.IterableDataset`` over a streambatch dataset.
+
+::
+
+    ds = streambatch.StreamDataset("train.zarr", batch_size=256, memory_budget="512MiB")
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, pin_memory=True)
+    for epoch in range(10):
+        ds.set_epoch(epoch)
+        for batch in loader:          # {"x": tensor[256, 128], "y": tensor[256], ...}
+            ...
+
+One knob sizes everything: ``memory_budget``.  The loader holds at most two windows (the
+one being served and the next being read) plus a few batches, and each window mixes as
+many shuffle units as fit: ``describe()`` tells the window, the read-ahead, the predicted
+peak bytes and the predicted shuffle quality before any data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ._prefetch import Prefetcher
+from ._sizes import parse_size
+from .errors import StateError
+from .manifest import Column, Manifest, load_manifest
+from .plan import EpochPlan, plan_epoch, split_consumed, window_rows_for, worker_batch_counts
+from .quality import predict_deff, predict_kl
+from .storage import open_reader
+
+__all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
+
+STATE_VERSION = 1
+INDEX_KEY = "_row"
+# Batches assembled ahead of the consumer: 2 per thread, at most this many.  The budget
+# always reserves room for the maximum, so the plan (and every batch) does not depend on
+# the thread count.
+_BATCHES_AHEAD_MAX = 16
+
+
+def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        r, w = (rank or 0), (world_size or 1)
+    else:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            r, w = dist.get_rank(), dist.get_world_size()
+        else:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= r < w:
+        raise ValueError(f"rank {r} outside world size {w}")
+    return r, w
+
+
+class StreamDataset(IterableDataset):  # type: ignore[type-arg]
+    """Shuffled, memory-bounded batches from a dataset made by ``streambatch.convert``.
+
+    Args:
+        path: the dataset folder.
+        batch_size: rows per batch; use ``DataLoader(ds, batch_size=None)``.
+        shuffle: a fresh unit order and row mix every epoch (``set_epoch``); else storage order.
+        seed: the shuffle seed; the order is a function of (seed, epoch) only.
+        memory_budget: bytes the loader may hold (``"512MiB"``, an int), split evenly
+            between DataLoader worker processes.
+        columns: the columns to load (all by default).
+        drop_last: drop each rank's last short batch (and the ``N mod world_size`` rows).
+        threads: reader threads per process (default: the cores, divided among workers).
+        transform: called on each batch dict (tensors) in the reader threads.
+        rank, world_size: this process's share; from ``torch.distributed`` when it is
+            initialised, else from ``RANK``/``WORLD_SIZE``, else 0 and 1.
+        normalize: ``True`` (every float tensor column) or a list of columns to standardise
+            with the manifest's per-feature mean and std.
+        return_index: add ``"_row"``, the global row number of every sample.
+        verify: check each unit's checksum as it is read.
+        timeout: seconds without progress before ``TimeoutError`` names the stuck unit.
+
+    Raises:
+        ManifestError: the dataset's manifest is missing or invalid.
+        ValueError: an unknown column or a budget too small for one batch window.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], batch_size: int = 256, shuffle: bool = True, seed: int = 0,
+                 memory_budget: int | str = "512MiB", columns: list[str] | None = None, drop_last: bool = False,
+                 threads: int | None = None, transform: Callable[[Any], Any] | None = None,
+                 rank: int | None = None, world_size: int | None = None,
+                 normalize: bool | list[str] = False, return_index: bool = False, verify: bool = False,
+                 timeout: float | None = None) -> None:
+        super().__init__()
+        self.manifest: Manifest = load_manifest(path)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.seed = int(seed)
+        self.memory_budget = parse_size(memory_budget, "memory_budget")
+        self.columns: tuple[Column, ...] = self.manifest.select(columns)
+        self.drop_last = bool(drop_last)
+        self.threads = threads
+        self.transform = transform
+        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        self.return_index = return_index
+        self.verify = verify
+        self.timeout = timeout
+        self.normalize = self._normalizers(normalize)
+        self.epoch = 0
+        self._consumed = 0  # batches yielded in this process this epoch (num_workers=0)
+        self._resume: dict[str, Any] | None = None
+        self.last_peak_accounted_bytes = 0
+        self._layout(1)  # fail now, not in a worker, if the budget is too small
+
+    # ------------------------------------------------------------------ sizing
+    @property
+    def row_nbytes(self) -> int:
+        return sum(c.row_nbytes for c in self.columns)
+
+    def _threads(self, num_workers: int) -> int:
+        if self.threads is not None:
+            return max(1, int(self.threads))
+        return max(1, (os.cpu_count() or 1) // max(1, num_workers))
+
+    def _layout(self, num_workers: int) -> dict[str, int]:
+        """Budget per process -> batches ahead, window rows; ValueError if a window won't fit."""
+        budget = self.memory_budget // max(1, num_workers)
+        threads = self._threads(num_workers)
+        ahead = min(_BATCHES_AHEAD_MAX, 2 * threads)
+        batch_bytes = self.batch_size * self.row_nbytes
+        window_bytes = (budget - _BATCHES_AHEAD_MAX * batch_bytes) // 2
+        if window_bytes < batch_bytes:
+            need = (2 + _BATCHES_AHEAD_MAX) * batch_bytes
+            raise ValueError(f"{self.manifest.root}: memory_budget {self.memory_budget} bytes is too small for "
+                             f"batches of {self.batch_size} rows x {self.row_nbytes} bytes with {num_workers} "
+                             f"worker(s); give at least {need * max(1, num_workers)} bytes")
+        rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self._rank_rows())
+        return {"budget": budget, "threads": threads, "ahead": ahead, "window_rows": rows}
+
+    def _rank_rows(self) -> int:
+        n = self.manifest.rows
+        return n // self.world_size if self.drop_last else -(-n // self.world_size)
+
+    def _normalizers(self, normalize: bool | list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if normalize is False:
+            return {}
+        names = ([c.name for c in self.columns if c.np_dtype.kind == "f"] if normalize is True
+                 else list(normalize))
+        out = {}
+        for name in names:
+            col = self.manifest.column(name)
+            st = self.manifest.stats.get(name)
+            if not st:
+                raise ValueError(f"{self.manifest.root}: no statistics for column {name!r} to normalise with")
+            mean = np.asarray(st["mean"], np.float32).reshape(col.shape)
+            std = np.asarray(st["std"], np.float32).reshape(col.shape)
+            out[name] = (mean, np.where(std > 0, 1.0 / np.where(std > 0, std, 1), 1.0).astype(np.float32))
+        return out
+
+    # ------------------------------------------------------------------ planning
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration serves (call before each epoch)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if epoch != self.epoch:
+            self._consumed = 0
+        self.epoch = int(epoch)
+
+    def plan(self, worker: int = 0, num_workers: int = 1, epoch: int | None = None,
+             window_rows: int | None = None) -> EpochPlan:
+        """The epoch plan for one DataLoader worker of this rank (pure; reads nothing)."""
+        rows = window_rows or self._layout(num_workers)["window_rows"]
+        return plan_epoch(self.manifest.unit_rows, seed=self.seed, epoch=self.epoch if epoch is None else epoch,
+                          batch_size=self.batch_size, window_rows=rows, rank=self.rank,
+                          world_size=self.world_size, worker=worker, num_workers=num_workers,
+                          shuffle=self.shuffle, drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank, for any number of workers)."""
+        r = self._rank_rows()
+        return r // self.batch_size if self.drop_last else -(-r // self.batch_size)
+
+    def describe(self, num_workers: int = 0) -> dict[str, Any]:
+        """Sizes and predicted quality, computed before any data is read.
+
+        Keys: window_rows, window_units (mean shuffle units mixed per window), read_ahead_windows,
+        read_ahead_units, threads, budget_bytes, predicted_peak_bytes, predicted_deff,
+        predicted_kl (label-sorted KL, SHUFFLE.md M2), label_icc (from the manifest when a
+        label was given, else the worst case 1), batches, units, unit_rows.
+        """
+        lay = self._layout(max(1, num_workers))
+        m = self.manifest
+        mean_unit = m.rows / m.n_units
+        window_rows = lay["window_rows"]
+        k = window_rows / mean_unit
+        icc = 1.0
+        if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
+            icc = m.stats[m.label]["histogram"].get("icc")
+            icc = 1.0 if icc is None else float(icc)
+        deff = predict_deff(mean_unit, k, m.n_units, self.batch_size, icc=icc) if self.shuffle else float(self.batch_size)
+        n_labels = 10
+        if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
+            n_labels = max(2, len(m.stats[m.label]["histogram"].get("values", [])))
+        peak = (2 * window_rows + lay["ahead"] * self.batch_size) * self.row_nbytes
+        return {
+            "batches": len(self), "batch_size": self.batch_size, "units": m.n_units, "unit_rows": mean_unit,
+            "window_rows": window_rows, "window_units": k, "read_ahead_windows": 1, "read_ahead_units": k,
+            "threads": lay["threads"], "budget_bytes": self.memory_budget,
+            "budget_bytes_per_process": lay["budget"], "predicted_peak_bytes": peak * max(1, num_workers),
+            "predicted_deff": deff, "predicted_kl": predict_kl(deff, self.batch_size, n_labels),
+            "label_icc": icc, "rank": self.rank, "world_size": self.world_size,
+        }
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        lay = self._layout(num_workers)
+        resume, self._resume = self._resume, None
+        window_rows = lay["window_rows"]
+        start = 0
+        if resume is not None:
+            window_rows = resume["window_rows"]
+            counts = worker_batch_counts(self.plan(0, resume["num_workers"], window_rows=window_rows))
+            if resume["num_workers"] != num_workers:
+                raise StateError(f"{self.manifest.root}: state saved with {resume['num_workers']} DataLoader "
+                                 f"workers cannot resume with {num_workers}")
+            start = split_consumed(counts, resume["batches"])[worker]
+        plan = self.plan(worker, num_workers, window_rows=window_rows)
+        reader = open_reader(self.manifest, verify=self.verify)
+        pf = Prefetcher(
+            reader, plan, self.columns, self.manifest.unit_start, threads=lay["threads"],
+            budget_bytes=lay["budget"], batches_ahead=lay["ahead"], start_batch=start,
+            index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
+            to_tensor=torch.from_numpy, transform=self.transform, timeout=self.timeout,
+            name=f"r{self.rank}w{worker}")
+        self._consumed = start if info is None else self._consumed
+        try:
+            for batch in pf:
+                yield batch
+                if info is None:
+                    self._consumed += 1
+        finally:
+            pf.close()
+            reader.close()
+            self.last_peak_accounted_bytes = pf.peak_accounted_bytes
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self, batches: int | None = None, num_workers: int = 0) -> dict[str, Any]:
+        """A small JSON-able state: where this rank is in the epoch.
+
+        Args:
+            batches: batches the training loop has taken from the DataLoader this epoch.  With
+                ``num_workers=0`` the dataset counts them itself and this may be omitted.
+            num_workers: the DataLoader's ``num_workers`` (0 for in-process iteration).
+        """
+        n = self._consumed if batches is None else int(batches)
+        nw = max(1, num_workers)
+        return {
+            "version": STATE_VERSION, "fingerprint": self.manifest.fingerprint, "seed": self.seed,
+            "epoch": self.epoch, "batches": n, "batch_size": self.batch_size, "shuffle": self.shuffle,
+            "drop_last": self.drop_last, "rank": self.rank, "world_size": self.world_size,
+            "num_workers": nw, "window_rows": self._layout(nw)["window_rows"],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next iteration serves exactly the batches of the epoch not yet taken.
+
+        Raises ``StateError`` if the state belongs to another dataset, seed or layout.
+        """
+        try:
+            state = dict(json.loads(json.dumps(state)))
+            version = state["version"]
+            if version != STATE_VERSION:
+                raise StateError(f"state version {version} is not supported (expected {STATE_VERSION})")
+            for key, mine in (("fingerprint", self.manifest.fingerprint), ("seed", self.seed),
+                              ("batch_size", self.batch_size), ("shuffle", self.shuffle),
+                              ("drop_last", self.drop_last), ("world_size", self.world_size)):
+                if state[key] != mine:
+                    raise StateError(f"{self.manifest.root}: state was saved with {key}={state[key]!r}, "
+                                     f"this dataset has {mine!r}")
+            epoch, batches = int(state["epoch"]), int(state["batches"])
+            nw, rows = int(state["num_workers"]), int(state["window_rows"])
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, StateError):
+                raise
+            raise StateError(f"{self.manifest.root}: malformed resume state ({type(e).__name__}: {e})") from None
+        if not 0 <= batches <= len(self) or nw < 1 or rows < self.batch_size:
+            raise StateError(f"{self.manifest.root}: resume state out of range (batches={batches})")
+        self.epoch = epoch
+        self._consumed = batches
+        self._resume = {"batches": batches, "num_workers": nw, "window_rows": rows}
+
+    def __repr__(self) -> str:
+        return (f"StreamDataset({str(self.manifest.root)!r}, rows={self.manifest.rows}, batch_size={self.batch_size}, "
+                f"memory_budget={self.memory_budget}, columns={[c.name for c in self.columns]})")
