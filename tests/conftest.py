@@ -1,0 +1,45 @@
+"""Shared fixtures: every test checks that it leaves no streambatch thread behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streambatch._prefetch import THREAD_PREFIX
+
+
+def streambatch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak():
+    """Fail a test that leaves a streambatch thread running (2 s grace for joins)."""
+    before = set(streambatch_threads())
+    yield
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        left = [t for t in streambatch_threads() if t not in before]
+        if not left:
+            return
+        time.sleep(0.02)
+    pytest.fail(f"threads leaked: {[t.name for t in left]}")
+
+
+def write_sorted_npy(folder: Path, rows: int, width: int = 4, n_labels: int = 10, seed: int = 0) -> Path:
+    """A small label-sorted dataset as a folder of .npy columns: id, x float32[width], y."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    np.save(folder / "id.npy", np.arange(rows, dtype=np.int64))
+    np.save(folder / "x.npy", rng.standard_normal((rows, width)).astype(np.float32))
+    np.save(folder / "y.npy", (np.arange(rows, dtype=np.int64) * n_labels) // rows)
+    return folder
+
+
+@pytest.fixture
+def sorted_npy(tmp_path: Path) -> Path:
+    return write_sorted_npy(tmp_path / "src", 5003)
