@@ -1,0 +1,172 @@
+"""Property tests of the pure planner: permutations, disjoint covering shares, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streambatch.plan import EpochPlan, plan_epoch, split_consumed, window_rows_for, worker_batch_counts
+from streambatch.quality import design_effect, epoch_pair, global_order
+
+
+def served(plan: EpochPlan, unit_rows: np.ndarray) -> list[np.ndarray]:
+    """The global row ids of each batch a plan serves, in order (windows of this worker)."""
+    starts = np.concatenate([[0], np.cumsum(unit_rows)[:-1]])
+    out = []
+    for j in plan.windows.tolist():
+        u, lo, hi = plan.window_segments(j)
+        rows = np.concatenate([starts[a] + np.arange(b, c) for a, b, c in zip(u, lo, hi)])
+        assert rows.size == plan.window_size(j)
+        order = rows[plan.window_perm(j)]
+        bs = plan.batch_size
+        for b in range(plan.window_batches(j)):
+            out.append(order[b * bs:(b + 1) * bs])
+    return out
+
+
+def dataloader_order(per_worker: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Round-robin over workers, skipping exhausted ones: what a DataLoader yields."""
+    out, i = [], 0
+    while any(i < len(w) for w in per_worker):
+        out.extend(w[i] for w in per_worker if i < len(w))
+        i += 1
+    return out
+
+
+unit_sizes = st.lists(st.integers(1, 40), min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=unit_sizes, batch=st.integers(1, 17), win=st.integers(1, 120), world=st.integers(1, 4),
+       workers=st.integers(1, 3), seed=st.integers(0, 2**32), epoch=st.integers(0, 5), drop_last=st.booleans(),
+       shuffle=st.booleans())
+def test_every_share_is_a_permutation_and_ranks_cover_the_data(sizes, batch, win, world, workers, seed, epoch,
+                                                               drop_last, shuffle):
+    ur = np.asarray(sizes, np.int64)
+    n = int(ur.sum())
+    if drop_last and n < world:
+        with pytest.raises(ValueError):
+            plan_epoch(ur, seed=seed, epoch=epoch, batch_size=batch, window_rows=win, world_size=world,
+                       drop_last=True)
+        return
+    per_rank = []
+    counts = []
+    for r in range(world):
+        worker_batches = []
+        for w in range(workers):
+            p = plan_epoch(ur, seed=seed, epoch=epoch, batch_size=batch, window_rows=win, rank=r,
+                           world_size=world, worker=w, num_workers=workers, shuffle=shuffle, drop_last=drop_last)
+            worker_batches.append(served(p, ur))
+            assert len(worker_batches[-1]) == p.n_batches
+        rank_rows = np.concatenate([b for wb in worker_batches for b in wb]) if any(worker_batches) else np.array([])
+        per_rank.append(rank_rows)
+        counts.append(sum(len(wb) for wb in worker_batches))
+        # Every worker's batches are full except at most one short batch per rank.
+        sizes_served = [len(b) for wb in worker_batches for b in wb]
+        assert sum(s != batch for s in sizes_served) <= (0 if drop_last else 1)
+    # The same number of batches on every rank, and it does not depend on the worker count.
+    assert len(set(counts)) == 1
+    one = plan_epoch(ur, seed=seed, epoch=epoch, batch_size=batch, window_rows=win, world_size=world,
+                     shuffle=shuffle, drop_last=drop_last)
+    assert counts[0] == one.n_batches
+    allrows = np.concatenate(per_rank).astype(np.int64)
+    if drop_last:
+        # No row twice; dropped rows are fewer than world*batch + world.
+        assert np.unique(allrows).size == allrows.size
+        assert n - allrows.size < world * batch + world
+    else:
+        # Every row at least once; duplicates only from wrap padding (fewer than world).
+        assert set(allrows.tolist()) == set(range(n))
+        assert allrows.size - n < world
+        if world == 1:
+            assert np.array_equal(np.sort(allrows), np.arange(n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=unit_sizes, batch=st.integers(1, 9), win=st.integers(1, 60), seed=st.integers(0, 1000),
+       epoch=st.integers(0, 1000), workers=st.integers(1, 3))
+def test_plan_is_deterministic_and_a_function_of_seed_and_epoch(sizes, batch, win, seed, epoch, workers):
+    ur = np.asarray(sizes, np.int64)
+    kw = dict(batch_size=batch, window_rows=win, num_workers=workers)
+    a = [served(plan_epoch(ur, seed=seed, epoch=epoch, worker=w, **kw), ur) for w in range(workers)]
+    b = [served(plan_epoch(ur, seed=seed, epoch=epoch, worker=w, **kw), ur) for w in range(workers)]
+    for x, y in zip(dataloader_order(a), dataloader_order(b)):
+        assert np.array_equal(x, y)
+
+
+def test_seed_and_epoch_are_not_interchangeable():
+    ur = np.full(200, 50, np.int64)
+    kw = dict(batch_size=32, window_rows=2048)
+    a = np.concatenate(served(plan_epoch(ur, seed=0, epoch=1, **kw), ur))
+    b = np.concatenate(served(plan_epoch(ur, seed=1, epoch=0, **kw), ur))
+    assert not np.array_equal(a, b)
+
+
+def test_epochs_differ_by_the_shuffle_md_thresholds():
+    ur = np.full(1000, 100, np.int64)  # N = 100k, M = 1000
+    n, m, b = 100_000, 1000, 256
+    kw = dict(seed=3, batch_size=b, window_rows=256 * 40)
+    e0 = np.concatenate(served(plan_epoch(ur, epoch=0, **kw), ur))
+    e1 = np.concatenate(served(plan_epoch(ur, epoch=1, **kw), ur))
+    pair = epoch_pair(e0, e1, b)
+    assert abs(pair["epoch_spearman"]) < 4 / np.sqrt(m - 1)
+    k_rows = 256 * 40
+    assert pair["cobatch_recur"] < 2 * (b - 1) / (min(k_rows, n) - 1)
+    assert abs(global_order(e0)["spearman"]) < 4 / np.sqrt(m - 1)
+
+
+def test_window_mixing_matches_the_tumbling_window_bound():
+    # s-bar within [0.95, 1.10] x (C-1)/(KC-1) for K <= M/2 (SHUFFLE.md correctness checks).
+    c, m, k, b = 100, 800, 40, 100
+    ur = np.full(m, c, np.int64)
+    order = np.concatenate(served(plan_epoch(ur, seed=1, epoch=0, batch_size=b, window_rows=k * c), ur))
+    s = design_effect(order, ur, b)["s_mean"]
+    ideal = (c - 1) / (k * c - 1)
+    assert 0.95 * ideal <= s <= 1.10 * ideal
+
+
+def test_no_shuffle_serves_storage_order():
+    ur = np.array([3, 5, 2, 7], np.int64)
+    p = plan_epoch(ur, seed=0, epoch=0, batch_size=4, window_rows=8, shuffle=False)
+    assert np.array_equal(np.concatenate(served(p, ur)), np.arange(17))
+
+
+def test_plan_memory_is_o_units_not_o_rows():
+    ur = np.full(1000, 1_000_000, np.int64)  # 10^9 rows
+    p = plan_epoch(ur, seed=0, epoch=0, batch_size=256, window_rows=256 * 4000)
+    arrays = [p.seg_unit, p.seg_lo, p.seg_hi, p.win_seg, p.windows]
+    assert sum(a.nbytes for a in arrays) < 200 * 1000 * 8
+
+
+@settings(max_examples=80, deadline=None)
+@given(counts=st.lists(st.integers(0, 12), min_size=1, max_size=5), data=st.data())
+def test_split_consumed_replays_round_robin(counts, data):
+    consumed = data.draw(st.integers(0, sum(counts)))
+    seq = dataloader_order([[np.array([w])] * c for w, c in enumerate(counts)])
+    expect = [0] * len(counts)
+    for x in seq[:consumed]:
+        expect[int(x[0])] += 1
+    assert split_consumed(counts, consumed) == expect
+
+
+def test_worker_batch_counts_sum_to_the_rank_total():
+    ur = np.full(37, 29, np.int64)
+    p = plan_epoch(ur, seed=0, epoch=0, batch_size=16, window_rows=64, num_workers=3)
+    assert sum(worker_batch_counts(p)) == plan_epoch(ur, seed=0, epoch=0, batch_size=16, window_rows=64).n_batches
+
+
+def test_window_rows_is_a_whole_number_of_batches_within_the_bytes():
+    assert window_rows_for(10_000, 10, 64, 10**6) == 960
+    assert window_rows_for(10, 10, 64, 10**6) == 64  # at least one batch
+    assert window_rows_for(10**9, 10, 64, 1000) == 1024  # never more than the data (rounded up)
+
+
+@pytest.mark.parametrize("kwargs", [dict(batch_size=0), dict(rank=2, world_size=2), dict(worker=1, num_workers=1),
+                                    dict(seed=-1)])
+def test_bad_arguments_raise(kwargs):
+    base = dict(seed=0, epoch=0, batch_size=4, window_rows=8)
+    base.update(kwargs)
+    with pytest.raises(ValueError):
+        plan_epoch(np.array([5, 5]), **base)

@@ -1,0 +1,258 @@
+"""Tests of the maintainer tools: ``tools/make_datasets.py`` and ``benchmarks/_common.py``.
+
+Neither folder is a package, so both modules are loaded from their file paths.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+md = _load("_tools_make_datasets", ROOT / "tools" / "make_datasets.py")
+bc = _load("_benchmarks_common", ROOT / "benchmarks" / "_common.py")
+
+ROWS = 1100  # more than one generation unit (1024 rows), so unit boundaries are exercised
+
+
+def _columns(folder: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(folder / f"{name}.npy") for name in ("id", "x", "y")}
+
+
+def _check_split(folder: Path, n: int, spec: object) -> dict[str, np.ndarray]:
+    cols = _columns(folder)
+    assert sorted(p.name for p in folder.glob("*.npy")) == ["id.npy", "x.npy", "y.npy"]
+    assert not list(folder.glob(".*partial")), "temporary files left behind"
+    assert cols["id"].dtype == np.int64 and cols["y"].dtype == np.int64
+    np.testing.assert_array_equal(cols["id"], np.arange(n))
+    assert cols["x"].dtype == np.dtype(spec.x_dtype)  # type: ignore[attr-defined]
+    assert cols["x"].shape == (n, *spec.x_shape)  # type: ignore[attr-defined]
+    y = cols["y"]
+    assert y.shape == (n,)
+    assert np.all(np.diff(y) >= 0), "y must be label-sorted"
+    counts = np.bincount(y, minlength=10)
+    assert len(counts) == 10 and counts.min() >= 1
+    assert counts.max() - counts.min() <= 1, counts
+    return cols
+
+
+@pytest.mark.parametrize("kind", sorted(md.KINDS))
+def test_make_dataset_layout(tmp_path: Path, kind: str) -> None:
+    spec = md.KINDS[kind]
+    out = md.make_dataset(kind, tmp_path / kind, rows=ROWS, seed=1)
+    assert out == tmp_path / kind
+    cols = _check_split(out, ROWS, spec)
+    if kind == "learn":
+        _check_split(out / "test", ROWS // 5, spec)
+    else:
+        assert not (out / "test").exists()
+    x = cols["x"]
+    if kind == "tab":
+        assert abs(float(x.mean())) < 0.02 and abs(float(x.std()) - 1) < 0.02
+        # x carries no label information: every class mean is ~0
+        class_means = np.stack([x[cols["y"] == c].mean() for c in range(10)])
+        assert np.abs(class_means).max() < 0.05
+    elif kind == "img":
+        assert x.min() == 0 and x.max() == 255 and abs(float(x.mean()) - 127.5) < 1
+    elif kind == "tabz":
+        assert np.all(x * 8 == np.round(x * 8)) and x.min() >= -4 and x.max() <= 4
+        assert len(np.unique(x)) > 30
+    elif kind == "imgz":
+        levels = np.flatnonzero(np.bincount(x.ravel(), minlength=256))
+        assert np.all(levels % 8 == 0) and len(levels) > 20
+
+
+def test_compressible_variants_compress(tmp_path: Path) -> None:
+    def ratio(kind: str) -> float:
+        x = np.load(md.make_dataset(kind, tmp_path / kind, rows=200) / "x.npy")
+        return x.nbytes / len(zlib.compress(x.tobytes(), 1))
+
+    assert ratio("tab") < 1.15 and ratio("img") < 1.05
+    assert ratio("tabz") > 2.5 and ratio("imgz") > 2
+
+
+def test_same_seed_same_bytes_any_block_size(tmp_path: Path) -> None:
+    a = _columns(md.make_dataset("tab", tmp_path / "a", rows=3000, seed=5))
+    b = _columns(md.make_dataset("tab", tmp_path / "b", rows=3000, seed=5, block_rows=1000))
+    c = _columns(md.make_dataset("tab", tmp_path / "c", rows=3000, seed=6))
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["x"], c["x"])
+    # rewriting a folder replaces its files
+    md.make_dataset("tab", tmp_path / "a", rows=100, seed=5)
+    assert np.load(tmp_path / "a" / "x.npy").shape == (100, 128)
+
+
+def test_learn_is_learnable(tmp_path: Path) -> None:
+    out = md.make_dataset("learn", tmp_path / "learn", rows=5000)
+    train, test = _columns(out), _columns(out / "test")
+    means = np.stack([train["x"][train["y"] == c].mean(axis=0) for c in range(10)])
+    dist = ((test["x"][:, None, :] - means[None]) ** 2).sum(axis=-1)
+    accuracy = float((dist.argmin(axis=1) == test["y"]).mean())
+    assert accuracy > 0.6, accuracy  # chance is 0.1; the Bayes rate is about 0.74
+
+
+def test_dataset_rows_and_errors(tmp_path: Path) -> None:
+    assert md.dataset_rows("tab") == 2_000_000
+    assert md.dataset_rows("img", scale=16) == 1_600_000
+    assert md.dataset_rows("tab", scale=0.5, rows=7) == 7
+    with pytest.raises(ValueError, match="unknown dataset kind"):
+        md.make_dataset("nope", tmp_path)
+    with pytest.raises(ValueError, match="rows"):
+        md.make_dataset("tab", tmp_path, rows=0)
+    with pytest.raises(ValueError, match="scale"):
+        md.make_dataset("tab", tmp_path, scale=-1)
+
+
+def test_cli(tmp_path: Path) -> None:
+    script = str(ROOT / "tools" / "make_datasets.py")
+    out = tmp_path / "cli"
+    done = subprocess.run(
+        [sys.executable, script, "img", str(out), "--rows", "40", "--seed", "3"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("img: 40 rows") and str(out) in lines[0]
+    expected = _columns(md.make_dataset("img", tmp_path / "lib", rows=40, seed=3))
+    for name, values in _columns(out).items():
+        np.testing.assert_array_equal(values, expected[name])
+    bad = subprocess.run(
+        [sys.executable, script, "tab", str(out), "--rows", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert bad.returncode == 2 and "rows must be at least 1" in bad.stderr
+
+
+# --- benchmarks/_common.py ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return md.make_dataset("tab", tmp_path_factory.mktemp("tiny"), rows=1000, seed=2)
+
+
+def test_ram_limit(tiny: Path) -> None:
+    cols = bc.load_columns(tiny)
+    rec = bc.ram_limit(cols, batch_size=64, seed=3, keep_ids=True)
+    ids = rec.pop("ids")
+    assert rec["samples"] == 1000 and rec["batches"] == 16  # ceil(1000 / 64)
+    assert bc.check_complete(ids, 1000) == {"missing": 0, "duplicated": 0, "foreign": 0}
+    assert not np.array_equal(ids, np.arange(1000)), "served in stored order: not shuffled"
+    np.testing.assert_array_equal(ids, np.random.default_rng(3).permutation(1000))
+    assert rec["x_sum"] == pytest.approx(cols["x"].sum(dtype=np.float64), rel=1e-9)
+    assert rec["bytes"] == 1000 * (8 + 128 * 4 + 8)
+    assert rec["samples_per_s"] > 0 and rec["mb_per_s"] > 0 and 0 <= rec["first_batch_s"]
+    json.dumps(rec)  # without ids the record is JSON-ready
+    again = bc.ram_limit(cols, batch_size=64, seed=3, keep_ids=True)
+    np.testing.assert_array_equal(again["ids"], ids)
+    with pytest.raises(ValueError, match="equal length"):
+        bc.ram_limit({"x": cols["x"], "id": cols["id"][:10]})
+
+
+def test_naive_loader(tiny: Path) -> None:
+    x = np.load(tiny / "x.npy")
+    rec = bc.naive_loader(tiny, batch_size=100, seed=4, keep_ids=True)
+    assert rec["samples"] == 1000 and rec["batches"] == 10 and rec["complete"] is True
+    assert bc.check_complete(rec["ids"], 1000)["missing"] == 0
+    assert not np.array_equal(rec["ids"], np.arange(1000))
+    assert rec["x_sum"] == pytest.approx(x.sum(dtype=np.float64), rel=1e-9)
+    part = bc.naive_loader(tiny, batch_size=100, seed=4, max_batches=3, keep_ids=True)
+    assert part["samples"] == 300 and part["complete"] is False
+    np.testing.assert_array_equal(part["ids"], rec["ids"][:300])
+    workers = bc.naive_loader(tiny, batch_size=100, seed=4, num_workers=2, keep_ids=True)
+    np.testing.assert_array_equal(workers["ids"], rec["ids"])
+    with pytest.raises(FileNotFoundError, match="x.npy"):
+        bc.naive_loader(tiny.parent / "missing")
+
+
+def test_consume() -> None:
+    closed: list[bool] = []
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        try:
+            for i in range(5):
+                ids = torch.arange(4 * i, 4 * i + 4)
+                yield {"x": torch.full((4, 2), float(i), dtype=torch.float16), "id": ids}
+        finally:
+            closed.append(True)
+
+    res = bc.consume(batches())
+    assert res["samples"] == 20 and res["batches"] == 5
+    assert res["x_sum"] == 8 * (0 + 1 + 2 + 3 + 4)
+    np.testing.assert_array_equal(res["ids"], np.arange(20))
+    assert res["ids"].dtype == np.int64
+    assert 0 <= res["first_batch_s"] <= res["seconds"]
+    part = bc.consume(batches(), max_batches=2)
+    assert part["samples"] == 8 and closed == [True, True], "iterator not closed early"
+    empty = bc.consume([])
+    assert empty["samples"] == 0 and empty["ids"].shape == (0,)
+    with pytest.raises(KeyError):
+        bc.consume([{"id": torch.arange(3)}])
+
+
+def test_peak_rss_sees_this_process_and_children() -> None:
+    with bc.PeakRSS() as mem:
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page written
+        seen = mem.samples
+        deadline = time.monotonic() + 5
+        while mem.samples < seen + 2 and time.monotonic() < deadline:  # the thread samples
+            time.sleep(0.005)
+        grown = mem.peak - mem.start
+        del block
+    assert grown >= 56 * 2**20, "background samples missed the allocation"
+    assert not any(t.name == "PeakRSS" for t in threading.enumerate()), "thread not joined"
+    code = "import time; b = b'1' * (96 << 20); time.sleep(0.3)"
+    with bc.PeakRSS() as mem:
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    assert mem.peak - mem.start >= 80 * 2**20, "child process memory not counted"
+    with pytest.raises(RuntimeError), bc.PeakRSS() as twice:
+        twice.__enter__()
+
+
+def test_records_and_helpers(tmp_path: Path, tiny: Path) -> None:
+    path = bc.write_record("unit", {"samples_per_s": np.float64(2.5), "n": np.int64(3)}, tmp_path)
+    bc.write_record("unit", {"samples_per_s": 1.0}, tmp_path)
+    lines = [json.loads(s) for s in path.read_text().splitlines()]
+    assert [r["samples_per_s"] for r in lines] == [2.5, 1.0] and lines[0]["n"] == 3
+    assert lines[0]["benchmark"] == "unit" and "timestamp" in lines[0]
+    assert lines[0]["machine"]["numpy"] == np.__version__ and lines[0]["machine"]["cpu_count"]
+    with pytest.raises(TypeError, match="JSON"):
+        bc.write_record("unit", {"ids": np.arange(5000)}, tmp_path)
+
+    values = iter([3.0, 1.0, 2.0])
+    median, runs = bc.median_of(lambda: {"samples_per_s": next(values)}, repeats=3)
+    assert median == {"samples_per_s": 2.0} and len(runs) == 3
+
+    assert bc.check_complete(np.array([0, 2, 2, 2, 7]), 4) == {
+        "missing": 2, "duplicated": 2, "foreign": 1,
+    }
+    size = sum(p.stat().st_size for p in tiny.glob("*.npy"))
+    assert bc.evict(tiny) == {"files": 3, "bytes": size}
+    assert bc.sequential_read(tiny)["bytes"] == size
+    copied = bc.copy_file(tiny / "x.npy", tmp_path / "x.npy")
+    assert copied["bytes"] == (tmp_path / "x.npy").stat().st_size > 0
+    assert "| a | b |" in bc.format_table([{"a": 1.23456, "b": None}], ["a", "b"])
