@@ -29,7 +29,7 @@ from ._prefetch import Prefetcher
 from ._sizes import parse_size
 from .errors import StateError
 from .manifest import Column, Manifest, load_manifest
-from .plan import EpochPlan, plan_epoch, split_consumed, window_rows_for, worker_batch_counts
+from .plan import EpochPlan, next_worker, plan_epoch, split_consumed, window_rows_for, worker_batch_counts
 from .quality import predict_deff, predict_kl
 from .storage import open_reader
 
@@ -223,14 +223,16 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         resume, self._resume = self._resume, None
         window_rows = lay["window_rows"]
         start = 0
+        share = worker  # the share of the epoch this worker serves
         if resume is not None:
             window_rows = resume["window_rows"]
-            counts = worker_batch_counts(self.plan(0, resume["num_workers"], window_rows=window_rows))
             if resume["num_workers"] != num_workers:
                 raise StateError(f"{self.manifest.root}: state saved with {resume['num_workers']} DataLoader "
                                  f"workers cannot resume with {num_workers}")
-            start = split_consumed(counts, resume["batches"])[worker]
-        plan = self.plan(worker, num_workers, window_rows=window_rows)
+            counts = worker_batch_counts(self.plan(0, num_workers, window_rows=window_rows))
+            share = (next_worker(counts, resume["batches"]) + worker) % num_workers
+            start = split_consumed(counts, resume["batches"])[share]
+        plan = self.plan(share, num_workers, window_rows=window_rows)
         reader = open_reader(self.manifest, verify=self.verify)
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay["threads"],
@@ -241,9 +243,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._consumed = start if info is None else self._consumed
         try:
             for batch in pf:
-                yield batch
                 if info is None:
-                    self._consumed += 1
+                    self._consumed += 1  # counted as delivered once handed out
+                yield batch
         finally:
             pf.close()
             reader.close()

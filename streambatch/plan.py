@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["EpochPlan", "plan_epoch", "window_rows_for", "worker_batch_counts", "split_consumed"]
+__all__ = ["EpochPlan", "plan_epoch", "window_rows_for", "worker_batch_counts", "split_consumed", "next_worker"]
 
 _UNITS = 1  # tags that keep the random streams of the planner apart
 _WINDOW = 2
@@ -220,3 +220,21 @@ def split_consumed(counts: list[int], consumed: int) -> list[int]:
             left = 0
         rnd += 1
     return taken
+
+
+def next_worker(counts: list[int], consumed: int) -> int:
+    """The worker whose batch a DataLoader yields after ``consumed`` batches (0 when all are done).
+
+    On resume, new worker ``i`` takes over worker ``(next_worker + i) % num_workers``, so that
+    the DataLoader, which starts again at worker 0, continues in the original order.
+    """
+    taken = split_consumed(counts, consumed)
+    rnd = min((t for w, t in enumerate(taken) if t < counts[w]), default=None)
+    if rnd is None:
+        return 0
+    # In round `rnd`, workers with more than `rnd` batches go in order; the first one that
+    # has not yet given its round-`rnd` batch is next.
+    for w, c in enumerate(counts):
+        if c > rnd and taken[w] == rnd:
+            return w
+    return 0  # pragma: no cover - unreachable when consumed < sum(counts)

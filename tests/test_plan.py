@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streambatch.plan import EpochPlan, plan_epoch, split_consumed, window_rows_for, worker_batch_counts
+from streambatch.plan import (
+    EpochPlan,
+    next_worker,
+    plan_epoch,
+    split_consumed,
+    window_rows_for,
+    worker_batch_counts,
+)
 from streambatch.quality import design_effect, epoch_pair, global_order
 
 
@@ -149,6 +156,14 @@ def test_split_consumed_replays_round_robin(counts, data):
     for x in seq[:consumed]:
         expect[int(x[0])] += 1
     assert split_consumed(counts, consumed) == expect
+    if consumed < len(seq):
+        # Rotating the workers so the next one becomes worker 0 continues the same order.
+        s = next_worker(counts, consumed)
+        assert int(seq[consumed][0]) == s
+        taken = split_consumed(counts, consumed)
+        rotated = [(s + i) % len(counts) for i in range(len(counts))]
+        rest = dataloader_order([[np.array([w])] * (counts[w] - taken[w]) for w in rotated])
+        assert [int(x[0]) for x in rest] == [int(x[0]) for x in seq[consumed:]]
 
 
 def test_worker_batch_counts_sum_to_the_rank_total():
