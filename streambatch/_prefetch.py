@@ -178,7 +178,7 @@ class Prefetcher:
                  index_key: str | None = None, normalize: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  to_tensor: Callable[[np.ndarray], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
-                 name: str = "reader") -> None:
+                 name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
         self.unit_start = unit_start
         self.row_nbytes = sum(c.row_nbytes for c in columns)
@@ -196,10 +196,20 @@ class Prefetcher:
         self.to_tensor, self.transform, self.timeout = to_tensor, transform, timeout
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
-        self._free: list[dict[str, np.ndarray]] = []
+        # Window buffers: reused from ``buffers`` (a list the caller keeps across epochs, so
+        # page faults on fresh memory are paid once) when their shapes fit, returned at close.
+        self._shapes = {c.name: ((plan.window_rows, *c.shape), c.np_dtype) for c in columns}
+        self._pool_out = buffers
+        self._free: list[dict[str, np.ndarray]] = [b for b in (buffers or []) if self._fits(b)][:2]
+        if buffers is not None:
+            buffers.clear()
         self._pool = _Pool(max(1, threads), name)
         self._closed = False
         self._finalizer = weakref.finalize(self, _Pool.close, self._pool)
+
+    def _fits(self, bufs: dict[str, np.ndarray]) -> bool:
+        return bufs.keys() == self._shapes.keys() and all(
+            bufs[k].shape == shape and bufs[k].dtype == dt for k, (shape, dt) in self._shapes.items())
 
     # -- accounting
     def _acquire(self, n: int) -> None:
@@ -323,4 +333,6 @@ class Prefetcher:
             return
         self._closed = True
         self._finalizer()
-        self._free.clear()
+        if self._pool_out is not None:
+            self._pool_out[:] = self._free[:2]
+        self._free = []

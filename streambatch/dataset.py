@@ -29,7 +29,15 @@ from ._prefetch import Prefetcher
 from ._sizes import parse_size
 from .errors import StateError
 from .manifest import Column, Manifest, load_manifest
-from .plan import EpochPlan, next_worker, plan_epoch, split_consumed, window_rows_for, worker_batch_counts
+from .plan import (
+    EpochPlan,
+    next_worker,
+    plan_epoch,
+    split_consumed,
+    window_bounds,
+    window_rows_for,
+    worker_batch_counts,
+)
 from .quality import predict_deff, predict_kl
 from .storage import open_reader
 
@@ -114,6 +122,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._consumed = 0  # batches yielded in this process this epoch (num_workers=0)
         self._resume: dict[str, Any] | None = None
         self.last_peak_accounted_bytes = 0
+        self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
         self._layout(1)  # fail now, not in a worker, if the budget is too small
 
     # ------------------------------------------------------------------ sizing
@@ -201,7 +210,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
             icc = m.stats[m.label]["histogram"].get("icc")
             icc = 1.0 if icc is None else float(icc)
-        deff = predict_deff(mean_unit, k, m.n_units, self.batch_size, icc=icc) if self.shuffle else float(self.batch_size)
+        deff = self._predicted_deff(window_rows, mean_unit, icc) if self.shuffle else float(self.batch_size)
         n_labels = 10
         if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
             n_labels = max(2, len(m.stats[m.label]["histogram"].get("values", [])))
@@ -214,6 +223,18 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             "predicted_deff": deff, "predicted_kl": predict_kl(deff, self.batch_size, n_labels),
             "label_icc": icc, "rank": self.rank, "world_size": self.world_size,
         }
+
+    def _predicted_deff(self, window_rows: int, mean_unit: float, icc: float) -> float:
+        """Batch-weighted mean of the tumbling-window prediction over the epoch's windows."""
+        bounds = window_bounds(self._rank_rows(), window_rows, self.batch_size)
+        sizes, counts = np.unique(np.diff(bounds), return_counts=True)
+        total = weight = 0.0
+        for size, count in zip(sizes.tolist(), counts.tolist()):
+            batches = count * (size // self.batch_size if self.drop_last else -(-size // self.batch_size))
+            d = predict_deff(mean_unit, max(1.0, size / mean_unit), self.manifest.n_units, self.batch_size, icc=icc)
+            total += batches * d
+            weight += batches
+        return total / weight if weight else float(self.batch_size)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -239,7 +260,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             budget_bytes=lay["budget"], batches_ahead=lay["ahead"], start_batch=start,
             index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
             to_tensor=torch.from_numpy, transform=self.transform, timeout=self.timeout,
-            name=f"r{self.rank}w{worker}")
+            name=f"r{self.rank}w{worker}", buffers=self._buffers)
         self._consumed = start if info is None else self._consumed
         try:
             for batch in pf:
@@ -250,6 +271,15 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             pf.close()
             reader.close()
             self.last_peak_accounted_bytes = pf.peak_accounted_bytes
+
+    def release_buffers(self) -> None:
+        """Free the window buffers kept for the next epoch (they are reused to avoid page faults)."""
+        self._buffers.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_buffers"] = []  # never ship buffers to DataLoader worker processes
+        return state
 
     # ------------------------------------------------------------------ resume
     def state_dict(self, batches: int | None = None, num_workers: int = 0) -> dict[str, Any]:

@@ -6,11 +6,14 @@ No I/O, no threads, no torch.  One epoch, for one (rank, worker)::
     concatenate their rows  ---------------> [ rank 0 rows | rank 1 rows | ... ]
                                               equal shares: ceil(N/W) rows (pad by
                                               wrapping) or floor(N/W) (drop_last)
-    cut the rank's rows into windows of      [ win 0 | win 1 | win 2 | win 3 | ... ]
-    window_rows rows (a multiple of B)         worker w takes windows w, w+nw, ...
+    cut the rank's rows into windows of      [w0|w1 | win 2 | win 3 | win 4 | ... ]
+    window_rows rows (a multiple of B),        worker w takes windows w, w+nw, ...
+    after a ramp of W/8, W/4, W/2 rows
     within a window: a random permutation    perm(seed, epoch, rank, window)
     of its rows, cut into batches of B       b0 b1 b2 ... (the rank's last batch may be short)
 
+The ramp gets the first batch out after reading an eighth of a window (time to first batch)
+at a small cost in the mixing of the epoch's first batches; ``describe()`` accounts for it.
 Windows are whole multiples of the batch size, so every batch comes from one window, every
 rank has the same number of batches, and the batch count does not depend on the number
 of DataLoader workers.  A unit cut by a window (or rank) boundary is read in two parts.
@@ -25,10 +28,27 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["EpochPlan", "plan_epoch", "window_rows_for", "worker_batch_counts", "split_consumed", "next_worker"]
+__all__ = ["EpochPlan", "plan_epoch", "window_bounds", "window_rows_for", "worker_batch_counts", "split_consumed", "next_worker"]
 
 _UNITS = 1  # tags that keep the random streams of the planner apart
 _WINDOW = 2
+
+
+def window_bounds(rank_rows: int, window_rows: int, batch_size: int, ramp: int = 3) -> NDArray[np.int64]:
+    """Row offsets of the windows of a rank's stream: ``ramp`` growing windows, then full ones.
+
+    The first windows hold ``window_rows / 2**ramp``, ..., ``window_rows / 2`` rows (whole
+    batches, at least one), so the first batch waits for a small read only.
+    """
+    sizes = [max(batch_size, ((window_rows >> k) // batch_size) * batch_size) for k in range(ramp, 0, -1)]
+    starts = [0]
+    for size in sizes:
+        if starts[-1] >= rank_rows:
+            break
+        starts.append(starts[-1] + size)
+    rest = np.arange(starts[-1] + window_rows, rank_rows, window_rows, dtype=np.int64)
+    bounds = np.concatenate([np.asarray(starts, np.int64), rest, [rank_rows]])
+    return np.unique(np.minimum(bounds, rank_rows))
 
 
 def window_rows_for(window_bytes: int, row_nbytes: int, batch_size: int, total_rows: int) -> int:
@@ -45,7 +65,7 @@ class EpochPlan:
     ``seg_unit[i], seg_lo[i], seg_hi[i]``: the i-th piece of the rank's stream is rows
     ``seg_lo:seg_hi`` of unit ``seg_unit[i]``.  ``windows`` lists this worker's window
     numbers (within the rank); window ``j`` covers segments ``win_seg[j]:win_seg[j+1]`` and
-    stream rows ``j*window_rows : min((j+1)*window_rows, rank_rows)``.
+    stream rows ``win_start[j]:win_start[j+1]``; ``window_rows`` is the largest window.
     """
 
     seed: int
@@ -63,6 +83,7 @@ class EpochPlan:
     seg_lo: NDArray[np.int64]
     seg_hi: NDArray[np.int64]
     win_seg: NDArray[np.int64]
+    win_start: NDArray[np.int64]
     windows: NDArray[np.int64]
 
     @property
@@ -70,7 +91,7 @@ class EpochPlan:
         return int(self.win_seg.shape[0] - 1)
 
     def window_size(self, j: int) -> int:
-        return min((j + 1) * self.window_rows, self.rank_rows) - j * self.window_rows
+        return int(self.win_start[j + 1] - self.win_start[j])
 
     def window_batches(self, j: int) -> int:
         n = self.window_size(j)
@@ -129,7 +150,7 @@ def _cut(order: NDArray[np.int64], unit_rows: NDArray[np.int64], start: int, sto
 
 def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_size: int, window_rows: int,
                rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
-               shuffle: bool = True, drop_last: bool = False, ) -> EpochPlan:
+               shuffle: bool = True, drop_last: bool = False, ramp: int = 3) -> EpochPlan:
     """Plan epoch ``epoch`` for ``(rank, worker)``.
 
     Args:
@@ -142,6 +163,7 @@ def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_siz
         worker, num_workers: DataLoader workers split the rank's windows round-robin.
         shuffle: permute units and rows (otherwise storage order).
         drop_last: drop each rank's last short batch (and the ``N mod W`` remainder rows).
+        ramp: the number of smaller windows (W/2**ramp ... W/2) that start the epoch.
 
     Raises:
         ValueError: on out-of-range arguments or a rank share with no rows.
@@ -165,18 +187,19 @@ def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_siz
     order = _unit_order(unit_rows, seed, epoch, shuffle)
     su, sl, sh = _cut(order, unit_rows, rank * rank_rows, (rank + 1) * rank_rows)
     # Cut the rank's segments at window boundaries.
-    n_win = -(-rank_rows // window_rows)
+    win_start = window_bounds(rank_rows, window_rows, batch_size, ramp)
+    n_win = win_start.size - 1
     lengths = sh - sl
     seg_end = np.cumsum(lengths)
     seg_start = seg_end - lengths
-    cuts = np.arange(1, n_win, dtype=np.int64) * window_rows
+    cuts = win_start[1:-1]
     bounds = np.union1d(np.concatenate([[0], seg_end]), cuts)
     piece_start, piece_len = bounds[:-1], np.diff(bounds)
     idx = np.searchsorted(seg_end, piece_start, side="right")
     su = su[idx]
     sl = sl[idx] + (piece_start - seg_start[idx])
     sh = sl + piece_len
-    win_seg = np.searchsorted(piece_start, np.arange(n_win + 1, dtype=np.int64) * window_rows, side="left")
+    win_seg = np.searchsorted(piece_start, win_start, side="left")
     win_seg[-1] = piece_start.size
     # Inside a window, place pieces in storage order: reads of neighbouring units run in file order.
     for j in range(n_win):
@@ -185,7 +208,7 @@ def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_siz
         su[a:b], sl[a:b], sh[a:b] = su[a:b][o], sl[a:b][o], sh[a:b][o]
     windows = np.arange(worker, n_win, num_workers, dtype=np.int64)
     return EpochPlan(seed, epoch, rank, world_size, worker, num_workers, batch_size, drop_last, shuffle,
-                     window_rows, rank_rows, su, sl, sh, win_seg, windows)
+                     window_rows, rank_rows, su, sl, sh, win_seg, win_start, windows)
 
 
 def worker_batch_counts(plan_of_worker0: EpochPlan) -> list[int]:

@@ -30,19 +30,29 @@ class ColumnStats:
         self.max = np.full(col.row_items, -np.inf)
 
     def update(self, values: np.ndarray) -> None:
-        if values.shape[0] == 0:
+        """Merge the rows of ``values`` in, in cache-sized float64 blocks (no large temporaries)."""
+        n = values.shape[0]
+        if n == 0:
             return
-        x = values.reshape(values.shape[0], -1).astype(np.float64)
-        nb = x.shape[0]
-        mb = x.mean(axis=0)
-        m2b = ((x - mb) ** 2).sum(axis=0)
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / n)
-        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
-        self.n = n
-        self.min = np.minimum(self.min, x.min(axis=0))
-        self.max = np.maximum(self.max, x.max(axis=0))
+        x = values.reshape(n, -1)
+        feats = x.shape[1]
+        block = max(1, (1 << 20) // (8 * max(1, feats)))
+        buf = np.empty((min(block, n), feats), np.float64)
+        for lo in range(0, n, block):
+            part = x[lo:lo + block]
+            b = buf[: part.shape[0]]
+            np.copyto(b, part, casting="unsafe")
+            self.min = np.minimum(self.min, b.min(axis=0))
+            self.max = np.maximum(self.max, b.max(axis=0))
+            nb = b.shape[0]
+            mb = b.sum(axis=0) / nb
+            b -= mb
+            m2b = np.einsum("ij,ij->j", b, b)
+            total = self.n + nb
+            delta = mb - self.mean
+            self.mean = self.mean + delta * (nb / total)
+            self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / total)
+            self.n = total
 
     def to_json(self) -> dict[str, Any]:
         std = np.sqrt(self.m2 / max(1, self.n))

@@ -128,7 +128,7 @@ def test_window_mixing_matches_the_tumbling_window_bound():
     # s-bar within [0.95, 1.10] x (C-1)/(KC-1) for K <= M/2 (SHUFFLE.md correctness checks).
     c, m, k, b = 100, 800, 40, 100
     ur = np.full(m, c, np.int64)
-    order = np.concatenate(served(plan_epoch(ur, seed=1, epoch=0, batch_size=b, window_rows=k * c), ur))
+    order = np.concatenate(served(plan_epoch(ur, seed=1, epoch=0, batch_size=b, window_rows=k * c, ramp=0), ur))
     s = design_effect(order, ur, b)["s_mean"]
     ideal = (c - 1) / (k * c - 1)
     assert 0.95 * ideal <= s <= 1.10 * ideal
@@ -185,3 +185,12 @@ def test_bad_arguments_raise(kwargs):
     base.update(kwargs)
     with pytest.raises(ValueError):
         plan_epoch(np.array([5, 5]), **base)
+
+
+def test_the_epoch_starts_with_a_ramp_of_smaller_windows():
+    ur = np.full(100, 100, np.int64)
+    p = plan_epoch(ur, seed=0, epoch=0, batch_size=10, window_rows=800)
+    assert [p.window_size(j) for j in range(5)] == [100, 200, 400, 800, 800]
+    assert p.win_start[-1] == 10_000
+    flat = plan_epoch(ur, seed=0, epoch=0, batch_size=10, window_rows=800, ramp=0)
+    assert [flat.window_size(j) for j in range(3)] == [800, 800, 800]
