@@ -89,13 +89,13 @@ def _stage_units(pieces: Iterator[dict[str, np.ndarray]], unit_rows: int) -> Ite
         yield {k: np.concatenate([p[k] for p in pending]) for k in keys}
 
 
-def _shuffled_pieces(source: Source, names: tuple[str, ...], cols: tuple[Column, ...], seed: int,
+def _shuffled_pieces(source: Source, pieces: Iterator[dict[str, np.ndarray]], cols: tuple[Column, ...], seed: int,
                      memory: int, piece_rows: int, workdir: Path) -> Iterator[dict[str, np.ndarray]]:
     """Out-of-core uniform shuffle: scatter rows at random into buckets on disk, then shuffle each.
 
     A row's bucket is uniform and independent, and each bucket is permuted uniformly, so the
     output is a uniformly random permutation of the input.  Buckets are sized to a quarter of
-    ``memory`` on average.
+    ``memory`` on average.  ``pieces`` are the source's rows in source order.
     """
     row_bytes = sum(c.row_nbytes for c in cols)
     n_buckets = max(1, math.ceil(source.rows * row_bytes / max(1, memory // 4)))
@@ -107,8 +107,8 @@ def _shuffled_pieces(source: Source, names: tuple[str, ...], cols: tuple[Column,
     files = {(b, c.name): open(workdir / f"{b}-{c.name}.bin", "wb") for b in range(n_buckets) for c in cols}
     sizes = np.zeros(n_buckets, np.int64)
     try:
-        for piece in source.pieces(piece_rows, names):
-            n = len(piece[names[0]])
+        for piece in pieces:
+            n = len(piece[cols[0].name])
             bucket = rng.integers(0, n_buckets, size=n)
             order = np.argsort(bucket, kind="stable")
             counts = np.bincount(bucket, minlength=n_buckets)
@@ -217,10 +217,6 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     writer = None
     try:
         piece_rows = max(1, memory_b // 16 // max(1, row_bytes))
-        if shuffle is not None:
-            pieces = _shuffled_pieces(source, names, cols, int(shuffle), memory_b, piece_rows, tmp / ".buckets")
-        else:
-            pieces = source.pieces(piece_rows, names)
         stats = {c.name: ColumnStats(c) for c in cols}
         lstats = LabelStats(by_name[label]) if label is not None else None
         writer = open_writer(format, tmp, cols, source.rows, unit_rows, shard_b, codec)
@@ -233,9 +229,13 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
                     lstats.check(piece[lstats.col.name], str(source.path))
                 yield piece
 
+        # statistics and label checks see the rows in source order, so errors name source rows
+        pieces = counted(source.pieces(piece_rows, names))
+        if shuffle is not None:
+            pieces = _shuffled_pieces(source, pieces, cols, int(shuffle), memory_b, piece_rows, tmp / ".buckets")
         written = 0
         with Progress(source.rows, f"convert {source.path.name}", row_bytes, enabled=progress) as bar:
-            for unit in _stage_units(counted(pieces), unit_rows):
+            for unit in _stage_units(pieces, unit_rows):
                 writer.write_unit(unit)
                 if lstats is not None:
                     lstats.update_unit(unit[lstats.col.name])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,15 +125,55 @@ def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callab
     return Source(path, fmt, tuple(cols), rows, pieces, nbytes)
 
 
+class _NpyFile:
+    """Rows of an .npy file read with plain file reads: unlike a memmap, the pages read are
+    not mapped into the process, so the converter's RSS stays within its budget."""
+
+    def __init__(self, path: Path) -> None:
+        mm = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.path, self.shape, self.dtype = path, tuple(mm.shape), mm.dtype
+        self.offset = int(mm.offset) if isinstance(mm, np.memmap) else 0
+        fortran = mm.flags.f_contiguous and not mm.flags.c_contiguous and mm.ndim > 1
+        del mm
+        if fortran:
+            raise ValueError("Fortran-ordered arrays are not supported")
+        self.row_bytes = int(math.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        lo, hi, _ = rows.indices(self.shape[0])
+        n = max(0, hi - lo)
+        out = np.empty((n, *self.shape[1:]), self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + lo * self.row_bytes)
+            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+        if got != n * self.row_bytes:
+            raise InputError(f"{self.path}: file truncated at row {lo + got // max(1, self.row_bytes)}")
+        return out
+
+
+def _npy_dtype(path: Path) -> np.dtype[Any] | None:
+    """The dtype in an .npy header (``None`` if the header is unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return np.dtype(read(f)[2])
+    except (ValueError, OSError):
+        return None
+
+
 def _open_npy(path: Path) -> Source:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() == ".npy")
     if not files:
         raise InputError(f"{path}: folder holds no .npy files")
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for f in files:
         try:
-            arrays[f.stem] = np.load(f, mmap_mode="r", allow_pickle=False)
+            arrays[f.stem] = _NpyFile(f)
         except ValueError as e:
+            dt = _npy_dtype(f)
+            if dt is not None:
+                _check_dtype(dt, f"{f}: column {f.stem!r}")  # names an object dtype as such
             raise InputError(f"{f}: cannot read as .npy without pickle ({e})") from None
         except OSError as e:
             raise InputError(f"{f}: cannot read: {e}") from None
@@ -225,7 +266,9 @@ def _open_zarr(path: Path) -> Source:
     if isinstance(node, zarr.Array):
         arrays: dict[str, Any] = {path.stem or "x": node}
     else:
-        arrays = {name: a for name, a in node.arrays()}
+        with warnings.catch_warnings():  # files beside the arrays (a streambatch manifest) are not members
+            warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
+            arrays = {name: a for name, a in node.arrays()}
     return _array_source(path, "zarr", arrays, lambda n: f"{path}/{n}")
 
 
@@ -241,7 +284,9 @@ def _arrow_column(field: Any, where: str) -> Column:
     if field.metadata and b"streambatch.shape" in field.metadata:
         meta_shape = json.loads(field.metadata[b"streambatch.shape"])
     if isinstance(t, pa.FixedShapeTensorType):
-        shape = list(t.shape)
+        # ``shape`` is the physical shape; rows come out of ``to_numpy_ndarray`` permuted
+        perm = t.permutation if t.permutation is not None else range(len(t.shape))
+        shape = [int(t.shape[p]) for p in perm]
         t = t.value_type
     while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
         shape.append(t.list_size if pa.types.is_fixed_size_list(t) else -1)
@@ -266,17 +311,27 @@ def _arrow_to_numpy(arr: Any, col: Column, where: str, row0: int) -> np.ndarray:
     cw = f"{where}: column {col.name!r}"
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    tensor = None
     if isinstance(arr.type, pa.FixedShapeTensorType):
-        arr = arr.storage
+        tensor, arr = arr, arr.storage
     if arr.null_count:
         bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{cw}: missing value at row {row0 + bad}")
     n = len(arr)
+    if tensor is not None:  # the type fixes every row's shape: rows cannot be ragged
+        if arr.flatten().null_count:
+            raise InputError(f"{cw}: missing value inside a tensor near row {row0}")
+        if n == 0:
+            return np.empty((0, *col.shape), col.np_dtype)
+        return np.asarray(tensor.to_numpy_ndarray()).reshape(n, *col.shape).astype(col.np_dtype, copy=False)
     dims: list[int] = []
     level = 0
     while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        expect = col.shape[level] if col.shape[level] > 0 else (int(lengths[0]) if len(lengths) else 0)
+        if pa.types.is_fixed_size_list(arr.type):  # its size, also when metadata reshapes the column
+            expect = arr.type.list_size
+        else:
+            expect = col.shape[level] if col.shape[level] > 0 else (int(lengths[0]) if len(lengths) else 0)
         bad = np.flatnonzero(lengths != expect)
         if bad.size:
             raise InputError(f"{cw}: ragged rows: row {row0 + int(bad[0]) // math.prod(dims)} "
@@ -287,7 +342,8 @@ def _arrow_to_numpy(arr: Any, col: Column, where: str, row0: int) -> np.ndarray:
             raise InputError(f"{cw}: missing value inside a list near row {row0}")
         level += 1
     values = arr.to_numpy(zero_copy_only=False)
-    out = values.reshape(n, *dims).astype(col.np_dtype, copy=False)
+    shape = col.shape if all(d > 0 for d in col.shape) else dims  # col.shape: the streambatch.shape metadata
+    out = values.reshape(n, *shape).astype(col.np_dtype, copy=False)
     return out
 
 
@@ -309,11 +365,11 @@ def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
                   first_batch: Callable[[], Any] | None) -> Source:
     where = str(path)
     _check_names(list(schema.names), where)
+    if rows == 0:  # before the types: an empty CSV or JSON file has only null-typed columns
+        raise InputError(f"{where}: input is empty (0 rows)")
     cols = [_arrow_column(f, where) for f in schema]
     if any(s < 0 for c in cols for s in c.shape):
         cols = _infer_list_shapes(cols, first_batch() if first_batch else None, where)
-    if rows == 0:
-        raise InputError(f"{where}: input is empty (0 rows)")
     by_name = {c.name: c for c in cols}
 
     def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:

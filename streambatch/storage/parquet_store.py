@@ -240,7 +240,7 @@ class Reader:
             arr = table.column(name).slice(lo, hi - lo).combine_chunks()
             if col.shape:
                 arr = arr.flatten()
-            dst.reshape(-1)[...] = arr.to_numpy(zero_copy_only=False)
+            dst[...] = arr.to_numpy(zero_copy_only=False).reshape(dst.shape)  # dst may be strided
 
     def verify_unit(self, unit: int) -> None:
         self._check(unit)

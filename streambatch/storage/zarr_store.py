@@ -198,7 +198,7 @@ class Reader:
         self._unit_rows = manifest.layout["unit_rows"]
         self._closed = False
 
-    def _fd(self, file_index: int) -> int:
+    def _fd(self, file_index: int, col: Column, unit: int) -> int:
         fd = self._fds.get(file_index)
         if fd is not None:
             return fd
@@ -211,7 +211,8 @@ class Reader:
                 try:
                     fd = os.open(path, os.O_RDONLY)
                 except OSError as e:
-                    raise DataError(f"{path}: cannot open shard file: {e.strerror or e}") from None
+                    raise DataError(f"{self._where(col, unit, file_index)}: cannot open shard file "
+                                    f"{path}: {e.strerror or e}") from None
                 self._fds[file_index] = fd
             return fd
 
@@ -220,7 +221,7 @@ class Reader:
                 f"file {self.manifest.files[file_index]}")
 
     def _pread_into(self, buf: memoryview, file_index: int, offset: int, col: Column, unit: int) -> None:
-        fd = self._fd(file_index)
+        fd = self._fd(file_index, col, unit)
         got = 0
         while got < len(buf):
             try:
@@ -251,7 +252,7 @@ class Reader:
         for name, dst in out.items():
             col = self.manifest.column(name)
             dec = self._decoders[name]
-            if dec is None and not self.verify:
+            if dec is None and not self.verify and dst.flags.c_contiguous:
                 loc = self.manifest.layout["columns"][name]
                 fi = int(loc["file"][unit])
                 if int(loc["size"][unit]) != self._unit_rows * col.row_nbytes:

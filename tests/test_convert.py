@@ -1,0 +1,332 @@
+"""``streambatch.convert``: statistics, the out-of-core pre-shuffle, and crash safety.
+
+Round trips of every input format live in ``test_sources.py``; the reader contract in
+``test_storage.py``; the command line in ``test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import write_sorted_npy
+
+import streambatch
+from streambatch.convert import clean_stale_temp
+from streambatch.errors import InputError, TargetExistsError
+from streambatch.manifest import Manifest, load_manifest
+from streambatch.quality import global_order, label_sorted_kl
+from streambatch.storage import STORAGES, open_reader
+from streambatch.storage import parquet_store, zarr_store
+
+WRITERS = {"zarr": zarr_store.Writer, "parquet": parquet_store.Writer}
+
+
+def read_all(m: Manifest) -> dict[str, np.ndarray]:
+    out = {c.name: np.empty((m.rows, *c.shape), c.np_dtype) for c in m.columns}
+    reader = open_reader(m, verify=True)
+    try:
+        for u in range(m.n_units):
+            s, n = int(m.unit_start[u]), int(m.unit_rows[u])
+            reader.read_into(u, 0, n, {k: v[s:s + n] for k, v in out.items()})
+    finally:
+        reader.close()
+    return out
+
+
+def temp_folders(target: Path) -> list[Path]:
+    if not target.parent.exists():
+        return []
+    return [p for p in target.parent.iterdir() if ".sbtmp-" in p.name]
+
+
+def load_npy_folder(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.load(p) for p in sorted(folder.glob("*.npy"))}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+def test_statistics_over_many_pieces(tmp_path: Path, fmt: str) -> None:
+    """Statistics merged over many small pieces equal numpy's over the whole data."""
+    rng = np.random.default_rng(5)
+    n = 20011
+    src = tmp_path / "src"
+    src.mkdir()
+    data = {
+        # a large offset and a small spread: a naive sum-of-squares variance would lose digits
+        "off": (1e6 + rng.standard_normal(n)).astype(np.float64),
+        "t": rng.standard_normal((n, 2, 3)).astype(np.float32) * np.arange(1, 7, dtype=np.float32).reshape(2, 3),
+        "u": rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True),
+        "i": rng.integers(-(2**31), 2**31, n).astype(np.int32),
+        "b": rng.random(n) < 0.1,
+        "y": np.repeat(np.array([0, 1, 2, 3, 5, 9], np.int16), [5000, 1, 10, 4000, 3000, 8000]),  # no 4, 6-8
+    }
+    for k, v in data.items():
+        np.save(src / f"{k}.npy", v)
+    # 64 KiB of memory: pieces of 64 KiB / 16 / 43 bytes = 95 rows, so ~200 merges
+    m = streambatch.convert(src, tmp_path / "ds", format=fmt, memory="64KiB", unit_rows=1000, label="y",
+                            progress=False)
+    assert isinstance(m, Manifest)
+    m = load_manifest(tmp_path / "ds")
+    for k, v in data.items():
+        x = v.reshape(n, -1).astype(np.float64)
+        st = m.stats[k]
+        assert st["count"] == n
+        for key, ref in (("mean", x.mean(0)), ("std", x.std(0)), ("min", x.min(0)), ("max", x.max(0))):
+            got = np.asarray(st[key], np.float64).reshape(-1)
+            np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-9, err_msg=f"{k}.{key}")
+    h = m.stats["y"]["histogram"]
+    assert h["values"] == [0, 1, 2, 3, 5, 9]
+    assert h["counts"] == [5000, 1, 10, 4000, 3000, 8000]
+    assert h["icc"] is not None and h["icc"] > 0.9  # label-sorted: units are nearly label-pure
+
+
+# --------------------------------------------------------------------------- pre-shuffle
+
+
+def _ids(dst: Path) -> np.ndarray:
+    return read_all(load_manifest(dst))["id"]
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+def test_shuffle_is_a_deterministic_permutation(tmp_path: Path, sorted_npy: Path, fmt: str) -> None:
+    src = load_npy_folder(sorted_npy)
+    n = len(src["id"])
+    kw = dict(format=fmt, unit_rows=256, memory="128KiB", label="y", progress=False)
+    a = streambatch.convert(sorted_npy, tmp_path / "a", shuffle=7, **kw)
+    b = streambatch.convert(sorted_npy, tmp_path / "b", shuffle=7, **kw)
+    c = streambatch.convert(sorted_npy, tmp_path / "c", shuffle=8, **kw)
+    plain = streambatch.convert(sorted_npy, tmp_path / "plain", **kw)
+    assert isinstance(a, Manifest) and isinstance(plain, Manifest)
+    ids_a, ids_b, ids_c = _ids(tmp_path / "a"), _ids(tmp_path / "b"), _ids(tmp_path / "c")
+    np.testing.assert_array_equal(np.sort(ids_a), np.arange(n))
+    np.testing.assert_array_equal(np.sort(ids_c), np.arange(n))
+    np.testing.assert_array_equal(ids_a, ids_b)
+    assert np.mean(ids_a == ids_c) < 0.01
+    np.testing.assert_array_equal(_ids(tmp_path / "plain"), np.arange(n))
+    # every column moves with its row
+    rows = read_all(load_manifest(tmp_path / "a"))
+    np.testing.assert_array_equal(rows["x"], src["x"][ids_a])
+    np.testing.assert_array_equal(rows["y"], src["y"][ids_a])
+    # the order is unrelated to the input order (Spearman ~ 0 +- 1/sqrt(N-1))
+    assert abs(global_order(ids_a)["spearman"]) < 4 / math.sqrt(n - 1)
+    # statistics do not depend on the order; the label histogram neither; the unit ICC drops
+    for k in ("id", "x", "y"):
+        for key in ("mean", "std", "min", "max"):
+            np.testing.assert_allclose(a.stats[k][key], plain.stats[k][key], rtol=1e-12)
+    assert a.stats["y"]["histogram"]["counts"] == plain.stats["y"]["histogram"]["counts"]
+    assert plain.stats["y"]["histogram"]["icc"] > 0.7  # 500 rows per label, units of 256
+    assert a.stats["y"]["histogram"]["icc"] < 0.05
+    assert a.options["shuffle"] == 7 and a.fingerprint != plain.fingerprint
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_shuffle_label_sorted_kl_within_full_shuffle_tolerance(tmp_path: Path) -> None:
+    """M2 on 60k label-sorted rows, pre-shuffled through many buckets, is as good as a true shuffle."""
+    n, batch, n_labels = 60_000, 256, 10
+    src = write_sorted_npy(tmp_path / "src", n, width=2, n_labels=n_labels)
+    row_bytes = 8 + 2 * 4 + 8
+    memory = 128 * 1024
+    buckets = math.ceil(n * row_bytes / (memory // 4))
+    assert buckets >= 8, "the test must exercise several buckets"
+    m = streambatch.convert(src, tmp_path / "ds", shuffle=3, memory=memory, unit_rows=512, label="y",
+                            progress=False)
+    assert isinstance(m, Manifest)
+    ids = zarr.open_group(str(tmp_path / "ds"), mode="r")["id"][:]
+    np.testing.assert_array_equal(np.sort(ids), np.arange(n))
+
+    # the spread of a true uniform permutation, measured here
+    ref = np.array([label_sorted_kl(np.random.default_rng((11, i)).permutation(n), n, batch, n_labels)["kl_mean"]
+                    for i in range(30)])
+    ideal = (n_labels - 1) / (2 * batch)
+    se = float(ref.std(ddof=1))
+    tol = ideal + 4 * se
+    assert abs(ref.mean() - ideal) < 4 * se / math.sqrt(len(ref)) + 0.02 * ideal  # the formula holds here
+    got = label_sorted_kl(ids, n, batch, n_labels)
+    assert got["kl_mean"] <= tol, (got, ideal, se)
+    assert got["frac_missing_class"] < 0.01
+    # the same figure without the shuffle: sorted input is far outside the tolerance
+    assert label_sorted_kl(np.arange(n), n, batch, n_labels)["kl_mean"] > 100 * tol
+
+
+def test_shuffle_memory_too_small(tmp_path: Path, sorted_npy: Path) -> None:
+    with pytest.raises(InputError, match="too small to pre-shuffle"):
+        streambatch.convert(sorted_npy, tmp_path / "ds", shuffle=0, memory=256, progress=False)
+    assert not (tmp_path / "ds").exists() and not temp_folders(tmp_path / "ds")
+
+
+# --------------------------------------------------------------------------- crash safety
+
+
+def _slow_convert_script(src: Path, dst: Path, fmt: str) -> str:
+    """A conversion slowed to ~0.05 s per unit (about 2.5 s in all), so it can be killed mid-way."""
+    return textwrap.dedent(f"""
+        import time
+        import streambatch
+        from streambatch.storage import {fmt}_store as store
+
+        write_unit = store.Writer.write_unit
+
+        def slow(self, data):
+            write_unit(self, data)
+            time.sleep(0.05)
+
+        store.Writer.write_unit = slow
+        streambatch.convert({str(src)!r}, {str(dst)!r}, format={fmt!r}, unit_rows=100, progress=False)
+    """)
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+def test_sigkill_leaves_no_dataset_and_next_run_cleans_up(tmp_path: Path, sorted_npy: Path, fmt: str) -> None:
+    dst = tmp_path / "out" / "ds"
+    proc = subprocess.Popen([sys.executable, "-c", _slow_convert_script(sorted_npy, dst, fmt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        stale: list[Path] = []
+        # wait until the temp folder holds 5 units of data (of 51): the conversion is mid-way
+        while time.monotonic() < deadline and proc.poll() is None:
+            stale = temp_folders(dst)
+            if stale and _data_bytes(stale[0]) >= 5 * 100 * 32:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert proc.returncode == -signal.SIGKILL
+    assert not dst.exists(), "a killed conversion must leave no dataset at the target"
+    assert len(stale) == 1 and stale[0].exists(), "the killed run's temp folder stays until the next run"
+    assert f"-{proc.pid}-" in stale[0].name
+
+    m = streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=100, progress=False)
+    assert isinstance(m, Manifest)
+    assert not stale[0].exists() and not temp_folders(dst)
+    got = read_all(load_manifest(dst))
+    for k, v in load_npy_folder(sorted_npy).items():
+        np.testing.assert_array_equal(got[k], v)
+
+
+def _data_bytes(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*"):
+        try:
+            if p.is_file() and p.name != "zarr.json":
+                total += p.stat().st_size
+        except FileNotFoundError:  # the writer may be renaming
+            pass
+    return total
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, _Boom])
+@pytest.mark.parametrize("shuffle", [None, 1])
+def test_interrupt_mid_way_leaves_nothing(tmp_path: Path, sorted_npy: Path, monkeypatch: pytest.MonkeyPatch,
+                                          fmt: str, exc: type[BaseException], shuffle: int | None) -> None:
+    writer = WRITERS[fmt]
+    calls = []
+    write_unit = writer.write_unit
+
+    def failing(self: object, data: dict[str, np.ndarray]) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise exc("stop")
+        write_unit(self, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer, "write_unit", failing)
+    dst = tmp_path / "out" / "ds"
+    with pytest.raises(exc):
+        streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=100, shuffle=shuffle, memory="64KiB",
+                            progress=False)
+    assert len(calls) == 5
+    assert not dst.exists()
+    assert not temp_folders(dst)
+    assert list(dst.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+def test_failed_overwrite_keeps_the_old_dataset(tmp_path: Path, sorted_npy: Path, monkeypatch: pytest.MonkeyPatch,
+                                                fmt: str) -> None:
+    dst = tmp_path / "ds"
+    old = streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=100, progress=False)
+    assert isinstance(old, Manifest)
+
+    def failing(self: object, data: dict[str, np.ndarray]) -> None:
+        raise _Boom("disk full")
+
+    monkeypatch.setattr(WRITERS[fmt], "write_unit", failing)
+    with pytest.raises(_Boom):
+        streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=50, overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert load_manifest(dst).fingerprint == old.fingerprint
+    assert int(load_manifest(dst).unit_rows[0]) == 100
+    assert not temp_folders(dst)
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+def test_existing_target_refused_then_replaced(tmp_path: Path, sorted_npy: Path, fmt: str) -> None:
+    dst = tmp_path / "ds"
+    first = streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=100, progress=False)
+    assert isinstance(first, Manifest)
+    with pytest.raises(TargetExistsError, match="overwrite"):
+        streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=50, progress=False)
+    assert load_manifest(dst).fingerprint == first.fingerprint
+    second = streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=50, columns=["id"], overwrite=True,
+                                 progress=False)
+    assert isinstance(second, Manifest)
+    m = load_manifest(dst)
+    assert [c.name for c in m.columns] == ["id"] and int(m.unit_rows[0]) == 50
+    np.testing.assert_array_equal(read_all(m)["id"], np.arange(m.rows))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
+
+
+def test_stale_temp_of_a_live_process_is_kept(tmp_path: Path, sorted_npy: Path) -> None:
+    dst = tmp_path / "ds"
+    live = tmp_path / f".ds.sbtmp-{os.getpid()}-0123abcd"
+    dead_pid = 2**22 + 12345  # above the default pid_max: no such process
+    dead = tmp_path / f".ds.sbtmp-{dead_pid}-4567abcd"
+    other = tmp_path / f".other.sbtmp-{dead_pid}-89abcdef"
+    for p in (live, dead, other):
+        p.mkdir()
+        (p / "junk").write_bytes(b"x")
+    assert clean_stale_temp(dst) == [dead]
+    assert live.exists() and not dead.exists() and other.exists()
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, sorted_npy: Path) -> None:
+    dst = tmp_path / "out" / "ds"
+    plan = streambatch.convert(sorted_npy, dst, format="parquet", unit_rows=1000, dry_run=True)
+    assert isinstance(plan, dict)
+    assert plan["rows"] == 5003 and plan["units"] == 6 and plan["unit_rows"] == 1000
+    assert plan["row_bytes"] == 8 + 16 + 8 and plan["bytes"] == 5003 * 32
+    assert [c["name"] for c in plan["columns"]] == ["id", "x", "y"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("unit_bytes", "unit_rows"), [("4KiB", 128), (1000, 31), ("1GiB", 5003)])
+def test_unit_bytes_sets_rows_per_unit(tmp_path: Path, sorted_npy: Path, unit_bytes: str | int,
+                                       unit_rows: int) -> None:
+    m = streambatch.convert(sorted_npy, tmp_path / "ds", unit_bytes=unit_bytes, progress=False)  # 32-byte rows
+    assert isinstance(m, Manifest)
+    assert int(m.unit_rows[0]) == unit_rows and m.n_units == -(-5003 // unit_rows)
+    np.testing.assert_array_equal(read_all(m)["id"], np.arange(5003))

@@ -1,0 +1,400 @@
+"""Every input format, converted into both outputs, reads back exactly.
+
+Each ``_write_*`` helper writes the same rows in one input format and returns the arrays the
+converted dataset must hold: the source's own values, dtypes and row shapes (text formats
+carry no dtype, so CSV and JSON Lines hold the int64 / float64 / bool that their parser gives).
+Every dataset is read back three ways: through ``open_reader`` unit by unit, with
+``zarr.open_group`` or ``pyarrow.parquet.read_table`` / ``pandas.read_parquet`` (no
+streambatch), and its manifest statistics are compared with numpy's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+import streambatch
+from streambatch.errors import InputError
+from streambatch.manifest import Manifest, load_manifest
+from streambatch.sources import detect_format, open_source
+from streambatch.storage import CODECS, open_reader
+
+ROWS = 1003  # units of 128 rows: the last unit holds 107
+UNIT = 128
+Data = dict[str, np.ndarray]
+
+
+def _binary_data(rows: int = ROWS) -> Data:
+    """Columns of many dtypes, two fixed-shape tensor columns and an int label ``y``."""
+    rng = np.random.default_rng(1)
+    return {
+        "id": np.arange(rows, dtype=np.int64),
+        "vec": rng.standard_normal((rows, 3)).astype(np.float32),
+        "img": rng.integers(0, 256, (rows, 2, 3), dtype=np.uint8),
+        "flag": rng.random(rows) < 0.4,
+        "i8": rng.integers(-128, 128, rows, dtype=np.int8),
+        "i16": rng.integers(-30000, 30000, rows).astype(np.int16),
+        "u16": rng.integers(0, 65536, rows, dtype=np.uint16),
+        "u32": rng.integers(0, 2**32, rows, dtype=np.uint32),
+        "u64": rng.integers(0, 2**63, rows, dtype=np.uint64) * np.uint64(2),
+        "f64": rng.standard_normal(rows) * 1e3,
+        "y": rng.integers(0, 10, rows).astype(np.int32),
+    }
+
+
+def _text_data(rows: int = ROWS) -> Data:
+    rng = np.random.default_rng(2)
+    return {
+        "id": np.arange(rows, dtype=np.int64) - 500,
+        "f64": rng.standard_normal(rows) * 1e3,
+        "flag": rng.random(rows) < 0.4,
+        "y": rng.integers(0, 10, rows).astype(np.int64),
+    }
+
+
+def _arrow_array(arr: np.ndarray, tensor: str = "fsl") -> pa.Array:
+    """A numpy column as Arrow: scalars plain, tensors as (nested) FixedSizeList or fixed_shape_tensor."""
+    if arr.ndim == 1:
+        return pa.array(arr)
+    if tensor == "tensor":
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(arr))
+    out = pa.array(arr.reshape(-1))
+    for d in reversed(arr.shape[1:]):  # nested: list<list<uint8>[3]>[2] for shape (2, 3)
+        out = pa.FixedSizeListArray.from_arrays(out, d)
+    return out
+
+
+def _arrow_table(data: Data, tensor: str = "fsl") -> pa.Table:
+    return pa.table({k: _arrow_array(v, tensor) for k, v in data.items()})
+
+
+def _write_npy_file(d: Path) -> tuple[Path, Data]:
+    vec = _binary_data()["vec"]
+    np.save(d / "vec.npy", vec)
+    return d / "vec.npy", {"vec": vec}
+
+
+def _write_npy_folder(d: Path) -> tuple[Path, Data]:
+    data = _binary_data()
+    data["be"] = np.arange(ROWS, dtype=">i4") * 3  # big-endian on disk, native in the dataset
+    (d / "cols").mkdir()
+    for k, v in data.items():
+        np.save(d / "cols" / f"{k}.npy", v)
+    data["be"] = data["be"].astype(np.int32)
+    return d / "cols", data
+
+
+def _write_npz(d: Path) -> tuple[Path, Data]:
+    data = _binary_data()
+    np.savez(d / "a.npz", **data)
+    return d / "a.npz", data
+
+
+def _write_npz_compressed(d: Path) -> tuple[Path, Data]:
+    data = _binary_data()
+    np.savez_compressed(d / "a.npz", **data)
+    return d / "a.npz", data
+
+
+def _write_parquet_file(d: Path) -> tuple[Path, Data]:
+    data = _binary_data()
+    pq.write_table(_arrow_table(data), d / "a.parquet", row_group_size=300)
+    return d / "a.parquet", data
+
+
+def _write_parquet_folder(d: Path) -> tuple[Path, Data]:
+    data = _binary_data()
+    table = _arrow_table(data)
+    (d / "parts").mkdir()
+    pq.write_table(table.slice(0, 400), d / "parts" / "part-0.parquet", row_group_size=150)
+    pq.write_table(table.slice(400), d / "parts" / "part-1.parquet")
+    return d / "parts", data
+
+
+def _write_csv(d: Path) -> tuple[Path, Data]:
+    data = _text_data()
+    names = list(data)
+    with open(d / "a.csv", "w") as f:
+        f.write(",".join(names) + "\n")
+        for i in range(ROWS):  # repr() of a float round-trips exactly
+            f.write(",".join(repr(v.item()) for v in (data[n][i] for n in names)) + "\n")
+    return d / "a.csv", data
+
+
+def _write_jsonl(d: Path) -> tuple[Path, Data]:
+    data = _text_data()
+    rng = np.random.default_rng(3)
+    data["vec"] = rng.standard_normal((ROWS, 3))
+    data["mat"] = rng.integers(-9, 10, (ROWS, 2, 3)).astype(np.int64)
+    with open(d / "a.jsonl", "w") as f:
+        for i in range(ROWS):
+            f.write(json.dumps({k: v[i].tolist() for k, v in data.items()}) + "\n")
+    return d / "a.jsonl", data
+
+
+def _write_feather(d: Path) -> tuple[Path, Data]:
+    """Arrow IPC file with canonical fixed_shape_tensor columns."""
+    data = _binary_data()
+    feather.write_feather(_arrow_table(data, "tensor"), d / "a.feather", chunksize=256)
+    return d / "a.feather", data
+
+
+def _write_arrow_stream(d: Path) -> tuple[Path, Data]:
+    """Arrow IPC stream format with FixedSizeList columns."""
+    data = _binary_data()
+    table = _arrow_table(data)
+    with pa.OSFile(str(d / "a.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        for batch in table.to_batches(max_chunksize=300):
+            w.write_batch(batch)
+    return d / "a.arrow", data
+
+
+def _write_hdf5(d: Path) -> tuple[Path, Data]:
+    data = _binary_data()
+    with h5py.File(d / "a.h5", "w") as f:
+        for k, v in data.items():
+            if k == "i16":
+                f.create_dataset(f"grp/{k}", data=v, chunks=(100,))  # nested: column "grp.i16"
+            else:
+                f.create_dataset(k, data=v)
+    data["grp.i16"] = data.pop("i16")
+    return d / "a.h5", data
+
+
+def _write_zarr(d: Path, zarr_format: int) -> tuple[Path, Data]:
+    data = _binary_data()
+    g = zarr.open_group(str(d / "in.zarr"), mode="w", zarr_format=zarr_format)
+    for k, v in data.items():
+        a = g.create_array(k, shape=v.shape, dtype=v.dtype, chunks=(97, *v.shape[1:]))
+        a[:] = v
+    return d / "in.zarr", data
+
+
+WRITERS: dict[str, Callable[[Path], tuple[Path, Data]]] = {
+    "npy-file": _write_npy_file,
+    "npy-folder": _write_npy_folder,
+    "npz": _write_npz,
+    "npz-compressed": _write_npz_compressed,
+    "parquet-file": _write_parquet_file,
+    "parquet-folder": _write_parquet_folder,
+    "csv": _write_csv,
+    "jsonl": _write_jsonl,
+    "arrow-feather": _write_feather,
+    "arrow-stream": _write_arrow_stream,
+    "hdf5": _write_hdf5,
+    "zarr-v3": lambda d: _write_zarr(d, 3),
+    "zarr-v2": lambda d: _write_zarr(d, 2),
+}
+FORMAT_OF = {"npy-file": "npy", "npy-folder": "npy", "npz": "npz", "npz-compressed": "npz",
+             "parquet-file": "parquet", "parquet-folder": "parquet", "csv": "csv", "jsonl": "jsonl",
+             "arrow-feather": "arrow", "arrow-stream": "arrow", "hdf5": "hdf5", "zarr-v3": "zarr",
+             "zarr-v2": "zarr"}
+
+
+# --------------------------------------------------------------------------- read-back helpers
+
+
+def read_with_streambatch(m: Manifest) -> Data:
+    """Every column, unit by unit through ``open_reader`` (checksums verified)."""
+    out = {c.name: np.empty((m.rows, *c.shape), c.np_dtype) for c in m.columns}
+    reader = open_reader(m, verify=True)
+    try:
+        for u in range(m.n_units):
+            s, n = int(m.unit_start[u]), int(m.unit_rows[u])
+            reader.read_into(u, 0, n, {k: v[s:s + n] for k, v in out.items()})
+            reader.verify_unit(u)
+    finally:
+        reader.close()
+    return out
+
+
+def read_without_streambatch(m: Manifest) -> Data:
+    """Every column with the standard libraries only."""
+    if m.storage == "zarr":
+        # the arrays by name: listing the group's members warns about the manifest file beside them
+        g = zarr.open_group(str(m.root), mode="r")
+        names = sorted(p.name for p in m.root.iterdir() if (p / "zarr.json").is_file())
+        return {name: g[name][:] for name in names}
+    table = pq.read_table(m.root)
+    out = {}
+    for field in table.schema:
+        arr = table.column(field.name).combine_chunks()
+        if pa.types.is_fixed_size_list(field.type):
+            shape = json.loads(field.metadata[b"streambatch.shape"])
+            out[field.name] = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), *shape)
+        else:
+            out[field.name] = arr.to_numpy(zero_copy_only=False)
+    df = pd.read_parquet(m.root)
+    assert list(df.columns) == table.schema.names and len(df) == m.rows
+    for name in df.columns:
+        col = df[name].to_numpy()
+        if col.dtype == object:  # tensor rows come as arrays of their flat values
+            col = np.stack(col).reshape(out[name].shape)
+        assert col.dtype == out[name].dtype, name
+        np.testing.assert_array_equal(col, out[name], err_msg=f"pandas: {name}")
+    return out
+
+
+def assert_same(got: Data, want: Data, how: str) -> None:
+    assert sorted(got) == sorted(want), how
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype, f"{how}: {k} dtype {got[k].dtype} != {v.dtype}"
+        assert got[k].shape == v.shape, f"{how}: {k} shape {got[k].shape} != {v.shape}"
+        np.testing.assert_array_equal(got[k], v, err_msg=f"{how}: {k}")
+
+
+def assert_stats(m: Manifest, want: Data) -> None:
+    for k, v in want.items():
+        st = m.stats[k]
+        x = v.reshape(len(v), -1).astype(np.float64)
+        assert st["count"] == len(v)
+        for key, ref in (("mean", x.mean(axis=0)), ("std", x.std(axis=0)),
+                         ("min", x.min(axis=0)), ("max", x.max(axis=0))):
+            got = np.asarray(st[key], np.float64)
+            assert got.shape == (() if v.ndim == 1 else ref.shape), (k, key)
+            scale = max(1.0, float(np.abs(x).max()))
+            np.testing.assert_allclose(got.reshape(-1), ref, rtol=1e-12, atol=1e-12 * scale, err_msg=f"stats {k}.{key}")
+
+
+# --------------------------------------------------------------------------- round trips
+
+# every format into both outputs; the codec rotates so each output sees every codec
+CASES = [(w, out, CODECS[(i + j) % len(CODECS)])
+         for i, w in enumerate(WRITERS) for j, out in enumerate(("zarr", "parquet"))]
+
+
+@pytest.mark.parametrize(("writer", "out", "codec"), CASES, ids=[f"{w}-{o}-{c}" for w, o, c in CASES])
+def test_round_trip(tmp_path: Path, writer: str, out: str, codec: str) -> None:
+    src, want = WRITERS[writer](tmp_path)
+    assert detect_format(src) == FORMAT_OF[writer]
+    label = "y" if "y" in want else None
+    # shards of about 3 units: several shard files, the last one partial
+    m = streambatch.convert(src, tmp_path / f"ds.{out}", format=out, codec=codec, unit_rows=UNIT,
+                            shard_bytes=3 * UNIT * 12, label=label, progress=False)
+    assert isinstance(m, Manifest)
+    assert m.rows == ROWS and m.codec == codec and m.storage == out
+    assert m.unit_rows.tolist() == [UNIT] * (ROWS // UNIT) + [ROWS % UNIT]
+    assert len(m.files) > 1
+    assert {c.name: (c.dtype, c.shape) for c in m.columns} == {k: (v.dtype.name, v.shape[1:]) for k, v in want.items()}
+    assert m.source["format"] == FORMAT_OF[writer]
+
+    loaded = load_manifest(tmp_path / f"ds.{out}")
+    assert_same(read_with_streambatch(loaded), want, "open_reader")
+    assert_same(read_without_streambatch(loaded), want, "standard tools")
+    assert_stats(loaded, want)
+    if label:
+        h = loaded.stats["y"]["histogram"]
+        values, counts = np.unique(want["y"], return_counts=True)
+        assert h["values"] == values.tolist() and h["counts"] == counts.tolist()
+        assert h["icc"] is not None and h["icc"] < 0.05  # random labels: units look like the whole
+
+
+def test_every_source_format_is_covered() -> None:
+    from streambatch.sources import SOURCE_FORMATS
+
+    assert set(FORMAT_OF.values()) == set(SOURCE_FORMATS)
+    for out in ("zarr", "parquet"):
+        assert {c for _, o, c in CASES if o == out} == set(CODECS)
+
+
+# --------------------------------------------------------------------------- source details
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_pieces_cover_rows_in_order(tmp_path: Path, writer: str) -> None:
+    src, want = WRITERS[writer](tmp_path)
+    source = open_source(src)
+    assert source.rows == ROWS and source.format == FORMAT_OF[writer]
+    assert [c.name for c in source.columns] == list(want) or sorted(c.name for c in source.columns) == sorted(want)
+    names = tuple(sorted(want))[:2]
+    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for piece in source.pieces(100, names):
+        assert set(piece) == set(names)
+        lens = {len(v) for v in piece.values()}
+        assert len(lens) == 1 and 1 <= lens.pop() <= 100
+        for n in names:
+            got[n].append(piece[n])
+    for n in names:
+        np.testing.assert_array_equal(np.concatenate(got[n]), want[n])
+
+
+def test_fixed_shape_tensor_with_permutation(tmp_path: Path) -> None:
+    """A permuted fixed_shape_tensor column stores rows in their logical (permuted) shape."""
+    phys = np.arange(40 * 6, dtype=np.int16).reshape(40, 6)
+    typ = pa.fixed_shape_tensor(pa.int16(), [2, 3], permutation=[1, 0])
+    ext = pa.ExtensionArray.from_storage(typ, pa.FixedSizeListArray.from_arrays(pa.array(phys.reshape(-1)), 6))
+    logical = ext.to_numpy_ndarray()
+    assert logical.shape == (40, 3, 2)
+    feather.write_feather(pa.table({"t": ext}), tmp_path / "t.feather")
+    m = streambatch.convert(tmp_path / "t.feather", tmp_path / "ds", unit_rows=16, progress=False)
+    assert isinstance(m, Manifest)
+    assert m.columns[0].shape == (3, 2)
+    np.testing.assert_array_equal(read_with_streambatch(m)["t"], logical)
+
+
+def test_variable_list_column_of_constant_length(tmp_path: Path) -> None:
+    """A plain ``list<>`` Parquet column whose rows all have 4 values becomes a (4,) column."""
+    vals = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
+    pq.write_table(pa.table({"v": pa.array(list(vals), type=pa.list_(pa.float32()))}), tmp_path / "v.parquet",
+                   row_group_size=20)
+    m = streambatch.convert(tmp_path / "v.parquet", tmp_path / "ds", format="parquet", unit_rows=16, progress=False)
+    assert isinstance(m, Manifest)
+    assert (m.columns[0].dtype, m.columns[0].shape) == ("float32", (4,))
+    np.testing.assert_array_equal(read_with_streambatch(m)["v"], vals)
+
+
+def test_streambatch_parquet_reconverts_with_shapes(tmp_path: Path) -> None:
+    """A streambatch Parquet dataset is itself a valid input and keeps its tensor shapes."""
+    src, want = _write_npz(tmp_path)
+    streambatch.convert(src, tmp_path / "a.pq", format="parquet", unit_rows=UNIT, progress=False)
+    m = streambatch.convert(tmp_path / "a.pq", tmp_path / "b.zarr", source_format="parquet", unit_rows=100,
+                            progress=False)
+    assert isinstance(m, Manifest)
+    assert_same(read_with_streambatch(m), want, "re-converted")
+
+
+def test_streambatch_zarr_reconverts(tmp_path: Path) -> None:
+    """A streambatch Zarr dataset is itself a valid input (its manifest is not taken for an array)."""
+    src, want = _write_npz(tmp_path)
+    streambatch.convert(src, tmp_path / "a.zarr", unit_rows=UNIT, codec="zstd", progress=False)
+    m = streambatch.convert(tmp_path / "a.zarr", tmp_path / "b.pq", format="parquet", unit_rows=100,
+                            progress=False)
+    assert isinstance(m, Manifest)
+    assert_same(read_with_streambatch(m), want, "re-converted")
+
+
+def test_columns_subset_and_order(tmp_path: Path) -> None:
+    src, want = _write_npz(tmp_path)
+    m = streambatch.convert(src, tmp_path / "ds", columns=["y", "img", "id"], unit_rows=100, progress=False)
+    assert isinstance(m, Manifest)
+    assert [c.name for c in m.columns] == ["y", "img", "id"]
+    assert_same(read_with_streambatch(m), {k: want[k] for k in ("y", "img", "id")}, "subset")
+    assert set(m.stats) == {"y", "img", "id"}
+
+
+def test_source_format_override(tmp_path: Path) -> None:
+    src, want = _write_csv(tmp_path)
+    renamed = src.rename(tmp_path / "data.txt")
+    with pytest.raises(InputError, match="data.txt"):
+        detect_format(renamed)
+    m = streambatch.convert(renamed, tmp_path / "ds", source_format="csv", unit_rows=100, progress=False)
+    assert isinstance(m, Manifest)
+    assert_same(read_with_streambatch(m), want, "--from csv")
+
+
+def test_folder_of_mixed_files_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mix").mkdir()
+    np.save(tmp_path / "mix" / "a.npy", np.zeros(3))
+    pq.write_table(pa.table({"b": [1, 2, 3]}), tmp_path / "mix" / "b.parquet")
+    with pytest.raises(InputError, match="mix.*--from"):
+        open_source(tmp_path / "mix")
