@@ -45,7 +45,7 @@ __all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
 
 STATE_VERSION = 1
 INDEX_KEY = "_row"
-# Batches assembled ahead of the consumer: 2 per thread, at most this many.  The budget
+# Batches assembled ahead of the consumer: 8 per thread (two groups of 4), at most this many.  The budget
 # always reserves room for the maximum, so the plan (and every batch) does not depend on
 # the thread count.
 _BATCHES_AHEAD_MAX = 16
@@ -139,7 +139,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         """Budget per process -> batches ahead, window rows; ValueError if a window won't fit."""
         budget = self.memory_budget // max(1, num_workers)
         threads = self._threads(num_workers)
-        ahead = min(_BATCHES_AHEAD_MAX, 2 * threads)
+        ahead = min(_BATCHES_AHEAD_MAX, 8 * threads)
         batch_bytes = self.batch_size * self.row_nbytes
         window_bytes = (budget - _BATCHES_AHEAD_MAX * batch_bytes) // 2
         if window_bytes < batch_bytes:

@@ -1,0 +1,78 @@
+"""Maintainer helper: compare ways of reading uncompressed Zarr units from a warm page cache.
+
+    python tools/profile_read_paths.py data/tab.zarr [--column x] [--units 1500]
+
+Reads the same random units with ``os.preadv`` into a reused buffer, with a per-unit
+``mmap`` copy, and with a whole-file mapping (with and without ``MADV_DONTNEED`` after each
+copy, which keeps the process's RSS from growing with the file), three rounds each, and
+prints GB/s.  It decided the reader's read path (pread: see streambatch/storage/zarr_store.py).
+Note: read the files once first; a machine that pages out idle page cache (DAMON reclaim)
+turns a "warm" read into a disk read after a minute or so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import time
+
+import numpy as np
+
+import streambatch as sb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dataset")
+    ap.add_argument("--column", default="x")
+    ap.add_argument("--units", type=int, default=1500)
+    args = ap.parse_args()
+    m = sb.load_manifest(args.dataset)
+    loc = m.layout["columns"][args.column]
+    col = m.column(args.column)
+    fds = {i: os.open(m.path_of(i), os.O_RDONLY) for i in set(loc["file"].tolist())}
+    maps: dict[int, mmap.mmap] = {}
+    buf = np.zeros(m.layout["unit_rows"] * col.row_nbytes, np.uint8)
+    bm = memoryview(buf)
+    units = np.random.default_rng(0).permutation(m.n_units)[: args.units]
+
+    def pread() -> None:
+        for u in units:
+            os.preadv(fds[int(loc["file"][u])], [bm], int(loc["offset"][u]))
+
+    def mmap_per_unit() -> None:
+        for u in units:
+            off = int(loc["offset"][u])
+            start = off - off % mmap.ALLOCATIONGRANULARITY
+            mp = mmap.mmap(fds[int(loc["file"][u])], off + len(bm) - start, prot=mmap.PROT_READ, offset=start)
+            v = memoryview(mp)
+            bm[:] = v[off - start:off - start + len(bm)]
+            v.release()
+            mp.close()
+
+    def whole_map(dontneed: bool) -> None:
+        for u in units:
+            fi, off = int(loc["file"][u]), int(loc["offset"][u])
+            mp = maps.setdefault(fi, mmap.mmap(fds[fi], 0, prot=mmap.PROT_READ))
+            v = memoryview(mp)
+            bm[:] = v[off:off + len(bm)]
+            v.release()
+            if dontneed:
+                start = off - off % mmap.PAGESIZE
+                mp.madvise(mmap.MADV_DONTNEED, start, (off + len(bm) - start) // mmap.PAGESIZE * mmap.PAGESIZE)
+
+    ways = {"pread": pread, "mmap per unit": mmap_per_unit,
+            "whole-file map + DONTNEED": lambda: whole_map(True), "whole-file map": lambda: whole_map(False)}
+    pread()  # warm the page cache
+    for name, fn in ways.items():
+        rates = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            rates.append(len(units) * len(bm) / 1e9 / (time.perf_counter() - t))
+        print(f"{name:<28} " + " ".join(f"{r:5.2f}" for r in rates) + " GB/s")
+
+
+if __name__ == "__main__":
+    main()
