@@ -114,6 +114,15 @@ def _read_piece(reader: Any, unit: int, lo: int, hi: int, out: dict[str, np.ndar
     reader.read_into(unit, lo, hi, out)
 
 
+def _read_rows(reader: Any, unit: int, lo: int, hi: int, rows: NDArray[np.int64],
+               out: dict[str, np.ndarray]) -> None:
+    """Rows ``lo + rows`` of a unit (a partly served window, after an elastic resume)."""
+    tmp = {name: np.empty((hi - lo, *dst.shape[1:]), dst.dtype) for name, dst in out.items()}
+    reader.read_into(unit, lo, hi, tmp)
+    for name, dst in out.items():
+        np.take(tmp[name], rows, axis=0, out=dst)
+
+
 def _gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
                     row_ids: NDArray[np.int64] | None, index_key: str | None,
                     normalize: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -229,18 +238,19 @@ class Prefetcher:
             bufs = {c.name: np.empty((plan.window_rows, *c.shape), dtype=c.np_dtype) for c in self.columns}
         self._acquire(self.window_nbytes)
         w = _Window(j, rows, bufs, self.window_nbytes)
-        units, los, his = plan.window_segments(j)
         off = 0
-        ids = np.empty(rows, np.int64) if self.index_key is not None else None
         root = getattr(getattr(self.reader, "manifest", None), "root", "")
-        for u, lo, hi in zip(units.tolist(), los.tolist(), his.tolist()):
-            n = hi - lo
+        for u, lo, hi, keep in plan.window_pieces(j):
+            n = hi - lo if keep is None else keep.size
             out = {name: b[off:off + n] for name, b in bufs.items()}
             where = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
-            w.reads.append(self._pool.submit(1, _read_piece, (self.reader, u, lo, hi, out), where))
-            if ids is not None:
-                ids[off:off + n] = self.unit_start[u] + np.arange(lo, hi)
+            if keep is None:
+                task = self._pool.submit(1, _read_piece, (self.reader, u, lo, hi, out), where)
+            else:
+                task = self._pool.submit(1, _read_rows, (self.reader, u, lo, hi, keep - lo, out), where)
+            w.reads.append(task)
             off += n
+        ids = plan.window_row_ids(j, self.unit_start) if self.index_key is not None else None
         w.row_ids = ids
         w.perm = plan.window_perm(j)
         w.n_batches = plan.window_batches(j)

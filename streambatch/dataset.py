@@ -31,6 +31,7 @@ from .errors import StateError
 from .manifest import Column, Manifest, load_manifest
 from .plan import (
     EpochPlan,
+    Phase,
     next_worker,
     plan_epoch,
     split_consumed,
@@ -120,7 +121,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self.normalize = self._normalizers(normalize)
         self.epoch = 0
         self._consumed = 0  # batches yielded in this process this epoch (num_workers=0)
-        self._resume: dict[str, Any] | None = None
+        self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
+        self._active: tuple[tuple[Phase, ...], int, int] = ((), 0, 0)  # this iteration: see _resolve
         self.last_peak_accounted_bytes = 0
         self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
         self._layout(1)  # fail now, not in a worker, if the budget is too small
@@ -177,16 +179,21 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self.epoch:
             self._consumed = 0
+            self._resume = None
+            self._active = ((), 0, 0)
         self.epoch = int(epoch)
 
     def plan(self, worker: int = 0, num_workers: int = 1, epoch: int | None = None,
-             window_rows: int | None = None) -> EpochPlan:
-        """The epoch plan for one DataLoader worker of this rank (pure; reads nothing)."""
+             window_rows: int | None = None, history: tuple[Phase, ...] = ()) -> EpochPlan:
+        """The epoch plan for one DataLoader worker of this rank (pure; reads nothing).
+
+        ``history`` lists earlier phases of the epoch (an elastic resume) whose rows are done.
+        """
         rows = window_rows or self._layout(num_workers)["window_rows"]
         return plan_epoch(self.manifest.unit_rows, seed=self.seed, epoch=self.epoch if epoch is None else epoch,
                           batch_size=self.batch_size, window_rows=rows, rank=self.rank,
                           world_size=self.world_size, worker=worker, num_workers=num_workers,
-                          shuffle=self.shuffle, drop_last=self.drop_last)
+                          shuffle=self.shuffle, drop_last=self.drop_last, history=history)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank, for any number of workers)."""
@@ -237,23 +244,32 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return total / weight if weight else float(self.batch_size)
 
     # ------------------------------------------------------------------ iteration
+    def _resolve(self, phases: list[Phase] | None, num_workers: int) -> tuple[tuple[Phase, ...], int, int]:
+        """(earlier phases, window rows, batches already taken in the current phase) for a resume."""
+        rows = self._layout(num_workers)["window_rows"]
+        if not phases:
+            return (), rows, 0
+        last = phases[-1]
+        if (last.world_size, last.num_workers) == (self.world_size, num_workers):
+            return tuple(phases[:-1]), last.window_rows, last.batches
+        return tuple(phases), rows, 0  # elastic: plan what every earlier phase left
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         lay = self._layout(num_workers)
-        resume, self._resume = self._resume, None
-        window_rows = lay["window_rows"]
+        history, window_rows, offset = self._resolve(self._resume, num_workers)
+        if info is None:
+            self._resume = None  # in a worker process the main process's copy keeps it
+        self._active = (history, window_rows, offset)
         start = 0
         share = worker  # the share of the epoch this worker serves
-        if resume is not None:
-            window_rows = resume["window_rows"]
-            if resume["num_workers"] != num_workers:
-                raise StateError(f"{self.manifest.root}: state saved with {resume['num_workers']} DataLoader "
-                                 f"workers cannot resume with {num_workers}")
-            counts = worker_batch_counts(self.plan(0, num_workers, window_rows=window_rows))
-            share = (next_worker(counts, resume["batches"]) + worker) % num_workers
-            start = split_consumed(counts, resume["batches"])[share]
-        plan = self.plan(share, num_workers, window_rows=window_rows)
+        if offset:
+            # Same layout as when saved: continue the same plan, skipping arithmetically.
+            counts = worker_batch_counts(self.plan(0, num_workers, window_rows=window_rows, history=history))
+            share = (next_worker(counts, offset) + worker) % num_workers
+            start = split_consumed(counts, offset)[share]
+        plan = self.plan(share, num_workers, window_rows=window_rows, history=history)
         reader = open_reader(self.manifest, verify=self.verify)
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay["threads"],
@@ -261,7 +277,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
             to_tensor=torch.from_numpy, transform=self.transform, timeout=self.timeout,
             name=f"r{self.rank}w{worker}", buffers=self._buffers)
-        self._consumed = start if info is None else self._consumed
+        self._consumed = 0
         try:
             for batch in pf:
                 if info is None:
@@ -286,23 +302,34 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         """A small JSON-able state: where this rank is in the epoch.
 
         Args:
-            batches: batches the training loop has taken from the DataLoader this epoch.  With
+            batches: batches the training loop has taken from the DataLoader since its
+                iteration (re)started, i.e. since ``set_epoch`` or ``load_state_dict``.  With
                 ``num_workers=0`` the dataset counts them itself and this may be omitted.
             num_workers: the DataLoader's ``num_workers`` (0 for in-process iteration).
         """
-        n = self._consumed if batches is None else int(batches)
         nw = max(1, num_workers)
+        if self._resume is not None:  # loaded, and served by worker processes (or not started)
+            history, window_rows, offset = self._resolve(self._resume, nw)
+        else:
+            history, window_rows, offset = self._active
+            if not history and not offset:
+                window_rows = self._layout(nw)["window_rows"]
+        n = self._consumed if batches is None else int(batches)
+        phases = [*history, Phase(self.world_size, nw, window_rows, offset + n)]
         return {
             "version": STATE_VERSION, "fingerprint": self.manifest.fingerprint, "seed": self.seed,
-            "epoch": self.epoch, "batches": n, "batch_size": self.batch_size, "shuffle": self.shuffle,
-            "drop_last": self.drop_last, "rank": self.rank, "world_size": self.world_size,
-            "num_workers": nw, "window_rows": self._layout(nw)["window_rows"],
+            "epoch": self.epoch, "batch_size": self.batch_size, "shuffle": self.shuffle,
+            "drop_last": self.drop_last, "rank": self.rank, "batches": phases[-1].batches,
+            "phases": [p._asdict() for p in phases],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume: the next iteration serves exactly the batches of the epoch not yet taken.
+        """Resume: the next iteration serves exactly the samples of the epoch not yet delivered.
 
-        Raises ``StateError`` if the state belongs to another dataset, seed or layout.
+        The state may come from another world size or number of DataLoader workers (elastic
+        resume): every rank of the saved run must have taken the same number of batches, as
+        ranks of a DistributedDataParallel job do.  Raises ``StateError`` if the state belongs
+        to another dataset, seed, batch size or shuffle setting, or is malformed.
         """
         try:
             state = dict(json.loads(json.dumps(state)))
@@ -311,21 +338,23 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                 raise StateError(f"state version {version} is not supported (expected {STATE_VERSION})")
             for key, mine in (("fingerprint", self.manifest.fingerprint), ("seed", self.seed),
                               ("batch_size", self.batch_size), ("shuffle", self.shuffle),
-                              ("drop_last", self.drop_last), ("world_size", self.world_size)):
+                              ("drop_last", self.drop_last)):
                 if state[key] != mine:
                     raise StateError(f"{self.manifest.root}: state was saved with {key}={state[key]!r}, "
                                      f"this dataset has {mine!r}")
-            epoch, batches = int(state["epoch"]), int(state["batches"])
-            nw, rows = int(state["num_workers"]), int(state["window_rows"])
-        except (KeyError, TypeError, ValueError) as e:
+            epoch = int(state["epoch"])
+            phases = [Phase(int(p["world_size"]), int(p["num_workers"]), int(p["window_rows"]), int(p["batches"]))
+                      for p in state["phases"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             if isinstance(e, StateError):
                 raise
             raise StateError(f"{self.manifest.root}: malformed resume state ({type(e).__name__}: {e})") from None
-        if not 0 <= batches <= len(self) or nw < 1 or rows < self.batch_size:
-            raise StateError(f"{self.manifest.root}: resume state out of range (batches={batches})")
+        if epoch < 0 or not phases or any(p.world_size < 1 or p.num_workers < 1 or p.window_rows < self.batch_size
+                                          or p.batches < 0 for p in phases):
+            raise StateError(f"{self.manifest.root}: resume state out of range ({phases})")
         self.epoch = epoch
-        self._consumed = batches
-        self._resume = {"batches": batches, "num_workers": nw, "window_rows": rows}
+        self._consumed = 0
+        self._resume = phases
 
     def __repr__(self) -> str:
         return (f"StreamDataset({str(self.manifest.root)!r}, rows={self.manifest.rows}, batch_size={self.batch_size}, "

@@ -9,7 +9,7 @@ No I/O, no threads, no torch.  One epoch, for one (rank, worker)::
     cut the rank's rows into windows of      [w0|w1 | win 2 | win 3 | win 4 | ... ]
     window_rows rows (a multiple of B),        worker w takes windows w, w+nw, ...
     after a ramp of W/8, W/4, W/2 rows
-    within a window: a random permutation    perm(seed, epoch, rank, window)
+    within a window: a random permutation    perm(seed, epoch, phase, rank, window)
     of its rows, cut into batches of B       b0 b1 b2 ... (the rank's last batch may be short)
 
 The ramp gets the first batch out after reading an eighth of a window (time to first batch)
@@ -18,20 +18,29 @@ Windows are whole multiples of the batch size, so every batch comes from one win
 rank has the same number of batches, and the batch count does not depend on the number
 of DataLoader workers.  A unit cut by a window (or rank) boundary is read in two parts.
 The plan holds O(units) integers; a window's row permutation is made only when asked for.
+
+Elastic resume: an epoch may run in *phases* with different layouts (world size, workers,
+window).  ``leftover`` turns a phase and the number of batches every rank took into the
+rows not yet delivered (whole units where untouched, explicit row lists for partly served
+windows), and the next phase plans those rows for its own layout.  Nothing is read.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["EpochPlan", "plan_epoch", "window_bounds", "window_rows_for", "worker_batch_counts", "split_consumed", "next_worker"]
+__all__ = ["Pieces", "Phase", "EpochPlan", "plan_epoch", "leftover", "window_bounds", "window_rows_for",
+           "worker_batch_counts", "split_consumed", "next_worker"]
 
 _UNITS = 1  # tags that keep the random streams of the planner apart
 _WINDOW = 2
+_RESUME = 3
+_I64 = np.int64
 
 
 def window_bounds(rank_rows: int, window_rows: int, batch_size: int, ramp: int = 3) -> NDArray[np.int64]:
@@ -46,8 +55,8 @@ def window_bounds(rank_rows: int, window_rows: int, batch_size: int, ramp: int =
         if starts[-1] >= rank_rows:
             break
         starts.append(starts[-1] + size)
-    rest = np.arange(starts[-1] + window_rows, rank_rows, window_rows, dtype=np.int64)
-    bounds = np.concatenate([np.asarray(starts, np.int64), rest, [rank_rows]])
+    rest = np.arange(starts[-1] + window_rows, rank_rows, window_rows, dtype=_I64)
+    bounds = np.concatenate([np.asarray(starts, _I64), rest, [rank_rows]])
     return np.unique(np.minimum(bounds, rank_rows))
 
 
@@ -59,17 +68,122 @@ def window_rows_for(window_bytes: int, row_nbytes: int, batch_size: int, total_r
 
 
 @dataclass(frozen=True)
-class EpochPlan:
-    """The plan of one epoch for one (rank, worker).
+class Pieces:
+    """A stream of rows as pieces of units.
 
-    ``seg_unit[i], seg_lo[i], seg_hi[i]``: the i-th piece of the rank's stream is rows
-    ``seg_lo:seg_hi`` of unit ``seg_unit[i]``.  ``windows`` lists this worker's window
-    numbers (within the rank); window ``j`` covers segments ``win_seg[j]:win_seg[j+1]`` and
-    stream rows ``win_start[j]:win_start[j+1]``; ``window_rows`` is the largest window.
+    Piece ``i`` is rows ``lo[i]:hi[i]`` of unit ``unit[i]``; a *sparse* piece (one with
+    ``keep_ptr[i] < keep_ptr[i+1]``) is exactly the rows ``keep[keep_ptr[i]:keep_ptr[i+1]]``
+    of that unit (ascending, inside ``lo:hi``).  ``pad[i]`` marks a wrapped copy of the
+    stream's first rows (padding that evens out the ranks' shares).
+    """
+
+    unit: NDArray[np.int64]
+    lo: NDArray[np.int64]
+    hi: NDArray[np.int64]
+    keep_ptr: NDArray[np.int64]
+    keep: NDArray[np.int64]
+    pad: NDArray[np.bool_]
+
+    @staticmethod
+    def dense(unit: NDArray[np.int64], lo: NDArray[np.int64], hi: NDArray[np.int64]) -> "Pieces":
+        n = unit.shape[0]
+        return Pieces(unit.astype(_I64), lo.astype(_I64), hi.astype(_I64), np.zeros(n + 1, _I64),
+                      np.zeros(0, _I64), np.zeros(n, bool))
+
+    @staticmethod
+    def concat(parts: Sequence["Pieces"]) -> "Pieces":
+        parts = [p for p in parts if p.n]
+        if not parts:
+            return Pieces.dense(np.zeros(0, _I64), np.zeros(0, _I64), np.zeros(0, _I64))
+        offs = np.cumsum([0] + [p.keep.shape[0] for p in parts[:-1]])
+        ptr = np.concatenate([parts[0].keep_ptr[:1]] + [p.keep_ptr[1:] + o for p, o in zip(parts, offs)])
+        return Pieces(np.concatenate([p.unit for p in parts]), np.concatenate([p.lo for p in parts]),
+                      np.concatenate([p.hi for p in parts]), ptr, np.concatenate([p.keep for p in parts]),
+                      np.concatenate([p.pad for p in parts]))
+
+    @property
+    def n(self) -> int:
+        return int(self.unit.shape[0])
+
+    @property
+    def sparse(self) -> NDArray[np.bool_]:
+        return np.diff(self.keep_ptr) > 0
+
+    def lengths(self) -> NDArray[np.int64]:
+        return np.where(self.sparse, np.diff(self.keep_ptr), self.hi - self.lo)
+
+    def rows(self, i: int) -> NDArray[np.int64]:
+        """Row offsets (within the unit) of piece ``i``, in order."""
+        a, b = int(self.keep_ptr[i]), int(self.keep_ptr[i + 1])
+        return self.keep[a:b] if b > a else np.arange(int(self.lo[i]), int(self.hi[i]), dtype=_I64)
+
+    def sub(self, src: NDArray[np.int64], off: NDArray[np.int64], length: NDArray[np.int64]) -> "Pieces":
+        """New pieces: ``length[k]`` rows of piece ``src[k]`` starting at its ``off[k]``-th row."""
+        sp = self.sparse[src]
+        lo = self.lo[src] + off
+        hi = lo + length
+        n_keep = np.where(sp, length, 0)
+        ptr = np.concatenate([[0], np.cumsum(n_keep)]).astype(_I64)
+        pos = np.repeat(self.keep_ptr[src] + off - ptr[:-1], n_keep) + np.arange(ptr[-1], dtype=_I64)
+        keep = self.keep[pos]
+        s = np.flatnonzero(sp)
+        if s.size:
+            lo[s] = keep[ptr[s]]
+            hi[s] = keep[ptr[s + 1] - 1] + 1
+        return Pieces(self.unit[src], lo, hi, ptr, keep, self.pad[src])
+
+    def take(self, idx: NDArray[np.int64]) -> "Pieces":
+        return self.sub(idx, np.zeros(idx.shape[0], _I64), self.lengths()[idx])
+
+    def split_at(self, cuts: NDArray[np.int64]) -> tuple["Pieces", NDArray[np.int64]]:
+        """Cut pieces at the stream positions ``cuts``; also return each new piece's start."""
+        lengths = self.lengths()
+        end = np.cumsum(lengths)
+        start = end - lengths
+        bounds = np.union1d(np.concatenate([[0], end]), cuts).astype(_I64)
+        pstart, plen = bounds[:-1], np.diff(bounds)
+        src = np.searchsorted(end, pstart, side="right")
+        return self.sub(src, pstart - start[src], plen), pstart
+
+    def slice_rows(self, start: int, stop: int) -> "Pieces":
+        """Stream positions ``start:stop``; positions past the end wrap around and are marked pad."""
+        total = int(self.lengths().sum())
+        parts = []
+        pos = start
+        while pos < stop:
+            base = (pos // total) * total
+            a, b = pos - base, min(stop - base, total)
+            cut, pstart = self.split_at(np.asarray([a, b], _I64))
+            keep = (pstart >= a) & (pstart < b)
+            part = cut.take(np.flatnonzero(keep))
+            if base:
+                part = Pieces(part.unit, part.lo, part.hi, part.keep_ptr, part.keep, np.ones(part.n, bool))
+            parts.append(part)
+            pos = base + b
+        return Pieces.concat(parts)
+
+
+class Phase(NamedTuple):
+    """A finished phase of an epoch: its layout and the batches each of its ranks took."""
+
+    world_size: int
+    num_workers: int
+    window_rows: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """The plan of one epoch (phase) for one (rank, worker).
+
+    ``pieces`` is the rank's stream; ``windows`` lists this worker's window numbers (within
+    the rank); window ``j`` covers pieces ``win_seg[j]:win_seg[j+1]`` and stream rows
+    ``win_start[j]:win_start[j+1]``; ``window_rows`` is the largest window.
     """
 
     seed: int
     epoch: int
+    phase: int
     rank: int
     world_size: int
     worker: int
@@ -79,9 +193,7 @@ class EpochPlan:
     shuffle: bool
     window_rows: int
     rank_rows: int
-    seg_unit: NDArray[np.int64]
-    seg_lo: NDArray[np.int64]
-    seg_hi: NDArray[np.int64]
+    pieces: Pieces
     win_seg: NDArray[np.int64]
     win_start: NDArray[np.int64]
     windows: NDArray[np.int64]
@@ -99,58 +211,151 @@ class EpochPlan:
 
     @property
     def n_batches(self) -> int:
-        """Batches this worker serves this epoch."""
+        """Batches this worker serves in this phase of the epoch."""
         return int(sum(self.window_batches(int(j)) for j in self.windows))
 
-    def window_segments(self, j: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-        """(unit, lo, hi) of window ``j``'s pieces, in the order they are placed in its buffer."""
-        a, b = int(self.win_seg[j]), int(self.win_seg[j + 1])
-        return self.seg_unit[a:b], self.seg_lo[a:b], self.seg_hi[a:b]
+    def window_pieces(self, j: int) -> Iterator[tuple[int, int, int, NDArray[np.int64] | None]]:
+        """(unit, lo, hi, rows or None when the piece is all of lo:hi) of window ``j``, in buffer order."""
+        p = self.pieces
+        for i in range(int(self.win_seg[j]), int(self.win_seg[j + 1])):
+            a, b = int(p.keep_ptr[i]), int(p.keep_ptr[i + 1])
+            yield int(p.unit[i]), int(p.lo[i]), int(p.hi[i]), (p.keep[a:b] if b > a else None)
+
+    def window_row_ids(self, j: int, unit_start: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The global row number at each buffer position of window ``j``."""
+        p = self.pieces
+        rows = [unit_start[p.unit[i]] + p.rows(i) for i in range(int(self.win_seg[j]), int(self.win_seg[j + 1]))]
+        return np.concatenate(rows) if rows else np.zeros(0, _I64)
 
     def window_perm(self, j: int) -> NDArray[np.int64]:
         """The serving order of window ``j``'s buffer positions (identity when not shuffling)."""
         n = self.window_size(j)
         if not self.shuffle:
-            return np.arange(n, dtype=np.int64)
-        rng = np.random.default_rng((self.seed, self.epoch, _WINDOW, self.rank, self.world_size, j))
-        return rng.permutation(n).astype(np.int64)
+            return np.arange(n, dtype=_I64)
+        rng = np.random.default_rng((self.seed, self.epoch, _WINDOW, self.phase, self.rank, self.world_size, j))
+        return rng.permutation(n).astype(_I64)
 
 
-def _unit_order(unit_rows: NDArray[np.int64], seed: int, epoch: int, shuffle: bool) -> NDArray[np.int64]:
+def _full_stream(unit_rows: NDArray[np.int64], seed: int, epoch: int, shuffle: bool) -> Pieces:
     m = unit_rows.shape[0]
-    if not shuffle:
-        return np.arange(m, dtype=np.int64)
-    return np.random.default_rng((seed, epoch, _UNITS)).permutation(m).astype(np.int64)
+    order = np.random.default_rng((seed, epoch, _UNITS)).permutation(m).astype(_I64) if shuffle \
+        else np.arange(m, dtype=_I64)
+    return Pieces.dense(order, np.zeros(m, _I64), unit_rows[order])
 
 
-def _cut(order: NDArray[np.int64], unit_rows: NDArray[np.int64], start: int, stop: int
-         ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """Segments covering positions ``start:stop`` of the stream of units in ``order`` (wrapping)."""
-    sizes = unit_rows[order]
-    ends = np.cumsum(sizes)
-    total = int(ends[-1])
-    units, los, his = [], [], []
-    pos = start
-    while pos < stop:
-        base = (pos // total) * total
-        p = pos - base
-        q = min(stop - base, total)
-        i0 = int(np.searchsorted(ends, p, side="right"))
-        i1 = int(np.searchsorted(ends, q, side="left"))
-        idx = np.arange(i0, i1 + 1)
-        seg_start = ends[idx] - sizes[idx]
-        lo = np.maximum(p - seg_start, 0)
-        hi = np.minimum(q - seg_start, sizes[idx])
-        units.append(order[idx])
-        los.append(lo)
-        his.append(hi)
-        pos = base + q
-    return np.concatenate(units), np.concatenate(los), np.concatenate(his)
+def _check_layout(batch_size: int, rank: int, world_size: int, worker: int, num_workers: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    if not 0 <= worker < num_workers:
+        raise ValueError(f"worker {worker} outside {num_workers} workers")
+
+
+def _plan_stream(stream: Pieces, *, seed: int, epoch: int, phase: int, batch_size: int, window_rows: int,
+                 rank: int, world_size: int, worker: int, num_workers: int, shuffle: bool, drop_last: bool,
+                 ramp: int) -> EpochPlan:
+    _check_layout(batch_size, rank, world_size, worker, num_workers)
+    n = int(stream.lengths().sum())
+    rank_rows = n // world_size if drop_last else -(-n // world_size)
+    if rank_rows == 0:
+        raise ValueError(f"{n} rows cannot be shared by {world_size} ranks"
+                         + (" with drop_last" if drop_last else ""))
+    window_rows = max(batch_size, (window_rows // batch_size) * batch_size)
+    mine = stream.slice_rows(rank * rank_rows, (rank + 1) * rank_rows)
+    win_start = window_bounds(rank_rows, window_rows, batch_size, ramp)
+    mine, pstart = mine.split_at(win_start[1:-1])
+    win_seg = np.searchsorted(pstart, win_start, side="left")
+    win_seg[-1] = mine.n
+    # Inside a window, place pieces in storage order: reads of neighbouring units run in file order.
+    order = np.concatenate([a + np.lexsort((mine.lo[a:b], mine.unit[a:b]))
+                            for a, b in zip(win_seg[:-1].tolist(), win_seg[1:].tolist())] or [np.zeros(0, _I64)])
+    mine = mine.take(order.astype(_I64))
+    windows = np.arange(worker, win_start.size - 1, num_workers, dtype=_I64)
+    return EpochPlan(seed, epoch, phase, rank, world_size, worker, num_workers, batch_size, drop_last, shuffle,
+                     window_rows, rank_rows, mine, win_seg.astype(_I64), win_start, windows)
+
+
+def leftover(stream: Pieces, phase: Phase, *, unit_start: NDArray[np.int64], seed: int, epoch: int,
+             phase_index: int, batch_size: int, shuffle: bool, drop_last: bool, ramp: int = 3) -> Pieces:
+    """The rows of ``stream`` not delivered by a phase whose every rank took ``phase.batches``.
+
+    Padding copies are never carried over, and a row whose padding copy was delivered is
+    dropped from the rest.  The result is shuffled at piece level for the next phase.
+    """
+    parts: list[Pieces] = []
+    pad_rows: list[NDArray[np.int64]] = []
+    kw = dict(seed=seed, epoch=epoch, phase=phase_index, batch_size=batch_size, window_rows=phase.window_rows,
+              world_size=phase.world_size, num_workers=phase.num_workers, shuffle=shuffle, drop_last=drop_last,
+              ramp=ramp)
+    for r in range(phase.world_size):
+        plans = [_plan_stream(stream, rank=r, worker=w, **kw) for w in range(phase.num_workers)]  # type: ignore[arg-type]
+        taken = split_consumed([p.n_batches for p in plans], phase.batches)
+        for plan, c in zip(plans, taken):
+            pcs = plan.pieces
+            for j in plan.windows.tolist():
+                nb, size = plan.window_batches(j), plan.window_size(j)
+                a, b = int(plan.win_seg[j]), int(plan.win_seg[j + 1])
+                served_n = min(c, nb) * batch_size
+                c = max(0, c - nb)
+                has_pad = bool(pcs.pad[a:b].any())
+                if served_n == 0 and nb * batch_size >= size and not has_pad:
+                    parts.append(pcs.take(np.arange(a, b, dtype=_I64)))  # untouched: as it is
+                    continue
+                if served_n >= size and not has_pad:
+                    continue  # all delivered
+                perm = plan.window_perm(j)
+                lengths = pcs.lengths()[a:b]
+                piece_of = np.repeat(np.arange(a, b, dtype=_I64), lengths)
+                row_of = np.concatenate([pcs.rows(i) for i in range(a, b)])
+                unit_of = pcs.unit[piece_of]
+                served = perm[:served_n]
+                if has_pad:
+                    sp = served[pcs.pad[piece_of[served]]]
+                    pad_rows.append(unit_start[unit_of[sp]] + row_of[sp])
+                rest = np.sort(perm[served_n:min(size, nb * batch_size)])
+                rest = rest[~pcs.pad[piece_of[rest]]]
+                if rest.size:
+                    parts.append(_rows_to_pieces(unit_of[rest], row_of[rest]))
+    out = Pieces.concat(parts)
+    if pad_rows:
+        out = _without_rows(out, np.unique(np.concatenate(pad_rows)), unit_start)
+    if shuffle and out.n:
+        out = out.take(np.random.default_rng((seed, epoch, _RESUME, phase_index)).permutation(out.n).astype(_I64))
+    return out
+
+
+def _rows_to_pieces(units: NDArray[np.int64], rows: NDArray[np.int64]) -> Pieces:
+    """Sparse pieces, one per unit, holding the given (unit, row) pairs (sorted per unit)."""
+    o = np.lexsort((rows, units))
+    units, rows = units[o], rows[o]
+    starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
+    ends = np.concatenate([starts[1:], [units.size]])
+    ptr = np.concatenate([[0], ends]).astype(_I64)
+    return Pieces(units[starts], rows[starts], rows[ends - 1] + 1, ptr, rows.astype(_I64),
+                  np.zeros(starts.size, bool))
+
+
+def _without_rows(p: Pieces, drop: NDArray[np.int64], unit_start: NDArray[np.int64]) -> Pieces:
+    """``p`` without the global rows ``drop`` (few): the pieces that hold them become sparse."""
+    lo_g, hi_g = unit_start[p.unit] + p.lo, unit_start[p.unit] + p.hi
+    hit = np.flatnonzero((np.searchsorted(drop, lo_g, side="left") < np.searchsorted(drop, hi_g, side="left")))
+    if hit.size == 0:
+        return p
+    fixed = []
+    for i in hit.tolist():
+        rows = p.rows(i)
+        rows = rows[~np.isin(unit_start[p.unit[i]] + rows, drop)]
+        if rows.size:
+            fixed.append(_rows_to_pieces(np.full(rows.size, p.unit[i], _I64), rows))
+    keep = np.setdiff1d(np.arange(p.n, dtype=_I64), hit)
+    return Pieces.concat([p.take(keep)] + fixed)
 
 
 def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_size: int, window_rows: int,
                rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
-               shuffle: bool = True, drop_last: bool = False, ramp: int = 3) -> EpochPlan:
+               shuffle: bool = True, drop_last: bool = False, ramp: int = 3,
+               history: Sequence[Phase] = ()) -> EpochPlan:
     """Plan epoch ``epoch`` for ``(rank, worker)``.
 
     Args:
@@ -164,51 +369,31 @@ def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_siz
         shuffle: permute units and rows (otherwise storage order).
         drop_last: drop each rank's last short batch (and the ``N mod W`` remainder rows).
         ramp: the number of smaller windows (W/2**ramp ... W/2) that start the epoch.
+        history: earlier phases of this epoch (elastic resume): plan only what they left.
 
     Raises:
         ValueError: on out-of-range arguments or a rank share with no rows.
     """
-    unit_rows = np.asarray(unit_rows, dtype=np.int64)
+    unit_rows = np.asarray(unit_rows, dtype=_I64)
     if unit_rows.ndim != 1 or unit_rows.size == 0 or (unit_rows <= 0).any():
         raise ValueError("unit_rows must be a non-empty 1-D array of positive row counts")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world size {world_size}")
-    if not 0 <= worker < num_workers:
-        raise ValueError(f"worker {worker} outside {num_workers} workers")
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}")
-    n = int(unit_rows.sum())
-    rank_rows = n // world_size if drop_last else -(-n // world_size)
-    if rank_rows == 0:
-        raise ValueError(f"{n} rows cannot be shared by {world_size} ranks with drop_last")
-    window_rows = max(batch_size, (window_rows // batch_size) * batch_size)
-    order = _unit_order(unit_rows, seed, epoch, shuffle)
-    su, sl, sh = _cut(order, unit_rows, rank * rank_rows, (rank + 1) * rank_rows)
-    # Cut the rank's segments at window boundaries.
-    win_start = window_bounds(rank_rows, window_rows, batch_size, ramp)
-    n_win = win_start.size - 1
-    lengths = sh - sl
-    seg_end = np.cumsum(lengths)
-    seg_start = seg_end - lengths
-    cuts = win_start[1:-1]
-    bounds = np.union1d(np.concatenate([[0], seg_end]), cuts)
-    piece_start, piece_len = bounds[:-1], np.diff(bounds)
-    idx = np.searchsorted(seg_end, piece_start, side="right")
-    su = su[idx]
-    sl = sl[idx] + (piece_start - seg_start[idx])
-    sh = sl + piece_len
-    win_seg = np.searchsorted(piece_start, win_start, side="left")
-    win_seg[-1] = piece_start.size
-    # Inside a window, place pieces in storage order: reads of neighbouring units run in file order.
-    for j in range(n_win):
-        a, b = int(win_seg[j]), int(win_seg[j + 1])
-        o = np.lexsort((sl[a:b], su[a:b]))
-        su[a:b], sl[a:b], sh[a:b] = su[a:b][o], sl[a:b][o], sh[a:b][o]
-    windows = np.arange(worker, n_win, num_workers, dtype=np.int64)
-    return EpochPlan(seed, epoch, rank, world_size, worker, num_workers, batch_size, drop_last, shuffle,
-                     window_rows, rank_rows, su, sl, sh, win_seg, win_start, windows)
+    _check_layout(batch_size, rank, world_size, worker, num_workers)
+    stream = _full_stream(unit_rows, seed, epoch, shuffle)
+    unit_start = np.concatenate([[0], np.cumsum(unit_rows)[:-1]]).astype(_I64)
+    for i, ph in enumerate(history):
+        stream = leftover(stream, ph, unit_start=unit_start, seed=seed, epoch=epoch, phase_index=i,
+                          batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, ramp=ramp)
+        if stream.n == 0:
+            break
+    if stream.n == 0:  # the epoch was complete
+        empty = Pieces.concat([])
+        return EpochPlan(seed, epoch, len(history), rank, world_size, worker, num_workers, batch_size, drop_last,
+                         shuffle, window_rows, 0, empty, np.zeros(1, _I64), np.zeros(1, _I64), np.zeros(0, _I64))
+    return _plan_stream(stream, seed=seed, epoch=epoch, phase=len(history), batch_size=batch_size,
+                        window_rows=window_rows, rank=rank, world_size=world_size, worker=worker,
+                        num_workers=num_workers, shuffle=shuffle, drop_last=drop_last, ramp=ramp)
 
 
 def worker_batch_counts(plan_of_worker0: EpochPlan) -> list[int]:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streambatch.plan import (
+    Phase,
     EpochPlan,
     next_worker,
     plan_epoch,
@@ -23,8 +24,7 @@ def served(plan: EpochPlan, unit_rows: np.ndarray) -> list[np.ndarray]:
     starts = np.concatenate([[0], np.cumsum(unit_rows)[:-1]])
     out = []
     for j in plan.windows.tolist():
-        u, lo, hi = plan.window_segments(j)
-        rows = np.concatenate([starts[a] + np.arange(b, c) for a, b, c in zip(u, lo, hi)])
+        rows = plan.window_row_ids(j, starts)
         assert rows.size == plan.window_size(j)
         order = rows[plan.window_perm(j)]
         bs = plan.batch_size
@@ -143,7 +143,8 @@ def test_no_shuffle_serves_storage_order():
 def test_plan_memory_is_o_units_not_o_rows():
     ur = np.full(1000, 1_000_000, np.int64)  # 10^9 rows
     p = plan_epoch(ur, seed=0, epoch=0, batch_size=256, window_rows=256 * 4000)
-    arrays = [p.seg_unit, p.seg_lo, p.seg_hi, p.win_seg, p.windows]
+    pc = p.pieces
+    arrays = [pc.unit, pc.lo, pc.hi, pc.keep_ptr, pc.keep, pc.pad, p.win_seg, p.win_start, p.windows]
     assert sum(a.nbytes for a in arrays) < 200 * 1000 * 8
 
 
@@ -194,3 +195,46 @@ def test_the_epoch_starts_with_a_ramp_of_smaller_windows():
     assert p.win_start[-1] == 10_000
     flat = plan_epoch(ur, seed=0, epoch=0, batch_size=10, window_rows=800, ramp=0)
     assert [flat.window_size(j) for j in range(3)] == [800, 800, 800]
+
+
+def rank_batches(ur, history, **kw):
+    """Every rank's batches in DataLoader order for one phase (list per rank)."""
+    out = []
+    for r in range(kw["world_size"]):
+        per_worker = [served(plan_epoch(ur, rank=r, worker=w, history=history, **kw), ur)
+                      for w in range(kw["num_workers"])]
+        out.append(dataloader_order(per_worker))
+    return out
+
+
+@settings(max_examples=120, deadline=None)
+@given(sizes=unit_sizes, batch=st.integers(1, 9), data=st.data(), seed=st.integers(0, 99), shuffle=st.booleans())
+def test_elastic_resume_delivers_exactly_the_rest(sizes, batch, data, seed, shuffle):
+    """Stop every rank after S batches under one layout; resume under others: the complement, once."""
+    ur = np.asarray(sizes, np.int64)
+    n = int(ur.sum())
+    history: list[Phase] = []
+    delivered: list[np.ndarray] = []
+    for _ in range(data.draw(st.integers(1, 3))):
+        layout = dict(world_size=data.draw(st.integers(1, 4)), num_workers=data.draw(st.integers(1, 3)),
+                      window_rows=data.draw(st.integers(1, 50)))
+        kw = dict(seed=seed, epoch=1, batch_size=batch, shuffle=shuffle, **layout)
+        ranks = rank_batches(ur, history, **kw)
+        counts = {len(b) for b in ranks}
+        assert len(counts) == 1  # the same number of batches on every rank
+        stop = data.draw(st.integers(0, counts.pop()))
+        delivered += [b for rb in ranks for b in rb[:stop]]
+        history.append(Phase(layout["world_size"], layout["num_workers"], layout["window_rows"], stop))
+    # The final phase runs to the end.
+    layout = dict(world_size=data.draw(st.integers(1, 4)), num_workers=data.draw(st.integers(1, 3)),
+                  window_rows=data.draw(st.integers(1, 50)))
+    kw = dict(seed=seed, epoch=1, batch_size=batch, shuffle=shuffle, **layout)
+    before = np.concatenate(delivered) if delivered else np.zeros(0, np.int64)
+    plan0 = plan_epoch(ur, history=history, **{k: v for k, v in kw.items()})
+    rest = [b for rb in (rank_batches(ur, history, **kw) if plan0.rank_rows else []) for b in rb]
+    after = np.concatenate(rest) if rest else np.zeros(0, np.int64)
+    union = set(before.tolist()) | set(after.tolist())
+    assert union == set(range(n))
+    # Nothing delivered before comes again, and the rest repeats rows only as padding.
+    assert not set(after.tolist()) & set(before.tolist())
+    assert after.size - np.unique(after).size < layout["world_size"]
