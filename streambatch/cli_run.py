@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -311,18 +312,25 @@ def write_demo_source(folder: Path, rows: int, width: int = 128, n_labels: int =
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    budget = parse_size(args.memory_budget, "--memory-budget")
+    rows = args.rows or int(4 * budget // (128 * 4 + 16))
+    if args.dir:
+        return _demo(args, budget, rows, Path(args.dir))
+    work = Path(tempfile.mkdtemp(prefix="streambatch-demo-"))
+    try:
+        return _demo(args, budget, rows, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _demo(args: argparse.Namespace, budget: int, rows: int, work: Path) -> int:
     import torch
 
     from .convert import convert
-    from .dataset import StreamDataset
-
-    budget = parse_size(args.memory_budget, "--memory-budget")
-    rows = args.rows or int(4 * budget // (128 * 4 + 16))
-    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="streambatch-demo-"))
     src = work / "source"
     dst = work / "train.zarr"
     print(f"1/3 generating a label-sorted dataset: {rows:,} rows x 528 B = {format_size(rows * 528)} "
-          f"(4x the {format_size(budget)} memory budget) in {work}")
+          f"({rows * 528 / budget:.1f}x the {format_size(budget)} memory budget) in {work}")
     if not (src / "y.npy").exists():
         write_demo_source(src, rows)
     print("2/3 converting to sharded Zarr v3 (streambatch convert)")
