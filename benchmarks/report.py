@@ -52,6 +52,7 @@ def _module(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses in a bench module look themselves up here
     spec.loader.exec_module(mod)
     return mod
 

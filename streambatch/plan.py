@@ -47,9 +47,13 @@ def window_bounds(rank_rows: int, window_rows: int, batch_size: int, ramp: int =
     """Row offsets of the windows of a rank's stream: ``ramp`` growing windows, then full ones.
 
     The first windows hold ``window_rows / 2**ramp``, ..., ``window_rows / 2`` rows (whole
-    batches, at least one), so the first batch waits for a small read only.
+    batches, at least one), so the first batch waits for a small read only.  The ramp covers
+    at most a quarter of the rank's rows (its smallest windows are dropped first), so data
+    that fits in one window is still shuffled whole.
     """
     sizes = [max(batch_size, ((window_rows >> k) // batch_size) * batch_size) for k in range(ramp, 0, -1)]
+    while sizes and sum(sizes) > rank_rows // 4:
+        sizes.pop(0)  # the ramp may cover a quarter of the epoch at most (small data: no ramp)
     starts = [0]
     for size in sizes:
         if starts[-1] >= rank_rows:

@@ -403,8 +403,25 @@ def _open_parquet(path: Path) -> Source:
     rows = sum(h.metadata.num_rows for h in handles)
 
     def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
+        # Whole row groups, as many as fit in max_rows at a time: iter_batches over many small
+        # row groups (such as streambatch's own) ran 9x slower.
         for h in handles:
-            yield from h.iter_batches(batch_size=max_rows, columns=list(names), use_threads=False)
+            meta = h.metadata
+            group: list[int] = []
+            rows = 0
+            for i in range(meta.num_row_groups):
+                n = meta.row_group(i).num_rows
+                if group and rows + n > max_rows:
+                    yield from h.read_row_groups(group, columns=list(names), use_threads=False).to_batches()
+                    group, rows = [], 0
+                if n > max_rows:  # one big row group: stream it in pieces
+                    yield from h.iter_batches(batch_size=max_rows, row_groups=[i], columns=list(names),
+                                              use_threads=False)
+                    continue
+                group.append(i)
+                rows += n
+            if group:
+                yield from h.read_row_groups(group, columns=list(names), use_threads=False).to_batches()
 
     def first() -> Any:
         return next(handles[0].iter_batches(batch_size=1), None)
