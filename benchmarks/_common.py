@@ -133,7 +133,7 @@ class PeakRSS:
 
 
 def consume(
-    batches: Iterable[Mapping[str, torch.Tensor]], max_batches: int | None = None
+    batches: Iterable[Mapping[str, torch.Tensor]], max_batches: int | None = None, count_ids: int | None = None
 ) -> dict[str, Any]:
     """The shared consumption loop: touch every batch the way a training step would.
 
@@ -148,10 +148,15 @@ def consume(
         (sum of every tensor's ``nbytes`` in the batches), ``x_sum`` (float64 checksum) and
         ``ids``: the ids in served order as one int64 array.
 
+    With ``count_ids=N`` the ids are not kept: a uint8 counter per id (N bytes) is updated
+    instead and ``ids`` is left out; ``missing`` and ``duplicated`` are returned directly.
+    The memory benchmark uses it so that the harness holds O(N) bytes, not O(8N) plus copies.
+
     Raises:
         KeyError: a batch without ``x`` or ``id``.
     """
     ids: list[NDArray[np.int64]] = []
+    counts = np.zeros(count_ids, dtype=np.uint8) if count_ids is not None else None
     samples = nbatches = nbytes = 0
     x_sum = 0.0
     first_batch_s = float("nan")
@@ -162,7 +167,10 @@ def consume(
         for batch in source:
             x = batch["x"]
             x_sum += float(x.sum(dtype=torch.float64))
-            ids.append(np.array(batch["id"].numpy(), dtype=np.int64, copy=True))
+            if counts is not None:
+                np.add.at(counts, batch["id"].numpy(), 1)
+            else:
+                ids.append(np.array(batch["id"].numpy(), dtype=np.int64, copy=True))
             if nbatches == 0:
                 first_batch_s = time.perf_counter() - t0
             nbatches += 1
@@ -174,15 +182,20 @@ def consume(
         if callable(close):
             close()
         del it  # a DataLoader iterator shuts its workers down when released
-    return {
+    out: dict[str, Any] = {
         "samples": samples,
         "batches": nbatches,
         "seconds": seconds,
         "first_batch_s": first_batch_s,
         "bytes": nbytes,
         "x_sum": x_sum,
-        "ids": np.concatenate(ids) if ids else np.empty(0, dtype=np.int64),
     }
+    if counts is not None:
+        out["missing"] = int(np.count_nonzero(counts == 0))
+        out["duplicated"] = int(np.sum(counts[counts > 1].astype(np.int64) - 1))
+    else:
+        out["ids"] = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+    return out
 
 
 def _rates(result: Mapping[str, Any]) -> dict[str, float]:
