@@ -165,7 +165,11 @@ class _Window:
         self.reads_done = 0  # reads[:reads_done] are known to be finished
 
     def ready(self) -> bool:
+        """True when every read has finished; raises the first failed read's error (never serve its rows)."""
         while self.reads_done < len(self.reads) and self.reads[self.reads_done].done.is_set():
+            error = self.reads[self.reads_done].error
+            if error is not None:
+                raise error
             self.reads_done += 1
         return self.reads_done == len(self.reads)
 
@@ -214,6 +218,7 @@ class Prefetcher:
             buffers.clear()
         self._pool = _Pool(max(1, threads), name)
         self._closed = False
+        self._stuck = False  # a wait timed out: a pool thread may be stuck in a read
         self._finalizer = weakref.finalize(self, _Pool.close, self._pool)
 
     def _fits(self, bufs: dict[str, np.ndarray]) -> bool:
@@ -262,6 +267,7 @@ class Prefetcher:
             if self._closed:
                 raise RuntimeError("streambatch loader closed while waiting")
             if self.timeout is not None and time.monotonic() - t0 > self.timeout:
+                self._stuck = True  # close() then waits briefly for the stuck thread, not 5 s
                 raise TimeoutError(f"streambatch: no progress for {self.timeout:.1f}s {task.where}")
         if task.error is not None:
             raise task.error
@@ -342,7 +348,10 @@ class Prefetcher:
         if self._closed:
             return
         self._closed = True
-        self._finalizer()
+        if self._stuck and self._finalizer.detach() is not None:
+            self._pool.close(timeout=0.2)  # logs the stuck thread; it exits when its read returns
+        else:
+            self._finalizer()
         if self._pool_out is not None:
             self._pool_out[:] = self._free[:2]
         self._free = []

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,8 +25,8 @@ import numpy as np
 
 from ._progress import Progress
 from ._sizes import parse_size
-from .errors import InputError, TargetExistsError
-from .manifest import FORMAT_VERSION, Column, Manifest, compute_fingerprint
+from .errors import InputError, StreambatchError, TargetExistsError, WriteError
+from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Column, Manifest, compute_fingerprint
 from .sources import Source, open_source
 from .stats import ColumnStats, LabelStats
 from .storage import CODECS, STORAGES, open_writer
@@ -63,6 +64,22 @@ def clean_stale_temp(target: Path) -> list[Path]:
     return removed
 
 
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Turn an ``OSError`` of a write (disk full, file too large) into a ``WriteError`` naming ``target``."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, StreambatchError):
+            raise
+        what = e.strerror or str(e) or type(e).__name__
+        err = WriteError(f"{target}: cannot write the dataset: {what}"
+                         f"{f' ({e.filename})' if e.filename else ''}; the target was left as it was "
+                         "and temporary files were removed")
+        err.errno = e.errno
+        raise err from e
+
+
 def _stage_units(pieces: Iterator[dict[str, np.ndarray]], unit_rows: int) -> Iterator[dict[str, np.ndarray]]:
     """Re-cut pieces of any size into units of exactly ``unit_rows`` rows (the last may be short)."""
     pending: list[dict[str, np.ndarray]] = []
@@ -90,7 +107,7 @@ def _stage_units(pieces: Iterator[dict[str, np.ndarray]], unit_rows: int) -> Ite
 
 
 def _shuffled_pieces(source: Source, pieces: Iterator[dict[str, np.ndarray]], cols: tuple[Column, ...], seed: int,
-                     memory: int, piece_rows: int, workdir: Path) -> Iterator[dict[str, np.ndarray]]:
+                     memory: int, piece_rows: int, workdir: Path, target: Path) -> Iterator[dict[str, np.ndarray]]:
     """Out-of-core uniform shuffle: scatter rows at random into buckets on disk, then shuffle each.
 
     A row's bucket is uniform and independent, and each bucket is permuted uniformly, so the
@@ -102,25 +119,37 @@ def _shuffled_pieces(source: Source, pieces: Iterator[dict[str, np.ndarray]], co
     if n_buckets > 2000:
         raise InputError(f"{source.path}: --memory {memory} bytes is too small to pre-shuffle "
                          f"{source.rows * row_bytes} bytes; give at least {source.rows * row_bytes // 2000 * 4} bytes")
-    workdir.mkdir()
+    with _writing(target):
+        workdir.mkdir()
     rng = np.random.default_rng((seed, 0x5348, 1))
-    files = {(b, c.name): open(workdir / f"{b}-{c.name}.bin", "wb") for b in range(n_buckets) for c in cols}
+    files: dict[tuple[int, str], Any] = {}
     sizes = np.zeros(n_buckets, np.int64)
     try:
+        with _writing(target):
+            for b in range(n_buckets):
+                for c in cols:
+                    files[(b, c.name)] = open(workdir / f"{b}-{c.name}.bin", "wb")
         for piece in pieces:
             n = len(piece[cols[0].name])
             bucket = rng.integers(0, n_buckets, size=n)
             order = np.argsort(bucket, kind="stable")
             counts = np.bincount(bucket, minlength=n_buckets)
             bounds = np.concatenate([[0], np.cumsum(counts)])
-            for c in cols:
-                arr = np.ascontiguousarray(piece[c.name][order], dtype=c.np_dtype)
-                for b in np.flatnonzero(counts):
-                    files[(b, c.name)].write(memoryview(arr[bounds[b]:bounds[b + 1]]).cast("B"))
+            with _writing(target):
+                for c in cols:
+                    arr = np.ascontiguousarray(piece[c.name][order], dtype=c.np_dtype)
+                    for b in np.flatnonzero(counts):
+                        files[(b, c.name)].write(memoryview(arr[bounds[b]:bounds[b + 1]]).cast("B"))
             sizes += counts
+        with _writing(target):
+            for f in files.values():
+                f.close()  # flushes: a full disk may show here
     finally:
         for f in files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError:  # already failing; the first error is the one raised
+                pass
     for b in range(n_buckets):
         perm = np.random.default_rng((seed, 0x5348, 2, b)).permutation(int(sizes[b]))
         data = {}
@@ -146,6 +175,28 @@ def _plan(source: Source, cols: tuple[Column, ...], unit_rows: int, shard_bytes:
         "shards": -(-units // units_per_shard) if fmt == "zarr" else max(1, math.ceil(units * unit_bytes / shard_bytes)),
         "bytes": source.rows * row_bytes,
     }
+
+
+def _convert_remote(src: Any, dst: Any, fmt: str, overwrite: bool, opts: dict[str, Any]) -> Manifest | dict[str, Any]:
+    import dataclasses
+    import tempfile
+
+    from .remote import RemoteRoot, check_target, download, is_url, upload_dataset
+
+    if is_url(dst):
+        check_target(str(dst), overwrite)  # fail before converting anything
+    work = Path(tempfile.mkdtemp(prefix="streambatch-convert-"))
+    try:
+        if is_url(src):
+            src = download(str(src), work / "src")
+        if not is_url(dst):
+            return convert(src, dst, fmt, overwrite=overwrite, **opts)
+        result = convert(src, work / "out", fmt, overwrite=True, **opts)
+        assert isinstance(result, Manifest)
+        upload_dataset(work / "out", str(dst), overwrite)
+        return dataclasses.replace(result, root=RemoteRoot(str(dst)))  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str = "zarr", *,
@@ -177,8 +228,20 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         InputError: the input is missing, empty, ragged, of different column lengths, of an
             unsupported dtype, has duplicate column names or NaN labels.
         TargetExistsError: ``dst`` exists and ``overwrite`` is false.
+        WriteError: a write failed (disk full, file size limit); nothing is left at ``dst``.
         ValueError: an unknown format or codec, or a bad size.
+
+    ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``https://`` ...): a remote source
+    is copied into a temporary folder first; a remote target is converted locally, then
+    uploaded, data first and the manifest last.
     """
+    from .remote import is_url
+
+    opts = dict(columns=columns, label=label, unit_rows=unit_rows, unit_bytes=unit_bytes, shard_bytes=shard_bytes,
+                codec=codec, shuffle=shuffle, memory=memory, dry_run=dry_run, source_format=source_format,
+                progress=progress)
+    if is_url(src) or (is_url(dst) and not dry_run):
+        return _convert_remote(src, dst, format, overwrite, opts)
     if format not in STORAGES:
         raise ValueError(f"unknown output format {format!r}; choose one of {', '.join(STORAGES)}")
     if codec not in CODECS:
@@ -203,6 +266,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     if unit_rows <= 0:
         raise ValueError(f"unit rows must be positive, got {unit_rows}")
     unit_rows = min(unit_rows, source.rows)
+    if unit_rows * row_bytes > _MAX_UNIT_BYTES:
+        raise ValueError(f"a shuffle unit of {unit_rows} rows x {row_bytes} bytes is larger than "
+                         f"{_MAX_UNIT_BYTES} bytes; choose a smaller unit")
     plan = _plan(source, cols, unit_rows, shard_b, format, codec)
     if dry_run:
         return plan
@@ -213,13 +279,15 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(target)
     tmp = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    with _writing(target):
+        tmp.mkdir()
     writer = None
     try:
         piece_rows = max(1, memory_b // 16 // max(1, row_bytes))
         stats = {c.name: ColumnStats(c) for c in cols}
         lstats = LabelStats(by_name[label]) if label is not None else None
-        writer = open_writer(format, tmp, cols, source.rows, unit_rows, shard_b, codec)
+        with _writing(target):
+            writer = open_writer(format, tmp, cols, source.rows, unit_rows, shard_b, codec)
 
         def counted(it: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
             for piece in it:
@@ -232,11 +300,13 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         # statistics and label checks see the rows in source order, so errors name source rows
         pieces = counted(source.pieces(piece_rows, names))
         if shuffle is not None:
-            pieces = _shuffled_pieces(source, pieces, cols, int(shuffle), memory_b, piece_rows, tmp / ".buckets")
+            pieces = _shuffled_pieces(source, pieces, cols, int(shuffle), memory_b, piece_rows, tmp / ".buckets",
+                                      target)
         written = 0
         with Progress(source.rows, f"convert {source.path.name}", row_bytes, enabled=progress) as bar:
             for unit in _stage_units(pieces, unit_rows):
-                writer.write_unit(unit)
+                with _writing(target):
+                    writer.write_unit(unit)
                 if lstats is not None:
                     lstats.update_unit(unit[lstats.col.name])
                 n = len(unit[names[0]])
@@ -244,7 +314,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
                 bar.update(n)
         if written != source.rows:
             raise InputError(f"{source.path}: read {written} rows, expected {source.rows} (input changed?)")
-        files, layout, stored, checksums = writer.finish()
+        with _writing(target):
+            files, layout, stored, checksums = writer.finish()
         writer = None
         urows = np.full(-(-written // unit_rows), unit_rows, np.int64)
         urows[-1] = written - unit_rows * (len(urows) - 1)
@@ -262,17 +333,21 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
                      "memory": memory_b, "columns": list(names)},
             version=FORMAT_VERSION,
         )
-        manifest.write(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        with _writing(target):
+            manifest.write(tmp)
+            if target.exists():
+                old = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
         return manifest
     except BaseException:
         if writer is not None:
-            writer.abort()
+            try:
+                writer.abort()
+            except OSError:  # closing a file on a full disk fails again; the first error is raised
+                pass
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,7 +5,8 @@
     ├── ManifestError     a dataset's manifest is missing, unreadable or inconsistent
     ├── DataError         a stored unit is missing, truncated or fails its checksum
     ├── StateError        a resume state that does not fit the dataset or the loader
-    └── TargetExistsError the conversion target exists and ``overwrite`` was not given
+    ├── TargetExistsError the conversion target exists and ``overwrite`` was not given
+    └── WriteError        ``convert`` could not write (disk full, file too large, ...)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "DataError",
     "StateError",
     "TargetExistsError",
+    "WriteError",
 ]
 
 
@@ -42,3 +44,11 @@ class StateError(StreambatchError, ValueError):
 
 class TargetExistsError(StreambatchError, FileExistsError):
     """The conversion target exists already and ``overwrite`` was not asked for."""
+
+
+class WriteError(StreambatchError, OSError):
+    """``convert`` could not write the dataset (disk full, file size limit, permissions).
+
+    ``errno`` is the operating system's error number; nothing was left at the target and
+    the temporary folder was removed.
+    """

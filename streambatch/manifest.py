@@ -28,6 +28,8 @@ MANIFEST_NAME = "_streambatch.json"
 FORMAT_VERSION = 1
 _MAX_ROWS = 1 << 48
 _MAX_ROW_BYTES = 1 << 32
+_MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+_MAX_UNIT_BYTES = 1 << 32  # decoded bytes of one shuffle unit (the converter's default is 256 KiB)
 _SUPPORTED_DTYPES = frozenset(
     "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split()
 )
@@ -211,19 +213,29 @@ def safe_relpath(root: Path, rel: Any, where: str) -> str:
     return rel
 
 
-def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+def load_manifest(path: str | os.PathLike[str], remote: Any = None) -> Manifest:
     """Read and validate the manifest of the dataset at ``path`` (the folder or the JSON file).
 
+    ``path`` may be a URL (``s3://``, ``gs://``, ``https://`` ...); ``remote`` is then the
+    ``streambatch.remote.RemoteFiles`` to read it through (default options when not given).
     Raises ``ManifestError`` naming the file and field for anything missing, of the wrong
     type, out of range or pointing outside the dataset folder; nothing else escapes.
     """
+    from .remote import is_url
+
+    if is_url(path):
+        return _load_remote(str(path), remote)
     p = Path(path)
     root = p.parent if p.name == MANIFEST_NAME else p
     mpath = root / MANIFEST_NAME
     where = str(mpath)
     try:
         with open(mpath, "rb") as f:
-            raw = f.read(256 * 1024 * 1024 + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > _MAX_MANIFEST_BYTES:  # checked before reading: no allocation of what a file claims
+                raise ManifestError(f"{where}: manifest larger than {_MAX_MANIFEST_BYTES >> 20} MiB")
+            # allocate what the file holds (one byte more shows growth); st_size 0 may be a pseudo file
+            raw = f.read(size + 1 if size else _MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         if not root.exists():
             raise ManifestError(f"{root}: no such dataset") from None
@@ -231,14 +243,42 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
                             "(made by `streambatch convert`)?") from None
     except OSError as e:
         raise ManifestError(f"{mpath}: cannot read manifest: {e.strerror or e}") from None
-    if len(raw) > 256 * 1024 * 1024:
-        raise ManifestError(f"{where}: manifest larger than 256 MiB")
+    if len(raw) > max(size, _MAX_MANIFEST_BYTES if not size else 0):
+        raise ManifestError(f"{where}: manifest larger than {_MAX_MANIFEST_BYTES >> 20} MiB or changed while "
+                            "it was read")
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"{where}: not valid JSON ({e})") from None
     try:
         return _parse(root, doc, where)
+    except ManifestError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:  # pragma: no cover - safety net
+        raise ManifestError(f"{where}: inconsistent manifest ({type(e).__name__}: {e})") from None
+
+
+def _load_remote(url: str, remote: Any) -> Manifest:
+    from .errors import DataError
+    from .remote import RemoteFiles, RemoteRoot
+
+    url = url.rstrip("/")
+    if url.endswith("/" + MANIFEST_NAME):
+        url = url[: -len(MANIFEST_NAME) - 1]
+    where = f"{url}/{MANIFEST_NAME}"
+    files = remote if remote is not None else RemoteFiles(url)
+    try:
+        raw = files.cat(MANIFEST_NAME)
+    except DataError as e:
+        raise ManifestError(f"{where}: cannot read manifest: {e}") from None
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{where}: manifest larger than {_MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{where}: not valid JSON ({e})") from None
+    try:
+        return _parse(RemoteRoot(url), doc, where)  # type: ignore[arg-type]
     except ManifestError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:  # pragma: no cover - safety net
@@ -297,25 +337,71 @@ def _parse(root: Path, doc: Any, where: str) -> Manifest:
     expect = np.concatenate([[0], np.cumsum(urows)[:-1]])
     if not np.array_equal(start, expect) or int(urows.sum()) != rows:
         raise ManifestError(f"{where}: units do not tile rows 0..{rows} contiguously")
+    row_nbytes = sum(c.row_nbytes for c in columns)
+    if int(urows.max()) * row_nbytes > _MAX_UNIT_BYTES:
+        raise ManifestError(f"{where}: a unit of {int(urows.max())} rows x {row_nbytes} bytes is larger than "
+                            f"{_MAX_UNIT_BYTES} bytes decoded; re-convert with a smaller --unit-bytes")
     codec = _need(doc, "codec", str, where)
     label = doc.get("label")
-    if label is not None and label not in seen:
+    if label is not None and (not isinstance(label, str) or label not in seen):
         raise ManifestError(f"{where}: label column {label!r} is not a column")
     layout = _need(doc, "layout", dict, where)
     from .storage import validate_layout  # local: storage imports this module
 
-    checked = validate_layout(storage, layout, n, len(files), tuple(columns), codec, where)
-    stats = doc.get("stats", {})
-    if not isinstance(stats, dict):
-        raise ManifestError(f"{where}: field 'stats' must be an object")
-    fp = doc.get("fingerprint", "")
-    if not isinstance(fp, str):
-        raise ManifestError(f"{where}: field 'fingerprint' must be a string")
+    checked = validate_layout(storage, layout, n, len(files), tuple(columns), codec, where, unit_rows=urows)
+    stats = _check_stats(doc.get("stats", {}), {c.name: c for c in columns}, where)
+    fp, source, options = (_optional(doc, key, typ, default, where) for key, typ, default in
+                           (("fingerprint", str, ""), ("source", dict, {}), ("options", dict, {})))
     return Manifest(
         root=root, storage=storage, rows=rows, columns=tuple(columns), unit_start=start,
         unit_rows=urows, unit_stored_nbytes=stored, codec=codec, files=files, layout=checked,
-        stats=stats, label=label, fingerprint=fp,
-        source=doc.get("source", {}) if isinstance(doc.get("source", {}), dict) else {},
-        options=doc.get("options", {}) if isinstance(doc.get("options", {}), dict) else {},
-        version=version,
+        stats=stats, label=label, fingerprint=fp, source=source, options=options, version=version,
     )
+
+
+def _optional(doc: Mapping[str, Any], key: str, typ: type, default: Any, where: str) -> Any:
+    val = doc.get(key, default)
+    if not isinstance(val, typ):
+        raise ManifestError(f"{where}: field {key!r} must be {'an object' if typ is dict else 'a string'}, "
+                            f"got {type(val).__name__}")
+    return val
+
+
+def _is_number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _check_stats(stats: Any, columns: dict[str, Column], where: str) -> dict[str, Any]:
+    """Per-column statistics: count, and mean, std, min, max as numbers (null when not finite) of
+    the column's row shape; the label column's histogram."""
+    if not isinstance(stats, dict):
+        raise ManifestError(f"{where}: field 'stats' must be an object")
+    for name, st in stats.items():
+        sw = f"{where}: stats of column {name!r}"
+        col = columns.get(name)
+        if col is None:
+            raise ManifestError(f"{sw}: no such column")
+        if not isinstance(st, dict):
+            raise ManifestError(f"{sw}: must be an object")
+        missing = [k for k in ("count", "mean", "std", "min", "max") if k not in st]
+        if missing:
+            raise ManifestError(f"{sw}: missing {', '.join(map(repr, missing))}")
+        if type(st["count"]) is not int or st["count"] < 0:
+            raise ManifestError(f"{sw}: 'count' must be a non-negative integer")
+        for key in ("mean", "std", "min", "max"):
+            v = st[key]
+            ok = (_is_number(v) if not col.shape else
+                  isinstance(v, list) and len(v) == col.row_items and all(_is_number(x) for x in v))
+            if not ok:
+                want = "a number" if not col.shape else f"a list of {col.row_items} numbers"
+                raise ManifestError(f"{sw}: {key!r} must be {want}")
+        if "histogram" in st:
+            h = st["histogram"]
+            if not (isinstance(h, dict) and isinstance(h.get("values"), list) and isinstance(h.get("counts"), list)
+                    and len(h["values"]) == len(h["counts"])
+                    and all(type(x) is int for x in h["values"])
+                    and all(type(x) is int and x >= 0 for x in h["counts"])
+                    and _is_number(h.get("icc"))):
+                raise ManifestError(f"{sw}: 'histogram' must hold equal-length integer lists 'values' and "
+                                    "'counts' and a number 'icc'")
+    return stats

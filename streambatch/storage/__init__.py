@@ -66,9 +66,17 @@ def _modules() -> dict[str, Any]:
     return {"zarr": zarr_store, "parquet": parquet_store}
 
 
-def open_reader(manifest: Manifest, verify: bool = False) -> UnitReader:
-    """The reader for ``manifest``'s storage format."""
-    return _modules()[manifest.storage].Reader(manifest, verify=verify)  # type: ignore[no-any-return]
+def open_reader(manifest: Manifest, verify: bool = False, remote: Any = None) -> UnitReader:
+    """The reader for ``manifest``'s storage format.
+
+    For a dataset at a URL, ``remote`` is the ``streambatch.remote.RemoteFiles`` to read
+    through (made with default options when not given).
+    """
+    from ..remote import RemoteFiles, RemoteRoot
+
+    if remote is None and isinstance(manifest.root, RemoteRoot):
+        remote = RemoteFiles(manifest.root.url)
+    return _modules()[manifest.storage].Reader(manifest, verify=verify, remote=remote)  # type: ignore[no-any-return]
 
 
 def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
@@ -82,8 +90,13 @@ def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: i
 
 
 def validate_layout(storage: str, layout: dict[str, Any], n_units: int, n_files: int,
-                    columns: tuple[Column, ...], codec: str, where: str) -> dict[str, Any]:
-    """Check a manifest's storage layout; return it with int64 arrays.  ``ManifestError`` if bad."""
+                    columns: tuple[Column, ...], codec: str, where: str,
+                    unit_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """Check a manifest's storage layout; return it with int64 arrays.  ``ManifestError`` if bad.
+
+    ``unit_rows`` (the manifest's rows per unit) lets a format check that its layout holds them.
+    """
     if codec not in CODECS:
         raise ManifestError(f"{where}: unknown codec {codec!r}")
-    return _modules()[storage].validate_layout(layout, n_units, n_files, columns, where)  # type: ignore[no-any-return]
+    return _modules()[storage].validate_layout(  # type: ignore[no-any-return]
+        layout, n_units, n_files, columns, where, codec=codec, unit_rows=unit_rows)

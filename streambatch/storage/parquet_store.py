@@ -10,15 +10,16 @@ Layout of a dataset folder::
 Scalar columns are plain Parquet columns; a fixed-shape tensor column is a
 ``FixedSizeList<dtype, prod(shape)>`` whose field metadata ``streambatch.shape`` holds the
 row shape as JSON, so pyarrow and pandas read every file without streambatch.  The
-shuffle unit is one row group; its byte range in the file and a CRC-32 of those bytes are
-recorded in the manifest.
+shuffle unit is one row group; its byte range in the file and a checksum of those bytes
+(CRC-32C) are recorded in the manifest.  Pages carry Parquet's own CRC too, so that a unit
+that fails its checksum can be traced to the column holding the damaged bytes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..errors import DataError, ManifestError
 from ..manifest import Column, Manifest, int_array
+from ._checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn, extend_fn
 
 __all__ = ["Reader", "Writer", "validate_layout", "arrow_schema"]
 
@@ -54,10 +56,11 @@ class _TrackingSink:
         self.pos = 0
         self.crc = 0
         self.closed = False
+        self._extend = extend_fn(DEFAULT_CHECKSUM)
 
     def write(self, data: Any) -> int:
         n = self._f.write(data)
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = self._extend(self.crc, data)
         self.pos += len(memoryview(data).cast("B"))
         return n
 
@@ -110,7 +113,7 @@ class Writer:
         self._sink = _TrackingSink(self.folder / name)
         self._writer = pq.ParquetWriter(
             self._sink, self.schema, compression=self.codec, use_dictionary=False,
-            write_statistics=False, data_page_size=1 << 20)
+            write_statistics=False, data_page_size=1 << 20, write_page_checksum=True)
         self._sink.take_crc()  # the magic bytes belong to no row group
         self._groups = 0
 
@@ -149,7 +152,8 @@ class Writer:
 
     def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
         self._close_file()
-        return self.files, dict(self.loc), self.stored, list(self.loc["crc32"])
+        layout: dict[str, Any] = {**self.loc, "checksum": DEFAULT_CHECKSUM, "page_checksums": True}
+        return self.files, layout, self.stored, list(self.loc["crc32"])
 
     def abort(self) -> None:
         try:
@@ -159,26 +163,48 @@ class Writer:
 
 
 def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
-                    where: str) -> dict[str, Any]:
+                    where: str, *, codec: str | None = None, unit_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """Check the Parquet layout: ``ManifestError`` unless every location is an in-range integer.
+
+    A row group's stored size is bounded (when ``unit_rows`` is given) by twice its values as
+    Parquet stores them (8- and 16-bit integers as 32-bit ones) plus a byte of levels per value
+    and page overhead.
+    """
     w = f"{where}: layout"
+    checksum = layout.get("checksum", "crc32")
+    if checksum not in CHECKSUMS:
+        raise ManifestError(f"{w}.checksum must be one of {', '.join(CHECKSUMS)}, got {checksum!r}")
+    page_checksums = layout.get("page_checksums", False)
+    if not isinstance(page_checksums, bool):
+        raise ManifestError(f"{w}.page_checksums must be true or false")
+    max_size = 1 << 40
+    if unit_rows is not None:
+        stored_row = sum(c.row_items * (2 * max(4, c.np_dtype.itemsize) + 1) for c in columns)
+        max_size = int(unit_rows.max()) * stored_row + 1024 * len(columns) + (1 << 16)
     return {
         "file": int_array(layout.get("file"), n_units, f"{w}.file", hi=max(0, n_files - 1)),
         "row_group": int_array(layout.get("row_group"), n_units, f"{w}.row_group", hi=1 << 31),
         "offset": int_array(layout.get("offset"), n_units, f"{w}.offset", hi=1 << 50),
-        "size": int_array(layout.get("size"), n_units, f"{w}.size", lo=1, hi=1 << 40),
+        "size": int_array(layout.get("size"), n_units, f"{w}.size", lo=1, hi=max_size),
         "crc32": int_array(layout.get("crc32"), n_units, f"{w}.crc32", hi=2**32 - 1),
+        "checksum": checksum,
+        "page_checksums": page_checksums,
     }
 
 
 class Reader:
     """Reads row groups with pyarrow (which releases the GIL); one ``ParquetFile`` per thread."""
 
-    def __init__(self, manifest: Manifest, verify: bool = False) -> None:
+    def __init__(self, manifest: Manifest, verify: bool = False, remote: Any = None) -> None:
         self.manifest = manifest
         self.verify = verify
         self._local = threading.local()
         self._all: list[dict[int, Any]] = []
         self._lock = threading.Lock()
+        self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
+        self._fds: dict[int, tuple[int, int]] = {}  # raw descriptors for checksum reads: (fd, size)
+        self._remote = remote  # RemoteFiles for a dataset at a URL: ranged requests instead of files
+        self._closed = False
 
     def _where(self, unit: int, fi: int, col: str | None = None) -> str:
         c = f", column {col!r}" if col else ""
@@ -194,7 +220,7 @@ class Reader:
                 self._all.append(files)
         pf = files.get(fi)
         if pf is None:
-            path = self.manifest.path_of(fi)
+            path = self._source(fi)
             try:
                 pf = pq.ParquetFile(path)
             except OSError as e:
@@ -204,20 +230,73 @@ class Reader:
             files[fi] = pf
         return pf
 
+    def _source(self, fi: int) -> Any:
+        """What pyarrow opens: the local path, or a ranged-read file object for a URL."""
+        if self._remote is None:
+            return self.manifest.path_of(fi)
+        from ..remote import RangeFile
+
+        return RangeFile(self._remote, self.manifest.files[fi])
+
+    def _fd(self, fi: int, unit: int) -> tuple[int, int]:
+        entry = self._fds.get(fi)
+        if entry is not None:
+            return entry
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"{self.manifest.root}: reader is closed")
+            entry = self._fds.get(fi)
+            if entry is None and self._remote is not None:
+                entry = self._fds[fi] = (-1, self._remote.size(self.manifest.files[fi]))
+            if entry is None:
+                path = self.manifest.path_of(fi)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise DataError(f"{self._where(unit, fi)}: cannot open: {e.strerror or e}") from None
+                entry = self._fds[fi] = (fd, os.fstat(fd).st_size)
+            return entry
+
     def _check(self, unit: int) -> None:
         lay = self.manifest.layout
         fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
-        path = self.manifest.path_of(fi)
+        fd, fsize = self._fd(fi, unit)
+        if off + size > fsize:  # before allocating what the manifest claims
+            raise DataError(f"{self._where(unit, fi)}: file truncated "
+                            f"(needed bytes {off}..{off + size}, file has {fsize})")
         try:
-            with open(path, "rb") as f:
-                f.seek(off)
-                raw = f.read(size)
+            raw = os.pread(fd, size, off) if fd >= 0 else self._remote.read(self.manifest.files[fi], off, size)
         except OSError as e:
             raise DataError(f"{self._where(unit, fi)}: read failed: {e.strerror or e}") from None
         if len(raw) != size:
             raise DataError(f"{self._where(unit, fi)}: file truncated (needed bytes {off}..{off + size})")
-        if zlib.crc32(raw) != int(lay["crc32"][unit]):
-            raise DataError(f"{self._where(unit, fi)}: checksum mismatch (data corrupt)")
+        if self._checksum(raw) != int(lay["crc32"][unit]):
+            bad = self._damaged_columns(unit, fi)
+            if len(bad) == 1:
+                where = self._where(unit, fi, bad[0])
+            else:  # no page checksums (older datasets) or damage outside the column data
+                names = bad or [c.name for c in self.manifest.columns]
+                where = (f"dataset {self.manifest.root}, column one of {', '.join(map(repr, names))}, unit {unit}, "
+                         f"file {self.manifest.files[fi]}")
+            raise DataError(f"{where}: checksum mismatch (data corrupt)")
+
+    def _damaged_columns(self, unit: int, fi: int) -> list[str]:
+        """The columns of ``unit`` whose pages fail Parquet's page CRC or do not decode."""
+        import pyarrow.parquet as pq
+
+        rg = int(self.manifest.layout["row_group"][unit])
+        bad = []
+        try:
+            pf = pq.ParquetFile(self._source(fi), page_checksum_verification=True)
+        except Exception:  # noqa: BLE001 - a broken footer: the read that follows names it
+            return []
+        with pf:
+            for c in self.manifest.columns:
+                try:
+                    pf.read_row_group(rg, columns=[c.name], use_threads=False)
+                except Exception:  # noqa: BLE001 - any failure marks the column
+                    bad.append(c.name)
+        return bad
 
     def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
         rows_in_unit = int(self.manifest.unit_rows[unit])
@@ -251,6 +330,11 @@ class Reader:
     def close(self) -> None:
         with self._lock:
             all_files, self._all = self._all, []
+            self._closed = True
+            fds, self._fds = self._fds, {}
+        for fd, _ in fds.values():
+            if fd >= 0:
+                os.close(fd)
         for files in all_files:
             for pf in files.values():
                 pf.close()

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import DataError, ManifestError
 from ..manifest import Column, Manifest, int_array
+from ._checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn
 
 __all__ = ["Reader", "Writer", "validate_layout"]
 
@@ -60,7 +61,8 @@ class Writer:
     """Writes columns as sharded Zarr v3 arrays, inner chunk by inner chunk.
 
     Each unit is encoded and appended to its column's current shard file; the shard
-    index (offset, size per inner chunk, crc32c) is written when the shard is full.
+    index (offset, size per inner chunk, crc32c) is written when the shard is full.  The
+    manifest records each chunk's checksum (CRC-32C) in ``layout.columns[name].crc32``.
     """
 
     def __init__(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
@@ -88,6 +90,7 @@ class Writer:
         self.compressors = {c.name: _compressor(codec, c.np_dtype.itemsize) for c in columns}
         self.stored: list[int] = []
         self.checksums: list[int] = []
+        self._checksum = checksum_fn(DEFAULT_CHECKSUM)
         self._handles: dict[str, Any] = {}
         self._index: dict[str, list[tuple[int, int]]] = {}
         self._unit = 0
@@ -122,7 +125,7 @@ class Writer:
             offset = f.tell()
             f.write(payload)
             size = len(payload)
-            c32 = zlib.crc32(payload)
+            c32 = self._checksum(payload)
             loc = self.loc[c.name]
             loc["file"].append(len(self.files) - 1 if pos == 0 else loc["file"][-1])
             loc["offset"].append(offset)
@@ -152,35 +155,50 @@ class Writer:
     def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
         for c in self.columns:
             self._close_shard(c)
-        layout = {"unit_rows": self.unit_rows, "units_per_shard": self.units_per_shard, "columns": self.loc}
+        layout = {"unit_rows": self.unit_rows, "units_per_shard": self.units_per_shard, "checksum": DEFAULT_CHECKSUM,
+                  "columns": self.loc}
         return self.files, layout, self.stored, self.checksums
 
     def abort(self) -> None:
         for f in self._handles.values():
-            f.close()
+            try:
+                f.close()
+            except OSError:  # a full disk fails the flush again; the converter removes the folder
+                pass
         self._handles.clear()
 
 
 def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
-                    where: str) -> dict[str, Any]:
-    unit_rows = layout.get("unit_rows")
-    if type(unit_rows) is not int or unit_rows <= 0:
+                    where: str, *, codec: str | None = None, unit_rows: np.ndarray | None = None) -> dict[str, Any]:
+    """Check the Zarr layout: ``ManifestError`` unless every location is an in-range integer.
+
+    The inner chunks of a Zarr array are a regular grid, so every unit but the last holds
+    exactly ``layout.unit_rows`` rows (checked when ``unit_rows``, the manifest's rows per
+    unit, is given); an uncompressed chunk is exactly its decoded size.
+    """
+    chunk_rows = layout.get("unit_rows")
+    if type(chunk_rows) is not int or not 0 < chunk_rows <= 1 << 48:
         raise ManifestError(f"{where}: layout.unit_rows must be a positive integer")
+    if unit_rows is not None and ((unit_rows[:-1] != chunk_rows).any() or int(unit_rows[-1]) > chunk_rows):
+        raise ManifestError(f"{where}: units.rows do not match the Zarr chunks of layout.unit_rows={chunk_rows} rows")
+    checksum = layout.get("checksum", "crc32")
+    if checksum not in CHECKSUMS:
+        raise ManifestError(f"{where}: layout.checksum must be one of {', '.join(CHECKSUMS)}, got {checksum!r}")
     cols = layout.get("columns")
     if not isinstance(cols, dict):
         raise ManifestError(f"{where}: layout.columns must be an object")
-    out: dict[str, Any] = {"unit_rows": unit_rows, "columns": {}}
+    out: dict[str, Any] = {"unit_rows": chunk_rows, "checksum": checksum, "columns": {}}
     for c in columns:
         loc = cols.get(c.name)
         cw = f"{where}: layout of column {c.name!r}"
         if not isinstance(loc, dict):
             raise ManifestError(f"{cw}: missing")
-        chunk_bytes = unit_rows * c.row_nbytes
+        chunk_bytes = chunk_rows * c.row_nbytes
+        lo, hi = (chunk_bytes, chunk_bytes) if codec == "none" else (1, max(chunk_bytes + (1 << 16), 2 * chunk_bytes))
         out["columns"][c.name] = {
             "file": int_array(loc.get("file"), n_units, f"{cw}.file", hi=max(0, n_files - 1)),
             "offset": int_array(loc.get("offset"), n_units, f"{cw}.offset", hi=1 << 50),
-            "size": int_array(loc.get("size"), n_units, f"{cw}.size", lo=1,
-                              hi=max(chunk_bytes + (1 << 16), 2 * chunk_bytes)),
+            "size": int_array(loc.get("size"), n_units, f"{cw}.size", lo=lo, hi=hi),
             "crc32": int_array(loc.get("crc32"), n_units, f"{cw}.crc32", hi=2**32 - 1),
         }
     return out
@@ -194,13 +212,15 @@ class Reader:
     (per-call mapping and unmapping cost more than the copy): tools/profile_read_paths.py.
     """
 
-    def __init__(self, manifest: Manifest, verify: bool = False) -> None:
+    def __init__(self, manifest: Manifest, verify: bool = False, remote: Any = None) -> None:
         self.manifest = manifest
         self.verify = verify
+        self._remote = remote  # RemoteFiles for a dataset at a URL: ranged requests instead of pread
         self._fds: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._decoders = {c.name: _compressor(manifest.codec, c.np_dtype.itemsize) for c in manifest.columns}
         self._unit_rows = manifest.layout["unit_rows"]
+        self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
         self._closed = False
 
     def _fd(self, file_index: int, col: Column, unit: int) -> tuple[int, int]:
@@ -211,6 +231,8 @@ class Reader:
             if self._closed:
                 raise ValueError(f"{self.manifest.root}: reader is closed")
             entry = self._fds.get(file_index)
+            if entry is None and self._remote is not None:
+                entry = self._fds[file_index] = (-1, self._remote.size(self.manifest.files[file_index]))
             if entry is None:
                 path = self.manifest.path_of(file_index)
                 try:
@@ -225,11 +247,19 @@ class Reader:
         return (f"dataset {self.manifest.root}, column {col.name!r}, unit {unit}, "
                 f"file {self.manifest.files[file_index]}")
 
-    def _pread_into(self, buf: memoryview, file_index: int, offset: int, col: Column, unit: int) -> None:
+    def _check_size(self, file_index: int, offset: int, size: int, col: Column, unit: int) -> int:
+        """The file's descriptor, after checking that it holds bytes ``offset..offset + size``."""
         fd, fsize = self._fd(file_index, col, unit)
-        if offset + len(buf) > fsize:
+        if offset + size > fsize:
             raise DataError(f"{self._where(col, unit, file_index)}: file truncated "
-                            f"(needed bytes {offset}..{offset + len(buf)}, file has {fsize})")
+                            f"(needed bytes {offset}..{offset + size}, file has {fsize})")
+        return fd
+
+    def _pread_into(self, buf: memoryview, file_index: int, offset: int, col: Column, unit: int) -> None:
+        fd = self._check_size(file_index, offset, len(buf), col, unit)
+        if self._remote is not None:
+            buf[:] = self._remote.read(self.manifest.files[file_index], offset, len(buf))
+            return
         got = 0
         while got < len(buf):
             try:
@@ -242,6 +272,7 @@ class Reader:
             got += n
 
     def _bytes(self, file_index: int, offset: int, size: int, col: Column, unit: int) -> bytearray:
+        self._check_size(file_index, offset, size, col, unit)  # before allocating what the manifest claims
         raw = bytearray(size)
         self._pread_into(memoryview(raw), file_index, offset, col, unit)
         return raw
@@ -252,7 +283,7 @@ class Reader:
 
     def _check(self, raw: Any, col: Column, unit: int, fi: int) -> None:
         want = int(self.manifest.layout["columns"][col.name]["crc32"][unit])
-        if zlib.crc32(raw) != want:
+        if self._checksum(raw) != want:
             raise DataError(f"{self._where(col, unit, fi)}: checksum mismatch (data corrupt)")
 
     def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
@@ -273,6 +304,11 @@ class Reader:
                     else:
                         raw = self._bytes(fi, off, (hi - lo) * col.row_nbytes, col, unit)
                         dst[...] = np.frombuffer(raw, dtype=col.np_dtype.newbyteorder("<")).reshape(dst.shape)
+                    continue
+                if hi - lo == self._unit_rows and dst.flags.c_contiguous:  # a whole chunk: read, then check it
+                    buf = memoryview(dst.reshape(-1).view(np.uint8))
+                    self._pread_into(buf, fi, off, col, unit)
+                    self._check(buf, col, unit, fi)
                     continue
             raw = self._bytes(fi, off, size, col, unit)
             if self.verify:
@@ -308,4 +344,5 @@ class Reader:
             self._closed = True
             fds, self._fds = self._fds, {}
         for fd, _ in fds.values():
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)

@@ -1,0 +1,616 @@
+"""Faults, corruption and hostile input: every fault is one clear error, and nothing is lost.
+
+One test (or parametrised group) per row of the fault table in docs/FAULTS.md:
+
+- a flipped byte, seen by the loader (``verify`` is on by default) and by ``streambatch verify``;
+- a truncated, missing or unreadable shard file, an unreadable manifest;
+- a write error during conversion: disk full (``/dev/full``) and a file-size limit
+  (``RLIMIT_FSIZE`` in a subprocess, with SIGXFSZ ignored so ``write`` raises EFBIG);
+- a reader that raises, one that hangs (``timeout`` names the stuck unit), a slow one;
+- SIGINT in the middle of an epoch or a conversion, in a subprocess;
+- a soak: SIGKILL of a training subprocess at random points and restarts from the last saved
+  state (each epoch serves every sample exactly once, in the uninterrupted order), and RSS
+  flat over 20 epochs.  The full-size soak is ``benchmarks/bench_faults.py``.
+
+Covered elsewhere and not repeated here: the reader contract on corrupt, truncated and missing
+files for every format and codec (test_storage.py ``ReaderContract``); a reader error keeping its
+type and naming the unit (test_dataset.py ``test_reader_error_keeps_its_type_and_names_the_unit``);
+SIGKILL and exceptions during conversion (test_convert.py); manifests (test_manifest.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+import streambatch
+from streambatch import DataError, ManifestError, StreamDataset
+from streambatch.cli import main as cli_main
+from streambatch.errors import WriteError
+from streambatch.manifest import MANIFEST_NAME, Manifest, load_manifest
+from streambatch.storage import parquet_store, zarr_store
+
+from conftest import streambatch_threads, write_sorted_npy
+
+ROWS = 3001
+UNIT = 50
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same 3001 rows as Zarr (none, lz4) and Parquet (none, zstd), units of 50 rows, several files."""
+    root = tmp_path_factory.mktemp("faults")
+    src = write_sorted_npy(root / "src", ROWS)
+    out = {"src": src}
+    for fmt, codec in (("zarr", "none"), ("zarr", "lz4"), ("parquet", "none"), ("parquet", "zstd")):
+        out[f"{fmt}-{codec}"] = root / f"{fmt}-{codec}"
+        streambatch.convert(src, out[f"{fmt}-{codec}"], format=fmt, codec=codec, unit_rows=UNIT,
+                            shard_bytes=16 * 1024, progress=False)
+    return out
+
+
+@pytest.fixture
+def damaged(built: dict[str, Path], tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``damaged(name)``: a private copy of dataset ``name`` that the test may break."""
+
+    def make(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(built[name], dst)
+        return dst
+
+    return make
+
+
+def small(path: Path, **kw: Any) -> StreamDataset:
+    kw.setdefault("batch_size", 64)
+    kw.setdefault("memory_budget", 200_000)  # windows of a few units: several windows per epoch
+    kw.setdefault("return_index", True)
+    kw.setdefault("threads", 2)
+    return StreamDataset(path, **kw)
+
+
+def unit_bytes(m: Manifest, unit: int, column: str) -> tuple[Path, int, int]:
+    """(file, offset, size) of ``unit``'s stored bytes (of ``column`` for Zarr)."""
+    if m.storage == "zarr":
+        loc = m.layout["columns"][column]
+        return m.path_of(int(loc["file"][unit])), int(loc["offset"][unit]), int(loc["size"][unit])
+    lay = m.layout
+    return m.path_of(int(lay["file"][unit])), int(lay["offset"][unit]), int(lay["size"][unit])
+
+
+def column_bytes(m: Manifest, unit: int, column: str) -> tuple[Path, int, int]:
+    """(file, offset, size) of the bytes of ``column`` in ``unit``; for Parquet from the file footer."""
+    if m.storage == "zarr":
+        return unit_bytes(m, unit, column)
+    import pyarrow.parquet as pq
+
+    path, _, _ = unit_bytes(m, unit, column)
+    rg = int(m.layout["row_group"][unit])
+    meta = pq.ParquetFile(path).metadata.row_group(rg)
+    j = [meta.column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)].index(column)
+    c = meta.column(j)
+    start = c.dictionary_page_offset or c.data_page_offset
+    return path, start, c.total_compressed_size
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+def one_epoch(ds: StreamDataset) -> np.ndarray:
+    return np.concatenate([b["_row"].numpy() for b in ds])
+
+
+# --------------------------------------------------------------------------- a flipped byte
+
+FORMATS = ["zarr-none", "zarr-lz4", "parquet-none", "parquet-zstd"]
+
+
+def test_verify_is_on_by_default(built: dict[str, Path]) -> None:
+    assert StreamDataset(built["zarr-none"]).verify is True
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("column", ["x", "y"])
+def test_flipped_byte_is_named_by_the_loader_and_by_verify(damaged, name: str, column: str,  # type: ignore[no-untyped-def]
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    ds_path = damaged(name)
+    m = load_manifest(ds_path)
+    unit = 17
+    path, off, size = column_bytes(m, unit, column)
+    flip_byte(path, off + size * 2 // 3)
+    rel = path.relative_to(ds_path).as_posix()
+    want = [f"dataset {ds_path}", f"column {column!r}", f"unit {unit},", f"file {rel}", "checksum mismatch"]
+
+    with pytest.raises(DataError) as ei:
+        one_epoch(small(ds_path))  # verify is the default
+    for s in want:
+        assert s in str(ei.value), (s, str(ei.value))
+    assert any(f"unit {unit}" in n for n in ei.value.__notes__)  # the loader adds where it was reading
+    assert not streambatch_threads() or time.sleep(0.5) is None  # threads stop (checked again by the fixture)
+
+    capsys.readouterr()
+    assert cli_main(["verify", str(ds_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "FAILED" in err
+    for s in want:
+        assert s in err, (s, err)
+
+
+def test_flipped_byte_without_verify_reaches_the_batch(damaged) -> None:  # type: ignore[no-untyped-def]
+    """Why verify is on: an uncompressed unit with a flipped byte decodes fine and is served."""
+    ds_path = damaged("zarr-none")
+    m = load_manifest(ds_path)
+    path, off, _ = unit_bytes(m, 3, "id")
+    flip_byte(path, off)  # the low byte of row 150's id
+    batches = list(small(ds_path, verify=False))
+    ids = np.concatenate([b["id"].numpy() for b in batches])  # the stored id column, damaged
+    rows = np.concatenate([b["_row"].numpy() for b in batches])  # the row positions, computed
+    assert len(ids) == ROWS and sorted(rows.tolist()) == list(range(ROWS))
+    assert 150 not in ids and int(ids[rows == 150][0]) == 150 ^ 0x10
+    with pytest.raises(DataError, match="unit 3,"):
+        one_epoch(small(ds_path, verify=True))
+
+
+@pytest.mark.parametrize("name", ["zarr-none", "parquet-none"])
+def test_flipped_byte_in_a_unit_not_served_is_harmless(damaged, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Only the damaged unit fails: other ranks (or a column projection) read the rest."""
+    ds_path = damaged(name)
+    m = load_manifest(ds_path)
+    path, off, size = column_bytes(m, 5, "x")
+    flip_byte(path, off + size // 2)
+    if m.storage == "zarr":  # a column that was not damaged reads cleanly
+        assert len(one_epoch(small(ds_path, columns=["id", "y"]))) == ROWS
+    reader_units = [u for u in range(m.n_units) if u != 5]
+    from streambatch.storage import open_reader
+
+    r = open_reader(m, verify=True)
+    try:
+        for u in reader_units:
+            r.verify_unit(u)
+        with pytest.raises(DataError, match="unit 5,"):
+            r.verify_unit(5)
+    finally:
+        r.close()
+
+
+# --------------------------------------------------------------------------- truncated, missing, unreadable
+
+
+@pytest.mark.parametrize("name", ["zarr-none", "zarr-lz4", "parquet-none"])
+@pytest.mark.parametrize("verify", [True, False])
+def test_truncated_shard_file(damaged, name: str, verify: bool) -> None:  # type: ignore[no-untyped-def]
+    ds_path = damaged(name)
+    m = load_manifest(ds_path)
+    path, off, size = unit_bytes(m, 30, "x")
+    os.truncate(path, off + size // 2)
+    with pytest.raises(DataError) as ei:
+        one_epoch(small(ds_path, verify=verify))
+    msg = str(ei.value)
+    assert str(ds_path) in msg and path.relative_to(ds_path).as_posix() in msg and "unit " in msg
+    assert "truncated" in msg or "cannot read" in msg or "not a readable Parquet" in msg, msg
+
+
+@pytest.mark.parametrize("name", ["zarr-none", "parquet-none"])
+def test_missing_shard_file(damaged, name: str) -> None:  # type: ignore[no-untyped-def]
+    ds_path = damaged(name)
+    m = load_manifest(ds_path)
+    path, _, _ = unit_bytes(m, 40, "x")
+    path.unlink()
+    with pytest.raises(DataError) as ei:
+        one_epoch(small(ds_path))
+    msg = str(ei.value)
+    same_file = [u for u in range(m.n_units) if unit_bytes(m, u, "x")[0] == path]  # any of them may fail first
+    assert path.relative_to(ds_path).as_posix() in msg and any(f"unit {u}," in msg for u in same_file), msg
+    assert "No such file" in msg, msg
+
+
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+@contextmanager
+def permissions_enforced() -> Iterator[None]:
+    """Make file permissions bite in this thread (and threads it starts), even for root.
+
+    Root ignores permission bits through CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH; this drops
+    them from the calling thread's effective set (capabilities are per thread on Linux) and
+    restores them afterwards.  Other users need nothing.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    hdr, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(hdr), data) != 0:  # pragma: no cover - not Linux
+        pytest.skip("capget failed: cannot drop root's permission override")
+    saved = data[0].effective
+    data[0].effective &= ~((1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH))
+    if libc.capset(ctypes.byref(hdr), data) != 0:  # pragma: no cover
+        pytest.skip("capset failed: cannot drop root's permission override")
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        assert libc.capset(ctypes.byref(hdr), data) == 0
+
+
+@pytest.mark.parametrize("name", ["zarr-none", "parquet-none"])
+def test_shard_file_without_read_permission(damaged, name: str) -> None:  # type: ignore[no-untyped-def]
+    ds_path = damaged(name)
+    m = load_manifest(ds_path)
+    path, _, _ = unit_bytes(m, 12, "x")
+    path.chmod(0)
+    with permissions_enforced():
+        with pytest.raises(DataError) as ei:
+            one_epoch(small(ds_path))
+        code = cli_main(["verify", str(ds_path)])
+    msg = str(ei.value)
+    assert path.relative_to(ds_path).as_posix() in msg and "Permission denied" in msg and "unit " in msg
+    assert code == 1
+
+
+def test_manifest_without_read_permission(damaged) -> None:  # type: ignore[no-untyped-def]
+    ds_path = damaged("zarr-none")
+    (ds_path / MANIFEST_NAME).chmod(0)
+    with permissions_enforced():
+        with pytest.raises(ManifestError, match="cannot read manifest: Permission denied") as ei:
+            StreamDataset(ds_path)
+    assert MANIFEST_NAME in str(ei.value)
+
+
+# --------------------------------------------------------------------------- write errors during conversion
+
+
+def temp_folders(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".sbtmp-" in p.name] if parent.exists() else []
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("shuffle", [None, 3])
+def test_disk_full_during_conversion(built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     fmt: str, shuffle: int | None) -> None:
+    """Every data file the converter writes goes to /dev/full, which fails with ENOSPC."""
+    import builtins
+    import errno
+
+    from streambatch import convert as convert_mod
+
+    real_open = builtins.open
+    failed: list[str] = []
+
+    def full_open(path: Any, mode: str = "r", *args: Any, **kw: Any) -> Any:
+        if "w" in mode and ".sbtmp-" in str(path) and not str(path).endswith(".json"):
+            failed.append(str(path))
+            return real_open("/dev/full", mode, *args, **kw)
+        return real_open(path, mode, *args, **kw)
+
+    module = zarr_store if fmt == "zarr" else parquet_store
+    monkeypatch.setattr(module, "open", full_open, raising=False)
+    if shuffle is not None:  # the pre-shuffle's bucket files fill the disk first
+        monkeypatch.setattr(convert_mod, "open", full_open, raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(WriteError) as ei:
+        streambatch.convert(built["src"], out / "ds", format=fmt, unit_rows=UNIT, shuffle=shuffle, progress=False)
+    assert failed
+    assert ei.value.errno == errno.ENOSPC and isinstance(ei.value, OSError)
+    assert str(out / "ds") in str(ei.value) and "No space left on device" in str(ei.value)
+    assert list(out.iterdir()) == [], "no dataset and no temporary folder may be left"
+
+
+def _fsize_limit(limit: int) -> Any:
+    def pre() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process at the limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return pre
+
+
+@pytest.mark.parametrize(("fmt", "extra", "limit"), [
+    ("zarr", [], 20_000),                      # fails in a shard file
+    ("parquet", [], 20_000),                   # fails in a Parquet file
+    ("zarr", ["--shuffle", "1"], 20_000),      # fails in the pre-shuffle's bucket files
+    ("zarr", ["--shard-bytes", "4KiB"], 5000),  # shards of 4 KiB fit: fails writing the manifest (6 KiB), last
+])
+def test_file_size_limit_during_conversion(built: dict[str, Path], tmp_path: Path, fmt: str, extra: list[str],
+                                           limit: int) -> None:
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "streambatch.cli", "convert", str(built["src"]), str(out / "ds"),
+                        "--format", fmt, "--unit-rows", str(UNIT), "-q", *extra],
+                       preexec_fn=_fsize_limit(limit), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "File too large" in lines[0] and str(out / "ds") in lines[0], r.stderr
+    assert r.stdout == ""
+    assert list(out.iterdir()) == [] if out.exists() else True, "no dataset and no temporary folder"
+    # without the limit the same command succeeds
+    ok = subprocess.run([sys.executable, "-m", "streambatch.cli", "convert", str(built["src"]), str(out / "ds"),
+                         "--format", fmt, "--unit-rows", str(UNIT), "-q", *extra],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert load_manifest(out / "ds").rows == ROWS and not temp_folders(out)
+
+
+# --------------------------------------------------------------------------- readers that fail, hang, crawl
+
+
+class _Broken(RuntimeError):
+    pass
+
+
+def test_reader_raising_a_data_error_stops_the_epoch_with_it(built: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    original = zarr_store.Reader.read_into
+
+    def failing(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        if unit == 9:
+            raise DataError(f"dataset {self.manifest.root}, column 'x', unit 9, file x/c/0/0: read failed: EIO")
+        original(self, unit, lo, hi, out)
+
+    monkeypatch.setattr(zarr_store.Reader, "read_into", failing)
+    with pytest.raises(DataError, match="unit 9") as ei:
+        one_epoch(small(built["zarr-none"]))
+    assert any("while reading unit 9" in n for n in ei.value.__notes__)
+
+
+def test_hanging_reader_times_out_naming_the_unit(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    original = zarr_store.Reader.read_into
+    release = threading.Event()
+
+    def hanging(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        if unit == 11:
+            release.wait(30)
+        original(self, unit, lo, hi, out)
+
+    monkeypatch.setattr(zarr_store.Reader, "read_into", hanging)
+    ds = small(built["zarr-none"], shuffle=False, timeout=0.5)
+    served = []
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError) as ei:
+            for b in ds:
+                served.append(b["_row"].numpy())
+        elapsed = time.monotonic() - t0
+    finally:
+        release.set()
+    assert "unit 11" in str(ei.value) and str(built["zarr-none"]) in str(ei.value) and "0.5" in str(ei.value)
+    assert elapsed < 3.0, f"the timeout and the shutdown took {elapsed:.1f}s"
+    rows = np.concatenate(served) if served else np.empty(0, np.int64)
+    assert np.array_equal(rows, np.arange(len(rows))) and len(rows) <= 11 * UNIT  # correct rows up to the stuck unit
+
+
+def test_without_timeout_a_slow_reader_is_waited_for(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit that takes longer than a poll interval is not an error when no timeout is set."""
+    original = zarr_store.Reader.read_into
+
+    def slow(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        if unit == 4:
+            time.sleep(0.4)
+        original(self, unit, lo, hi, out)
+
+    monkeypatch.setattr(zarr_store.Reader, "read_into", slow)
+    assert len(one_epoch(small(built["zarr-none"]))) == ROWS
+
+
+@pytest.mark.parametrize("name", ["zarr-lz4", "parquet-none"])
+def test_slow_and_jittery_reader_serves_the_same_epoch(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                       name: str) -> None:
+    """Reads finishing late and out of order change nothing: same batches, same order, same values."""
+    ref = small(built[name], threads=1)
+    ref.set_epoch(2)
+    want = [{k: v.numpy().copy() for k, v in b.items()} for b in ref]
+    module = zarr_store if name.startswith("zarr") else parquet_store
+    original = module.Reader.read_into
+    rng = np.random.default_rng(0)
+    delays = rng.exponential(0.004, size=10_000).tolist()
+    lock = threading.Lock()
+
+    def jittery(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        with lock:
+            d = delays.pop()
+        time.sleep(d * (5 if unit % 7 == 0 else 1))
+        original(self, unit, lo, hi, out)
+
+    monkeypatch.setattr(module.Reader, "read_into", jittery)
+    ds = small(built[name], threads=4)
+    ds.set_epoch(2)
+    got = [{k: v.numpy().copy() for k, v in b.items()} for b in ds]
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert sorted(np.concatenate([b["_row"] for b in got]).tolist()) == list(range(ROWS))
+
+
+# --------------------------------------------------------------------------- SIGINT
+
+_SIGINT_EPOCH = textwrap.dedent("""
+    import os, sys, threading, time
+    import psutil, torch
+    import streambatch
+    path, workers = sys.argv[1], int(sys.argv[2])
+    ds = streambatch.StreamDataset(path, batch_size=16, memory_budget=200_000, threads=2,
+                                   transform=lambda b: (time.sleep(0.01), b)[1])
+    loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+    try:
+        while True:
+            for b in loader:
+                print("batch", flush=True)
+    except KeyboardInterrupt:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.5:  # workers got the SIGINT too; exited ones are zombies until reaped
+            left = [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
+            kids = [k for k in psutil.Process().children(recursive=True) if k.status() != psutil.STATUS_ZOMBIE]
+            if not left and not kids:
+                break
+            time.sleep(0.02)
+        print("interrupted", left, len(kids), flush=True)
+        sys.exit(3 if left or kids else 0)
+""")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigint_mid_epoch_exits_promptly_leaving_nothing(built: dict[str, Path], tmp_path: Path,
+                                                         workers: int) -> None:
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    before = sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*"))
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _SIGINT_EPOCH, str(built["zarr-none"]), str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        for _ in range(3):
+            line = proc.stdout.readline()
+            assert line.strip() == "batch", (line, proc.stderr.read() if proc.stderr else "")
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group, workers included
+        line = proc.stdout.readline()
+        while line.strip() == "batch":
+            line = proc.stdout.readline()
+        stopped = time.monotonic() - t0  # every thread and worker process gone
+        out, err = proc.communicate(timeout=10)
+        out = line + out
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Threads and workers stop within 2 s; the interpreter's own exit (unloading torch) may
+    # add a little on a loaded 2-core machine, so the whole exit gets a wider bound.
+    assert stopped < 2.0, f"stopping took {stopped:.2f}s"
+    assert elapsed < 4.0, f"exit took {elapsed:.2f}s"
+    assert proc.returncode == 0, (out, err)
+    assert "interrupted [] 0" in out
+    assert list(tmpdir.iterdir()) == [], "no temporary files"
+    assert sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*")) == before
+
+
+def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Path], tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import sys, time
+        from streambatch.storage import zarr_store
+        from streambatch.cli import main
+        write_unit = zarr_store.Writer.write_unit
+        def slow(self, data):
+            write_unit(self, data)
+            print("unit", flush=True)
+            time.sleep(0.02)
+        zarr_store.Writer.write_unit = slow
+        sys.exit(main(["convert", {str(built['src'])!r}, {str(tmp_path / 'out' / 'ds')!r}, "--unit-rows", "50",
+                       "--shuffle", "2", "--memory", "64KiB", "-q"]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        for _ in range(5):
+            assert proc.stdout.readline().strip() == "unit"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted" in err and elapsed < 2.0, (proc.returncode, err)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- soak: kills and restarts
+
+
+def _bench_faults() -> Any:
+    """benchmarks/bench_faults.py, imported by name (its soak children unpickle its functions)."""
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import bench_faults
+
+    return bench_faults
+
+
+@pytest.mark.slow
+def test_soak_kills_and_restarts_lose_and_repeat_nothing(tmp_path: Path) -> None:
+    """A small soak: 3 epochs, up to 6 SIGKILLs at random points; the full one is benchmarks/bench_faults.py."""
+    bench = _bench_faults()
+    ds = bench.make_soak_dataset(tmp_path / "soak", rows=2000)
+    result = bench.run_soak(ds, tmp_path / "run", epochs=3, kills=6, batch_size=40, sleep=0.01, seed=7,
+                            kill_window=(0.0, 0.5))
+    assert result["kills"] >= 4 and result["restarts"] == result["kills"], result  # fewer if it finished first
+    assert result["kills_mid_epoch"] >= 2, result
+    for e, check in enumerate(result["epochs"]):
+        assert check == {"missing": 0, "duplicated": 0, "foreign": 0, "same_order": True}, (e, check)
+
+
+@pytest.mark.slow
+def test_rss_is_flat_over_20_epochs(tmp_path: Path) -> None:
+    bench = _bench_faults()
+    ds = bench.make_soak_dataset(tmp_path / "rss", rows=20_000, width=64)
+    result = bench.run_rss(ds, epochs=20, batch_size=256, budget=2 * 2**20)
+    rss = result["rss"]
+    assert len(rss) == 20
+    growth = rss[19] - rss[1]
+    assert growth <= bench.RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB from epoch 2 to 20: {rss}"
+
+
+# --------------------------------------------------------------------------- no bad row is ever served
+
+
+@pytest.mark.parametrize("name", ["zarr-none", "zarr-lz4", "parquet-none"])
+@pytest.mark.parametrize("unit", [0, 17, 59])
+def test_no_batch_of_a_failed_window_is_served(built: dict[str, Path], damaged, name: str, unit: int) -> None:  # type: ignore[no-untyped-def]
+    """The batches served before the error are all correct: a window whose read failed serves nothing."""
+    ds_path = damaged(name)
+    m = load_manifest(ds_path)
+    path, off, size = column_bytes(m, unit, "x")
+    flip_byte(path, off + size // 2)
+    x = np.load(built["src"] / "x.npy")
+    for epoch in range(3):
+        ds = small(ds_path, threads=1 + epoch)
+        ds.set_epoch(epoch)
+        served = 0
+        with pytest.raises(DataError, match=f"unit {unit},"):
+            for b in ds:
+                rows = b["_row"].numpy()
+                np.testing.assert_array_equal(b["x"].numpy(), x[rows])
+                served += len(rows)
+        assert served < ROWS
+
+
+def test_soak_log_cuts_a_torn_last_line(tmp_path: Path) -> None:
+    """The soak's commit protocol: a line killed mid-write is not a commit, and is cut off on restart."""
+    bench = _bench_faults()
+    log = tmp_path / "soak.log"
+    good = [json.dumps({"epoch": 0, "state": {"batches": i}, "ids": [i]}) for i in (1, 2)]
+    log.write_text("\n".join(good) + "\n" + good[1][:17])
+    assert [r["state"]["batches"] for r in bench.read_log(log)] == [1, 2]
+    assert log.read_text() == "\n".join(good) + "\n"

@@ -1,0 +1,145 @@
+"""Datasets read from real servers on loopback: an S3-compatible server (moto) and plain HTTP."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import streambatch
+from streambatch import DataError
+
+from conftest import write_sorted_npy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from range_server import RangeServer, free_port  # noqa: E402
+
+ROWS = 3001
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("remote")
+    src = write_sorted_npy(root / "src", ROWS)
+    out = {"src": src}
+    for fmt in ("zarr", "parquet"):
+        out[fmt] = streambatch.convert(src, root / "served" / f"d.{fmt}", format=fmt, unit_rows=101,
+                                       codec="lz4" if fmt == "zarr" else "none").root
+    return out
+
+
+@pytest.fixture(scope="module")
+def http(local):
+    srv = RangeServer(local["zarr"].parent)
+    t = threading.Thread(target=srv.serve_forever, name="test-http", daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def s3(local):
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                             "AWS_ENDPOINT_URL")}
+    # Credentials and endpoint from the standard environment variables, never the manifest.
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("bucket")
+    yield "s3://bucket"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def batches(path: str | Path, **kw) -> list[dict[str, torch.Tensor]]:
+    ds = streambatch.StreamDataset(path, batch_size=64, memory_budget=60_000, return_index=True, seed=3, **kw)
+    return list(ds)
+
+
+def same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> bool:
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+                                    for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt):
+    url = f"{http.url}/d.{fmt}"
+    assert same(batches(url, retries=2, backoff=0.01), batches(local[fmt]))
+    m = streambatch.load_manifest(url)
+    assert m.rows == ROWS and str(m.root) == url
+
+
+def test_dropped_connections_are_retried(local, http):
+    http.drop_next = 5
+    got = batches(f"{http.url}/d.zarr", retries=8, backoff=0.01)
+    assert http.drop_next == 0
+    assert same(got, batches(local["zarr"]))
+
+
+def test_a_server_that_stays_down_gives_a_clear_error(local):
+    url = f"http://127.0.0.1:{free_port()}/d.zarr"
+    with pytest.raises(streambatch.StreambatchError, match="127.0.0.1"):
+        batches(url, retries=2, backoff=0.01)
+
+
+def test_a_server_that_dies_mid_epoch_gives_a_data_error_naming_the_unit(local, http):
+    ds = streambatch.StreamDataset(f"{http.url}/d.zarr", batch_size=64, memory_budget=60_000, retries=2,
+                                   backoff=0.001)
+    http.drop_next = 10_000  # from now on every request breaks off half-way
+    try:
+        with pytest.raises(DataError, match=r"failed after 3 attempts") as info:
+            list(ds)
+        assert any("unit" in n for n in info.value.__notes__)
+    finally:
+        http.drop_next = 0
+
+
+def test_disk_cache_is_bounded_and_serves_the_next_epoch(local, http, tmp_path):
+    cache = tmp_path / "cache"
+    url = f"{http.url}/d.zarr"
+    first = batches(url, cache_dir=cache, cache_bytes=1 << 30)
+    gets = http.gets
+    again = batches(url, cache_dir=cache, cache_bytes=1 << 30)
+    assert same(first, again)
+    assert http.gets == gets + 1  # only the manifest was fetched again: every range came from the cache
+    small = tmp_path / "small"
+    batches(url, cache_dir=small, cache_bytes=20_000)
+    assert sum(p.stat().st_size for p in small.glob("*.bin")) <= 20_000
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_s3_convert_to_and_read_from_a_bucket(local, s3, fmt, tmp_path):
+    url = f"{s3}/ds-{fmt}"
+    streambatch.convert(local["src"], url, format=fmt, unit_rows=101, overwrite=True)
+    assert same(batches(url), batches(local[fmt]))
+    with pytest.raises(streambatch.TargetExistsError):
+        streambatch.convert(local["src"], url, format=fmt)
+
+
+def test_s3_source_for_convert(local, s3, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for p in local["src"].iterdir():
+        fs.put_file(str(p), f"bucket/src/{p.name}")
+    m = streambatch.convert(f"{s3}/src", tmp_path / "from-s3.zarr", unit_rows=101)
+    assert m.rows == ROWS
+    ids = np.concatenate([b["id"].numpy() for b in batches(tmp_path / "from-s3.zarr")])
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
