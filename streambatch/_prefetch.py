@@ -245,6 +245,11 @@ class Prefetcher:
         w = _Window(j, rows, bufs, self.window_nbytes)
         off = 0
         root = getattr(getattr(self.reader, "manifest", None), "root", "")
+        advise = getattr(self.reader, "advise", None)
+        if advise is not None:  # let a cold disk work on the whole window at once
+            names = list(bufs)
+            for u, lo, hi, _ in plan.window_pieces(j):
+                advise(u, lo, hi, names)
         for u, lo, hi, keep in plan.window_pieces(j):
             n = hi - lo if keep is None else keep.size
             out = {name: b[off:off + n] for name, b in bufs.items()}
