@@ -12,6 +12,7 @@ from .errors import (
     StateError,
     StreambatchError,
     TargetExistsError,
+    WriteError,
 )
 from .manifest import Column, Manifest, load_manifest
 
@@ -28,6 +29,7 @@ __all__ = [
     "DataError",
     "StateError",
     "TargetExistsError",
+    "WriteError",
     "__version__",
 ]
 

@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ._prefetch import Prefetcher
 from ._sizes import parse_size
-from .errors import StateError
+from .errors import ManifestError, StateError
 from .manifest import Column, Manifest, load_manifest
 from .remote import is_url
 from .plan import (
@@ -192,9 +192,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             col = self.manifest.column(name)
             st = self.manifest.stats.get(name)
             if not st:
-                raise ValueError(f"{self.manifest.root}: no statistics for column {name!r} to normalise with")
-            mean = np.asarray(st["mean"], np.float32).reshape(col.shape)
-            std = np.asarray(st["std"], np.float32).reshape(col.shape)
+                raise ManifestError(f"{self.manifest.root}: no statistics for column {name!r} to normalise with")
+            mean = np.asarray(st["mean"], np.float64).reshape(col.shape)  # JSON null (non-finite) -> nan
+            std = np.asarray(st["std"], np.float64).reshape(col.shape)
+            if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+                raise ManifestError(f"{self.manifest.root}: column {name!r} has non-finite statistics (NaN or inf "
+                                    "in the data); it cannot be normalised")
+            mean, std = mean.astype(np.float32), std.astype(np.float32)
             out[name] = (mean, np.where(std > 0, 1.0 / np.where(std > 0, std, 1), 1.0).astype(np.float32))
         return out
 

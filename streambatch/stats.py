@@ -38,6 +38,11 @@ class ColumnStats:
         feats = x.shape[1]
         block = max(1, (1 << 20) // (8 * max(1, feats)))
         buf = np.empty((min(block, n), feats), np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN in the data: stats become null
+            self._merge_blocks(x, buf, block)
+
+    def _merge_blocks(self, x: np.ndarray, buf: np.ndarray, block: int) -> None:
+        n = x.shape[0]
         for lo in range(0, n, block):
             part = x[lo:lo + block]
             b = buf[: part.shape[0]]
