@@ -37,6 +37,7 @@ DEFAULT_UNIT_BYTES = 256 * 1024
 DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
 DEFAULT_CODEC = "none"
 DEFAULT_MEMORY = 1024 * 1024 * 1024
+_PIECE_BYTES = 8 * 1024 * 1024
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.sbtmp-(?P<pid>\d+)-[0-9a-f]+$")
 
 
@@ -283,7 +284,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         tmp.mkdir()
     writer = None
     try:
-        piece_rows = max(1, memory_b // 16 // max(1, row_bytes))
+        # Pieces of at most 8 MiB: fresh 64 MiB pieces cost page faults on every read
+        # (npy -> zarr ran at 340 MB/s with 64 MiB pieces, 500 MB/s with 16 MiB ones).
+        piece_rows = max(1, min(memory_b // 16, _PIECE_BYTES) // max(1, row_bytes))
         stats = {c.name: ColumnStats(c) for c in cols}
         lstats = LabelStats(by_name[label]) if label is not None else None
         with _writing(target):
