@@ -66,13 +66,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._file()
         if path is None:
             return
-        data = path.read_bytes()
-        start, end = 0, len(data)
+        size = path.stat().st_size
+        start, end = 0, size
         rng = self.headers.get("Range")
         if rng:
             a, b = rng.split("=", 1)[1].split("-")
-            start, end = int(a), (int(b) + 1 if b else len(data))
-        body = data[start:end]
+            start, end = int(a), min(size, int(b) + 1 if b else size)
+        with open(path, "rb") as f:  # only the range: shards are large
+            f.seek(start)
+            body = f.read(max(0, end - start))
         with self.server.lock:
             self.server.gets += 1
             drop = self.server.drop_next > 0
@@ -81,7 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(206 if rng else 200)
         self.send_header("Content-Length", str(len(body)))
         if rng:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
         if drop:
             self.wfile.write(body[: len(body) // 2])
