@@ -31,16 +31,32 @@ that produced its figures.  Datasets come from `tools/make_datasets.py` (label-s
 """
 
 
+def _group(rec: dict[str, Any]) -> tuple[Any, ...]:
+    return (rec.get("kind"), rec.get("role"), rec.get("dataset"))
+
+
 def load_records(name: str) -> list[dict[str, Any]]:
-    """The records of the latest run of benchmark ``name`` (empty if it never ran)."""
+    """The records of the latest run of benchmark ``name`` (empty if it never ran).
+
+    A run that measured only part of a benchmark (``--datasets tab``, ``--no-codec``) keeps
+    the other parts from the latest earlier full-size run that had them: records are grouped
+    by (kind, role, dataset) and each group comes from the newest run that has it.
+    """
     path = HERE / "records" / f"{name}.jsonl"
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         return []
-    last = rows[-1].get("run_id")
-    return [r for r in rows if r.get("run_id") == last]
+    last = rows[-1]
+    keep = [r for r in rows if r.get("run_id") == last.get("run_id")]
+    have = {_group(r) for r in keep}
+    runs = [r.get("run_id") for r in rows if not r.get("quick")]
+    for run in reversed(list(dict.fromkeys(runs))):
+        older = [r for r in rows if r.get("run_id") == run and _group(r) not in have]
+        keep = older + keep
+        have |= {_group(r) for r in older}
+    return keep
 
 
 def _module(name: str) -> Any:
