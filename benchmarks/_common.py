@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence

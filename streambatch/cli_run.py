@@ -185,6 +185,7 @@ def bench(path: str | os.PathLike[str], memory_budget: int | str = "256MiB", thr
     import torch
 
     from .dataset import INDEX_KEY, StreamDataset
+    from .storage import read_all
 
     ds = StreamDataset(path, batch_size=batch_size, memory_budget=memory_budget, threads=threads, return_index=True)
     m = ds.manifest
@@ -218,7 +219,7 @@ def bench(path: str | os.PathLike[str], memory_budget: int | str = "256MiB", thr
         need = m.rows * ds.row_nbytes
         avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if ram_source is None and need < avail // 2:
-            ram_source = lambda: _load_all(ds)  # noqa: E731
+            ram_source = lambda: read_all(ds.manifest, ds.columns)  # noqa: E731
         if ram_source is not None:
             report["ram"] = ram_limit(ram_source(), batch_size)
         else:
@@ -228,21 +229,6 @@ def bench(path: str | os.PathLike[str], memory_budget: int | str = "256MiB", thr
         nd = naive_dataset or (_ZarrRows(m.root, names) if m.storage == "zarr" else _ParquetRows(m, names))
         report["naive"] = naive_rate(nd, batch_size)
     return report
-
-
-def _load_all(ds: Any) -> dict[str, np.ndarray]:
-    from .storage import open_reader
-
-    m = ds.manifest
-    out = {c.name: np.empty((m.rows, *c.shape), c.np_dtype) for c in ds.columns}
-    reader = open_reader(m)
-    try:
-        for u in range(m.n_units):
-            s, n = int(m.unit_start[u]), int(m.unit_rows[u])
-            reader.read_into(u, 0, n, {k: v[s:s + n] for k, v in out.items()})
-    finally:
-        reader.close()
-    return out
 
 
 def _print_report(rep: dict[str, Any]) -> None:

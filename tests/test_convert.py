@@ -25,22 +25,15 @@ from streambatch.convert import clean_stale_temp
 from streambatch.errors import InputError, TargetExistsError
 from streambatch.manifest import Manifest, load_manifest
 from streambatch.quality import global_order, label_sorted_kl
-from streambatch.storage import STORAGES, open_reader
+from streambatch.storage import STORAGES
+from streambatch.storage import read_all as storage_read_all
 from streambatch.storage import parquet_store, zarr_store
 
 WRITERS = {"zarr": zarr_store.Writer, "parquet": parquet_store.Writer}
 
 
 def read_all(m: Manifest) -> dict[str, np.ndarray]:
-    out = {c.name: np.empty((m.rows, *c.shape), c.np_dtype) for c in m.columns}
-    reader = open_reader(m, verify=True)
-    try:
-        for u in range(m.n_units):
-            s, n = int(m.unit_start[u]), int(m.unit_rows[u])
-            reader.read_into(u, 0, n, {k: v[s:s + n] for k, v in out.items()})
-    finally:
-        reader.close()
-    return out
+    return storage_read_all(m, verify=True)
 
 
 def temp_folders(target: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ManifestError
 from ..manifest import Column, Manifest
 
-__all__ = ["UnitReader", "UnitWriter", "open_reader", "open_writer", "validate_layout", "CODECS", "STORAGES"]
+__all__ = ["UnitReader", "UnitWriter", "open_reader", "read_all", "open_writer", "validate_layout", "CODECS", "STORAGES"]
 
 CODECS = ("none", "lz4", "zstd")
 STORAGES = ("zarr", "parquet")
@@ -77,6 +77,21 @@ def open_reader(manifest: Manifest, verify: bool = False, remote: Any = None) ->
     if remote is None and isinstance(manifest.root, RemoteRoot):
         remote = RemoteFiles(manifest.root.url)
     return _modules()[manifest.storage].Reader(manifest, verify=verify, remote=remote)  # type: ignore[no-any-return]
+
+
+def read_all(manifest: Manifest, columns: tuple[Column, ...] | None = None, verify: bool = False
+             ) -> dict[str, np.ndarray]:
+    """Every row of ``columns`` (all by default) in storage order, in memory: for small data only."""
+    cols = columns or manifest.columns
+    out = {c.name: np.empty((manifest.rows, *c.shape), c.np_dtype) for c in cols}
+    reader = open_reader(manifest, verify=verify)
+    try:
+        for u in range(manifest.n_units):
+            s, n = int(manifest.unit_start[u]), int(manifest.unit_rows[u])
+            reader.read_into(u, 0, n, {k: v[s:s + n] for k, v in out.items()})
+    finally:
+        reader.close()
+    return out
 
 
 def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
