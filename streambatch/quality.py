@@ -121,6 +121,17 @@ def _permutation(order: _Order, n_rows: int | None = None,
     return perm
 
 
+def _n_classes(y: NDArray[np.int64], n_labels: int | None, minimum: int) -> int:
+    """The number of classes: ``n_labels`` checked against the labels, or ``max + 1``."""
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        raise ValueError(f"labels must be non-negative class indices, got {lo}")
+    n_lab = hi + 1 if n_labels is None else _count(n_labels, "n_labels", minimum)
+    if hi >= n_lab:
+        raise ValueError(f"labels hold class {hi}, but n_labels = {n_lab}")
+    return n_lab
+
+
 def _n_batches(n: int, batch_size: int) -> int:
     nb = n // batch_size
     if nb < 1:
@@ -312,13 +323,7 @@ def label_kl(labels_in_served_order: ArrayLike, batch_size: int,
     y = _int_array(labels_in_served_order, "labels")
     if y.size == 0:
         raise ValueError("labels is empty")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0:
-        raise ValueError(f"labels must be non-negative class indices, got {lo}")
-    n_lab = hi + 1 if n_labels is None else _count(n_labels, "n_labels", 2)
-    if hi >= n_lab:
-        raise ValueError(f"labels hold class {hi}, but n_labels = {n_lab}")
-    return _kl_figures(y, b, n_lab)
+    return _kl_figures(y, b, _n_classes(y, n_labels, 2))
 
 
 # --------------------------------------------------------------------------- M3, M4
@@ -594,12 +599,7 @@ def label_icc(labels: ArrayLike, unit_rows: _UnitRows, n_labels: int | None = No
     n = int(sizes.sum())
     if y.size != n:
         raise ValueError(f"labels has {y.size} entries but unit_rows adds up to {n} rows")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0:
-        raise ValueError(f"labels must be non-negative class indices, got {lo}")
-    n_lab = hi + 1 if n_labels is None else _count(n_labels, "n_labels", 1)
-    if hi >= n_lab:
-        raise ValueError(f"labels hold class {hi}, but n_labels = {n_lab}")
+    n_lab = _n_classes(y, n_labels, 1)
     unit = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
     counts = np.bincount(unit * n_lab + y, minlength=sizes.size * n_lab).reshape(-1, n_lab)
     nonempty = sizes > 0
