@@ -145,7 +145,8 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         tmp = path.with_suffix(".json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, separators=(",", ":"), allow_nan=False)
+            # dumps, not dump: json.dump always takes the pure-Python encoder (0.2 s for 4,000 units)
+            f.write(json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
