@@ -59,6 +59,8 @@ def test_statistics_over_many_pieces(tmp_path: Path, fmt: str) -> None:
     data = {
         # a large offset and a small spread: a naive sum-of-squares variance would lose digits
         "off": (1e6 + rng.standard_normal(n)).astype(np.float64),
+        # per feature: offset (recomputed centred), well-conditioned (one pass), constant
+        "mix": np.stack([1e6 + rng.standard_normal(n), rng.standard_normal(n), np.full(n, 7.0)], axis=1),
         "t": rng.standard_normal((n, 2, 3)).astype(np.float32) * np.arange(1, 7, dtype=np.float32).reshape(2, 3),
         "u": rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True),
         "i": rng.integers(-(2**31), 2**31, n).astype(np.int32),
@@ -323,3 +325,45 @@ def test_unit_bytes_sets_rows_per_unit(tmp_path: Path, sorted_npy: Path, unit_by
     assert isinstance(m, Manifest)
     assert int(m.unit_rows[0]) == unit_rows and m.n_units == -(-5003 // unit_rows)
     np.testing.assert_array_equal(read_all(m)["id"], np.arange(5003))
+
+
+# --------------------------------------------------------------------------- read-ahead thread
+
+def test_read_ahead_keeps_order_and_error_type() -> None:
+    """Items arrive in order; the source's exception reaches the consumer with its type, after them."""
+    from streambatch.convert import _ReadAhead
+
+    def source():
+        yield from range(5)
+        raise InputError("row 5 is bad")
+
+    r = _ReadAhead(source(), depth=2)
+    got = []
+    with pytest.raises(InputError, match="row 5 is bad"):
+        for x in r:
+            got.append(x)
+    r.close()
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_read_ahead_close_mid_way_stops_and_closes_the_source() -> None:
+    """close() while the producer is blocked on a full queue stops the thread and closes the source."""
+    from streambatch.convert import _ReadAhead
+
+    closed = []
+
+    def source():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.append(True)
+
+    r = _ReadAhead(source(), depth=1)
+    it = iter(r)
+    assert [next(it), next(it)] == [0, 1]
+    r.close()
+    assert not r._thread.is_alive()
+    assert closed == [True]

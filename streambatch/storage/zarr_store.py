@@ -89,6 +89,7 @@ class Writer:
         self.checksums: list[int] = []
         self._checksum = checksum_fn(DEFAULT_CHECKSUM)
         self._handles: dict[str, Any] = {}
+        self._pos: dict[str, int] = {}  # bytes written to each open shard (BufferedWriter.tell() is a syscall)
         self._index: dict[str, list[tuple[int, int]]] = {}
         self._unit = 0
 
@@ -98,6 +99,7 @@ class Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.files.append(key)
         self._handles[col.name] = open(path, "wb")
+        self._pos[col.name] = 0
         self._index[col.name] = []
         return self._handles[col.name]
 
@@ -119,9 +121,10 @@ class Writer:
                 arr = np.concatenate([arr, pad])
             comp = self.compressors[c.name]
             payload = memoryview(arr).cast("B") if comp is None else comp.encode(arr)
-            offset = f.tell()
+            offset = self._pos[c.name]
             f.write(payload)
             size = len(payload)
+            self._pos[c.name] = offset + size
             c32 = self._checksum(payload)
             loc = self.loc[c.name]
             loc["file"].append(len(self.files) - 1 if pos == 0 else loc["file"][-1])
