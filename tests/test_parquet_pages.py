@@ -12,7 +12,7 @@ import pytest
 import streambatch
 from streambatch import load_manifest
 from streambatch.storage import open_reader
-from streambatch.storage._parquet_pages import chunk_plan, plain_value_ranges
+from streambatch.storage._parquet_pages import chunk_plan, decode_chunk
 
 DTYPES = ["float32", "float64", "int32", "int64", "uint32", "uint64", "uint8", "int16", "bool"]
 
@@ -30,8 +30,8 @@ def _chunk_bytes(path: Path, rg: int, col: int) -> tuple[memoryview, tuple[int, 
 
 @pytest.mark.parametrize("page_version", ["1.0", "2.0"])
 @pytest.mark.parametrize("shape", [(), (3, 5)])
-def test_ranges_hold_the_values_of_plain_pages(tmp_path: Path, page_version: str, shape: tuple[int, ...]) -> None:
-    """Several PLAIN pages (v1 and v2, with and without levels): the ranges hold every value in order."""
+def test_plain_pages_decode(tmp_path: Path, page_version: str, shape: tuple[int, ...]) -> None:
+    """Several PLAIN pages (v1 and v2, with and without levels): every value, in order."""
     n = 1000
     items = int(np.prod(shape)) if shape else 1
     values = np.random.default_rng(0).standard_normal(n * items).astype(np.float32)
@@ -44,26 +44,50 @@ def test_ranges_hold_the_values_of_plain_pages(tmp_path: Path, page_version: str
                    data_page_size=2048, write_batch_size=64, data_page_version=page_version,
                    write_statistics=False)
     chunk, (_, rep, dfn), _ = _chunk_bytes(path, 0, 0)
-    ranges = plain_value_ranges(chunk, n * items, 4, rep, dfn)
-    assert ranges is not None and len(ranges) >= 2  # several pages
-    got = np.concatenate([np.frombuffer(chunk, np.float32, count=k // 4, offset=o) for o, k in ranges])
-    np.testing.assert_array_equal(got, values)
+    # 4,000+ bytes of values in pages of 2 KiB: at least two pages
+    f4 = np.dtype("<f4")
+    np.testing.assert_array_equal(decode_chunk(chunk, n * items, f4, rep, dfn), values)
     # a wrong value count or width is refused, never misread
-    assert plain_value_ranges(chunk, n * items + 1, 4, rep, dfn) is None
-    assert plain_value_ranges(chunk, n * items, 8, rep, dfn) is None
+    assert decode_chunk(chunk, n * items + 1, f4, rep, dfn) is None
+    assert decode_chunk(chunk, n * items, np.dtype("<f8"), rep, dfn) is None
 
 
-@pytest.mark.parametrize("how", ["dictionary", "zstd", "nullable"])
+@pytest.mark.parametrize("page_version", ["1.0", "2.0"])
+@pytest.mark.parametrize("values", ["noise", "runs", "few", "one"])
+def test_dictionary_pages_decode(tmp_path: Path, page_version: str, values: str) -> None:
+    """Dictionary-encoded uint8 tensors over several pages: 8-bit literal runs (noise, the
+    vectorised path), repeated runs mixed in, narrow bit widths (4 and 0 bits)."""
+    rng = np.random.default_rng(3)
+    n, items = 300, 700
+    data = {"noise": rng.integers(0, 256, n * items),
+            "runs": np.repeat(rng.integers(0, 256, n * items // 50), 50),
+            "few": rng.integers(0, 9, n * items),
+            "one": np.full(n * items, 42)}[values].astype(np.uint8)
+    element = pa.field("element", pa.uint8(), nullable=False)
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(data), type=pa.list_(element, items))
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_arrays([arr], schema=pa.schema([pa.field("x", arr.type, nullable=False)])), path,
+                   compression="none", use_dictionary=True, data_page_size=32 << 10, write_batch_size=64,
+                   data_page_version=page_version, write_statistics=False)
+    chunk, (_, rep, dfn), _ = _chunk_bytes(path, 0, 0)
+    plan = chunk_plan(pq.ParquetFile(path).metadata, 0, 0, np.dtype(np.uint8))
+    assert plan is not None and plan[2] == np.dtype("<i4")
+    got = decode_chunk(chunk, n * items, plan[2], rep, dfn, np.dtype(np.uint8))
+    assert got is not None and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, data)
+    assert decode_chunk(chunk, n * items + 8, plan[2], rep, dfn) is None
+
+
+@pytest.mark.parametrize("how", ["zstd", "nullable"])
 def test_other_pages_are_left_to_pyarrow(tmp_path: Path, how: str) -> None:
     n = 500
     values = np.arange(n, dtype=np.int64) % 7
     arr = pa.array(values, mask=(values == 3) if how == "nullable" else None)
     path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"x": arr}), path, compression="zstd" if how == "zstd" else "none",
-                   use_dictionary=how == "dictionary")
+    pq.write_table(pa.table({"x": arr}), path, compression="zstd" if how == "zstd" else "none")
     chunk, (_, rep, dfn), _ = _chunk_bytes(path, 0, 0)
-    assert plain_value_ranges(chunk, n, 8, rep, dfn) is None
-    if how != "nullable":
+    assert decode_chunk(chunk, n, np.dtype("<i8"), rep, dfn) is None
+    if how == "zstd":
         assert chunk_plan(pq.ParquetFile(path).metadata, 0, 0, np.dtype(np.int64)) is None
 
 
@@ -71,13 +95,14 @@ def test_garbage_is_refused_without_error() -> None:
     rng = np.random.default_rng(1)
     for size in (0, 1, 7, 100, 4096):
         junk = memoryview(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
-        assert plain_value_ranges(junk, 10, 4, 1, 1) is None
+        assert decode_chunk(junk, 10, np.dtype("<i4"), 1, 1) is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reader_fast_path_equals_pyarrow(tmp_path: Path, dtype: str) -> None:
-    """Every dtype, scalar and tensor, through the reader: the fast path (where it applies)
-    gives exactly what pyarrow decodes, whole units and slices, with and without verify."""
+    """Every dtype, scalar and tensor, through the reader: the page decoder (where it applies:
+    all but bool) gives exactly what pyarrow decodes, whole units and slices, with and
+    without verify."""
     rng = np.random.default_rng(2)
     n = 700
     src = tmp_path / "src"
@@ -88,10 +113,10 @@ def test_reader_fast_path_equals_pyarrow(tmp_path: Path, dtype: str) -> None:
     np.save(src / "t.npy", make(n, 2, 3))
     streambatch.convert(src, tmp_path / "ds", format="parquet", unit_rows=128, progress=False)
     m = load_manifest(tmp_path / "ds")
-    plain = np.dtype(dtype).itemsize >= 4 and dtype != "bool"
+    plain = dtype != "bool"
     for verify in (True, False):
         fast, slow = open_reader(m, verify=verify), open_reader(m, verify=verify)
-        slow._read_plain = lambda unit, fi, raw, lo, hi, out: list(out)  # type: ignore[method-assign]
+        slow._read_pages = lambda unit, fi, raw, lo, hi, out: list(out)  # type: ignore[method-assign]
         try:
             for u in range(len(m.unit_rows)):
                 rows = int(m.unit_rows[u])

@@ -14,10 +14,10 @@ shuffle unit is one row group; its byte range in the file and a checksum of thos
 (CRC-32C) are recorded in the manifest.  Pages carry Parquet's own CRC too, so that a unit
 that fails its checksum can be traced to the column holding the damaged bytes.
 
-Reading: columns whose pages are PLAIN and uncompressed (every column of codec ``none``
-wider than a byte) are copied straight out of the row group's bytes, which the checksum
-read already holds (``_parquet_pages``: 2.5-2.8x pyarrow's decoding of float32[128] rows);
-other columns (compressed, dictionary-encoded 1-byte columns) are decoded by pyarrow.
+Reading: uncompressed columns (codec ``none``: PLAIN pages, and the dictionary-encoded
+1-byte columns) are decoded straight out of the row group's bytes, which the checksum read
+already holds (``_parquet_pages``: 2.5-2.8x pyarrow's decoding of float32[128] rows);
+compressed columns (and booleans) are decoded by pyarrow.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ class Reader:
         self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
         self._fds: dict[int, tuple[int, int]] = {}  # raw descriptors for checksum reads: (fd, size)
         self._remote = remote  # RemoteFiles for a dataset at a URL: ranged requests instead of files
-        self._chunks: dict[tuple[int, str], tuple[int, int, int, int] | None] = {}  # see _chunk
+        self._chunks: dict[tuple[int, str], tuple[int, int, np.dtype, int, int] | None] = {}  # see _chunk
         self._leaf: dict[str, int] = {}  # column name -> its leaf's index in the Parquet schema
         self._closed = False
 
@@ -302,9 +302,9 @@ class Reader:
             raise DataError(f"{where}: checksum mismatch (data corrupt)")
         return raw
 
-    def _chunk(self, unit: int, fi: int, name: str) -> tuple[int, int, int, int] | None:
-        """``(offset, size, max_rep, max_def)`` of a column chunk of ``unit`` if it is plain and
-        uncompressed (see ``_parquet_pages``), else ``None``; cached per unit and column."""
+    def _chunk(self, unit: int, fi: int, name: str) -> tuple[int, int, np.dtype, int, int] | None:
+        """``(offset, size, physical dtype, max_rep, max_def)`` of a column chunk of ``unit`` if
+        ``_parquet_pages`` may decode it, else ``None``; cached per unit and column."""
         key = (unit, name)
         if key not in self._chunks:
             from ._parquet_pages import chunk_plan
@@ -321,10 +321,10 @@ class Reader:
                                            self.manifest.column(name).np_dtype)
         return self._chunks[key]
 
-    def _read_plain(self, unit: int, fi: int, raw: bytes | None, lo: int, hi: int,
+    def _read_pages(self, unit: int, fi: int, raw: bytes | None, lo: int, hi: int,
                     out: dict[str, np.ndarray]) -> list[str]:
-        """Copy the plain columns of ``out`` straight from their pages; return the other names."""
-        from ._parquet_pages import plain_value_ranges
+        """Decode the columns of ``out`` that ``_parquet_pages`` handles; return the other names."""
+        from ._parquet_pages import decode_chunk
 
         rows = int(self.manifest.unit_rows[unit])
         base = int(self.manifest.layout["offset"][unit])
@@ -335,20 +335,17 @@ class Reader:
             if plan is None:
                 rest.append(name)
                 continue
-            off, size, max_rep, max_def = plan
+            off, size, physical, max_rep, max_def = plan
             if raw is not None and base <= off and off + size <= base + len(raw):
                 buf, at = raw, off - base
             else:
                 buf, at = self._read_range(unit, fi, off, size), 0
-            ranges = plain_value_ranges(memoryview(buf)[at:at + size], rows * col.row_items,
-                                        col.np_dtype.itemsize, max_rep, max_def)
-            if ranges is None:
-                self._chunks[(unit, name)] = None  # e.g. a page that is not PLAIN: pyarrow from now on
+            values = decode_chunk(memoryview(buf)[at:at + size], rows * col.row_items, physical, max_rep, max_def,
+                                  col.np_dtype)
+            if values is None:
+                self._chunks[(unit, name)] = None  # e.g. an encoding it does not read: pyarrow from now on
                 rest.append(name)
                 continue
-            dtype = col.np_dtype.newbyteorder("<")
-            parts = [np.frombuffer(buf, dtype, count=n // dtype.itemsize, offset=at + o) for o, n in ranges]
-            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
             dst[...] = values.reshape(rows, *col.shape)[lo:hi]
         return rest
 
@@ -377,7 +374,7 @@ class Reader:
         raw = self._check(unit) if self.verify else None
         lay = self.manifest.layout
         fi, rg = int(lay["file"][unit]), int(lay["row_group"][unit])
-        rest = self._read_plain(unit, fi, raw, lo, hi, out)
+        rest = self._read_pages(unit, fi, raw, lo, hi, out)
         if not rest:
             return
         pf = self._file(fi, unit)
