@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["zarr", "parquet"], default="zarr")
     c.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS, default=None,
                    help="input format (default: from the path)")
-    c.add_argument("--columns", nargs="+", default=None)
+    c.add_argument("--columns", nargs="+", default=None,
+                   help="columns to keep, in this order (default: all); the others are not read or checked")
     c.add_argument("--label", default=None, help="integer label column to histogram")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--unit-rows", type=int, default=None, help="rows per shuffle unit")

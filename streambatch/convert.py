@@ -304,14 +304,11 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     memory_b = parse_size(memory, "memory")
     shard_b = parse_size(shard_bytes, "shard bytes")
-    source = open_source(src, source_format)
+    if columns is not None and len(set(columns)) != len(columns):
+        raise InputError(f"{src}: column list names a column twice: {list(columns)}")
+    source = open_source(src, source_format, tuple(columns) if columns else None)
     names = tuple(columns) if columns else tuple(c.name for c in source.columns)
     by_name = {c.name: c for c in source.columns}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise InputError(f"{source.path}: no column(s) {unknown}; columns are {list(by_name)}")
-    if len(set(names)) != len(names):
-        raise InputError(f"{source.path}: column list names a column twice: {list(names)}")
     cols = tuple(by_name[n] for n in names)
     if label is not None and label not in names:
         raise InputError(f"{source.path}: label column {label!r} is not among the columns {list(names)}")

@@ -86,6 +86,19 @@ def _check_names(names: list[str], where: str) -> None:
         seen.add(n)
 
 
+def _select(names: list[str], keep: tuple[str, ...] | None, where: str) -> list[str]:
+    """The input's column names to read, in the input's order: all of them, or those in
+    ``keep`` (``--columns``; each must exist).  Columns left out are never validated, so an
+    input with, say, a string column converts with ``--columns`` naming the numeric ones."""
+    if keep is None:
+        return names
+    unknown = [n for n in keep if n not in names]
+    if unknown:
+        raise InputError(f"{where}: no column(s) {unknown}; columns are {names}")
+    wanted = set(keep)
+    return [n for n in names if n in wanted]
+
+
 def _equal_lengths(lengths: dict[str, int], where: str) -> int:
     if not lengths:
         raise InputError(f"{where}: no columns found")
@@ -102,8 +115,10 @@ def _equal_lengths(lengths: dict[str, int], where: str) -> int:
 # --------------------------------------------------------------------------- numpy-like arrays
 
 
-def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callable[[str], str]) -> Source:
+def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callable[[str], str],
+                  keep: tuple[str, ...] | None) -> Source:
     """A source over named array-likes supporting ``shape``, ``dtype`` and slicing (memmap, h5py, zarr)."""
+    arrays = {n: arrays[n] for n in _select(list(arrays), keep, str(path))}
     _check_names(list(arrays), str(path))
     cols = []
     for name, a in arrays.items():
@@ -162,10 +177,13 @@ def _npy_dtype(path: Path) -> np.dtype[Any] | None:
         return None
 
 
-def _open_npy(path: Path) -> Source:
+def _open_npy(path: Path, keep: tuple[str, ...] | None) -> Source:
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() == ".npy")
     if not files:
         raise InputError(f"{path}: folder holds no .npy files")
+    if path.is_dir():  # only the selected files are opened (one may hold objects)
+        chosen = set(_select([f.stem for f in files], keep, str(path)))
+        files = [f for f in files if f.stem in chosen]
     arrays: dict[str, Any] = {}
     for f in files:
         try:
@@ -179,7 +197,8 @@ def _open_npy(path: Path) -> Source:
             raise InputError(f"{f}: cannot read: {e}") from None
     if path.is_file():
         arrays = {"x" if path.stem == "" else path.stem: arrays[path.stem]}
-    return _array_source(path, "npy", arrays, lambda n: str(path / f"{n}.npy") if path.is_dir() else str(path))
+    return _array_source(path, "npy", arrays, lambda n: str(path / f"{n}.npy") if path.is_dir() else str(path),
+                         keep)
 
 
 class _NpzMember:
@@ -212,7 +231,7 @@ class _NpzMember:
                 yield np.frombuffer(buf, dtype=self.dtype).reshape(n, *self.shape[1:])
 
 
-def _open_npz(path: Path) -> Source:
+def _open_npz(path: Path, keep: tuple[str, ...] | None) -> Source:
     try:
         with zipfile.ZipFile(path) as z:
             members = [m for m in z.namelist() if m.endswith(".npy")]
@@ -220,7 +239,8 @@ def _open_npz(path: Path) -> Source:
         raise InputError(f"{path}: not a readable .npz archive ({e})") from None
     if not members:
         raise InputError(f"{path}: archive holds no arrays")
-    parts = {m[:-4]: _NpzMember(path, m) for m in members}
+    chosen = _select([m[:-4] for m in members], keep, str(path))
+    parts = {n: _NpzMember(path, f"{n}.npy") for n in chosen}
     _check_names(list(parts), str(path))
     cols = []
     for name, p in parts.items():
@@ -237,7 +257,7 @@ def _open_npz(path: Path) -> Source:
     return Source(path, "npz", tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows)
 
 
-def _open_hdf5(path: Path) -> Source:
+def _open_hdf5(path: Path, keep: tuple[str, ...] | None) -> Source:
     try:
         import h5py
     except ImportError:
@@ -253,10 +273,10 @@ def _open_hdf5(path: Path) -> Source:
             arrays[name.replace("/", ".")] = obj
 
     f.visititems(visit)
-    return _array_source(path, "hdf5", arrays, lambda n: f"{path}:{n}")
+    return _array_source(path, "hdf5", arrays, lambda n: f"{path}:{n}", keep)
 
 
-def _open_zarr(path: Path) -> Source:
+def _open_zarr(path: Path, keep: tuple[str, ...] | None) -> Source:
     import zarr
 
     try:
@@ -269,7 +289,7 @@ def _open_zarr(path: Path) -> Source:
         with warnings.catch_warnings():  # files beside the arrays (a streambatch manifest) are not members
             warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
             arrays = {name: a for name, a in node.arrays()}
-    return _array_source(path, "zarr", arrays, lambda n: f"{path}/{n}")
+    return _array_source(path, "zarr", arrays, lambda n: f"{path}/{n}", keep)
 
 
 # --------------------------------------------------------------------------- Arrow-based
@@ -362,12 +382,14 @@ def _infer_list_shapes(cols: list[Column], first: Any, where: str) -> list[Colum
 
 def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
                   batches: Callable[[int, tuple[str, ...]], Iterator[Any]],
-                  first_batch: Callable[[], Any] | None) -> Source:
+                  first_batch: Callable[[], Any] | None, keep: tuple[str, ...] | None) -> Source:
     where = str(path)
-    _check_names(list(schema.names), where)
+    chosen = _select(list(schema.names), keep, where)
+    fields = [f for f in schema if keep is None or f.name in chosen]
+    _check_names([f.name for f in fields], where)
     if rows == 0:  # before the types: an empty CSV or JSON file has only null-typed columns
         raise InputError(f"{where}: input is empty (0 rows)")
-    cols = [_arrow_column(f, where) for f in schema]
+    cols = [_arrow_column(f, where) for f in fields]
     if any(s < 0 for c in cols for s in c.shape):
         cols = _infer_list_shapes(cols, first_batch() if first_batch else None, where)
     by_name = {c.name: c for c in cols}
@@ -383,7 +405,7 @@ def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
     return Source(path, fmt, tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows)
 
 
-def _open_parquet(path: Path) -> Source:
+def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
     import pyarrow.parquet as pq
 
     files = [path] if path.is_file() else sorted(p for p in path.iterdir()
@@ -426,10 +448,10 @@ def _open_parquet(path: Path) -> Source:
     def first() -> Any:
         return next(handles[0].iter_batches(batch_size=1), None)
 
-    return _batch_source(path, "parquet", schema, rows, batches, first)
+    return _batch_source(path, "parquet", schema, rows, batches, first, keep)
 
 
-def _open_arrow(path: Path) -> Source:
+def _open_arrow(path: Path, keep: tuple[str, ...] | None) -> Source:
     import pyarrow as pa
 
     try:
@@ -448,7 +470,7 @@ def _open_arrow(path: Path) -> Source:
         def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
             yield from table.select(list(names)).to_batches(max_chunksize=max_rows)
 
-        return _batch_source(path, "arrow", schema, rows, batches, lambda: table.slice(0, 1))
+        return _batch_source(path, "arrow", schema, rows, batches, lambda: table.slice(0, 1), keep)
 
     def batches_file(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
         for i in range(reader.num_record_batches):
@@ -456,10 +478,10 @@ def _open_arrow(path: Path) -> Source:
 
     rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     return _batch_source(path, "arrow", reader.schema, rows, batches_file,
-                         lambda: reader.get_batch(0) if reader.num_record_batches else None)
+                         lambda: reader.get_batch(0) if reader.num_record_batches else None, keep)
 
 
-def _text_source(path: Path, fmt: str, open_reader: Callable[[], Any]) -> Source:
+def _text_source(path: Path, fmt: str, open_reader: Callable[[], Any], keep: tuple[str, ...] | None) -> Source:
     try:
         r = open_reader()
         schema = r.schema
@@ -476,35 +498,36 @@ def _text_source(path: Path, fmt: str, open_reader: Callable[[], Any]) -> Source
     def first() -> Any:
         return next(iter(open_reader()), None)
 
-    return _batch_source(path, fmt, schema, rows, batches, first)
+    return _batch_source(path, fmt, schema, rows, batches, first, keep)
 
 
-def _open_csv(path: Path) -> Source:
+def _open_csv(path: Path, keep: tuple[str, ...] | None) -> Source:
     import pyarrow.csv as pcsv
 
     return _text_source(path, "csv", lambda: pcsv.open_csv(
-        str(path), read_options=pcsv.ReadOptions(block_size=8 << 20)))
+        str(path), read_options=pcsv.ReadOptions(block_size=8 << 20)), keep)
 
 
-def _open_jsonl(path: Path) -> Source:
+def _open_jsonl(path: Path, keep: tuple[str, ...] | None) -> Source:
     import pyarrow.json as pjson
 
     return _text_source(path, "jsonl", lambda: pjson.open_json(
-        str(path), read_options=pjson.ReadOptions(block_size=8 << 20)))
+        str(path), read_options=pjson.ReadOptions(block_size=8 << 20)), keep)
 
 
-_OPENERS: dict[str, Callable[[Path], Source]] = {
+_OPENERS: dict[str, Callable[[Path, tuple[str, ...] | None], Source]] = {
     "npy": _open_npy, "npz": _open_npz, "parquet": _open_parquet, "csv": _open_csv, "jsonl": _open_jsonl,
     "arrow": _open_arrow, "hdf5": _open_hdf5, "zarr": _open_zarr,
 }
 
 
-def open_source(path: str | Path, fmt: str | None = None) -> Source:
-    """Open ``path`` as an input of format ``fmt`` (detected when ``None``)."""
+def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ...] | None = None) -> Source:
+    """Open ``path`` as an input of format ``fmt`` (detected when ``None``); only ``columns``
+    (all when ``None``) are checked and read."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     fmt = fmt or detect_format(p)
     if fmt not in _OPENERS:
         raise InputError(f"{p}: unknown input format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
-    return _OPENERS[fmt](p)
+    return _OPENERS[fmt](p, tuple(columns) if columns is not None else None)

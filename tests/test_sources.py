@@ -382,6 +382,64 @@ def test_columns_subset_and_order(tmp_path: Path) -> None:
     assert set(m.stats) == {"y", "img", "id"}
 
 
+def _with_unsupported(d: Path, fmt: str) -> Path:
+    """An input of format ``fmt`` with numeric ``id`` and ``y`` and an unsupported column ``bad``
+    (strings, objects or complex numbers: what each format can hold)."""
+    n = 50
+    ids, ys = np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % 3
+    words = np.array([f"w{i}" for i in range(n)], dtype=object)
+    if fmt == "npy":
+        (d / "cols").mkdir()
+        np.save(d / "cols" / "id.npy", ids)
+        np.save(d / "cols" / "y.npy", ys)
+        np.save(d / "cols" / "bad.npy", words, allow_pickle=True)
+        return d / "cols"
+    if fmt == "npz":
+        np.savez(d / "a.npz", id=ids, y=ys, bad=np.arange(n) * 1j)
+        return d / "a.npz"
+    if fmt == "hdf5":
+        with h5py.File(d / "a.h5", "w") as f:
+            f.create_dataset("id", data=ids)
+            f.create_dataset("y", data=ys)
+            f.create_dataset("bad", data=np.arange(n) * 1j)
+        return d / "a.h5"
+    if fmt == "zarr":
+        g = zarr.open_group(str(d / "in.zarr"), mode="w")
+        for k, v in {"id": ids, "y": ys, "bad": np.arange(n) * 1j}.items():
+            g.create_array(k, shape=v.shape, dtype=v.dtype)[:] = v
+        return d / "in.zarr"
+    table = pa.table({"id": ids, "bad": pa.array(words.tolist()), "y": ys})
+    if fmt == "parquet":
+        pq.write_table(table, d / "a.parquet")
+        return d / "a.parquet"
+    if fmt == "arrow":
+        feather.write_feather(table, d / "a.feather")
+        return d / "a.feather"
+    if fmt == "csv":
+        (d / "a.csv").write_text("id,bad,y\n" + "".join(f"{i},w{i},{i % 3}\n" for i in range(n)))
+        return d / "a.csv"
+    (d / "a.jsonl").write_text("".join(json.dumps({"id": i, "bad": f"w{i}", "y": i % 3}) + "\n" for i in range(n)))
+    return d / "a.jsonl"
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "hdf5", "zarr", "parquet", "arrow", "csv", "jsonl"])
+def test_columns_leave_out_an_unsupported_column(tmp_path: Path, fmt: str) -> None:
+    """--columns naming the numeric columns converts an input that also holds strings, objects
+    or complex numbers; without it the unsupported column is named; an unknown name is an error."""
+    src = _with_unsupported(tmp_path, fmt)
+    with pytest.raises(InputError, match="bad"):
+        streambatch.convert(src, tmp_path / "all", progress=False)
+    assert not (tmp_path / "all").exists()
+    m = streambatch.convert(src, tmp_path / "ds", columns=["y", "id"], label="y", progress=False)
+    assert isinstance(m, Manifest)
+    got = read_with_streambatch(m)
+    assert [c.name for c in m.columns] == ["y", "id"]
+    np.testing.assert_array_equal(got["id"], np.arange(50))
+    np.testing.assert_array_equal(got["y"], np.arange(50) % 3)
+    with pytest.raises(InputError, match=r"no column\(s\) \['nope'\]"):
+        streambatch.convert(src, tmp_path / "x", columns=["id", "nope"], progress=False)
+
+
 def test_source_format_override(tmp_path: Path) -> None:
     src, want = _write_csv(tmp_path)
     renamed = src.rename(tmp_path / "data.txt")
