@@ -4,14 +4,18 @@
 
     consumer (iterating thread)                     pool threads (reader threads)
     ---------------------------                     -----------------------------
-    window j+1 free?  --submit reads (prio 1)-->    _read_piece: unit rows -> window buffer
-    window j read?    --submit batches (prio 0)-->  _gather_batch: buffer[perm[b]] (+transform)
+    window j+1 free?  --submit reads (prio 1)-->    _read_group: unit rows -> window buffer
+    window j read?    --submit batches (prio 0)-->  _gather_batches: buffer[perm[b]] (+transform)
     take batch futures in order, yield              results carry the original exception
     last batch of window j taken: free its buffer
 
 Batches outrank reads in the pool, so a batch never waits behind the next window's reads,
 and a batch task is only submitted once its window is fully read, so no pool thread ever
 blocks on another task.  Output order is the plan's, whatever the thread count or timing.
+
+Tasks are about a megabyte of work each (several units per read task, several small
+batches per batch task): every task costs lock and GIL hand-offs between the pool and the
+consumer, and on 16 cores those, not the copies, limited small-row throughput.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = ["Prefetcher", "THREAD_PREFIX"]
 THREAD_PREFIX = "streambatch-"
 _log = logging.getLogger("streambatch")
 _POLL = 0.1  # seconds between re-checks of the stop flag while blocked
+_TASK_BYTES = 1 << 20  # read tasks and batch tasks are grouped up to about this many bytes
 
 
 class _Task:
@@ -43,7 +48,7 @@ class _Task:
 
     __slots__ = ("fn", "args", "done", "value", "error", "where")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], where: str) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], where: str | _Where) -> None:
         self.fn, self.args, self.where = fn, args, where
         self.done = threading.Event()
         self.value: Any = None
@@ -64,7 +69,7 @@ class _Pool:
         for t in self.threads:
             t.start()
 
-    def submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...], where: str) -> _Task:
+    def submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...], where: str | _Where) -> _Task:
         task = _Task(fn, args, where)
         with self._cond:
             if self._stop.is_set():
@@ -88,7 +93,7 @@ def _pool_worker(heap: list[tuple[int, int, _Task]], cond: threading.Condition, 
         try:
             task.value = task.fn(*task.args)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer with its type intact
-            e.add_note(task.where)
+            e.add_note(str(task.where))
             task.error = e
         finally:
             task.args = ()
@@ -110,10 +115,6 @@ def _shutdown(heap: list[Any], cond: threading.Condition, stop: threading.Event,
             _log.warning("streambatch: thread %s did not stop within %.1fs (stuck in a read?)", t.name, timeout)
 
 
-def _read_piece(reader: Any, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
-    reader.read_into(unit, lo, hi, out)
-
-
 def _read_rows(reader: Any, unit: int, lo: int, hi: int, rows: NDArray[np.int64],
                out: dict[str, np.ndarray]) -> None:
     """Rows ``lo + rows`` of a unit (a partly served window, after an elastic resume)."""
@@ -121,6 +122,29 @@ def _read_rows(reader: Any, unit: int, lo: int, hi: int, rows: NDArray[np.int64]
     reader.read_into(unit, lo, hi, tmp)
     for name, dst in out.items():
         np.take(tmp[name], rows, axis=0, out=dst)
+
+
+class _Where:
+    """A task's "while ..." text, updated as a multi-piece task moves on (for notes and timeouts)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _read_group(reader: Any, pieces: list[tuple[int, int, int, NDArray[np.int64] | None, dict[str, np.ndarray]]],
+                root: Any, where: _Where) -> None:
+    """Read several pieces ``(unit, lo, hi, keep, out)`` into the window buffer, in order."""
+    for u, lo, hi, keep, out in pieces:
+        where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+        if keep is None:
+            reader.read_into(u, lo, hi, out)
+        else:
+            _read_rows(reader, u, lo, hi, keep - lo, out)
 
 
 def _gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
@@ -187,7 +211,7 @@ class Prefetcher:
     """
 
     def __init__(self, reader: Any, plan: EpochPlan, columns: tuple[Column, ...], unit_start: NDArray[np.int64], *,
-                 threads: int, budget_bytes: int, batches_ahead: int, group: int = 4, start_batch: int = 0,
+                 threads: int, budget_bytes: int, batches_ahead: int, group: int | None = None, start_batch: int = 0,
                  index_key: str | None = None, normalize: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  to_tensor: Callable[[np.ndarray], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
@@ -199,7 +223,9 @@ class Prefetcher:
         self.batch_nbytes = plan.batch_size * self.row_nbytes
         self.budget_bytes = budget_bytes
         self.batches_ahead = max(1, batches_ahead)
-        self.group = max(1, min(group, self.batches_ahead))
+        if group is None:  # batches per task: at least 4, up to about _TASK_BYTES of small batches
+            group = max(4, _TASK_BYTES // max(1, self.batch_nbytes))
+        self.group = max(1, min(group, self.batches_ahead // 2 or 1))
         if 2 * self.window_nbytes + self.batches_ahead * self.batch_nbytes > budget_bytes:
             raise ValueError(f"window of {self.window_nbytes} bytes and {self.batches_ahead} batches ahead "
                              f"do not fit the budget of {budget_bytes} bytes")
@@ -250,21 +276,28 @@ class Prefetcher:
             names = list(bufs)
             for u, lo, hi, _ in plan.window_pieces(j):
                 advise(u, lo, hi, names)
+        group: list[Any] = []
+        group_bytes = 0
         for u, lo, hi, keep in plan.window_pieces(j):
             n = hi - lo if keep is None else keep.size
-            out = {name: b[off:off + n] for name, b in bufs.items()}
-            where = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
-            if keep is None:
-                task = self._pool.submit(1, _read_piece, (self.reader, u, lo, hi, out), where)
-            else:
-                task = self._pool.submit(1, _read_rows, (self.reader, u, lo, hi, keep - lo, out), where)
-            w.reads.append(task)
+            group.append((u, lo, hi, keep, {name: b[off:off + n] for name, b in bufs.items()}))
+            group_bytes += n * self.row_nbytes
             off += n
+            if group_bytes >= _TASK_BYTES:
+                w.reads.append(self._submit_reads(group, root))
+                group, group_bytes = [], 0
+        if group:
+            w.reads.append(self._submit_reads(group, root))
         ids = plan.window_row_ids(j, self.unit_start) if self.index_key is not None else None
         w.row_ids = ids
         w.perm = plan.window_perm(j)
         w.n_batches = plan.window_batches(j)
         return w
+
+    def _submit_reads(self, pieces: list[Any], root: Any) -> _Task:
+        u, lo, hi = pieces[0][:3]
+        where = _Where(f"while reading unit {u} (rows {lo}:{hi}) of {root}")
+        return self._pool.submit(1, _read_group, (self.reader, pieces, root, where), where)
 
     def _wait(self, task: _Task) -> Any:
         t0 = time.monotonic()
