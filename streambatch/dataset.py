@@ -51,6 +51,7 @@ INDEX_KEY = "_row"
 # always reserves room for the maximum, so the plan (and every batch) does not depend on
 # the thread count.
 _BATCHES_AHEAD_MAX = 16
+_LOCAL_THREADS = 2  # default reader threads per process for local files (see _threads)
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -80,7 +81,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             between DataLoader worker processes.
         columns: the columns to load (all by default).
         drop_last: drop each rank's last short batch (and the ``N mod world_size`` rows).
-        threads: reader threads per process (default: the cores, divided among workers).
+        threads: reader threads per process (default: 2 for local files, at most the cores
+            divided among workers; 8 or the cores for a dataset at a URL).
         transform: called on each batch dict (tensors) in the reader threads.
         rank, world_size: this process's share; from ``torch.distributed`` when it is
             initialised, else from ``RANK``/``WORLD_SIZE``, else 0 and 1.
@@ -153,7 +155,10 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             return max(1, int(self.threads))
         if self._remote_options is not None:  # waiting on the network: more requests in flight
             return max(8, (os.cpu_count() or 1)) // max(1, num_workers)
-        return max(1, (os.cpu_count() or 1) // max(1, num_workers))
+        # Two reader threads locally: on 16 cores 1-2 threads were fastest for every layout
+        # measured (tab/img, Zarr none/lz4, Parquet) and 16 ran 0.57-0.84x as fast: more threads
+        # only contend for the GIL with the consumer (benchmarks/RESULTS.md, Scaling).
+        return max(1, min(_LOCAL_THREADS, (os.cpu_count() or 1) // max(1, num_workers)))
 
     def _remote_files(self) -> Any:
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""

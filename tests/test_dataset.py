@@ -339,3 +339,14 @@ def test_rank_from_environment(datasets, monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert os.environ.get("RANK") is None
+
+
+@pytest.mark.parametrize(("cpus", "workers", "want"), [(16, 0, 2), (2, 0, 2), (1, 0, 1), (16, 4, 2), (4, 4, 1)])
+def test_default_threads(datasets: dict[str, Path], monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int,
+                         want: int) -> None:
+    """Two reader threads by default (more only contend for the GIL), never more than the cores
+    per DataLoader worker; an explicit ``threads`` wins."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    ds = StreamDataset(datasets["zarr"], batch_size=64)
+    assert ds.describe(num_workers=workers)["threads"] == want
+    assert StreamDataset(datasets["zarr"], batch_size=64, threads=5).describe()["threads"] == 5
