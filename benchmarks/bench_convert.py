@@ -22,6 +22,7 @@ Usage::
 
     python benchmarks/bench_convert.py             # full size (~1 GB inputs), ~15 minutes on 2 cores
     python benchmarks/bench_convert.py --quick     # 50,000 rows under data/quick/, 2 repeats, ~1 minute
+    python benchmarks/bench_convert.py --only 'npy -> zarr (none)' --no-codec   # one conversion
 """
 
 from __future__ import annotations
@@ -129,6 +130,15 @@ def ensure_npy(root: Path, kind: str, rows: int) -> Path:
         print(f"making {out} ({rows:,} rows)", flush=True)
         make_dataset(kind, out, rows=rows)
     return out
+
+
+def _npy_decoded_bytes(folder: Path) -> int:
+    """Rows x bytes per row of the ``.npy`` columns in ``folder`` (what a conversion decodes)."""
+    total = 0
+    for f in sorted(folder.glob("*.npy")):
+        a = np.load(f, mmap_mode="r")
+        total += a.size * a.dtype.itemsize
+    return total
 
 
 def ensure_parquet(root: Path, npy: Path, rows: int) -> Path:
@@ -366,7 +376,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows: a smoke run under a minute")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 3; 2 with --quick)")
     parser.add_argument("--no-codec", action="store_true", help="skip the codec-choice table")
+    parser.add_argument(
+        "--only", action="append", default=None, metavar="LABEL",
+        help="measure only this conversion, named by its label in the table (e.g. 'npy -> zarr (none)');"
+        " repeatable; default: every conversion",
+    )
     args = parser.parse_args(argv)
+    configs = CONFIGS
+    if args.only:
+        labels = [c.label for c in CONFIGS]
+        unknown = [o for o in args.only if o not in labels]
+        if unknown:
+            parser.error(f"unknown --only {unknown}; choose from: {'; '.join(labels)}")
+        configs = tuple(c for c in CONFIGS if c.label in args.only)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 3
     if args.repeats < 1:
@@ -379,9 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     npy = ensure_npy(root, "tab", rows)
-    parquet = ensure_parquet(root, npy, rows)
-    inputs = {"npy": npy, "parquet": parquet}
-    decoded = streambatch.load_manifest(parquet).rows * streambatch.load_manifest(parquet).row_nbytes
+    inputs = {"npy": npy}
+    if any(c.src == "parquet" for c in configs):
+        parquet = ensure_parquet(root, npy, rows)
+        inputs["parquet"] = parquet
+        decoded = streambatch.load_manifest(parquet).rows * streambatch.load_manifest(parquet).row_nbytes
+    else:  # --only without a Parquet input: the same figure from the .npy columns
+        decoded = _npy_decoded_bytes(npy)
     scratch = root / ".convert-scratch"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -402,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         print(f"start-up + imports {startup['seconds']:.2f} s, memcpy {memcpy['gb_per_s']:.1f} GB/s", flush=True)
-        for cfg in CONFIGS:
+        for cfg in configs:
             rec = measure_config(cfg, inputs[cfg.src], scratch, args.repeats, decoded, startup["seconds"])
             _common.write_record(NAME, {**base, **rec})
             print(

@@ -5,24 +5,34 @@ On the label-sorted ``tab`` dataset stored as Zarr (codec ``none``), warm page c
 budget, batch 256:
 
 * in process with ``threads`` = 1, 2, 4, 8, 16 (powers of two up to the CPU count, at least up
-  to 4, at most 16): one fresh ``StreamDataset`` per repeat serves 2 epochs and the 2nd is
-  reported (the steady state: epoch 1 also pays page faults on fresh window buffers);
-* through ``torch.utils.data.DataLoader(num_workers=0, 1, 2)`` with the default threads (the
-  cores divided among the workers): 2 epochs, the 2nd reported (workers are not persistent,
-  as in torch's default, so with workers each epoch starts new processes);
+  to 4, at most 16; ``--threads 1,2,4,8,16`` chooses the list): one fresh ``StreamDataset`` per
+  repeat serves 2 epochs and the 2nd is reported (the steady state: epoch 1 also pays page
+  faults on fresh window buffers);
+* through ``torch.utils.data.DataLoader(num_workers=0, 1, 2)`` (``--workers 0,2,4,8`` chooses
+  the list) with the default threads (the cores divided among the workers): 2 epochs, the 2nd
+  reported (workers are not persistent, as in torch's default, so with workers each epoch
+  starts new processes);
 
 samples/s and the ratio to ram-limit (measured before and after, mean of the two medians),
 and a plot of throughput against threads (``scaling_threads.png``). Medians of ``--repeats``.
+Records carry the machine (``_common.machine_info``: CPU count, usable CPUs, RAM, versions).
+
+A SIGTERM (``timeout``'s signal) stops the run after the configuration being measured: the
+configurations finished so far are still written, marked ``partial`` (no ram-limit after).
 
 Usage::
 
     python benchmarks/bench_scaling.py [--data DIR] [--quick] [--repeats N]
+                                       [--threads 1,2,4,8,16] [--workers 0,2,4,8]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +51,18 @@ WORKERS = (0, 1, 2)
 MAX_THREADS = 16
 
 
+def stores_list(text: str) -> list[tuple[str, str, str]]:
+    """``tab:zarr:none,img:parquet:none`` -> [(kind, format, codec), ...] (argparse type)."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        if (len(parts) != 3 or parts[0] not in ("tab", "img") or parts[1] not in ("zarr", "parquet")
+                or parts[2] not in ("none", "lz4", "zstd")):
+            raise argparse.ArgumentTypeError(f"{item!r}: expected DATASET:FORMAT:CODEC, e.g. tab:zarr:none")
+        out.append((parts[0], parts[1], parts[2]))
+    return out
+
+
 def thread_counts(cpus: int | None = None) -> list[int]:
     """1, 2, 4 and further powers of two up to the CPU count, at most :data:`MAX_THREADS`."""
     cpus = cpus or os.cpu_count() or 1
@@ -50,6 +72,37 @@ def thread_counts(cpus: int | None = None) -> list[int]:
         out.append(t)
         t *= 2
     return out
+
+
+def worker_budget(budget: int, quick: bool, num_workers: int | None) -> int:
+    """The budget for ``num_workers`` DataLoader workers: unchanged at full size (256 MiB).
+
+    ``--quick`` budgets are a few batches' bytes (``bt.budget_for``), too small to split among
+    more than 2 workers; there each worker beyond 2 adds half of it.
+    """
+    if not quick or not num_workers or num_workers <= 2:
+        return budget
+    return budget * num_workers // 2
+
+
+def int_list(text: str, minimum: int) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]`` (an empty string: no values); every value >= ``minimum``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}") from None
+    bad = [v for v in values if v < minimum]
+    if bad:
+        raise argparse.ArgumentTypeError(f"values must be >= {minimum}, got {bad}")
+    return values
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM handler: stop measuring, write what is done."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Stop(f"signal {signum}")
 
 
 def measure(store: Path, budget: int, repeats: int, *, threads: int | None = None,
@@ -113,68 +166,141 @@ def measure(store: Path, budget: int, repeats: int, *, threads: int | None = Non
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the scaling benchmark, append its records and regenerate RESULTS.md."""
-    p = bt.make_parser(__doc__ or "")
-    args = p.parse_args(argv)
-    if args.repeats < 1:
-        p.error("--repeats must be at least 1")
-    run_id = bt.new_run_id()
-    common = bt.base_record(args, run_id, "bench_scaling.py")
+def run_store(args: Any, common: dict[str, Any], threads_list: list[int], kind: str, fmt: str,
+              codec: str) -> bool:
+    """Every configuration on one stored dataset; records written.  True if stopped by SIGTERM."""
     root = bt.data_root(args.data, args.quick)
-    rows = bt.rows_for(KIND, args.quick)
-    npy = bt.ensure_npy(root, KIND, rows)
-    store = bt.ensure_store(npy, bt.store_path(root, KIND, FMT, CODEC), FMT, CODEC, rows)
-    budget = bt.budget_for(KIND, args.quick)
+    rows = bt.rows_for(kind, args.quick)
+    npy = bt.ensure_npy(root, kind, rows)
+    store = bt.ensure_store(npy, bt.store_path(root, kind, fmt, codec), fmt, codec, rows)
+    budget = bt.budget_for(kind, args.quick)
 
-    bt.log(f"{KIND}: ram-limit (before)")
+    bt.log(f"{kind}: ram-limit (before)")
     ram_before = bt.measure_ram_limit(npy, args.repeats)
+    bt.log(f"  ram-limit {ram_before['samples_per_s']:,.0f} samples/s")
     results = []
-    for t in thread_counts():
-        bt.log(f"{KIND}: in process, threads {t}")
-        results.append(measure(store, budget, args.repeats, threads=t))
-    for nw in WORKERS:
-        bt.log(f"{KIND}: DataLoader num_workers {nw}")
-        results.append(measure(store, budget, args.repeats, num_workers=nw))
-    bt.log(f"{KIND}: ram-limit (after)")
-    ram_after = bt.measure_ram_limit(npy, args.repeats)
-    ram = (ram_before["samples_per_s"] + ram_after["samples_per_s"]) / 2
+    failures: list[dict[str, Any]] = []
+    jobs = [{"threads": t} for t in threads_list] + [{"num_workers": nw} for nw in args.workers]
+    partial = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for job in jobs:
+            what = (f"in process, threads {job['threads']}" if "threads" in job
+                    else f"DataLoader num_workers {job['num_workers']}")
+            bt.log(f"{kind}: {what}")
+            try:
+                res = measure(store, worker_budget(budget, args.quick, job.get("num_workers")), args.repeats, **job)
+            except _Stop:
+                raise
+            except Exception as exc:  # one broken configuration must not cost the others
+                error = f"{type(exc).__name__}: {exc}"
+                bt.log(f"  FAILED {what}: {error}")
+                traceback.print_exc()
+                failures.append({**job, "error": error})
+                continue
+            results.append(res)
+            bt.log(f"  {what} (threads {res['threads']}): {res['samples_per_s']:,.0f} samples/s, "
+                   f"epoch 1 {res['epoch1_samples_per_s']:,.0f} samples/s, "
+                   f"missing/dup {res['missing']}/{res['duplicated']}")
+        bt.log(f"{kind}: ram-limit (after)")
+        ram_after = bt.measure_ram_limit(npy, args.repeats)
+    except _Stop as exc:
+        partial = True
+        bt.log(f"stopped by {exc} after {len(results)} of {len(jobs)} configurations; writing those")
+        ram_after = {"samples_per_s": float("nan")}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    after = ram_after["samples_per_s"]
+    ram = (ram_before["samples_per_s"] + after) / 2 if after == after else ram_before["samples_per_s"]
     one = next((r["samples_per_s"] for r in results if r["mode"] == "in-process" and r["threads"] == 1),
                float("nan"))
     for res in results:
         rec = {
             **common,
             "role": "streambatch",
-            "dataset": KIND,
+            "dataset": kind,
             "cache": "warm",
             **res,
+            "task_bytes": args.task_bytes,
             "ram_limit_samples_per_s": ram,
             "ram_limit_before_samples_per_s": ram_before["samples_per_s"],
             "ram_limit_after_samples_per_s": ram_after["samples_per_s"],
             "vs_ram": bt.ratio(res["samples_per_s"], ram),
             "vs_one_thread": bt.ratio(res["samples_per_s"], one),
         }
+        if partial:
+            rec["partial"] = True
         _common.write_record(NAME, rec)
         what = (f"threads {res['threads']}" if res["mode"] == "in-process"
                 else f"DataLoader w{res['num_workers']} (threads {res['threads']})")
         bt.log(f"  {what}: {res['samples_per_s']:,.0f} samples/s = {rec['vs_ram']:.2f}x ram-limit, "
                f"{rec['vs_one_thread']:.2f}x one thread")
 
+    for fail in failures:
+        _common.write_record(NAME, {**common, "role": "failed", "dataset": kind, "cache": "warm", **fail})
+    return partial
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the scaling benchmark, append its records and regenerate RESULTS.md."""
+    p = bt.make_parser(__doc__ or "")
+    p.add_argument("--threads", default=None, metavar="LIST",
+                   type=lambda t: int_list(t, 1),
+                   help="comma-separated reader threads in process (default: 1, 2, 4, ... up to the "
+                        f"CPU count, at least 4, at most {MAX_THREADS}; '' for none)")
+    p.add_argument("--workers", default=list(WORKERS), metavar="LIST",
+                   type=lambda t: int_list(t, 0),
+                   help="comma-separated DataLoader num_workers (default: "
+                        f"{','.join(map(str, WORKERS))}; '' for none)")
+    p.add_argument("--stores", default=[(KIND, FMT, CODEC)], metavar="LIST", type=stores_list,
+                   help="comma-separated DATASET:FORMAT:CODEC to measure, in order "
+                        f"(default {KIND}:{FMT}:{CODEC}; e.g. tab:zarr:none,tab:zarr:lz4,img:zarr:none)")
+    p.add_argument("--task-bytes", type=int, default=None, metavar="N",
+                   help="ablation: the loader's bytes per pool task (default: the library's; 1 = one unit "
+                        "per read task and 4 batches per batch task, as before tasks were grouped)")
+    args = p.parse_args(argv)
+    if args.task_bytes is not None:
+        import streambatch._prefetch as prefetch
+
+        prefetch._TASK_BYTES = max(1, args.task_bytes)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    threads_list = thread_counts() if args.threads is None else args.threads
+    run_id = bt.new_run_id()
+    common = bt.base_record(args, run_id, "bench_scaling.py")
+    for kind, fmt, codec in args.stores:
+        if run_store(args, common, threads_list, kind, fmt, codec):
+            break  # stopped by SIGTERM: what was measured is written
     import report
 
     report.main()
     return 0
 
 
+def _key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r.get("machine", {}).get("cpu_count"), r["dataset"], r["format"], r["codec"], r.get("task_bytes"))
+
+
 def render(records: list[dict[str, Any]]) -> str:
-    """Markdown section for the records of one run of this benchmark."""
+    """Markdown section: one table per (machine, dataset, format, codec) of the latest runs."""
     rows = [r for r in records if r.get("role") == "streambatch"]
     if not rows:
         return "## Scaling\n\nNo records in the latest run.\n"
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(_key(r), []).append(r)
+    parts = ["## Scaling: throughput against threads and DataLoader workers\n"]
+    for key in sorted(groups, key=lambda k: (k[0] or 0, k[1], k[2], k[3], k[4] or 0)):
+        parts.append(_render_group(records, groups[key]))
+    return "\n".join(parts)
+
+
+def _render_group(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     quick = " (**--quick smoke run: tiny dataset, not a measurement**)" if first.get("quick") else ""
     lines = [
-        "## Scaling: throughput against threads and DataLoader workers",
+        f"### {first['dataset']} {first['format']}/{first['codec']} on {first.get('machine', {}).get('cpu_count')} CPUs"
+        + (f" (ablation: {first['task_bytes']} bytes per pool task)" if first.get("task_bytes") else ""),
         "",
         "How does the steady-state throughput grow with reader threads in process, and what do "
         f"DataLoader worker processes add (`{first['dataset']}` {first['format']}/{first['codec']}, "
@@ -202,11 +328,14 @@ def render(records: list[dict[str, Any]]) -> str:
     lines.append(_common.format_table(table, list(table[0])))
     inproc = sorted((r for r in rows if r["mode"] == "in-process"), key=lambda r: r["threads"])
     best = max(inproc, key=lambda r: r["samples_per_s"]) if inproc else None
+    after = first.get("ram_limit_after_samples_per_s")
+    ram_how = (f"mean of {bt._num(first['ram_limit_before_samples_per_s'], ',.0f')} before and "
+               f"{bt._num(after, ',.0f')} after" if after is not None and after == after
+               else "measured before the loaders only")
     lines += [
         "",
-        f"ram-limit: {bt._num(first['ram_limit_samples_per_s'], ',.0f')} samples/s (mean of "
-        f"{bt._num(first['ram_limit_before_samples_per_s'], ',.0f')} before and "
-        f"{bt._num(first['ram_limit_after_samples_per_s'], ',.0f')} after). DataLoader workers are not "
+        f"ram-limit: {bt._num(first['ram_limit_samples_per_s'], ',.0f')} samples/s ({ram_how}). "
+        "DataLoader workers are not "
         "persistent (torch's default): each epoch forks new workers, each with its share of the budget "
         "and of the cores. Worker RSS counts pages shared after fork once per process.",
     ]
@@ -216,6 +345,15 @@ def render(records: list[dict[str, Any]]) -> str:
                   f"ram-limit, {bt._num(best['vs_one_thread'], '.2f')}× one thread on "
                   f"{best.get('machine', {}).get('cpu_count')} CPUs."]
     complete = all(r["missing"] == 0 and r["duplicated"] == 0 and r.get("foreign", 0) == 0 for r in rows)
+    failed = [r for r in records if r.get("role") == "failed" and r.get("run_id") == first.get("run_id")
+              and r.get("dataset") == first["dataset"]]
+    for r in failed:
+        what = (f"in process, threads {r['threads']}" if r.get("threads") is not None
+                else f"DataLoader num_workers={r.get('num_workers')}")
+        lines += ["", f"**Failed**: {what}: `{r['error']}`"]
+    if any(r.get("partial") for r in rows):
+        lines += ["", "**Partial run**: stopped (SIGTERM) before every configuration was measured; "
+                  "ram-limit is the measurement before the loaders only."]
     lines += [
         "",
         f"Command: `{first['command']}`",
@@ -231,22 +369,25 @@ def render(records: list[dict[str, Any]]) -> str:
 
 
 def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``scaling_threads.png``: in-process samples/s against threads, with ram-limit for scale."""
-    inproc = sorted((r for r in records if r.get("role") == "streambatch" and r.get("mode") == "in-process"),
-                    key=lambda r: r["threads"])
-    if not inproc:
+    """``scaling_threads.png``: in-process throughput as a ratio to ram-limit against threads,
+    one line per (machine, dataset, format, codec)."""
+    series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
+    for r0 in records:
+        if r0.get("role") != "streambatch" or r0.get("mode") != "in-process":
+            continue
+        key = _key(r0)
+        label = f"{key[1]} {key[2]}/{key[3]}, {key[0]} CPUs" + (f", {key[4]} B/task" if key[4] else "")
+        if label in series:
+            continue
+        inproc = sorted((r for r in records if r.get("role") == "streambatch" and r.get("mode") == "in-process"
+                         and _key(r) == key), key=lambda r: r["threads"])
+        series[label] = ([float(r["threads"]) for r in inproc], [float(r["vs_ram"]) for r in inproc])
+    if not series:
         return []
-    xs = [float(r["threads"]) for r in inproc]
-    ys = [float(r["samples_per_s"]) for r in inproc]
-    series: dict[str, tuple[Sequence[float], Sequence[float]]] = {"streambatch, epoch 2": (xs, ys)}
-    if xs[0] == 1:
-        series["linear from 1 thread"] = (xs, [ys[0] * x for x in xs])
-    series["ram-limit"] = (xs, [float(inproc[0]["ram_limit_samples_per_s"])] * len(xs))
-    cpus = inproc[0].get("machine", {}).get("cpu_count")
-    quick = ", --quick" if inproc[0].get("quick") else ""
-    title = f"{inproc[0]['dataset']} {inproc[0]['format']}/{inproc[0]['codec']}, {cpus} CPUs{quick}"
+    quick = ", --quick" if any(r.get("quick") for r in records) else ""
     return [_common.plot_lines(Path(out_dir) / "scaling_threads.png", series, "reader threads",
-                               "samples/s", title, logx=True)]
+                               "samples/s / ram-limit", f"in-process throughput against threads{quick}",
+                               logx=True)]
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ["convert", "throughput", "memory", "quality", "cold", "scaling", "training", "remote", "faults"]
+SECTIONS = ["convert", "throughput", "memory", "quality", "cold", "scaling", "gpu", "training", "remote", "faults"]
 
 _HEADER = """# Benchmark results
 
@@ -32,7 +32,8 @@ that produced its figures.  Datasets come from `tools/make_datasets.py` (label-s
 
 
 def _group(rec: dict[str, Any]) -> tuple[Any, ...]:
-    return (rec.get("kind"), rec.get("role"), rec.get("dataset"))
+    return (rec.get("kind"), rec.get("role"), rec.get("dataset"), rec.get("format"), rec.get("codec"),
+            rec.get("machine", {}).get("cpu_count"), rec.get("task_bytes"))
 
 
 def load_records(name: str) -> list[dict[str, Any]]:
@@ -40,7 +41,8 @@ def load_records(name: str) -> list[dict[str, Any]]:
 
     A run that measured only part of a benchmark (``--datasets tab``, ``--no-codec``) keeps
     the other parts from the latest earlier full-size run that had them: records are grouped
-    by (kind, role, dataset) and each group comes from the newest run that has it.
+    by (kind, role, dataset, format, codec, CPU count, ablation) and each group comes from the newest run
+    that has it, so runs on another machine (the 16-core device) sit beside this machine's.
     """
     path = HERE / "records" / f"{name}.jsonl"
     if not path.exists():

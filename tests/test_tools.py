@@ -1,10 +1,12 @@
-"""Tests of the maintainer tools: ``tools/make_datasets.py`` and ``benchmarks/_common.py``.
+"""Tests of the maintainer tools: ``tools/make_datasets.py``, ``benchmarks/_common.py`` and the
+smoke paths of ``benchmarks/bench_gpu.py`` and ``benchmarks/bench_scaling.py``.
 
 Neither folder is a package, so both modules are loaded from their file paths.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -256,3 +258,49 @@ def test_records_and_helpers(tmp_path: Path, tiny: Path) -> None:
     copied = bc.copy_file(tiny / "x.npy", tmp_path / "x.npy")
     assert copied["bytes"] == (tmp_path / "x.npy").stat().st_size > 0
     assert "| a | b |" in bc.format_table([{"a": 1.23456, "b": None}], ["a", "b"])
+
+
+# --- benchmarks/bench_gpu.py and bench_scaling.py ---------------------------------------------
+
+
+def test_bench_gpu_quick_on_cpu(tmp_path: Path) -> None:
+    """The GPU benchmark's smoke path (CUDA ignored): every variant runs, is correct and recorded."""
+    records = tmp_path / "records"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--quick", "--cpu", "--repeats", "1",
+         "--workers", "0,2", "--data", str(tmp_path / "data"), "--records", str(records), "--no-report"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "SKIPPING the GPU parts" in done.stdout
+    lines = [json.loads(s) for s in (records / "gpu.jsonl").read_text().splitlines()]
+    assert len({r["run_id"] for r in lines}) == 1
+    variants = {r["variant"]: r for r in lines if r["role"] == "variant"}
+    assert set(variants) == {"cpu", "pin_copy", "step_alone", "serial", "async", "overlap", "dl_w0",
+                             "cpu_after", "dl_w2"}
+    for key, rec in variants.items():
+        assert rec["benchmark"] == "gpu" and rec["quick"] is True and rec["cuda"] is False, key
+        assert rec["samples_per_s"] > 0 and rec["correct"] is True, key
+        assert rec["machine"]["cpu_count"] and rec["dataset"] == "tab", key
+        if key != "step_alone":
+            assert rec["missing"] == 0 and rec["duplicated"] == 0 and rec["samples"] == rec["rows"], key
+    assert all(variants[k]["order_equal_cpu"] for k in ("pin_copy", "serial", "async", "overlap", "dl_w0"))
+    assert variants["cpu"]["vs_cpu"] == 1.0 and variants["step_alone"]["step_width"] > 0
+    assert variants["overlap"]["time_vs_max_load_step"] > 0
+    [summary] = [r for r in lines if r["role"] == "summary"]
+    assert summary["all_correct"] is True and summary["workers"] == [0, 2]
+
+    gpu = _load("_benchmarks_bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
+    text = gpu.render(lines)
+    assert "no CUDA" in text and "**holds**" in text and "--quick smoke run" in text
+
+
+def test_bench_scaling_lists() -> None:
+    scaling = _load("_benchmarks_bench_scaling", ROOT / "benchmarks" / "bench_scaling.py")
+    assert scaling.int_list("1,2, 4,8,16", 1) == [1, 2, 4, 8, 16]
+    assert scaling.int_list("", 0) == []
+    with pytest.raises(argparse.ArgumentTypeError, match="integers"):
+        scaling.int_list("1,x", 1)
+    with pytest.raises(argparse.ArgumentTypeError, match=">= 1"):
+        scaling.int_list("0,2", 1)
+    assert scaling.thread_counts(16) == [1, 2, 4, 8, 16] and scaling.thread_counts(2) == [1, 2, 4]
