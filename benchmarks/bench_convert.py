@@ -244,7 +244,12 @@ def measure_config(
     out_bytes: list[int] = []
     dst = scratch / f"out.{cfg.fmt}"
     for _ in range(repeats):
+        # Each timed step starts with no dirty pages in flight: writeback of the previous step's
+        # output (or of a deleted file's journal) otherwise lands in the next one (copies here
+        # ranged 0.8-2.2 GB/s without this).
+        os.sync()
         copies.append(copy_input(src, scratch / "copy"))
+        os.sync()
         run = run_child(convert_command(cfg, src, dst))
         if run["rc"] != 0:
             raise RuntimeError(f"{cfg.label}: streambatch convert failed (rc {run['rc']}): {run['stderr']}")
@@ -290,8 +295,9 @@ def measure_config(
     }
 
 
-STARTUP_IMPORTS = "import streambatch.cli, streambatch.convert, zarr, numcodecs, pyarrow.parquet"
-"""What a conversion imports before it reads a byte (all of it, for either output format)."""
+STARTUP_IMPORTS = "import streambatch.cli, streambatch.convert"
+"""What ``streambatch convert`` imports before it reads a byte (zarr and pyarrow load only when
+a format needs them, and that is conversion work)."""
 
 
 def measure_startup(repeats: int) -> dict[str, Any]:
@@ -517,7 +523,8 @@ def render(records: list[dict[str, Any]]) -> str:
                 else ""
             )
             + ". Copy = `shutil.copyfile` of every input file to the same file system, measured before each"
-            " conversion; warm page cache, no fsync in either. Peak RSS: the child process tree, sampled with psutil every"
+            " conversion; warm page cache, no fsync in either (an `os.sync()` before each timed step, untimed). Peak RSS:"
+            " the child process tree, sampled with psutil every"
             f" 20 ms, the largest of {first['repeats']} repeats; other figures are medians"
             f" of {first['repeats']}.",
             "",
