@@ -147,6 +147,11 @@ def _read_group(reader: Any, pieces: list[tuple[int, int, int, NDArray[np.int64]
             _read_rows(reader, u, lo, hi, keep - lo, out)
 
 
+def _touch_tail(bufs: dict[str, np.ndarray], start: int) -> None:
+    for b in bufs.values():
+        b[start:] = 0
+
+
 def _gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
                     row_ids: NDArray[np.int64] | None, index_key: str | None,
                     normalize: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -176,11 +181,12 @@ class _Window:
     """One window in flight: its buffer, its read tasks and the global row id of each position."""
 
     __slots__ = ("j", "rows", "buffers", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches", "in_flight",
-                 "reads_done")
+                 "reads_done", "touch")
 
     def __init__(self, j: int, rows: int, buffers: dict[str, np.ndarray], nbytes: int) -> None:
         self.j, self.rows, self.buffers, self.nbytes = j, rows, buffers, nbytes
         self.reads: list[_Task] = []
+        self.touch: _Task | None = None  # zero-fills the rows a fresh buffer's first window leaves unused
         self.row_ids: NDArray[np.int64] | None = None
         self.perm: NDArray[np.int64] | None = None
         self.next_b = 0  # next batch to submit
@@ -263,6 +269,7 @@ class Prefetcher:
     def _start_window(self, j: int) -> _Window:
         plan = self.plan
         rows = plan.window_size(j)
+        fresh = not self._free
         if self._free:
             bufs = self._free.pop()
         else:
@@ -288,6 +295,11 @@ class Prefetcher:
                 group, group_bytes = [], 0
         if group:
             w.reads.append(self._submit_reads(group, root))
+        if fresh and rows < plan.window_rows:
+            # A short first window (the ramp, a small dataset) would leave the rest of a fresh
+            # buffer untouched, so peak RSS would depend on the dataset's length; touching it
+            # here, after this window's reads, makes it the budget's from the first epoch on.
+            w.touch = self._pool.submit(1, _touch_tail, (bufs, rows), f"while preparing the buffer of window {j}")
         ids = plan.window_row_ids(j, self.unit_start) if self.index_key is not None else None
         w.row_ids = ids
         w.perm = plan.window_perm(j)
@@ -375,6 +387,8 @@ class Prefetcher:
             yield from batches
 
     def _finish_window(self, w: _Window) -> None:
+        if w.touch is not None:  # before the buffer is reused for another window's reads
+            self._wait(w.touch)
         for t in w.reads:  # reads done; drop references
             if t.error is not None:
                 raise t.error

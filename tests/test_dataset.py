@@ -350,3 +350,32 @@ def test_default_threads(datasets: dict[str, Path], monkeypatch: pytest.MonkeyPa
     ds = StreamDataset(datasets["zarr"], batch_size=64)
     assert ds.describe(num_workers=workers)["threads"] == want
     assert StreamDataset(datasets["zarr"], batch_size=64, threads=5).describe()["threads"] == 5
+
+
+_RSS_CHILD = """
+import sys, psutil, streambatch
+ds = streambatch.StreamDataset(sys.argv[1], batch_size=256, memory_budget="64MiB", threads=2)
+d = ds.describe()
+window = d["window_rows"] * ds.row_nbytes
+proc = psutil.Process()
+before = proc.memory_info().rss
+for _ in ds:
+    pass
+after = proc.memory_info().rss  # the window buffers stay with the dataset for the next epoch
+print(window, ds.manifest.rows * ds.row_nbytes, after - before)
+"""
+
+
+def test_window_buffers_are_resident_whatever_the_dataset_length(tmp_path: Path) -> None:
+    """A dataset of 1.5 windows (ramp windows, then a short one) leaves parts of both buffers
+    unread; they are touched anyway, so RSS after an epoch holds both whole buffers, as it does
+    for a long dataset, and memory does not depend on the dataset's length."""
+    row = 8 + 64 * 4 + 8  # id, x float32[64], y
+    window_guess = (64 * 2**20 - 16 * 256 * row) // 2
+    src = write_sorted_npy(tmp_path / "src", int(1.5 * window_guess / row), width=64)
+    streambatch.convert(src, tmp_path / "d.zarr", progress=False)
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(tmp_path / "d.zarr")], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    window, data, grown = map(int, out)
+    assert data < 2 * window  # the dataset is shorter than the two buffers
+    assert grown >= 0.97 * 2 * window, (grown / 2**20, window / 2**20)
