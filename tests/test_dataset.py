@@ -379,3 +379,28 @@ def test_window_buffers_are_resident_whatever_the_dataset_length(tmp_path: Path)
     window, data, grown = map(int, out)
     assert data < 2 * window  # the dataset is shorter than the two buffers
     assert grown >= 0.97 * 2 * window, (grown / 2**20, window / 2**20)
+
+
+_EXIT_CHILD = """
+import atexit, sys, threading
+# registered first, so it runs after the loader's exit-time finalizer (atexit runs last-in first-out)
+atexit.register(lambda: print("alive", sum(t.name.startswith("streambatch-") and t.is_alive()
+                                           for t in threading.enumerate()), flush=True))
+import streambatch
+ds = streambatch.StreamDataset(sys.argv[1], batch_size=64, threads=3)
+it = iter(ds)
+next(it)  # mid-epoch, never closed, still referenced: the program just ends
+print("reader threads", sum(t.name.startswith("streambatch-") for t in threading.enumerate()), flush=True)
+"""
+
+
+def test_threads_stop_at_interpreter_exit_without_close(datasets: dict[str, Path]) -> None:
+    """A program that ends mid-epoch without closing its loader exits cleanly: the loader's
+    ``weakref.finalize`` (run at exit) stops the reader threads before the interpreter finalizes
+    (daemon threads inside C/C++ code at finalization can abort the process)."""
+    proc = subprocess.run([sys.executable, "-c", _EXIT_CHILD, str(datasets["zarr"])], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.split("\n")
+    assert "reader threads 3" in lines
+    assert "alive 0" in lines
