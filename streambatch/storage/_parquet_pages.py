@@ -146,19 +146,21 @@ def _data_region(chunk: memoryview, h: dict[int, Any], body: int, max_rep: int,
     raise _Unsupported("not a data page")
 
 
-def _hybrid(data: memoryview, count: int, width: int) -> np.ndarray:
-    """Decode ``count`` values of Parquet's RLE / bit-packed hybrid encoding (dictionary indices)."""
+def _hybrid(data: memoryview, count: int, width: int) -> list[np.ndarray]:
+    """Parquet's RLE / bit-packed hybrid encoding (dictionary indices): arrays holding ``count``
+    values in order, the last one possibly padded (a bit-packed run ends on a group of 8)."""
     if width == 0:
-        return np.zeros(count, np.uint32)
+        return [np.zeros(count, np.uint32)]
     run_bytes = 63 * width + 1  # pyarrow's longest literal run: 63 groups of 8 values, a 1-byte header
     full = min(count // 504, len(data) // run_bytes)
     parts: list[np.ndarray] = []
     pos = seen = 0
     if width == 8 and full:  # incompressible bytes (noise, photos): runs of 504 literals, vectorised
         runs = np.frombuffer(data, np.uint8, count=full * run_bytes).reshape(full, run_bytes)
-        k = int(np.argmin(runs[:, 0] == 127)) if not (runs[:, 0] == 127).all() else full
+        literal = runs[:, 0] == 127
+        k = full if literal.all() else int(np.argmin(literal))
         if k:
-            parts.append(runs[:k, 1:].reshape(-1))
+            parts.append(runs[:k, 1:])  # (k, 504), strided: np.take reads it in place
             pos, seen = k * run_bytes, k * 504
     r = _Compact(data, pos)
     value_bytes = (width + 7) // 8
@@ -185,20 +187,21 @@ def _hybrid(data: memoryview, count: int, width: int) -> np.ndarray:
             r.pos += value_bytes
         parts.append(vals)
         seen += n
-    out = np.concatenate(parts) if len(parts) != 1 else parts[0]
-    return out[:count]  # the last bit-packed group is padded to 8 values
+    return parts
 
 
 def decode_chunk(chunk: memoryview, n_values: int, physical: np.dtype, max_rep: int, max_def: int,
-                 dtype: np.dtype | None = None) -> np.ndarray | None:
-    """The ``n_values`` values of one column chunk (its bytes), as ``physical`` numbers, or ``None``.
+                 dtype: np.dtype | None = None, out: np.ndarray | None = None) -> np.ndarray | None:
+    """The ``n_values`` values of one column chunk (its bytes), or ``None``.
 
-    Handles uncompressed pages without nulls that are PLAIN (the values are viewed in place)
-    or dictionary-encoded (a PLAIN dictionary page, then RLE / bit-packed indices); ``None``
-    for anything else, which the caller leaves to pyarrow.  ``dtype``: dictionary values are
-    converted to it before the lookup (uint8 images come out as uint8, not int32).
+    Handles uncompressed pages without nulls that are PLAIN or dictionary-encoded (a PLAIN
+    dictionary page, then RLE / bit-packed indices); ``None`` for anything else, which the
+    caller leaves to pyarrow.  The values come out as ``dtype`` (default ``physical``), written
+    into ``out`` (1-D, ``n_values`` long, e.g. a view of the loader's window buffer) when given,
+    so that each value is copied once, from the page to its destination.
     """
-    parts: list[np.ndarray] = []
+    if out is None:
+        out = np.empty(n_values, dtype if dtype is not None else physical)
     lut: np.ndarray | None = None
     pos = seen = 0
     width = physical.itemsize
@@ -214,30 +217,37 @@ def decode_chunk(chunk: memoryview, n_values: int, physical: np.dtype, max_rep: 
                 d = h[7]
                 if d.get(2, _PLAIN) not in (_PLAIN, _PLAIN_DICTIONARY) or d.get(1, -1) * width != size:
                     return None
-                lut = np.frombuffer(chunk, physical, count=d[1], offset=body)
-                if dtype is not None:
-                    lut = lut.astype(dtype)
+                lut = np.frombuffer(chunk, physical, count=d[1], offset=body).astype(out.dtype)
                 continue
             encoding, count, at, end = _data_region(chunk, h, body, max_rep, max_def)
-            if count < 0 or at > end:
+            if count < 0 or at > end or seen + count > n_values:
                 return None
             if encoding == _PLAIN:
                 if end - at != count * width:
                     return None
-                parts.append(np.frombuffer(chunk, physical, count=count, offset=at))
+                np.copyto(out[seen:seen + count], np.frombuffer(chunk, physical, count=count, offset=at),
+                          casting="unsafe")
             elif encoding in (_RLE_DICTIONARY, _PLAIN_DICTIONARY) and lut is not None and at < end:
-                idx = _hybrid(chunk[at + 1:end], count, chunk[at])
-                if idx.size and int(idx.max()) >= len(lut):
+                bits = chunk[at]
+                filled = seen
+                for idx in _hybrid(chunk[at + 1:end], count, bits):
+                    n = min(idx.size, seen + count - filled)
+                    if idx.ndim == 1:
+                        idx = idx[:n]
+                    if len(lut) < 1 << bits and n and int(idx.max()) >= len(lut):
+                        return None
+                    # mode="clip": no bounds-checking copy (checked above where it can fail);
+                    # np.take is 2.5x faster than lut[idx] for uint8 indices
+                    np.take(lut, idx, out=out[filled:filled + n].reshape(idx.shape), mode="clip")
+                    filled += n
+                if filled != seen + count:
                     return None
-                parts.append(np.take(lut, idx))  # 2.5x faster than lut[idx] for uint8 indices
             else:
                 return None
             seen += count
     except _Unsupported:
         return None
-    if seen != n_values:
-        return None
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out if seen == n_values else None
 
 
 def chunk_plan(metadata: Any, rg: int, column_index: int, np_dtype: Any) -> tuple[int, int, np.dtype, int, int] | None:

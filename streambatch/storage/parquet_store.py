@@ -340,13 +340,15 @@ class Reader:
                 buf, at = raw, off - base
             else:
                 buf, at = self._read_range(unit, fi, off, size), 0
+            whole = lo == 0 and hi == rows and dst.flags.c_contiguous  # decode straight into the window
             values = decode_chunk(memoryview(buf)[at:at + size], rows * col.row_items, physical, max_rep, max_def,
-                                  col.np_dtype)
+                                  col.np_dtype, dst.reshape(-1) if whole else None)
             if values is None:
                 self._chunks[(unit, name)] = None  # e.g. an encoding it does not read: pyarrow from now on
                 rest.append(name)
                 continue
-            dst[...] = values.reshape(rows, *col.shape)[lo:hi]
+            if not whole:
+                dst[...] = values.reshape(rows, *col.shape)[lo:hi]
         return rest
 
     def _damaged_columns(self, unit: int, fi: int) -> list[str]:
