@@ -23,7 +23,6 @@ compressed columns (and booleans) are decoded by pyarrow.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 from ..errors import DataError, ManifestError
 from ..manifest import Column, Manifest, int_array
 from ._checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn, extend_fn
+from ._files import ByteRanges
 
 __all__ = ["Reader", "Writer", "validate_layout", "arrow_schema"]
 
@@ -215,11 +215,10 @@ class Reader:
         self._all: list[dict[int, Any]] = []
         self._lock = threading.Lock()
         self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
-        self._fds: dict[int, tuple[int, int]] = {}  # raw descriptors for checksum reads: (fd, size)
         self._remote = remote  # RemoteFiles for a dataset at a URL: ranged requests instead of files
+        self._files = ByteRanges(manifest, remote)  # the row groups' bytes, for checksums and the page decoder
         self._chunks: dict[tuple[int, str], tuple[int, int, np.dtype, int, int] | None] = {}  # see _chunk
         self._leaf: dict[str, int] = {}  # column name -> its leaf's index in the Parquet schema
-        self._closed = False
 
     def _where(self, unit: int, fi: int, col: str | None = None) -> str:
         c = f", column {col!r}" if col else ""
@@ -253,40 +252,11 @@ class Reader:
 
         return RangeFile(self._remote, self.manifest.files[fi])
 
-    def _fd(self, fi: int, unit: int) -> tuple[int, int]:
-        entry = self._fds.get(fi)
-        if entry is not None:
-            return entry
-        with self._lock:
-            if self._closed:
-                raise ValueError(f"{self.manifest.root}: reader is closed")
-            entry = self._fds.get(fi)
-            if entry is None and self._remote is not None:
-                entry = self._fds[fi] = (-1, self._remote.size(self.manifest.files[fi]))
-            if entry is None:
-                path = self.manifest.path_of(fi)
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError as e:
-                    raise DataError(f"{self._where(unit, fi)}: cannot open: {e.strerror or e}") from None
-                entry = self._fds[fi] = (fd, os.fstat(fd).st_size)
-            return entry
-
-    def _read_range(self, unit: int, fi: int, off: int, size: int) -> bytes:
+    def _read_range(self, unit: int, fi: int, off: int, size: int) -> bytearray:
         """``size`` bytes at ``off`` of file ``fi`` (a local pread or a ranged request), exactly."""
-        fd, fsize = self._fd(fi, unit)
-        if off + size > fsize:  # before allocating what the manifest claims
-            raise DataError(f"{self._where(unit, fi)}: file truncated "
-                            f"(needed bytes {off}..{off + size}, file has {fsize})")
-        try:
-            raw = os.pread(fd, size, off) if fd >= 0 else self._remote.read(self.manifest.files[fi], off, size)
-        except OSError as e:
-            raise DataError(f"{self._where(unit, fi)}: read failed: {e.strerror or e}") from None
-        if len(raw) != size:
-            raise DataError(f"{self._where(unit, fi)}: file truncated (needed bytes {off}..{off + size})")
-        return raw
+        return self._files.read(fi, off, size, lambda: self._where(unit, fi))
 
-    def _check(self, unit: int) -> bytes:
+    def _check(self, unit: int) -> bytearray:
         """The unit's row group bytes, checked against the manifest's checksum."""
         lay = self.manifest.layout
         fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
@@ -321,7 +291,7 @@ class Reader:
                                            self.manifest.column(name).np_dtype)
         return self._chunks[key]
 
-    def _read_pages(self, unit: int, fi: int, raw: bytes | None, lo: int, hi: int,
+    def _read_pages(self, unit: int, fi: int, raw: bytearray | None, lo: int, hi: int,
                     out: dict[str, np.ndarray]) -> list[str]:
         """Decode the columns of ``out`` that ``_parquet_pages`` handles; return the other names."""
         from ._parquet_pages import decode_chunk
@@ -373,7 +343,11 @@ class Reader:
         rows_in_unit = int(self.manifest.unit_rows[unit])
         if not 0 <= lo < hi <= rows_in_unit:
             raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows_in_unit} rows")
-        raw = self._check(unit) if self.verify else None
+        self._decode(unit, lo, hi, out, self._check(unit) if self.verify else None)
+
+    def _decode(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray], raw: bytearray | None) -> None:
+        """Rows ``lo:hi`` of ``unit`` into ``out``, from ``raw`` (its checked row group bytes) when given."""
+        rows_in_unit = int(self.manifest.unit_rows[unit])
         lay = self.manifest.layout
         fi, rg = int(lay["file"][unit]), int(lay["row_group"][unit])
         rest = self._read_pages(unit, fi, raw, lo, hi, out)
@@ -396,19 +370,15 @@ class Reader:
             dst[...] = arr.to_numpy(zero_copy_only=False).reshape(dst.shape)  # dst may be strided
 
     def verify_unit(self, unit: int) -> None:
-        self._check(unit)
-        out = {c.name: np.empty((int(self.manifest.unit_rows[unit]), *c.shape), c.np_dtype)
-               for c in self.manifest.columns}
-        self.read_into(unit, 0, int(self.manifest.unit_rows[unit]), out)
+        raw = self._check(unit)  # read once: checked, then decoded from the same bytes
+        rows = int(self.manifest.unit_rows[unit])
+        self._decode(unit, 0, rows, {c.name: np.empty((rows, *c.shape), c.np_dtype) for c in self.manifest.columns},
+                     raw)
 
     def close(self) -> None:
+        self._files.close()
         with self._lock:
             all_files, self._all = self._all, []
-            self._closed = True
-            fds, self._fds = self._fds, {}
-        for fd, _ in fds.values():
-            if fd >= 0:
-                os.close(fd)
         for files in all_files:
             for pf in files.values():
                 pf.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ..errors import DataError, ManifestError
 from ..manifest import Column, Manifest, int_array
 from ._zarr_meta import array_document, group_document
 from ._checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn
+from ._files import ByteRanges
 
 __all__ = ["Reader", "Writer", "validate_layout"]
 
@@ -216,66 +216,20 @@ class Reader:
         self.manifest = manifest
         self.verify = verify
         self._remote = remote  # RemoteFiles for a dataset at a URL: ranged requests instead of pread
-        self._fds: dict[int, tuple[int, int]] = {}
-        self._lock = threading.Lock()
+        self._files = ByteRanges(manifest, remote)
         self._decoders = {c.name: _compressor(manifest.codec, c.np_dtype.itemsize) for c in manifest.columns}
         self._unit_rows = manifest.layout["unit_rows"]
         self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
-        self._closed = False
-
-    def _fd(self, file_index: int, col: Column, unit: int) -> tuple[int, int]:
-        entry = self._fds.get(file_index)
-        if entry is not None:
-            return entry
-        with self._lock:
-            if self._closed:
-                raise ValueError(f"{self.manifest.root}: reader is closed")
-            entry = self._fds.get(file_index)
-            if entry is None and self._remote is not None:
-                entry = self._fds[file_index] = (-1, self._remote.size(self.manifest.files[file_index]))
-            if entry is None:
-                path = self.manifest.path_of(file_index)
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError as e:
-                    raise DataError(f"{self._where(col, unit, file_index)}: cannot open shard file "
-                                    f"{path}: {e.strerror or e}") from None
-                entry = self._fds[file_index] = (fd, os.fstat(fd).st_size)
-            return entry
 
     def _where(self, col: Column, unit: int, file_index: int) -> str:
         return (f"dataset {self.manifest.root}, column {col.name!r}, unit {unit}, "
                 f"file {self.manifest.files[file_index]}")
 
-    def _check_size(self, file_index: int, offset: int, size: int, col: Column, unit: int) -> int:
-        """The file's descriptor, after checking that it holds bytes ``offset..offset + size``."""
-        fd, fsize = self._fd(file_index, col, unit)
-        if offset + size > fsize:
-            raise DataError(f"{self._where(col, unit, file_index)}: file truncated "
-                            f"(needed bytes {offset}..{offset + size}, file has {fsize})")
-        return fd
-
     def _pread_into(self, buf: memoryview, file_index: int, offset: int, col: Column, unit: int) -> None:
-        fd = self._check_size(file_index, offset, len(buf), col, unit)
-        if self._remote is not None:
-            buf[:] = self._remote.read(self.manifest.files[file_index], offset, len(buf))
-            return
-        got = 0
-        while got < len(buf):
-            try:
-                n = os.preadv(fd, [buf[got:]], offset + got)
-            except OSError as e:
-                raise DataError(f"{self._where(col, unit, file_index)}: read failed: {e.strerror or e}") from None
-            if n == 0:
-                raise DataError(f"{self._where(col, unit, file_index)}: file truncated "
-                                f"(needed bytes {offset}..{offset + len(buf)})")
-            got += n
+        self._files.read_into(buf, file_index, offset, lambda: self._where(col, unit, file_index))
 
     def _bytes(self, file_index: int, offset: int, size: int, col: Column, unit: int) -> bytearray:
-        self._check_size(file_index, offset, size, col, unit)  # before allocating what the manifest claims
-        raw = bytearray(size)
-        self._pread_into(memoryview(raw), file_index, offset, col, unit)
-        return raw
+        return self._files.read(file_index, offset, size, lambda: self._where(col, unit, file_index))
 
     def advise(self, unit: int, lo: int, hi: int, names: list[str]) -> None:
         """Ask the kernel to start reading a unit's bytes now (``POSIX_FADV_WILLNEED``).
@@ -291,7 +245,7 @@ class Reader:
             if self._decoders[name] is None:
                 off, size = off + lo * col.row_nbytes, (hi - lo) * col.row_nbytes
             try:
-                fd, _ = self._fd(fi, col, unit)
+                fd, _ = self._files.fd(fi, lambda: self._where(col, unit, fi))
                 os.posix_fadvise(fd, off, size, os.POSIX_FADV_WILLNEED)
             except (OSError, DataError):
                 return  # only a hint: the read itself reports any problem
@@ -359,9 +313,4 @@ class Reader:
             self._decode_into(raw, col, unit, fi, 0, 0, None)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            fds, self._fds = self._fds, {}
-        for fd, _ in fds.values():
-            if fd >= 0:
-                os.close(fd)
+        self._files.close()

@@ -1,0 +1,88 @@
+"""A dataset's files read by byte range, shared by the Zarr and Parquet readers.
+
+Local files are opened once per reader (descriptors cached, thread-safe) and read with
+``os.preadv``; a dataset at a URL goes through ``RemoteFiles`` (ranged requests).  Every
+failure is a ``DataError`` that starts with the caller's description of what it was reading.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+from ..errors import DataError
+from ..manifest import Manifest
+
+__all__ = ["ByteRanges"]
+
+Where = Callable[[], str]  # "dataset D, column C, unit U, file F", built only when there is an error
+
+
+class ByteRanges:
+    """Reads ``size`` bytes at ``offset`` of the manifest's file ``fi``, exactly, or raises."""
+
+    def __init__(self, manifest: Manifest, remote: Any = None) -> None:
+        self.manifest = manifest
+        self.remote = remote  # RemoteFiles for a dataset at a URL
+        self._fds: dict[int, tuple[int, int]] = {}  # file index -> (descriptor or -1 for remote, size)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fd(self, fi: int, where: Where) -> tuple[int, int]:
+        """``(descriptor, file size)`` of file ``fi`` (descriptor -1 for a remote file)."""
+        entry = self._fds.get(fi)
+        if entry is not None:
+            return entry
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"{self.manifest.root}: reader is closed")
+            entry = self._fds.get(fi)
+            if entry is None and self.remote is not None:
+                entry = self._fds[fi] = (-1, self.remote.size(self.manifest.files[fi]))
+            if entry is None:
+                path = self.manifest.path_of(fi)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise DataError(f"{where()}: cannot open {path}: {e.strerror or e}") from None
+                entry = self._fds[fi] = (fd, os.fstat(fd).st_size)
+            return entry
+
+    def check(self, fi: int, offset: int, size: int, where: Where) -> int:
+        """The descriptor of file ``fi``, after checking that it holds bytes ``offset..offset + size``."""
+        fd, fsize = self.fd(fi, where)
+        if offset + size > fsize:
+            raise DataError(f"{where()}: file truncated (needed bytes {offset}..{offset + size}, file has {fsize})")
+        return fd
+
+    def read_into(self, buf: memoryview, fi: int, offset: int, where: Where) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` of file ``fi``."""
+        fd = self.check(fi, offset, len(buf), where)
+        if self.remote is not None:
+            buf[:] = self.remote.read(self.manifest.files[fi], offset, len(buf))
+            return
+        got = 0
+        while got < len(buf):
+            try:
+                n = os.preadv(fd, [buf[got:]], offset + got)
+            except OSError as e:
+                raise DataError(f"{where()}: read failed: {e.strerror or e}") from None
+            if n == 0:
+                raise DataError(f"{where()}: file truncated (needed bytes {offset}..{offset + len(buf)})")
+            got += n
+
+    def read(self, fi: int, offset: int, size: int, where: Where) -> bytearray:
+        """``size`` bytes at ``offset`` of file ``fi``."""
+        self.check(fi, offset, size, where)  # before allocating what the manifest claims
+        raw = bytearray(size)
+        self.read_into(memoryview(raw), fi, offset, where)
+        return raw
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            fds, self._fds = self._fds, {}
+        for fd, _ in fds.values():
+            if fd >= 0:
+                os.close(fd)
