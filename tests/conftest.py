@@ -40,6 +40,15 @@ def write_sorted_npy(folder: Path, rows: int, width: int = 4, n_labels: int = 10
     return folder
 
 
+def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
+    """Corrupt one byte of ``path`` in place (XOR with ``mask``)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ mask]))
+
+
 @pytest.fixture
 def sorted_npy(tmp_path: Path) -> Path:
     return write_sorted_npy(tmp_path / "src", 5003)

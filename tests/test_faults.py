@@ -45,7 +45,7 @@ from streambatch.errors import WriteError
 from streambatch.manifest import MANIFEST_NAME, Manifest, load_manifest
 from streambatch.storage import parquet_store, zarr_store
 
-from conftest import streambatch_threads, write_sorted_npy
+from conftest import flip_byte, streambatch_threads, write_sorted_npy
 
 ROWS = 3001
 UNIT = 50
@@ -109,14 +109,6 @@ def column_bytes(m: Manifest, unit: int, column: str) -> tuple[Path, int, int]:
     return path, start, c.total_compressed_size
 
 
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x10]))
-
-
 def one_epoch(ds: StreamDataset) -> np.ndarray:
     return np.concatenate([b["_row"].numpy() for b in ds])
 
@@ -138,7 +130,7 @@ def test_flipped_byte_is_named_by_the_loader_and_by_verify(damaged, name: str, c
     m = load_manifest(ds_path)
     unit = 17
     path, off, size = column_bytes(m, unit, column)
-    flip_byte(path, off + size * 2 // 3)
+    flip_byte(path, off + size * 2 // 3, 0x10)
     rel = path.relative_to(ds_path).as_posix()
     want = [f"dataset {ds_path}", f"column {column!r}", f"unit {unit},", f"file {rel}", "checksum mismatch"]
 
@@ -162,7 +154,7 @@ def test_flipped_byte_without_verify_reaches_the_batch(damaged) -> None:  # type
     ds_path = damaged("zarr-none")
     m = load_manifest(ds_path)
     path, off, _ = unit_bytes(m, 3, "id")
-    flip_byte(path, off)  # the low byte of row 150's id
+    flip_byte(path, off, 0x10)  # the low byte of row 150's id
     batches = list(small(ds_path, verify=False))
     ids = np.concatenate([b["id"].numpy() for b in batches])  # the stored id column, damaged
     rows = np.concatenate([b["_row"].numpy() for b in batches])  # the row positions, computed
@@ -178,7 +170,7 @@ def test_flipped_byte_in_a_unit_not_served_is_harmless(damaged, name: str) -> No
     ds_path = damaged(name)
     m = load_manifest(ds_path)
     path, off, size = column_bytes(m, 5, "x")
-    flip_byte(path, off + size // 2)
+    flip_byte(path, off + size // 2, 0x10)
     if m.storage == "zarr":  # a column that was not damaged reads cleanly
         assert len(one_epoch(small(ds_path, columns=["id", "y"]))) == ROWS
     reader_units = [u for u in range(m.n_units) if u != 5]
@@ -594,7 +586,7 @@ def test_no_batch_of_a_failed_window_is_served(built: dict[str, Path], damaged, 
     ds_path = damaged(name)
     m = load_manifest(ds_path)
     path, off, size = column_bytes(m, unit, "x")
-    flip_byte(path, off + size // 2)
+    flip_byte(path, off + size // 2, 0x10)
     x = np.load(built["src"] / "x.npy")
     for epoch in range(3):
         ds = small(ds_path, threads=1 + epoch)

@@ -21,6 +21,8 @@ from streambatch.errors import DataError
 from streambatch.manifest import Manifest, load_manifest
 from streambatch.storage import CODECS, STORAGES, UnitReader, open_reader, open_writer
 
+from conftest import flip_byte
+
 ROWS = 1003
 UNIT = 100
 
@@ -51,14 +53,6 @@ def _unit_bytes(m: Manifest, unit: int, column: str) -> tuple[Path, int, int]:
         loc = lay["columns"][column]
         return m.path_of(int(loc["file"][unit])), int(loc["offset"][unit]), int(loc["size"][unit])
     return m.path_of(int(lay["file"][unit])), int(lay["offset"][unit]), int(lay["size"][unit])
-
-
-def _flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 class ReaderContract:
@@ -218,7 +212,7 @@ class ReaderContract:
     def test_corrupt_byte_raises(self, manifest: Manifest, column: str) -> None:
         unit = 4
         path, off, size = _unit_bytes(manifest, unit, column)
-        _flip_byte(path, off + size // 2)
+        flip_byte(path, off + size // 2)
         rel = str(path.relative_to(manifest.root))
         reader = self._open(manifest, verify=True)
         try:
