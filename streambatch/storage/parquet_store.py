@@ -14,9 +14,13 @@ shuffle unit is one row group; its byte range in the file and a checksum of thos
 (CRC-32C) are recorded in the manifest.  Pages carry Parquet's own CRC too, so that a unit
 that fails its checksum can be traced to the column holding the damaged bytes.
 
-Reading: uncompressed columns (codec ``none``: PLAIN pages, and the dictionary-encoded
-1-byte columns) are decoded straight out of the row group's bytes, which the checksum read
-already holds (``_parquet_pages``: 2.5-2.8x pyarrow's decoding of float32[128] rows);
+Writing: uncompressed numeric datasets (codec ``none``, no bool or float16 column) are
+written by ``_parquet_write``, whose pages hold the arrays' own bytes (1-byte columns under
+an identity dictionary); everything else by pyarrow's writer.  Both produce the same schema.
+
+Reading: uncompressed columns (PLAIN pages, and dictionary-encoded 1-byte columns) are
+decoded straight out of the row group's bytes, which the checksum read already holds, by
+walking its pages in schema order (``_parquet_pages``; no footer metadata per unit);
 compressed columns (and booleans) are decoded by pyarrow.
 """
 
@@ -33,6 +37,8 @@ from ..errors import DataError, ManifestError
 from ..manifest import Column, Manifest, int_array
 from ._checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn, extend_fn
 from ._files import ByteRanges
+from ._parquet_pages import physical_for
+from ._parquet_write import FileWriter, supports
 
 __all__ = ["Reader", "Writer", "validate_layout", "arrow_schema"]
 
@@ -105,6 +111,7 @@ class Writer:
         self.schema = arrow_schema(columns)
         self.shard_bytes = shard_bytes
         self.codec = _PARQUET_CODEC[codec]
+        self._own = supports(columns, codec)  # uncompressed numeric columns: our page writer
         self.files: list[str] = []
         self.loc: dict[str, list[int]] = {"file": [], "row_group": [], "offset": [], "size": [], "crc32": []}
         self.stored: list[int] = []
@@ -119,9 +126,14 @@ class Writer:
         name = f"part-{len(self.files):05d}.parquet"
         self.files.append(name)
         self._sink = _TrackingSink(self.folder / name)
-        self._writer = pq.ParquetWriter(
-            self._sink, self.schema, compression=self.codec, use_dictionary=self._dictionary_columns(),
-            write_statistics=False, data_page_size=1 << 20, write_page_checksum=True)
+        if self._own:
+            from .. import __version__
+
+            self._writer = FileWriter(self._sink, self.columns, self.schema, f"streambatch version {__version__}")
+        else:
+            self._writer = pq.ParquetWriter(
+                self._sink, self.schema, compression=self.codec, use_dictionary=self._dictionary_columns(),
+                write_statistics=False, data_page_size=1 << 20, write_page_checksum=True)
         self._sink.take_crc()  # the magic bytes belong to no row group
         self._groups = 0
 
@@ -131,20 +143,14 @@ class Writer:
         return [f"{c.name}.list.element" if c.shape else c.name for c in self.columns if c.np_dtype.itemsize == 1]
 
     def write_unit(self, data: dict[str, np.ndarray]) -> None:
-        import pyarrow as pa
-
         if self._sink is None or self._sink.pos >= self.shard_bytes:
             self._new_file()
         assert self._sink is not None
-        arrays = []
-        n = 0
-        for c, field in zip(self.columns, self.schema):
-            arr = np.ascontiguousarray(data[c.name], dtype=c.np_dtype)
-            n = arr.shape[0]
-            flat = pa.array(arr.reshape(-1))
-            arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=field.type) if c.shape else flat)
         start = self._sink.pos
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema), row_group_size=max(1, n))
+        if self._own:
+            self._writer.write_row_group(data)
+        else:
+            self._writer.write_table(self._table(data), row_group_size=max(1, len(data[self.columns[0].name])))
         self._sink.flush()
         size = self._sink.pos - start
         self.loc["file"].append(len(self.files) - 1)
@@ -154,6 +160,15 @@ class Writer:
         self.loc["crc32"].append(self._sink.take_crc())
         self.stored.append(size)
         self._groups += 1
+
+    def _table(self, data: dict[str, np.ndarray]) -> Any:
+        import pyarrow as pa
+
+        arrays = []
+        for c, field in zip(self.columns, self.schema):
+            flat = pa.array(np.ascontiguousarray(data[c.name], dtype=c.np_dtype).reshape(-1))
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=field.type) if c.shape else flat)
+        return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def _close_file(self) -> None:
         if self._writer is not None:
@@ -219,6 +234,9 @@ class Reader:
         self._files = ByteRanges(manifest, remote)  # the row groups' bytes, for checksums and the page decoder
         self._chunks: dict[tuple[int, str], tuple[int, int, np.dtype, int, int] | None] = {}  # see _chunk
         self._leaf: dict[str, int] = {}  # column name -> its leaf's index in the Parquet schema
+        # uncompressed numeric columns: decode a unit by walking its row group's pages
+        self._walk = manifest.codec == "none" and all(physical_for(c.np_dtype) is not None for c in manifest.columns)
+        self._row_nbytes = sum(c.row_nbytes for c in manifest.columns)
 
     def _where(self, unit: int, fi: int, col: str | None = None) -> str:
         c = f", column {col!r}" if col else ""
@@ -291,6 +309,38 @@ class Reader:
                                            self.manifest.column(name).np_dtype)
         return self._chunks[key]
 
+    def _mostly(self, out: dict[str, np.ndarray]) -> bool:
+        """Whether the columns of ``out`` hold at least half of a row's bytes (then reading the
+        whole row group in one request beats one request per column chunk)."""
+        return 2 * sum(self.manifest.column(n).row_nbytes for n in out) >= self._row_nbytes
+
+    def _walk_row_group(self, unit: int, raw: bytearray, lo: int, hi: int, out: dict[str, np.ndarray]) -> bool:
+        """Decode the columns of ``out`` from ``raw``, the unit's whole row group, walking its
+        pages in schema order without the footer (no per-unit metadata: the loader opens a
+        reader per epoch, and pyarrow's metadata objects cost ~0.1 ms per column chunk).
+        False, and no more walking, if a chunk is not something ``_parquet_pages`` reads."""
+        from ._parquet_pages import decode_pages, physical_for
+
+        rows = int(self.manifest.unit_rows[unit])
+        buf = memoryview(raw)
+        pos = 0
+        for c in self.manifest.columns:
+            dst = out.get(c.name)
+            whole = dst is not None and lo == 0 and hi == rows and dst.flags.c_contiguous
+            levels = 1 if c.shape else 0  # a FixedSizeList has a repeated level and a present one
+            got = decode_pages(buf, pos, rows * c.row_items, physical_for(c.np_dtype), levels, levels, c.np_dtype,
+                               dst.reshape(-1) if whole else None, skip=dst is None)
+            if got is None:
+                self._walk = False
+                return False
+            values, pos = got
+            if dst is not None and not whole:
+                dst[...] = values.reshape(rows, *c.shape)[lo:hi]
+        if pos != len(buf):
+            self._walk = False
+            return False
+        return True
+
     def _read_pages(self, unit: int, fi: int, raw: bytearray | None, lo: int, hi: int,
                     out: dict[str, np.ndarray]) -> list[str]:
         """Decode the columns of ``out`` that ``_parquet_pages`` handles; return the other names."""
@@ -350,6 +400,11 @@ class Reader:
         rows_in_unit = int(self.manifest.unit_rows[unit])
         lay = self.manifest.layout
         fi, rg = int(lay["file"][unit]), int(lay["row_group"][unit])
+        if self._walk and (raw is not None or self._mostly(out)):
+            if raw is None:
+                raw = self._read_range(unit, fi, int(lay["offset"][unit]), int(lay["size"][unit]))
+            if self._walk_row_group(unit, raw, lo, hi, out):
+                return
         rest = self._read_pages(unit, fi, raw, lo, hi, out)
         if not rest:
             return
