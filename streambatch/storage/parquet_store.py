@@ -274,11 +274,25 @@ class Reader:
         """``size`` bytes at ``off`` of file ``fi`` (a local pread or a ranged request), exactly."""
         return self._files.read(fi, off, size, lambda: self._where(unit, fi))
 
-    def _check(self, unit: int) -> bytearray:
-        """The unit's row group bytes, checked against the manifest's checksum."""
+    def _row_group(self, unit: int) -> memoryview:
+        """The unit's row group bytes, in this thread's scratch buffer (valid until the thread's
+        next call: a fresh buffer per unit cost a zero-fill and page faults each time)."""
         lay = self.manifest.layout
         fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
-        raw = self._read_range(unit, fi, off, size)
+        where = lambda: self._where(unit, fi)  # noqa: E731
+        self._files.check(fi, off, size, where)  # before allocating what the manifest claims
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or len(scratch) < size:
+            scratch = self._local.scratch = bytearray(size)
+        view = memoryview(scratch)[:size]
+        self._files.read_into(view, fi, off, where)
+        return view
+
+    def _check(self, unit: int) -> memoryview:
+        """The unit's row group bytes (see ``_row_group``), checked against the manifest's checksum."""
+        lay = self.manifest.layout
+        fi = int(lay["file"][unit])
+        raw = self._row_group(unit)
         if self._checksum(raw) != int(lay["crc32"][unit]):
             bad = self._damaged_columns(unit, fi)
             if len(bad) == 1:
@@ -314,7 +328,7 @@ class Reader:
         whole row group in one request beats one request per column chunk)."""
         return 2 * sum(self.manifest.column(n).row_nbytes for n in out) >= self._row_nbytes
 
-    def _walk_row_group(self, unit: int, raw: bytearray, lo: int, hi: int, out: dict[str, np.ndarray]) -> bool:
+    def _walk_row_group(self, unit: int, raw: memoryview, lo: int, hi: int, out: dict[str, np.ndarray]) -> bool:
         """Decode the columns of ``out`` from ``raw``, the unit's whole row group, walking its
         pages in schema order without the footer (no per-unit metadata: the loader opens a
         reader per epoch, and pyarrow's metadata objects cost ~0.1 ms per column chunk).
@@ -341,7 +355,7 @@ class Reader:
             return False
         return True
 
-    def _read_pages(self, unit: int, fi: int, raw: bytearray | None, lo: int, hi: int,
+    def _read_pages(self, unit: int, fi: int, raw: memoryview | None, lo: int, hi: int,
                     out: dict[str, np.ndarray]) -> list[str]:
         """Decode the columns of ``out`` that ``_parquet_pages`` handles; return the other names."""
         from ._parquet_pages import decode_chunk
@@ -395,14 +409,14 @@ class Reader:
             raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows_in_unit} rows")
         self._decode(unit, lo, hi, out, self._check(unit) if self.verify else None)
 
-    def _decode(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray], raw: bytearray | None) -> None:
+    def _decode(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray], raw: memoryview | None) -> None:
         """Rows ``lo:hi`` of ``unit`` into ``out``, from ``raw`` (its checked row group bytes) when given."""
         rows_in_unit = int(self.manifest.unit_rows[unit])
         lay = self.manifest.layout
         fi, rg = int(lay["file"][unit]), int(lay["row_group"][unit])
         if self._walk and (raw is not None or self._mostly(out)):
             if raw is None:
-                raw = self._read_range(unit, fi, int(lay["offset"][unit]), int(lay["size"][unit]))
+                raw = self._row_group(unit)
             if self._walk_row_group(unit, raw, lo, hi, out):
                 return
         rest = self._read_pages(unit, fi, raw, lo, hi, out)
