@@ -124,7 +124,7 @@ class _Struct:
         self.buf += bytes([n << 4 | etype]) if n < 15 else bytes([0xF0 | etype]) + _varint(n)
         for it in items:
             if etype == _T_STRUCT:
-                self.buf += it.end()
+                self.buf += it if isinstance(it, bytes) else it.end()  # bytes: an ended struct
             elif etype == _T_BINARY:
                 self.buf += _varint(len(it)) + it
             else:
@@ -154,16 +154,29 @@ def _schema_elements(columns: tuple[Column, ...]) -> list[_Struct]:
     return elements
 
 
-def _page(page_type: int, body: list[Any], header: _Struct, fid: int) -> list[Any]:
-    """A page: its header (sizes, CRC-32 of the body, the type-specific header ``fid``), then
-    the buffers of ``body``, written as they are (no joined copy)."""
+def _page(page_type: int, body: list[Any], inner: bytes) -> list[Any]:
+    """A page: its ``PageHeader`` (type, sizes, CRC-32 of the body, then ``inner``: the
+    ended data or dictionary page header struct, whose field id follows from the page type),
+    then the buffers of ``body``, written as they are (no joined copy).  Built as bytes
+    directly: these headers are written once per column and unit."""
     size = crc = 0
     for part in body:
         size += memoryview(part).nbytes
         crc = zlib.crc32(part, crc)
-    head = (_Struct().int(1, page_type).int(2, size).int(3, size).int(4, crc - (1 << 32) if crc >= 1 << 31 else crc)
-            .struct(fid, header).end())
+    if crc >= 1 << 31:
+        crc -= 1 << 32  # Thrift i32
+    zsize = _zigzag(size)
+    # fields 1-4 are i32 (delta 1, type 5); 5 DataPageHeader or 7 DictionaryPageHeader: a struct
+    head = (b"\x15" + _zigzag(page_type) + b"\x15" + zsize + b"\x15" + zsize + b"\x15" + _zigzag(crc)
+            + (b"\x1c" if page_type == _DATA_PAGE else b"\x3c") + inner + b"\x00")
     return [head, *body]
+
+
+# the rest of a DataPageHeader after num_values (field 1): 2 encoding, 3-4 level encodings (RLE), end
+_PLAIN_VALUES = b"\x15" + _zigzag(_PLAIN) + b"\x15" + _zigzag(_RLE) + b"\x15" + _zigzag(_RLE) + b"\x00"
+_DICTIONARY_INDICES = (b"\x15" + _zigzag(_RLE_DICTIONARY) + b"\x15" + _zigzag(_RLE) + b"\x15" + _zigzag(_RLE)
+                       + b"\x00")
+_DICTIONARY_HEADER = _Struct().int(1, 256).int(2, _PLAIN).end()  # 256 PLAIN values
 
 
 def _levels(rows: int, items: int) -> bytes:
@@ -186,8 +199,19 @@ class FileWriter:
         self.columns = columns
         self._arrow = base64.b64encode(arrow_schema.serialize().to_pybytes())
         self._created_by = created_by.encode()
-        self._groups: list[_Struct] = []
+        self._groups: list[bytes] = []
         self._rows = 0
+        self._levels: dict[tuple[int, int], bytes] = {}  # (rows, items) -> levels; units mostly share a size
+        # per column: its ColumnMetaData fields 1-4 (type, encodings, path, codec), the same in every unit
+        self._meta_head: dict[str, bytes] = {}
+        self._stored = {c.name: np.dtype(_TYPES[c.np_dtype.name][1]) for c in columns}  # PLAIN values' dtype
+        self._one_byte = {c.name: IDENTITY.get(c.np_dtype.name) for c in columns}  # identity dictionary, or None
+        for c in columns:
+            encodings = [_PLAIN, _RLE, _RLE_DICTIONARY] if c.np_dtype.itemsize == 1 else \
+                [_PLAIN, _RLE] if c.shape else [_PLAIN]
+            path = [c.name.encode(), b"list", b"element"] if c.shape else [c.name.encode()]
+            head = _Struct().int(1, _TYPES[c.np_dtype.name][0]).list(2, _T_I32, encodings).list(3, _T_BINARY, path)
+            self._meta_head[c.name] = bytes(head.int(4, 0).buf)
         sink.write(b"PAR1")
 
     def write_row_group(self, data: dict[str, np.ndarray]) -> None:
@@ -200,40 +224,49 @@ class FileWriter:
             chunks.append(self._column_chunk(c, arr))
         size = self.sink.pos - start
         self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, size).i64(3, rows).i64(5, start)
-                            .i64(6, size).int(7, len(self._groups), _T_I16))
+                            .i64(6, size).int(7, len(self._groups), _T_I16).end())
         self._rows += rows
 
-    def _column_chunk(self, c: Column, arr: np.ndarray) -> _Struct:
-        physical, stored, _, _, _ = _TYPES[c.np_dtype.name]
+    def _column_chunk(self, c: Column, arr: np.ndarray) -> bytes:
+        """Write the column's pages; return its ended ``ColumnChunk`` struct."""
         rows = arr.shape[0]
         values = rows * c.row_items
         start = self.sink.pos
-        levels = _levels(rows, c.row_items) if c.shape else b""
-        dictionary_offset = None
-        if c.np_dtype.itemsize == 1:  # identity dictionary; the indices are the bytes themselves
-            dictionary_offset = start
-            self._write(_page(_DICTIONARY_PAGE, [IDENTITY[c.np_dtype.name]], _Struct().int(1, 256).int(2, _PLAIN), 7))
+        levels = b""
+        if c.shape:
+            levels = self._levels.get((rows, c.row_items)) or self._levels.setdefault(
+                (rows, c.row_items), _levels(rows, c.row_items))
+        identity = self._one_byte[c.name]
+        dictionary = identity is not None
+        if identity is not None:  # identity dictionary; the indices are the bytes themselves
+            self._write(_page(_DICTIONARY_PAGE, [identity], _DICTIONARY_HEADER))
             groups = -(-values // 8)
             body = [levels + b"\x08" + _varint(groups << 1 | 1), arr.reshape(-1).view(np.uint8),
                     b"\x00" * (groups * 8 - values)]
-            encoding, encodings = _RLE_DICTIONARY, [_PLAIN, _RLE, _RLE_DICTIONARY]
+            inner = b"\x15" + _zigzag(values) + _DICTIONARY_INDICES
         else:
-            body = [levels, arr.reshape(-1).astype(stored, copy=False).view(np.uint8)]
-            encoding, encodings = _PLAIN, [_PLAIN, _RLE] if c.shape else [_PLAIN]
+            body = [levels, arr.reshape(-1).astype(self._stored[c.name], copy=False).view(np.uint8)]
+            inner = b"\x15" + _zigzag(values) + _PLAIN_VALUES
         data_offset = self.sink.pos
-        header = _Struct().int(1, values).int(2, encoding).int(3, _RLE).int(4, _RLE)
-        self._write(_page(_DATA_PAGE, [b for b in body if len(b)], header, 5))
-        size = self.sink.pos - start
-        path = [c.name.encode(), b"list", b"element"] if c.shape else [c.name.encode()]
-        meta = (_Struct().int(1, physical).list(2, _T_I32, encodings).list(3, _T_BINARY, path).int(4, 0)
-                .i64(5, values).i64(6, size).i64(7, size).i64(9, data_offset))
-        if dictionary_offset is not None:
-            meta.i64(11, dictionary_offset)
-        return _Struct().i64(2, 0).struct(3, meta)
+        self._write(_page(_DATA_PAGE, [b for b in body if len(b)], inner))
+        zsize = _zigzag(self.sink.pos - start)
+        # ColumnMetaData 5 num_values, 6-7 sizes, 9 data page offset, 11 dictionary page offset (i64s)
+        meta = (self._meta_head[c.name] + b"\x16" + _zigzag(values) + b"\x16" + zsize + b"\x16" + zsize
+                + b"\x26" + _zigzag(data_offset) + (b"\x26" + _zigzag(start) if dictionary else b"") + b"\x00")
+        return b"\x26\x00\x1c" + meta + b"\x00"  # ColumnChunk: 2 file_offset 0, 3 meta_data
 
     def _write(self, parts: list[Any]) -> None:
-        for p in parts:
+        small = b""
+        for p in parts:  # the header and the levels in one write, then the values
+            if isinstance(p, bytes) and len(p) < 1 << 16:
+                small += p
+                continue
+            if small:
+                self.sink.write(small)
+                small = b""
             self.sink.write(p)
+        if small:
+            self.sink.write(small)
 
     def close(self) -> None:
         """Write the footer (FileMetaData, its length, the magic)."""
