@@ -12,6 +12,13 @@ import pytest
 from streambatch._prefetch import THREAD_PREFIX
 
 
+# Put first in the script of a child process that a test stops with SIGINT.  A process that a
+# non-interactive shell starts in the background (`cmd &`, as some CI runners do) inherits SIGINT
+# as ignored, and Python then leaves it ignored, so Ctrl-C would never reach the code under test;
+# a user at a terminal always has Python's handler, which this restores.
+SIGINT_HANDLER = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def streambatch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
 

@@ -24,7 +24,7 @@ import streambatch
 from streambatch import StateError, StreamDataset
 from streambatch.quality import label_sorted_kl, summarize
 
-from conftest import streambatch_threads, write_sorted_npy
+from conftest import SIGINT_HANDLER, streambatch_threads, write_sorted_npy
 
 ROWS = 5003
 
@@ -278,7 +278,7 @@ def test_prefetcher_close_is_idempotent(datasets):
 
 
 def test_ctrl_c_stops_the_epoch_promptly(datasets, tmp_path):
-    script = textwrap.dedent(f"""
+    script = SIGINT_HANDLER + textwrap.dedent(f"""
         import sys, threading, time
         import streambatch
         ds = streambatch.StreamDataset({str(datasets['zarr'])!r}, batch_size=16, memory_budget=100_000,

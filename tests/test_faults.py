@@ -45,7 +45,7 @@ from streambatch.errors import WriteError
 from streambatch.manifest import MANIFEST_NAME, Manifest, load_manifest
 from streambatch.storage import parquet_store, zarr_store
 
-from conftest import flip_byte, streambatch_threads, write_sorted_npy
+from conftest import SIGINT_HANDLER, flip_byte, streambatch_threads, write_sorted_npy
 
 ROWS = 3001
 UNIT = 50
@@ -444,7 +444,7 @@ def test_slow_and_jittery_reader_serves_the_same_epoch(built: dict[str, Path], m
 
 # --------------------------------------------------------------------------- SIGINT
 
-_SIGINT_EPOCH = textwrap.dedent("""
+_SIGINT_EPOCH = SIGINT_HANDLER + textwrap.dedent("""
     import os, sys, threading, time
     import psutil, torch
     import streambatch
@@ -507,7 +507,7 @@ def test_sigint_mid_epoch_exits_promptly_leaving_nothing(built: dict[str, Path],
 
 
 def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Path], tmp_path: Path) -> None:
-    script = textwrap.dedent(f"""
+    script = SIGINT_HANDLER + textwrap.dedent(f"""
         import sys, time
         from streambatch.storage import zarr_store
         from streambatch.cli import main
