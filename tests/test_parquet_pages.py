@@ -52,28 +52,33 @@ def test_plain_pages_decode(tmp_path: Path, page_version: str, shape: tuple[int,
     assert decode_chunk(chunk, n * items, np.dtype("<f8"), rep, dfn) is None
 
 
+@pytest.mark.parametrize("page_kib", [32, 1024])
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
 @pytest.mark.parametrize("page_version", ["1.0", "2.0"])
 @pytest.mark.parametrize("values", ["noise", "runs", "few", "one"])
-def test_dictionary_pages_decode(tmp_path: Path, page_version: str, values: str) -> None:
-    """Dictionary-encoded uint8 tensors over several pages: 8-bit literal runs (noise, the
-    vectorised path), repeated runs mixed in, narrow bit widths (4 and 0 bits)."""
+def test_dictionary_pages_decode(tmp_path: Path, page_version: str, values: str, dtype: str, page_kib: int) -> None:
+    """Dictionary-encoded 1-byte tensors (pyarrow's dictionary: first-appearance order) over
+    several pages: 8-bit literal runs (noise, the vectorised path and the two-bytes-at-a-time
+    table, where int8's negative entries must not spill into their neighbour), repeated runs
+    mixed in, narrow bit widths (4 and 0 bits); pages of 32 KiB (several) and 1 MiB (the table
+    is used from 64K indices on)."""
     rng = np.random.default_rng(3)
     n, items = 300, 700
     data = {"noise": rng.integers(0, 256, n * items),
             "runs": np.repeat(rng.integers(0, 256, n * items // 50), 50),
             "few": rng.integers(0, 9, n * items),
-            "one": np.full(n * items, 42)}[values].astype(np.uint8)
-    element = pa.field("element", pa.uint8(), nullable=False)
+            "one": np.full(n * items, 42)}[values].astype(np.uint8).view(dtype)
+    element = pa.field("element", pa.from_numpy_dtype(np.dtype(dtype)), nullable=False)
     arr = pa.FixedSizeListArray.from_arrays(pa.array(data), type=pa.list_(element, items))
     path = tmp_path / "t.parquet"
     pq.write_table(pa.Table.from_arrays([arr], schema=pa.schema([pa.field("x", arr.type, nullable=False)])), path,
-                   compression="none", use_dictionary=True, data_page_size=32 << 10, write_batch_size=64,
+                   compression="none", use_dictionary=True, data_page_size=page_kib << 10, write_batch_size=64,
                    data_page_version=page_version, write_statistics=False)
     chunk, (_, rep, dfn), _ = _chunk_bytes(path, 0, 0)
-    plan = chunk_plan(pq.ParquetFile(path).metadata, 0, 0, np.dtype(np.uint8))
+    plan = chunk_plan(pq.ParquetFile(path).metadata, 0, 0, np.dtype(dtype))
     assert plan is not None and plan[2] == np.dtype("<i4")
-    got = decode_chunk(chunk, n * items, plan[2], rep, dfn, np.dtype(np.uint8))
-    assert got is not None and got.dtype == np.uint8
+    got = decode_chunk(chunk, n * items, plan[2], rep, dfn, np.dtype(dtype))
+    assert got is not None and got.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(got, data)
     assert decode_chunk(chunk, n * items + 8, plan[2], rep, dfn) is None
 
@@ -107,7 +112,7 @@ def test_reader_fast_path_equals_pyarrow(tmp_path: Path, dtype: str, writer: str
     without verify; for files of streambatch's page writer and of pyarrow's (datasets
     written before it, and what bool columns still get)."""
     if writer == "pyarrow":
-        monkeypatch.setattr(parquet_store, "supports", lambda columns, codec: False)
+        monkeypatch.setattr(parquet_store, "supports", lambda *args: False)
     rng = np.random.default_rng(2)
     n = 700
     src = tmp_path / "src"

@@ -93,10 +93,13 @@ def test_pyarrow_and_pandas_read_it_as_written(tmp_path: Path) -> None:
 
 def test_what_it_leaves_to_pyarrow() -> None:
     plain = (Column("x", "float32", (4,)), Column("y", "uint8", ()))
-    assert supports(plain, "none")
-    assert not supports(plain, "zstd") and not supports(plain, "lz4")
-    assert not supports(plain + (Column("b", "bool", ()),), "none")
-    assert not supports(plain + (Column("h", "float16", (2,)),), "none")
+    assert supports(plain, "none", 1000)
+    assert not supports(plain, "zstd", 1000) and not supports(plain, "lz4", 1000)
+    assert not supports(plain + (Column("b", "bool", ()),), "none", 1000)
+    assert not supports(plain + (Column("h", "float16", (2,)),), "none", 1000)
+    # one page per column chunk: its size is a Thrift i32 (uint16 is stored as INT32, 4 bytes)
+    assert supports((Column("s", "uint16", (1024,)),), "none", (1 << 29) // 1024 - 1024)
+    assert not supports((Column("s", "uint16", (1024,)),), "none", (1 << 29) // 1024)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])

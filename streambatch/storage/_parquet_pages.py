@@ -199,8 +199,8 @@ def _hybrid(data: memoryview, count: int, width: int) -> list[np.ndarray]:
                 bits = np.unpackbits(raw, bitorder="little").reshape(-1, width)
                 vals = bits.astype(np.uint32) @ (np.uint32(1) << np.arange(width, dtype=np.uint32))
             pos += nbytes
-        else:  # repeated: head >> 1 copies of one little-endian value
-            n = head >> 1
+        else:  # repeated: head >> 1 copies of one little-endian value (no more than the page holds)
+            n = min(head >> 1, count - seen)
             if pos + value_bytes > len(data) or n == 0:
                 raise _Unsupported("bad repeated run")
             v = int.from_bytes(data[pos:pos + value_bytes], "little")
@@ -225,8 +225,8 @@ def _lut16(lut: np.ndarray) -> np.ndarray:
     their two looked-up bytes: half the elements for ``np.take``, which widens every index to
     intp (an 8-bit image unit decodes ~2x faster)."""
     full = np.zeros(256, lut.dtype)
-    full[:len(lut)] = lut
-    lo = full.astype("<u2")
+    full[:min(len(lut), 256)] = lut[:256]  # 8-bit indices reach the first 256 entries only
+    lo = full.view(np.uint8).astype("<u2")  # the bytes: int8 -1 is 0x00FF, not sign-extended 0xFFFF
     return (lo[None, :] | (lo[:, None] << 8)).reshape(-1)
 
 

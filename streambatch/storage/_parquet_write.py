@@ -56,9 +56,14 @@ _TYPES: dict[str, tuple[int, str, int | None, int, bool]] = {
 _T_TRUE, _T_FALSE, _T_BYTE, _T_I16, _T_I32, _T_I64, _T_BINARY, _T_LIST, _T_STRUCT = 1, 2, 3, 4, 5, 6, 8, 9, 12
 
 
-def supports(columns: tuple[Column, ...], codec: str) -> bool:
-    """Whether :class:`FileWriter` can write these columns with this codec."""
-    return codec == "none" and all(c.np_dtype.name in _TYPES for c in columns)
+def supports(columns: tuple[Column, ...], codec: str, unit_rows: int) -> bool:
+    """Whether :class:`FileWriter` can write these columns with this codec in units of up to
+    ``unit_rows`` rows: each column chunk is one page, whose size and value count are Thrift
+    i32s (units of over 2 GiB per column, far beyond any memory budget, go to pyarrow)."""
+    return codec == "none" and all(
+        c.np_dtype.name in _TYPES
+        and unit_rows * c.row_items * np.dtype(_TYPES[c.np_dtype.name][1]).itemsize + (1 << 20) < 1 << 31
+        for c in columns)
 
 
 def _varint(v: int) -> bytes:
@@ -223,8 +228,10 @@ class FileWriter:
             rows = arr.shape[0]
             chunks.append(self._column_chunk(c, arr))
         size = self.sink.pos - start
-        self._groups.append(_Struct().list(1, _T_STRUCT, chunks).i64(2, size).i64(3, rows).i64(5, start)
-                            .i64(6, size).int(7, len(self._groups), _T_I16).end())
+        group = _Struct().list(1, _T_STRUCT, chunks).i64(2, size).i64(3, rows).i64(5, start).i64(6, size)
+        if len(self._groups) < 1 << 15:  # the optional ordinal is an i16
+            group.int(7, len(self._groups), _T_I16)
+        self._groups.append(group.end())
         self._rows += rows
 
     def _column_chunk(self, c: Column, arr: np.ndarray) -> bytes:

@@ -111,7 +111,7 @@ class Writer:
         self.schema = arrow_schema(columns)
         self.shard_bytes = shard_bytes
         self.codec = _PARQUET_CODEC[codec]
-        self._own = supports(columns, codec)  # uncompressed numeric columns: our page writer
+        self._own = supports(columns, codec, unit_rows)  # uncompressed numeric columns: our page writer
         self.files: list[str] = []
         self.loc: dict[str, list[int]] = {"file": [], "row_group": [], "offset": [], "size": [], "crc32": []}
         self.stored: list[int] = []
