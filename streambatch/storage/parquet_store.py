@@ -232,7 +232,7 @@ class Reader:
         self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
         self._remote = remote  # RemoteFiles for a dataset at a URL: ranged requests instead of files
         self._files = ByteRanges(manifest, remote)  # the row groups' bytes, for checksums and the page decoder
-        self._chunks: dict[tuple[int, str], tuple[int, int, np.dtype, int, int] | None] = {}  # see _chunk
+        self._pyarrow: set[str] = set()  # columns the page decoder does not read: pyarrow decodes them
         self._leaf: dict[str, int] = {}  # column name -> its leaf's index in the Parquet schema
         # uncompressed numeric columns: decode a unit by walking its row group's pages
         self._walk = manifest.codec == "none" and all(physical_for(c.np_dtype) is not None for c in manifest.columns)
@@ -306,22 +306,23 @@ class Reader:
 
     def _chunk(self, unit: int, fi: int, name: str) -> tuple[int, int, np.dtype, int, int] | None:
         """``(offset, size, physical dtype, max_rep, max_def)`` of a column chunk of ``unit`` if
-        ``_parquet_pages`` may decode it, else ``None``; cached per unit and column."""
-        key = (unit, name)
-        if key not in self._chunks:
-            from ._parquet_pages import chunk_plan
+        ``_parquet_pages`` may decode it, else ``None``.  Looked up in the footer each time (not
+        cached per unit: that cache grew with the dataset); only a projection of a few columns
+        comes here, whole units walk their row group."""
+        if name in self._pyarrow:
+            return None
+        from ._parquet_pages import chunk_plan
 
-            md = self._file(fi, unit).metadata
-            index = self._leaf.get(name)
-            if index is None:  # every file has the dataset's schema: one leaf per column, in order
-                arrow = md.schema.to_arrow_schema()
-                index = self._leaf[name] = arrow.get_field_index(name) if len(arrow) == md.num_columns else -1
-            if index < 0:
-                self._chunks[key] = None
-                return None
-            self._chunks[key] = chunk_plan(md, int(self.manifest.layout["row_group"][unit]), index,
-                                           self.manifest.column(name).np_dtype)
-        return self._chunks[key]
+        md = self._file(fi, unit).metadata
+        index = self._leaf.get(name)
+        if index is None:  # every file has the dataset's schema: one leaf per column, in order
+            arrow = md.schema.to_arrow_schema()
+            index = self._leaf[name] = arrow.get_field_index(name) if len(arrow) == md.num_columns else -1
+        plan = None if index < 0 else chunk_plan(md, int(self.manifest.layout["row_group"][unit]), index,
+                                                 self.manifest.column(name).np_dtype)
+        if plan is None:
+            self._pyarrow.add(name)
+        return plan
 
     def _mostly(self, out: dict[str, np.ndarray]) -> bool:
         """Whether the columns of ``out`` hold at least half of a row's bytes (then reading the
@@ -378,7 +379,7 @@ class Reader:
             values = decode_chunk(memoryview(buf)[at:at + size], rows * col.row_items, physical, max_rep, max_def,
                                   col.np_dtype, dst.reshape(-1) if whole else None)
             if values is None:
-                self._chunks[(unit, name)] = None  # e.g. an encoding it does not read: pyarrow from now on
+                self._pyarrow.add(name)  # e.g. an encoding it does not read: pyarrow from now on
                 rest.append(name)
                 continue
             if not whole:
