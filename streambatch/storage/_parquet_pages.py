@@ -109,7 +109,11 @@ def _struct(b: bytes, pos: int, want: dict[int, Any]) -> tuple[dict[int, Any], i
         if spec is None:
             pos = _skip(b, pos, ttype)
         elif spec is int and ttype in (4, 5, 6):
-            v, pos = _varint(b, pos)
+            v = b[pos]
+            if v < 0x80:  # one byte (types, encodings): no call
+                pos += 1
+            else:
+                v, pos = _varint(b, pos)
             out[fid] = (v >> 1) ^ -(v & 1)
         elif spec is int and ttype == 3:
             out[fid] = b[pos]

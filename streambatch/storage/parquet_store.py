@@ -237,6 +237,10 @@ class Reader:
         # uncompressed numeric columns: decode a unit by walking its row group's pages
         self._walk = manifest.codec == "none" and all(physical_for(c.np_dtype) is not None for c in manifest.columns)
         self._row_nbytes = sum(c.row_nbytes for c in manifest.columns)
+        # per column, in schema order, what the walk needs (a FixedSizeList has a repeated level
+        # and a present one: max_rep = max_def = 1): name, values per row, shape, physical, levels, dtype
+        self._specs = [(c.name, c.row_items, c.shape, physical_for(c.np_dtype), 1 if c.shape else 0, c.np_dtype)
+                       for c in manifest.columns] if self._walk else []
 
     def _where(self, unit: int, fi: int, col: str | None = None) -> str:
         c = f", column {col!r}" if col else ""
@@ -334,23 +338,22 @@ class Reader:
         pages in schema order without the footer (no per-unit metadata: the loader opens a
         reader per epoch, and pyarrow's metadata objects cost ~0.1 ms per column chunk).
         False, and no more walking, if a chunk is not something ``_parquet_pages`` reads."""
-        from ._parquet_pages import decode_pages, physical_for
+        from ._parquet_pages import decode_pages
 
         rows = int(self.manifest.unit_rows[unit])
         buf = memoryview(raw)
         pos = 0
-        for c in self.manifest.columns:
-            dst = out.get(c.name)
+        for name, items, shape, physical, levels, dtype in self._specs:
+            dst = out.get(name)
             whole = dst is not None and lo == 0 and hi == rows and dst.flags.c_contiguous
-            levels = 1 if c.shape else 0  # a FixedSizeList has a repeated level and a present one
-            got = decode_pages(buf, pos, rows * c.row_items, physical_for(c.np_dtype), levels, levels, c.np_dtype,
+            got = decode_pages(buf, pos, rows * items, physical, levels, levels, dtype,
                                dst.reshape(-1) if whole else None, skip=dst is None)
             if got is None:
                 self._walk = False
                 return False
             values, pos = got
             if dst is not None and not whole:
-                dst[...] = values.reshape(rows, *c.shape)[lo:hi]
+                dst[...] = values.reshape(rows, *shape)[lo:hi]
         if pos != len(buf):
             self._walk = False
             return False
