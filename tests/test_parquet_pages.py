@@ -142,8 +142,10 @@ def test_reader_fast_path_equals_pyarrow(tmp_path: Path, dtype: str, writer: str
                     only = {"s": np.empty(hi - lo, m.column("s").np_dtype)}
                     fast.read_into(u, lo, hi, only)
                     np.testing.assert_array_equal(only["s"], want["s"])
-            # every unit walked by the page decoder (bool: none; pyarrow for all)
+            # every unit walked by the page decoder (bool: none; pyarrow for all); whole units of
+            # our writer's files read straight into place where the values are the array's bytes
             assert fast._walk == plain
+            assert bool(fast._direct) == (writer == "own" and dtype not in ("bool", "int16"))
             assert fast._pyarrow == (set() if plain else {c.name for c in m.columns})
         finally:
             fast.close()

@@ -3,6 +3,7 @@ pyarrow had written them, laid out so that the loader reads values in place."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 import streambatch
 from streambatch import load_manifest
+from streambatch.errors import ManifestError
 from streambatch.manifest import Column
 from streambatch.storage import open_reader
 from streambatch.storage._parquet_pages import IDENTITY, chunk_plan, decode_chunk
@@ -126,3 +128,33 @@ def test_converted_dataset_is_read_by_standard_tools(tmp_path: Path, dtype: str)
         np.testing.assert_array_equal(got["y"], np.arange(100, 150))
     finally:
         reader.close()
+
+
+def test_value_offsets_in_the_manifest_are_checked(tmp_path: Path) -> None:
+    """The manifest records where each unit's values start (the loader reads them straight into
+    place). The unit checksums cannot tell a wrong offset (the bytes are the same, split
+    elsewhere), so the offsets carry their own checksum: a nudged one is refused at load."""
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "x.npy", np.arange(40 * 6, dtype=np.float32).reshape(40, 6))
+    np.save(src / "y.npy", np.arange(40, dtype=np.uint8))
+    ds = tmp_path / "ds"
+    streambatch.convert(src, ds, format="parquet", unit_rows=10, progress=False)
+    m = load_manifest(ds)
+    assert set(m.layout["values"]) == {"x", "y"}
+    reader = open_reader(m, verify=True)
+    try:
+        assert reader._direct
+        got = {"x": np.empty((10, 6), np.float32), "y": np.empty(10, np.uint8)}
+        reader.read_into(3, 0, 10, got)
+        np.testing.assert_array_equal(got["x"], np.arange(30 * 6, 40 * 6, dtype=np.float32).reshape(10, 6))
+        np.testing.assert_array_equal(got["y"], np.arange(30, 40))
+    finally:
+        reader.close()
+
+    manifest = ds / "_streambatch.json"
+    doc = json.loads(manifest.read_text())
+    doc["layout"]["values"]["x"][2] += 4  # one float further on: plausible, and wrong
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match="values_crc32c"):
+        load_manifest(ds)

@@ -72,6 +72,33 @@ class ByteRanges:
                 raise DataError(f"{where()}: file truncated (needed bytes {offset}..{offset + len(buf)})")
             got += n
 
+    def read_vector(self, bufs: list[memoryview], fi: int, offset: int, where: Where) -> None:
+        """Fill ``bufs`` (byte views), in order, with the bytes from ``offset`` of file ``fi``
+        on: one scattering ``preadv`` for local files (more on a short read)."""
+        total = sum(len(b) for b in bufs)
+        fd = self.check(fi, offset, total, where)
+        if self.remote is not None:
+            data = memoryview(self.remote.read(self.manifest.files[fi], offset, total))
+            for b in bufs:
+                b[:] = data[:len(b)]
+                data = data[len(b):]
+            return
+        views = [b for b in bufs if len(b)]
+        end = offset + total
+        while views:
+            try:
+                n = os.preadv(fd, views[:1024], offset)  # IOV_MAX
+            except OSError as e:
+                raise DataError(f"{where()}: read failed: {e.strerror or e}") from None
+            if n == 0:
+                raise DataError(f"{where()}: file truncated (needed bytes {offset}..{end})")
+            offset += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+
     def read(self, fi: int, offset: int, size: int, where: Where) -> bytearray:
         """``size`` bytes at ``offset`` of file ``fi``."""
         self.check(fi, offset, size, where)  # before allocating what the manifest claims

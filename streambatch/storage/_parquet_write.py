@@ -220,7 +220,10 @@ class FileWriter:
         sink.write(b"PAR1")
 
     def write_row_group(self, data: dict[str, np.ndarray]) -> None:
+        """Write one row group; :attr:`values_at` then holds, per column, where in the file its
+        values start (the array's bytes, contiguous: readers may read them straight into place)."""
         start = self.sink.pos
+        self.values_at: list[int] = []
         chunks = []
         rows = 0
         for c in self.columns:
@@ -256,6 +259,7 @@ class FileWriter:
             inner = b"\x15" + _zigzag(values) + _PLAIN_VALUES
         data_offset = self.sink.pos
         self._write(_page(_DATA_PAGE, [b for b in body if len(b)], inner))
+        self.values_at.append(self.sink.pos - len(body[2] if identity is not None else b"") - body[1].nbytes)
         zsize = _zigzag(self.sink.pos - start)
         # ColumnMetaData 5 num_values, 6-7 sizes, 9 data page offset, 11 dictionary page offset (i64s)
         meta = (self._meta_head[c.name] + b"\x16" + _zigzag(values) + b"\x16" + zsize + b"\x16" + zsize

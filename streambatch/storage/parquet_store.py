@@ -112,6 +112,7 @@ class Writer:
         self.shard_bytes = shard_bytes
         self.codec = _PARQUET_CODEC[codec]
         self._own = supports(columns, codec, unit_rows)  # uncompressed numeric columns: our page writer
+        self.values: dict[str, list[int]] = {c.name: [] for c in columns}
         self.files: list[str] = []
         self.loc: dict[str, list[int]] = {"file": [], "row_group": [], "offset": [], "size": [], "crc32": []}
         self.stored: list[int] = []
@@ -158,6 +159,9 @@ class Writer:
         self.loc["offset"].append(start)
         self.loc["size"].append(size)
         self.loc["crc32"].append(self._sink.take_crc())
+        if self._own:
+            for c, at in zip(self.columns, self._writer.values_at):
+                self.values[c.name].append(at - start)
         self.stored.append(size)
         self._groups += 1
 
@@ -181,6 +185,9 @@ class Writer:
     def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
         self._close_file()
         layout: dict[str, Any] = {**self.loc, "checksum": DEFAULT_CHECKSUM, "page_checksums": True}
+        if self._own:  # where each unit's values start in its row group, per column (see Reader._direct)
+            layout["values"] = self.values
+            layout["values_crc32c"] = _offsets_crc(self.columns, self.values)
         return self.files, layout, self.stored, list(self.loc["crc32"])
 
     def abort(self) -> None:
@@ -209,7 +216,7 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
     if unit_rows is not None:
         stored_row = sum(c.row_items * (2 * max(4, c.np_dtype.itemsize) + 1) for c in columns)
         max_size = int(unit_rows.max()) * stored_row + 1024 * len(columns) + (1 << 16)
-    return {
+    out = {
         "file": int_array(layout.get("file"), n_units, f"{w}.file", hi=max(0, n_files - 1)),
         "row_group": int_array(layout.get("row_group"), n_units, f"{w}.row_group", hi=1 << 31),
         "offset": int_array(layout.get("offset"), n_units, f"{w}.offset", hi=1 << 50),
@@ -218,6 +225,37 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
         "checksum": checksum,
         "page_checksums": page_checksums,
     }
+    values = layout.get("values")  # written by _parquet_write: where each unit's values start
+    if values is not None:
+        if not isinstance(values, dict) or set(values) != {c.name for c in columns}:
+            raise ManifestError(f"{w}.values must map each column to the offsets of its values in every unit")
+        out["values"] = {}
+        for c in columns:
+            at = int_array(values[c.name], n_units, f"{w}.values[{c.name!r}]", hi=max_size)
+            if unit_rows is not None and np.any(at + unit_rows * c.row_items * _stored_width(c) > out["size"]):
+                raise ManifestError(f"{w}.values[{c.name!r}]: values run past the end of a unit's row group")
+            out["values"][c.name] = at
+        # the unit checksums cover the bytes, not which of them are a column's values: a changed
+        # offset would pass them and serve the wrong bytes, so the offsets carry their own
+        if layout.get("values_crc32c") != _offsets_crc(columns, out["values"]):
+            raise ManifestError(f"{w}.values do not match values_crc32c (manifest damaged)")
+        out["values_crc32c"] = layout["values_crc32c"]
+    return out
+
+
+def _offsets_crc(columns: tuple[Column, ...], values: dict[str, Any]) -> int:
+    """CRC-32C of the value offsets, column by column in schema order, as little-endian int64s."""
+    crc = 0
+    extend = extend_fn("crc32c")
+    for c in columns:
+        crc = extend(crc, np.ascontiguousarray(values[c.name], dtype="<i8"))
+    return crc
+
+
+def _stored_width(c: Column) -> int:
+    """Bytes per value in a streambatch-written page: 1-byte columns as dictionary indices of
+    one byte, narrower ints widened to INT32, the rest as they are."""
+    return 1 if c.np_dtype.itemsize == 1 else max(4, c.np_dtype.itemsize)
 
 
 class Reader:
@@ -241,6 +279,13 @@ class Reader:
         # and a present one: max_rep = max_def = 1): name, values per row, shape, physical, levels, dtype
         self._specs = [(c.name, c.row_items, c.shape, physical_for(c.np_dtype), 1 if c.shape else 0, c.np_dtype)
                        for c in manifest.columns] if self._walk else []
+        # files of _parquet_write whose values are the arrays' bytes (no int16/uint16, widened
+        # to INT32), local: (name, values per row, offsets of the values in each unit), schema order
+        offsets = manifest.layout.get("values")
+        self._direct = [(c.name, c.row_items, offsets[c.name]) for c in manifest.columns] if (
+            offsets is not None and remote is None and manifest.codec == "none"
+            and all(_stored_width(c) == c.np_dtype.itemsize for c in manifest.columns)) else []
+        self._extend = extend_fn(manifest.layout.get("checksum", "crc32"))
 
     def _where(self, unit: int, fi: int, col: str | None = None) -> str:
         c = f", column {col!r}" if col else ""
@@ -278,35 +323,78 @@ class Reader:
         """``size`` bytes at ``off`` of file ``fi`` (a local pread or a ranged request), exactly."""
         return self._files.read(fi, off, size, lambda: self._where(unit, fi))
 
+    def _scratch(self, size: int) -> memoryview:
+        """``size`` bytes of this thread's scratch buffer (valid until the thread's next call: a
+        fresh buffer per unit cost a zero-fill and page faults each time)."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or len(scratch) < size:
+            scratch = self._local.scratch = bytearray(size)
+        return memoryview(scratch)[:size]
+
     def _row_group(self, unit: int) -> memoryview:
-        """The unit's row group bytes, in this thread's scratch buffer (valid until the thread's
-        next call: a fresh buffer per unit cost a zero-fill and page faults each time)."""
+        """The unit's row group bytes, in this thread's scratch buffer (see ``_scratch``)."""
         lay = self.manifest.layout
         fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
         where = lambda: self._where(unit, fi)  # noqa: E731
         self._files.check(fi, off, size, where)  # before allocating what the manifest claims
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None or len(scratch) < size:
-            scratch = self._local.scratch = bytearray(size)
-        view = memoryview(scratch)[:size]
+        view = self._scratch(size)
         self._files.read_into(view, fi, off, where)
         return view
 
     def _check(self, unit: int) -> memoryview:
         """The unit's row group bytes (see ``_row_group``), checked against the manifest's checksum."""
-        lay = self.manifest.layout
-        fi = int(lay["file"][unit])
         raw = self._row_group(unit)
-        if self._checksum(raw) != int(lay["crc32"][unit]):
-            bad = self._damaged_columns(unit, fi)
-            if len(bad) == 1:
-                where = self._where(unit, fi, bad[0])
-            else:  # no page checksums (older datasets) or damage outside the column data
-                names = bad or [c.name for c in self.manifest.columns]
-                where = (f"dataset {self.manifest.root}, column one of {', '.join(map(repr, names))}, unit {unit}, "
-                         f"file {self.manifest.files[fi]}")
-            raise DataError(f"{where}: checksum mismatch (data corrupt)")
+        if self._checksum(raw) != int(self.manifest.layout["crc32"][unit]):
+            raise self._corrupt(unit)
         return raw
+
+    def _corrupt(self, unit: int) -> DataError:
+        """The error for a unit whose bytes fail its checksum, naming the damaged column if the
+        pages' own CRCs tell which."""
+        fi = int(self.manifest.layout["file"][unit])
+        bad = self._damaged_columns(unit, fi)
+        if len(bad) == 1:
+            where = self._where(unit, fi, bad[0])
+        else:  # no page checksums (older datasets) or damage outside the column data
+            names = bad or [c.name for c in self.manifest.columns]
+            where = (f"dataset {self.manifest.root}, column one of {', '.join(map(repr, names))}, unit {unit}, "
+                     f"file {self.manifest.files[fi]}")
+        return DataError(f"{where}: checksum mismatch (data corrupt)")
+
+    def _read_direct(self, unit: int, out: dict[str, np.ndarray]) -> bool:
+        """A whole unit of a file from ``_parquet_write``, as the Zarr reader reads a chunk: one
+        vectored read puts each requested column's values (stored as the array's own bytes, at
+        the offsets the manifest records) straight into ``out`` and the rest of the row group
+        (page headers, levels, unrequested columns) into the scratch buffer; the checksum runs
+        over the pieces in file order.  False (nothing read) if ``out`` is not contiguous."""
+        if not all(dst.flags.c_contiguous for dst in out.values()):
+            return False
+        lay = self.manifest.layout
+        fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
+        rows = int(self.manifest.unit_rows[unit])
+        scratch = self._scratch(size)
+        pieces: list[memoryview] = []
+        pos = used = 0
+        for name, items, at_unit in self._direct:
+            dst = out.get(name)
+            if dst is None:  # read with the gap, into the scratch buffer
+                continue
+            at = int(at_unit[unit])
+            if at > pos:
+                pieces.append(scratch[used:used + at - pos])
+                used += at - pos
+            pieces.append(memoryview(dst.reshape(-1).view(np.uint8)))
+            pos = at + rows * items * dst.itemsize
+        if pos < size:
+            pieces.append(scratch[used:used + size - pos])
+        self._files.read_vector(pieces, fi, off, lambda: self._where(unit, fi))
+        if self.verify:
+            crc = 0
+            for piece in pieces:
+                crc = self._extend(crc, piece)
+            if crc != int(lay["crc32"][unit]):
+                raise self._corrupt(unit)
+        return True
 
     def _chunk(self, unit: int, fi: int, name: str) -> tuple[int, int, np.dtype, int, int] | None:
         """``(offset, size, physical dtype, max_rep, max_def)`` of a column chunk of ``unit`` if
@@ -411,6 +499,9 @@ class Reader:
         rows_in_unit = int(self.manifest.unit_rows[unit])
         if not 0 <= lo < hi <= rows_in_unit:
             raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows_in_unit} rows")
+        if (self._direct and lo == 0 and hi == rows_in_unit and (self.verify or self._mostly(out))
+                and self._read_direct(unit, out)):
+            return
         self._decode(unit, lo, hi, out, self._check(unit) if self.verify else None)
 
     def _decode(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray], raw: memoryview | None) -> None:
