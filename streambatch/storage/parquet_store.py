@@ -18,10 +18,13 @@ Writing: uncompressed numeric datasets (codec ``none``, no bool or float16 colum
 written by ``_parquet_write``, whose pages hold the arrays' own bytes (1-byte columns under
 an identity dictionary); everything else by pyarrow's writer.  Both produce the same schema.
 
-Reading: uncompressed columns (PLAIN pages, and dictionary-encoded 1-byte columns) are
-decoded straight out of the row group's bytes, which the checksum read already holds, by
-walking its pages in schema order (``_parquet_pages``; no footer metadata per unit);
-compressed columns (and booleans) are decoded by pyarrow.
+Reading: a whole unit of a ``_parquet_write`` file is read like a Zarr chunk: the manifest
+records where each column's values start in the row group (``layout.values``, with its own
+CRC), and one vectored read puts them straight into the caller's arrays.  Otherwise
+uncompressed columns (PLAIN pages, and dictionary-encoded 1-byte columns) are decoded out of
+the row group's bytes, which the checksum read already holds, by walking its pages in schema
+order (``_parquet_pages``; no footer metadata per unit); compressed columns (and booleans)
+are decoded by pyarrow.
 """
 
 from __future__ import annotations
