@@ -13,9 +13,9 @@ import pytest
 
 import streambatch
 from streambatch import load_manifest
-from streambatch.errors import ManifestError
+from streambatch.errors import DataError, ManifestError
 from streambatch.manifest import Column
-from streambatch.storage import open_reader
+from streambatch.storage import open_reader, parquet_store
 from streambatch.storage._parquet_pages import IDENTITY, chunk_plan, decode_chunk
 from streambatch.storage._parquet_write import FileWriter, supports
 from streambatch.storage.parquet_store import arrow_schema
@@ -158,3 +158,15 @@ def test_value_offsets_in_the_manifest_are_checked(tmp_path: Path) -> None:
     manifest.write_text(json.dumps(doc))
     with pytest.raises(ManifestError, match="values_crc32c"):
         load_manifest(ds)
+
+    # with a matching offsets CRC (edited on purpose) the load succeeds, and `verify` (which
+    # decodes every unit's pages as well) tells the offsets from the pages apart, naming the column
+    doc["layout"]["values_crc32c"] = parquet_store._offsets_crc(m.columns, doc["layout"]["values"])
+    manifest.write_text(json.dumps(doc))
+    reader = open_reader(load_manifest(ds), verify=True)
+    try:
+        reader.verify_unit(1)
+        with pytest.raises(DataError, match="column 'x', unit 2,.*layout.values"):
+            reader.verify_unit(2)
+    finally:
+        reader.close()

@@ -537,10 +537,22 @@ class Reader:
             dst[...] = arr.to_numpy(zero_copy_only=False).reshape(dst.shape)  # dst may be strided
 
     def verify_unit(self, unit: int) -> None:
+        """Check the unit's bytes and decode its pages; where the loader reads it straight into
+        place (``_read_direct``), also that the manifest's value offsets pick out what the pages
+        hold (their own CRC only guards against accidental damage)."""
         raw = self._check(unit)  # read once: checked, then decoded from the same bytes
         rows = int(self.manifest.unit_rows[unit])
-        self._decode(unit, 0, rows, {c.name: np.empty((rows, *c.shape), c.np_dtype) for c in self.manifest.columns},
-                     raw)
+        decoded = {c.name: np.empty((rows, *c.shape), c.np_dtype) for c in self.manifest.columns}
+        self._decode(unit, 0, rows, decoded, raw)
+        if not self._direct:
+            return
+        direct = {name: np.empty_like(arr) for name, arr in decoded.items()}
+        self._read_direct(unit, direct)
+        for name, arr in decoded.items():
+            if arr.tobytes() != direct[name].tobytes():
+                fi = int(self.manifest.layout["file"][unit])
+                raise DataError(f"{self._where(unit, fi, name)}: layout.values does not point at the column's "
+                                f"values (manifest damaged)")
 
     def close(self) -> None:
         self._files.close()
