@@ -58,19 +58,7 @@ class ByteRanges:
 
     def read_into(self, buf: memoryview, fi: int, offset: int, where: Where) -> None:
         """Fill ``buf`` with the bytes at ``offset`` of file ``fi``."""
-        fd = self.check(fi, offset, len(buf), where)
-        if self.remote is not None:
-            buf[:] = self.remote.read(self.manifest.files[fi], offset, len(buf))
-            return
-        got = 0
-        while got < len(buf):
-            try:
-                n = os.preadv(fd, [buf[got:]], offset + got)
-            except OSError as e:
-                raise DataError(f"{where()}: read failed: {e.strerror or e}") from None
-            if n == 0:
-                raise DataError(f"{where()}: file truncated (needed bytes {offset}..{offset + len(buf)})")
-            got += n
+        self.read_vector([buf], fi, offset, where)
 
     def read_vector(self, bufs: list[memoryview], fi: int, offset: int, where: Where) -> None:
         """Fill ``bufs`` (byte views), in order, with the bytes from ``offset`` of file ``fi``
@@ -84,14 +72,14 @@ class ByteRanges:
                 data = data[len(b):]
             return
         views = [b for b in bufs if len(b)]
-        end = offset + total
+        start, end = offset, offset + total
         while views:
             try:
                 n = os.preadv(fd, views[:1024], offset)  # IOV_MAX
             except OSError as e:
                 raise DataError(f"{where()}: read failed: {e.strerror or e}") from None
             if n == 0:
-                raise DataError(f"{where()}: file truncated (needed bytes {offset}..{end})")
+                raise DataError(f"{where()}: file truncated (needed bytes {start}..{end})")
             offset += n
             while views and n >= len(views[0]):
                 n -= len(views[0])

@@ -247,23 +247,23 @@ class FileWriter:
             levels = self._levels.get((rows, c.row_items)) or self._levels.setdefault(
                 (rows, c.row_items), _levels(rows, c.row_items))
         identity = self._one_byte[c.name]
-        dictionary = identity is not None
         if identity is not None:  # identity dictionary; the indices are the bytes themselves
             self._write(_page(_DICTIONARY_PAGE, [identity], _DICTIONARY_HEADER))
             groups = -(-values // 8)
-            body = [levels + b"\x08" + _varint(groups << 1 | 1), arr.reshape(-1).view(np.uint8),
-                    b"\x00" * (groups * 8 - values)]
+            prefix, raw = levels + b"\x08" + _varint(groups << 1 | 1), arr.reshape(-1).view(np.uint8)
+            pad = b"\x00" * (groups * 8 - values)
             inner = b"\x15" + _zigzag(values) + _DICTIONARY_INDICES
         else:
-            body = [levels, arr.reshape(-1).astype(self._stored[c.name], copy=False).view(np.uint8)]
+            prefix, raw, pad = levels, arr.reshape(-1).astype(self._stored[c.name], copy=False).view(np.uint8), b""
             inner = b"\x15" + _zigzag(values) + _PLAIN_VALUES
         data_offset = self.sink.pos
-        self._write(_page(_DATA_PAGE, [b for b in body if len(b)], inner))
-        self.values_at.append(self.sink.pos - len(body[2] if identity is not None else b"") - body[1].nbytes)
+        self._write(_page(_DATA_PAGE, [b for b in (prefix, raw, pad) if len(b)], inner))
+        self.values_at.append(self.sink.pos - len(pad) - raw.nbytes)
         zsize = _zigzag(self.sink.pos - start)
         # ColumnMetaData 5 num_values, 6-7 sizes, 9 data page offset, 11 dictionary page offset (i64s)
         meta = (self._meta_head[c.name] + b"\x16" + _zigzag(values) + b"\x16" + zsize + b"\x16" + zsize
-                + b"\x26" + _zigzag(data_offset) + (b"\x26" + _zigzag(start) if dictionary else b"") + b"\x00")
+                + b"\x26" + _zigzag(data_offset) + (b"\x26" + _zigzag(start) if identity is not None else b"")
+                + b"\x00")
         return b"\x26\x00\x1c" + meta + b"\x00"  # ColumnChunk: 2 file_offset 0, 3 meta_data
 
     def _write(self, parts: list[Any]) -> None:

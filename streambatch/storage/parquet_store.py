@@ -544,12 +544,10 @@ class Reader:
         rows = int(self.manifest.unit_rows[unit])
         decoded = {c.name: np.empty((rows, *c.shape), c.np_dtype) for c in self.manifest.columns}
         self._decode(unit, 0, rows, decoded, raw)
-        if not self._direct:
-            return
-        direct = {name: np.empty_like(arr) for name, arr in decoded.items()}
-        self._read_direct(unit, direct)
-        for name, arr in decoded.items():
-            if arr.tobytes() != direct[name].tobytes():
+        for name, _, at_unit in self._direct:  # what _read_direct would take from the same bytes
+            arr = decoded[name]
+            at = int(at_unit[unit])
+            if bytes(raw[at:at + arr.nbytes]) != arr.tobytes():
                 fi = int(self.manifest.layout["file"][unit])
                 raise DataError(f"{self._where(unit, fi, name)}: layout.values does not point at the column's "
                                 f"values (manifest damaged)")
