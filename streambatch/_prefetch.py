@@ -280,9 +280,7 @@ class Prefetcher:
         root = getattr(getattr(self.reader, "manifest", None), "root", "")
         advise = getattr(self.reader, "advise", None)
         if advise is not None:  # let a cold disk work on the whole window at once
-            names = list(bufs)
-            for u, lo, hi, _ in plan.window_pieces(j):
-                advise(u, lo, hi, names)
+            advise(list(plan.window_pieces(j)), list(bufs))
         group: list[Any] = []
         group_bytes = 0
         for u, lo, hi, keep in plan.window_pieces(j):

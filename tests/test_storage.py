@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import streambatch
 from streambatch.errors import DataError
 from streambatch.manifest import Manifest, load_manifest
 from streambatch.storage import CODECS, STORAGES, UnitReader, open_reader, open_writer
+from streambatch.storage._files import _resident as resident
 
 from conftest import flip_byte
 
@@ -53,6 +55,38 @@ def _unit_bytes(m: Manifest, unit: int, column: str) -> tuple[Path, int, int]:
         loc = lay["columns"][column]
         return m.path_of(int(loc["file"][unit])), int(loc["offset"][unit]), int(loc["size"][unit])
     return m.path_of(int(lay["file"][unit])), int(lay["offset"][unit]), int(lay["size"][unit])
+
+
+def _evict(m: Manifest, where: list[tuple[Path, int]]) -> bool:
+    """Drop the dataset's files from the page cache (written back first: dirty pages stay);
+    True once no byte of ``where`` is resident.  Retried: pages that a read-ahead has just
+    brought in may still be pinned for a moment and are then skipped by the kernel."""
+    for _ in range(50):
+        for i in range(len(m.files)):
+            fd = os.open(m.path_of(i), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        if not any(_resident(path, o) for path, o in where):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _resident(path: Path, offset: int) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return resident(fd, offset)
+    finally:
+        os.close(fd)
+
+
+def _unit_file_offset(m: Manifest, unit: int) -> tuple[int, int]:
+    """(file index, offset) of the first stored byte of ``unit`` (of column ``x`` for Zarr)."""
+    loc = m.layout["columns"]["x"] if m.storage == "zarr" else m.layout
+    return int(loc["file"][unit]), int(loc["offset"][unit])
 
 
 class ReaderContract:
@@ -188,6 +222,32 @@ class ReaderContract:
 
             with ThreadPoolExecutor(4) as pool:
                 assert all(pool.map(one, list(range(manifest.n_units)) * 4))
+        finally:
+            reader.close()
+
+    def test_advise_reads_a_cold_window_ahead(self, manifest: Manifest) -> None:
+        """``advise`` starts reading evicted units (the loader calls it before a window's reads),
+        and the cache probe it relies on tells cold bytes from cached ones."""
+        if not hasattr(os, "posix_fadvise"):
+            pytest.skip("needs posix_fadvise")
+        where = [(manifest.path_of(f), o) for f, o in (_unit_file_offset(manifest, u) for u in range(manifest.n_units))]
+        if not _evict(manifest, where):
+            pytest.skip("this file system keeps evicted pages (tmpfs?)")
+        reader = self._open(manifest)
+        try:
+            files = reader._files
+            for u in range(manifest.n_units):
+                fi, off = _unit_file_offset(manifest, u)
+                files.fd(fi, str)
+                assert not files.cached(fi, off)
+            reader.advise([(u, 0, int(manifest.unit_rows[u]), None) for u in range(manifest.n_units)],
+                          [c.name for c in manifest.columns])
+            deadline = time.monotonic() + 10
+            while not all(_resident(path, o) for path, o in where) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert all(_resident(path, o) for path, o in where), "advise did not start reading the cold units"
+            assert all(files.cached(*_unit_file_offset(manifest, u)) for u in range(manifest.n_units))
+            self.test_full_units_equal_source(manifest, _source_data(), verify=True)
         finally:
             reader.close()
 

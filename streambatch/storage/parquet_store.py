@@ -419,7 +419,18 @@ class Reader:
             self._pyarrow.add(name)
         return plan
 
-    def _mostly(self, out: dict[str, np.ndarray]) -> bool:
+    def advise(self, pieces: list[tuple[int, int, int, Any]], names: list[str]) -> None:
+        """Hint the kernel to read the row groups of a window's ``(unit, lo, hi, _)`` pieces
+        (``ByteRanges.advise``: only where they are not cached).  Only when the requested
+        columns are most of a row: a few columns are read chunk by chunk from the footer's
+        offsets, and hinting whole row groups would read the others from disk too."""
+        if not self._mostly(dict.fromkeys(names)):
+            return
+        lay = self.manifest.layout
+        ranges = [(int(lay["file"][u]), int(lay["offset"][u]), int(lay["size"][u])) for u, _, _, _ in pieces]
+        self._files.advise(ranges, lambda: f"dataset {self.manifest.root}")
+
+    def _mostly(self, out: dict[str, Any]) -> bool:
         """Whether the columns of ``out`` hold at least half of a row's bytes (then reading the
         whole row group in one request beats one request per column chunk)."""
         return 2 * sum(self.manifest.column(n).row_nbytes for n in out) >= self._row_nbytes

@@ -17,7 +17,6 @@ zarr-python API and scales across threads (../shared/STORAGE.md).
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -231,24 +230,18 @@ class Reader:
     def _bytes(self, file_index: int, offset: int, size: int, col: Column, unit: int) -> bytearray:
         return self._files.read(file_index, offset, size, lambda: self._where(col, unit, file_index))
 
-    def advise(self, unit: int, lo: int, hi: int, names: list[str]) -> None:
-        """Ask the kernel to start reading a unit's bytes now (``POSIX_FADV_WILLNEED``).
-
-        Called for a whole window before its reads are queued, so a cold disk sees many
-        requests at once instead of one per reader thread.  A no-op for remote datasets.
-        """
-        if self._remote is not None or not hasattr(os, "posix_fadvise"):
-            return
+    def advise(self, pieces: list[tuple[int, int, int, Any]], names: list[str]) -> None:
+        """Hint the kernel to read the rows ``lo:hi`` of each ``(unit, lo, hi, _)`` piece of a window
+        (``ByteRanges.advise``: only where they are not cached).  Called before the window's reads
+        are queued."""
+        ranges = []
         for name in names:
             col = self.manifest.column(name)
-            fi, off, size = self._stored_range(col, unit)
-            if self._decoders[name] is None:
-                off, size = off + lo * col.row_nbytes, (hi - lo) * col.row_nbytes
-            try:
-                fd, _ = self._files.fd(fi, lambda: self._where(col, unit, fi))
-                os.posix_fadvise(fd, off, size, os.POSIX_FADV_WILLNEED)
-            except (OSError, DataError):
-                return  # only a hint: the read itself reports any problem
+            whole = self._decoders[name] is not None
+            for unit, lo, hi, _ in pieces:
+                fi, off, size = self._stored_range(col, unit)
+                ranges.append((fi, off, size) if whole else (fi, off + lo * col.row_nbytes, (hi - lo) * col.row_nbytes))
+        self._files.advise(ranges, lambda: f"dataset {self.manifest.root}")
 
     def _stored_range(self, col: Column, unit: int) -> tuple[int, int, int]:
         loc = self.manifest.layout["columns"][col.name]
