@@ -337,6 +337,28 @@ class TestZarrNone(ReaderContract):
 class TestZarrLz4(ReaderContract):
     storage, codec = "zarr", "lz4"
 
+    @pytest.mark.parametrize("damage", ["size", "body"])
+    def test_damaged_frame_without_verification_is_a_data_error(self, manifest: Manifest, damage: str) -> None:
+        """Whole units decode straight into the caller's buffer; a frame that claims another
+        size or does not decode is still an error naming the unit, not rows left unwritten."""
+        unit = 4
+        path, off, size = _unit_bytes(manifest, unit, "x")
+        with open(path, "r+b") as f:
+            f.seek(off if damage == "size" else off + 4)
+            head = f.read(4 if damage == "size" else size - 4)
+            f.seek(off if damage == "size" else off + 4)
+            if damage == "size":  # the frame claims 4 bytes fewer than the unit holds
+                f.write((int.from_bytes(head, "little") - 4).to_bytes(4, "little"))
+            else:
+                f.write(bytes(len(head)))  # zeros: not an lz4 block of the right size
+        reader = self._open(manifest, verify=False)
+        try:
+            with pytest.raises(DataError, match=f"column 'x', unit {unit}"):
+                self._read(reader, manifest, unit, 0, UNIT, ["x"])
+            self._read(reader, manifest, unit + 1, 0, UNIT, ["x"])
+        finally:
+            reader.close()
+
 
 class TestZarrZstd(ReaderContract):
     storage, codec = "zarr", "zstd"

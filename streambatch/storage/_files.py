@@ -63,6 +63,7 @@ class ByteRanges:
         self._fds: dict[int, tuple[int, int]] = {}  # file index -> (descriptor or -1 for remote, size)
         self._lock = threading.Lock()
         self._closed = False
+        self._local = threading.local()  # per thread: its scratch buffer
 
     def fd(self, fi: int, where: Where) -> tuple[int, int]:
         """``(descriptor, file size)`` of file ``fi`` (descriptor -1 for a remote file)."""
@@ -148,6 +149,22 @@ class ByteRanges:
                 os.posix_fadvise(fds[fi], off, size, os.POSIX_FADV_WILLNEED)
         except (OSError, DataError):
             return
+
+    def scratch(self, size: int) -> memoryview:
+        """``size`` bytes of this thread's scratch buffer, valid until the thread's next call: a
+        fresh buffer per unit cost a zero-fill and page faults each time (an lz4 chunk's read
+        took 251 us with one, against about 60 us for the same bytes read into place)."""
+        buf = getattr(self._local, "scratch", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.scratch = bytearray(size)
+        return memoryview(buf)[:size]
+
+    def read_scratch(self, fi: int, offset: int, size: int, where: Where) -> memoryview:
+        """``size`` bytes at ``offset`` of file ``fi``, in this thread's scratch buffer (``scratch``)."""
+        self.check(fi, offset, size, where)  # before allocating what the manifest claims
+        view = self.scratch(size)
+        self.read_into(view, fi, offset, where)
+        return view
 
     def read(self, fi: int, offset: int, size: int, where: Where) -> bytearray:
         """``size`` bytes at ``offset`` of file ``fi``."""

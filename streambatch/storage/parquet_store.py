@@ -326,23 +326,11 @@ class Reader:
         """``size`` bytes at ``off`` of file ``fi`` (a local pread or a ranged request), exactly."""
         return self._files.read(fi, off, size, lambda: self._where(unit, fi))
 
-    def _scratch(self, size: int) -> memoryview:
-        """``size`` bytes of this thread's scratch buffer (valid until the thread's next call: a
-        fresh buffer per unit cost a zero-fill and page faults each time)."""
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None or len(scratch) < size:
-            scratch = self._local.scratch = bytearray(size)
-        return memoryview(scratch)[:size]
-
     def _row_group(self, unit: int) -> memoryview:
         """The unit's row group bytes, in this thread's scratch buffer (see ``_scratch``)."""
         lay = self.manifest.layout
         fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
-        where = lambda: self._where(unit, fi)  # noqa: E731
-        self._files.check(fi, off, size, where)  # before allocating what the manifest claims
-        view = self._scratch(size)
-        self._files.read_into(view, fi, off, where)
-        return view
+        return self._files.read_scratch(fi, off, size, lambda: self._where(unit, fi))
 
     def _check(self, unit: int) -> memoryview:
         """The unit's row group bytes (see ``_row_group``), checked against the manifest's checksum."""
@@ -375,7 +363,7 @@ class Reader:
         lay = self.manifest.layout
         fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
         rows = int(self.manifest.unit_rows[unit])
-        scratch = self._scratch(size)
+        scratch = self._files.scratch(size)
         pieces: list[memoryview] = []
         pos = used = 0
         for name, items, at_unit in self._direct:

@@ -227,8 +227,9 @@ class Reader:
     def _pread_into(self, buf: memoryview, file_index: int, offset: int, col: Column, unit: int) -> None:
         self._files.read_into(buf, file_index, offset, lambda: self._where(col, unit, file_index))
 
-    def _bytes(self, file_index: int, offset: int, size: int, col: Column, unit: int) -> bytearray:
-        return self._files.read(file_index, offset, size, lambda: self._where(col, unit, file_index))
+    def _bytes(self, file_index: int, offset: int, size: int, col: Column, unit: int) -> memoryview:
+        """The bytes, in this thread's scratch buffer (valid until its next read)."""
+        return self._files.read_scratch(file_index, offset, size, lambda: self._where(col, unit, file_index))
 
     def advise(self, pieces: list[tuple[int, int, int, Any]], names: list[str]) -> None:
         """Hint the kernel to read the rows ``lo:hi`` of each ``(unit, lo, hi, _)`` piece of a window
@@ -285,6 +286,13 @@ class Reader:
                      dst: np.ndarray | None) -> None:
         dec = self._decoders[col.name]
         want = self._unit_rows * col.row_nbytes
+        if (self.manifest.codec == "lz4" and dst is not None and hi - lo == self._unit_rows and dst.flags.c_contiguous
+                and int.from_bytes(raw[:4], "little") == want):  # numcodecs' lz4 frame: its size, then the block
+            try:
+                dec.decode(raw, out=memoryview(dst.reshape(-1).view(np.uint8)))
+                return
+            except Exception as e:  # as below
+                raise DataError(f"{self._where(col, unit, fi)}: cannot decode chunk: {e}") from None
         try:
             data = raw if dec is None else dec.decode(raw)
         except Exception as e:  # numcodecs raises RuntimeError/ValueError on corrupt frames
