@@ -304,3 +304,28 @@ def test_bench_scaling_lists() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=">= 1"):
         scaling.int_list("0,2", 1)
     assert scaling.thread_counts(16) == [1, 2, 4, 8, 16] and scaling.thread_counts(2) == [1, 2, 4]
+
+
+def test_bench_contention_pairs_epochs_and_restores_torch_threads(tmp_path: Path) -> None:
+    """The contention benchmark's measurement on a tiny img dataset: one ratio per adjacent
+    (ram-limit, streambatch) pair, the median of them reported, torch's threads restored."""
+    cont = _load("_benchmarks_bench_contention", ROOT / "benchmarks" / "bench_contention.py")
+    bt = sys.modules["bench_throughput"]
+    assert cont.thread_list("2, 1") == [2, 1]
+    for bad in ("0", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cont.thread_list(bad)
+    rows = bt.rows_for("img", True)
+    npy = bt.ensure_npy(tmp_path, "img", rows)
+    store = bt.ensure_store(npy, tmp_path / "img.parquet", "parquet", "none", rows)
+    columns = cont._common.load_columns(npy)
+    threads = torch.get_num_threads()
+    rec = cont.measure("img", "parquet", "none", store, columns, bt.budget_for("img", True), 3, 1)
+    assert torch.get_num_threads() == threads
+    assert rec["torch_threads"] == 1 and rec["rows"] == rows
+    pairs = [s / r for s, r in zip(rec["samples_per_s_all"], rec["ram_limit_all"])]
+    assert rec["vs_ram_paired_all"] == pytest.approx(pairs) and len(pairs) == 3
+    assert rec["vs_ram_paired"] == pytest.approx(sorted(pairs)[1])
+    assert rec["alone_samples_per_s"] > 0 and rec["consumer_samples_per_s"] > 0
+    text = cont.render([{**rec, "torch_default_threads": 1, "quick": True, "repeats": 3, "command": "c"}])
+    assert "| img | parquet | none | 1 (default) |" in text and "--quick smoke run" in text
