@@ -280,8 +280,10 @@ class Prefetcher:
         off = 0
         root = getattr(getattr(self.reader, "manifest", None), "root", "")
         advise = getattr(self.reader, "advise", None)
-        if advise is not None:  # let a cold disk work on the whole window at once
-            advise(list(plan.window_pieces(j)), list(bufs))
+        if advise is not None:  # let a cold disk work on the whole window at once (a pool task, ahead
+            # of the reads: a window's hints are a thousand system calls, off the consuming thread)
+            self._pool.submit(1, advise, (list(plan.window_pieces(j)), list(bufs)),
+                              f"while hinting the reads of window {j}")
         # The window's row permutation (milliseconds for a large window) on a pool thread, ahead
         # of its reads: on the consuming thread it took 4% of a warm tab epoch (py-spy samples).
         w.shuffling = self._pool.submit(1, plan.window_perm, (j,), f"while shuffling window {j}")
