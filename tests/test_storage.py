@@ -13,6 +13,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -337,20 +338,38 @@ class TestZarrNone(ReaderContract):
 class TestZarrLz4(ReaderContract):
     storage, codec = "zarr", "lz4"
 
-    @pytest.mark.parametrize("damage", ["size", "body"])
-    def test_damaged_frame_without_verification_is_a_data_error(self, manifest: Manifest, damage: str) -> None:
-        """Whole units decode straight into the caller's buffer; a frame that claims another
-        size or does not decode is still an error naming the unit, not rows left unwritten."""
+    def test_whole_units_decode_into_place(self, manifest: Manifest, data: dict[str, np.ndarray]) -> None:
+        """A whole unit's Blosc frame is decompressed straight into the caller's buffer; a slice
+        of a unit is decoded aside and copied (the spy records which way each decode went)."""
+        reader = self._open(manifest, verify=True)
+        dec, into = reader._decoders["x"], []
+
+        class Spy:
+            def decode(self, buf: Any, out: Any = None) -> Any:
+                into.append(out is not None)
+                return dec.decode(buf, out=out)
+
+        reader._decoders["x"] = Spy()
+        try:
+            np.testing.assert_array_equal(self._read(reader, manifest, 2, 0, UNIT, ["x"])["x"], data["x"][200:300])
+            np.testing.assert_array_equal(self._read(reader, manifest, 2, 10, 20, ["x"])["x"], data["x"][210:220])
+        finally:
+            reader.close()
+        assert into == [True, False]
+
+    @pytest.mark.parametrize("field", [4, 12])
+    def test_damaged_frame_without_verification_is_a_data_error(self, manifest: Manifest, field: int) -> None:
+        """A frame whose header claims another decoded size (bytes 4..7 of Blosc's header) or
+        another frame size (bytes 12..15) is an error naming the unit, never rows left
+        unwritten in the caller's buffer.  (Damage to the data of a frame stored uncompressed
+        is only caught by the checksum: that is what verification is for.)"""
         unit = 4
-        path, off, size = _unit_bytes(manifest, unit, "x")
+        path, off, _ = _unit_bytes(manifest, unit, "x")
         with open(path, "r+b") as f:
-            f.seek(off if damage == "size" else off + 4)
-            head = f.read(4 if damage == "size" else size - 4)
-            f.seek(off if damage == "size" else off + 4)
-            if damage == "size":  # the frame claims 4 bytes fewer than the unit holds
-                f.write((int.from_bytes(head, "little") - 4).to_bytes(4, "little"))
-            else:
-                f.write(bytes(len(head)))  # zeros: not an lz4 block of the right size
+            f.seek(off + field)
+            claimed = int.from_bytes(f.read(4), "little")
+            f.seek(off + field)
+            f.write((claimed - 8).to_bytes(4, "little"))
         reader = self._open(manifest, verify=False)
         try:
             with pytest.raises(DataError, match=f"column 'x', unit {unit}"):
@@ -387,3 +406,42 @@ def test_open_writer_rejects_unknown_names(tmp_path: Path, storage: str) -> None
         open_writer(storage, tmp_path / "w", cols, 10, 5, 1 << 20, "gzip")
     with pytest.raises(ValueError, match="format"):
         open_writer("hdf5", tmp_path / "w", cols, 10, 5, 1 << 20, "none")
+
+
+def test_cache_probe_does_not_trust_mincore_on_files_it_does_not_own(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Linux reports every page of a file as resident to a process that neither owns nor may
+    write it, so for such a reader (a shared, read-only dataset) ``cached`` answers False ("cannot
+    tell") and the read-ahead hints are given, instead of a window that always looks cached."""
+    import shutil as sh
+    import subprocess
+    import sys
+    import tempfile
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or sh.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to read the dataset as another user")
+    root = Path(tempfile.mkdtemp(prefix="sb-probe-"))
+    try:
+        root.chmod(0o755)
+        src = _write_npy_folder(root / "src", _source_data())
+        streambatch.convert(src, root / "ds", unit_rows=UNIT, progress=False)
+        for p in root.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        script = (
+            "import os, sys\n"
+            "from streambatch.manifest import load_manifest\n"
+            "from streambatch.storage import open_reader\n"
+            "from streambatch.storage._files import _resident\n"
+            "m = load_manifest(sys.argv[1]); r = open_reader(m); f = r._files\n"
+            "fd = f.fd(0, str)[0]\n"
+            "os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)\n"
+            "print(_resident(fd, 0), f.cached(0, 0))\n"
+        )
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script, str(root / "ds")], capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0 and "Permission denied" in done.stderr:
+            pytest.skip(f"user 65534 cannot run this interpreter: {done.stderr.strip()[-200:]}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        lying, cached = done.stdout.split()
+        assert cached == "False", f"mincore said {lying}, and the probe believed it"
+    finally:
+        sh.rmtree(root, ignore_errors=True)

@@ -287,7 +287,9 @@ class Reader:
         dec = self._decoders[col.name]
         want = self._unit_rows * col.row_nbytes
         if (self.manifest.codec == "lz4" and dst is not None and hi - lo == self._unit_rows and dst.flags.c_contiguous
-                and int.from_bytes(raw[:4], "little") == want):  # numcodecs' lz4 frame: its size, then the block
+                and int.from_bytes(raw[4:8], "little") == want and int.from_bytes(raw[12:16], "little") == len(raw)):
+            # a whole Blosc frame (16-byte header: decoded size at 4, frame size at 12) of the right
+            # decoded size: decompressed straight into the caller's buffer
             try:
                 dec.decode(raw, out=memoryview(dst.reshape(-1).view(np.uint8)))
                 return
