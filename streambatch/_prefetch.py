@@ -180,7 +180,7 @@ def _gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.in
 class _Window:
     """One window in flight: its buffer, its read tasks and the global row id of each position."""
 
-    __slots__ = ("j", "rows", "buffers", "reads", "row_ids", "perm", "shuffling", "nbytes", "next_b", "n_batches", "in_flight",
+    __slots__ = ("j", "rows", "buffers", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches", "in_flight",
                  "reads_done", "touch")
 
     def __init__(self, j: int, rows: int, buffers: dict[str, np.ndarray], nbytes: int) -> None:
@@ -188,8 +188,7 @@ class _Window:
         self.reads: list[_Task] = []
         self.touch: _Task | None = None  # zero-fills the rows a fresh buffer's first window leaves unused
         self.row_ids: NDArray[np.int64] | None = None
-        self.perm: NDArray[np.int64] | None = None
-        self.shuffling: _Task | None = None  # computes ``perm`` on a pool thread
+        self.perm: _Task | None = None  # the serving order of the buffer's rows, computed on a pool thread
         self.next_b = 0  # next batch to submit
         self.n_batches = 0
         self.in_flight = 0  # batch groups submitted and not yet taken
@@ -286,7 +285,7 @@ class Prefetcher:
                               f"while hinting the reads of window {j}")
         # The window's row permutation (milliseconds for a large window) on a pool thread, ahead
         # of its reads: on the consuming thread it took 4% of a warm tab epoch (py-spy samples).
-        w.shuffling = self._pool.submit(1, plan.window_perm, (j,), f"while shuffling window {j}")
+        w.perm = self._pool.submit(1, plan.window_perm, (j,), f"while shuffling window {j}")
         group: list[Any] = []
         group_bytes = 0
         for u, lo, hi, keep in plan.window_pieces(j):
@@ -366,11 +365,10 @@ class Prefetcher:
                     self._wait(cur.reads[cur.reads_done])
                 b0 = cur.next_b
                 b1 = min(cur.n_batches, b0 + self.group)
-                if cur.perm is None:
-                    assert cur.shuffling is not None
-                    cur.perm, cur.shuffling = self._wait(cur.shuffling), None
+                assert cur.perm is not None
+                perm = self._wait(cur.perm)
                 bs = plan.batch_size
-                idx_list = [cur.perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]
+                idx_list = [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]
                 nbytes = sum(len(i) for i in idx_list) * self.row_nbytes
                 self._acquire(nbytes)
                 task = self._pool.submit(0, _gather_batches, (

@@ -326,10 +326,14 @@ class Reader:
         """``size`` bytes at ``off`` of file ``fi`` (a local pread or a ranged request), exactly."""
         return self._files.read(fi, off, size, lambda: self._where(unit, fi))
 
-    def _row_group(self, unit: int) -> memoryview:
-        """The unit's row group bytes, in this thread's scratch buffer (see ``_scratch``)."""
+    def _stored_range(self, unit: int) -> tuple[int, int, int]:
+        """``(file index, offset, size)`` of the unit's row group."""
         lay = self.manifest.layout
-        fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
+        return int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
+
+    def _row_group(self, unit: int) -> memoryview:
+        """The unit's row group bytes, in this thread's scratch buffer (``ByteRanges.scratch``)."""
+        fi, off, size = self._stored_range(unit)
         return self._files.read_scratch(fi, off, size, lambda: self._where(unit, fi))
 
     def _check(self, unit: int) -> memoryview:
@@ -361,7 +365,7 @@ class Reader:
         if not all(dst.flags.c_contiguous for dst in out.values()):
             return False
         lay = self.manifest.layout
-        fi, off, size = int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
+        fi, off, size = self._stored_range(unit)
         rows = int(self.manifest.unit_rows[unit])
         scratch = self._files.scratch(size)
         pieces: list[memoryview] = []
@@ -414,9 +418,7 @@ class Reader:
         offsets, and hinting whole row groups would read the others from disk too."""
         if not self._mostly(dict.fromkeys(names)):
             return
-        lay = self.manifest.layout
-        ranges = [(int(lay["file"][u]), int(lay["offset"][u]), int(lay["size"][u])) for u, _, _, _ in pieces]
-        self._files.advise(ranges, lambda: f"dataset {self.manifest.root}")
+        self._files.advise([self._stored_range(u) for u, _, _, _ in pieces], lambda: f"dataset {self.manifest.root}")
 
     def _mostly(self, out: dict[str, Any]) -> bool:
         """Whether the columns of ``out`` hold at least half of a row's bytes (then reading the

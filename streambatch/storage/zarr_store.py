@@ -286,19 +286,18 @@ class Reader:
                      dst: np.ndarray | None) -> None:
         dec = self._decoders[col.name]
         want = self._unit_rows * col.row_nbytes
-        if (self.manifest.codec == "lz4" and dst is not None and hi - lo == self._unit_rows and dst.flags.c_contiguous
-                and int.from_bytes(raw[4:8], "little") == want and int.from_bytes(raw[12:16], "little") == len(raw)):
-            # a whole Blosc frame (16-byte header: decoded size at 4, frame size at 12) of the right
-            # decoded size: decompressed straight into the caller's buffer
-            try:
-                dec.decode(raw, out=memoryview(dst.reshape(-1).view(np.uint8)))
-                return
-            except Exception as e:  # as below
-                raise DataError(f"{self._where(col, unit, fi)}: cannot decode chunk: {e}") from None
+        # a whole Blosc frame (16-byte header: decoded size at 4, frame size at 12) of the right
+        # decoded size is decompressed straight into the caller's buffer
+        into = (self.manifest.codec == "lz4" and dst is not None and hi - lo == self._unit_rows
+                and dst.flags.c_contiguous and int.from_bytes(raw[4:8], "little") == want
+                and int.from_bytes(raw[12:16], "little") == len(raw))
+        target = memoryview(dst.reshape(-1).view(np.uint8)) if into and dst is not None else None
         try:
-            data = raw if dec is None else dec.decode(raw)
+            data = raw if dec is None else dec.decode(raw, out=target)
         except Exception as e:  # numcodecs raises RuntimeError/ValueError on corrupt frames
             raise DataError(f"{self._where(col, unit, fi)}: cannot decode chunk: {e}") from None
+        if into:
+            return
         got = len(memoryview(data).cast("B"))
         if got != want:
             raise DataError(f"{self._where(col, unit, fi)}: decoded {got} bytes, expected {want}")
