@@ -149,6 +149,25 @@ def test_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "rows must be at least 1" in bad.stderr
 
 
+def test_profile_read_paths_times_every_path(tmp_path: Path) -> None:
+    import streambatch as sb
+
+    src = md.make_dataset("tab", tmp_path / "src", rows=3000, seed=1)
+    store = tmp_path / "tab.zarr"
+    sb.convert(src, store, unit_rows=100)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "profile_read_paths.py"), str(store), "--units", "20",
+         "--window-mib", "0.5"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line[:28].strip(): line[28:].split() for line in done.stdout.splitlines()}
+    assert list(rows) == ["pread", "pread into window", "pread + copy into window", "mmap per unit",
+                          "whole-file map + DONTNEED", "whole-file map"]
+    for figures in rows.values():
+        assert figures[-1] == "GB/s" and len(figures) == 4 and all(float(f) > 0 for f in figures[:3])
+
+
 # --- benchmarks/_common.py ------------------------------------------------------------------
 
 
