@@ -12,9 +12,9 @@ of its budget, unit after unit, so the copy's destination is not in the CPU cach
 rows show that case: ``pread`` into successive slices of a ``--window-mib`` buffer, and
 ``pread`` into the reused buffer followed by numpy's copy into the window.  On the 2-core
 development VM (AMD EPYC) the kernel's copy into the cold window ran at 1.3-2.8 GB/s against
-4.3-7.8 GB/s for the staged pair in this script, yet staging inside the loader changed
-nothing measurable (img epochs with and without a consumer, alternating runs), so the reader
-still reads into place.
+4.1-4.8 GB/s for the staged pair in this script, yet staging inside the Zarr reader made img
+epochs slower (no consumer, median of 4 epochs, 3 alternating runs each: 68-70k against
+94-105k samples/s at about the same CPU time per epoch), so the reader still reads into place.
 Note: read the files once first; a machine that pages out idle page cache (DAMON reclaim)
 turns a "warm" read into a disk read after a minute or so.
 """
