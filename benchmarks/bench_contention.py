@@ -17,16 +17,27 @@ untimed warm-up epoch, and reports:
   the ratio is less exposed to this VM's drift than one against baselines minutes apart;
 * streambatch without a consumer (the loop only counts rows): what the loader alone delivers.
 
+torch's intra-op threads come from libgomp, whose idle threads spin for a while after each
+parallel region before they sleep (``OMP_WAIT_POLICY`` unset).  A consumer that sums a batch
+every few milliseconds keeps its second thread spinning and so takes a core away from the
+reader threads.  ``--wait-policies default,passive`` (the default) therefore repeats every
+row with more than one torch thread in a child process started with ``OMP_WAIT_POLICY=PASSIVE``
+(the variable is read when libgomp loads, so it cannot be changed in this process); the
+``OMP wait policy`` column tells the rows apart.
+
 Usage::
 
     python benchmarks/bench_contention.py [--data DIR] [--quick] [--repeats N]
                                           [--datasets img] [--torch-threads 2,1]
+                                          [--wait-policies default,passive]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +52,42 @@ import bench_throughput as bt  # noqa: E402  (dataset helpers and baselines shar
 
 NAME = "contention"
 LAYOUTS = [("zarr", "none"), ("parquet", "none")]
+POLICIES = ("default", "passive")
+
+
+def wait_policy() -> str:
+    """This process's libgomp wait policy as the table names it: ``OMP_WAIT_POLICY`` lower-cased,
+    or ``default`` when it is unset."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() or "default"
+
+
+def policy_list(text: str) -> list[str]:
+    """``"default,passive"`` -> ["default", "passive"] (argparse type)."""
+    out = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not out or any(t not in POLICIES for t in out):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(POLICIES)}, got {text!r}")
+    return list(dict.fromkeys(out))
+
+
+def child_argv(argv: Sequence[str], run_id: str, counts: Sequence[int]) -> list[str]:
+    """The arguments of the ``OMP_WAIT_POLICY=PASSIVE`` child: this run's, without the options the
+    parent decides (wait policies, torch threads), plus the run id its records join and
+    ``--no-report`` (the parent writes RESULTS.md once both have measured)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in ("--wait-policies", "--torch-threads", "--run-id"):
+            skip = "=" not in a
+            continue
+        if name == "--no-report":
+            continue
+        out.append(a)
+    return [*out, "--wait-policies", "passive", "--torch-threads", ",".join(map(str, counts)),
+            "--run-id", run_id, "--no-report"]
 
 
 def thread_list(text: str) -> list[int]:
@@ -98,7 +145,7 @@ def measure(kind: str, fmt: str, codec: str, store: Path, columns: dict[str, Any
         "ram_limit_samples_per_s": statistics.median(ram), "ram_limit_all": ram,
         "samples_per_s": statistics.median(loader), "samples_per_s_all": loader,
         "vs_ram_paired": statistics.median(ratios), "vs_ram_paired_all": ratios,
-        "alone_samples_per_s": statistics.median(alone),
+        "alone_samples_per_s": statistics.median(alone), "omp_wait_policy": wait_policy(),
     }
 
 
@@ -108,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--datasets", default="img", help="comma-separated subset of tab,img (default img)")
     p.add_argument("--torch-threads", type=thread_list, default=None,
                    help="torch intra-op thread counts to compare (default: torch's default, then 1)")
+    p.add_argument("--wait-policies", type=policy_list, default=list(POLICIES),
+                   help="libgomp wait policies to compare (default: default,passive; passive rows run "
+                        "in a child process, for torch thread counts above 1)")
+    p.add_argument("--run-id", default=None, help=argparse.SUPPRESS)  # the child's records join the parent's run
+    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -116,8 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown dataset(s) in {args.datasets!r}; choose from tab, img")
     default_threads = torch.get_num_threads()
     counts = args.torch_threads or list(dict.fromkeys([default_threads, 1]))
-    run_id = bt.new_run_id()
+    run_id = args.run_id or bt.new_run_id()
     common = bt.base_record(args, run_id, "bench_contention.py")
+    here = wait_policy()
+    if here not in args.wait_policies:
+        p.error(f"this process runs with OMP_WAIT_POLICY={here!r}; --wait-policies must include it")
     root = bt.data_root(args.data, args.quick)
     for kind in kinds:
         rows = bt.rows_for(kind, args.quick)
@@ -141,9 +196,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             del columns
             bt.release_memory()
-    import report
+    spinning = [n for n in counts if n > 1]
+    if "passive" in args.wait_policies and here != "passive" and spinning:
+        bt.log("the same rows with OMP_WAIT_POLICY=PASSIVE (a child process)")
+        argv_now = list(sys.argv[1:] if argv is None else argv)
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_argv(argv_now, run_id, spinning)],
+                       env=env, check=True)
+    if not args.no_report:
+        import report
 
-    report.main()
+        report.main()
     return 0
 
 
@@ -160,6 +223,8 @@ def render(records: list[dict[str, Any]]) -> str:
         "How much of the gap to the in-RAM limit is the consume loop's own use of the cores? The "
         "loop sums each batch's `x` in float64 with torch, on all of torch's intra-op threads; the "
         "ram-limit has the cores to itself, a loader's reader threads need them at the same time. "
+        "torch's idle intra-op threads spin (libgomp) unless `OMP_WAIT_POLICY=PASSIVE` is set before "
+        "torch loads; rows with `passive` ran in a child process started so. "
         f"Adjacent pairs of epochs (ram-limit, then streambatch at default settings; warm cache, "
         f"budget {bt._mib(first['budget_bytes'])} MiB, batch {first['batch_size']}), {first.get('repeats')} "
         f"pairs per row, the ratio is the median of the pairs' ratios{quick}.",
@@ -171,6 +236,7 @@ def render(records: list[dict[str, Any]]) -> str:
         table.append({
             "dataset": r["dataset"], "format": r["format"], "codec": r["codec"],
             "torch threads": f"{r['torch_threads']}{' (default)' if r['torch_threads'] == default else ''}",
+            "OMP wait policy": r.get("omp_wait_policy", "default"),
             "reader threads": r.get("threads"),
             "consume loop alone samples/s": bt._num(r["consumer_samples_per_s"], ",.0f"),
             "ram-limit samples/s": bt._num(r["ram_limit_samples_per_s"], ",.0f"),

@@ -346,5 +346,25 @@ def test_bench_contention_pairs_epochs_and_restores_torch_threads(tmp_path: Path
     assert rec["vs_ram_paired_all"] == pytest.approx(pairs) and len(pairs) == 3
     assert rec["vs_ram_paired"] == pytest.approx(sorted(pairs)[1])
     assert rec["alone_samples_per_s"] > 0 and rec["consumer_samples_per_s"] > 0
-    text = cont.render([{**rec, "torch_default_threads": 1, "quick": True, "repeats": 3, "command": "c"}])
-    assert "| img | parquet | none | 1 (default) |" in text and "--quick smoke run" in text
+    assert rec["omp_wait_policy"] == cont.wait_policy()
+    text = cont.render([{**rec, "torch_default_threads": 1, "quick": True, "repeats": 3, "command": "c"},
+                        {**rec, "torch_threads": 2, "omp_wait_policy": "passive", "torch_default_threads": 1}])
+    assert f"| img | parquet | none | 1 (default) | {cont.wait_policy()} |" in text and "--quick smoke run" in text
+    assert "| img | parquet | none | 2 | passive |" in text
+
+
+def test_bench_contention_wait_policies_and_child_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passive rows' child gets this run's options, its own policy and threads, and the run id."""
+    cont = _load("_benchmarks_bench_contention", ROOT / "benchmarks" / "bench_contention.py")
+    assert cont.policy_list("passive, default,passive") == ["passive", "default"]
+    for bad in ("", "spin", "default,active"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cont.policy_list(bad)
+    argv = ["--quick", "--torch-threads", "2,1", "--repeats=5", "--wait-policies=default,passive", "--datasets", "img"]
+    assert cont.child_argv(argv, "RUN", [2]) == [
+        "--quick", "--repeats=5", "--datasets", "img",
+        "--wait-policies", "passive", "--torch-threads", "2", "--run-id", "RUN", "--no-report"]
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cont.wait_policy() == "default"
+    monkeypatch.setenv("OMP_WAIT_POLICY", " PASSIVE ")
+    assert cont.wait_policy() == "passive"
