@@ -226,8 +226,8 @@ def render(records: list[dict[str, Any]]) -> str:
         "torch's idle intra-op threads spin (libgomp) unless `OMP_WAIT_POLICY=PASSIVE` is set before "
         "torch loads; rows with `passive` ran in a child process started so. "
         f"Adjacent pairs of epochs (ram-limit, then streambatch at default settings; warm cache, "
-        f"budget {bt._mib(first['budget_bytes'])} MiB, batch {first['batch_size']}), {first.get('repeats')} "
-        f"pairs per row, the ratio is the median of the pairs' ratios{quick}.",
+        f"budget {bt._mib(first['budget_bytes'])} MiB, batch {first['batch_size']}); the ratio is the median "
+        f"of the pairs' ratios (column `pairs`){quick}.",
         "",
     ]
     table = []
@@ -246,7 +246,9 @@ def render(records: list[dict[str, Any]]) -> str:
             "streambatch, no consumer, samples/s": bt._num(r["alone_samples_per_s"], ",.0f"),
         })
     lines.append(_common.format_table(table, list(table[0])))
-    lines += ["", f"Command: `{first.get('command')}`", "", bt.machine_line(first)]
+    commands = list(dict.fromkeys(str(r.get("command")) for r in rows if "--no-report" not in str(r.get("command"))))
+    lines += ["", "Command" + ("s" if len(commands) > 1 else "") + ": " + ", ".join(f"`{c}`" for c in commands),
+              "", bt.machine_line(first)]
     return "\n".join(lines) + "\n"
 
 
