@@ -170,3 +170,24 @@ def test_value_offsets_in_the_manifest_are_checked(tmp_path: Path) -> None:
             reader.verify_unit(2)
     finally:
         reader.close()
+
+
+def test_crc32_is_zlibs_crc32_for_every_buffer_kind() -> None:
+    """The CRC-32 of page headers and old unit checksums (zlib-ng's where installed) gives
+    zlib's values for bytes, memoryview slices and numpy arrays, and chains like it."""
+    import zlib
+
+    from streambatch.storage._checksum import checksum_fn, crc32, extend_fn
+
+    data = np.random.default_rng(3).integers(0, 256, 300_001, dtype=np.uint8)
+    raw = data.tobytes()
+    parts: list[Any] = [raw[:7], memoryview(raw)[7:100_000], data[100_000:].reshape(-1, 1)[:, 0].copy()]
+    assert crc32(raw) == zlib.crc32(raw) == checksum_fn("crc32")(data)
+    crc = 0
+    for p in parts:
+        crc = crc32(p, crc)
+    assert crc == zlib.crc32(raw)
+    ext = 0
+    for p in parts:
+        ext = extend_fn("crc32")(ext, p)
+    assert ext == zlib.crc32(raw) and crc32(b"") == 0

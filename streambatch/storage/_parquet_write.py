@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import base64
 import struct
-import zlib
 from typing import Any
 
 import numpy as np
 
 from ..manifest import Column
+from ._checksum import crc32
 from ._parquet_pages import IDENTITY
 
 __all__ = ["FileWriter", "supports"]
@@ -167,7 +167,7 @@ def _page(page_type: int, body: list[Any], inner: bytes) -> list[Any]:
     size = crc = 0
     for part in body:
         size += memoryview(part).nbytes
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
     if crc >= 1 << 31:
         crc -= 1 << 32  # Thrift i32
     zsize = _zigzag(size)
