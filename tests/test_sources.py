@@ -11,8 +11,9 @@ streambatch), and its manifest statistics are compared with numpy's.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -456,3 +457,72 @@ def test_folder_of_mixed_files_is_refused(tmp_path: Path) -> None:
     pq.write_table(pa.table({"b": [1, 2, 3]}), tmp_path / "mix" / "b.parquet")
     with pytest.raises(InputError, match="mix.*--from"):
         open_source(tmp_path / "mix")
+
+
+def _numeric_data(rows: int = ROWS) -> Data:
+    """_binary_data without the bool column (Parquet's BOOLEAN is pyarrow's to decode)."""
+    return {k: v for k, v in _binary_data(rows).items() if k != "flag"}
+
+
+def _pq_streambatch(d: Path, data: Data) -> Path:
+    np.savez(d / "src.npz", **data)
+    streambatch.convert(d / "src.npz", d / "sb.pq", format="parquet", unit_rows=UNIT, progress=False)
+    return d / "sb.pq"
+
+
+def _pq_pyarrow(d: Path, data: Data, *, nullable: bool, compression: str = "none") -> Path:
+    arrays = {k: pa.array(v) if v.ndim == 1 else pa.FixedSizeListArray.from_arrays(
+        pa.array(v.reshape(-1)), math.prod(v.shape[1:])) for k, v in data.items()}
+    fields = [pa.field(k, a.type if nullable or a.type.num_fields == 0 else
+                       pa.list_(pa.field("element", a.type.value_type, nullable=False), a.type.list_size),
+                       nullable=nullable) for k, a in arrays.items()]
+    table = pa.table(arrays).cast(pa.schema(fields))
+    pq.write_table(table, d / "pa.parquet", row_group_size=150, compression=compression, use_dictionary=False)
+    return d / "pa.parquet"
+
+
+@pytest.mark.parametrize("variant", ["streambatch", "pyarrow-required", "pyarrow-nullable", "pyarrow-snappy",
+                                     "pyarrow-null"])
+def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncompressed row groups without nulls (streambatch's own files, pyarrow's with REQUIRED
+    columns) are decoded by streambatch's page reader; nullable lists, compression and nulls
+    go to pyarrow, and a null is still the error naming its row."""
+    from streambatch import sources
+
+    data = _numeric_data()
+    if variant.startswith("pyarrow"):  # a plain FixedSizeList carries no shape: rows come back flat
+        data = {k: v.reshape(len(v), -1) if v.ndim > 2 else v for k, v in data.items()}
+    shapes = {k: v.shape[1:] for k, v in data.items()}
+    if variant == "streambatch":
+        path = _pq_streambatch(tmp_path, data)
+    elif variant == "pyarrow-null":
+        data = {"id": data["id"], "f64": data["f64"]}
+        table = pa.table({"id": pa.array(data["id"]), "f64": pa.array(data["f64"], mask=data["id"] == 700)})
+        pq.write_table(table, tmp_path / "pa.parquet", row_group_size=150, compression="none")
+        path = tmp_path / "pa.parquet"
+    else:
+        path = _pq_pyarrow(tmp_path, data, nullable=variant != "pyarrow-required",
+                           compression="snappy" if variant == "pyarrow-snappy" else "none")
+    results: list[bool] = []
+    real = sources._read_row_groups_in_place
+
+    def spy(*args: Any) -> Any:
+        out = real(*args)
+        results.append(out is not None)
+        return out
+
+    monkeypatch.setattr(sources, "_read_row_groups_in_place", spy)
+    if variant == "pyarrow-null":
+        with pytest.raises(InputError, match=r"column 'f64': missing value at row 700"):
+            streambatch.convert(path, tmp_path / "out.zarr", unit_rows=UNIT, progress=False)
+        assert results and not any(results) and not (tmp_path / "out.zarr").exists()
+        return
+    m = streambatch.convert(path, tmp_path / "out.zarr", unit_rows=UNIT, progress=False)
+    assert isinstance(m, Manifest)
+    got = read_with_streambatch(m)
+    for k, v in data.items():
+        assert got[k].dtype == v.dtype and got[k].shape[1:] == shapes[k], k
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    in_place = variant in ("streambatch", "pyarrow-required")
+    assert results and all(r == in_place for r in results), results
