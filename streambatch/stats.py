@@ -17,6 +17,31 @@ from .manifest import Column
 
 __all__ = ["ColumnStats", "LabelStats"]
 
+# _small_int_moments: rows per float32 block (a sum of 258 squares of 255 is still below 2^24,
+# where float32 stops holding every integer) and rows per call (n * sum(x^2) < 2^63 in int64)
+_F32_EXACT_ROWS = 256
+_EXACT_ROWS = 1 << 22
+
+
+def _small_int_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and M2 per column of ``x`` (rows x features of 1-byte integers or bools), exactly up
+    to one final rounding: sums and sums of squares are whole numbers, computed in float32 blocks
+    small enough to hold them exactly (half the bytes of float64, twice the SIMD width), added up
+    in int64, and M2 = (n * sum(x^2) - sum(x)^2) / n in integers.  For uint8 images this ran
+    at about 3x the speed of the float64 blocks."""
+    n, feats = x.shape
+    rows = max(1, min(_F32_EXACT_ROWS, (4 << 20) // (4 * max(1, feats))))
+    buf = np.empty((min(rows, n), feats), np.float32)
+    s = np.zeros(feats, np.int64)
+    q = np.zeros(feats, np.int64)
+    for lo in range(0, n, rows):
+        part = x[lo:lo + rows]
+        b = buf[: part.shape[0]]
+        np.copyto(b, part, casting="unsafe")
+        s += b.sum(axis=0).astype(np.int64)
+        q += np.einsum("ij,ij->j", b, b).astype(np.int64)
+    return s / n, (n * q - s * s) / n
+
 
 class ColumnStats:
     """Running count/mean/M2/min/max of one column, per feature."""
@@ -30,15 +55,26 @@ class ColumnStats:
         self.max = np.full(col.row_items, -np.inf)
 
     def update(self, values: np.ndarray) -> None:
-        """Merge the rows of ``values`` in, in cache-sized float64 blocks (no large temporaries)."""
+        """Merge the rows of ``values`` in: min/max in the source dtype; count, mean and M2 exactly
+        for 1-byte integers (``_small_int_moments``), else in cache-sized float64 blocks."""
         n = values.shape[0]
         if n == 0:
             return
         x = values.reshape(n, -1)
-        feats = x.shape[1]
-        block = max(1, (2 << 20) // (8 * max(1, feats)))
-        buf = np.empty((min(block, n), feats), np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN in the data: stats become null
+            # min/max in the source dtype: exact, and fewer bytes than float64
+            self.min = np.minimum(self.min, x.min(axis=0))
+            self.max = np.maximum(self.max, x.max(axis=0))
+            if x.dtype.itemsize == 1 and x.dtype.kind in "biu":
+                for lo in range(0, n, _EXACT_ROWS):
+                    part = x[lo:lo + _EXACT_ROWS]
+                    self._merge(part.shape[0], *_small_int_moments(part))
+                return
+            feats = x.shape[1]
+            # at least 64 rows a block: wide rows (images) in 2 MB blocks of a few rows spent
+            # most of their time in the per-block calls
+            block = max(64, (2 << 20) // (8 * max(1, feats)))
+            buf = np.empty((min(block, n), feats), np.float64)
             self._merge_blocks(x, buf, block)
 
     def _merge_blocks(self, x: np.ndarray, buf: np.ndarray, block: int) -> None:
@@ -47,9 +83,6 @@ class ColumnStats:
             part = x[lo:lo + block]
             b = buf[: part.shape[0]]
             np.copyto(b, part, casting="unsafe")
-            # min/max in the source dtype: exact, and half the bytes of float64 for float32 data
-            self.min = np.minimum(self.min, part.min(axis=0))
-            self.max = np.maximum(self.max, part.max(axis=0))
             nb = b.shape[0]
             sb = b.sum(axis=0)
             mb = sb / nb
@@ -63,11 +96,15 @@ class ColumnStats:
             if bad.any():
                 centred = b[:, bad] - mb[bad]
                 m2b[bad] = np.einsum("ij,ij->j", centred, centred)
-            total = self.n + nb
-            delta = mb - self.mean
-            self.mean = self.mean + delta * (nb / total)
-            self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / total)
-            self.n = total
+            self._merge(nb, mb, m2b)
+
+    def _merge(self, nb: int, mb: np.ndarray, m2b: np.ndarray) -> None:
+        """Chan et al.'s update with a block of ``nb`` rows, mean ``mb`` and M2 ``m2b``."""
+        total = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / total)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / total)
+        self.n = total
 
     def to_json(self) -> dict[str, Any]:
         std = np.sqrt(self.m2 / max(1, self.n))

@@ -367,3 +367,35 @@ def test_read_ahead_close_mid_way_stops_and_closes_the_source() -> None:
     r.close()
     assert not r._thread.is_alive()
     assert closed == [True]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "bool"])
+def test_one_byte_statistics_are_exact(dtype: str) -> None:
+    """1-byte columns get mean and std exact to the last bit or two, merged over uneven pieces,
+    also for near-constant features (where a float64 one-pass or two-pass sum loses ~1e-13)."""
+    from fractions import Fraction
+
+    from streambatch.manifest import Column
+    from streambatch.stats import ColumnStats
+
+    rng = np.random.default_rng(7)
+    n = 50_000
+    if dtype == "uint8":  # near-constant, full range, and a block-sized run of 255s
+        data = np.stack([np.where(rng.random(n) < 0.001, 254, 255), rng.integers(0, 256, n),
+                         np.full(n, 255)], axis=1).astype(np.uint8)
+    elif dtype == "int8":
+        data = np.stack([rng.integers(-128, 128, n), np.where(rng.random(n) < 0.01, -128, -127)], axis=1).astype(np.int8)
+    else:
+        data = rng.random((n, 2)) < np.array([0.3, 0.0005])
+    stats = ColumnStats(Column("c", dtype, (data.shape[1],)))
+    for lo in range(0, n, 7_001):
+        stats.update(data[lo:lo + 7_001])
+    assert stats.n == n
+    out = stats.to_json()
+    for j in range(data.shape[1]):
+        col = data[:, j].astype(np.int64)
+        s, q = int(col.sum()), int((col * col).sum())
+        mean, std = Fraction(s, n), math.sqrt(Fraction(n * q - s * s, n * n))
+        assert out["mean"][j] == pytest.approx(float(mean), rel=1e-15, abs=1e-300)
+        assert out["std"][j] == pytest.approx(std, rel=1e-14, abs=1e-300)
+        assert out["min"][j] == col.min() and out["max"][j] == col.max()
