@@ -427,6 +427,9 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
     for f, h in zip(files[1:], handles[1:]):
         if h.schema_arrow.names != schema.names:
             raise InputError(f"{f}: columns {h.schema_arrow.names} differ from {files[0].name}'s {schema.names}")
+        for a, b in zip(schema, h.schema_arrow):
+            if a.type != b.type:
+                raise InputError(f"{f}: column {b.name!r} is {b.type}, {files[0].name} has {a.type}")
     rows = sum(h.metadata.num_rows for h in handles)
 
     cols: dict[str, Column] = {}
@@ -475,9 +478,8 @@ def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[i
     pyarrow decodes a list column value by value through its levels: img Parquet -> Zarr took
     10.9-12.3 s through pyarrow against 5.7-5.8 s read in place (peak RSS 319 -> 125 MB).
     Read in place: uncompressed PLAIN or dictionary pages (``_parquet_pages.decode_chunk``,
-    which checks the value counts and page sizes) of numeric columns that are scalars without
-    nulls (REQUIRED, or OPTIONAL with a null count of 0 in the chunk's statistics) or Arrow
-    fixed-size lists of REQUIRED numbers in a REQUIRED list, whose rows are full by type.
+    which checks the value counts and page sizes) of numeric columns that are REQUIRED scalars
+    or Arrow fixed-size lists of REQUIRED numbers in a REQUIRED list, whose rows are full by type.
     Anything else (nulls, nested or variable-length lists, extension types, bool, compression,
     a short read) returns ``None``: one such column sends the whole group to pyarrow.
     """
@@ -488,6 +490,8 @@ def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[i
     if meta.num_columns != len(schema.names):  # a nested field: leaves do not map to fields
         return None
     total = sum(meta.row_group(i).num_rows for i in groups)
+    if total == 0:  # nothing to yield; pyarrow's path yields no piece either
+        return None
     out = {c.name: np.empty((total, *c.shape), c.np_dtype) for c in cols}
     scratch = bytearray()
     try:
@@ -500,7 +504,9 @@ def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[i
             t = schema.field(j).type
             is_list = pa.types.is_fixed_size_list(t)
             items, leaf = (t.list_size, t.value_type) if is_list else (1, t)
-            if not pa.types.is_primitive(leaf) or items != c.row_items:  # nested or extension types
+            # numbers only, as _arrow_column accepts (each file's own type: a folder's files may differ)
+            if not (pa.types.is_integer(leaf) or pa.types.is_floating(leaf)) or items != c.row_items \
+                    or np.dtype(leaf.to_pandas_dtype()) != c.np_dtype:
                 return None
             flat = out[c.name].reshape(-1)
             at = 0
@@ -510,9 +516,9 @@ def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[i
                 if plan is None:
                     return None
                 offset, size, physical, max_rep, max_def = plan
-                stats = meta.row_group(i).column(j).statistics
-                no_nulls = stats is not None and stats.has_null_count and stats.null_count == 0
-                if (max_rep, max_def) not in ([(1, 1)] if is_list else [(0, 0)] + [(0, 1)] * no_nulls):
+                # REQUIRED only: an OPTIONAL column's null count is the writer's word, and a
+                # wrong one shifted dictionary-encoded values past the nulls (review)
+                if (max_rep, max_def) != ((1, 1) if is_list else (0, 0)):
                     return None
                 if len(scratch) < size:  # one buffer for every chunk: fresh bytes cost page faults
                     scratch = bytearray(size)

@@ -526,3 +526,15 @@ def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant:
         np.testing.assert_array_equal(got[k], v, err_msg=k)
     in_place = variant in ("streambatch", "pyarrow-required")
     assert results and all(r == in_place for r in results), results
+
+
+def test_parquet_folder_with_a_column_of_another_type_is_refused(tmp_path: Path) -> None:
+    """Files of one folder must agree on types too: an int32 column read as time32 in the next
+    file was silently taken as integers by the in-place reader (review)."""
+    (tmp_path / "f").mkdir()
+    pq.write_table(pa.table({"t": pa.array([1, 2, 3], pa.int32())}), tmp_path / "f" / "a.parquet")
+    pq.write_table(pa.table({"t": pa.array([10, 20, 30], pa.int32()).cast(pa.time32("s"))}),
+                   tmp_path / "f" / "b.parquet")
+    with pytest.raises(InputError, match=r"b\.parquet: column 't' is time32\[ms\], a\.parquet has int32"):
+        streambatch.convert(tmp_path / "f", tmp_path / "out.zarr", progress=False)
+    assert not (tmp_path / "out.zarr").exists()
