@@ -40,7 +40,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         args.src, args.dst, format=args.format, columns=args.columns, label=args.label,
         unit_rows=args.unit_rows, unit_bytes=args.unit_bytes, shard_bytes=args.shard_bytes, codec=args.codec,
         shuffle=args.shuffle, memory=args.memory, overwrite=args.overwrite, dry_run=args.dry_run,
-        source_format=args.source_format, progress=None if not args.quiet else False,
+        source_format=args.source_format, progress=None if not args.quiet else False, threads=args.threads,
     )
     if args.dry_run:
         assert isinstance(result, dict)
@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--codec", choices=["none", "lz4", "zstd"], default=DEFAULT_CODEC)
     c.add_argument("--shuffle", type=int, default=None, metavar="SEED", help="write rows in a random order")
     c.add_argument("--memory", type=_size("--memory"), default="1GiB", help="memory budget (1GiB)")
+    c.add_argument("--threads", type=int, default=None,
+                   help="files written at once (default: Zarr one per core, at most 8; Parquet 1)")
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     c.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")

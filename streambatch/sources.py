@@ -2,6 +2,8 @@
 
 A ``Source`` knows its columns and row count before any data is read and yields
 ``pieces(max_rows)``: dicts of numpy arrays, at most ``max_rows`` rows each, in row order.
+A source with ``random_access`` (.npy, Parquet) reads any row range without reading what
+comes before it, and its ranges may be read from several threads at once.
 Detection is by path (``detect_format``) or forced with ``--from``.  Every problem is an
 ``InputError`` naming the file and the column (or row) and what is wrong.
 """
@@ -12,6 +14,7 @@ import json
 import math
 import os
 import warnings
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +45,42 @@ class Source:
     rows: int
     _pieces: Callable[[int, tuple[str, ...]], Iterator[dict[str, np.ndarray]]] = field(repr=False)
     nbytes: int = 0
+    _range: Callable[[int, tuple[str, ...], int, int], Iterator[dict[str, np.ndarray]]] | None = \
+        field(default=None, repr=False)
 
-    def pieces(self, max_rows: int, names: tuple[str, ...] | None = None) -> Iterator[dict[str, np.ndarray]]:
-        """Yield the rows in order, ``max_rows`` at most per piece, for columns ``names``."""
-        yield from self._pieces(max(1, max_rows), names or tuple(c.name for c in self.columns))
+    @property
+    def random_access(self) -> bool:
+        """Whether ``pieces(start=...)`` skips to its rows and is safe to call from several threads."""
+        return self._range is not None
+
+    def pieces(self, max_rows: int, names: tuple[str, ...] | None = None, start: int = 0,
+               stop: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield rows ``start`` to ``stop`` (all by default) in order, ``max_rows`` at most per
+        piece, for columns ``names``.  Without ``random_access`` a range reads past the rows before it."""
+        names = names or tuple(c.name for c in self.columns)
+        max_rows = max(1, max_rows)
+        stop = self.rows if stop is None else min(stop, self.rows)
+        if start <= 0 and stop == self.rows:
+            yield from self._pieces(max_rows, names)
+        elif self._range is not None:
+            yield from self._range(max_rows, names, start, stop)
+        else:
+            yield from _trim(self._pieces(max_rows, names), names[0], 0, start, stop)
+
+
+def _trim(pieces: Iterator[Any], first: str, row: int, start: int, stop: int) -> Iterator[Any]:
+    """The rows ``start`` to ``stop`` of ``pieces``, whose first row is ``row``: a piece is a dict
+    of arrays or ``(row, dict)`` for pieces that say where they start."""
+    for p in pieces:
+        if isinstance(p, tuple):
+            row, p = p
+        n = len(p[first])
+        lo, hi = max(0, start - row), min(n, stop - row)
+        if hi > lo:
+            yield p if (lo, hi) == (0, n) else {k: v[lo:hi] for k, v in p.items()}
+        row += n
+        if row >= stop:
+            return
 
 
 def detect_format(path: Path) -> str:
@@ -117,7 +152,7 @@ def _equal_lengths(lengths: dict[str, int], where: str) -> int:
 
 
 def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callable[[str], str],
-                  keep: tuple[str, ...] | None) -> Source:
+                  keep: tuple[str, ...] | None, random_access: bool = False) -> Source:
     """A source over named array-likes supporting ``shape``, ``dtype`` and slicing (memmap, h5py, zarr)."""
     arrays = {n: arrays[n] for n in _select(list(arrays), keep, str(path))}
     _check_names(list(arrays), str(path))
@@ -132,13 +167,16 @@ def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callab
         if c.shape and c.row_items == 0:
             raise InputError(f"{where_of(c.name)}: column {c.name!r} has empty rows (shape {c.shape})")
 
-    def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
-        for lo in range(0, rows, max_rows):
-            hi = min(rows, lo + max_rows)
+    def ranged(max_rows: int, names: tuple[str, ...], start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        for lo in range(start, stop, max_rows):
+            hi = min(stop, lo + max_rows)
             yield {n: np.asarray(arrays[n][lo:hi]) for n in names}
 
+    def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        return ranged(max_rows, names, 0, rows)
+
     nbytes = sum(c.row_nbytes for c in cols) * rows
-    return Source(path, fmt, tuple(cols), rows, pieces, nbytes)
+    return Source(path, fmt, tuple(cols), rows, pieces, nbytes, ranged if random_access else None)
 
 
 class _NpyFile:
@@ -154,16 +192,23 @@ class _NpyFile:
         if fortran:
             raise ValueError("Fortran-ordered arrays are not supported")
         self.row_bytes = int(math.prod(self.shape[1:])) * self.dtype.itemsize
+        self._fd: int | None = None
+        self._closer: Any = None
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         lo, hi, _ = rows.indices(self.shape[0])
         n = max(0, hi - lo)
         out = np.empty((n, *self.shape[1:]), self.dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + lo * self.row_bytes)
-            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
-        if got != n * self.row_bytes:
-            raise InputError(f"{self.path}: file truncated at row {lo + got // max(1, self.row_bytes)}")
+        if self._fd is None:  # opened once, closed with this object; preadv is safe from any thread
+            fd = os.open(self.path, os.O_RDONLY)
+            self._fd, self._closer = fd, weakref.finalize(self, os.close, fd)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        got = 0
+        while got < len(view):
+            k = os.preadv(self._fd, [view[got:]], self.offset + lo * self.row_bytes + got)
+            if k == 0:
+                raise InputError(f"{self.path}: file truncated at row {lo + got // max(1, self.row_bytes)}")
+            got += k
         return out
 
 
@@ -198,8 +243,9 @@ def _open_npy(path: Path, keep: tuple[str, ...] | None) -> Source:
             raise InputError(f"{f}: cannot read: {e}") from None
     if path.is_file():
         arrays = {"x" if path.stem == "" else path.stem: arrays[path.stem]}
+    # _NpyFile reads with preadv (no shared file position): ranges may be read from several threads
     return _array_source(path, "npy", arrays, lambda n: str(path / f"{n}.npy") if path.is_dir() else str(path),
-                         keep)
+                         keep, random_access=True)
 
 
 class _NpzMember:
@@ -383,7 +429,12 @@ def _infer_list_shapes(cols: list[Column], first: Any, where: str) -> list[Colum
 
 def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
                   batches: Callable[[int, tuple[str, ...]], Iterator[Any]],
-                  first_batch: Callable[[], Any] | None, keep: tuple[str, ...] | None) -> Source:
+                  first_batch: Callable[[], Any] | None, keep: tuple[str, ...] | None,
+                  batches_from: Callable[[int, tuple[str, ...], int], Iterator[tuple[int, Any]]] | None = None
+                  ) -> Source:
+    """A source over Arrow record batches (or dicts of arrays already decoded).  ``batches_from``
+    (max_rows, names, start) yields ``(first row, batch)`` from the batch holding row ``start``
+    on: with it, the source has random access."""
     where = str(path)
     chosen = _select(list(schema.names), keep, where)
     fields = [f for f in schema if keep is None or f.name in chosen]
@@ -395,19 +446,26 @@ def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
         cols = _infer_list_shapes(cols, first_batch() if first_batch else None, where)
     by_name = {c.name: c for c in cols}
 
-    def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
-        row0 = 0
-        for b in batches(max_rows, names):
+    def decoded(numbered: Iterator[tuple[int, Any]], max_rows: int,
+                names: tuple[str, ...]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for row0, b in numbered:
             if isinstance(b, dict):  # already decoded (a Parquet row group read in place), at most max_rows
-                yield b
-                row0 += len(b[names[0]])
+                yield row0, b
                 continue
             for lo in range(0, b.num_rows, max_rows):
                 part = b.slice(lo, max_rows)
-                yield {n: _arrow_to_numpy(part.column(n), by_name[n], where, row0 + lo) for n in names}
-            row0 += b.num_rows
+                yield row0 + lo, {n: _arrow_to_numpy(part.column(n), by_name[n], where, row0 + lo) for n in names}
 
-    return Source(path, fmt, tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows)
+    def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+        for _, piece in decoded(_numbered(batches(max_rows, names), 0, names[0]), max_rows, names):
+            yield piece
+
+    def ranged(max_rows: int, names: tuple[str, ...], start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        assert batches_from is not None
+        return _trim(decoded(batches_from(max_rows, names, start), max_rows, names), names[0], 0, start, stop)
+
+    return Source(path, fmt, tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows,
+                  ranged if batches_from is not None else None)
 
 
 def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
@@ -433,6 +491,7 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
     rows = sum(h.metadata.num_rows for h in handles)
 
     cols: dict[str, Column] = {}
+    file_rows = [h.metadata.num_rows for h in handles]
 
     def read_groups(f: Path, h: Any, group: list[int], names: tuple[str, ...]) -> Iterator[Any]:
         fast = _read_row_groups_in_place(f, h.metadata, h.schema_arrow, group, [cols[n] for n in names])
@@ -441,33 +500,60 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
         else:
             yield from h.read_row_groups(group, columns=list(names), use_threads=False).to_batches()
 
-    def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
-        # Whole row groups, as many as fit in max_rows at a time: iter_batches over many small
-        # row groups (such as streambatch's own) ran 9x slower.
-        for f, h in zip(files, handles):
+    def batches_from(max_rows: int, names: tuple[str, ...], start: int) -> Iterator[tuple[int, Any]]:
+        """(first row, batch) from the row group holding row ``start`` on.  Each call opens the
+        files it reads (ranges are read from several threads); files before ``start`` are skipped
+        by their row counts."""
+        row = 0
+        for f, n_file in zip(files, file_rows):
+            if row + n_file <= start:
+                row += n_file
+                continue
+            h = pq.ParquetFile(f)
             meta = h.metadata
+            # Whole row groups, as many as fit in max_rows at a time: iter_batches over many small
+            # row groups (such as streambatch's own) ran 9x slower.
             group: list[int] = []
-            rows = 0
+            group_row = row
+            taken = 0
             for i in range(meta.num_row_groups):
                 n = meta.row_group(i).num_rows
-                if group and rows + n > max_rows:
-                    yield from read_groups(f, h, group, names)
-                    group, rows = [], 0
+                if row + n <= start:
+                    row += n
+                    group_row = row
+                    continue
+                if group and taken + n > max_rows:
+                    yield from _numbered(read_groups(f, h, group, names), group_row, names[0])
+                    group, taken, group_row = [], 0, row
                 if n > max_rows:  # one big row group: stream it in pieces
-                    yield from h.iter_batches(batch_size=max_rows, row_groups=[i], columns=list(names),
-                                              use_threads=False)
+                    yield from _numbered(h.iter_batches(batch_size=max_rows, row_groups=[i], columns=list(names),
+                                                        use_threads=False), row, names[0])
+                    row += n
+                    group_row = row
                     continue
                 group.append(i)
-                rows += n
+                taken += n
+                row += n
             if group:
-                yield from read_groups(f, h, group, names)
+                yield from _numbered(read_groups(f, h, group, names), group_row, names[0])
+
+    def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
+        for _, b in batches_from(max_rows, names, 0):
+            yield b
 
     def first() -> Any:
         return next(handles[0].iter_batches(batch_size=1), None)
 
-    source = _batch_source(path, "parquet", schema, rows, batches, first, keep)
+    source = _batch_source(path, "parquet", schema, rows, batches, first, keep, batches_from)
     cols.update((c.name, c) for c in source.columns)
     return source
+
+
+def _numbered(batches: Iterator[Any], row: int, first: str) -> Iterator[tuple[int, Any]]:
+    """``(first row, batch)`` for consecutive batches (Arrow record batches or dicts of arrays)."""
+    for b in batches:
+        yield row, b
+        row += len(b[first]) if isinstance(b, dict) else b.num_rows
 
 
 def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[int],

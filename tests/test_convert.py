@@ -399,3 +399,123 @@ def test_one_byte_statistics_are_exact(dtype: str) -> None:
         assert out["mean"][j] == pytest.approx(float(mean), rel=1e-15, abs=1e-300)
         assert out["std"][j] == pytest.approx(std, rel=1e-14, abs=1e-300)
         assert out["min"][j] == col.min() and out["max"][j] == col.max()
+
+
+# --------------------------------------------------------------------------- files written in parallel
+
+
+def _parts_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the conversions that went through the parallel path (and how many threads each used)."""
+    mod = sys.modules["streambatch.convert"]
+    runs: list[int] = []
+    run = mod._Parts.run
+
+    def counted(self, bar):  # type: ignore[no-untyped-def]
+        runs.append(self.threads)
+        return run(self, bar)
+
+    monkeypatch.setattr(mod._Parts, "run", counted)
+    return runs
+
+
+def _parquet_source(tmp_path: Path, npy: Path) -> Path:
+    """``npy`` as a folder of Parquet files of uneven row groups, as pyarrow writes them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = load_npy_folder(npy)
+    table = pa.table({"id": data["id"], "x": pa.FixedSizeListArray.from_arrays(data["x"].reshape(-1), 4),
+                      "y": data["y"]})
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 1700), folder / "a.parquet", row_group_size=333)
+    pq.write_table(table.slice(1700), folder / "b.parquet", row_group_size=1000)
+    return folder
+
+
+@pytest.mark.parametrize("fmt,codec", [("zarr", "none"), ("zarr", "lz4"), ("parquet", "none"), ("parquet", "zstd")])
+@pytest.mark.parametrize("src_kind", ["npy", "parquet"])
+def test_parallel_files_equal_the_sequential_conversion(tmp_path: Path, sorted_npy: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        fmt: str, codec: str, src_kind: str) -> None:
+    """Files written by 3 threads at once hold the same bytes, layout, checksums and histogram as
+    one writer's, and statistics equal to rounding."""
+    src = sorted_npy if src_kind == "npy" else _parquet_source(tmp_path, sorted_npy)
+    runs = _parts_runs(monkeypatch)
+    opts = dict(format=fmt, codec=codec, unit_rows=97, shard_bytes=20_000, label="y", progress=False)
+    one = streambatch.convert(src, tmp_path / "one", threads=1, **opts)
+    assert runs == []
+    many = streambatch.convert(src, tmp_path / "many", threads=3, memory="1MiB", **opts)
+    assert runs == [3]
+    assert isinstance(one, Manifest) and isinstance(many, Manifest)
+    assert len(many.files) >= 4 * (3 if fmt == "zarr" else 1)
+    assert many.files == one.files and many.layout == one.layout and many.fingerprint == one.fingerprint
+    np.testing.assert_array_equal(many.unit_stored_nbytes, one.unit_stored_nbytes)
+    for f in one.files:
+        assert (tmp_path / "many" / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
+    for k in ("id", "x", "y"):
+        for key in ("count", "mean", "std", "min", "max"):
+            np.testing.assert_allclose(many.stats[k][key], one.stats[k][key], rtol=1e-12)
+    assert many.stats["y"]["histogram"] == one.stats["y"]["histogram"]
+    got = read_all(load_manifest(tmp_path / "many"))
+    for k, v in load_npy_folder(sorted_npy).items():
+        np.testing.assert_array_equal(got[k], v)
+
+
+def test_parallel_files_name_the_first_bad_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad labels in two files: the error names the first in source order even when the thread of
+    the later file finds its bad row first (the first file's check is delayed here)."""
+    from streambatch.stats import LabelStats
+
+    src = tmp_path / "src"
+    src.mkdir()
+    y = np.repeat(np.arange(10.0), 500)
+    y[[50, 150, 4321]] = [np.inf, np.nan, np.nan]
+    np.save(src / "y.npy", y)
+    np.save(src / "x.npy", np.zeros((5000, 8), np.float32))
+    check = LabelStats.check
+    order: list[int | None] = []
+
+    def delayed(self: LabelStats, values: np.ndarray, where: str, first_row: int | None = None) -> None:
+        if first_row == 0:
+            time.sleep(0.3)
+        order.append(first_row)
+        check(self, values, where, first_row)
+
+    monkeypatch.setattr(LabelStats, "check", delayed)
+    runs = _parts_runs(monkeypatch)
+    with pytest.raises(InputError, match=r"has NaN/inf at row 50$"):  # units of 100 rows: one a file
+        streambatch.convert(src, tmp_path / "ds", unit_rows=100, shard_bytes=4000, label="y", threads=4,
+                            progress=False)
+    assert runs == [4]
+    assert order.index(100) < order.index(0), "the second file's thread failed first"
+    assert 4300 not in order, "files after a failure are not started"
+    assert not (tmp_path / "ds").exists() and not temp_folders(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, _Boom])
+def test_a_failing_file_stops_the_others_and_leaves_nothing(tmp_path: Path, sorted_npy: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, fmt: str,
+                                                            exc: type[BaseException]) -> None:
+    """A writer thread's error reaches the caller with its type (KeyboardInterrupt included);
+    the files after it are abandoned, no thread is left (the autouse fixture) and nothing stays."""
+    writer = WRITERS[fmt]
+    write_units = writer.write_units
+    seen: list[int] = []
+
+    def failing(self: object, data: dict[str, np.ndarray]) -> None:
+        seen.append(self._unit)  # type: ignore[attr-defined]
+        if self._unit >= 20:  # type: ignore[attr-defined]
+            raise exc("stop")
+        write_units(self, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer, "write_units", failing)
+    runs = _parts_runs(monkeypatch)
+    dst = tmp_path / "out" / "ds"
+    with pytest.raises(exc, match="stop"):
+        streambatch.convert(sorted_npy, dst, format=fmt, unit_rows=50, shard_bytes=8000, threads=2,
+                            progress=False)
+    assert runs == [2]
+    assert max(seen) < 40, "files after the failing one were abandoned"
+    assert not dst.exists() and not temp_folders(dst)
+    assert list(dst.parent.iterdir()) == []

@@ -506,19 +506,24 @@ def test_sigint_mid_epoch_exits_promptly_leaving_nothing(built: dict[str, Path],
     assert sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*")) == before
 
 
-def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["shuffle", "parallel"])
+def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Path], tmp_path: Path,
+                                                             how: str) -> None:
+    """Ctrl-C in the sequential (pre-shuffle) path and in files written by parallel threads."""
+    method, opts = ("write_unit", ["--shuffle", "2", "--memory", "64KiB"]) if how == "shuffle" else \
+        ("write_units", ["--shard-bytes", "4KiB", "--threads", "2"])
     script = SIGINT_HANDLER + textwrap.dedent(f"""
         import sys, time
         from streambatch.storage import zarr_store
         from streambatch.cli import main
-        write_unit = zarr_store.Writer.write_unit
+        write = zarr_store.Writer.{method}
         def slow(self, data):
-            write_unit(self, data)
+            write(self, data)
             print("unit", flush=True)
             time.sleep(0.02)
-        zarr_store.Writer.write_unit = slow
+        zarr_store.Writer.{method} = slow
         sys.exit(main(["convert", {str(built['src'])!r}, {str(tmp_path / 'out' / 'ds')!r}, "--unit-rows", "50",
-                       "--shuffle", "2", "--memory", "64KiB", "-q"]))
+                       *{opts!r}, "-q"]))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -161,7 +161,7 @@ def test_value_offsets_in_the_manifest_are_checked(tmp_path: Path) -> None:
 
     # with a matching offsets CRC (edited on purpose) the load succeeds, and `verify` (which
     # decodes every unit's pages as well) tells the offsets from the pages apart, naming the column
-    doc["layout"]["values_crc32c"] = parquet_store._offsets_crc(m.columns, doc["layout"]["values"])
+    doc["layout"]["values_crc32c"] = parquet_store._offsets_crc([c.name for c in m.columns], doc["layout"]["values"])
     manifest.write_text(json.dumps(doc))
     reader = open_reader(load_manifest(ds), verify=True)
     try:

@@ -538,3 +538,41 @@ def test_parquet_folder_with_a_column_of_another_type_is_refused(tmp_path: Path)
     with pytest.raises(InputError, match=r"b\.parquet: column 't' is time32\[ms\], a\.parquet has int32"):
         streambatch.convert(tmp_path / "f", tmp_path / "out.zarr", progress=False)
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("kind", ["npy", "parquet", "parquet-in-place", "csv"])
+def test_row_ranges_are_slices_of_the_whole(tmp_path: Path, kind: str) -> None:
+    """``pieces(start=, stop=)`` yields exactly those rows, in pieces of at most ``max_rows``:
+    .npy and Parquet skip to them (random access: row groups of two files, one larger than a
+    piece; or streambatch's own files, read in place), other formats read past the rows before them."""
+    n = 1000
+    ids = np.arange(n, dtype=np.int64) * 3
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    if kind == "npy":
+        path = tmp_path / "npy"
+        path.mkdir()
+        np.save(path / "id.npy", ids)
+        np.save(path / "x.npy", x)
+    elif kind == "parquet":
+        path = tmp_path / "pq"
+        path.mkdir()
+        table = pa.table({"id": ids, "x": pa.FixedSizeListArray.from_arrays(x.reshape(-1), 3)})
+        pq.write_table(table.slice(0, 400), path / "a.parquet", row_group_size=77)
+        pq.write_table(table.slice(400), path / "b.parquet", row_group_size=500)
+    elif kind == "parquet-in-place":
+        np.save(tmp_path / "id.npy", ids)
+        np.save(tmp_path / "x.npy", x)
+        path = tmp_path / "own"
+        streambatch.convert(tmp_path, path, format="parquet", unit_rows=77, shard_bytes=77 * 20 * 5, progress=False)
+        assert len(list(path.glob("*.parquet"))) == 3
+    else:
+        path = tmp_path / "t.csv"
+        pd.DataFrame({"id": ids, "x": x[:, 0]}).to_csv(path, index=False)
+        x = x[:, :1].reshape(-1)
+    source = open_source(path)
+    assert source.random_access == (kind != "csv")
+    for lo, hi in [(0, n), (5, 6), (76, 78), (300, 999), (399, 401), (450, 451), (999, 1000), (650, 2000)]:
+        pieces = list(source.pieces(128, ("id", "x"), lo, hi))
+        assert all(0 < len(p["id"]) <= 128 for p in pieces), (lo, hi)
+        np.testing.assert_array_equal(np.concatenate([p["id"] for p in pieces]), ids[lo:hi])
+        np.testing.assert_array_equal(np.concatenate([p["x"] for p in pieces]), x[lo:hi])

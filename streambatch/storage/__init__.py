@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import ManifestError
 from ..manifest import Column, Manifest
 
-__all__ = ["UnitReader", "UnitWriter", "open_reader", "read_all", "open_writer", "validate_layout", "CODECS", "STORAGES"]
+__all__ = ["UnitReader", "UnitWriter", "open_reader", "read_all", "open_writer", "units_per_file", "combine",
+           "validate_layout", "CODECS", "STORAGES"]
 
 CODECS = ("none", "lz4", "zstd")
 STORAGES = ("zarr", "parquet")
@@ -45,10 +46,19 @@ class UnitReader(Protocol):
 
 
 class UnitWriter(Protocol):
-    """Writes shuffle units in order into a dataset folder (the converter's temp folder)."""
+    """Writes shuffle units in order into a dataset folder (the converter's temp folder).
+
+    A writer opened at ``first_unit`` (a file's first unit, a multiple of :func:`units_per_file`)
+    writes from there on; writers of different files may run in parallel in one folder, and
+    :func:`combine` joins their :meth:`finish` results in unit order.
+    """
 
     def write_unit(self, data: dict[str, np.ndarray]) -> None:
         """Append one unit: ``data[name]`` holds the same number of rows for every column."""
+        ...
+
+    def write_units(self, data: dict[str, np.ndarray]) -> None:
+        """Append consecutive whole units (``k * unit_rows`` rows; the dataset's last may be short)."""
         ...
 
     def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
@@ -95,13 +105,27 @@ def read_all(manifest: Manifest, columns: tuple[Column, ...] | None = None, veri
 
 
 def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
-                shard_bytes: int, codec: str) -> UnitWriter:
-    """A writer of ``storage`` format into ``folder``."""
+                shard_bytes: int, codec: str, first_unit: int = 0) -> UnitWriter:
+    """A writer of ``storage`` format into ``folder``, from unit ``first_unit`` on."""
     if storage not in STORAGES:
         raise ValueError(f"unknown output format {storage!r}; choose one of {', '.join(STORAGES)}")
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    return _modules()[storage].Writer(folder, columns, rows, unit_rows, shard_bytes, codec)  # type: ignore[no-any-return]
+    return _modules()[storage].Writer(  # type: ignore[no-any-return]
+        folder, columns, rows, unit_rows, shard_bytes, codec, first_unit)
+
+
+def units_per_file(storage: str, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
+    """Units in each file of ``storage`` format (a Zarr shard of every column, a Parquet file)."""
+    mod = _modules()[storage]
+    fn = mod.units_per_shard if storage == "zarr" else mod.units_per_file
+    return fn(columns, rows, unit_rows, shard_bytes)  # type: ignore[no-any-return]
+
+
+def combine(storage: str, parts: list[tuple[list[str], dict[str, Any], list[int], list[int]]]
+            ) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
+    """The ``finish`` results of writers of consecutive parts, as one writer's of the whole."""
+    return _modules()[storage].Writer.combine(parts)  # type: ignore[no-any-return]
 
 
 def validate_layout(storage: str, layout: dict[str, Any], n_units: int, n_files: int,

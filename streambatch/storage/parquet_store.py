@@ -103,16 +103,31 @@ class _TrackingSink:
         return False
 
 
+def units_per_file(columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
+    """Row groups (units) per file: ``shard_bytes`` of decoded rows, at least one unit."""
+    return max(1, min(-(-rows // unit_rows), shard_bytes // max(1, unit_rows * sum(c.row_nbytes for c in columns))))
+
+
 class Writer:
-    """Appends one row group per unit, starting a new file every ``shard_bytes``."""
+    """Appends one row group per unit, starting a new file every ``shard_bytes`` of decoded rows
+    (:func:`units_per_file`; compressed files come out smaller, as Zarr shards do).
+
+    A writer starting at ``first_unit`` (the first unit of a file) writes that part of the
+    dataset only: writers of different files run in parallel, and :meth:`combine` joins what
+    they return.
+    """
 
     def __init__(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
-                 shard_bytes: int, codec: str) -> None:
+                 shard_bytes: int, codec: str, first_unit: int = 0) -> None:
+        self.units_per_file = units_per_file(columns, rows, unit_rows, shard_bytes)
+        if first_unit % self.units_per_file:
+            raise ValueError(f"a Parquet writer starts at a file's first unit, not unit {first_unit}")
+        self._unit = first_unit
+        self.unit_rows = unit_rows
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.columns = columns
         self.schema = arrow_schema(columns)
-        self.shard_bytes = shard_bytes
         self.codec = _PARQUET_CODEC[codec]
         self._own = supports(columns, codec, unit_rows)  # uncompressed numeric columns: our page writer
         self.values: dict[str, list[int]] = {c.name: [] for c in columns}
@@ -127,7 +142,7 @@ class Writer:
         import pyarrow.parquet as pq
 
         self._close_file()
-        name = f"part-{len(self.files):05d}.parquet"
+        name = f"part-{self._unit // self.units_per_file:05d}.parquet"
         self.files.append(name)
         self._sink = _TrackingSink(self.folder / name)
         if self._own:
@@ -147,7 +162,7 @@ class Writer:
         return [f"{c.name}.list.element" if c.shape else c.name for c in self.columns if c.np_dtype.itemsize == 1]
 
     def write_unit(self, data: dict[str, np.ndarray]) -> None:
-        if self._sink is None or self._sink.pos >= self.shard_bytes:
+        if self._sink is None or self._unit % self.units_per_file == 0:
             self._new_file()
         assert self._sink is not None
         start = self._sink.pos
@@ -167,6 +182,13 @@ class Writer:
                 self.values[c.name].append(at - start)
         self.stored.append(size)
         self._groups += 1
+        self._unit += 1
+
+    def write_units(self, data: dict[str, np.ndarray]) -> None:
+        """Write consecutive units: ``data`` holds ``k * unit_rows`` rows (the last may be short)."""
+        n = len(data[self.columns[0].name])
+        for lo in range(0, n, self.unit_rows):
+            self.write_unit({name: v[lo:lo + self.unit_rows] for name, v in data.items()})
 
     def _table(self, data: dict[str, np.ndarray]) -> Any:
         import pyarrow as pa
@@ -190,8 +212,29 @@ class Writer:
         layout: dict[str, Any] = {**self.loc, "checksum": DEFAULT_CHECKSUM, "page_checksums": True}
         if self._own:  # where each unit's values start in its row group, per column (see Reader._direct)
             layout["values"] = self.values
-            layout["values_crc32c"] = _offsets_crc(self.columns, self.values)
+            layout["values_crc32c"] = _offsets_crc([c.name for c in self.columns], self.values)
         return self.files, layout, self.stored, list(self.loc["crc32"])
+
+    @staticmethod
+    def combine(parts: list[tuple[list[str], dict[str, Any], list[int], list[int]]]
+                ) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
+        """What :meth:`finish` returns for the whole dataset, from the parts' results in unit order."""
+        files: list[str] = []
+        first = parts[0][1]
+        layout: dict[str, Any] = {"file": [], "row_group": [], "offset": [], "size": [], "crc32": [],
+                                  "checksum": first["checksum"], "page_checksums": first["page_checksums"]}
+        values: dict[str, list[int]] = {name: [] for name in first.get("values", {})}
+        for part_files, part_layout, _, _ in parts:
+            layout["file"] += [f + len(files) for f in part_layout["file"]]
+            for k in ("row_group", "offset", "size", "crc32"):
+                layout[k] += part_layout[k]
+            for name, v in part_layout.get("values", {}).items():
+                values[name] += v
+            files += part_files
+        if "values" in first:
+            layout["values"] = values
+            layout["values_crc32c"] = _offsets_crc(list(values), values)
+        return files, layout, [s for p in parts for s in p[2]], [c for p in parts for c in p[3]]
 
     def abort(self) -> None:
         try:
@@ -240,18 +283,18 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
             out["values"][c.name] = at
         # the unit checksums cover the bytes, not which of them are a column's values: a changed
         # offset would pass them and serve the wrong bytes, so the offsets carry their own
-        if layout.get("values_crc32c") != _offsets_crc(columns, out["values"]):
+        if layout.get("values_crc32c") != _offsets_crc([c.name for c in columns], out["values"]):
             raise ManifestError(f"{w}.values do not match values_crc32c (manifest damaged)")
         out["values_crc32c"] = layout["values_crc32c"]
     return out
 
 
-def _offsets_crc(columns: tuple[Column, ...], values: dict[str, Any]) -> int:
-    """CRC-32C of the value offsets, column by column in schema order, as little-endian int64s."""
+def _offsets_crc(names: list[str], values: dict[str, Any]) -> int:
+    """CRC-32C of the value offsets, column by column in schema order (``names``), as little-endian int64s."""
     crc = 0
     extend = extend_fn("crc32c")
-    for c in columns:
-        crc = extend(crc, np.ascontiguousarray(values[c.name], dtype="<i8"))
+    for name in names:
+        crc = extend(crc, np.ascontiguousarray(values[name], dtype="<i8"))
     return crc
 
 
