@@ -599,6 +599,9 @@ def render(records: list[dict[str, Any]]) -> str:
             + (f"holds for all {len(conv)}" if not over else f"**fails** for {', '.join(over)}")
             + "."
         ]
+        copies = [r["copy_mb_per_s"] for r in conv]
+        line.append(f" The copy ran at {min(copies):,.0f}-{max(copies):,.0f} MB/s across this run's configurations"
+                    " (each a median of 3), so each ratio also moves with its own copy's speed.")
         shuf = next((r for r in conv if r["shuffle"] is not None), None)
         plain_npy = next(
             (r for r in plain if r["input"] == "npy" and r["format"] == "zarr" and r["memory"] == "1GiB"), None
