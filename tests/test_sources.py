@@ -25,6 +25,7 @@ import pytest
 import zarr
 
 import streambatch
+from conftest import flip_byte
 from streambatch.errors import InputError
 from streambatch.manifest import Manifest, load_manifest
 from streambatch.sources import detect_format, open_source
@@ -481,6 +482,20 @@ def _pq_pyarrow(d: Path, data: Data, *, nullable: bool, compression: str = "none
     return d / "pa.parquet"
 
 
+def _spy_found(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[bool]:
+    """Wrap ``module.name``; the list records, per call, whether it returned something (not None)."""
+    found: list[bool] = []
+    real = getattr(module, name)
+
+    def spy(*args: Any) -> Any:
+        got = real(*args)
+        found.append(got is not None)
+        return got
+
+    monkeypatch.setattr(module, name, spy)
+    return found
+
+
 @pytest.mark.parametrize("variant", ["streambatch", "pyarrow-required", "pyarrow-nullable", "pyarrow-snappy",
                                      "pyarrow-null"])
 def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant: str,
@@ -494,8 +509,9 @@ def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant:
     if variant.startswith("pyarrow"):  # a plain FixedSizeList carries no shape: rows come back flat
         data = {k: v.reshape(len(v), -1) if v.ndim > 2 else v for k, v in data.items()}
     shapes = {k: v.shape[1:] for k, v in data.items()}
-    if variant == "streambatch":
+    if variant == "streambatch":  # the files alone: with their manifest the dataset's reader reads them
         path = _pq_streambatch(tmp_path, data)
+        (path / "_streambatch.json").unlink()
     elif variant == "pyarrow-null":
         data = {"id": data["id"], "f64": data["f64"]}
         table = pa.table({"id": pa.array(data["id"]), "f64": pa.array(data["f64"], mask=data["id"] == 700)})
@@ -504,15 +520,7 @@ def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant:
     else:
         path = _pq_pyarrow(tmp_path, data, nullable=variant != "pyarrow-required",
                            compression="snappy" if variant == "pyarrow-snappy" else "none")
-    results: list[bool] = []
-    real = sources._read_row_groups_in_place
-
-    def spy(*args: Any) -> Any:
-        out = real(*args)
-        results.append(out is not None)
-        return out
-
-    monkeypatch.setattr(sources, "_read_row_groups_in_place", spy)
+    results = _spy_found(monkeypatch, sources, "_read_row_groups_in_place")
     if variant == "pyarrow-null":
         with pytest.raises(InputError, match=r"column 'f64': missing value at row 700"):
             streambatch.convert(path, tmp_path / "out.zarr", unit_rows=UNIT, progress=False)
@@ -576,3 +584,46 @@ def test_row_ranges_are_slices_of_the_whole(tmp_path: Path, kind: str) -> None:
         assert all(0 < len(p["id"]) <= 128 for p in pieces), (lo, hi)
         np.testing.assert_array_equal(np.concatenate([p["id"] for p in pieces]), ids[lo:hi])
         np.testing.assert_array_equal(np.concatenate([p["x"] for p in pieces]), x[lo:hi])
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_a_streambatch_dataset_is_read_through_its_manifest(tmp_path: Path, fmt: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset folder with its manifest is read by streambatch's reader (units straight into
+    place, every checksum checked): converting it to another layout keeps every value; a damaged
+    unit is a DataError naming it and nothing is written; without a valid manifest the folder is
+    read as plain Zarr or Parquet."""
+    from streambatch import sources
+    from streambatch.errors import DataError
+    from streambatch.storage import read_all
+
+    data = _numeric_data()
+    np.savez(tmp_path / "src.npz", **data)
+    ds = tmp_path / "ds"
+    made = streambatch.convert(tmp_path / "src.npz", ds, format=fmt, unit_rows=UNIT, shard_bytes=4 * UNIT * 100,
+                               progress=False)
+    assert isinstance(made, Manifest) and len(made.files) >= 2
+    opened = _spy_found(monkeypatch, sources, "_open_dataset")
+    for other in ("zarr", "parquet"):
+        out = streambatch.convert(ds, tmp_path / f"to-{other}", format=other, unit_rows=UNIT // 3 + 1,
+                                  shard_bytes=3 * UNIT * 100, threads=2, progress=False)
+        assert isinstance(out, Manifest) and out.fingerprint != made.fingerprint
+        got = read_all(out, verify=True)
+        for k, v in data.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+        for k in data:
+            for key in ("mean", "std", "min", "max"):
+                np.testing.assert_allclose(out.stats[k][key], made.stats[k][key], rtol=1e-12)
+    assert opened == [True, True]
+
+    unit = 5
+    loc = made.layout["columns"]["f64"] if fmt == "zarr" else made.layout
+    flip_byte(ds / made.files[int(loc["file"][unit])], int(loc["offset"][unit]) + 7)
+    with pytest.raises(DataError, match=r"unit 5\b"):
+        streambatch.convert(ds, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.sbtmp-*"))
+
+    (ds / "_streambatch.json").write_text("{")  # no valid manifest: the files alone
+    opened.clear()
+    assert isinstance(open_source(ds, columns=("id",)), sources.Source)
+    assert opened == [False]
