@@ -30,7 +30,7 @@ from ._sizes import parse_size
 from .errors import InputError, StreambatchError, TargetExistsError, WriteError
 from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Column, Manifest, compute_fingerprint
 from .sources import Source, open_source
-from .stats import ColumnStats, LabelStats
+from .stats import ColumnStats, LabelStats, shift_of
 from .storage import CODECS, STORAGES, combine, open_writer, units_per_file
 
 __all__ = ["convert", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC", "DEFAULT_MEMORY"]
@@ -187,8 +187,9 @@ class _Parts:
     """
 
     def __init__(self, source: Source, cols: tuple[Column, ...], fmt: str, folder: Path, unit_rows: int,
-                 shard_bytes: int, codec: str, label: str | None, threads: int, piece_bytes: int) -> None:
-        self.source, self.cols, self.fmt, self.folder = source, cols, fmt, folder
+                 shard_bytes: int, codec: str, label: str | None, threads: int, piece_bytes: int,
+                 target: Path) -> None:
+        self.source, self.cols, self.fmt, self.folder, self.target = source, cols, fmt, folder, target
         self.unit_rows, self.shard_bytes, self.codec, self.label = unit_rows, shard_bytes, codec, label
         units = -(-source.rows // unit_rows)
         per_file = units_per_file(fmt, cols, source.rows, unit_rows, shard_bytes)
@@ -198,6 +199,10 @@ class _Parts:
         # whole units a piece: runs of units are written with one call
         self.piece_rows = max(1, piece_bytes // max(1, unit_rows * sum(c.row_nbytes for c in cols))) * unit_rows
         self.stage_bytes = max(4096, min(1 << 20, piece_bytes // max(1, len(cols))))
+        # every part's moments around the same point, the first row: merged parts then keep
+        # float64 precision however far the values are from zero (see ColumnStats)
+        first = next(source.pieces(1, tuple(c.name for c in cols), 0, 1))
+        self.shifts = {c.name: shift_of(first[c.name][0]) for c in cols}
         self.done = [0] * len(self.starts)  # rows written per part (progress)
         self.results: list[Any] = [None] * len(self.starts)
         self.errors: dict[int, BaseException] = {}
@@ -226,7 +231,7 @@ class _Parts:
         u0 = self.starts[i]
         lo, hi = u0 * self.unit_rows, min(self.source.rows, (u0 + self.per_file) * self.unit_rows)
         names = tuple(c.name for c in self.cols)
-        stats = {c.name: ColumnStats(c, self.stage_bytes) for c in self.cols}
+        stats = {c.name: ColumnStats(c, self.stage_bytes, self.shifts[c.name]) for c in self.cols}
         lstats = LabelStats(next(c for c in self.cols if c.name == self.label)) if self.label is not None else None
         where = str(self.source.path)
 
@@ -242,20 +247,29 @@ class _Parts:
                 row += len(piece[names[0]])
                 yield piece
 
-        writer = open_writer(self.fmt, self.folder, self.cols, self.source.rows, self.unit_rows, self.shard_bytes,
-                             self.codec, first_unit=u0)
+        with _writing(self.target):  # write errors only: a read error keeps its own type
+            writer = open_writer(self.fmt, self.folder, self.cols, self.source.rows, self.unit_rows, self.shard_bytes,
+                                 self.codec, first_unit=u0)
         try:
             for run in _stage_units(counted(), self.unit_rows, runs=True):
-                writer.write_units(run)
+                with _writing(self.target):
+                    writer.write_units(run)
                 if lstats is not None:
                     labels = run[lstats.col.name]
                     for u in range(0, len(labels), self.unit_rows):
                         lstats.update_unit(labels[u:u + self.unit_rows])
                 self.done[i] += len(run[names[0]])
-            self.results[i] = (writer.finish(), stats, lstats)
+            with _writing(self.target):
+                result = writer.finish()
         except BaseException:
-            writer.abort()
+            try:
+                writer.abort()
+            except OSError:  # closing a file on a full disk fails again; the first error is raised
+                pass
             raise
+        for st in stats.values():
+            st.release()
+        self.results[i] = (result, stats, lstats)
 
     def _work(self) -> None:
         while (i := self._take()) is not None:
@@ -270,12 +284,13 @@ class _Parts:
     def run(self, bar: Progress) -> tuple[Any, dict[str, ColumnStats], LabelStats | None, int]:
         """Write every part; return the joined (files, layout, stored, checksums), the statistics,
         the label statistics and the rows written."""
-        workers = [threading.Thread(target=self._work, name=f"streambatch-convert-{k}", daemon=True)
-                   for k in range(self.threads)]
+        workers: list[threading.Thread] = []
         shown = 0
         try:
-            for t in workers:
+            for k in range(self.threads):
+                t = threading.Thread(target=self._work, name=f"streambatch-convert-{k}", daemon=True)
                 t.start()
+                workers.append(t)
             for t in workers:
                 while t.is_alive():
                     t.join(0.1)
@@ -288,7 +303,7 @@ class _Parts:
                 t.join()
         if self.errors:
             raise self.errors[min(self.errors)]
-        stats = {c.name: ColumnStats(c) for c in self.cols}
+        stats = {c.name: ColumnStats(c, shift=self.shifts[c.name]) for c in self.cols}
         lstats: LabelStats | None = None
         for _, part_stats, part_lstats in self.results:
             for name, st in part_stats.items():
@@ -484,13 +499,19 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         # Parquet by default on one thread: its page writer is Python and holds the GIL, and two
         # writing threads ran npy -> Parquet 12% slower than one writer beside the reading thread.
         threads = threads or (min(_MAX_THREADS, _cores()) if format == "zarr" else 1)
-        if shuffle is None and source.random_access and threads > 1 and plan["shards"] > 1:
+        # Each thread holds a piece (sized below), a unit or two being staged and encoded, and its
+        # statistics' stage (an eighth of a piece): fewer threads where big units would not fit.
+        threads = max(1, min(threads, memory_b // (8 * unit_rows * row_bytes)))
+        file_rows = units_per_file(format, cols, source.rows, unit_rows, shard_b) * unit_rows
+        # A source read in blocks larger than an eighth of a file (big Parquet row groups) would
+        # have every part decode the blocks it shares with its neighbours: read it in order.
+        if (shuffle is None and source.random_access and source.block_rows <= file_rows // 8 and threads > 1
+                and plan["shards"] > 1):
             # Pieces small enough to stay in the core's cache from the read to the write.
             parts = _Parts(source, cols, format, tmp, unit_rows, shard_b, codec, label, threads,
-                           max(1, min(_PARALLEL_PIECE_BYTES, memory_b // (16 * threads))))
+                           max(1, min(_PARALLEL_PIECE_BYTES, memory_b // (16 * threads))), target)
             with Progress(source.rows, f"convert {source.path.name}", row_bytes, enabled=progress) as bar:
-                with _writing(target):
-                    written_files, stats, lstats, written = parts.run(bar)
+                written_files, stats, lstats, written = parts.run(bar)
         else:
             written_files, stats, lstats, written = _write_sequential(
                 source, cols, format, tmp, unit_rows, shard_b, codec, label, shuffle, memory_b, target, progress)
@@ -549,7 +570,8 @@ def _write_sequential(source: Source, cols: tuple[Column, ...], fmt: str, folder
         # Pieces of at most 8 MiB: fresh 64 MiB pieces cost page faults on every read
         # (npy -> zarr ran at 340 MB/s with 64 MiB pieces, 500 MB/s with 16 MiB ones).
         piece_rows = max(1, min(memory_b // 16, _PIECE_BYTES) // max(1, row_bytes))
-        stats = {c.name: ColumnStats(c) for c in cols}
+        stage_bytes = max(4096, min(1 << 20, memory_b // (16 * len(cols))))
+        stats = {c.name: ColumnStats(c, stage_bytes) for c in cols}
         lstats = LabelStats(next(c for c in cols if c.name == label)) if label is not None else None
         with _writing(target):
             writer = open_writer(fmt, folder, cols, source.rows, unit_rows, shard_b, codec)

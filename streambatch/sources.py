@@ -47,6 +47,9 @@ class Source:
     nbytes: int = 0
     _range: Callable[[int, tuple[str, ...], int, int], Iterator[dict[str, np.ndarray]]] | None = \
         field(default=None, repr=False)
+    block_rows: int = 1
+    """The most rows a range may have to read for one row (a Parquet row group, a dataset's unit):
+    ranges that share such a block each read it."""
 
     @property
     def random_access(self) -> bool:
@@ -430,8 +433,8 @@ def _infer_list_shapes(cols: list[Column], first: Any, where: str) -> list[Colum
 def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
                   batches: Callable[[int, tuple[str, ...]], Iterator[Any]],
                   first_batch: Callable[[], Any] | None, keep: tuple[str, ...] | None,
-                  batches_from: Callable[[int, tuple[str, ...], int], Iterator[tuple[int, Any]]] | None = None
-                  ) -> Source:
+                  batches_from: Callable[[int, tuple[str, ...], int], Iterator[tuple[int, Any]]] | None = None,
+                  block_rows: int = 1) -> Source:
     """A source over Arrow record batches (or dicts of arrays already decoded).  ``batches_from``
     (max_rows, names, start) yields ``(first row, batch)`` from the batch holding row ``start``
     on: with it, the source has random access."""
@@ -460,12 +463,26 @@ def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
         for _, piece in decoded(_numbered(batches(max_rows, names), 0, names[0]), max_rows, names):
             yield piece
 
-    def ranged(max_rows: int, names: tuple[str, ...], start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+    def near(max_rows: int, names: tuple[str, ...], start: int, stop: int) -> Iterator[tuple[int, Any]]:
+        """The batches holding rows ``start`` to ``stop``, Arrow ones cut to them before decoding."""
         assert batches_from is not None
-        return _trim(decoded(batches_from(max_rows, names, start), max_rows, names), names[0], 0, start, stop)
+        for row0, b in batches_from(max_rows, names, start):
+            n = len(b[names[0]]) if isinstance(b, dict) else b.num_rows
+            if row0 >= stop:
+                return
+            if row0 + n <= start:
+                continue
+            if not isinstance(b, dict) and (row0 < start or row0 + n > stop):
+                lo = max(0, start - row0)
+                b = b.slice(lo, min(n, stop - row0) - lo)
+                row0 += lo
+            yield row0, b
+
+    def ranged(max_rows: int, names: tuple[str, ...], start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
+        return _trim(decoded(near(max_rows, names, start, stop), max_rows, names), names[0], 0, start, stop)
 
     return Source(path, fmt, tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows,
-                  ranged if batches_from is not None else None)
+                  ranged if batches_from is not None else None, block_rows)
 
 
 def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
@@ -498,7 +515,8 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
         if fast is not None:
             yield fast
         else:
-            yield from h.read_row_groups(group, columns=list(names), use_threads=False).to_batches()
+            yield from _named(f, group, lambda: h.read_row_groups(group, columns=list(names),
+                                                                 use_threads=False).to_batches())
 
     def batches_from(max_rows: int, names: tuple[str, ...], start: int) -> Iterator[tuple[int, Any]]:
         """(first row, batch) from the row group holding row ``start`` on.  Each call opens the
@@ -526,8 +544,8 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
                     yield from _numbered(read_groups(f, h, group, names), group_row, names[0])
                     group, taken, group_row = [], 0, row
                 if n > max_rows:  # one big row group: stream it in pieces
-                    yield from _numbered(h.iter_batches(batch_size=max_rows, row_groups=[i], columns=list(names),
-                                                        use_threads=False), row, names[0])
+                    yield from _numbered(_named(f, [i], lambda: h.iter_batches(
+                        batch_size=max_rows, row_groups=[i], columns=list(names), use_threads=False)), row, names[0])
                     row += n
                     group_row = row
                     continue
@@ -544,9 +562,22 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
     def first() -> Any:
         return next(handles[0].iter_batches(batch_size=1), None)
 
-    source = _batch_source(path, "parquet", schema, rows, batches, first, keep, batches_from)
+    biggest = max((h.metadata.row_group(i).num_rows for h in handles for i in range(h.metadata.num_row_groups)),
+                  default=1)
+    source = _batch_source(path, "parquet", schema, rows, batches, first, keep, batches_from, max(1, biggest))
     cols.update((c.name, c) for c in source.columns)
     return source
+
+
+def _named(path: Path, groups: list[int], read: Callable[[], Any]) -> Iterator[Any]:
+    """The batches ``read()`` gives, pyarrow's errors for a damaged file (several lines, no file
+    name) as one-line ``InputError``s naming the file and the row groups."""
+    try:
+        yield from read()
+    except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = f"row group {groups[0]}" if len(groups) == 1 else f"row groups {groups[0]}-{groups[-1]}"
+        raise InputError(f"{path}: cannot read {where}: {first}") from None
 
 
 def _numbered(batches: Iterator[Any], row: int, first: str) -> Iterator[tuple[int, Any]]:
@@ -734,7 +765,8 @@ def _open_dataset(path: Path, fmt: str, keep: tuple[str, ...] | None) -> Source 
     def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
         return ranged(max_rows, names, 0, manifest.rows)
 
-    return Source(path, fmt, cols, manifest.rows, pieces, sum(c.row_nbytes for c in cols) * manifest.rows, ranged)
+    return Source(path, fmt, cols, manifest.rows, pieces, sum(c.row_nbytes for c in cols) * manifest.rows, ranged,
+                  int(manifest.unit_rows.max()))
 
 
 _OPENERS: dict[str, Callable[[Path, tuple[str, ...] | None], Source]] = {

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import InputError
 from .manifest import Column
 
-__all__ = ["ColumnStats", "LabelStats"]
+__all__ = ["ColumnStats", "LabelStats", "shift_of"]
 
 # _small_int_moments: rows per float32 block (a sum of 258 squares of 255 is still below 2^24,
 # where float32 stops holding every integer) and rows per call (n * sum(x^2) < 2^63 in int64)
@@ -63,6 +63,18 @@ def _fold(ufunc: np.ufunc, x: np.ndarray) -> np.ndarray:
     return out if m == n else ufunc(out, ufunc.reduce(x[m:], axis=0))
 
 
+def shift_of(row: np.ndarray) -> np.ndarray:
+    """The per-feature ``ColumnStats`` shift for a column whose first row is ``row``: its values
+    as float64 (0 where not finite; 0 for 1-byte columns, whose moments are exact unshifted)."""
+    flat = np.asarray(row).reshape(-1)
+    if flat.dtype.itemsize == 1 and flat.dtype.kind in "biu":
+        return np.zeros(flat.size, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = flat.astype(np.float64)
+    out[~np.isfinite(out)] = 0.0
+    return out
+
+
 class ColumnStats:
     """Running count/mean/M2/min/max of one column, per feature.
 
@@ -72,9 +84,13 @@ class ColumnStats:
     or ``merge``, which flush the stage, rather than ``mean``/``m2`` directly mid-way).
     """
 
-    def __init__(self, col: Column, stage_bytes: int = _STAGE_BYTES) -> None:
+    def __init__(self, col: Column, stage_bytes: int = _STAGE_BYTES, shift: np.ndarray | None = None) -> None:
         self.col = col
         self._stage_bytes = stage_bytes
+        # Moments are of x - shift, a value of the column (its first row): far from zero, a
+        # block's float64 mean carries an error of ~eps * |mean|, which Chan's merge turns into
+        # an M2 error of ~delta * that (parts of int64 ids near 2^40 merged to 1e-9 of the std)
+        self.shift = shift
         self._n = 0
         self.mean = np.zeros(col.row_items, np.float64)
         self.m2 = np.zeros(col.row_items, np.float64)
@@ -118,13 +134,27 @@ class ColumnStats:
             self._summarise(self._stage[:staged])
 
     def merge(self, other: ColumnStats) -> None:
-        """Add the statistics of ``other`` (another part of the same column)."""
-        other.flush()
+        """Add the statistics of ``other`` (another part of the same column; exact to rounding
+        when both were made with the same ``shift``)."""
+        other.release()
         if other._n:
             self.flush()
-            self._merge(other._n, other.mean, other.m2)
-            self.min = np.minimum(self.min, other.min)
-            self.max = np.maximum(self.max, other.max)
+            if self._n == 0 and self.shift is None:
+                self.shift = other.shift
+            mean = other.mean
+            if other.shift is not self.shift:  # the other part's mean around this one's shift (None: 0)
+                mean = other.mean + ((0.0 if other.shift is None else other.shift)
+                                     - (0.0 if self.shift is None else self.shift))
+            with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN parts: stats become null
+                self._merge(other._n, mean, other.m2)
+                self.min = np.minimum(self.min, other.min)
+                self.max = np.maximum(self.max, other.max)
+
+    def release(self) -> None:
+        """Summarise the staged rows and free the staging buffer (a finished part keeps only
+        its statistics)."""
+        self.flush()
+        self._stage = None
 
     def _summarise(self, x: np.ndarray) -> None:
         """Merge the rows of ``x`` (rows x features): min/max in the source dtype; count, mean and
@@ -139,6 +169,8 @@ class ColumnStats:
                     part = x[lo:lo + _EXACT_ROWS]
                     self._merge(part.shape[0], *_small_int_moments(part))
                 return
+            if self.shift is None:
+                self.shift = shift_of(x[0])
             feats = x.shape[1]
             # at least 64 rows a block: wide rows (images) in 2 MB blocks of a few rows spent
             # most of their time in the per-block calls
@@ -152,6 +184,7 @@ class ColumnStats:
             part = x[lo:lo + block]
             b = buf[: part.shape[0]]
             np.copyto(b, part, casting="unsafe")
+            b -= self.shift
             nb = b.shape[0]
             sb = b.sum(axis=0)
             mb = sb / nb
@@ -178,12 +211,13 @@ class ColumnStats:
     def to_json(self) -> dict[str, Any]:
         self.flush()
         std = np.sqrt(self.m2 / max(1, self._n))
+        mean = self.mean if self.shift is None else self.mean + self.shift
 
         def out(a: np.ndarray) -> Any:
             vals = [float(v) if np.isfinite(v) else None for v in a]
             return vals[0] if not self.col.shape else vals
 
-        return {"count": self._n, "mean": out(self.mean), "std": out(std), "min": out(self.min), "max": out(self.max)}
+        return {"count": self._n, "mean": out(mean), "std": out(std), "min": out(self.min), "max": out(self.max)}
 
 
 class LabelStats:

@@ -513,13 +513,13 @@ def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Pa
     method, opts = ("write_unit", ["--shuffle", "2", "--memory", "64KiB"]) if how == "shuffle" else \
         ("write_units", ["--shard-bytes", "4KiB", "--threads", "2"])
     script = SIGINT_HANDLER + textwrap.dedent(f"""
-        import sys, time
+        import os, sys, time
         from streambatch.storage import zarr_store
         from streambatch.cli import main
         write = zarr_store.Writer.{method}
         def slow(self, data):
             write(self, data)
-            print("unit", flush=True)
+            os.write(1, b"unit\\n")  # one write: lines of parallel threads do not interleave
             time.sleep(0.02)
         zarr_store.Writer.{method} = slow
         sys.exit(main(["convert", {str(built['src'])!r}, {str(tmp_path / 'out' / 'ds')!r}, "--unit-rows", "50",
@@ -538,6 +538,9 @@ def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
     assert proc.returncode == 130 and "interrupted" in err and elapsed < 2.0, (proc.returncode, err)
     assert list((tmp_path / "out").iterdir()) == []
 
