@@ -288,9 +288,8 @@ class _Parts:
         shown = 0
         try:
             for k in range(self.threads):
-                t = threading.Thread(target=self._work, name=f"streambatch-convert-{k}", daemon=True)
-                t.start()
-                workers.append(t)
+                workers.append(threading.Thread(target=self._work, name=f"streambatch-convert-{k}", daemon=True))
+                workers[-1].start()
             for t in workers:
                 while t.is_alive():
                     t.join(0.1)
@@ -300,7 +299,8 @@ class _Parts:
         finally:
             self.stop()  # only matters when this thread was interrupted: workers stop at their next piece
             for t in workers:
-                t.join()
+                if t.ident is not None:  # started (an interrupt may come between creating and starting)
+                    t.join()
         if self.errors:
             raise self.errors[min(self.errors)]
         stats = {c.name: ColumnStats(c, shift=self.shifts[c.name]) for c in self.cols}
