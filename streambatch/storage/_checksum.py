@@ -27,8 +27,10 @@ CHECKSUMS = ("crc32", "crc32c")
 DEFAULT_CHECKSUM = "crc32c"
 
 
-def _readonly(data: Any) -> np.ndarray:
+def _readonly(data: Any) -> Any:
     """A read-only uint8 view of any contiguous buffer (google_crc32c takes read-only buffers only)."""
+    if type(data) is bytes:  # already read-only (page headers: most of the Parquet writer's calls)
+        return data
     view = np.frombuffer(data, dtype=np.uint8)
     if view.flags.writeable:
         view = view.view()

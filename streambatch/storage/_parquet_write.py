@@ -74,6 +74,10 @@ def _varint(v: int) -> bytes:
     went here before the one-byte values came from a table)."""
     if v < 0x80:
         return _ONE_BYTE[v]
+    if v < 0x4000:  # sizes of a unit's pages; then value counts and offsets
+        return bytes((v & 0x7F | 0x80, v >> 7))
+    if v < 0x200000:
+        return bytes((v & 0x7F | 0x80, v >> 7 & 0x7F | 0x80, v >> 14))
     out = []
     while v >= 0x80:
         out.append(v & 0x7F | 0x80)
