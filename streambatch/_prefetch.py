@@ -43,6 +43,51 @@ _POLL = 0.1  # seconds between re-checks of the stop flag while blocked
 _TASK_BYTES = 1 << 20  # read tasks and batch tasks are grouped up to about this many bytes
 
 
+class _Done:
+    """A task's completion flag, set once by a pool thread, waited on by the consumer.
+
+    A plain lock held until the task finishes: ``threading.Event`` waits through
+    ``Condition.__enter__``, Python code that Ctrl-C can interrupt right after it took the
+    event's lock, leaving that lock held by the consumer; the pool thread finishing the task
+    then blocked on it forever (the SIGINT test saw ``close`` wait its full 5 s for such
+    threads).  A C lock's acquire either takes the lock or raises without it.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        self._lock.release()
+
+    def is_set(self) -> bool:
+        return not self._lock.locked()
+
+    def wait(self, timeout: float) -> bool:
+        if self._lock.acquire(True, timeout):
+            self._lock.release()
+            return True
+        return False
+
+
+class _Flag:
+    """A flag set once (the pool's stop), checked without a lock and set with a C-level one:
+    ``threading.Event.set`` goes through ``Condition.__enter__`` too (see _Done)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def set(self) -> None:
+        self._lock.acquire(False)
+
+    def is_set(self) -> bool:
+        return self._lock.locked()
+
+
 class _Task:
     """A unit of pool work and its outcome: ok(value), failed(exception) or cancelled."""
 
@@ -50,7 +95,7 @@ class _Task:
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], where: str | _Where) -> None:
         self.fn, self.args, self.where = fn, args, where
-        self.done = threading.Event()
+        self.done = _Done()
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -60,8 +105,11 @@ class _Pool:
 
     def __init__(self, threads: int, name: str) -> None:
         self._heap: list[tuple[int, int, _Task]] = []
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
+        # The consumer takes the plain lock in C (``with self._lock``), never through the
+        # Condition's Python __enter__, where Ctrl-C could leave it held (see _Done)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._stop = _Flag()
         self._seq = itertools.count()
         self.threads = [threading.Thread(target=_pool_worker, args=(self._heap, self._cond, self._stop),
                                          name=f"{THREAD_PREFIX}{name}-{i}", daemon=True)
@@ -71,7 +119,7 @@ class _Pool:
 
     def submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...], where: str | _Where) -> _Task:
         task = _Task(fn, args, where)
-        with self._cond:
+        with self._lock:
             if self._stop.is_set():
                 raise RuntimeError("streambatch loader is closed")
             heapq.heappush(self._heap, (priority, next(self._seq), task))
@@ -79,10 +127,10 @@ class _Pool:
         return task
 
     def close(self, timeout: float = 5.0) -> None:
-        _shutdown(self._heap, self._cond, self._stop, self.threads, timeout)
+        _shutdown(self._heap, self._lock, self._cond, self._stop, self.threads, timeout)
 
 
-def _pool_worker(heap: list[tuple[int, int, _Task]], cond: threading.Condition, stop: threading.Event) -> None:
+def _pool_worker(heap: list[tuple[int, int, _Task]], cond: threading.Condition, stop: _Flag) -> None:
     while True:
         with cond:
             while not heap and not stop.is_set():
@@ -100,9 +148,9 @@ def _pool_worker(heap: list[tuple[int, int, _Task]], cond: threading.Condition, 
             task.done.set()
 
 
-def _shutdown(heap: list[Any], cond: threading.Condition, stop: threading.Event,
+def _shutdown(heap: list[Any], lock: Any, cond: threading.Condition, stop: _Flag,
               threads: list[threading.Thread], timeout: float) -> None:
-    with cond:
+    with lock:
         stop.set()
         heap.clear()
         cond.notify_all()

@@ -97,7 +97,13 @@ class _ReadAhead:
 
     def __init__(self, it: Iterator[Any], depth: int = 2) -> None:
         self._it = it
-        self._queue: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+        # C-level queues: queue.Queue's Python-level locking can be interrupted by Ctrl-C in the
+        # consumer right after taking its mutex, which the reader's next put then waits for
+        # forever (see _prefetch._Done).  Free slots bound the items ahead (``depth``).
+        self._items: queue.SimpleQueue[tuple[Any, BaseException | None]] = queue.SimpleQueue()
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(depth):
+            self._slots.put(None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="streambatch-convert-read", daemon=True)
         self._thread.start()
@@ -105,10 +111,11 @@ class _ReadAhead:
     def _put(self, item: Any, err: BaseException | None = None) -> bool:
         while not self._stop.is_set():
             try:
-                self._queue.put((item, err), timeout=0.05)
-                return True
-            except queue.Full:
+                self._slots.get(timeout=0.05)
+            except queue.Empty:
                 continue
+            self._items.put((item, err))
+            return True
         return False
 
     def _run(self) -> None:
@@ -126,7 +133,8 @@ class _ReadAhead:
 
     def __iter__(self) -> Iterator[Any]:
         while True:
-            item, err = self._queue.get()
+            item, err = self._items.get()
+            self._slots.put(None)
             if err is not None:
                 raise err
             if item is self._END:

@@ -506,6 +506,37 @@ def test_sigint_mid_epoch_exits_promptly_leaving_nothing(built: dict[str, Path],
     assert sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*")) == before
 
 
+def test_ctrl_c_right_after_a_python_lock_enter_leaves_no_thread_blocked(built: dict[str, Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython can deliver Ctrl-C inside ``Condition.__enter__`` (Python code) just after it took
+    the lock, which then stays held by the interrupted thread.  The loader's consumer side must
+    not take such locks: before, a pool thread then blocked on the leaked lock and ``close``
+    waited its full 5 s (test_sigint_mid_epoch_exits_promptly_leaving_nothing failed 1 run in
+    4-10 with 'stopping took 6.52s'; a thread dump showed both pool threads in Condition.wait).
+    Here every such call on the consumer thread is interrupted at that point, while iterating
+    and while closing: iteration and close must not notice."""
+    enter = threading.Condition.__enter__
+    fired: list[str] = []
+
+    def interrupted_enter(self: threading.Condition) -> bool:
+        got = enter(self)
+        if threading.current_thread() is threading.main_thread():
+            fired.append("consumer")
+            raise KeyboardInterrupt  # the lock stays held, as when Ctrl-C lands here
+        return got
+
+    it = iter(small(built["zarr-none"], transform=lambda b: (time.sleep(0.002), b)[1]))
+    next(it)
+    monkeypatch.setattr(threading.Condition, "__enter__", interrupted_enter)
+    for _ in range(30):
+        next(it)
+    t0 = time.monotonic()
+    it.close()  # type: ignore[attr-defined]
+    monkeypatch.undo()
+    assert fired == [] and time.monotonic() - t0 < 1.0, (fired, time.monotonic() - t0)
+    # the autouse fixture then checks that no streambatch thread is left
+
+
 @pytest.mark.parametrize("how", ["shuffle", "parallel"])
 def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Path], tmp_path: Path,
                                                              how: str) -> None:
