@@ -195,14 +195,14 @@ class _Parts:
     """
 
     def __init__(self, source: Source, cols: tuple[Column, ...], fmt: str, folder: Path, unit_rows: int,
-                 shard_bytes: int, codec: str, label: str | None, threads: int, piece_bytes: int,
+                 shard_bytes: int, codec: str, label: Column | None, threads: int, piece_bytes: int,
                  target: Path) -> None:
         self.source, self.cols, self.fmt, self.folder, self.target = source, cols, fmt, folder, target
         self.unit_rows, self.shard_bytes, self.codec, self.label = unit_rows, shard_bytes, codec, label
         units = -(-source.rows // unit_rows)
         per_file = units_per_file(fmt, cols, source.rows, unit_rows, shard_bytes)
         self.starts = list(range(0, units, per_file))
-        self.units, self.per_file = units, per_file
+        self.per_file = per_file
         self.threads = max(1, min(threads, len(self.starts)))
         # whole units a piece: runs of units are written with one call
         self.piece_rows = max(1, piece_bytes // max(1, unit_rows * sum(c.row_nbytes for c in cols))) * unit_rows
@@ -240,7 +240,7 @@ class _Parts:
         lo, hi = u0 * self.unit_rows, min(self.source.rows, (u0 + self.per_file) * self.unit_rows)
         names = tuple(c.name for c in self.cols)
         stats = {c.name: ColumnStats(c, self.stage_bytes, self.shifts[c.name]) for c in self.cols}
-        lstats = LabelStats(next(c for c in self.cols if c.name == self.label)) if self.label is not None else None
+        lstats = LabelStats(self.label) if self.label is not None else None
         where = str(self.source.path)
 
         def counted() -> Iterator[dict[str, np.ndarray]]:
@@ -506,6 +506,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     try:
         # Parquet by default on one thread: its page writer is Python and holds the GIL, and two
         # writing threads ran npy -> Parquet 12% slower than one writer beside the reading thread.
+        label_col = by_name[label] if label is not None else None
         threads = threads or (min(_MAX_THREADS, _cores()) if format == "zarr" else 1)
         # Each thread holds a piece (sized below), a unit or two being staged and encoded, and its
         # statistics' stage (an eighth of a piece): fewer threads where big units would not fit.
@@ -516,13 +517,13 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         if (shuffle is None and source.random_access and source.block_rows <= file_rows // 8 and threads > 1
                 and plan["shards"] > 1):
             # Pieces small enough to stay in the core's cache from the read to the write.
-            parts = _Parts(source, cols, format, tmp, unit_rows, shard_b, codec, label, threads,
+            parts = _Parts(source, cols, format, tmp, unit_rows, shard_b, codec, label_col, threads,
                            max(1, min(_PARALLEL_PIECE_BYTES, memory_b // (16 * threads))), target)
             with Progress(source.rows, f"convert {source.path.name}", row_bytes, enabled=progress) as bar:
                 written_files, stats, lstats, written = parts.run(bar)
         else:
             written_files, stats, lstats, written = _write_sequential(
-                source, cols, format, tmp, unit_rows, shard_b, codec, label, shuffle, memory_b, target, progress)
+                source, cols, format, tmp, unit_rows, shard_b, codec, label_col, shuffle, memory_b, target, progress)
         if written != source.rows:
             raise InputError(f"{source.path}: read {written} rows, expected {source.rows} (input changed?)")
         files, layout, stored, checksums = written_files
@@ -565,7 +566,7 @@ def _cores() -> int:
 
 
 def _write_sequential(source: Source, cols: tuple[Column, ...], fmt: str, folder: Path, unit_rows: int,
-                      shard_b: int, codec: str, label: str | None, shuffle: int | None, memory_b: int,
+                      shard_b: int, codec: str, label: Column | None, shuffle: int | None, memory_b: int,
                       target: Path, progress: bool | None
                       ) -> tuple[Any, dict[str, ColumnStats], LabelStats | None, int]:
     """Read the source in order on one thread (with the statistics) while this one writes; the
@@ -580,7 +581,7 @@ def _write_sequential(source: Source, cols: tuple[Column, ...], fmt: str, folder
         piece_rows = max(1, min(memory_b // 16, _PIECE_BYTES) // max(1, row_bytes))
         stage_bytes = max(4096, min(1 << 20, memory_b // (16 * len(cols))))
         stats = {c.name: ColumnStats(c, stage_bytes) for c in cols}
-        lstats = LabelStats(next(c for c in cols if c.name == label)) if label is not None else None
+        lstats = LabelStats(label) if label is not None else None
         with _writing(target):
             writer = open_writer(fmt, folder, cols, source.rows, unit_rows, shard_b, codec)
 
