@@ -162,9 +162,11 @@ def _quality(rows: np.ndarray, labels: np.ndarray | None, unit_rows: np.ndarray,
 
     out: dict[str, float] = {}
     if rows.size >= 2 * batch_size and np.unique(rows).size == rows.size:
-        out["deff"] = design_effect(rows, unit_rows, batch_size)["deff"] if rows.size == int(unit_rows.sum()) \
+        # the design effect compares batches with units: undefined for data in one unit
+        whole = rows.size == int(unit_rows.sum())
+        out["deff"] = design_effect(rows, unit_rows, batch_size)["deff"] if whole and unit_rows.size > 1 \
             else float("nan")
-        out["spearman"] = global_order(rows)["spearman"] if rows.size == int(unit_rows.sum()) else float("nan")
+        out["spearman"] = global_order(rows)["spearman"] if whole else float("nan")
     if labels is not None and labels.size >= 2 * batch_size:
         kl = label_kl(labels, batch_size)
         out.update({"label_kl": kl["kl_mean"], "label_kl_ratio": kl["kl_ratio"],
@@ -244,7 +246,8 @@ def _print_report(rep: dict[str, Any]) -> None:
             extra += f"  {e['samples_per_s'] / ram:.2f}x in-RAM"
         if naive:
             extra += f"  {e['samples_per_s'] / naive:.1f}x naive"
-        q = f"deff {e.get('deff', float('nan')):.2f}"
+        deff = e.get("deff", float("nan"))
+        q = f"deff {deff:.2f}" if deff == deff else "deff n/a"
         if "label_kl_ratio" in e:
             q += f", label KL {e['label_kl_ratio']:.2f}x ideal, {100 * e['frac_missing_class']:.0f}% batches miss a class"
         print(f"  epoch {i}: {e['samples_per_s']:,.0f} samples/s, {e['mb_per_s']:,.0f} MB/s, first batch "

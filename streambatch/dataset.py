@@ -17,7 +17,7 @@ peak bytes and the predicted shuffle quality before any data is read.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from typing import Any, Callable, Iterator, Mapping
 
@@ -27,6 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ._prefetch import Prefetcher
 from ._sizes import parse_size
+from ._state import STATE_VERSION, Run, Shared, WorkerPosition, make_state, parse_state
 from .errors import ManifestError, StateError
 from .manifest import Column, Manifest, load_manifest
 from .remote import is_url
@@ -45,7 +46,6 @@ from .storage import open_reader
 
 __all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
 
-STATE_VERSION = 1
 INDEX_KEY = "_row"
 # Batches assembled ahead of the consumer: 8 per thread (two groups of 4), at most this many.  The budget
 # always reserves room for the maximum, so the plan (and every batch) does not depend on
@@ -56,7 +56,9 @@ _LOCAL_THREADS = 2  # default reader threads per process for local files (see _t
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None or world_size is not None:
-        r, w = (rank or 0), (world_size or 1)
+        r, w = (0 if rank is None else rank), (1 if world_size is None else world_size)
+        if w < 1:
+            raise ValueError(f"world_size must be at least 1, got {w}")
     else:
         import torch.distributed as dist
 
@@ -128,6 +130,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.seed = int(seed)
         self.memory_budget = parse_size(memory_budget, "memory_budget")
+        if columns is not None and len(columns) == 0:
+            raise ValueError(f"{self.manifest.root}: columns=[] selects no column; leave it out to load all of "
+                             f"{[c.name for c in self.manifest.columns]}")
         self.columns: tuple[Column, ...] = self.manifest.select(columns)
         self.drop_last = bool(drop_last)
         self.threads = threads
@@ -138,9 +143,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self.timeout = timeout
         self.normalize = self._normalizers(normalize)
         self.epoch = 0
-        self._consumed = 0  # batches yielded in this process this epoch (num_workers=0)
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
-        self._active: tuple[tuple[Phase, ...], int, int] = ((), 0, 0)  # this iteration: see _resolve
+        self._run: Run | None = None  # this process's current (or last) iteration of the epoch
+        # a state loaded inside a DataLoader worker: (earlier phases, window rows, position)
+        self._worker_resume: tuple[tuple[Phase, ...], int, WorkerPosition] | None = None
+        self._shared = Shared()  # epoch and resume state as DataLoader workers see them
         self.last_peak_accounted_bytes = 0
         self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
         self._layout(1)  # fail now, not in a worker, if the budget is too small
@@ -209,14 +216,17 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     # ------------------------------------------------------------------ planning
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration serves (call before each epoch)."""
+        """Choose the epoch whose order the next iteration serves (call before each epoch).
+
+        It reaches DataLoader workers that are already running (``persistent_workers=True``).
+        """
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self.epoch:
-            self._consumed = 0
             self._resume = None
-            self._active = ((), 0, 0)
+            self._run = None
         self.epoch = int(epoch)
+        self._shared.publish(self.epoch, self._resume)
 
     def plan(self, worker: int = 0, num_workers: int = 1, epoch: int | None = None,
              window_rows: int | None = None, history: tuple[Phase, ...] = ()) -> EpochPlan:
@@ -252,71 +262,106 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
             icc = m.stats[m.label]["histogram"].get("icc")
             icc = 1.0 if icc is None else float(icc)
-        deff = self._predicted_deff(window_rows, mean_unit, icc) if self.shuffle else float(self.batch_size)
+        # a batch holds at most the rank's rows; batches of one row have nothing to correlate
+        b = min(self.batch_size, self._rank_rows())
+        deff = 1.0 if b < 2 else self._predicted_deff(window_rows, mean_unit, icc, b) if self.shuffle else float(b)
         n_labels = 10
         if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
             n_labels = max(2, len(m.stats[m.label]["histogram"].get("values", [])))
+        # a one-row batch holds one label: its KL against balanced labels is ln(L) however it is shuffled
+        kl = math.log(n_labels) if b < 2 else predict_kl(deff, b, n_labels)
         peak = (2 * window_rows + lay["ahead"] * self.batch_size) * self.row_nbytes
         return {
             "batches": len(self), "batch_size": self.batch_size, "units": m.n_units, "unit_rows": mean_unit,
             "window_rows": window_rows, "window_units": k, "read_ahead_windows": 1, "read_ahead_units": k,
             "threads": lay["threads"], "budget_bytes": self.memory_budget,
             "budget_bytes_per_process": lay["budget"], "predicted_peak_bytes": peak * max(1, num_workers),
-            "predicted_deff": deff, "predicted_kl": predict_kl(deff, self.batch_size, n_labels),
+            "predicted_deff": deff, "predicted_kl": kl,
             "label_icc": icc, "rank": self.rank, "world_size": self.world_size,
         }
 
-    def _predicted_deff(self, window_rows: int, mean_unit: float, icc: float) -> float:
-        """Batch-weighted mean of the tumbling-window prediction over the epoch's windows."""
+    def _predicted_deff(self, window_rows: int, mean_unit: float, icc: float, batch: int) -> float:
+        """Batch-weighted mean of the tumbling-window prediction over the epoch's windows, for
+        batches of ``batch`` rows (the batch size, or the rank's rows where it holds fewer)."""
         bounds = window_bounds(self._rank_rows(), window_rows, self.batch_size)
         sizes, counts = np.unique(np.diff(bounds), return_counts=True)
         total = weight = 0.0
         for size, count in zip(sizes.tolist(), counts.tolist()):
             batches = count * (size // self.batch_size if self.drop_last else -(-size // self.batch_size))
-            d = predict_deff(mean_unit, max(1.0, size / mean_unit), self.manifest.n_units, self.batch_size, icc=icc)
+            d = predict_deff(mean_unit, max(1.0, size / mean_unit), self.manifest.n_units, batch, icc=icc)
             total += batches * d
             weight += batches
-        return total / weight if weight else float(self.batch_size)
+        return total / weight if weight else float(batch)
 
     # ------------------------------------------------------------------ iteration
     def _resolve(self, phases: list[Phase] | None, num_workers: int) -> tuple[tuple[Phase, ...], int, int]:
-        """(earlier phases, window rows, batches already taken in the current phase) for a resume."""
+        """(earlier phases, window rows, batches already taken in the current phase) for a resume.
+
+        The saved layout is continued where it is this one's (world size, workers) and its window
+        still fits the budget; otherwise the rest of the epoch is planned for this layout (elastic).
+        """
         rows = self._layout(num_workers)["window_rows"]
         if not phases:
             return (), rows, 0
         last = phases[-1]
-        if (last.world_size, last.num_workers) == (self.world_size, num_workers):
+        if (last.world_size, last.num_workers) == (self.world_size, num_workers) and self._fits(last.window_rows,
+                                                                                             num_workers):
             return tuple(phases[:-1]), last.window_rows, last.batches
         return tuple(phases), rows, 0  # elastic: plan what every earlier phase left
+
+    def _fits(self, window_rows: int, num_workers: int) -> bool:
+        lay = self._layout(num_workers)
+        return 2 * window_rows * self.row_nbytes + lay["ahead"] * self.batch_size * self.row_nbytes <= lay["budget"]
+
+    def _pending(self, worker: int, num_workers: int, in_worker: bool) -> Run:
+        """The plan of the iteration that would start now (pure: nothing is consumed)."""
+        if in_worker:
+            if self._worker_resume is not None:  # loaded in this worker (StatefulDataLoader)
+                history, window_rows, pos = self._worker_resume
+                return Run(self.epoch, history, window_rows, worker, num_workers, pos.share, pos.batches)
+            # the main process's set_epoch / load_state_dict, also those made after this worker started
+            epoch, phases = self._shared.read()
+        else:
+            epoch, phases = self.epoch, self._resume
+        history, window_rows, offset = self._resolve(phases, num_workers)
+        share, start = worker, 0
+        if offset:
+            # Same layout as when saved: continue the same plan, skipping arithmetically.
+            counts = worker_batch_counts(self.plan(0, num_workers, epoch=epoch, window_rows=window_rows,
+                                                   history=history))
+            share = (next_worker(counts, offset) + worker) % num_workers
+            start = split_consumed(counts, offset)[share]
+        return Run(epoch, history, window_rows, worker, num_workers, share, start)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        lay = self._layout(num_workers)
-        history, window_rows, offset = self._resolve(self._resume, num_workers)
-        if info is None:
-            self._resume = None  # in a worker process the main process's copy keeps it
-        self._active = (history, window_rows, offset)
-        start = 0
-        share = worker  # the share of the epoch this worker serves
-        if offset:
-            # Same layout as when saved: continue the same plan, skipping arithmetically.
-            counts = worker_batch_counts(self.plan(0, num_workers, window_rows=window_rows, history=history))
-            share = (next_worker(counts, offset) + worker) % num_workers
-            start = split_consumed(counts, offset)[share]
-        plan = self.plan(share, num_workers, window_rows=window_rows, history=history)
+        # Planned now, not at the first next(): a DataLoader worker's state is asked for in between.
+        run = self._run = self._pending(worker, num_workers, info is not None)
+        self.epoch = run.epoch
+        if info is not None:
+            self._worker_resume = None
+            self._shared.set_workers(num_workers)
+        else:
+            self._resume = None  # served from here on; state_dict() counts from the run
+            self._shared.publish(self.epoch, None)
+            self._shared.set_workers(0)
+        return self._serve(run)
+
+    def _serve(self, run: Run) -> Iterator[dict[str, torch.Tensor]]:
+        lay = self._layout(run.num_workers)
+        plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
+                         history=run.history)
         reader = open_reader(self.manifest, verify=self.verify, remote=self._remote_files())
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay["threads"],
-            budget_bytes=lay["budget"], batches_ahead=lay["ahead"], start_batch=start,
+            budget_bytes=lay["budget"], batches_ahead=lay["ahead"], start_batch=run.start,
             index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
             to_tensor=torch.from_numpy, transform=self.transform, timeout=self.timeout,
-            name=f"r{self.rank}w{worker}", buffers=self._buffers)
-        self._consumed = 0
+            name=f"r{self.rank}w{run.worker}", buffers=self._buffers)
         try:
             for batch in pf:
-                if info is None:
-                    self._consumed += 1  # counted as delivered once handed out
+                run.consumed += 1  # counted as delivered once handed out
                 yield batch
         finally:
             pf.close()
@@ -333,63 +378,92 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return state
 
     # ------------------------------------------------------------------ resume
-    def state_dict(self, batches: int | None = None, num_workers: int = 0) -> dict[str, Any]:
-        """A small JSON-able state: where this rank is in the epoch.
+    def _identity(self) -> dict[str, Any]:
+        return {"fingerprint": self.manifest.fingerprint, "seed": self.seed, "batch_size": self.batch_size,
+                "shuffle": self.shuffle, "drop_last": self.drop_last, "rank": self.rank}
+
+    def state_dict(self, batches: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
+        """A small JSON-able state: where this rank is in the epoch (``load_state_dict`` resumes it).
 
         Args:
             batches: batches the training loop has taken from the DataLoader since its
-                iteration (re)started, i.e. since ``set_epoch`` or ``load_state_dict``.  With
-                ``num_workers=0`` the dataset counts them itself and this may be omitted.
-            num_workers: the DataLoader's ``num_workers`` (0 for in-process iteration).
+                iteration (re)started, i.e. since ``set_epoch`` or ``load_state_dict``.  Iterated
+                in this process (``num_workers=0``), the dataset counts them itself and this may
+                be omitted.  Served by DataLoader worker processes, it cannot see what the loop
+                took (workers read ahead), so it must be given, or use torchdata's
+                ``StatefulDataLoader``, whose ``state_dict`` asks every worker for its own state.
+            num_workers: the DataLoader's ``num_workers`` (default: what the last iteration used).
+
+        Called inside a DataLoader worker (as ``StatefulDataLoader`` does), the state is that
+        worker's position in its share of the epoch.
+
+        Raises:
+            StateError: the epoch is served by DataLoader workers and ``batches`` was not given.
         """
-        nw = max(1, num_workers)
-        if self._resume is not None:  # loaded, and served by worker processes (or not started)
+        info = get_worker_info()
+        if info is not None:
+            run = self._run or self._pending(info.id, info.num_workers, in_worker=True)
+            pos = WorkerPosition(run.worker, run.num_workers, run.share, run.start + run.consumed)
+            phases = [*run.history, Phase(self.world_size, run.num_workers, run.window_rows, 0)]
+            return make_state(self._identity(), run.epoch, phases, pos)
+        seen = self._shared.workers()  # DataLoader workers that ran this epoch (0: this process)
+        if batches is None and seen:
+            raise StateError(f"{self.manifest.root}: this epoch is served by {seen} DataLoader worker(s), which read "
+                             "ahead, so the dataset cannot tell how many batches your loop took: call "
+                             "state_dict(batches=<batches taken since the epoch (re)started>), or use "
+                             "torchdata.stateful_dataloader.StatefulDataLoader and its state_dict()")
+        nw = max(1, num_workers if num_workers is not None else seen)
+        run = self._run
+        if self._resume is not None or run is None or seen or num_workers:
             history, window_rows, offset = self._resolve(self._resume, nw)
-        else:
-            history, window_rows, offset = self._active
-            if not history and not offset:
-                window_rows = self._layout(nw)["window_rows"]
-        n = self._consumed if batches is None else int(batches)
-        phases = [*history, Phase(self.world_size, nw, window_rows, offset + n)]
-        return {
-            "version": STATE_VERSION, "fingerprint": self.manifest.fingerprint, "seed": self.seed,
-            "epoch": self.epoch, "batch_size": self.batch_size, "shuffle": self.shuffle,
-            "drop_last": self.drop_last, "rank": self.rank, "batches": phases[-1].batches,
-            "phases": [p._asdict() for p in phases],
-        }
+            taken = int(batches or 0)
+        else:  # iterated here: the batches this iteration handed out
+            history, window_rows, offset = run.history, run.window_rows, run.start
+            taken = run.consumed if batches is None else int(batches)
+        phases = [*history, Phase(self.world_size, nw, window_rows, offset + taken)]
+        return make_state(self._identity(), self.epoch, phases)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next iteration serves exactly the samples of the epoch not yet delivered.
 
-        The state may come from another world size or number of DataLoader workers (elastic
-        resume): every rank of the saved run must have taken the same number of batches, as
-        ranks of a DistributedDataParallel job do.  Raises ``StateError`` if the state belongs
-        to another dataset, seed, batch size or shuffle setting, or is malformed.
+        The state may come from another world size, number of DataLoader workers or memory
+        budget (elastic resume): every rank of the saved run must have taken the same number of
+        batches, as ranks of a DistributedDataParallel job do.  A state saved inside a DataLoader
+        worker (``StatefulDataLoader``) resumes that worker's share, in the same worker of a
+        DataLoader with the same ``num_workers``.
+
+        Raises:
+            StateError: the state belongs to another dataset, seed, batch size or shuffle
+                setting, is malformed, or is a worker's state that this process cannot resume.
         """
-        try:
-            state = dict(json.loads(json.dumps(state)))
-            version = state["version"]
-            if version != STATE_VERSION:
-                raise StateError(f"state version {version} is not supported (expected {STATE_VERSION})")
-            for key, mine in (("fingerprint", self.manifest.fingerprint), ("seed", self.seed),
-                              ("batch_size", self.batch_size), ("shuffle", self.shuffle),
-                              ("drop_last", self.drop_last)):
-                if state[key] != mine:
-                    raise StateError(f"{self.manifest.root}: state was saved with {key}={state[key]!r}, "
-                                     f"this dataset has {mine!r}")
-            epoch = int(state["epoch"])
-            phases = [Phase(int(p["world_size"]), int(p["num_workers"]), int(p["window_rows"]), int(p["batches"]))
-                      for p in state["phases"]]
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            if isinstance(e, StateError):
-                raise
-            raise StateError(f"{self.manifest.root}: malformed resume state ({type(e).__name__}: {e})") from None
-        if epoch < 0 or not phases or any(p.world_size < 1 or p.num_workers < 1 or p.window_rows < self.batch_size
-                                          or p.batches < 0 for p in phases):
-            raise StateError(f"{self.manifest.root}: resume state out of range ({phases})")
+        root = self.manifest.root
+        epoch, phases, pos = parse_state(state, self._identity(), root, self.batch_size)
+        info = get_worker_info()
+        if pos is None and info is not None:
+            raise StateError(f"{root}: a rank's resume state is loaded in the main process, before the DataLoader "
+                             "starts its workers (ds.load_state_dict(state), then iterate)")
+        if pos is not None:
+            self._check_worker_state(pos, phases, info)
+            self._worker_resume = (tuple(phases[:-1]), phases[-1].window_rows, pos)
+        else:
+            self._resume = phases
+            self._shared.publish(epoch, phases)
         self.epoch = epoch
-        self._consumed = 0
-        self._resume = phases
+        self._run = None
+
+    def _check_worker_state(self, pos: WorkerPosition, phases: list[Phase], info: Any) -> None:
+        root = self.manifest.root
+        where = f"{root}: the state of DataLoader worker {pos.worker} of {pos.num_workers}"
+        if info is None:
+            raise StateError(f"{where} resumes in that worker: restore it with StatefulDataLoader.load_state_dict")
+        if (info.id, info.num_workers, self.world_size) != (pos.worker, pos.num_workers, phases[-1].world_size):
+            raise StateError(f"{where} and world size {phases[-1].world_size} cannot resume in worker {info.id} of "
+                             f"{info.num_workers} with world size {self.world_size}: resume with the same num_workers "
+                             "and world size, or save the rank's state with ds.state_dict(batches=...)")
+        if not self._fits(phases[-1].window_rows, pos.num_workers):
+            raise StateError(f"{where} follows windows of {phases[-1].window_rows} rows, which do not fit "
+                             f"memory_budget {self.memory_budget} with {pos.num_workers} worker(s): resume with the "
+                             "budget it was saved under (a worker's share cannot be re-planned alone)")
 
     def __repr__(self) -> str:
         return (f"StreamDataset({str(self.manifest.root)!r}, rows={self.manifest.rows}, batch_size={self.batch_size}, "

@@ -1,0 +1,154 @@
+"""Resume state, and the control block that carries ``set_epoch`` to DataLoader workers.
+
+A state is a small versioned JSON dict (no pickle)::
+
+    {"version": 1, "fingerprint": ..., "seed": ..., "epoch": ..., "batch_size": ...,
+     "shuffle": ..., "drop_last": ..., "rank": ..., "batches": N,
+     "phases": [{"world_size", "num_workers", "window_rows", "batches"}, ...],
+     "worker": {"id", "num_workers", "share", "batches"}}      <- only inside a DataLoader worker
+
+``phases`` lists the layouts the epoch ran under (an elastic resume adds one); the last one's
+``batches`` is how many batches the rank's training loop took.  Inside a DataLoader worker
+(``torchdata``'s ``StatefulDataLoader`` asks every worker for its state) the worker only knows
+its own batches, so the state names the worker and the share of the epoch it serves instead.
+
+DataLoader workers hold a copy of the dataset made when they started; with
+``persistent_workers=True`` they keep it across epochs.  :class:`Shared` is a few bytes of shared
+memory that the main process writes (epoch, a loaded resume state) and every worker reads when
+it starts an iteration, so that ``set_epoch`` and ``load_state_dict`` reach live workers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import StateError
+from .plan import Phase
+
+__all__ = ["STATE_VERSION", "Shared", "Run", "WorkerPosition", "parse_state", "make_state"]
+
+STATE_VERSION = 1
+_HEADER = 3  # int64 slots: epoch, workers of the last iteration, length of the resume JSON (-1: none)
+_CAPACITY = 16384  # bytes of resume JSON: about 200 elastic phases
+
+
+@dataclass(frozen=True)
+class WorkerPosition:
+    """Where one DataLoader worker is in its share of an epoch (a state saved inside a worker)."""
+
+    worker: int
+    num_workers: int
+    share: int
+    batches: int
+
+
+@dataclass
+class Run:
+    """One iteration over the dataset in this process: the plan it follows and the batches it gave."""
+
+    epoch: int
+    history: tuple[Phase, ...]
+    window_rows: int
+    worker: int
+    num_workers: int
+    share: int  # the worker share of the epoch this process serves
+    start: int  # batches of that share served before this iteration (a resume)
+    consumed: int = 0  # batches handed out by this iteration
+
+
+class Shared:
+    """Epoch, loaded resume phases and the worker count of the last iteration, in shared memory.
+
+    A ``torch`` tensor in shared memory: a forked worker shares its pages, and a spawned one gets
+    it by file descriptor (torch's multiprocessing reductions), so both see later writes.  The
+    main process writes before it starts an iteration (``set_epoch``, ``load_state_dict``);
+    workers read when they start one, after the DataLoader has told them to: no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        self._t = torch.zeros(8 * _HEADER + _CAPACITY, dtype=torch.uint8).share_memory_()
+        self.publish(0, None)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if not self._t.is_shared():  # a plain copy (deepcopy, pickle): a block of its own
+            self._t.share_memory_()
+
+    def _header(self) -> np.ndarray:
+        return self._t.numpy()[: 8 * _HEADER].view(np.int64)
+
+    def publish(self, epoch: int, phases: list[Phase] | None) -> None:
+        """Set what the next iteration of every process (main or worker) starts from."""
+        head = self._header()
+        if phases is None:
+            head[2] = -1
+        else:
+            raw = json.dumps([p._asdict() for p in phases]).encode()
+            if len(raw) > _CAPACITY:
+                raise StateError(f"resume state of {len(phases)} phases is too long ({len(raw)} bytes)")
+            self._t.numpy()[8 * _HEADER:8 * _HEADER + len(raw)] = np.frombuffer(raw, np.uint8)
+            head[2] = len(raw)
+        head[0] = epoch
+
+    def read(self) -> tuple[int, list[Phase] | None]:
+        head = self._header()
+        epoch, n = int(head[0]), int(head[2])
+        if n < 0:
+            return epoch, None
+        raw = self._t.numpy()[8 * _HEADER:8 * _HEADER + n].tobytes()
+        return epoch, [Phase(**p) for p in json.loads(raw)]
+
+    def set_workers(self, n: int) -> None:
+        """Record who runs the current iteration: 0 the main process, else the worker count."""
+        self._header()[1] = n
+
+    def workers(self) -> int:
+        return int(self._header()[1])
+
+
+def make_state(identity: dict[str, Any], epoch: int, phases: list[Phase],
+               worker: WorkerPosition | None = None) -> dict[str, Any]:
+    """The JSON-able state dict (see the module docstring)."""
+    state = {"version": STATE_VERSION, **identity, "epoch": epoch,
+             "batches": phases[-1].batches if worker is None else worker.batches,
+             "phases": [p._asdict() for p in phases]}
+    if worker is not None:
+        state["worker"] = {"id": worker.worker, "num_workers": worker.num_workers, "share": worker.share,
+                           "batches": worker.batches}
+    return state
+
+
+def parse_state(state: Mapping[str, Any], identity: dict[str, Any], root: Any, batch_size: int
+                ) -> tuple[int, list[Phase], WorkerPosition | None]:
+    """Validate a state against this dataset's ``identity``; ``StateError`` naming what differs."""
+    try:
+        state = dict(json.loads(json.dumps(state)))
+        version = state["version"]
+        if version != STATE_VERSION:
+            raise StateError(f"state version {version} is not supported (expected {STATE_VERSION})")
+        for key, mine in identity.items():
+            if key != "rank" and state[key] != mine:
+                raise StateError(f"{root}: state was saved with {key}={state[key]!r}, this dataset has {mine!r}")
+        epoch = int(state["epoch"])
+        phases = [Phase(int(p["world_size"]), int(p["num_workers"]), int(p["window_rows"]), int(p["batches"]))
+                  for p in state["phases"]]
+        w = state.get("worker")
+        worker = None if w is None else WorkerPosition(int(w["id"]), int(w["num_workers"]), int(w["share"]),
+                                                       int(w["batches"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, StateError):
+            raise
+        raise StateError(f"{root}: malformed resume state ({type(e).__name__}: {e})") from None
+    if epoch < 0 or not phases or any(p.world_size < 1 or p.num_workers < 1 or p.window_rows < batch_size
+                                      or p.batches < 0 for p in phases):
+        raise StateError(f"{root}: resume state out of range ({phases})")
+    if worker is not None and not (0 <= worker.worker < worker.num_workers and 0 <= worker.share < worker.num_workers
+                                   and worker.batches >= 0 and worker.num_workers == phases[-1].num_workers):
+        raise StateError(f"{root}: resume state out of range (worker {state.get('worker')})")
+    return epoch, phases, worker
