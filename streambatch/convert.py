@@ -7,7 +7,9 @@
 
 Everything is written into a temporary folder beside the target (``.NAME.sbtmp-PID-XXXX``)
 and renamed into place at the end, manifest last; a crash or Ctrl-C leaves no dataset at the
-target, and a later run removes temporary folders whose process is gone.
+target, and a later run removes temporary folders whose process is gone.  The rename never
+replaces a target that appeared meanwhile, and ``overwrite`` replaces only a streambatch
+dataset or an empty folder, never the input (``_target``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import math
 import os
 import queue
 import re
-import secrets
 import shutil
 import threading
 from contextlib import contextmanager
@@ -27,7 +28,8 @@ import numpy as np
 
 from ._progress import Progress
 from ._sizes import parse_size
-from .errors import InputError, StreambatchError, TargetExistsError, WriteError
+from ._target import check_target, install, temp_name
+from .errors import InputError, StreambatchError, WriteError
 from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Column, Manifest, compute_fingerprint
 from .sources import Source, open_source
 from .stats import ColumnStats, LabelStats, shift_of
@@ -438,7 +440,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         codec: ``"none"``, ``"lz4"`` or ``"zstd"``.
         shuffle: a seed: write the rows in a uniformly random order (out-of-core, two passes).
         memory: the converter's memory budget (default 1 GiB).
-        overwrite: replace an existing ``dst``.
+        overwrite: replace an existing ``dst`` if it is a streambatch dataset or an empty
+            folder (swapped in atomically on Linux: ``dst`` is one complete dataset throughout).
         dry_run: only return the plan (rows, units, shards, sizes) as a dict.
         source_format: force the input format instead of detecting it from the path.
         progress: draw a progress bar (default: when stderr is a terminal).
@@ -450,7 +453,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     Raises:
         InputError: the input is missing, empty, ragged, of different column lengths, of an
             unsupported dtype, has duplicate column names or NaN labels.
-        TargetExistsError: ``dst`` exists and ``overwrite`` is false.
+        TargetExistsError: ``dst`` exists and ``overwrite`` is false, or appeared during the
+            conversion (another conversion's result is never replaced), or holds the input, or
+            is something ``overwrite`` may not replace (a file, a folder that is not a dataset).
+        InputError: ``dst`` lies inside the input folder.
         WriteError: a write failed (disk full, file size limit); nothing is left at ``dst``.
         ValueError: an unknown format or codec, or a bad size.
 
@@ -496,11 +502,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         return plan
 
     target = Path(dst)
-    if target.exists() and not overwrite:
-        raise TargetExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    check_target(src, target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(target)
-    tmp = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = temp_name(target)
     with _writing(target):
         tmp.mkdir()
     try:
@@ -545,13 +550,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         )
         with _writing(target):
             manifest.write(tmp)
-            if target.exists():
-                old = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            install(tmp, target, overwrite)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
