@@ -402,9 +402,12 @@ def _convert_remote(src: Any, dst: Any, fmt: str, overwrite: bool, opts: dict[st
     import dataclasses
     import tempfile
 
+    from ._target import check_not_input
     from .remote import RemoteRoot, check_target, download, is_url, upload_dataset
 
     if is_url(dst):
+        if is_url(src):
+            check_not_input(src, dst, {str(src).rstrip("/")}, {str(dst).rstrip("/")}, "/")
         check_target(str(dst), overwrite)  # fail before converting anything
     work = Path(tempfile.mkdtemp(prefix="streambatch-convert-"))
     try:
@@ -462,7 +465,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
 
     ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``https://`` ...): a remote source
     is copied into a temporary folder first; a remote target is converted locally, then
-    uploaded, data first and the manifest last.
+    uploaded, data first and the manifest last.  ``overwrite`` replaces a remote target only
+    if it holds a streambatch dataset or nothing (its old objects are removed before the upload).
     """
     from .remote import is_url
 
