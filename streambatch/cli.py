@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--memory", type=_size("--memory"), default="1GiB", help="memory budget (1GiB)")
     c.add_argument("--threads", type=int, default=None,
                    help="files written at once (default: Zarr one per core, at most 8; Parquet 1)")
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace DST if it is a streambatch dataset or an empty folder (never the input)")
     c.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     c.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

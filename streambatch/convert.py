@@ -7,7 +7,9 @@
 
 Everything is written into a temporary folder beside the target (``.NAME.sbtmp-PID-XXXX``)
 and renamed into place at the end, manifest last; a crash or Ctrl-C leaves no dataset at the
-target, and a later run removes temporary folders whose process is gone.
+target, and a later run removes temporary folders whose process is gone.  The rename never
+replaces a target that appeared meanwhile, and ``overwrite`` replaces only a streambatch
+dataset or an empty folder, never the input (``_target``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import math
 import os
 import queue
 import re
-import secrets
 import shutil
 import threading
 from contextlib import contextmanager
@@ -27,7 +28,8 @@ import numpy as np
 
 from ._progress import Progress
 from ._sizes import parse_size
-from .errors import InputError, StreambatchError, TargetExistsError, WriteError
+from ._target import check_target, install, temp_name
+from .errors import InputError, StreambatchError, WriteError
 from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Column, Manifest, compute_fingerprint
 from .sources import Source, open_source
 from .stats import ColumnStats, LabelStats, shift_of
@@ -400,9 +402,12 @@ def _convert_remote(src: Any, dst: Any, fmt: str, overwrite: bool, opts: dict[st
     import dataclasses
     import tempfile
 
+    from ._target import check_not_input
     from .remote import RemoteRoot, check_target, download, is_url, upload_dataset
 
     if is_url(dst):
+        if is_url(src):
+            check_not_input(src, dst, {str(src).rstrip("/")}, {str(dst).rstrip("/")}, "/")
         check_target(str(dst), overwrite)  # fail before converting anything
     work = Path(tempfile.mkdtemp(prefix="streambatch-convert-"))
     try:
@@ -438,7 +443,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         codec: ``"none"``, ``"lz4"`` or ``"zstd"``.
         shuffle: a seed: write the rows in a uniformly random order (out-of-core, two passes).
         memory: the converter's memory budget (default 1 GiB).
-        overwrite: replace an existing ``dst``.
+        overwrite: replace an existing ``dst`` if it is a streambatch dataset or an empty
+            folder (swapped in atomically on Linux: ``dst`` is one complete dataset throughout).
         dry_run: only return the plan (rows, units, shards, sizes) as a dict.
         source_format: force the input format instead of detecting it from the path.
         progress: draw a progress bar (default: when stderr is a terminal).
@@ -450,13 +456,17 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     Raises:
         InputError: the input is missing, empty, ragged, of different column lengths, of an
             unsupported dtype, has duplicate column names or NaN labels.
-        TargetExistsError: ``dst`` exists and ``overwrite`` is false.
+        TargetExistsError: ``dst`` exists and ``overwrite`` is false, or appeared during the
+            conversion (another conversion's result is never replaced), or holds the input, or
+            is something ``overwrite`` may not replace (a file, a folder that is not a dataset).
+        InputError: ``dst`` lies inside the input folder.
         WriteError: a write failed (disk full, file size limit); nothing is left at ``dst``.
         ValueError: an unknown format or codec, or a bad size.
 
     ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``https://`` ...): a remote source
     is copied into a temporary folder first; a remote target is converted locally, then
-    uploaded, data first and the manifest last.
+    uploaded, data first and the manifest last.  ``overwrite`` replaces a remote target only
+    if it holds a streambatch dataset or nothing (its old objects are removed before the upload).
     """
     from .remote import is_url
 
@@ -496,11 +506,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         return plan
 
     target = Path(dst)
-    if target.exists() and not overwrite:
-        raise TargetExistsError(f"{target}: already exists; pass --overwrite to replace it")
+    check_target(src, target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(target)
-    tmp = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = temp_name(target)
     with _writing(target):
         tmp.mkdir()
     try:
@@ -545,13 +554,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         )
         with _writing(target):
             manifest.write(tmp)
-            if target.exists():
-                old = target.parent / f".{target.name}.sbtmp-{os.getpid()}-{secrets.token_hex(4)}"
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            install(tmp, target, overwrite)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

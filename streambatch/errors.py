@@ -5,7 +5,7 @@
     ├── ManifestError     a dataset's manifest is missing, unreadable or inconsistent
     ├── DataError         a stored unit is missing, truncated or fails its checksum
     ├── StateError        a resume state that does not fit the dataset or the loader
-    ├── TargetExistsError the conversion target exists and ``overwrite`` was not given
+    ├── TargetExistsError the conversion target exists and may not be replaced
     └── WriteError        ``convert`` could not write (disk full, file too large, ...)
 """
 
@@ -43,7 +43,8 @@ class StateError(StreambatchError, ValueError):
 
 
 class TargetExistsError(StreambatchError, FileExistsError):
-    """The conversion target exists already and ``overwrite`` was not asked for."""
+    """The conversion target exists and ``overwrite`` was not asked for, or it appeared during the
+    conversion, or it holds the input or something ``overwrite`` may not replace."""
 
 
 class WriteError(StreambatchError, OSError):

@@ -242,13 +242,29 @@ class RangeFile(io.RawIOBase):
 
 
 def check_target(url: str, overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
-    """``TargetExistsError`` if something is stored at ``url`` and ``overwrite`` is false."""
-    from .errors import TargetExistsError
+    """Refuse to write at ``url`` unless nothing is stored there, or ``overwrite`` is given and
+    a streambatch dataset (a prefix whose manifest loads) is.
+
+    Raises:
+        TargetExistsError: something is stored at ``url`` and ``overwrite`` is false, or it is
+            an object or a prefix without a valid manifest.
+    """
+    from ._target import not_replaceable
+    from .errors import StreambatchError, TargetExistsError
+    from .manifest import load_manifest
 
     fs, base = _fs(url, storage_options)
     base = base.rstrip("/")
-    if not overwrite and fs.exists(base) and (not fs.isdir(base) or fs.ls(base)):
+    if not fs.exists(base) or (fs.isdir(base) and not fs.ls(base)):
+        return
+    if not overwrite:
         raise TargetExistsError(f"{url}: already exists; pass --overwrite to replace it")
+    if not fs.isdir(base):
+        raise not_replaceable(url, "is a file, not a streambatch dataset")
+    try:
+        load_manifest(url, RemoteFiles(url, retries=2, storage_options=storage_options))
+    except StreambatchError as e:
+        raise not_replaceable(url, "holds objects but is not a streambatch dataset", e) from None
 
 
 def upload_dataset(local: Path, url: str, overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
@@ -256,7 +272,8 @@ def upload_dataset(local: Path, url: str, overwrite: bool, storage_options: dict
 
     Readers look for the manifest, so a dataset that failed half-way is never taken for a
     complete one; the data files of a failed upload are removed (best effort).  With
-    ``overwrite`` the old objects are removed first (an object store has no atomic rename).
+    ``overwrite`` the old objects are removed first (an object store has no atomic rename), and
+    only after :func:`check_target` found a streambatch dataset there (or nothing).
     """
     from .manifest import MANIFEST_NAME
 

@@ -143,3 +143,53 @@ def test_s3_source_for_convert(local, s3, tmp_path):
     assert m.rows == ROWS
     ids = np.concatenate([b["id"].numpy() for b in batches(tmp_path / "from-s3.zarr")])
     assert np.array_equal(np.sort(ids), np.arange(ROWS))
+
+
+def _objects(fs, prefix: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {p: fs.cat_file(p) for p in sorted(fs.find(prefix))}
+
+
+@pytest.mark.parametrize("what", ["objects", "an object"])
+def test_s3_overwrite_refuses_what_is_not_a_dataset(local, s3, what):
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    url = f"{s3}/not-a-dataset-{what.replace(' ', '-')}"
+    if what == "objects":
+        fs.pipe_file(f"{url[5:]}/notes.txt", b"keep me")
+        fs.pipe_file(f"{url[5:]}/sub/results.csv", b"a,b\n1,2\n")
+    else:
+        fs.pipe_file(url[5:], b"keep me")
+    before = _objects(fs, url[5:])
+    with pytest.raises(streambatch.TargetExistsError, match="is a file|not a streambatch dataset") as info:
+        streambatch.convert(local["src"], url, unit_rows=101, overwrite=True)
+    assert len(str(info.value).splitlines()) == 1 and url in str(info.value)
+    assert _objects(fs, url[5:]) == before
+
+
+def test_s3_overwrite_refuses_a_dataset_that_holds_the_source(local, s3):
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    url = f"{s3}/holds-src"
+    streambatch.convert(local["src"], url, unit_rows=101)
+    for p in local["src"].iterdir():
+        fs.put_file(str(p), f"{url[5:]}/input/{p.name}")
+    before = _objects(fs, url[5:])
+    with pytest.raises(streambatch.TargetExistsError, match="holds the input") as info:
+        streambatch.convert(f"{url}/input", url, unit_rows=50, overwrite=True)
+    assert len(str(info.value).splitlines()) == 1 and url in str(info.value)
+    assert _objects(fs, url[5:]) == before
+    with pytest.raises(streambatch.InputError, match="inside the input"):
+        streambatch.convert(f"{url}/input", f"{url}/input/out", unit_rows=50)
+    assert _objects(fs, url[5:]) == before
+
+
+def test_s3_overwrite_replaces_a_dataset(local, s3):
+    url = f"{s3}/replaced"
+    streambatch.convert(local["src"], url, format="parquet", unit_rows=50)
+    streambatch.convert(local["src"], url, format="zarr", unit_rows=101, overwrite=True)
+    m = streambatch.load_manifest(url)
+    assert m.storage == "zarr" and int(m.unit_rows[0]) == 101
+    assert same(batches(url), batches(local["zarr"]))

@@ -568,10 +568,11 @@ def test_row_ranges_are_slices_of_the_whole(tmp_path: Path, kind: str) -> None:
         pq.write_table(table.slice(0, 400), path / "a.parquet", row_group_size=77)
         pq.write_table(table.slice(400), path / "b.parquet", row_group_size=500)
     elif kind == "parquet-in-place":
-        np.save(tmp_path / "id.npy", ids)
-        np.save(tmp_path / "x.npy", x)
+        (tmp_path / "cols").mkdir()  # convert refuses a target inside its input folder
+        np.save(tmp_path / "cols" / "id.npy", ids)
+        np.save(tmp_path / "cols" / "x.npy", x)
         path = tmp_path / "own"
-        streambatch.convert(tmp_path, path, format="parquet", unit_rows=77, shard_bytes=77 * 20 * 5, progress=False)
+        streambatch.convert(tmp_path / "cols", path, format="parquet", unit_rows=77, shard_bytes=77 * 20 * 5, progress=False)
         assert len(list(path.glob("*.parquet"))) == 3
     else:
         path = tmp_path / "t.csv"
