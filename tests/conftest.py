@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from streambatch._prefetch import THREAD_PREFIX
+from streambatch.manifest import MANIFEST_NAME
 
 
 # Put first in the script of a child process that a test stops with SIGINT.  A process that a
@@ -54,6 +56,21 @@ def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
         b = f.read(1)
         f.seek(offset)
         f.write(bytes([b[0] ^ mask]))
+
+
+def write_manifest(folder: Path, doc: object) -> None:
+    """Write ``doc`` as ``folder``'s manifest, sealed as streambatch seals it (last field
+    ``"checksum": "crc32c:XXXXXXXX"``, the CRC-32C of the compact JSON before it; anything but a
+    JSON object as plain JSON), so that a test editing a manifest on purpose still reaches the
+    check it was written for rather than the checksum's."""
+    import google_crc32c
+
+    if not isinstance(doc, dict):
+        (folder / MANIFEST_NAME).write_text(json.dumps(doc))
+        return
+    body = json.dumps({k: v for k, v in doc.items() if k != "checksum"}, separators=(",", ":")).encode()
+    head = body[:-1] + (b"," if len(body) > 2 else b"")
+    (folder / MANIFEST_NAME).write_bytes(head + b'"checksum":"crc32c:%08x"}' % google_crc32c.value(head))
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from streambatch.storage._parquet_pages import IDENTITY, chunk_plan, decode_chun
 from streambatch.storage._parquet_write import FileWriter, supports
 from streambatch.storage.parquet_store import arrow_schema
 
+from conftest import write_manifest
+
 INTS = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 SHAPES = [(), (1,), (3, 2)]
 
@@ -155,14 +157,14 @@ def test_value_offsets_in_the_manifest_are_checked(tmp_path: Path) -> None:
     manifest = ds / "_streambatch.json"
     doc = json.loads(manifest.read_text())
     doc["layout"]["values"]["x"][2] += 4  # one float further on: plausible, and wrong
-    manifest.write_text(json.dumps(doc))
+    write_manifest(ds, doc)
     with pytest.raises(ManifestError, match="values_crc32c"):
         load_manifest(ds)
 
     # with a matching offsets CRC (edited on purpose) the load succeeds, and `verify` (which
     # decodes every unit's pages as well) tells the offsets from the pages apart, naming the column
     doc["layout"]["values_crc32c"] = parquet_store._offsets_crc([c.name for c in m.columns], doc["layout"]["values"])
-    manifest.write_text(json.dumps(doc))
+    write_manifest(ds, doc)
     reader = open_reader(load_manifest(ds), verify=True)
     try:
         reader.verify_unit(1)

@@ -14,7 +14,7 @@ import torch
 import streambatch
 from streambatch import DataError
 
-from conftest import write_sorted_npy
+from conftest import flip_byte, write_sorted_npy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from range_server import RangeServer, free_port  # noqa: E402
@@ -84,6 +84,23 @@ def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt)
     assert same(batches(url, retries=2, backoff=0.01), batches(local[fmt]))
     m = streambatch.load_manifest(url)
     assert m.rows == ROWS and str(m.root) == url
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_verify_over_http_checks_every_file(local, http, fmt, capsys):
+    from streambatch.cli import main
+
+    url = f"{http.url}/d.{fmt}"
+    assert main(["verify", url]) == 0
+    assert "OK" in capsys.readouterr().out
+    rel = "x/zarr.json" if fmt == "zarr" else "part-00000.parquet"
+    path = local[fmt] / rel
+    flip_byte(path, path.stat().st_size - 12)  # zarr.json: its metadata; Parquet: its footer
+    try:
+        assert main(["verify", url]) == 1
+    finally:
+        flip_byte(path, path.stat().st_size - 12)
+    assert f"file {rel}: " in capsys.readouterr().err
 
 
 def test_dropped_connections_are_retried(local, http):

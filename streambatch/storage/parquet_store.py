@@ -11,8 +11,10 @@ Scalar columns are plain Parquet columns; a fixed-shape tensor column is a
 ``FixedSizeList<dtype, prod(shape)>`` whose field metadata ``streambatch.shape`` holds the
 row shape as JSON, so pyarrow and pandas read every file without streambatch.  The
 shuffle unit is one row group; its byte range in the file and a checksum of those bytes
-(CRC-32C) are recorded in the manifest.  Pages carry Parquet's own CRC too, so that a unit
-that fails its checksum can be traced to the column holding the damaged bytes.
+(CRC-32C) are recorded in the manifest, and so are the size and CRC-32C of each file's footer
+(``layout.footer_size``, ``layout.footer_crc32c``: ``streambatch verify``).  Pages carry Parquet's
+own CRC too, so that a unit that fails its checksum can be traced to the column holding the
+damaged bytes.
 
 Writing: uncompressed numeric datasets (codec ``none``, no bool or float16 column) are
 written by ``_parquet_write``, whose pages hold the arrays' own bytes (1-byte columns under
@@ -72,6 +74,7 @@ class _TrackingSink:
         self._f = open(path, "wb")
         self.pos = 0
         self.crc = 0
+        self.mark = 0
         self.closed = False
         self._extend = extend_fn(DEFAULT_CHECKSUM)
 
@@ -82,7 +85,8 @@ class _TrackingSink:
         return n
 
     def take_crc(self) -> int:
-        c, self.crc = self.crc, 0
+        """The checksum of the bytes written since the last call (from ``mark`` on), restarted."""
+        c, self.crc, self.mark = self.crc, 0, self.pos
         return c
 
     def flush(self) -> None:
@@ -133,6 +137,8 @@ class Writer:
         self.values: dict[str, list[int]] = {c.name: [] for c in columns}
         self.files: list[str] = []
         self.loc: dict[str, list[int]] = {"file": [], "row_group": [], "offset": [], "size": [], "crc32": []}
+        # per file: the bytes after its last row group (FileMetaData, its length, the magic), for verify
+        self.footers: dict[str, list[int]] = {"footer_size": [], "footer_crc32c": []}
         self.stored: list[int] = []
         self._writer: Any = None
         self._sink: _TrackingSink | None = None
@@ -203,13 +209,16 @@ class Writer:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            assert self._sink is not None
+            self.footers["footer_crc32c"].append(self._sink.crc)
+            self.footers["footer_size"].append(self._sink.pos - self._sink.mark)
         if self._sink is not None:
             self._sink.close()
             self._sink = None
 
     def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
         self._close_file()
-        layout: dict[str, Any] = {**self.loc, "checksum": DEFAULT_CHECKSUM, "page_checksums": True}
+        layout: dict[str, Any] = {**self.loc, **self.footers, "checksum": DEFAULT_CHECKSUM, "page_checksums": True}
         if self._own:  # where each unit's values start in its row group, per column (see Reader._direct)
             layout["values"] = self.values
             layout["values_crc32c"] = _offsets_crc([c.name for c in self.columns], self.values)
@@ -222,11 +231,12 @@ class Writer:
         files: list[str] = []
         first = parts[0][1]
         layout: dict[str, Any] = {"file": [], "row_group": [], "offset": [], "size": [], "crc32": [],
+                                  "footer_size": [], "footer_crc32c": [],
                                   "checksum": first["checksum"], "page_checksums": first["page_checksums"]}
         values: dict[str, list[int]] = {name: [] for name in first.get("values", {})}
         for part_files, part_layout, _, _ in parts:
             layout["file"] += [f + len(files) for f in part_layout["file"]]
-            for k in ("row_group", "offset", "size", "crc32"):
+            for k in ("row_group", "offset", "size", "crc32", "footer_size", "footer_crc32c"):
                 layout[k] += part_layout[k]
             for name, v in part_layout.get("values", {}).items():
                 values[name] += v
@@ -271,6 +281,9 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
         "checksum": checksum,
         "page_checksums": page_checksums,
     }
+    if "footer_crc32c" in layout:  # absent in datasets written before it was recorded
+        out["footer_size"] = int_array(layout.get("footer_size"), n_files, f"{w}.footer_size", lo=8, hi=1 << 40)
+        out["footer_crc32c"] = int_array(layout["footer_crc32c"], n_files, f"{w}.footer_crc32c", hi=2**32 - 1)
     values = layout.get("values")  # written by _parquet_write: where each unit's values start
     if values is not None:
         if not isinstance(values, dict) or set(values) != {c.name for c in columns}:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, ManifestError
-from ..manifest import Column, Manifest, int_array
+from ..manifest import Column, Manifest, int_array, safe_relpath
 from ._zarr_meta import array_document, group_document
 from ._checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn
 from ._files import ByteRanges
@@ -44,13 +44,24 @@ def _compressor(codec: str, itemsize: int) -> Any:
     return None
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    with open(path, "x", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
+def _write_json(path: Path, doc: dict[str, Any]) -> list[int]:
+    """Write ``doc``; return ``[size, CRC-32C]`` of the bytes written (``streambatch verify`` checks them)."""
+    raw = json.dumps(doc, indent=2).encode()
+    with open(path, "xb") as f:
+        f.write(raw)
+    return [len(raw), checksum_fn("crc32c")(raw)]
 
 
 def _chunk_key(col: Column, shard: int) -> str:
     return "/".join([col.name, "c", str(shard)] + ["0"] * len(col.shape))
+
+
+def metadata_documents(columns: tuple[Column, ...], rows: int, unit_rows: int, shard_rows: int, codec: str
+                       ) -> list[tuple[str, dict[str, Any]]]:
+    """The ``zarr.json`` documents of a dataset, by path: the group's, then each column's array."""
+    return [("zarr.json", group_document())] + [
+        (f"{c.name}/zarr.json", array_document(c.dtype, c.np_dtype.itemsize, c.shape, rows, unit_rows, shard_rows,
+                                               codec, {"streambatch": {"column": c.to_json()}})) for c in columns]
 
 
 def units_per_shard(columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
@@ -64,7 +75,8 @@ class Writer:
 
     Each unit is encoded and appended to its column's current shard file; the shard
     index (offset, size per inner chunk, crc32c) is written when the shard is full.  The
-    manifest records each chunk's checksum (CRC-32C) in ``layout.columns[name].crc32``.
+    manifest records each chunk's checksum (CRC-32C) in ``layout.columns[name].crc32``, and the
+    size and CRC-32C of each ``zarr.json`` in ``layout.metadata_crc32c`` (``streambatch verify``).
 
     A writer starting at ``first_unit`` (the first unit of a shard) writes that part of the
     dataset only: writers of different shards run in parallel, and :meth:`combine` joins what
@@ -84,13 +96,11 @@ class Writer:
         # Metadata written directly (tests/test_zarr_meta.py checks it against zarr-python's):
         # importing zarr costs 0.5-1 s, the bulk of converting a small dataset.
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.metadata: dict[str, list[int]] = {}  # zarr.json files written: [size, CRC-32C]
         if first_unit == 0:
-            _write_json(self.folder / "zarr.json", group_document())
-            for c in columns:
-                (self.folder / c.name).mkdir(exist_ok=True)
-                _write_json(self.folder / c.name / "zarr.json", array_document(
-                    c.dtype, c.np_dtype.itemsize, c.shape, rows, unit_rows, shard_rows, codec,
-                    {"streambatch": {"column": c.to_json()}}))
+            for rel, doc in metadata_documents(columns, rows, unit_rows, shard_rows, codec):
+                (self.folder / rel).parent.mkdir(exist_ok=True)
+                self.metadata[rel] = _write_json(self.folder / rel, doc)
         self.files: list[str] = []
         self.loc: dict[str, dict[str, list[int]]] = {
             c.name: {"file": [], "offset": [], "size": [], "crc32": []} for c in columns}
@@ -205,6 +215,8 @@ class Writer:
             self._close_shard(c)
         layout = {"unit_rows": self.unit_rows, "units_per_shard": self.units_per_shard, "checksum": DEFAULT_CHECKSUM,
                   "columns": self.loc}
+        if self.metadata:  # the first part's writer (combine keeps its layout's fields)
+            layout["metadata_crc32c"] = self.metadata
         return self.files, layout, self.stored, self.checksums
 
     @staticmethod
@@ -255,6 +267,13 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
     if not isinstance(cols, dict):
         raise ManifestError(f"{where}: layout.columns must be an object")
     out: dict[str, Any] = {"unit_rows": chunk_rows, "checksum": checksum, "columns": {}}
+    per_shard = layout.get("units_per_shard")  # absent: derived from the shard files by verify
+    if per_shard is not None:
+        if type(per_shard) is not int or not 0 < per_shard <= max(1, n_units):
+            raise ManifestError(f"{where}: layout.units_per_shard must be an integer in [1, {max(1, n_units)}]")
+        out["units_per_shard"] = per_shard
+    if "metadata_crc32c" in layout:  # absent in datasets written before it was recorded
+        out["metadata_crc32c"] = _file_checks(layout["metadata_crc32c"], f"{where}: layout.metadata_crc32c")
     for c in columns:
         loc = cols.get(c.name)
         cw = f"{where}: layout of column {c.name!r}"
@@ -269,6 +288,16 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
             "crc32": int_array(loc.get("crc32"), n_units, f"{cw}.crc32", hi=2**32 - 1),
         }
     return out
+
+
+def _file_checks(value: Any, where: str) -> dict[str, list[int]]:
+    """``{path: [size, CRC-32C]}`` of files checked whole, each path inside the dataset folder."""
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: must map file paths to [size, CRC-32C]")
+    for rel, check in value.items():
+        safe_relpath(Path("."), rel, where)
+        int_array(check, 2, f"{where}[{rel!r}]", hi=1 << 40)
+    return value
 
 
 class Reader:
