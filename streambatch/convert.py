@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ._feature_stats import stats_json
 from ._progress import Progress
 from ._sizes import parse_size
 from .errors import InputError, StreambatchError, TargetExistsError, WriteError
@@ -529,14 +530,15 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         files, layout, stored, checksums = written_files
         urows = np.full(-(-written // unit_rows), unit_rows, np.int64)
         urows[-1] = written - unit_rows * (len(urows) - 1)
-        col_stats: dict[str, Any] = {n: s.to_json() for n, s in stats.items()}
+        with _writing(target):  # per-feature statistics of wide columns: files, written before the manifest
+            col_stats, stats_files = stats_json(stats, cols, tmp)
         if lstats is not None:
             col_stats[lstats.col.name]["histogram"] = lstats.to_json()
         manifest = Manifest(
             root=target, storage=format, rows=written, columns=cols,
             unit_start=np.concatenate([[0], np.cumsum(urows)[:-1]]).astype(np.int64), unit_rows=urows,
             unit_stored_nbytes=np.asarray(stored, np.int64), codec=codec,
-            files=tuple(files), layout=layout, stats=col_stats, label=label,
+            files=tuple(files), layout=layout, stats=col_stats, stats_files=stats_files, label=label,
             fingerprint=compute_fingerprint(cols, written, checksums),
             source={"path": str(Path(src).resolve()), "format": source.format},
             options={"unit_rows": unit_rows, "shard_bytes": shard_b, "codec": codec, "shuffle": shuffle,
