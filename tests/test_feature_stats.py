@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import streambatch
-from streambatch import DataError, ManifestError
+from streambatch import DataError, InputError, ManifestError
 from streambatch.cli import main as cli_main
 from streambatch.manifest import MANIFEST_NAME
 
@@ -82,6 +82,17 @@ def test_rows_of_two_million_values_keep_the_manifest_under_1mb(two_million, tmp
     assert summary["count"] == 3 and summary["min"] == float(x.min()) and summary["max"] == float(x.max())
     assert summary["mean"] == pytest.approx(float(x64.mean()), rel=1e-12)
     assert summary["std"] == pytest.approx(float(x64.std()), rel=1e-12)
+
+
+def test_too_little_memory_for_wide_rows_is_refused_naming_the_least_that_fits(two_million, tmp_path: Path) -> None:
+    """The statistics of 2,000,000 values (80 MB) and a few 8 MB rows cannot fit in 4 MiB: refused
+    before anything is read or written, naming a budget that then works."""
+    src, _ = two_million
+    with pytest.raises(InputError, match=r"--memory 4\.0 MiB is too small for rows of 7\.6 MiB .*give at least") as e:
+        streambatch.convert(src, tmp_path / "d.zarr", memory="4MiB", progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "d.zarr").exists()
+    least = re.search(r"give at least (\d+MiB)", str(e.value)).group(1)
+    assert streambatch.convert(src, tmp_path / "d.zarr", memory=least, progress=False).rows == 3
 
 
 def test_normalize_on_wide_columns_equals_numpy_per_feature_standardisation(wide) -> None:
@@ -195,3 +206,20 @@ def test_statistics_files_are_read_over_http(wide, tmp_path: Path) -> None:
         srv.shutdown()
         srv.server_close()
 
+
+def test_a_shuffle_of_wide_rows_reads_buckets_larger_than_their_share_row_by_row(tmp_path: Path) -> None:
+    """Rows of 6 KB under a 64 KiB budget: ~300 buckets of 0.7 rows on average, so some draw two or
+    more rows, more than half the budget left beside the statistics; those are read row by row in
+    their shuffled order instead of whole.  Every row arrives once, intact."""
+    rng = np.random.default_rng(4)
+    rows = 200
+    src = tmp_path / "src"
+    src.mkdir()
+    x = rng.standard_normal((rows, 1500)).astype(np.float32)
+    np.save(src / "id.npy", np.arange(rows, dtype=np.int64))
+    np.save(src / "x.npy", x)
+    m = streambatch.convert(src, tmp_path / "d.zarr", shuffle=7, memory="64KiB", unit_rows=16, progress=False)
+    ids = np.concatenate([b["id"].numpy() for b in streambatch.StreamDataset(m.root, batch_size=50, shuffle=False)])
+    assert sorted(ids) == list(range(rows)) and not np.array_equal(ids, np.arange(rows))
+    got = np.concatenate([b["x"].numpy() for b in streambatch.StreamDataset(m.root, batch_size=50, shuffle=False)])
+    assert np.array_equal(got, x[ids])
