@@ -16,6 +16,7 @@ Usage::
     python benchmarks/bench_memory.py                  # sizes 1,4,8 x 256 MiB, 3 repeats
     python benchmarks/bench_memory.py --sizes 1,4,8,16 # + 16x (about 4.3 GB, slow)
     python benchmarks/bench_memory.py --quick          # 16 MiB budget, tiny datasets
+    python benchmarks/bench_memory.py --wide           # only 3 rows x float32[2,000,000] (_wide.py)
 
 Datasets go to ``DATA/memory/tab-x{k}.zarr`` (``DATA/quick/memory/`` with ``--quick``); the
 intermediate ``.npy`` folders are deleted after conversion unless ``--keep-npy``.
@@ -40,6 +41,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+
+import _wide  # noqa: E402
 
 MiB = 2**20
 ROW_BYTES = 528  # tab: id int64 + x float32[128] + y int64
@@ -224,7 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--budget-bytes", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-consumer", type=int, metavar="ROWS", help=argparse.SUPPRESS)
+    parser.add_argument("--wide", action="store_true", help="only the wide rows: convert and loader peak RSS")
+    parser.add_argument("--child-wide-convert", nargs=3, metavar=("SRC", "DST", "MEMORY"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-wide-load", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--shuffle", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--normalize", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.child_wide_convert or args.child_wide_load:
+        out = (_wide.convert_child(*args.child_wide_convert, args.shuffle) if args.child_wide_convert
+               else _wide.loader_child(args.child_wide_load, args.normalize))
+        print(json.dumps(out), flush=True)
+        return 0
 
     if args.child_consumer:
         print(json.dumps(consumer_child(args.child_consumer, args.interval)), flush=True)
@@ -255,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "cache": "warm (files not evicted; page cache is not in RSS)", "rss_interval_s": args.interval,
               "margin_bytes": MARGIN}
 
+    if args.wide:
+        return _run_wide(folder, args.repeats, common)
     print(f"bare `import torch, numpy` RSS ({args.repeats} runs)", flush=True)
     bare = [_bare_imports_rss(timeout) for _ in range(args.repeats)]
     _common.write_record(NAME, {**common, "kind": "reference", "config": "python -c 'import torch, numpy'",
@@ -297,8 +313,17 @@ def main(argv: Sequence[str] | None = None) -> int:
               f" accounted {med['peak_accounted_bytes'] / MiB:.0f} MiB), epoch {med['seconds']:.1f}s,"
               f" complete={rec['complete_all']}", flush=True)
 
+    return _run_wide(folder, args.repeats, common)
+
+
+def _run_wide(folder: Path, repeats: int, common: dict[str, Any]) -> int:
+    """The wide-row measurements (benchmarks/_wide.py), then RESULTS.md regenerated."""
+    import _common  # noqa: PLC0415
     import report  # noqa: PLC0415
 
+    print(f"wide rows ({repeats} fresh processes each)", flush=True)
+    _wide.run(folder / "wide", repeats, {k: v for k, v in common.items() if k not in ("dataset", "budget_bytes")},
+              lambda rec: _common.write_record(NAME, rec), _common.median_of)
     report.main()
     return 0
 
@@ -406,6 +431,8 @@ def render(records: list[dict[str, Any]]) -> str:
         f"Targets (budget {budget / MiB:.0f} MiB, margin {margin / MiB:.0f} MiB):",
         "",
         *[f"- {line}" for line in _targets(loaders)],
+        "",
+        *_wide.render(records),
     ]
     return "\n".join(parts) + "\n"
 

@@ -67,7 +67,7 @@ def _info_dict(path: str) -> dict[str, Any]:
         "columns": [c.to_json() for c in m.columns], "units": m.n_units,
         "unit_rows": int(m.unit_rows.max()), "files": len(m.files), "decoded_bytes": m.rows * m.row_nbytes,
         "stored_bytes": stored, "label": m.label, "fingerprint": m.fingerprint, "stats": m.stats,
-        "options": m.options, "source": m.source,
+        "stats_files": m.stats_files, "options": m.options, "source": m.source,
     }
 
 
@@ -86,9 +86,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
           f"<= {info['unit_rows']} rows, {info['files']} files, {format_size(info['decoded_bytes'])} decoded, "
           f"{format_size(info['stored_bytes'])} stored")
     for c in info["columns"]:
-        st = info["stats"].get(c["name"], {})
+        wide = info["stats_files"].get(c["name"])  # per feature in a file: the summary over all values
+        st = wide or info["stats"].get(c["name"], {})
         print(f"  {c['name']:<16} {c['dtype']:<8} shape {tuple(c['shape'])!s:<14} mean {_short(st.get('mean'))} "
-              f"std {_short(st.get('std'))} min {_short(st.get('min'))} max {_short(st.get('max'))}")
+              f"std {_short(st.get('std'))} min {_short(st.get('min'))} max {_short(st.get('max'))}"
+              + (f" (over all values; per feature in {wide['path']})" if wide else ""))
     if info["label"]:
         h = info["stats"].get(info["label"], {}).get("histogram", {})
         pairs = ", ".join(f"{v}: {c:,}" for v, c in zip(h.get("values", []), h.get("counts", [])))

@@ -20,19 +20,21 @@ import queue
 import re
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from ._feature_stats import stats_json
 from ._progress import Progress
-from ._sizes import parse_size
+from ._sizes import format_size, parse_size
 from ._target import check_target, install, temp_name
 from .errors import InputError, StreambatchError, WriteError
 from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Column, Manifest, compute_fingerprint
 from .sources import Source, open_source
-from .stats import ColumnStats, LabelStats, shift_of
+from .stats import BYTES_PER_FEATURE, ColumnStats, LabelStats, shift_of
 from .storage import CODECS, STORAGES, combine, open_writer, units_per_file
 
 __all__ = ["convert", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC", "DEFAULT_MEMORY"]
@@ -43,6 +45,9 @@ DEFAULT_CODEC = "none"
 DEFAULT_MEMORY = 1024 * 1024 * 1024
 _PIECE_BYTES = 8 * 1024 * 1024
 _PARALLEL_PIECE_BYTES = 1024 * 1024
+_SMALL_BUFFERS = 16 * 1024 * 1024
+"""Buffers up to this size are part of the converter's fixed overhead: a smaller ``--memory``
+still runs (a tiny budget makes tiny pieces), refused only where rows or units need more."""
 _MAX_THREADS = 8
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.sbtmp-(?P<pid>\d+)-[0-9a-f]+$")
 
@@ -216,17 +221,43 @@ class _Parts:
         self.done = [0] * len(self.starts)  # rows written per part (progress)
         self.results: list[Any] = [None] * len(self.starts)
         self.errors: dict[int, BaseException] = {}
+        # Finished parts' statistics are merged in file order as soon as the parts before them are
+        # (the sequential result, to rounding), and a part starts only within 2 x threads of the
+        # first unmerged one: parts of wide rows hold statistics of ~32 bytes a value each.
+        self.stats = {c.name: ColumnStats(c, shift=self.shifts[c.name]) for c in cols}
+        self.lstats: LabelStats | None = None
+        self._merged = 0
         self._stop_after = len(self.starts)  # parts after this one abandon their work
         self._next = 0
         self._lock = threading.Lock()
 
     def _take(self) -> int | None:
+        """The next part to write, ``-1`` to wait for earlier parts, ``None`` when done."""
         with self._lock:
             i = self._next
             if i >= len(self.starts) or i > self._stop_after:
                 return None
+            if i >= self._merged + 2 * self.threads:
+                return -1
             self._next += 1
             return i
+
+    def _finish(self, i: int, result: Any, stats: dict[str, ColumnStats], lstats: LabelStats | None) -> None:
+        """Keep part ``i``'s result; merge the statistics of every finished part not yet merged
+        that follows the merged ones."""
+        with self._lock:
+            self.results[i] = (result, stats, lstats)
+            while self._merged < len(self.results) and self.results[self._merged] is not None:
+                part_result, part_stats, part_lstats = self.results[self._merged]
+                for name, st in part_stats.items():
+                    self.stats[name].merge(st)
+                if part_lstats is not None:
+                    if self.lstats is None:
+                        self.lstats = part_lstats
+                    else:
+                        self.lstats.merge(part_lstats)
+                self.results[self._merged] = (part_result, None, None)
+                self._merged += 1
 
     def _fail(self, i: int, e: BaseException) -> None:
         with self._lock:
@@ -279,10 +310,13 @@ class _Parts:
             raise
         for st in stats.values():
             st.release()
-        self.results[i] = (result, stats, lstats)
+        self._finish(i, result, stats, lstats)
 
     def _work(self) -> None:
         while (i := self._take()) is not None:
+            if i < 0:
+                time.sleep(0.002)
+                continue
             try:
                 self._part(i)
             except _Abandoned:
@@ -313,18 +347,9 @@ class _Parts:
                     t.join()
         if self.errors:
             raise self.errors[min(self.errors)]
-        stats = {c.name: ColumnStats(c, shift=self.shifts[c.name]) for c in self.cols}
-        lstats: LabelStats | None = None
-        for _, part_stats, part_lstats in self.results:
-            for name, st in part_stats.items():
-                stats[name].merge(st)
-            if part_lstats is not None:
-                if lstats is None:
-                    lstats = part_lstats
-                else:
-                    lstats.merge(part_lstats)
+        assert self._merged == len(self.results)
         written = sum(self.done)
-        return combine(self.fmt, [r[0] for r in self.results]), stats, lstats, written
+        return combine(self.fmt, [r[0] for r in self.results]), self.stats, self.lstats, written
 
 
 def _shuffled_pieces(source: Source, pieces: Iterator[dict[str, np.ndarray]], cols: tuple[Column, ...], seed: int,
@@ -338,8 +363,10 @@ def _shuffled_pieces(source: Source, pieces: Iterator[dict[str, np.ndarray]], co
     row_bytes = sum(c.row_nbytes for c in cols)
     n_buckets = max(1, math.ceil(source.rows * row_bytes / max(1, memory // 4)))
     if n_buckets > 2000:
-        raise InputError(f"{source.path}: --memory {memory} bytes is too small to pre-shuffle "
-                         f"{source.rows * row_bytes} bytes; give at least {source.rows * row_bytes // 2000 * 4} bytes")
+        stats_b = BYTES_PER_FEATURE * sum(c.row_items for c in cols)  # what convert set aside beside ``memory``
+        raise InputError(f"{source.path}: --memory {memory + stats_b} bytes is too small to pre-shuffle "
+                         f"{source.rows * row_bytes} bytes; give at least "
+                         f"{source.rows * row_bytes // 2000 * 4 + stats_b} bytes")
     with _writing(target):
         workdir.mkdir()
     rng = np.random.default_rng((seed, 0x5348, 1))
@@ -372,15 +399,49 @@ def _shuffled_pieces(source: Source, pieces: Iterator[dict[str, np.ndarray]], co
             except OSError:  # already failing; the first error is the one raised
                 pass
     for b in range(n_buckets):
-        perm = np.random.default_rng((seed, 0x5348, 2, b)).permutation(int(sizes[b]))
-        data = {}
-        for c in cols:
-            path = workdir / f"{b}-{c.name}.bin"
-            data[c.name] = np.fromfile(path, dtype=c.np_dtype).reshape(int(sizes[b]), *c.shape)[perm]
+        size = int(sizes[b])
+        perm = np.random.default_rng((seed, 0x5348, 2, b)).permutation(size)
+        paths = {c.name: workdir / f"{b}-{c.name}.bin" for c in cols}
+        if size * row_bytes <= memory // 2:  # the bucket and a piece: about half the budget
+            data = {c.name: np.fromfile(paths[c.name], dtype=c.np_dtype).reshape(size, *c.shape) for c in cols}
+            for lo in range(0, size, piece_rows):
+                yield {k: v[perm[lo:lo + piece_rows]] for k, v in data.items()}
+            del data
+        else:  # a bucket of a few wide rows that drew more than its share: read in the shuffled order
+            yield from _rows_in_order(paths, cols, perm, piece_rows)
+        for path in paths.values():
             path.unlink()
-        for lo in range(0, int(sizes[b]), piece_rows):
-            yield {k: v[lo:lo + piece_rows] for k, v in data.items()}
     workdir.rmdir()
+
+
+def _rows_in_order(paths: dict[str, Path], cols: tuple[Column, ...], order: np.ndarray,
+                   piece_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """Rows ``order`` of the bucket files ``paths`` (one a column), a piece at a time, each row
+    read from its place: a bucket's worth of memory is never held."""
+    files = {}
+    try:
+        for c in cols:
+            files[c.name] = open(paths[c.name], "rb", buffering=0)
+        for lo in range(0, len(order), piece_rows):
+            rows = order[lo:lo + piece_rows].tolist()
+            piece = {}
+            for c in cols:
+                out = np.empty((len(rows), *c.shape), c.np_dtype)
+                flat = out.reshape(len(rows), -1).view(np.uint8)
+                f = files[c.name]
+                for k, r in enumerate(rows):
+                    f.seek(r * c.row_nbytes)
+                    view, got = memoryview(flat[k]), 0
+                    while got < len(view):  # one read returns at most ~2 GiB
+                        n = f.readinto(view[got:])
+                        if not n:
+                            raise WriteError(f"{paths[c.name]}: pre-shuffle bucket file truncated")
+                        got += n
+                piece[c.name] = out
+            yield piece
+    finally:
+        for f in files.values():
+            f.close()
 
 
 def _plan(source: Source, cols: tuple[Column, ...], unit_rows: int, shard_bytes: int, fmt: str,
@@ -501,6 +562,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     if unit_rows * row_bytes > _MAX_UNIT_BYTES:
         raise ValueError(f"a shuffle unit of {unit_rows} rows x {row_bytes} bytes is larger than "
                          f"{_MAX_UNIT_BYTES} bytes; choose a smaller unit")
+    work_b = _work_memory(source, cols, unit_rows, memory_b)
     plan = _plan(source, cols, unit_rows, shard_b, format, codec)
     if dry_run:
         return plan
@@ -517,9 +579,11 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         # writing threads ran npy -> Parquet 12% slower than one writer beside the reading thread.
         label_col = by_name[label] if label is not None else None
         threads = threads or (min(_MAX_THREADS, _cores()) if format == "zarr" else 1)
-        # Each thread holds a piece (sized below), a unit or two being staged and encoded, and its
-        # statistics' stage (an eighth of a piece): fewer threads where big units would not fit.
-        threads = max(1, min(threads, memory_b // (8 * unit_rows * row_bytes)))
+        # Each thread holds a piece (sized below), a unit or two being staged and encoded, its
+        # statistics' stage (an eighth of a piece) and the statistics of up to two parts (see
+        # _Parts): fewer threads where big units or wide rows would not fit.
+        per_thread = 8 * unit_rows * row_bytes + 2 * (memory_b - work_b)
+        threads = max(1, min(threads, work_b // per_thread))
         file_rows = units_per_file(format, cols, source.rows, unit_rows, shard_b) * unit_rows
         # A source read in blocks larger than an eighth of a file (big Parquet row groups) would
         # have every part decode the blocks it shares with its neighbours: read it in order.
@@ -527,25 +591,26 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
                 and plan["shards"] > 1):
             # Pieces small enough to stay in the core's cache from the read to the write.
             parts = _Parts(source, cols, format, tmp, unit_rows, shard_b, codec, label_col, threads,
-                           max(1, min(_PARALLEL_PIECE_BYTES, memory_b // (16 * threads))), target)
+                           max(1, min(_PARALLEL_PIECE_BYTES, work_b // (16 * threads))), target)
             with Progress(source.rows, f"convert {source.path.name}", row_bytes, enabled=progress) as bar:
                 written_files, stats, lstats, written = parts.run(bar)
         else:
             written_files, stats, lstats, written = _write_sequential(
-                source, cols, format, tmp, unit_rows, shard_b, codec, label_col, shuffle, memory_b, target, progress)
+                source, cols, format, tmp, unit_rows, shard_b, codec, label_col, shuffle, work_b, target, progress)
         if written != source.rows:
             raise InputError(f"{source.path}: read {written} rows, expected {source.rows} (input changed?)")
         files, layout, stored, checksums = written_files
         urows = np.full(-(-written // unit_rows), unit_rows, np.int64)
         urows[-1] = written - unit_rows * (len(urows) - 1)
-        col_stats: dict[str, Any] = {n: s.to_json() for n, s in stats.items()}
+        with _writing(target):  # per-feature statistics of wide columns: files, written before the manifest
+            col_stats, stats_files = stats_json(stats, cols, tmp)
         if lstats is not None:
             col_stats[lstats.col.name]["histogram"] = lstats.to_json()
         manifest = Manifest(
             root=target, storage=format, rows=written, columns=cols,
             unit_start=np.concatenate([[0], np.cumsum(urows)[:-1]]).astype(np.int64), unit_rows=urows,
             unit_stored_nbytes=np.asarray(stored, np.int64), codec=codec,
-            files=tuple(files), layout=layout, stats=col_stats, label=label,
+            files=tuple(files), layout=layout, stats=col_stats, stats_files=stats_files, label=label,
             fingerprint=compute_fingerprint(cols, written, checksums),
             source={"path": str(Path(src).resolve()), "format": source.format},
             options={"unit_rows": unit_rows, "shard_bytes": shard_b, "codec": codec, "shuffle": shuffle,
@@ -559,6 +624,26 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _work_memory(source: Source, cols: tuple[Column, ...], unit_rows: int, memory_b: int) -> int:
+    """What ``memory_b`` leaves for pieces, units and shuffle buckets once the statistics are
+    counted (``BYTES_PER_FEATURE`` a value of a row: 80 MB for rows of 2,000,000 values).
+
+    Raises ``InputError`` naming the least ``--memory`` that holds the statistics and 8 units (the
+    pieces read ahead, a unit staged and one encoded) when they need more than ``memory_b`` plus
+    ``_SMALL_BUFFERS``, which are counted in the converter's fixed overhead.
+    """
+    values = sum(c.row_items for c in cols)
+    row_bytes = sum(c.row_nbytes for c in cols)
+    stats_b = BYTES_PER_FEATURE * values
+    need = stats_b + 8 * unit_rows * row_bytes
+    if need > memory_b + _SMALL_BUFFERS:
+        raise InputError(f"{source.path}: --memory {format_size(memory_b)} is too small for rows of "
+                         f"{format_size(row_bytes)} ({values:,} values a row, whose statistics take "
+                         f"{format_size(stats_b)}) in units of {unit_rows:,} row(s): give at least "
+                         f"{-(-need // (1 << 20))}MiB")
+    return max(memory_b - stats_b, memory_b // 4)
 
 
 def _cores() -> int:

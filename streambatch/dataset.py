@@ -89,7 +89,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         rank, world_size: this process's share; from ``torch.distributed`` when it is
             initialised, else from ``RANK``/``WORLD_SIZE``, else 0 and 1.
         normalize: ``True`` (every float tensor column) or a list of columns to standardise
-            with the manifest's per-feature mean and std.
+            with the per-feature mean and std stored at conversion (``Manifest.feature_stats``).
         return_index: add ``"_row"``, the global row number of every sample.
         verify: check each unit's checksum as it is read (default on: it costs about 5-10% of throughput,
             benchmarks/bench_faults.py), so a damaged byte raises ``DataError`` naming the
@@ -103,6 +103,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     Raises:
         ManifestError: the dataset's manifest is missing or invalid.
+        DataError: ``normalize`` needs a statistics file that is missing or damaged.
         ValueError: an unknown column or a budget too small for one batch window.
     """
 
@@ -201,12 +202,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  else list(normalize))
         out = {}
         for name in names:
-            col = self.manifest.column(name)
-            st = self.manifest.stats.get(name)
-            if not st:
+            self.manifest.column(name)
+            wide = name in self.manifest.stats_files  # its statistics are in a file: read it now
+            if not wide and not self.manifest.stats.get(name):
                 raise ManifestError(f"{self.manifest.root}: no statistics for column {name!r} to normalise with")
-            mean = np.asarray(st["mean"], np.float64).reshape(col.shape)  # JSON null (non-finite) -> nan
-            std = np.asarray(st["std"], np.float64).reshape(col.shape)
+            st = self.manifest.feature_stats(name, remote=self._remote_files() if wide else None)
+            mean, std = st["mean"], st["std"]
+            del st
             if not (np.isfinite(mean).all() and np.isfinite(std).all()):
                 raise ManifestError(f"{self.manifest.root}: column {name!r} has non-finite statistics (NaN or inf "
                                     "in the data); it cannot be normalised")

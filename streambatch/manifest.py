@@ -3,7 +3,9 @@
 A dataset is a folder holding the data (a Zarr v3 group or Parquet files) and
 ``streambatch.json``.  The manifest lists the schema, the shuffle units (row ranges and
 where their bytes are), per-column statistics, checksums and how the dataset was made.
-Nothing in it is pickled; every path in it is relative to the dataset folder and is
+Per-feature statistics of columns wider than 1,024 values a row are in checksummed files
+beside it (``_stats/``, see ``_feature_stats``), so the manifest stays small whatever the row
+width.  Nothing in it is pickled; every path in it is relative to the dataset folder and is
 checked to stay inside it.  Its last field is a CRC-32C of the bytes before it, checked at load.
 """
 
@@ -27,6 +29,9 @@ __all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "Column", "Manifest", "encode_mani
 
 MANIFEST_NAME = "_streambatch.json"
 FORMAT_VERSION = 1
+# The version changes when a reader of the previous one would misread a dataset.  Readers ignore
+# top-level fields they do not know, so a field an older reader can do without (``stats_files``:
+# it then has no statistics for wide columns, and says so if asked to normalise them) keeps it.
 _MAX_ROWS = 1 << 48
 _MAX_ROW_BYTES = 1 << 32
 _MAX_MANIFEST_BYTES = 256 * 1024 * 1024
@@ -71,7 +76,9 @@ class Manifest:
 
     ``unit_start[i]`` and ``unit_rows[i]`` give the rows of shuffle unit ``i``;
     ``layout`` holds the storage-specific locations (see ``streambatch.storage``) as
-    int64 arrays, one entry per unit.
+    int64 arrays, one entry per unit.  ``stats`` holds per-feature statistics inline;
+    ``stats_files`` the files holding those of wide columns, with a summary (read them with
+    :meth:`feature_stats`).
     """
 
     root: Path
@@ -85,6 +92,7 @@ class Manifest:
     files: tuple[str, ...]
     layout: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
+    stats_files: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     fingerprint: str = ""
     source: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +128,27 @@ class Manifest:
     def path_of(self, file_index: int) -> Path:
         return self.root / self.files[file_index]
 
+    def feature_stats(self, name: str, remote: Any = None) -> dict[str, NDArray[np.float64]]:
+        """Per-feature ``mean``, ``std``, ``min`` and ``max`` of column ``name``: float64 arrays
+        shaped like one row (NaN where not finite), from the manifest or, for a wide column, read
+        from its statistics file now.  ``remote``: the ``RemoteFiles`` of a dataset at a URL
+        (default options when not given).
+
+        Raises ``KeyError`` for an unknown column, ``ManifestError`` when the column has no
+        statistics, ``DataError`` naming the statistics file when it is missing or damaged.
+        """
+        col = self.column(name)
+        entry = self.stats_files.get(name)
+        if entry is not None:
+            from ._feature_stats import read_stats_file
+
+            return read_stats_file(self.root, entry, col, remote)
+        st = self.stats.get(name)
+        if not st:
+            raise ManifestError(f"{self.root}: no statistics for column {name!r}")
+        # JSON null (not finite) -> NaN
+        return {k: np.asarray(st[k], np.float64).reshape(col.shape) for k in ("mean", "std", "min", "max")}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": "streambatch",
@@ -137,6 +166,7 @@ class Manifest:
             },
             "layout": _layout_to_json(self.layout),
             "stats": self.stats,
+            **({"stats_files": self.stats_files} if self.stats_files else {}),
             "fingerprint": self.fingerprint,
             "source": self.source,
             "options": self.options,
@@ -389,17 +419,20 @@ def _parse(root: Path, doc: Any, where: str, checksum: str = "") -> Manifest:
     if label is not None and (not isinstance(label, str) or label not in seen):
         raise ManifestError(f"{where}: label column {label!r} is not a column")
     layout = _need(doc, "layout", dict, where)
-    from .storage import validate_layout  # local: storage imports this module
+    from ._feature_stats import check_stats_files  # local: these modules import this one
+    from .storage import validate_layout
 
     checked = validate_layout(storage, layout, n, len(files), tuple(columns), codec, where, unit_rows=urows)
-    stats = _check_stats(doc.get("stats", {}), {c.name: c for c in columns}, where)
+    by_name = {c.name: c for c in columns}
+    stats = _check_stats(doc.get("stats", {}), by_name, where)
+    stats_files = check_stats_files(doc.get("stats_files", {}), by_name, stats, where)
     fp, source, options = (_optional(doc, key, typ, default, where) for key, typ, default in
                            (("fingerprint", str, ""), ("source", dict, {}), ("options", dict, {})))
     return Manifest(
         root=root, storage=storage, rows=rows, columns=tuple(columns), unit_start=start,
         unit_rows=urows, unit_stored_nbytes=stored, codec=codec, files=files, layout=checked,
-        stats=stats, label=label, fingerprint=fp, source=source, options=options, version=version,
-        checksum=checksum,
+        stats=stats, stats_files=stats_files, label=label, fingerprint=fp, source=source, options=options,
+        version=version, checksum=checksum,
     )
 
 

@@ -8,14 +8,15 @@ correlation that predicts shuffle quality (../shared/SHUFFLE.md).
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Iterator
 
 import numpy as np
 
 from .errors import InputError
 from .manifest import Column
 
-__all__ = ["ColumnStats", "LabelStats", "shift_of"]
+__all__ = ["ColumnStats", "LabelStats", "shift_of", "FEATURE_SLICE", "BYTES_PER_FEATURE"]
 
 # _small_int_moments: rows per float32 block (a sum of 258 squares of 255 is still below 2^24,
 # where float32 stops holding every integer) and rows per call (n * sum(x^2) < 2^63 in int64)
@@ -47,6 +48,11 @@ _STAGE_BYTES = 1 << 20
 """Pieces below half this many bytes (by default) are copied into a staging buffer and summarised when it is full:
 each summary costs ~25 numpy calls (~80 us), which for a scalar column of a few thousand rows a
 piece was most of its cost (0.08 s/GB of the wide column beside it, per scalar column)."""
+FEATURE_SLICE = 1 << 16
+"""Features summarised (and merged, and written out) at a time: the temporaries of a row of
+millions of features stay a few arrays of this many float64 (512 KiB each)."""
+BYTES_PER_FEATURE = 40
+"""What a ``ColumnStats`` keeps per feature: mean, M2, min, max and the shift, float64 each."""
 _WIDE_ITEMS = 2048
 """Min/max fold rows into rows of about this many items before reducing: numpy reduces axis 0
 one row at a time, and rows of 128 floats ran at a third of the speed of 2,048-item ones."""
@@ -141,14 +147,18 @@ class ColumnStats:
             self.flush()
             if self._n == 0 and self.shift is None:
                 self.shift = other.shift
-            mean = other.mean
-            if other.shift is not self.shift:  # the other part's mean around this one's shift (None: 0)
-                mean = other.mean + ((0.0 if other.shift is None else other.shift)
-                                     - (0.0 if self.shift is None else self.shift))
+            step = max(1, min(self.mean.size, FEATURE_SLICE))
             with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN parts: stats become null
-                self._merge(other._n, mean, other.m2)
-                self.min = np.minimum(self.min, other.min)
-                self.max = np.maximum(self.max, other.max)
+                for f0 in range(0, self.mean.size, step):
+                    sl = slice(f0, f0 + step)
+                    mean = other.mean[sl]
+                    if other.shift is not self.shift:  # the other part's mean around this one's shift (None: 0)
+                        mean = mean + ((0.0 if other.shift is None else other.shift[sl])
+                                       - (0.0 if self.shift is None else self.shift[sl]))
+                    self._merge(self._n, other._n, mean, other.m2[sl], sl=sl)
+                np.minimum(self.min, other.min, out=self.min)
+                np.maximum(self.max, other.max, out=self.max)
+            self._n += other._n
 
     def release(self) -> None:
         """Summarise the staged rows and free the staging buffer (a finished part keeps only
@@ -158,33 +168,46 @@ class ColumnStats:
 
     def _summarise(self, x: np.ndarray) -> None:
         """Merge the rows of ``x`` (rows x features): min/max in the source dtype; count, mean and
-        M2 exactly for 1-byte integers (``_small_int_moments``), else in cache-sized float64 blocks."""
-        n = x.shape[0]
+        M2 exactly for 1-byte integers (``_small_int_moments``), else in cache-sized float64 blocks.
+        Features go ``FEATURE_SLICE`` at a time, updated in place: a row of millions of features
+        then needs a few MiB of temporaries, not a dozen arrays as long as the row."""
+        small = x.dtype.itemsize == 1 and x.dtype.kind in "biu"
+        if self.shift is None and not small:
+            self.shift = shift_of(x[0])
+        feats = x.shape[1]
+        step = max(1, min(feats, FEATURE_SLICE))
         with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN in the data: stats become null
-            # min/max in the source dtype: exact, and fewer bytes than float64
-            self.min = np.minimum(self.min, _fold(np.minimum, x))
-            self.max = np.maximum(self.max, _fold(np.maximum, x))
-            if x.dtype.itemsize == 1 and x.dtype.kind in "biu":
-                for lo in range(0, n, _EXACT_ROWS):
-                    part = x[lo:lo + _EXACT_ROWS]
-                    self._merge(part.shape[0], *_small_int_moments(part))
-                return
-            if self.shift is None:
-                self.shift = shift_of(x[0])
-            feats = x.shape[1]
-            # at least 64 rows a block: wide rows (images) in 2 MB blocks of a few rows spent
-            # most of their time in the per-block calls
-            block = max(64, (2 << 20) // (8 * max(1, feats)))
-            buf = np.empty((min(block, n), feats), np.float64)
-            self._merge_blocks(x, buf, block)
+            for f0 in range(0, feats, step):
+                self._summarise_features(x[:, f0:f0 + step], slice(f0, f0 + step), small)
+        self._n += x.shape[0]
 
-    def _merge_blocks(self, x: np.ndarray, buf: np.ndarray, block: int) -> None:
+    def _summarise_features(self, x: np.ndarray, sl: slice, small: bool) -> None:
+        """``_summarise`` for the features ``sl`` (``x`` holds just those)."""
         n = x.shape[0]
+        # min/max in the source dtype: exact, and fewer bytes than float64
+        np.minimum(self.min[sl], _fold(np.minimum, x), out=self.min[sl])
+        np.maximum(self.max[sl], _fold(np.maximum, x), out=self.max[sl])
+        if small:
+            for lo in range(0, n, _EXACT_ROWS):
+                part = x[lo:lo + _EXACT_ROWS]
+                self._merge(self._n + lo, part.shape[0], *_small_int_moments(part), sl=sl)
+            return
+        feats = x.shape[1]
+        # at least 64 rows a block: wide rows (images) in 2 MB blocks of a few rows spent
+        # most of their time in the per-block calls
+        block = max(64, (2 << 20) // (8 * max(1, feats)))
+        buf = np.empty((min(block, n), feats), np.float64)
+        self._merge_blocks(x, buf, block, sl)
+
+    def _merge_blocks(self, x: np.ndarray, buf: np.ndarray, block: int, sl: slice) -> None:
+        n = x.shape[0]
+        assert self.shift is not None
+        shift = self.shift[sl]
         for lo in range(0, n, block):
             part = x[lo:lo + block]
             b = buf[: part.shape[0]]
             np.copyto(b, part, casting="unsafe")
-            b -= self.shift
+            b -= shift
             nb = b.shape[0]
             sb = b.sum(axis=0)
             mb = sb / nb
@@ -198,15 +221,19 @@ class ColumnStats:
             if bad.any():
                 centred = b[:, bad] - mb[bad]
                 m2b[bad] = np.einsum("ij,ij->j", centred, centred)
-            self._merge(nb, mb, m2b)
+            self._merge(self._n + lo, nb, mb, m2b, sl=sl)
 
-    def _merge(self, nb: int, mb: np.ndarray, m2b: np.ndarray) -> None:
-        """Chan et al.'s update with a block of ``nb`` rows, mean ``mb`` and M2 ``m2b``."""
-        total = self._n + nb
-        delta = mb - self.mean
-        self.mean = self.mean + delta * (nb / total)
-        self.m2 = self.m2 + m2b + delta**2 * (self._n * nb / total)
-        self._n = total
+    def _merge(self, n0: int, nb: int, mb: np.ndarray, m2b: np.ndarray, sl: slice = slice(None)) -> None:
+        """Chan et al.'s update of features ``sl``, which have seen ``n0`` rows, with a block of
+        ``nb`` rows, mean ``mb`` and M2 ``m2b`` (in place; the caller counts the rows)."""
+        total = n0 + nb
+        mean, m2 = self.mean[sl], self.m2[sl]
+        delta = mb - mean
+        mean += delta * (nb / total)
+        m2 += m2b
+        delta **= 2
+        delta *= n0 * nb / total
+        m2 += delta
 
     def to_json(self) -> dict[str, Any]:
         self.flush()
@@ -218,6 +245,47 @@ class ColumnStats:
             return vals[0] if not self.col.shape else vals
 
         return {"count": self._n, "mean": out(mean), "std": out(std), "min": out(self.min), "max": out(self.max)}
+
+    def _slices(self) -> Iterator[slice]:
+        step = max(1, min(self.mean.size, FEATURE_SLICE))
+        return (slice(f0, f0 + step) for f0 in range(0, self.mean.size, step))
+
+    def _mean(self, sl: slice) -> np.ndarray:
+        """The means of features ``sl`` (the moments are kept around ``shift``)."""
+        return self.mean[sl] if self.shift is None else self.mean[sl] + self.shift[sl]
+
+    def feature_values(self) -> Iterator[np.ndarray]:
+        """The per-feature mean, std, min and max that ``to_json`` lists, as float64 (NaN or inf
+        where the data held them): all means, then all stds, ..., ``FEATURE_SLICE`` features a piece,
+        so that a row of millions of features is written out without a copy of its statistics."""
+        self.flush()
+        n = max(1, self._n)
+        for sl in self._slices():
+            yield self._mean(sl)
+        for sl in self._slices():
+            yield np.sqrt(self.m2[sl] / n)
+        for sl in self._slices():
+            yield self.min[sl]
+        for sl in self._slices():
+            yield self.max[sl]
+
+    def summary(self) -> dict[str, Any]:
+        """Count, and mean, std, min and max over every value of the column (all features and rows
+        pooled; ``None`` where not finite): the inline digest of statistics kept in a file."""
+        self.flush()
+        n, feats = self._n, self.mean.size
+        with np.errstate(invalid="ignore", over="ignore"):
+            grand = sum(float(self._mean(sl).sum()) for sl in self._slices()) / max(1, feats)
+            m2 = 0.0
+            for sl in self._slices():  # pooled M2: within features, plus between their means
+                m2 += float(self.m2[sl].sum()) + n * float(((self._mean(sl) - grand) ** 2).sum())
+            std = math.sqrt(m2 / max(1, n * feats)) if m2 >= 0 else math.nan
+            lo, hi = float(self.min.min(initial=math.inf)), float(self.max.max(initial=-math.inf))
+
+        def out(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        return {"count": n, "mean": out(grand), "std": out(std), "min": out(lo), "max": out(hi)}
 
 
 class LabelStats:

@@ -210,3 +210,22 @@ def test_s3_overwrite_replaces_a_dataset(local, s3):
     m = streambatch.load_manifest(url)
     assert m.storage == "zarr" and int(m.unit_rows[0]) == 101
     assert same(batches(url), batches(local["zarr"]))
+
+
+def test_s3_upload_carries_the_statistics_files_of_wide_columns(s3, tmp_path):
+    """A column of 1,500 values keeps its per-feature statistics in a file beside the manifest:
+    uploaded with the data (before the manifest) and read through the same requests."""
+    import fsspec
+
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "x.npy", np.random.default_rng(2).standard_normal((300, 1500)).astype(np.float32) * 3 + 1)
+    local = streambatch.convert(src, tmp_path / "local.zarr", unit_rows=10)
+    url = f"{s3}/wide"
+    m = streambatch.convert(src, url, unit_rows=10, overwrite=True)
+    assert fsspec.filesystem("s3", skip_instance_cache=True).exists(f"bucket/wide/{m.stats_files['x']['path']}")
+
+    def normalised(path):
+        return list(streambatch.StreamDataset(path, batch_size=16, memory_budget="4MiB", normalize=True, seed=3))
+
+    assert same(normalised(url), normalised(local.root))

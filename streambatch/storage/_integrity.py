@@ -41,12 +41,11 @@ _crc32c = checksum_fn("crc32c")
 
 
 def recorded_files(manifest: Manifest) -> list[tuple[str, int, int]]:
-    """Files checked whole: ``(path in the dataset, size, CRC-32C)`` recorded at conversion.
-
-    Zarr's ``zarr.json`` files today; another file written beside the manifest with a recorded
-    size and CRC-32C is checked by listing it here (or passing it to :func:`verify_dataset`)."""
+    """Files checked whole: ``(path in the dataset, size, CRC-32C)`` recorded at conversion:
+    Zarr's ``zarr.json`` files and the per-feature statistics files of wide columns (``_stats/``)."""
     meta = manifest.layout.get("metadata_crc32c", {})
-    return [(rel, int(size), int(crc)) for rel, (size, crc) in meta.items()]
+    stats = [(e["path"], int(e["size"]), int(e["crc32c"])) for e in manifest.stats_files.values()]
+    return [(rel, int(size), int(crc)) for rel, (size, crc) in meta.items()] + stats
 
 
 def verify_dataset(manifest: Manifest, extra: Sequence[tuple[str, int, int]] = ()) -> str:
