@@ -435,7 +435,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
 
     Args:
         src: an .npy file or folder of .npy files (one column each), .npz, Parquet file or
-            folder, CSV, JSON Lines, Arrow IPC / Feather, HDF5, or a Zarr v2/v3 store.
+            folder (also Hive-partitioned: key=value/ folders), CSV, JSON Lines, Arrow IPC /
+            Feather, HDF5, or a Zarr v2/v3 store.
         dst: the dataset folder to create.
         format: ``"zarr"`` (sharded Zarr v3) or ``"parquet"``.
         columns: the columns to keep (all by default).
