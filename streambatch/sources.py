@@ -608,7 +608,9 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Sour
         if h.schema_arrow.names != schema.names:
             raise InputError(f"{f}: columns {h.schema_arrow.names} differ from {files[0].name}'s {schema.names}")
         for a, b in zip(schema, h.schema_arrow):
-            if a.type != b.type:
+            # categoricals: files with more categories have wider codes; the values must agree
+            if a.type != b.type and not (pa.types.is_dictionary(a.type) and pa.types.is_dictionary(b.type)
+                                         and a.type.value_type == b.type.value_type):
                 raise InputError(f"{f}: column {b.name!r} is {b.type}, {files[0].name} has {a.type}")
     if hive:
         both = [k for k in hive.columns if k in schema.names]

@@ -210,15 +210,18 @@ def test_categories_differing_between_files_are_unified(tmp_path: Path) -> None:
     (tmp_path / "f").mkdir()
     a = pd.DataFrame({"c": pd.Categorical(["x", "y", "x"]), "v": [1, 2, 3]})
     b = pd.DataFrame({"c": pd.Categorical(["z", "y", "w", "z"]), "v": [4, 5, 6, 7]})
+    many = [f"m{i}" for i in range(200)]  # int16 codes in this file, int8 in the others
+    c = pd.DataFrame({"c": pd.Categorical(["m199", "x"], categories=[*many, "x"]), "v": [8, 9]})
     a.to_parquet(tmp_path / "f" / "0.parquet")
     b.to_parquet(tmp_path / "f" / "1.parquet")
+    c.to_parquet(tmp_path / "f" / "2.parquet")
     m = streambatch.convert(tmp_path / "f", tmp_path / "ds", progress=False)
     assert isinstance(m, Manifest)
     cats = m.column("c").meta["categories"]  # type: ignore[index]
-    assert cats == ["x", "y", "w", "z"]
+    assert cats == ["x", "y", "w", "z", *many] and m.column("c").dtype == "int16"
     got = stored(tmp_path / "ds")
-    assert [cats[i] for i in got["c"]] == ["x", "y", "x", "z", "y", "w", "z"]
-    np.testing.assert_array_equal(got["v"], np.arange(1, 8))
+    assert [cats[i] for i in got["c"]] == ["x", "y", "x", "z", "y", "w", "z", "m199", "x"]
+    np.testing.assert_array_equal(got["v"], np.arange(1, 10))
 
 
 # --------------------------------------------------------------------------- timestamps, durations
