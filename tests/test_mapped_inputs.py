@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import streambatch
+from conftest import write_manifest
 from streambatch.cli import main
 from streambatch.errors import InputError, ManifestError
 from streambatch.manifest import MANIFEST_NAME, Manifest, load_manifest
@@ -202,6 +203,7 @@ def test_pandas_categoricals_become_codes_with_their_categories(tmp_path: Path, 
     code, out, _ = cli(capsys, "info", tmp_path / "ds")
     assert "codes of 4 categories ['red', 'green', 'blue', 'teal']" in out
     assert "codes of 3 ordered categories ['L', 'M', 'S']" in out
+    assert cli(capsys, "verify", tmp_path / "ds")[0] == 0
 
 
 def test_categories_differing_between_files_are_unified(tmp_path: Path) -> None:
@@ -273,6 +275,7 @@ def test_numpy_datetime64_and_timedelta64_keep_their_unit_and_nat(tmp_path: Path
     np.testing.assert_array_equal(read_all(m2)["t"].view("datetime64[D]"), days)
     code, out, _ = cli(capsys, "info", tmp_path / "ds")
     assert "timestamp[D]" in out and "duration[10ms]" in out
+    assert cli(capsys, "verify", tmp_path / "ds")[0] == 0
 
 
 # --------------------------------------------------------------------------- CSV delimiter
@@ -427,10 +430,10 @@ def test_column_meta_is_validated_when_loading(tmp_path: Path) -> None:
                             (1, {"type": "category", "categories": [], "ordered": 1}, "'ordered' a boolean")]:
         doc = json.loads(json.dumps(good))
         doc["columns"][col]["meta"] = bad
-        path.write_text(json.dumps(doc))
+        write_manifest(tmp_path / "ds", doc)
         with pytest.raises(ManifestError, match=rf"column {col} \({'ct'[col]}\).*{match}"):
             load_manifest(tmp_path / "ds")
-    path.write_text(json.dumps(good))
+    write_manifest(tmp_path / "ds", good)
     assert load_manifest(tmp_path / "ds").column("t").meta == {"type": "timestamp", "unit": df["t"].dt.unit}
 
 
