@@ -43,6 +43,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         unit_rows=args.unit_rows, unit_bytes=args.unit_bytes, shard_bytes=args.shard_bytes, codec=args.codec,
         shuffle=args.shuffle, memory=args.memory, overwrite=args.overwrite, dry_run=args.dry_run,
         source_format=args.source_format, progress=None if not args.quiet else False, threads=args.threads,
+        fill=_fills(args.fill), drop_nulls=args.drop_nulls, delimiter=_delimiter(args.delimiter),
     )
     if args.dry_run:
         assert isinstance(result, dict)
@@ -54,7 +55,32 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                   f"({format_size(result['unit_bytes'])}), {result['shards']} shard file(s)")
         return 0
     print(f"wrote {args.dst}")
+    done = result.source if not isinstance(result, dict) else {}
+    for name, n in done.get("filled", {}).items():
+        print(f"filled {n:,} null(s) in column {name!r}")
+    if "dropped_rows" in done:
+        print(f"dropped {done['dropped_rows']:,} row(s) with a null")
     return 0
+
+
+def _fills(given: list[str] | None) -> dict[str, str] | None:
+    """``--fill COL=VALUE`` options as a dict; ``ValueError`` for a malformed or repeated one."""
+    if not given:
+        return None
+    out: dict[str, str] = {}
+    for g in given:
+        name, eq, value = g.rpartition("=")
+        if not eq or not name or not value:
+            raise ValueError(f"--fill {g!r}: expected COLUMN=VALUE")
+        if name in out:
+            raise ValueError(f"--fill names column {name!r} twice")
+        out[name] = value
+    return out
+
+
+def _delimiter(d: str | None) -> str | None:
+    """``--delimiter``: ``tab`` and ``\\t`` (as typed in a shell) mean a tab."""
+    return "\t" if d in ("tab", "\\t") else d
 
 
 def _info_dict(path: str) -> dict[str, Any]:
@@ -77,6 +103,18 @@ def _short(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
+def _meta_text(meta: dict[str, Any] | None) -> str:
+    """What a column's stored integers mean, briefly: ``; category codes of ['a', 'b', ...]``."""
+    if not meta:
+        return ""
+    if meta["type"] == "category":
+        cats = meta["categories"]
+        shown = ", ".join(repr(v) for v in cats[:4]) + (", ..." if len(cats) > 4 else "")
+        return f"; codes of {len(cats)} {'ordered ' if meta.get('ordered') else ''}categories [{shown}]"
+    tz = f", {meta['timezone']}" if meta.get("timezone") else ""
+    return f"; {meta['type']}[{meta['unit']}{tz}]"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     info = _info_dict(args.path)
     if args.json:
@@ -90,7 +128,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         st = wide or info["stats"].get(c["name"], {})
         print(f"  {c['name']:<16} {c['dtype']:<8} shape {tuple(c['shape'])!s:<14} mean {_short(st.get('mean'))} "
               f"std {_short(st.get('std'))} min {_short(st.get('min'))} max {_short(st.get('max'))}"
-              + (f" (over all values; per feature in {wide['path']})" if wide else ""))
+              + (f" (over all values; per feature in {wide['path']})" if wide else "") + _meta_text(c.get("meta")))
     if info["label"]:
         h = info["stats"].get(info["label"], {}).get("histogram", {})
         pairs = ", ".join(f"{v}: {c:,}" for v, c in zip(h.get("values", []), h.get("counts", [])))
@@ -159,6 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--codec", choices=["none", "lz4", "zstd"], default=DEFAULT_CODEC)
     c.add_argument("--shuffle", type=int, default=None, metavar="SEED", help="write rows in a random order")
     c.add_argument("--memory", type=_size("--memory"), default="1GiB", help="memory budget (1GiB)")
+    c.add_argument("--fill", action="append", metavar="COL=VALUE",
+                   help="put VALUE in place of the nulls of column COL (repeatable); the count is printed")
+    c.add_argument("--drop-nulls", action="store_true",
+                   help="leave out rows with a null in a column without --fill; the count is printed")
+    c.add_argument("--delimiter", default=None, help="CSV field separator (default ','; 'tab' or '\\t' for tabs)")
     c.add_argument("--threads", type=int, default=None,
                    help="files written at once (default: Zarr one per core, at most 8; Parquet 1)")
     c.add_argument("--overwrite", action="store_true",

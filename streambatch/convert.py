@@ -456,6 +456,7 @@ def _plan(source: Source, cols: tuple[Column, ...], unit_rows: int, shard_bytes:
         "unit_rows": unit_rows, "unit_bytes": unit_bytes, "units": units,
         "shards": -(-units // per_file),
         "bytes": source.rows * row_bytes,
+        **({"dropped_rows": source.nulls.dropped} if source.nulls.drop else {}),
     }
 
 
@@ -489,12 +490,14 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             unit_bytes: int | str | None = None, shard_bytes: int | str = DEFAULT_SHARD_BYTES,
             codec: str = DEFAULT_CODEC, shuffle: int | None = None, memory: int | str = DEFAULT_MEMORY,
             overwrite: bool = False, dry_run: bool = False, source_format: str | None = None,
-            progress: bool | None = None, threads: int | None = None) -> Manifest | dict[str, Any]:
+            progress: bool | None = None, threads: int | None = None, fill: dict[str, Any] | None = None,
+            drop_nulls: bool = False, delimiter: str | None = None) -> Manifest | dict[str, Any]:
     """Convert ``src`` into a streambatch dataset at ``dst`` and return its ``Manifest``.
 
     Args:
         src: an .npy file or folder of .npy files (one column each), .npz, Parquet file or
-            folder, CSV, JSON Lines, Arrow IPC / Feather, HDF5, or a Zarr v2/v3 store.
+            folder (also Hive-partitioned: key=value/ folders), CSV, JSON Lines, Arrow IPC /
+            Feather, HDF5, or a Zarr v2/v3 store.
         dst: the dataset folder to create.
         format: ``"zarr"`` (sharded Zarr v3) or ``"parquet"``.
         columns: the columns to keep (all by default).
@@ -513,10 +516,18 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             that reads, summarises and writes its rows (default: for Zarr one per core, at
             most 8; for Parquet 1).  Used for .npy and Parquet inputs without ``shuffle``;
             otherwise one thread reads in order while another writes.
+        fill: column -> the value its nulls become (a number or bool of the column's dtype, or
+            its text; for categorical codes -1 is pandas' "missing"); the count per column is
+            in the manifest's ``source["filled"]``.
+        drop_nulls: leave out the rows with a null in a kept column that has no ``fill`` value;
+            their count is ``source["dropped_rows"]``.  Nulls are in Parquet, Arrow, CSV and
+            JSON Lines inputs (NaN is a value); filling or dropping them reads the input in order.
+        delimiter: a CSV's field separator (default ``,``).
 
     Raises:
         InputError: the input is missing, empty, ragged, of different column lengths, of an
-            unsupported dtype, has duplicate column names or NaN labels.
+            unsupported dtype, has duplicate column names, NaN labels, or nulls without
+            ``fill`` / ``drop_nulls``, or a CSV header that looks separated by something else.
         TargetExistsError: ``dst`` exists and ``overwrite`` is false, or appeared during the
             conversion (another conversion's result is never replaced), or holds the input, or
             is something ``overwrite`` may not replace (a file, a folder that is not a dataset).
@@ -533,7 +544,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
 
     opts = dict(columns=columns, label=label, unit_rows=unit_rows, unit_bytes=unit_bytes, shard_bytes=shard_bytes,
                 codec=codec, shuffle=shuffle, memory=memory, dry_run=dry_run, source_format=source_format,
-                progress=progress, threads=threads)
+                progress=progress, threads=threads, fill=fill, drop_nulls=drop_nulls, delimiter=delimiter)
     if is_url(src) or (is_url(dst) and not dry_run):
         return _convert_remote(src, dst, format, overwrite, opts)
     if format not in STORAGES:
@@ -546,7 +557,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     shard_b = parse_size(shard_bytes, "shard bytes")
     if columns is not None and len(set(columns)) != len(columns):
         raise InputError(f"{src}: column list names a column twice: {list(columns)}")
-    source = open_source(src, source_format, tuple(columns) if columns else None)
+    source = open_source(src, source_format, tuple(columns) if columns else None, fill=fill, drop_nulls=drop_nulls,
+                         delimiter=delimiter)
     names = tuple(columns) if columns else tuple(c.name for c in source.columns)
     by_name = {c.name: c for c in source.columns}
     cols = tuple(by_name[n] for n in names)
@@ -612,9 +624,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             unit_stored_nbytes=np.asarray(stored, np.int64), codec=codec,
             files=tuple(files), layout=layout, stats=col_stats, stats_files=stats_files, label=label,
             fingerprint=compute_fingerprint(cols, written, checksums),
-            source={"path": str(Path(src).resolve()), "format": source.format},
+            source={"path": str(Path(src).resolve()), "format": source.format, **source.nulls.report()},
             options={"unit_rows": unit_rows, "shard_bytes": shard_b, "codec": codec, "shuffle": shuffle,
-                     "memory": memory_b, "columns": list(names)},
+                     "memory": memory_b, "columns": list(names), **source.nulls.options(),
+                     **({"delimiter": delimiter} if delimiter is not None else {})},
             version=FORMAT_VERSION,
         )
         with _writing(target):

@@ -16,12 +16,14 @@ import os
 import warnings
 import weakref
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ._mapped import (Categories, Nulls, hive_layout, is_hive, null_rows, numpy_time_meta, own_columns, time_meta,
+                      with_partitions)
 from .errors import InputError
 from .manifest import Column
 
@@ -50,6 +52,8 @@ class Source:
     block_rows: int = 1
     """The most rows a range may have to read for one row (a Parquet row group, a dataset's unit):
     ranges that share such a block each read it."""
+    nulls: Nulls = field(default_factory=Nulls)
+    """The null options and, after a pass over ``pieces``, the values filled and rows dropped."""
 
     @property
     def random_access(self) -> bool:
@@ -98,10 +102,10 @@ def detect_format(path: Path) -> str:
         kinds.discard(None)
         if kinds == {"npy"}:
             return "npy"
-        if kinds == {"parquet"}:
+        if kinds == {"parquet"} or (not kinds and is_hive(path)):
             return "parquet"
         raise InputError(f"{path}: cannot tell the input format of this folder (expected .npy files, "
-                         "Parquet files or a Zarr store); pass --from")
+                         "Parquet files, key=value partition folders or a Zarr store); pass --from")
     if ext in _EXT:
         return _EXT[ext]
     raise InputError(f"{path}: unknown file extension {ext!r}; pass --from with one of {', '.join(SOURCE_FORMATS)}")
@@ -113,6 +117,17 @@ def _check_dtype(dt: np.dtype[Any], where: str) -> str:
     what = {"O": "object", "c": "complex", "U": "string", "S": "bytes", "M": "datetime", "m": "timedelta",
             "V": "structured/void"}.get(dt.kind, str(dt))
     raise InputError(f"{where}: unsupported dtype {dt} ({what}); streambatch stores numeric and bool columns")
+
+
+def _numpy_column(name: str, dt: np.dtype[Any], shape: tuple[int, ...], where: str) -> Column:
+    """A column of numpy dtype ``dt``: datetime64 / timedelta64 stored as int64 with their unit."""
+    meta = numpy_time_meta(dt, where)
+    return Column(name, "int64", shape, meta=meta) if meta else Column(name, _check_dtype(dt, where), shape)
+
+
+def _as_stored(a: np.ndarray) -> np.ndarray:
+    """``a`` as its column stores it: datetime64 / timedelta64 viewed as int64."""
+    return a.view(np.dtype(np.int64).newbyteorder(a.dtype.byteorder)) if a.dtype.kind in "Mm" else a
 
 
 def _check_names(names: list[str], where: str) -> None:
@@ -163,8 +178,8 @@ def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callab
     for name, a in arrays.items():
         if len(a.shape) == 0:
             raise InputError(f"{where_of(name)}: column {name!r} is a scalar, expected rows along axis 0")
-        cols.append(Column(name, _check_dtype(np.dtype(a.dtype), f"{where_of(name)}: column {name!r}"),
-                           tuple(int(d) for d in a.shape[1:])))
+        cols.append(_numpy_column(name, np.dtype(a.dtype), tuple(int(d) for d in a.shape[1:]),
+                                  f"{where_of(name)}: column {name!r}"))
     rows = _equal_lengths({n: int(a.shape[0]) for n, a in arrays.items()}, str(path))
     for c in cols:
         if c.shape and c.row_items == 0:
@@ -173,7 +188,7 @@ def _array_source(path: Path, fmt: str, arrays: dict[str, Any], where_of: Callab
     def ranged(max_rows: int, names: tuple[str, ...], start: int, stop: int) -> Iterator[dict[str, np.ndarray]]:
         for lo in range(start, stop, max_rows):
             hi = min(stop, lo + max_rows)
-            yield {n: np.asarray(arrays[n][lo:hi]) for n in names}
+            yield {n: _as_stored(np.asarray(arrays[n][lo:hi])) for n in names}
 
     def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
         return ranged(max_rows, names, 0, rows)
@@ -296,13 +311,13 @@ def _open_npz(path: Path, keep: tuple[str, ...] | None) -> Source:
     for name, p in parts.items():
         if len(p.shape) == 0:
             raise InputError(f"{path}: column {name!r} is a scalar, expected rows along axis 0")
-        cols.append(Column(name, _check_dtype(p.dtype, f"{path}: column {name!r}"), p.shape[1:]))
+        cols.append(_numpy_column(name, p.dtype, p.shape[1:], f"{path}: column {name!r}"))
     rows = _equal_lengths({n: p.shape[0] for n, p in parts.items()}, str(path))
 
     def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
         its = {n: parts[n].blocks(max_rows) for n in names}
         for _ in range(0, rows, max_rows):
-            yield {n: next(it) for n, it in its.items()}
+            yield {n: _as_stored(next(it)) for n, it in its.items()}
 
     return Source(path, "npz", tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows)
 
@@ -362,35 +377,61 @@ def _arrow_column(field: Any, where: str) -> Column:
         shape.append(t.list_size if pa.types.is_fixed_size_list(t) else -1)
         t = t.value_type
     cw = f"{where}: column {field.name!r}"
+    meta = None
+    if pa.types.is_dictionary(t) and not shape:  # codes; the categories are read by _batch_source
+        v = t.value_type
+        if not (pa.types.is_string(v) or pa.types.is_large_string(v) or pa.types.is_integer(v)
+                or pa.types.is_floating(v)):
+            raise InputError(f"{cw}: unsupported categories of type {v}; streambatch keeps string or number categories")
+        return Column(field.name, "int8", (), meta={"type": "category", "categories": [], "ordered": t.ordered})
     if pa.types.is_boolean(t):
         dtype = "bool"
     elif pa.types.is_integer(t) or pa.types.is_floating(t):
         dtype = _check_dtype(np.dtype(t.to_pandas_dtype()), cw)
+    elif pa.types.is_timestamp(t) or pa.types.is_duration(t):
+        dtype, meta = "int64", time_meta("timestamp" if pa.types.is_timestamp(t) else "duration", t.unit,
+                                         getattr(t, "tz", None))
     else:
         raise InputError(f"{cw}: unsupported type {field.type}; streambatch stores numeric and bool columns")
     if meta_shape is not None and shape and all(s > 0 for s in shape) and math.prod(meta_shape) == math.prod(shape):
         shape = [int(s) for s in meta_shape]
-    return Column(field.name, dtype, tuple(shape))
+    return Column(field.name, dtype, tuple(shape), meta=meta)
 
 
-def _arrow_to_numpy(arr: Any, col: Column, where: str, row0: int) -> np.ndarray:
-    """One Arrow column chunk to numpy, checking nulls and (for lists) that rows are not ragged."""
+def _at(row0: int | np.ndarray, i: int) -> int:
+    """The input row of row ``i`` of a piece: ``row0`` is its first row, or (after rows were
+    dropped) every row's."""
+    return int(row0[i]) if isinstance(row0, np.ndarray) else row0 + i
+
+
+def _arrow_to_numpy(arr: Any, col: Column, where: str, row0: int | np.ndarray, nulls: Nulls | None = None,
+                    cats: Categories | None = None) -> np.ndarray:
+    """One Arrow column chunk to numpy, checking nulls (filling them with ``nulls.fill``) and
+    (for lists) that rows are not ragged; a dictionary column gives its codes into ``cats``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     cw = f"{where}: column {col.name!r}"
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    if cats is not None:
+        arr = cats.codes(arr)
     tensor = None
     if isinstance(arr.type, pa.FixedShapeTensorType):
         tensor, arr = arr, arr.storage
+    hint = f"; pass --fill {col.name}=VALUE or --drop-nulls" if not col.shape else "; pass --drop-nulls"
     if arr.null_count:
-        bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{cw}: missing value at row {row0 + bad}")
+        fill = nulls.fill.get(col.name) if nulls is not None else None
+        if fill is None:  # list columns have none (Nulls.check)
+            bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{cw}: missing value at row {_at(row0, bad)}{hint}")
+        assert nulls is not None
+        nulls.filled[col.name] += arr.null_count
+        arr = pc.fill_null(arr, pa.scalar(fill.item(), arr.type))
     n = len(arr)
     if tensor is not None:  # the type fixes every row's shape: rows cannot be ragged
         if arr.flatten().null_count:
-            raise InputError(f"{cw}: missing value inside a tensor near row {row0}")
+            raise InputError(f"{cw}: missing value inside a tensor near row {_at(row0, 0)}{hint}")
         if n == 0:
             return np.empty((0, *col.shape), col.np_dtype)
         return np.asarray(tensor.to_numpy_ndarray()).reshape(n, *col.shape).astype(col.np_dtype, copy=False)
@@ -404,12 +445,12 @@ def _arrow_to_numpy(arr: Any, col: Column, where: str, row0: int) -> np.ndarray:
             expect = col.shape[level] if col.shape[level] > 0 else (int(lengths[0]) if len(lengths) else 0)
         bad = np.flatnonzero(lengths != expect)
         if bad.size:
-            raise InputError(f"{cw}: ragged rows: row {row0 + int(bad[0]) // math.prod(dims)} "
+            raise InputError(f"{cw}: ragged rows: row {_at(row0, int(bad[0]) // math.prod(dims))} "
                              f"has {int(lengths[bad[0]])} values where {expect} were expected")
         dims.append(expect)
         arr = arr.flatten()
         if arr.null_count:
-            raise InputError(f"{cw}: missing value inside a list near row {row0}")
+            raise InputError(f"{cw}: missing value inside a list near row {_at(row0, 0)}{hint}")
         level += 1
     values = arr.to_numpy(zero_copy_only=False)
     shape = col.shape if all(d > 0 for d in col.shape) else dims  # col.shape: the streambatch.shape metadata
@@ -422,45 +463,107 @@ def _infer_list_shapes(cols: list[Column], first: Any, where: str) -> list[Colum
     out = []
     for c in cols:
         if any(s < 0 for s in c.shape):
-            if first is None or first.num_rows == 0:
-                raise InputError(f"{where}: column {c.name!r}: cannot tell the row shape of an empty list column")
-            arr = _arrow_to_numpy(first.column(c.name).slice(0, 1), c, where, 0)
-            c = Column(c.name, c.dtype, tuple(int(d) for d in arr.shape[1:]))
+            full = np.flatnonzero(~null_rows(first.column(c.name))) if first is not None else []
+            if len(full) == 0:
+                raise InputError(f"{where}: column {c.name!r}: cannot tell the row shape of a list column from "
+                                 "its first rows (empty, or each with a null)")
+            arr = _arrow_to_numpy(first.column(c.name).slice(int(full[0]), 1), c, where, int(full[0]))
+            c = replace(c, shape=tuple(int(d) for d in arr.shape[1:]))
         out.append(c)
     return out
+
+
+@dataclass
+class _Opts:
+    """How to read an input beyond its columns: its nulls, and a CSV's delimiter."""
+
+    nulls: Nulls = field(default_factory=Nulls)
+    delimiter: str | None = None
+
+
+def _null_mask(batch: Any, names: tuple[str, ...]) -> np.ndarray:
+    """Rows of an Arrow batch with a null in any of ``names``."""
+    mask = np.zeros(batch.num_rows, bool)
+    for n in names:
+        mask |= null_rows(batch.column(n))
+    return mask
+
+
+def _scan(batches: Callable[[int, tuple[str, ...]], Iterator[Any]], cats: dict[str, Categories],
+          drop: tuple[str, ...], row_nbytes: int) -> int:
+    """One pass over the columns that need it before any row is written: the categories of
+    dictionary columns (``cats`` take them in) and the rows ``drop`` leaves out (returned).
+    ``row_nbytes``: the decoded bytes of a row of these columns (batches of about 8 MiB)."""
+    import pyarrow as pa
+
+    dropped = 0
+    for b in batches(max(1, (8 << 20) // max(1, row_nbytes)), tuple(dict.fromkeys([*cats, *drop]))):
+        if isinstance(b, dict):  # decoded in place: REQUIRED numbers, neither nulls nor dictionaries
+            continue
+        for n, c in cats.items():
+            col = b.column(n)
+            for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+                c.add(chunk)
+        dropped += int(_null_mask(b, drop).sum()) if drop else 0
+    return dropped
 
 
 def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
                   batches: Callable[[int, tuple[str, ...]], Iterator[Any]],
                   first_batch: Callable[[], Any] | None, keep: tuple[str, ...] | None,
                   batches_from: Callable[[int, tuple[str, ...], int], Iterator[tuple[int, Any]]] | None = None,
-                  block_rows: int = 1) -> Source:
+                  block_rows: int = 1, opts: _Opts | None = None, given: dict[str, Column] | None = None) -> Source:
     """A source over Arrow record batches (or dicts of arrays already decoded).  ``batches_from``
     (max_rows, names, start) yields ``(first row, batch)`` from the batch holding row ``start``
-    on: with it, the source has random access."""
+    on: with it, the source has random access, unless ``opts`` asks to fill or drop nulls (the
+    rows of a range then depend on the rows before it).  ``given`` holds columns the schema
+    cannot describe (Hive partition keys)."""
+    import pyarrow as pa
+
     where = str(path)
+    nulls = opts.nulls if opts is not None else Nulls()
     chosen = _select(list(schema.names), keep, where)
     fields = [f for f in schema if keep is None or f.name in chosen]
     _check_names([f.name for f in fields], where)
     if rows == 0:  # before the types: an empty CSV or JSON file has only null-typed columns
         raise InputError(f"{where}: input is empty (0 rows)")
-    cols = [_arrow_column(f, where) for f in fields]
+    cols = [(given or {}).get(f.name) or _arrow_column(f, where) for f in fields]
     if any(s < 0 for c in cols for s in c.shape):
         cols = _infer_list_shapes(cols, first_batch() if first_batch else None, where)
+    cats = {c.name: Categories(c, where) for c in cols
+            if c.meta and c.meta["type"] == "category" and c.name not in (given or {})}
+    drop = nulls.drop_names(c.name for c in cols)
+    if cats or drop:
+        scanned = {c.name: c for c in cols if c.name in cats or c.name in drop}
+        nulls.dropped = _scan(batches, cats, drop, sum(c.row_nbytes for c in scanned.values()))
+        cols = [cats[c.name].column() if c.name in cats else c for c in cols]
+        if nulls.dropped == rows:
+            raise InputError(f"{where}: every one of the {rows} rows has a null; --drop-nulls leaves nothing")
+        rows -= nulls.dropped
     by_name = {c.name: c for c in cols}
 
     def decoded(numbered: Iterator[tuple[int, Any]], max_rows: int,
                 names: tuple[str, ...]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         for row0, b in numbered:
             if isinstance(b, dict):  # already decoded (a Parquet row group read in place), at most max_rows
-                yield row0, b
+                yield row0, b if len(b) == len(names) else {n: b[n] for n in names}
                 continue
             for lo in range(0, b.num_rows, max_rows):
                 part = b.slice(lo, max_rows)
-                yield row0 + lo, {n: _arrow_to_numpy(part.column(n), by_name[n], where, row0 + lo) for n in names}
+                at: int | np.ndarray = row0 + lo
+                gone = _null_mask(part, drop) if drop else None
+                if gone is not None and gone.any():  # rows dropped: errors name each row's input row
+                    nulls.dropped += int(gone.sum())
+                    part, at = part.filter(pa.array(~gone)), row0 + lo + np.flatnonzero(~gone)
+                    if part.num_rows == 0:
+                        continue
+                yield row0 + lo, {n: _arrow_to_numpy(part.column(n), by_name[n], where, at, nulls, cats.get(n))
+                                  for n in names}
 
     def pieces(max_rows: int, names: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
-        for _, piece in decoded(_numbered(batches(max_rows, names), 0, names[0]), max_rows, names):
+        nulls.restart()
+        read = tuple(dict.fromkeys([*names, *drop]))  # a row's nulls drop it whatever columns are asked for
+        for _, piece in decoded(_numbered(batches(max_rows, read), 0, read[0]), max_rows, names):
             yield piece
 
     def near(max_rows: int, names: tuple[str, ...], start: int, stop: int) -> Iterator[tuple[int, Any]]:
@@ -482,14 +585,16 @@ def _batch_source(path: Path, fmt: str, schema: Any, rows: int,
         return _trim(decoded(near(max_rows, names, start, stop), max_rows, names), names[0], 0, start, stop)
 
     return Source(path, fmt, tuple(cols), rows, pieces, sum(c.row_nbytes for c in cols) * rows,
-                  ranged if batches_from is not None else None, block_rows)
+                  ranged if batches_from is not None and not nulls.active else None, block_rows, nulls)
 
 
-def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
+def _open_parquet(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Source:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir()
-                                                 if p.suffix.lower() in (".parquet", ".pq"))
+    hive = hive_layout(path) if path.is_dir() else None
+    files = hive.files if hive else [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".pq"))
     if not files:
         raise InputError(f"{path}: folder holds no Parquet files")
     handles = []
@@ -503,27 +608,45 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
         if h.schema_arrow.names != schema.names:
             raise InputError(f"{f}: columns {h.schema_arrow.names} differ from {files[0].name}'s {schema.names}")
         for a, b in zip(schema, h.schema_arrow):
-            if a.type != b.type:
+            # categoricals: files with more categories have wider codes; the values must agree
+            if a.type != b.type and not (pa.types.is_dictionary(a.type) and pa.types.is_dictionary(b.type)
+                                         and a.type.value_type == b.type.value_type):
                 raise InputError(f"{f}: column {b.name!r} is {b.type}, {files[0].name} has {a.type}")
+    if hive:
+        both = [k for k in hive.columns if k in schema.names]
+        if both:
+            raise InputError(f"{files[0]}: column {both[0]!r} is also a partition key of {path}")
+        schema = pa.schema([*schema, *(pa.field(k, pa.from_numpy_dtype(c.np_dtype)) for k, c in hive.columns.items())])
     rows = sum(h.metadata.num_rows for h in handles)
 
     cols: dict[str, Column] = {}
     file_rows = [h.metadata.num_rows for h in handles]
 
-    def read_groups(f: Path, h: Any, group: list[int], names: tuple[str, ...]) -> Iterator[Any]:
-        fast = _read_row_groups_in_place(f, h.metadata, h.schema_arrow, group, [cols[n] for n in names])
+    def read_groups(fi: int, h: Any, group: list[int], names: tuple[str, ...]) -> Iterator[Any]:
+        """Row groups ``group`` of file ``fi``, with its partition keys among ``names``."""
+        own = own_columns(hive, names)
+        fast = None
+        if own and all(n in cols for n in own) and not (hive and hive.has_null(fi, names)):
+            fast = _read_row_groups_in_place(files[fi], h.metadata, h.schema_arrow, group, [cols[n] for n in own])
         if fast is not None:
-            yield fast
+            yield with_partitions(fast, hive, fi, names)
         else:
-            yield from _named(f, group, lambda: h.read_row_groups(group, columns=list(names),
-                                                                 use_threads=False).to_batches())
+            for b in _named(files[fi], group, lambda: h.read_row_groups(group, columns=list(own),
+                                                                        use_threads=False).to_batches()):
+                yield with_partitions(b, hive, fi, names)
+
+    def streamed(fi: int, h: Any, i: int, max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
+        """Row group ``i`` of file ``fi`` in batches of ``max_rows``, with its partition keys."""
+        for b in _named(files[fi], [i], lambda: h.iter_batches(batch_size=max_rows, row_groups=[i], use_threads=False,
+                                                               columns=list(own_columns(hive, names)))):
+            yield with_partitions(b, hive, fi, names)
 
     def batches_from(max_rows: int, names: tuple[str, ...], start: int) -> Iterator[tuple[int, Any]]:
         """(first row, batch) from the row group holding row ``start`` on.  Each call opens the
         files it reads (ranges are read from several threads); files before ``start`` are skipped
         by their row counts."""
         row = 0
-        for f, n_file in zip(files, file_rows):
+        for fi, (f, n_file) in enumerate(zip(files, file_rows)):
             if row + n_file <= start:
                 row += n_file
                 continue
@@ -541,11 +664,10 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
                     group_row = row
                     continue
                 if group and taken + n > max_rows:
-                    yield from _numbered(read_groups(f, h, group, names), group_row, names[0])
+                    yield from _numbered(read_groups(fi, h, group, names), group_row, names[0])
                     group, taken, group_row = [], 0, row
                 if n > max_rows:  # one big row group: stream it in pieces
-                    yield from _numbered(_named(f, [i], lambda: h.iter_batches(
-                        batch_size=max_rows, row_groups=[i], columns=list(names), use_threads=False)), row, names[0])
+                    yield from _numbered(streamed(fi, h, i, max_rows, names), row, names[0])
                     row += n
                     group_row = row
                     continue
@@ -553,7 +675,7 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
                 taken += n
                 row += n
             if group:
-                yield from _numbered(read_groups(f, h, group, names), group_row, names[0])
+                yield from _numbered(read_groups(fi, h, group, names), group_row, names[0])
 
     def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
         for _, b in batches_from(max_rows, names, 0):
@@ -564,7 +686,8 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None) -> Source:
 
     biggest = max((h.metadata.row_group(i).num_rows for h in handles for i in range(h.metadata.num_row_groups)),
                   default=1)
-    source = _batch_source(path, "parquet", schema, rows, batches, first, keep, batches_from, max(1, biggest))
+    source = _batch_source(path, "parquet", schema, rows, batches, first, keep, batches_from, max(1, biggest), opts,
+                           hive.columns if hive else None)
     cols.update((c.name, c) for c in source.columns)
     return source
 
@@ -649,7 +772,7 @@ def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[i
     return out
 
 
-def _open_arrow(path: Path, keep: tuple[str, ...] | None) -> Source:
+def _open_arrow(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Source:
     import pyarrow as pa
 
     try:
@@ -668,7 +791,7 @@ def _open_arrow(path: Path, keep: tuple[str, ...] | None) -> Source:
         def batches(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
             yield from table.select(list(names)).to_batches(max_chunksize=max_rows)
 
-        return _batch_source(path, "arrow", schema, rows, batches, lambda: table.slice(0, 1), keep)
+        return _batch_source(path, "arrow", schema, rows, batches, lambda: table.slice(0, 1), keep, opts=opts)
 
     def batches_file(max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
         for i in range(reader.num_record_batches):
@@ -676,10 +799,11 @@ def _open_arrow(path: Path, keep: tuple[str, ...] | None) -> Source:
 
     rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
     return _batch_source(path, "arrow", reader.schema, rows, batches_file,
-                         lambda: reader.get_batch(0) if reader.num_record_batches else None, keep)
+                         lambda: reader.get_batch(0) if reader.num_record_batches else None, keep, opts=opts)
 
 
-def _text_source(path: Path, fmt: str, open_reader: Callable[[], Any], keep: tuple[str, ...] | None) -> Source:
+def _text_source(path: Path, fmt: str, open_reader: Callable[[], Any], keep: tuple[str, ...] | None,
+                 opts: _Opts) -> Source:
     try:
         r = open_reader()
         schema = r.schema
@@ -696,21 +820,42 @@ def _text_source(path: Path, fmt: str, open_reader: Callable[[], Any], keep: tup
     def first() -> Any:
         return next(iter(open_reader()), None)
 
-    return _batch_source(path, fmt, schema, rows, batches, first, keep)
+    return _batch_source(path, fmt, schema, rows, batches, first, keep, opts=opts)
 
 
-def _open_csv(path: Path, keep: tuple[str, ...] | None) -> Source:
+_DELIMITERS = {"\t": "tab", ";": "semicolon", "|": "pipe"}
+
+
+def _check_header(path: Path) -> None:
+    """``InputError`` suggesting ``--delimiter`` when the first line has no comma but tabs,
+    semicolons or pipes: read with commas, it would be one column."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(1 << 16).decode("utf-8", "replace").rstrip("\r\n")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    found = [d for d in _DELIMITERS if d in line]
+    if found and "," not in line:
+        d = max(found, key=line.count)
+        raise InputError(f"{path}: the header {line[:60]!r} looks {_DELIMITERS[d]}-separated but would be read as "
+                         f"one column; pass --delimiter {d!r} (or --delimiter ',' if it is one column)")
+
+
+def _open_csv(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Source:
     import pyarrow.csv as pcsv
 
+    if opts.delimiter is None:
+        _check_header(path)
+    parse = pcsv.ParseOptions(delimiter=opts.delimiter or ",")
     return _text_source(path, "csv", lambda: pcsv.open_csv(
-        str(path), read_options=pcsv.ReadOptions(block_size=8 << 20)), keep)
+        str(path), read_options=pcsv.ReadOptions(block_size=8 << 20), parse_options=parse), keep, opts)
 
 
-def _open_jsonl(path: Path, keep: tuple[str, ...] | None) -> Source:
+def _open_jsonl(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Source:
     import pyarrow.json as pjson
 
     return _text_source(path, "jsonl", lambda: pjson.open_json(
-        str(path), read_options=pjson.ReadOptions(block_size=8 << 20)), keep)
+        str(path), read_options=pjson.ReadOptions(block_size=8 << 20)), keep, opts)
 
 
 # --------------------------------------------------------------------------- streambatch datasets
@@ -770,23 +915,34 @@ def _open_dataset(path: Path, fmt: str, keep: tuple[str, ...] | None) -> Source 
 
 
 _OPENERS: dict[str, Callable[[Path, tuple[str, ...] | None], Source]] = {
-    "npy": _open_npy, "npz": _open_npz, "parquet": _open_parquet, "csv": _open_csv, "jsonl": _open_jsonl,
-    "arrow": _open_arrow, "hdf5": _open_hdf5, "zarr": _open_zarr,
+    "npy": _open_npy, "npz": _open_npz, "hdf5": _open_hdf5, "zarr": _open_zarr,
+}
+# Arrow-based inputs: they may hold nulls and categoricals (and CSV has a delimiter)
+_ARROW_OPENERS: dict[str, Callable[[Path, tuple[str, ...] | None, _Opts], Source]] = {
+    "parquet": _open_parquet, "csv": _open_csv, "jsonl": _open_jsonl, "arrow": _open_arrow,
 }
 
 
-def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ...] | None = None) -> Source:
+def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ...] | None = None, *,
+                fill: dict[str, Any] | None = None, drop_nulls: bool = False, delimiter: str | None = None) -> Source:
     """Open ``path`` as an input of format ``fmt`` (detected when ``None``); only ``columns``
-    (all when ``None``) are checked and read."""
+    (all when ``None``) are checked and read.  ``fill`` (column -> value) and ``drop_nulls``
+    say what becomes of nulls (only Arrow-based inputs have them: see ``_mapped.Nulls``);
+    ``delimiter`` is a CSV's field separator (default ``,``).  Raises ``InputError``."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     fmt = fmt or detect_format(p)
-    if fmt not in _OPENERS:
+    if fmt not in _OPENERS and fmt not in _ARROW_OPENERS:
         raise InputError(f"{p}: unknown input format {fmt!r}; choose one of {', '.join(SOURCE_FORMATS)}")
+    if delimiter is not None and (fmt != "csv" or len(delimiter) != 1 or delimiter in "\r\n\""):
+        raise InputError(f"{p}: --delimiter {delimiter!r}: " + ("one character other than a quote or line break"
+                                                              if fmt == "csv" else f"applies to CSV input, not {fmt}"))
     keep = tuple(columns) if columns is not None else None
-    if fmt in ("zarr", "parquet") and p.is_dir():
-        dataset = _open_dataset(p, fmt, keep)
-        if dataset is not None:
-            return dataset
-    return _OPENERS[fmt](p, keep)
+    opts = _Opts(Nulls(dict(fill or {}), drop_nulls), delimiter)
+    source = _open_dataset(p, fmt, keep) if fmt in ("zarr", "parquet") and p.is_dir() else None
+    if source is None:
+        source = _ARROW_OPENERS[fmt](p, keep, opts) if fmt in _ARROW_OPENERS else _OPENERS[fmt](p, keep)
+    opts.nulls.check(source.columns, str(p))
+    source.nulls = opts.nulls
+    return source

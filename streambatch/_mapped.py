@@ -1,0 +1,311 @@
+"""Inputs that reach streambatch's numeric columns through a mapping recorded in the manifest.
+
+* Nulls (Arrow-based inputs: Parquet, Arrow IPC / Feather, CSV, JSON Lines): ``fill`` puts a
+  value of the column's dtype in their place, ``drop_nulls`` drops their rows; how many of
+  each is counted.  Without either, a null is an ``InputError`` naming file, column and row.
+* Categoricals (Arrow dictionaries, pandas' ``category``): the integer codes, in the smallest
+  signed dtype that holds them (as pandas' ``cat.codes``), and the categories in ``meta``.
+* Timestamps and durations (Arrow ``timestamp[unit, tz]`` / ``duration[unit]``, numpy
+  ``datetime64`` / ``timedelta64``): int64 counts of ``unit``, with unit and timezone in ``meta``.
+* Hive-partitioned Parquet folders (``key=value/`` directories): each key is a column.
+
+``meta`` is the column's (``manifest.Column``); every error is an ``InputError``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import unquote
+
+import numpy as np
+
+from .errors import InputError
+from .manifest import Column
+
+__all__ = ["Nulls", "null_rows", "Categories", "code_dtype", "time_meta", "numpy_time_meta", "Hive", "is_hive",
+           "hive_layout", "own_columns", "with_partitions"]
+
+
+@dataclass
+class Nulls:
+    """What to do with the nulls of an input, and what was done on the last pass over it.
+
+    ``fill`` maps a column to its value for nulls (as given, then typed by :meth:`check`);
+    with ``drop``, a row with a null in a kept column without a ``fill`` value is left out.
+    ``filled`` counts the values filled per column, ``dropped`` the rows left out.
+    """
+
+    fill: dict[str, Any] = field(default_factory=dict)
+    drop: bool = False
+    filled: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.drop or bool(self.fill)
+
+    def drop_names(self, names: Iterable[str]) -> tuple[str, ...]:
+        """The columns among ``names`` whose nulls drop their row."""
+        return tuple(n for n in names if n not in self.fill) if self.drop else ()
+
+    def restart(self) -> None:
+        """Zero the counts: a new pass over the input begins."""
+        self.filled = {n: 0 for n in self.fill}
+        self.dropped = 0
+
+    def check(self, columns: tuple[Column, ...], where: str) -> None:
+        """Type every ``fill`` value for its column; ``InputError`` for a column not kept, a list
+        column or a value its dtype cannot hold."""
+        by_name = {c.name: c for c in columns}
+        for name, value in self.fill.items():
+            col = by_name.get(name)
+            if col is None:
+                raise InputError(f"{where}: --fill names column {name!r}, which is not among the columns {list(by_name)}")
+            self.fill[name] = _typed(col, value, f"{where}: --fill {name}={value}")
+        self.restart()
+
+    def report(self) -> dict[str, Any]:
+        """The counts, for the manifest's ``source``."""
+        out: dict[str, Any] = {}
+        if self.fill:
+            out["filled"] = dict(self.filled)
+        if self.drop:
+            out["dropped_rows"] = self.dropped
+        return out
+
+    def options(self) -> dict[str, Any]:
+        """The options as JSON (a non-finite fill value as its string), for the manifest's ``options``."""
+        out: dict[str, Any] = {}
+        if self.fill:
+            out["fill"] = {n: v.item() if np.isfinite(v) else str(v.item()) for n, v in self.fill.items()}
+        if self.drop:
+            out["drop_nulls"] = True
+        return out
+
+
+def _typed(col: Column, value: Any, where: str) -> np.generic:
+    """``value`` (a number, bool or string) as a scalar of ``col``'s dtype."""
+    if col.shape:
+        raise InputError(f"{where}: column {col.name!r} holds rows of shape {col.shape}; --fill applies to "
+                         "scalar columns (use --drop-nulls)")
+    dt = col.np_dtype
+    text = value.strip().lower() if isinstance(value, str) else None
+    try:
+        if dt.kind == "b":
+            if isinstance(value, (bool, np.bool_)) or text in ("true", "false", "1", "0"):
+                return np.bool_(value if text is None else text in ("true", "1"))
+        elif not isinstance(value, (bool, np.bool_)) and dt.kind in "iu":
+            v = int(value) if text is not None or float(value).is_integer() else None
+            if v is not None and np.iinfo(dt).min <= v <= np.iinfo(dt).max:
+                return dt.type(v)
+        elif not isinstance(value, (bool, np.bool_)):
+            return dt.type(float(value))
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise InputError(f"{where}: not a value of column {col.name!r} ({col.dtype}"
+                     f"{', ' + _meta_word(col) if col.meta else ''})")
+
+
+def _meta_word(col: Column) -> str:
+    m = col.meta or {}
+    if m.get("type") == "category":
+        return "categorical codes: -1 is pandas' code for a missing category"
+    return f"{m.get('type')} in {m.get('unit')}"
+
+
+def null_rows(arr: Any) -> np.ndarray:
+    """Which rows of an Arrow array hold a null, at the top or inside (nested) lists."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if isinstance(arr.type, pa.FixedShapeTensorType):
+        arr = arr.storage
+    out = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        inner = null_rows(arr.flatten())  # the values of the rows that are not null, in order
+        if inner.any():
+            out[pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)[inner]] = True
+    return out
+
+
+def code_dtype(n: int) -> str:
+    """The dtype of the codes into ``n`` categories: the smallest signed integer (-1 fits), as pandas."""
+    return next(d for d, top in (("int8", 1 << 7), ("int16", 1 << 15), ("int32", 1 << 31), ("int64", 1 << 63))
+                if n < top)
+
+
+class Categories:
+    """The categories of a dictionary column, unified over the dictionaries of its batches (files,
+    row groups) in first-seen order, as pyarrow's ``to_pandas`` does; and the codes into them."""
+
+    def __init__(self, col: Column, where: str) -> None:
+        self.col, self.where = col, where
+        self.values: list[Any] = list((col.meta or {}).get("categories", []))
+        self._index = {v: i for i, v in enumerate(self.values)}
+        self._last: Any = None
+        self._arrow: Any = None
+        self._remap: tuple[Any, Any] | None = None  # (a batch's dictionary, its codes): one tuple, swapped whole
+
+    def add(self, arr: Any) -> None:
+        """Take in the dictionary of one Arrow dictionary array."""
+        d = arr.dictionary
+        if self._last is not None and d.equals(self._last):
+            return
+        self._last = d
+        for v in d.to_pylist():
+            if v in self._index:
+                continue
+            if not (isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          and math.isfinite(v))):
+                raise InputError(f"{self.where}: column {self.col.name!r}: category {v!r} cannot be kept in the "
+                                 "manifest (categories must be strings or finite numbers)")
+            self._index[v] = len(self.values)
+            self.values.append(v)
+
+    def column(self) -> Column:
+        """The column of codes, its categories in ``meta``."""
+        meta = {**(self.col.meta or {}), "type": "category", "categories": self.values}
+        return replace(self.col, dtype=code_dtype(len(self.values)), meta=meta)
+
+    def codes(self, arr: Any) -> Any:
+        """An Arrow dictionary array as an Arrow array of codes (``column()``'s dtype; nulls kept)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        out = pa.from_numpy_dtype(np.dtype(code_dtype(len(self.values))))
+        if self._arrow is None:
+            self._arrow = pa.array(self.values, type=arr.type.value_type)
+        d = arr.dictionary
+        cached = self._remap
+        if cached is not None and cached[0].equals(d):
+            remap = cached[1]
+        else:
+            remap = None if d.equals(self._arrow) else pc.index_in(d, value_set=self._arrow)
+            if remap is not None and remap.null_count:
+                raise InputError(f"{self.where}: column {self.col.name!r}: category "
+                                 f"{d[int(np.flatnonzero(remap.is_null().to_numpy(zero_copy_only=False))[0])]} "
+                                 "appeared after the categories were read (input changed?)")
+            self._remap = (d, remap)
+        return arr.indices.cast(out) if remap is None else pc.take(remap.cast(out), arr.indices)
+
+
+_NUMPY_UNITS = frozenset("Y M W D h m s ms us ns ps fs as".split())
+
+
+def time_meta(kind: str, unit: str, timezone: str | None = None) -> dict[str, Any]:
+    """``meta`` of a timestamp or duration column stored as int64 counts of ``unit``."""
+    return {"type": kind, "unit": unit, **({"timezone": timezone} if timezone else {})}
+
+
+def numpy_time_meta(dt: np.dtype[Any], where: str) -> dict[str, Any] | None:
+    """``meta`` for a numpy ``datetime64`` / ``timedelta64`` dtype (``None`` for other dtypes);
+    NaT is kept as its int64 value, -2**63, which views back as NaT."""
+    if dt.kind not in "Mm":
+        return None
+    unit, count = np.datetime_data(dt)
+    if unit not in _NUMPY_UNITS:
+        raise InputError(f"{where}: {dt} has no unit; streambatch stores datetime64 / timedelta64 with one")
+    return time_meta("timestamp" if dt.kind == "M" else "duration", unit if count == 1 else f"{count}{unit}")
+
+
+# --------------------------------------------------------------------------- Hive partitions
+
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_INT = re.compile(r"^[+-]?[0-9]{1,18}$")
+
+
+@dataclass
+class Hive:
+    """A Hive-partitioned folder: its Parquet files in sorted path order, the partition key
+    columns, and for each file the stored value of each key (``None`` for a null)."""
+
+    files: list[Path]
+    columns: dict[str, Column]
+    values: list[dict[str, int | None]]
+
+    def has_null(self, file_index: int, names: Iterable[str]) -> bool:
+        """Whether a key among ``names`` is null in file ``file_index``."""
+        return any(self.values[file_index].get(n, 0) is None for n in names)
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith((".", "_"))  # _SUCCESS, _common_metadata, .crc: not data (as pyarrow)
+
+
+def _walk(folder: Path, got: dict[str, str | None], out: list[tuple[Path, dict[str, str | None]]]) -> None:
+    """Every Parquet file under ``folder`` with its partition values, in sorted path order."""
+    entries = sorted((p for p in folder.iterdir() if _visible(p)), key=lambda p: p.name)
+    dirs = [p for p in entries if p.is_dir()]
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in (".parquet", ".pq")]
+    if dirs and files:
+        raise InputError(f"{folder}: holds both Parquet files and partition folders ({dirs[0].name}); "
+                         "a Hive-partitioned folder has files only at its deepest level")
+    for p in dirs:
+        key, eq, value = p.name.partition("=")
+        if not eq or not key or key in got:
+            raise InputError(f"{p}: not a key=value partition folder of a new key")
+        _walk(p, {**got, key: None if value == _HIVE_NULL else unquote(value)}, out)
+    out += [(f, got) for f in files]
+
+
+def is_hive(path: Path) -> bool:
+    """Whether folder ``path`` has a ``key=value`` folder at its top."""
+    return any(p.is_dir() and "=" in p.name and _visible(p) for p in path.iterdir())
+
+
+def hive_layout(path: Path) -> Hive | None:
+    """The Hive layout of folder ``path`` (``None`` when it has no ``key=value`` folder at its top).
+    String keys are categorical (categories sorted), keys whose every value is an integer int64."""
+    if not is_hive(path):
+        return None
+    found: list[tuple[Path, dict[str, str | None]]] = []
+    _walk(path, {}, found)
+    if not found:
+        raise InputError(f"{path}: partition folders hold no Parquet files")
+    for f, got in found:
+        if list(got) != list(found[0][1]):
+            raise InputError(f"{f}: partition keys {list(got)} differ from those of "
+                             f"{found[0][0].relative_to(path)} ({list(found[0][1])})")
+    columns: dict[str, Column] = {}
+    stored: dict[str, dict[str | None, int | None]] = {}
+    for key in found[0][1]:
+        seen = sorted({v[key] for _, v in found if v[key] is not None})
+        if all(_INT.match(v) for v in seen):
+            columns[key] = Column(key, "int64")
+            stored[key] = {v: int(v) for v in seen}
+        else:
+            columns[key] = Column(key, code_dtype(len(seen)), meta={"type": "category", "categories": seen,
+                                                                   "ordered": False})
+            stored[key] = {v: i for i, v in enumerate(seen)}
+        stored[key][None] = None
+    return Hive([f for f, _ in found], columns, [{k: stored[k][v] for k, v in got.items()} for _, got in found])
+
+
+def own_columns(hive: Hive | None, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns among ``names`` that the files hold (not partition keys)."""
+    return names if hive is None else tuple(n for n in names if n not in hive.columns)
+
+
+def with_partitions(batch: Any, hive: Hive | None, file_index: int, names: tuple[str, ...]) -> Any:
+    """``batch`` (Arrow, or a dict of numpy arrays) of file ``file_index`` with its partition key
+    columns among ``names`` added."""
+    import pyarrow as pa
+
+    keys = [n for n in names if hive is not None and n in hive.columns]
+    if not keys:
+        return batch
+    assert hive is not None
+    values = hive.values[file_index]
+    if isinstance(batch, dict):  # decoded in place: the file has no null key (Hive.has_null)
+        n = len(next(iter(batch.values())))
+        return {**batch, **{k: np.full(n, values[k], hive.columns[k].np_dtype) for k in keys}}
+    n = batch.num_rows
+    arrays = [pa.nulls(n, pa.from_numpy_dtype(hive.columns[k].np_dtype)) if values[k] is None else
+              pa.array(np.full(n, values[k], hive.columns[k].np_dtype)) for k in keys]
+    return pa.RecordBatch.from_arrays([*batch.columns, *arrays], names=[*batch.schema.names, *keys])
