@@ -14,9 +14,11 @@ from .errors import (
     TargetExistsError,
     WriteError,
 )
-from .manifest import Column, Manifest, load_manifest
+from .manifest import Manifest
+from .schema import Column
+from .storage import load_manifest
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = [
     "convert",
     "load_manifest",

@@ -23,9 +23,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import DataError, ManifestError
-from .manifest import Column, _is_number, safe_relpath
+from ._fields import is_number as _is_number
+from ._fields import safe_relpath
 from .stats import ColumnStats
-from .storage._checksum import checksum_fn, extend_fn
+from .io.checksum import checksum_fn, extend_fn
+from .io.remote import RemoteFiles
+from .schema import Column
 
 __all__ = ["INLINE_FEATURES", "FIELDS", "stats_json", "read_stats_file", "check_stats_files"]
 
@@ -134,8 +137,6 @@ def read_stats_file(root: Any, entry: Mapping[str, Any], col: Column, remote: An
 def _read(root: Any, rel: str, size: int, remote: Any, where: str) -> bytearray:
     """The ``size`` bytes of file ``rel`` (its size checked before anything is allocated)."""
     if not isinstance(root, Path):  # a dataset at a URL: through the same file access as its manifest
-        from .remote import RemoteFiles
-
         files = remote if remote is not None else RemoteFiles(str(root))
         have = files.size(rel)
         if have != size:

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from .errors import InputError
-from .manifest import Column
+from .schema import Column
 
 __all__ = ["Nulls", "null_rows", "Categories", "code_dtype", "time_meta", "numpy_time_meta", "Hive", "is_hive",
            "hive_layout", "own_columns", "with_partitions"]

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from numpy.typing import NDArray
 
-from .manifest import Column
+from .schema import Column
 from .plan import EpochPlan
 
 __all__ = ["Prefetcher", "THREAD_PREFIX"]

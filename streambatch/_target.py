@@ -152,7 +152,7 @@ def check_target(src: str | os.PathLike[str], target: Path, overwrite: bool) -> 
 
 def check_replaceable(target: Path) -> None:
     """``TargetExistsError`` unless ``target`` is missing, an empty folder or a streambatch dataset."""
-    from .manifest import load_manifest
+    from .storage import load_manifest
 
     if target.is_symlink():
         raise not_replaceable(target, "is a symbolic link")

@@ -84,7 +84,7 @@ def _delimiter(d: str | None) -> str | None:
 
 
 def _info_dict(path: str) -> dict[str, Any]:
-    from .manifest import load_manifest
+    from .storage import load_manifest
 
     m = load_manifest(path)
     stored = int(m.unit_stored_nbytes.sum())
@@ -141,7 +141,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _readable_manifest(path: str) -> bool:
     """Whether local ``path`` (a dataset folder or its manifest) holds a manifest this process can read."""
     from .manifest import MANIFEST_NAME
-    from .remote import is_url
+    from .io.remote import is_url
 
     if is_url(path):
         return False
@@ -152,8 +152,8 @@ def _readable_manifest(path: str) -> bool:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .errors import ManifestError
-    from .manifest import load_manifest
-    from .storage._integrity import verify_dataset
+    from .storage import load_manifest
+    from .storage import verify_dataset
 
     try:
         m = load_manifest(args.path)

@@ -32,10 +32,11 @@ from ._progress import Progress
 from ._sizes import format_size, parse_size
 from ._target import check_target, install, temp_name
 from .errors import InputError, StreambatchError, WriteError
-from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Column, Manifest, compute_fingerprint
+from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Manifest, compute_fingerprint
+from .schema import Column
 from .sources import Source, open_source
 from .stats import BYTES_PER_FEATURE, ColumnStats, LabelStats, shift_of
-from .storage import CODECS, STORAGES, combine, open_writer, units_per_file
+from .storage import CODECS, FORMATS, STORAGES, combine, open_writer, units_per_file
 
 __all__ = ["convert", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC", "DEFAULT_MEMORY"]
 
@@ -465,7 +466,8 @@ def _convert_remote(src: Any, dst: Any, fmt: str, overwrite: bool, opts: dict[st
     import tempfile
 
     from ._target import check_not_input
-    from .remote import RemoteRoot, check_target, download, is_url, upload_dataset
+    from ._transfer import check_target, download, upload_dataset
+    from .io.remote import RemoteRoot, is_url
 
     if is_url(dst):
         if is_url(src):
@@ -540,7 +542,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     uploaded, data first and the manifest last.  ``overwrite`` replaces a remote target only
     if it holds a streambatch dataset or nothing (its old objects are removed before the upload).
     """
-    from .remote import is_url
+    from .io.remote import is_url
 
     opts = dict(columns=columns, label=label, unit_rows=unit_rows, unit_bytes=unit_bytes, shard_bytes=shard_bytes,
                 codec=codec, shuffle=shuffle, memory=memory, dry_run=dry_run, source_format=source_format,

@@ -29,8 +29,9 @@ from ._prefetch import Prefetcher
 from ._sizes import parse_size
 from ._state import STATE_VERSION, Run, Shared, WorkerPosition, make_state, parse_state
 from .errors import ManifestError, StateError
-from .manifest import Column, Manifest, load_manifest
-from .remote import is_url
+from .io.remote import RemoteFiles, is_url
+from .manifest import Manifest
+from .schema import Column
 from .plan import (
     EpochPlan,
     Phase,
@@ -42,7 +43,7 @@ from .plan import (
     worker_batch_counts,
 )
 from .quality import predict_deff, predict_kl
-from .storage import open_reader
+from .storage import load_manifest, open_reader
 
 __all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
 
@@ -172,8 +173,6 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""
         if self._remote_options is None:
             return None
-        from .remote import RemoteFiles
-
         return RemoteFiles(**self._remote_options)
 
     def _layout(self, num_workers: int) -> dict[str, int]:

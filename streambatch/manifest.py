@@ -1,31 +1,40 @@
 """The dataset manifest: one versioned JSON file, written last, that describes a dataset.
 
 A dataset is a folder holding the data (a Zarr v3 group or Parquet files) and
-``streambatch.json``.  The manifest lists the schema, the shuffle units (row ranges and
+``_streambatch.json``.  The manifest lists the schema, the shuffle units (row ranges and
 where their bytes are), per-column statistics, checksums and how the dataset was made.
 Per-feature statistics of columns wider than 1,024 values a row are in checksummed files
 beside it (``_stats/``, see ``_feature_stats``), so the manifest stays small whatever the row
 width.  Nothing in it is pickled; every path in it is relative to the dataset folder and is
 checked to stay inside it.  Its last field is a CRC-32C of the bytes before it, checked at load.
+
+This module reads and writes the document; what a storage format's ``layout`` holds is the
+format's to check (``streambatch.storage.load_manifest`` passes its check to
+:func:`read_manifest`), so that the formats may build on this module and not the other way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ManifestError
+from ._feature_stats import check_stats_files, read_stats_file
+from ._fields import int_array, is_number, need, optional, safe_relpath
+from .errors import DataError, ManifestError
+from .io.checksum import checksum_fn
+from .io.remote import RemoteFiles, RemoteRoot, is_url
+from .schema import Column, parse_column
 
-__all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "Column", "Manifest", "encode_manifest", "load_manifest"]
+__all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "Column", "Manifest", "LayoutCheck", "encode_manifest",
+           "read_manifest", "compute_fingerprint"]
 
 MANIFEST_NAME = "_streambatch.json"
 FORMAT_VERSION = 1
@@ -33,49 +42,8 @@ FORMAT_VERSION = 1
 # top-level fields they do not know, so a field an older reader can do without (``stats_files``:
 # it then has no statistics for wide columns, and says so if asked to normalise them) keeps it.
 _MAX_ROWS = 1 << 48
-_MAX_ROW_BYTES = 1 << 32
 _MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 _MAX_UNIT_BYTES = 1 << 32  # decoded bytes of one shuffle unit (the converter's default is 256 KiB)
-_SUPPORTED_DTYPES = frozenset(
-    "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split()
-)
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column: a numpy dtype name and the fixed shape of one row's value (``()`` for scalars).
-
-    ``kind`` is ``"fixed"`` for every column today; variable-length kinds (token lists,
-    strings, encoded images) will add other values without changing existing manifests.
-    ``meta`` (absent for plain numbers) says what the stored integers mean:
-    ``{"type": "category", "categories": [...], "ordered": bool}`` (codes into ``categories``),
-    ``{"type": "timestamp", "unit": "us", "timezone": "UTC"}`` (``timezone`` optional) or
-    ``{"type": "duration", "unit": "ns"}``: ``values.view(f"datetime64[{unit}]")`` reads them back.
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...] = ()
-    kind: str = "fixed"
-    meta: dict[str, Any] | None = field(default=None, hash=False)
-
-    @property
-    def np_dtype(self) -> np.dtype[Any]:
-        return np.dtype(self.dtype)
-
-    @property
-    def row_items(self) -> int:
-        return int(math.prod(self.shape))
-
-    @property
-    def row_nbytes(self) -> int:
-        return self.row_items * self.np_dtype.itemsize
-
-    def to_json(self) -> dict[str, Any]:
-        out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "kind": self.kind}
-        if self.meta is not None:  # absent otherwise: manifests (and fingerprints) of plain columns unchanged
-            out["meta"] = self.meta
-        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,8 +116,6 @@ class Manifest:
         col = self.column(name)
         entry = self.stats_files.get(name)
         if entry is not None:
-            from ._feature_stats import read_stats_file
-
             return read_stats_file(self.root, entry, col, remote)
         st = self.stats.get(name)
         if not st:
@@ -200,8 +166,6 @@ def encode_manifest(doc: dict[str, Any]) -> bytes:
     ``"checksum": "crc32c:XXXXXXXX"``, is the CRC-32C of every byte before it (any ``"checksum"``
     in ``doc`` is replaced).  :func:`load_manifest` checks it.  Raises ``ValueError`` for NaN or
     infinite numbers."""
-    from .storage._checksum import checksum_fn  # local: storage imports this module
-
     # dumps, not dump: json.dump always takes the pure-Python encoder (0.2 s for 4,000 units)
     body = json.dumps({k: v for k, v in doc.items() if k != "checksum"}, separators=(",", ":"),
                       allow_nan=False).encode()
@@ -212,8 +176,6 @@ def encode_manifest(doc: dict[str, Any]) -> bytes:
 def _check_seal(raw: bytes, doc: Any, where: str) -> str:
     """The manifest's own checksum (``encode_manifest``), checked against ``raw``, its bytes;
     ``""`` for a manifest written before it was recorded.  ``ManifestError`` if it does not match."""
-    from .storage._checksum import checksum_fn
-
     at = raw.rfind(_SEAL_KEY)
     seal = _SEAL.fullmatch(raw, at) if at >= 0 else None
     if seal is None:
@@ -253,57 +215,24 @@ def _layout_to_json(layout: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- loading
 
 
-def _need(obj: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, Mapping) or key not in obj:
-        raise ManifestError(f"{where}: missing field {key!r}")
-    val = obj[key]
-    if isinstance(val, bool) and typ is not bool and (typ is int or (isinstance(typ, tuple) and bool not in typ)):
-        raise ManifestError(f"{where}: field {key!r} must be {_tname(typ)}, got {type(val).__name__}")
-    if not isinstance(val, typ):
-        raise ManifestError(f"{where}: field {key!r} must be {_tname(typ)}, got {type(val).__name__}")
-    return val
+LayoutCheck = Callable[..., dict[str, Any]]
+"""``check(storage, layout, n_units, n_files, columns, codec, where, unit_rows=...)``: the storage
+format's check of the manifest's ``layout`` (``streambatch.storage.validate_layout``): the layout
+with int64 arrays, or ``ManifestError`` (also for an unknown storage format)."""
 
 
-def _tname(typ: type | tuple[type, ...]) -> str:
-    if isinstance(typ, tuple):
-        return " or ".join(t.__name__ for t in typ)
-    return typ.__name__
-
-
-def int_array(value: Any, n: int | None, where: str, *, lo: int = 0, hi: int = 1 << 62) -> NDArray[np.int64]:
-    """Validate a JSON list of ints (length ``n`` if given, each in ``[lo, hi]``) into int64."""
-    if not isinstance(value, list) or not all(type(v) is int for v in value):
-        raise ManifestError(f"{where}: expected a list of integers")
-    if n is not None and len(value) != n:
-        raise ManifestError(f"{where}: expected {n} entries, found {len(value)}")
-    if any(v < lo or v > hi for v in value):
-        raise ManifestError(f"{where}: values must lie in [{lo}, {hi}]")
-    return np.asarray(value, dtype=np.int64).reshape(len(value))
-
-
-def safe_relpath(root: Path, rel: Any, where: str) -> str:
-    """Check that ``rel`` is a relative path that stays inside ``root``; return it."""
-    if not isinstance(rel, str) or not rel or "\x00" in rel:
-        raise ManifestError(f"{where}: file path must be a non-empty string")
-    p = Path(rel)
-    if p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or ":" in rel:
-        raise ManifestError(f"{where}: file path {rel!r} leaves the dataset folder")
-    return rel
-
-
-def load_manifest(path: str | os.PathLike[str], remote: Any = None) -> Manifest:
-    """Read and validate the manifest of the dataset at ``path`` (the folder or the JSON file).
+def read_manifest(path: str | os.PathLike[str], check_layout: LayoutCheck, remote: Any = None) -> Manifest:
+    """Read and validate the manifest of the dataset at ``path`` (the folder or the JSON file),
+    its storage layout with ``check_layout``.
 
     ``path`` may be a URL (``s3://``, ``gs://``, ``https://`` ...); ``remote`` is then the
-    ``streambatch.remote.RemoteFiles`` to read it through (default options when not given).
+    ``streambatch.io.remote.RemoteFiles`` to read it through (default options when not given).
     Raises ``ManifestError`` naming the file and field for anything missing, of the wrong
     type, out of range or pointing outside the dataset folder, and naming the file for a manifest
     whose bytes do not match its own checksum (damaged or edited); nothing else escapes.
     """
-    from .remote import is_url
-
     if is_url(path):
-        return _load_remote(str(path), remote)
+        return _read_remote(str(path), check_layout, remote)
     p = Path(path)
     root = p.parent if p.name == MANIFEST_NAME else p
     mpath = root / MANIFEST_NAME
@@ -331,17 +260,14 @@ def load_manifest(path: str | os.PathLike[str], remote: Any = None) -> Manifest:
         raise ManifestError(f"{where}: not valid JSON ({e})") from None
     checksum = _check_seal(raw, doc, where)
     try:
-        return _parse(root, doc, where, checksum)
+        return _parse(root, doc, where, check_layout, checksum)
     except ManifestError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:  # pragma: no cover - safety net
         raise ManifestError(f"{where}: inconsistent manifest ({type(e).__name__}: {e})") from None
 
 
-def _load_remote(url: str, remote: Any) -> Manifest:
-    from .errors import DataError
-    from .remote import RemoteFiles, RemoteRoot
-
+def _read_remote(url: str, check_layout: LayoutCheck, remote: Any) -> Manifest:
     url = url.rstrip("/")
     if url.endswith("/" + MANIFEST_NAME):
         url = url[: -len(MANIFEST_NAME) - 1]
@@ -359,62 +285,41 @@ def _load_remote(url: str, remote: Any) -> Manifest:
         raise ManifestError(f"{where}: not valid JSON ({e})") from None
     checksum = _check_seal(raw, doc, where)
     try:
-        return _parse(RemoteRoot(url), doc, where, checksum)  # type: ignore[arg-type]
+        return _parse(RemoteRoot(url), doc, where, check_layout, checksum)  # type: ignore[arg-type]
     except ManifestError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:  # pragma: no cover - safety net
         raise ManifestError(f"{where}: inconsistent manifest ({type(e).__name__}: {e})") from None
 
 
-def _parse(root: Path, doc: Any, where: str, checksum: str = "") -> Manifest:
+def _parse(root: Path, doc: Any, where: str, check_layout: LayoutCheck, checksum: str = "") -> Manifest:
     if not isinstance(doc, dict):
         raise ManifestError(f"{where}: top level must be a JSON object")
     if doc.get("format") != "streambatch":
         raise ManifestError(f"{where}: not a streambatch manifest (field 'format' is {doc.get('format')!r})")
-    version = _need(doc, "version", int, where)
+    version = need(doc, "version", int, where)
     if version != FORMAT_VERSION:
         raise ManifestError(f"{where}: format version {version} is not supported (this streambatch "
                             f"reads version {FORMAT_VERSION}); upgrade streambatch or re-convert")
-    storage = _need(doc, "storage", str, where)
-    if storage not in ("zarr", "parquet"):
-        raise ManifestError(f"{where}: unknown storage {storage!r}")
-    rows = _need(doc, "rows", int, where)
+    storage = need(doc, "storage", str, where)
+    rows = need(doc, "rows", int, where)
     if not 0 < rows <= _MAX_ROWS:
         raise ManifestError(f"{where}: row count {rows} out of range")
-    cols_doc = _need(doc, "columns", list, where)
+    cols_doc = need(doc, "columns", list, where)
     if not cols_doc:
         raise ManifestError(f"{where}: no columns")
-    columns = []
     seen: set[str] = set()
-    for i, c in enumerate(cols_doc):
-        cw = f"{where}: column {i}"
-        name = _need(c, "name", str, cw)
-        if not name or name in seen or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
-            raise ManifestError(f"{cw}: bad or duplicate name {name!r}")
-        seen.add(name)
-        dtype = _need(c, "dtype", str, cw)
-        if dtype not in _SUPPORTED_DTYPES:
-            raise ManifestError(f"{cw} ({name}): unsupported dtype {dtype!r}")
-        shape_doc = _need(c, "shape", list, cw)
-        if not all(type(d) is int and 0 < d <= _MAX_ROW_BYTES for d in shape_doc) or len(shape_doc) > 8:
-            raise ManifestError(f"{cw} ({name}): bad shape {shape_doc!r}")
-        col = Column(name, dtype, tuple(shape_doc), str(c.get("kind", "fixed")),
-                     _check_meta(c.get("meta"), dtype, tuple(shape_doc), f"{cw} ({name})"))
-        if col.kind != "fixed":
-            raise ManifestError(f"{cw} ({name}): column kind {col.kind!r} is not supported by this version")
-        if col.row_nbytes > _MAX_ROW_BYTES:
-            raise ManifestError(f"{cw} ({name}): {col.row_nbytes} bytes per row is absurd")
-        columns.append(col)
+    columns = [parse_column(c, f"{where}: column {i}", seen) for i, c in enumerate(cols_doc)]
     files = tuple(safe_relpath(root, f, f"{where}: files[{i}]")
-                  for i, f in enumerate(_need(doc, "files", list, where)))
-    units = _need(doc, "units", dict, where)
-    n_start = _need(units, "start", list, f"{where}: units")
+                  for i, f in enumerate(need(doc, "files", list, where)))
+    units = need(doc, "units", dict, where)
+    n_start = need(units, "start", list, f"{where}: units")
     n = len(n_start)
     if n == 0:
         raise ManifestError(f"{where}: no shuffle units")
     start = int_array(n_start, None, f"{where}: units.start", hi=rows)
-    urows = int_array(_need(units, "rows", list, f"{where}: units"), n, f"{where}: units.rows", lo=1, hi=rows)
-    stored = int_array(_need(units, "stored_nbytes", list, f"{where}: units"), n,
+    urows = int_array(need(units, "rows", list, f"{where}: units"), n, f"{where}: units.rows", lo=1, hi=rows)
+    stored = int_array(need(units, "stored_nbytes", list, f"{where}: units"), n,
                        f"{where}: units.stored_nbytes", hi=1 << 40)
     expect = np.concatenate([[0], np.cumsum(urows)[:-1]])
     if not np.array_equal(start, expect) or int(urows.sum()) != rows:
@@ -423,19 +328,16 @@ def _parse(root: Path, doc: Any, where: str, checksum: str = "") -> Manifest:
     if int(urows.max()) * row_nbytes > _MAX_UNIT_BYTES:
         raise ManifestError(f"{where}: a unit of {int(urows.max())} rows x {row_nbytes} bytes is larger than "
                             f"{_MAX_UNIT_BYTES} bytes decoded; re-convert with a smaller --unit-bytes")
-    codec = _need(doc, "codec", str, where)
+    codec = need(doc, "codec", str, where)
     label = doc.get("label")
     if label is not None and (not isinstance(label, str) or label not in seen):
         raise ManifestError(f"{where}: label column {label!r} is not a column")
-    layout = _need(doc, "layout", dict, where)
-    from ._feature_stats import check_stats_files  # local: these modules import this one
-    from .storage import validate_layout
-
-    checked = validate_layout(storage, layout, n, len(files), tuple(columns), codec, where, unit_rows=urows)
+    layout = need(doc, "layout", dict, where)
+    checked = check_layout(storage, layout, n, len(files), tuple(columns), codec, where, unit_rows=urows)
     by_name = {c.name: c for c in columns}
     stats = _check_stats(doc.get("stats", {}), by_name, where)
     stats_files = check_stats_files(doc.get("stats_files", {}), by_name, stats, where)
-    fp, source, options = (_optional(doc, key, typ, default, where) for key, typ, default in
+    fp, source, options = (optional(doc, key, typ, default, where) for key, typ, default in
                            (("fingerprint", str, ""), ("source", dict, {}), ("options", dict, {})))
     return Manifest(
         root=root, storage=storage, rows=rows, columns=tuple(columns), unit_start=start,
@@ -443,50 +345,6 @@ def _parse(root: Path, doc: Any, where: str, checksum: str = "") -> Manifest:
         stats=stats, stats_files=stats_files, label=label, fingerprint=fp, source=source, options=options,
         version=version, checksum=checksum,
     )
-
-
-_TIME_UNIT = re.compile(r"^[0-9]{0,6}(Y|M|W|D|h|m|s|ms|us|ns|ps|fs|as)$")  # numpy's; Arrow's are s, ms, us, ns
-
-
-def _check_meta(meta: Any, dtype: str, shape: tuple[int, ...], cw: str) -> dict[str, Any] | None:
-    """A column's ``meta`` (see ``Column``): ``None``, or an object of a known ``type`` whose
-    fields are right for it and for the column's dtype."""
-    if meta is None:
-        return None
-    kind = meta.get("type") if isinstance(meta, dict) else None
-    if kind == "category":
-        cats = meta.get("categories")
-        ok = isinstance(cats, list) and (all(isinstance(v, str) for v in cats) or all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in cats))
-        if not ok or len(set(cats)) != len(cats) or not isinstance(meta.get("ordered", False), bool):
-            raise ManifestError(f"{cw}: meta 'categories' must be a list of distinct strings or numbers "
-                                "and 'ordered' a boolean")
-        if shape or dtype not in ("int8", "int16", "int32", "int64"):
-            raise ManifestError(f"{cw}: categorical codes must be a scalar signed integer column, not {dtype}")
-    elif kind in ("timestamp", "duration"):
-        tz = meta.get("timezone")
-        if not (isinstance(meta.get("unit"), str) and _TIME_UNIT.match(meta["unit"])) or \
-                not (tz is None or (kind == "timestamp" and isinstance(tz, str))):
-            raise ManifestError(f"{cw}: meta of a {kind} needs a 'unit' such as 'ns'"
-                                f"{' and an optional string timezone' if kind == 'timestamp' else ''}")
-        if dtype != "int64":
-            raise ManifestError(f"{cw}: a {kind} column is stored as int64, not {dtype}")
-    else:
-        raise ManifestError(f"{cw}: meta must be an object whose 'type' is 'category', 'timestamp' or "
-                            f"'duration', got {meta!r:.80}")
-    return meta
-
-
-def _optional(doc: Mapping[str, Any], key: str, typ: type, default: Any, where: str) -> Any:
-    val = doc.get(key, default)
-    if not isinstance(val, typ):
-        raise ManifestError(f"{where}: field {key!r} must be {'an object' if typ is dict else 'a string'}, "
-                            f"got {type(val).__name__}")
-    return val
-
-
-def _is_number(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _check_stats(stats: Any, columns: dict[str, Column], where: str) -> dict[str, Any]:
@@ -508,8 +366,8 @@ def _check_stats(stats: Any, columns: dict[str, Column], where: str) -> dict[str
             raise ManifestError(f"{sw}: 'count' must be a non-negative integer")
         for key in ("mean", "std", "min", "max"):
             v = st[key]
-            ok = (_is_number(v) if not col.shape else
-                  isinstance(v, list) and len(v) == col.row_items and all(_is_number(x) for x in v))
+            ok = (is_number(v) if not col.shape else
+                  isinstance(v, list) and len(v) == col.row_items and all(is_number(x) for x in v))
             if not ok:
                 want = "a number" if not col.shape else f"a list of {col.row_items} numbers"
                 raise ManifestError(f"{sw}: {key!r} must be {want}")
@@ -519,7 +377,7 @@ def _check_stats(stats: Any, columns: dict[str, Column], where: str) -> dict[str
                     and len(h["values"]) == len(h["counts"])
                     and all(type(x) is int for x in h["values"])
                     and all(type(x) is int and x >= 0 for x in h["counts"])
-                    and _is_number(h.get("icc"))):
+                    and is_number(h.get("icc"))):
                 raise ManifestError(f"{sw}: 'histogram' must hold equal-length integer lists 'values' and "
                                     "'counts' and a number 'icc'")
     return stats

@@ -25,7 +25,7 @@ import numpy as np
 from ._mapped import (Categories, Nulls, hive_layout, is_hive, null_rows, numpy_time_meta, own_columns, time_meta,
                       with_partitions)
 from .errors import InputError
-from .manifest import Column
+from .schema import Column
 
 __all__ = ["Source", "SOURCE_FORMATS", "detect_format", "open_source"]
 
@@ -872,8 +872,8 @@ def _open_dataset(path: Path, fmt: str, keep: tuple[str, ...] | None) -> Source 
     ``DataError`` naming it.
     """
     from .errors import ManifestError
-    from .manifest import MANIFEST_NAME, load_manifest
-    from .storage import open_reader
+    from .manifest import MANIFEST_NAME
+    from .storage import load_manifest, open_reader
 
     if not (path / MANIFEST_NAME).is_file():
         return None

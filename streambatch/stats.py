@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import InputError
-from .manifest import Column
+from .schema import Column
 
 __all__ = ["ColumnStats", "LabelStats", "shift_of", "FEATURE_SLICE", "BYTES_PER_FEATURE"]
 

@@ -20,7 +20,8 @@ import pytest
 from conftest import write_sorted_npy
 
 from streambatch.cli import main
-from streambatch.manifest import MANIFEST_NAME, Manifest, load_manifest
+from streambatch.manifest import MANIFEST_NAME, Manifest
+from streambatch.storage import load_manifest
 from streambatch.storage import zarr_store
 
 Case = Callable[[Path], tuple[Path, list[str], list[str]]]

@@ -23,7 +23,8 @@ from conftest import write_sorted_npy
 import streambatch
 from streambatch.convert import clean_stale_temp
 from streambatch.errors import InputError, TargetExistsError
-from streambatch.manifest import Manifest, load_manifest
+from streambatch.manifest import Manifest
+from streambatch.storage import load_manifest
 from streambatch.quality import global_order, label_sorted_kl
 from streambatch.storage import STORAGES
 from streambatch.storage import read_all as storage_read_all

@@ -23,7 +23,8 @@ import streambatch
 from streambatch import _target
 from streambatch.cli import main
 from streambatch.errors import InputError, TargetExistsError
-from streambatch.manifest import Manifest, load_manifest
+from streambatch.manifest import Manifest
+from streambatch.storage import load_manifest
 from streambatch.storage import STORAGES, parquet_store, read_all, zarr_store
 
 WRITERS = {"zarr": zarr_store.Writer, "parquet": parquet_store.Writer}

@@ -18,7 +18,7 @@ PUBLIC = {
                     "__version__"},
 }
 MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.errors", "streambatch.manifest",
-           "streambatch.plan", "streambatch.quality", "streambatch.remote", "streambatch.sources",
+           "streambatch.plan", "streambatch.quality", "streambatch.io.remote", "streambatch.sources",
            "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run"]
 
 

@@ -42,7 +42,8 @@ import streambatch
 from streambatch import DataError, ManifestError, StreamDataset
 from streambatch.cli import main as cli_main
 from streambatch.errors import WriteError
-from streambatch.manifest import MANIFEST_NAME, Manifest, load_manifest
+from streambatch.manifest import MANIFEST_NAME, Manifest
+from streambatch.storage import load_manifest
 from streambatch.storage import parquet_store, zarr_store
 
 from conftest import SIGINT_HANDLER, flip_byte, streambatch_threads, write_sorted_npy

@@ -30,7 +30,8 @@ import streambatch
 import streambatch.dataset  # noqa: F401 - torch imported now, not inside a test that counts opened files
 from streambatch.cli import main as cli_main
 from streambatch.errors import DataError, ManifestError, StreambatchError
-from streambatch.manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest
+from streambatch.manifest import FORMAT_VERSION, MANIFEST_NAME
+from streambatch.storage import load_manifest
 
 from conftest import write_manifest, write_sorted_npy
 

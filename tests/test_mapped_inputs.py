@@ -27,7 +27,8 @@ import streambatch
 from conftest import write_manifest
 from streambatch.cli import main
 from streambatch.errors import InputError, ManifestError
-from streambatch.manifest import MANIFEST_NAME, Manifest, load_manifest
+from streambatch.manifest import MANIFEST_NAME, Manifest
+from streambatch.storage import load_manifest
 from streambatch.sources import open_source
 from streambatch.storage import read_all
 

@@ -18,7 +18,7 @@ from streambatch.manifest import Column
 from streambatch.storage import open_reader, parquet_store
 from streambatch.storage._parquet_pages import IDENTITY, chunk_plan, decode_chunk
 from streambatch.storage._parquet_write import FileWriter, supports
-from streambatch.storage.parquet_store import arrow_schema
+from streambatch.storage._arrow_schema import arrow_schema
 
 from conftest import write_manifest
 
@@ -179,7 +179,7 @@ def test_crc32_is_zlibs_crc32_for_every_buffer_kind() -> None:
     zlib's values for bytes, memoryview slices and numpy arrays, and chains like it."""
     import zlib
 
-    from streambatch.storage._checksum import checksum_fn, crc32, extend_fn
+    from streambatch.io.checksum import checksum_fn, crc32, extend_fn
 
     data = np.random.default_rng(3).integers(0, 256, 300_001, dtype=np.uint8)
     raw = data.tobytes()

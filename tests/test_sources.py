@@ -27,7 +27,8 @@ import zarr
 import streambatch
 from conftest import flip_byte
 from streambatch.errors import InputError
-from streambatch.manifest import Manifest, load_manifest
+from streambatch.manifest import Manifest
+from streambatch.storage import load_manifest
 from streambatch.sources import detect_format, open_source
 from streambatch.storage import CODECS, open_reader
 

@@ -20,9 +20,10 @@ import pytest
 
 import streambatch
 from streambatch.errors import DataError
-from streambatch.manifest import Manifest, load_manifest
+from streambatch.manifest import Manifest
+from streambatch.storage import load_manifest
 from streambatch.storage import CODECS, STORAGES, UnitReader, open_reader, open_writer
-from streambatch.storage._files import _resident as resident
+from streambatch.io.files import _resident as resident
 
 from conftest import flip_byte
 
@@ -428,9 +429,9 @@ def test_cache_probe_does_not_trust_mincore_on_files_it_does_not_own(tmp_path_fa
             p.chmod(0o755 if p.is_dir() else 0o644)
         script = (
             "import os, sys\n"
-            "from streambatch.manifest import load_manifest\n"
+            "from streambatch.storage import load_manifest\n"
             "from streambatch.storage import open_reader\n"
-            "from streambatch.storage._files import _resident\n"
+            "from streambatch.io.files import _resident\n"
             "m = load_manifest(sys.argv[1]); r = open_reader(m); f = r._files\n"
             "fd = f.fd(0, str)[0]\n"
             "os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)\n"

@@ -24,7 +24,8 @@ import zarr
 import streambatch
 from streambatch.cli import main
 from streambatch.errors import ManifestError
-from streambatch.manifest import MANIFEST_NAME, load_manifest
+from streambatch.manifest import MANIFEST_NAME
+from streambatch.storage import load_manifest
 from streambatch.storage import read_all
 
 from conftest import flip_byte

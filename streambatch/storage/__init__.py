@@ -1,4 +1,5 @@
-"""Storage formats behind one reader interface, one module per format, chosen by a dict.
+"""Storage formats behind one contract (``base.StorageFormat``), one module per format, chosen by
+the registry :data:`FORMATS`.
 
 Every format stores rows in *shuffle units*: a Zarr v3 inner chunk (inside a shard file)
 or a Parquet row group.  A reader copies rows ``lo:hi`` of a unit into buffers the caller
@@ -7,86 +8,56 @@ owns (``read_into``), so the loader can fill its window buffers without extra co
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import ManifestError
-from ..manifest import Column, Manifest
+from ..io.remote import RemoteFiles, RemoteRoot
+from ..manifest import Manifest, read_manifest
+from ..schema import Column
+from . import parquet_store, zarr_store
+from ._integrity import FileChecker, recorded_files
+from .base import CODECS, StorageFormat, UnitReader, UnitWriter, WriteResult
 
-__all__ = ["UnitReader", "UnitWriter", "open_reader", "read_all", "open_writer", "units_per_file", "combine",
-           "validate_layout", "CODECS", "STORAGES"]
+__all__ = ["FORMATS", "STORAGES", "CODECS", "StorageFormat", "UnitReader", "UnitWriter", "load_manifest",
+           "storage_format", "open_reader", "read_all", "open_writer", "units_per_file", "combine",
+           "validate_layout", "verify_dataset"]
 
-CODECS = ("none", "lz4", "zstd")
-STORAGES = ("zarr", "parquet")
-
-
-class UnitReader(Protocol):
-    """Reads shuffle units of one dataset.  Thread-safe: many threads may read at once."""
-
-    manifest: Manifest
-
-    def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
-        """Copy rows ``lo:hi`` (relative to the unit) of every column in ``out`` into it.
-
-        ``out[name]`` has shape ``(hi - lo, *column.shape)`` and the column's dtype.
-        Raises ``DataError`` naming the dataset, column, unit and file when stored bytes
-        are missing, truncated or (with ``verify``) fail their checksum.
-        """
-        ...
-
-    def verify_unit(self, unit: int) -> None:
-        """Re-read unit ``unit`` in full and check its checksums; raise ``DataError`` if bad."""
-        ...
-
-    def close(self) -> None:
-        """Release open files; idempotent."""
-        ...
+FORMATS: dict[str, StorageFormat] = {f.name: f for f in (zarr_store.FORMAT, parquet_store.FORMAT)}
+"""Every storage format, by name (the manifest's ``storage`` field, ``convert --format``)."""
+STORAGES = tuple(FORMATS)
 
 
-class UnitWriter(Protocol):
-    """Writes shuffle units in order into a dataset folder (the converter's temp folder).
+def storage_format(name: str) -> StorageFormat:
+    """The format called ``name``; ``ValueError`` naming the known ones otherwise."""
+    fmt = FORMATS.get(name)
+    if fmt is None:
+        raise ValueError(f"unknown output format {name!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
 
-    A writer opened at ``first_unit`` (a file's first unit, a multiple of :func:`units_per_file`)
-    writes from there on; writers of different files may run in parallel in one folder, and
-    :func:`combine` joins their :meth:`finish` results in unit order.
+
+def load_manifest(path: str | os.PathLike[str], remote: Any = None) -> Manifest:
+    """Read and validate the manifest of the dataset at ``path`` (a folder, its manifest file or
+    a URL), its storage layout included.  ``remote``: the ``RemoteFiles`` to read a URL through.
+
+    Raises ``ManifestError`` naming the file and field for anything missing, of the wrong type,
+    out of range, pointing outside the dataset folder, or damaged (the manifest's own checksum).
     """
-
-    def write_unit(self, data: dict[str, np.ndarray]) -> None:
-        """Append one unit: ``data[name]`` holds the same number of rows for every column."""
-        ...
-
-    def write_units(self, data: dict[str, np.ndarray]) -> None:
-        """Append consecutive whole units (``k * unit_rows`` rows; the dataset's last may be short)."""
-        ...
-
-    def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
-        """Close files; return (files, layout, stored bytes per unit, checksum per unit)."""
-        ...
-
-    def abort(self) -> None:
-        """Close files after a failure (the converter removes the folder)."""
-        ...
-
-
-def _modules() -> dict[str, Any]:
-    from . import parquet_store, zarr_store
-
-    return {"zarr": zarr_store, "parquet": parquet_store}
+    return read_manifest(path, validate_layout, remote)
 
 
 def open_reader(manifest: Manifest, verify: bool = False, remote: Any = None) -> UnitReader:
     """The reader for ``manifest``'s storage format.
 
-    For a dataset at a URL, ``remote`` is the ``streambatch.remote.RemoteFiles`` to read
+    For a dataset at a URL, ``remote`` is the ``streambatch.io.remote.RemoteFiles`` to read
     through (made with default options when not given).
     """
-    from ..remote import RemoteFiles, RemoteRoot
-
     if remote is None and isinstance(manifest.root, RemoteRoot):
         remote = RemoteFiles(manifest.root.url)
-    return _modules()[manifest.storage].Reader(manifest, verify=verify, remote=remote)  # type: ignore[no-any-return]
+    return FORMATS[manifest.storage].reader(manifest, verify, remote)
 
 
 def read_all(manifest: Manifest, columns: tuple[Column, ...] | None = None, verify: bool = False
@@ -107,35 +78,54 @@ def read_all(manifest: Manifest, columns: tuple[Column, ...] | None = None, veri
 def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
                 shard_bytes: int, codec: str, first_unit: int = 0) -> UnitWriter:
     """A writer of ``storage`` format into ``folder``, from unit ``first_unit`` on."""
-    if storage not in STORAGES:
-        raise ValueError(f"unknown output format {storage!r}; choose one of {', '.join(STORAGES)}")
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    return _modules()[storage].Writer(  # type: ignore[no-any-return]
-        folder, columns, rows, unit_rows, shard_bytes, codec, first_unit)
+    fmt = storage_format(storage)
+    if codec not in fmt.codecs:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(fmt.codecs)}")
+    return fmt.writer(folder, columns, rows, unit_rows, shard_bytes, codec, first_unit)
 
 
 def units_per_file(storage: str, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
     """Units in each file of ``storage`` format (a Zarr shard of every column, a Parquet file)."""
-    mod = _modules()[storage]
-    fn = mod.units_per_shard if storage == "zarr" else mod.units_per_file
-    return fn(columns, rows, unit_rows, shard_bytes)  # type: ignore[no-any-return]
+    return storage_format(storage).units_per_file(columns, rows, unit_rows, shard_bytes)
 
 
-def combine(storage: str, parts: list[tuple[list[str], dict[str, Any], list[int], list[int]]]
-            ) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
+def combine(storage: str, parts: list[WriteResult]) -> WriteResult:
     """The ``finish`` results of writers of consecutive parts, as one writer's of the whole."""
-    return _modules()[storage].Writer.combine(parts)  # type: ignore[no-any-return]
+    return storage_format(storage).combine(parts)
 
 
 def validate_layout(storage: str, layout: dict[str, Any], n_units: int, n_files: int,
                     columns: tuple[Column, ...], codec: str, where: str,
                     unit_rows: np.ndarray | None = None) -> dict[str, Any]:
-    """Check a manifest's storage layout; return it with int64 arrays.  ``ManifestError`` if bad.
+    """Check a manifest's storage layout; return it with int64 arrays.  ``ManifestError`` if bad
+    (an unknown format or codec included).
 
     ``unit_rows`` (the manifest's rows per unit) lets a format check that its layout holds them.
     """
-    if codec not in CODECS:
+    fmt = FORMATS.get(storage)
+    if fmt is None:
+        raise ManifestError(f"{where}: unknown storage {storage!r}")
+    if codec not in fmt.codecs:
         raise ManifestError(f"{where}: unknown codec {codec!r}")
-    return _modules()[storage].validate_layout(  # type: ignore[no-any-return]
-        layout, n_units, n_files, columns, where, codec=codec, unit_rows=unit_rows)
+    return fmt.validate_layout(layout, n_units, n_files, columns, where, codec=codec, unit_rows=unit_rows)
+
+
+def verify_dataset(manifest: Manifest, extra: Sequence[tuple[str, int, int]] = ()) -> str:
+    """Check every file of the dataset, then every unit (checksum and decoding); return what
+    was checked, in words.  ``extra``: more files to check whole, as ``(path, size, CRC-32C)``.
+
+    Raises ``DataError`` naming the dataset and the file (and the column and unit for a unit's
+    bytes) at the first damage found.
+    """
+    remote = RemoteFiles(manifest.root.url) if isinstance(manifest.root, RemoteRoot) else None
+    check = FileChecker(manifest, remote)
+    reader = open_reader(manifest, verify=True, remote=remote)
+    try:
+        done = [check.manifest(), FORMATS[manifest.storage].check_files(check),
+                check.whole([*recorded_files(manifest), *extra])]
+        for u in range(manifest.n_units):
+            reader.verify_unit(u)
+    finally:
+        check.close()
+        reader.close()
+    return "; ".join(["every unit's checksum and decoding", *(d for d in done if d)])

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ..manifest import Column
-from ._checksum import crc32
+from ..schema import Column
+from ..io.checksum import crc32
 from ._parquet_pages import IDENTITY
 
 __all__ = ["FileWriter", "supports"]

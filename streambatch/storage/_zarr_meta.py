@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["group_document", "array_document"]
+import numpy as np
+
+from ..schema import Column
+
+__all__ = ["group_document", "array_document", "metadata_documents", "chunk_key", "EMPTY"]
+
+EMPTY = np.uint64(2**64 - 1)  # a shard index entry of an inner chunk that is not stored
 
 
 def group_document() -> dict[str, Any]:
@@ -50,3 +56,16 @@ def array_document(dtype: str, itemsize: int, shape: tuple[int, ...], rows: int,
         "node_type": "array",
         "storage_transformers": [],
     }
+
+
+def chunk_key(col: Column, shard: int) -> str:
+    """The shard file of ``col`` holding shard ``shard`` (Zarr's default chunk key encoding)."""
+    return "/".join([col.name, "c", str(shard)] + ["0"] * len(col.shape))
+
+
+def metadata_documents(columns: tuple[Column, ...], rows: int, unit_rows: int, shard_rows: int, codec: str
+                       ) -> list[tuple[str, dict[str, Any]]]:
+    """The ``zarr.json`` documents of a dataset, by path: the group's, then each column's array."""
+    return [("zarr.json", group_document())] + [
+        (f"{c.name}/zarr.json", array_document(c.dtype, c.np_dtype.itemsize, c.shape, rows, unit_rows, shard_rows,
+                                               codec, {"streambatch": {"column": c.to_json()}})) for c in columns]

@@ -23,16 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from .._fields import int_array, safe_relpath
 from ..errors import DataError, ManifestError
-from ..manifest import Column, Manifest, int_array, safe_relpath
-from ._zarr_meta import array_document, group_document
-from ._checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn
-from ._files import ByteRanges
+from ..io.checksum import CHECKSUMS, DEFAULT_CHECKSUM, checksum_fn
+from ..io.files import ByteRanges
+from ..manifest import Manifest
+from ..schema import Column
+from ._zarr_check import check_zarr_files
+from ._zarr_meta import EMPTY, chunk_key, metadata_documents
+from .base import StorageFormat, WriteResult
 
-__all__ = ["Reader", "Writer", "validate_layout"]
-
-_EMPTY = np.uint64(2**64 - 1)
-
+__all__ = ["Reader", "Writer", "validate_layout", "FORMAT"]
 
 def _compressor(codec: str, itemsize: int) -> Any:
     import numcodecs
@@ -50,18 +51,6 @@ def _write_json(path: Path, doc: dict[str, Any]) -> list[int]:
     with open(path, "xb") as f:
         f.write(raw)
     return [len(raw), checksum_fn("crc32c")(raw)]
-
-
-def _chunk_key(col: Column, shard: int) -> str:
-    return "/".join([col.name, "c", str(shard)] + ["0"] * len(col.shape))
-
-
-def metadata_documents(columns: tuple[Column, ...], rows: int, unit_rows: int, shard_rows: int, codec: str
-                       ) -> list[tuple[str, dict[str, Any]]]:
-    """The ``zarr.json`` documents of a dataset, by path: the group's, then each column's array."""
-    return [("zarr.json", group_document())] + [
-        (f"{c.name}/zarr.json", array_document(c.dtype, c.np_dtype.itemsize, c.shape, rows, unit_rows, shard_rows,
-                                               codec, {"streambatch": {"column": c.to_json()}})) for c in columns]
 
 
 def units_per_shard(columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
@@ -114,7 +103,7 @@ class Writer:
         self._unit = first_unit
 
     def _open_shard(self, col: Column, shard: int) -> Any:
-        key = _chunk_key(col, shard)
+        key = chunk_key(col, shard)
         path = self.folder / key
         path.parent.mkdir(parents=True, exist_ok=True)
         self.files.append(key)
@@ -203,7 +192,7 @@ class Writer:
         if f is None:
             return
         entries = self._index.pop(col.name)
-        index = np.full((self.units_per_shard, 2), _EMPTY, dtype="<u8")
+        index = np.full((self.units_per_shard, 2), EMPTY, dtype="<u8")
         index[: len(entries)] = np.asarray(entries, dtype="<u8").reshape(-1, 2)
         raw = index.tobytes()
         f.write(raw)
@@ -413,3 +402,35 @@ class Reader:
 
     def close(self) -> None:
         self._files.close()
+
+
+class ZarrFormat(StorageFormat):
+    """Sharded Zarr v3: an inner chunk per unit, a shard file per column every ``shard_bytes``."""
+
+    name = "zarr"
+
+    def default_threads(self, cores: int) -> int:
+        return min(8, cores)  # a shard per thread: reads, statistics and writes on every core
+
+    def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
+        return units_per_shard(columns, rows, unit_rows, shard_bytes)
+
+    def reader(self, manifest: Manifest, verify: bool, remote: Any) -> Reader:
+        return Reader(manifest, verify=verify, remote=remote)
+
+    def writer(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int,
+               codec: str, first_unit: int) -> Writer:
+        return Writer(folder, columns, rows, unit_rows, shard_bytes, codec, first_unit)
+
+    def combine(self, parts: list[WriteResult]) -> WriteResult:
+        return Writer.combine(parts)
+
+    def validate_layout(self, layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
+                        where: str, *, codec: str, unit_rows: np.ndarray | None) -> dict[str, Any]:
+        return validate_layout(layout, n_units, n_files, columns, where, codec=codec, unit_rows=unit_rows)
+
+    def check_files(self, checker: Any) -> str:
+        return check_zarr_files(checker)
+
+
+FORMAT = ZarrFormat()

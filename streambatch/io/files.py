@@ -11,12 +11,11 @@ import ctypes
 import mmap
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from ..errors import DataError
-from ..manifest import Manifest
 
-__all__ = ["ByteRanges"]
+__all__ = ["ByteRanges", "Files"]
 
 Where = Callable[[], str]  # "dataset D, column C, unit U, file F", built only when there is an error
 _PROBES = 8  # ranges of a window probed for being cached before it is advised
@@ -54,10 +53,20 @@ def _resident(fd: int, offset: int) -> bool:
 _mincore: Any = None  # libc's mincore, looked up on first use (False: not available)
 
 
+class Files(Protocol):
+    """What :class:`ByteRanges` needs of a dataset (a ``Manifest`` is one): its root, its
+    files' paths relative to it, and the local path of file ``i``."""
+
+    root: Any
+    files: tuple[str, ...]
+
+    def path_of(self, file_index: int) -> Any: ...
+
+
 class ByteRanges:
     """Reads ``size`` bytes at ``offset`` of the manifest's file ``fi``, exactly, or raises."""
 
-    def __init__(self, manifest: Manifest, remote: Any = None) -> None:
+    def __init__(self, manifest: Files, remote: Any = None) -> None:
         self.manifest = manifest
         self.remote = remote  # RemoteFiles for a dataset at a URL
         self._fds: dict[int, tuple[int, int]] = {}  # file index -> (descriptor or -1 for remote, size)

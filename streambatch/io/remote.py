@@ -26,9 +26,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, ManifestError
+from ..errors import DataError, ManifestError
 
-__all__ = ["is_url", "RemoteRoot", "RemoteFiles", "RangeFile", "check_target", "upload_dataset", "download"]
+__all__ = ["is_url", "RemoteRoot", "RemoteFiles", "RangeFile", "fs_of"]
 
 
 def is_url(path: Any) -> bool:
@@ -63,7 +63,8 @@ class RemoteRoot:
         return self.url.rsplit("/", 1)[-1]
 
 
-def _fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+def fs_of(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
+    """fsspec's file system for ``url`` and the path on it; ``ManifestError`` if none can open it."""
     try:
         import fsspec
     except ImportError:  # pragma: no cover - fsspec comes with torch
@@ -96,7 +97,7 @@ class RemoteFiles:
     def __init__(self, url: str, *, retries: int = 5, backoff: float = 0.2, cache_dir: str | os.PathLike[str] | None = None,
                  cache_bytes: int | None = None, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url.rstrip("/")
-        self.fs, self.base = _fs(self.url, storage_options)
+        self.fs, self.base = fs_of(self.url, storage_options)
         self.retries, self.backoff = max(0, retries), max(0.0, backoff)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_bytes = cache_bytes if cache_bytes is not None else (1 << 30)
@@ -239,74 +240,3 @@ class RangeFile(io.RawIOBase):
 
     def size(self) -> int:
         return self._size
-
-
-def check_target(url: str, overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
-    """Refuse to write at ``url`` unless nothing is stored there, or ``overwrite`` is given and
-    a streambatch dataset (a prefix whose manifest loads) is.
-
-    Raises:
-        TargetExistsError: something is stored at ``url`` and ``overwrite`` is false, or it is
-            an object or a prefix without a valid manifest.
-    """
-    from ._target import not_replaceable
-    from .errors import StreambatchError, TargetExistsError
-    from .manifest import load_manifest
-
-    fs, base = _fs(url, storage_options)
-    base = base.rstrip("/")
-    if not fs.exists(base) or (fs.isdir(base) and not fs.ls(base)):
-        return
-    if not overwrite:
-        raise TargetExistsError(f"{url}: already exists; pass --overwrite to replace it")
-    if not fs.isdir(base):
-        raise not_replaceable(url, "is a file, not a streambatch dataset")
-    try:
-        load_manifest(url, RemoteFiles(url, retries=2, storage_options=storage_options))
-    except StreambatchError as e:
-        raise not_replaceable(url, "holds objects but is not a streambatch dataset", e) from None
-
-
-def upload_dataset(local: Path, url: str, overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
-    """Upload a finished dataset folder to ``url``: data files first, the manifest last.
-
-    Readers look for the manifest, so a dataset that failed half-way is never taken for a
-    complete one; the data files of a failed upload are removed (best effort).  With
-    ``overwrite`` the old objects are removed first (an object store has no atomic rename), and
-    only after :func:`check_target` found a streambatch dataset there (or nothing).
-    """
-    from .manifest import MANIFEST_NAME
-
-    check_target(url, overwrite, storage_options)
-    fs, base = _fs(url, storage_options)
-    base = base.rstrip("/")
-    if fs.exists(base):
-        fs.rm(base, recursive=True)
-    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
-    try:
-        for p in files:
-            fs.put_file(str(p), f"{base}/{p.relative_to(local).as_posix()}")
-        fs.put_file(str(local / MANIFEST_NAME), f"{base}/{MANIFEST_NAME}")
-    except BaseException:
-        try:
-            fs.rm(base, recursive=True)
-        except Exception:  # noqa: BLE001 - keep the upload's own error
-            pass
-        raise
-
-
-def download(url: str, dest: Path, storage_options: dict[str, Any] | None = None) -> Path:
-    """Copy a remote source (a file or a folder) into the folder ``dest``; return the local path."""
-    from .errors import InputError
-
-    fs, path = _fs(url, storage_options)
-    dest.mkdir(parents=True, exist_ok=True)
-    local = dest / path.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        if fs.isdir(path):
-            fs.get(path.rstrip("/") + "/", str(local), recursive=True)
-        else:
-            fs.get_file(path, str(local))
-    except FileNotFoundError:
-        raise InputError(f"{url}: no such file or folder") from None
-    return local

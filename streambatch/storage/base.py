@@ -1,0 +1,113 @@
+"""The storage contract: what every format provides, and the reader/writer interfaces.
+
+Every format stores rows in *shuffle units* (a Zarr inner chunk, a Parquet row group ...) and is
+one module with one :class:`StorageFormat` object, listed in ``streambatch.storage.FORMATS``:
+the CLI's choices, the manifest check, the converter's thread counts and the benchmarks all read
+that registry, so a new format is one module plus one subclass of the shared contract tests
+(``tests/test_storage_contract.py``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..manifest import Manifest
+from ..schema import Column
+
+__all__ = ["StorageFormat", "UnitReader", "UnitWriter", "WriteResult", "CODECS"]
+
+CODECS = ("none", "lz4", "zstd")
+
+WriteResult = tuple[list[str], dict[str, Any], list[int], list[int]]
+"""What a writer's ``finish`` returns: (files, layout, stored bytes per unit, checksum per unit)."""
+
+
+class UnitReader(Protocol):
+    """Reads shuffle units of one dataset.  Thread-safe: many threads may read at once."""
+
+    manifest: Manifest
+
+    def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
+        """Copy rows ``lo:hi`` (relative to the unit) of every column in ``out`` into it.
+
+        ``out[name]`` has shape ``(hi - lo, *column.shape)`` and the column's dtype.
+        Raises ``DataError`` naming the dataset, column, unit and file when stored bytes
+        are missing, truncated or (with ``verify``) fail their checksum.
+        """
+        ...
+
+    def verify_unit(self, unit: int) -> None:
+        """Re-read unit ``unit`` in full and check its checksums; raise ``DataError`` if bad."""
+        ...
+
+    def close(self) -> None:
+        """Release open files; idempotent."""
+        ...
+
+
+class UnitWriter(Protocol):
+    """Writes shuffle units in order into a dataset folder (the converter's temp folder).
+
+    A writer opened at ``first_unit`` (a file's first unit, a multiple of ``units_per_file``)
+    writes from there on; writers of different files may run in parallel in one folder, and the
+    format's ``combine`` joins their :meth:`finish` results in unit order.
+    """
+
+    def write_unit(self, data: dict[str, np.ndarray]) -> None:
+        """Append one unit: ``data[name]`` holds the same number of rows for every column."""
+        ...
+
+    def write_units(self, data: dict[str, np.ndarray]) -> None:
+        """Append consecutive whole units (``k * unit_rows`` rows; the dataset's last may be short)."""
+        ...
+
+    def finish(self) -> WriteResult:
+        """Close files; return (files, layout, stored bytes per unit, checksum per unit)."""
+        ...
+
+    def abort(self) -> None:
+        """Close files after a failure (the converter removes the folder)."""
+        ...
+
+
+class StorageFormat(ABC):
+    """One storage format: its name, codecs, sizing, reader, writer parts and layout check."""
+
+    name: str
+    codecs: tuple[str, ...] = CODECS
+
+    @abstractmethod
+    def default_threads(self, cores: int) -> int:
+        """Files ``convert`` writes at once by default on ``cores`` cores."""
+
+    @abstractmethod
+    def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
+        """Shuffle units in each file (a writer part writes one file)."""
+
+    @abstractmethod
+    def reader(self, manifest: Manifest, verify: bool, remote: Any) -> UnitReader:
+        """A reader of ``manifest``'s units (``remote``: the ``RemoteFiles`` of a dataset at a URL)."""
+
+    @abstractmethod
+    def writer(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int,
+               codec: str, first_unit: int) -> UnitWriter:
+        """A writer of the part of the dataset that starts at unit ``first_unit``."""
+
+    @abstractmethod
+    def combine(self, parts: list[WriteResult]) -> WriteResult:
+        """The ``finish`` results of writers of consecutive parts, as one writer's of the whole."""
+
+    @abstractmethod
+    def validate_layout(self, layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
+                        where: str, *, codec: str, unit_rows: np.ndarray | None) -> dict[str, Any]:
+        """The manifest's layout checked, with int64 arrays; ``ManifestError`` naming what is wrong."""
+
+    @abstractmethod
+    def check_files(self, checker: Any) -> str:
+        """Check every byte of the format's files that the manifest's unit checksums do not cover
+        (``streambatch verify``; ``checker`` reads files and names them in errors); return what
+        was checked, in words.  Raises ``DataError`` naming the file."""

@@ -1,0 +1,110 @@
+"""The package's shape: imports run one way (no cycles, at module level or inside functions, and
+no layer imports a layer above it), and modules and functions stay small enough to read."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "streambatch"
+
+# Lower layers never import higher ones (docs/ARCHITECTURE.md).  A module not listed here fails
+# the test: place every new module in a layer.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors", "_version", "_sizes", "_progress", "plan", "quality"),
+    ("_fields", "schema"),
+    ("io", "io.checksum", "io.files", "io.remote"),
+    ("stats", "_feature_stats", "manifest"),
+    ("storage",),  # the package and every module in it
+    ("_mapped", "sources", "_target", "_transfer", "convert", "_state", "_prefetch"),
+    ("dataset",),
+    ("cli_run", "cli", ""),  # "" is the package's __init__: the public API
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every package module ``name`` imports, at module level or inside functions."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                mod = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and (node.module == "streambatch" or node.module.startswith("streambatch.")):
+                mod = node.module.removeprefix("streambatch").lstrip(".")
+            else:
+                continue
+            found |= {m for m in [mod, *(f"{mod}.{a.name}".lstrip(".") for a in node.names)] if m in known}
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("streambatch"):
+                    found.add(a.name.removeprefix("streambatch").lstrip("."))
+    found.discard(name)
+    return found & known
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    return {name: _imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def _layer(name: str) -> int:
+    for i, layer in enumerate(LAYERS):
+        if name in layer or any(name.startswith(f"{m}.") for m in layer if m):
+            return i
+    raise AssertionError(f"streambatch.{name} is in no layer of tests/test_architecture.py")
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    cycle = _cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(f"streambatch.{m}".rstrip(".") for m in cycle)
+
+
+def test_no_layer_imports_a_layer_above_it() -> None:
+    wrong = [f"streambatch.{a} (layer {_layer(a)}) imports streambatch.{b} (layer {_layer(b)})"
+             for a, deps in sorted(_graph().items()) for b in sorted(deps) if _layer(b) > _layer(a)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_checks_see_cycles_and_function_level_imports(tmp_path: Path) -> None:
+    """The graph builder itself: a function-level import back is a cycle."""
+    (tmp_path / "a.py").write_text("from . import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from .a import x\n")
+    graph = {n: _imports(n, tmp_path / f"{n}.py", {"a", "b"}) for n in ("a", "b")}
+    assert _cycle(graph) == ["a", "b", "a"]
+    with pytest.raises(AssertionError, match="in no layer"):
+        _layer("nowhere")
