@@ -176,6 +176,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def _parser() -> argparse.ArgumentParser:
     from .convert import DEFAULT_CODEC
     from .sources import SOURCE_FORMATS
+    from .storage import CODECS, FORMATS
 
     p = argparse.ArgumentParser(prog="streambatch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="example: streambatch convert data/ train.zarr --label y --shuffle 0")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--format", choices=["zarr", "parquet"], default="zarr")
+    c.add_argument("--format", choices=list(FORMATS), default="zarr")
     c.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS, default=None,
                    help="input format (default: from the path)")
     c.add_argument("--columns", nargs="+", default=None,
@@ -194,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--unit-rows", type=int, default=None, help="rows per shuffle unit")
     g.add_argument("--unit-bytes", type=_size("--unit-bytes"), default=None, help="bytes per shuffle unit (256KiB)")
     c.add_argument("--shard-bytes", type=_size("--shard-bytes"), default="128MiB", help="bytes per file (128MiB)")
-    c.add_argument("--codec", choices=["none", "lz4", "zstd"], default=DEFAULT_CODEC)
+    c.add_argument("--codec", choices=list(CODECS), default=DEFAULT_CODEC)
     c.add_argument("--shuffle", type=int, default=None, metavar="SEED", help="write rows in a random order")
     c.add_argument("--memory", type=_size("--memory"), default="1GiB", help="memory budget (1GiB)")
     c.add_argument("--fill", action="append", metavar="COL=VALUE",

@@ -36,7 +36,7 @@ from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Manifest, compute_fingerp
 from .schema import Column
 from .sources import Source, open_source
 from .stats import BYTES_PER_FEATURE, ColumnStats, LabelStats, shift_of
-from .storage import CODECS, FORMATS, STORAGES, combine, open_writer, units_per_file
+from .storage import FORMATS, combine, open_writer, storage_format, units_per_file
 
 __all__ = ["convert", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC", "DEFAULT_MEMORY"]
 
@@ -49,7 +49,6 @@ _PARALLEL_PIECE_BYTES = 1024 * 1024
 _SMALL_BUFFERS = 16 * 1024 * 1024
 """Buffers up to this size are part of the converter's fixed overhead: a smaller ``--memory``
 still runs (a tiny budget makes tiny pieces), refused only where rows or units need more."""
-_MAX_THREADS = 8
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.sbtmp-(?P<pid>\d+)-[0-9a-f]+$")
 
 
@@ -549,10 +548,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
                 progress=progress, threads=threads, fill=fill, drop_nulls=drop_nulls, delimiter=delimiter)
     if is_url(src) or (is_url(dst) and not dry_run):
         return _convert_remote(src, dst, format, overwrite, opts)
-    if format not in STORAGES:
-        raise ValueError(f"unknown output format {format!r}; choose one of {', '.join(STORAGES)}")
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    if codec not in storage_format(format).codecs:  # ValueError for an unknown format too
+        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(storage_format(format).codecs)}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     memory_b = parse_size(memory, "memory")
@@ -589,10 +586,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     with _writing(target):
         tmp.mkdir()
     try:
-        # Parquet by default on one thread: its page writer is Python and holds the GIL, and two
-        # writing threads ran npy -> Parquet 12% slower than one writer beside the reading thread.
         label_col = by_name[label] if label is not None else None
-        threads = threads or (min(_MAX_THREADS, _cores()) if format == "zarr" else 1)
+        threads = threads or FORMATS[format].default_threads(_cores())  # each format's own default
         # Each thread holds a piece (sized below), a unit or two being staged and encoded, its
         # statistics' stage (an eighth of a piece) and the statistics of up to two parts (see
         # _Parts): fewer threads where big units or wide rows would not fit.

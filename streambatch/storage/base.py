@@ -79,6 +79,9 @@ class StorageFormat(ABC):
 
     name: str
     codecs: tuple[str, ...] = CODECS
+    reader_class: Any  # Reader(manifest, verify=, remote=): a UnitReader
+    writer_class: Any  # Writer(folder, columns, rows, unit_rows, shard_bytes, codec, first_unit): a UnitWriter
+    # with a static ``combine(parts)``
 
     @abstractmethod
     def default_threads(self, cores: int) -> int:
@@ -88,18 +91,19 @@ class StorageFormat(ABC):
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
         """Shuffle units in each file (a writer part writes one file)."""
 
-    @abstractmethod
     def reader(self, manifest: Manifest, verify: bool, remote: Any) -> UnitReader:
         """A reader of ``manifest``'s units (``remote``: the ``RemoteFiles`` of a dataset at a URL)."""
+        return self.reader_class(manifest, verify=verify, remote=remote)  # type: ignore[no-any-return]
 
-    @abstractmethod
     def writer(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int,
                codec: str, first_unit: int) -> UnitWriter:
         """A writer of the part of the dataset that starts at unit ``first_unit``."""
+        return self.writer_class(folder, columns, rows, unit_rows, shard_bytes, codec,  # type: ignore[no-any-return]
+                                 first_unit)
 
-    @abstractmethod
     def combine(self, parts: list[WriteResult]) -> WriteResult:
         """The ``finish`` results of writers of consecutive parts, as one writer's of the whole."""
+        return self.writer_class.combine(parts)  # type: ignore[no-any-return]
 
     @abstractmethod
     def validate_layout(self, layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],

@@ -609,6 +609,8 @@ class ParquetFormat(StorageFormat):
     """Parquet files of one row group per unit, a new file every ``shard_bytes`` of decoded rows."""
 
     name = "parquet"
+    reader_class = Reader
+    writer_class = Writer
 
     def default_threads(self, cores: int) -> int:
         # One writing thread: the page writer is Python and holds the GIL, and two writing threads
@@ -617,16 +619,6 @@ class ParquetFormat(StorageFormat):
 
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
         return units_per_file(columns, rows, unit_rows, shard_bytes)
-
-    def reader(self, manifest: Manifest, verify: bool, remote: Any) -> Reader:
-        return Reader(manifest, verify=verify, remote=remote)
-
-    def writer(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int,
-               codec: str, first_unit: int) -> Writer:
-        return Writer(folder, columns, rows, unit_rows, shard_bytes, codec, first_unit)
-
-    def combine(self, parts: list[WriteResult]) -> WriteResult:
-        return Writer.combine(parts)
 
     def validate_layout(self, layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
                         where: str, *, codec: str, unit_rows: np.ndarray | None) -> dict[str, Any]:

@@ -408,22 +408,14 @@ class ZarrFormat(StorageFormat):
     """Sharded Zarr v3: an inner chunk per unit, a shard file per column every ``shard_bytes``."""
 
     name = "zarr"
+    reader_class = Reader
+    writer_class = Writer
 
     def default_threads(self, cores: int) -> int:
         return min(8, cores)  # a shard per thread: reads, statistics and writes on every core
 
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
         return units_per_shard(columns, rows, unit_rows, shard_bytes)
-
-    def reader(self, manifest: Manifest, verify: bool, remote: Any) -> Reader:
-        return Reader(manifest, verify=verify, remote=remote)
-
-    def writer(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int,
-               codec: str, first_unit: int) -> Writer:
-        return Writer(folder, columns, rows, unit_rows, shard_bytes, codec, first_unit)
-
-    def combine(self, parts: list[WriteResult]) -> WriteResult:
-        return Writer.combine(parts)
 
     def validate_layout(self, layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
                         where: str, *, codec: str, unit_rows: np.ndarray | None) -> dict[str, Any]:
