@@ -13,6 +13,7 @@ import torch
 
 import streambatch
 from streambatch import DataError
+from streambatch.storage import FORMATS
 
 from conftest import flip_byte, write_sorted_npy
 
@@ -27,7 +28,7 @@ def local(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("remote")
     src = write_sorted_npy(root / "src", ROWS)
     out = {"src": src}
-    for fmt in ("zarr", "parquet"):
+    for fmt in FORMATS:
         out[fmt] = streambatch.convert(src, root / "served" / f"d.{fmt}", format=fmt, unit_rows=101,
                                        codec="lz4" if fmt == "zarr" else "none").root
     return out
@@ -78,7 +79,7 @@ def same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> 
                                     for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt):
     url = f"{http.url}/d.{fmt}"
     assert same(batches(url, retries=2, backoff=0.01), batches(local[fmt]))
@@ -86,16 +87,16 @@ def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt)
     assert m.rows == ROWS and str(m.root) == url
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_verify_over_http_checks_every_file(local, http, fmt, capsys):
     from streambatch.cli import main
 
     url = f"{http.url}/d.{fmt}"
     assert main(["verify", url]) == 0
     assert "OK" in capsys.readouterr().out
-    rel = "x/zarr.json" if fmt == "zarr" else "part-00000.parquet"
+    rel = "x/zarr.json" if fmt == "zarr" else f"part-00000.{fmt}"
     path = local[fmt] / rel
-    flip_byte(path, path.stat().st_size - 12)  # zarr.json: its metadata; Parquet: its footer
+    flip_byte(path, path.stat().st_size - 12)  # zarr.json: its metadata; Parquet, Arrow: its footer
     try:
         assert main(["verify", url]) == 1
     finally:
