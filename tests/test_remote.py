@@ -104,6 +104,33 @@ def test_verify_over_http_checks_every_file(local, http, fmt, capsys):
     assert f"file {rel}: " in capsys.readouterr().err
 
 
+def test_verify_over_http_parses_the_footer_of_a_parquet_dataset_from_before_footer_checksums(local, tmp_path,
+                                                                                             capsys):
+    """Datasets written before footer checksums: verify parses each footer through ranged requests."""
+    import json
+    import shutil
+
+    from streambatch.cli import main
+    from streambatch.manifest import MANIFEST_NAME
+
+    served = tmp_path / "served"
+    ds = shutil.copytree(local["parquet"], served / "old.parquet")
+    doc = json.loads((ds / MANIFEST_NAME).read_text())
+    for key in ("footer_size", "footer_crc32c"):
+        doc["layout"].pop(key)
+    doc.pop("checksum")  # nor had manifests a checksum of their own then
+    (ds / MANIFEST_NAME).write_text(json.dumps(doc))
+    srv = RangeServer(served)
+    t = threading.Thread(target=srv.serve_forever, name="test-http-old", daemon=True)
+    t.start()
+    try:
+        assert main(["verify", f"{srv.url}/old.parquet"]) == 0
+        assert "parsed and compared with the manifest" in capsys.readouterr().out
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_dropped_connections_are_retried(local, http):
     http.drop_next = 5
     got = batches(f"{http.url}/d.zarr", retries=8, backoff=0.01)
