@@ -164,6 +164,17 @@ def _wait_ready(proc: Any, cfg: dict[str, Any], timeout: float = 120.0) -> None:
         time.sleep(0.002)
 
 
+def _wait_commits(proc: Any, log: Path, n: int, timeout: float = 120.0) -> None:
+    """Wait until the child has committed ``n`` more lines to ``log`` than now (or dies)."""
+    def lines() -> int:
+        return log.read_bytes().count(b"\n") if log.exists() else 0  # read only: the child may be writing
+
+    want = lines() + n
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.is_alive() and lines() < want:
+        time.sleep(0.002)
+
+
 def _status_lines(cfg: dict[str, Any]) -> list[str]:
     path = Path(cfg["status"])
     return path.read_text().splitlines() if path.exists() else []
@@ -188,11 +199,14 @@ def reference_orders(dataset: Path, epochs: int, batch_size: int, budget: int, s
 
 
 def run_soak(dataset: Path, workdir: Path, *, epochs: int, kills: int, batch_size: int = 64, budget: int = 256 * 1024,
-             sleep: float = 0.005, seed: int = 0, kill_window: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+             sleep: float = 0.005, seed: int = 0, kill_window: tuple[float, float] = (0.0, 1.0),
+             kill_commits: tuple[int, int] | None = None) -> dict[str, Any]:
     """Run the child, SIGKILL it ``kills`` times at random points, restart it; check every epoch.
 
     Each kill lands ``kill_window`` seconds (uniform) after the child has resumed, or, one time
-    in four, at a random point while it is still starting up.
+    in four, at a random point while it is still starting up.  With ``kill_commits=(a, b)``
+    the kills after resuming land instead once the child has committed a random number in
+    ``[a, b]`` of batches since, so where they land does not depend on the machine's speed.
 
     Returns ``kills``, ``restarts``, ``kills_mid_epoch`` (kills that landed after the first
     commit of an epoch and before its last), ``seconds`` and ``epochs``: for each epoch
@@ -217,9 +231,13 @@ def run_soak(dataset: Path, workdir: Path, *, epochs: int, kills: int, batch_siz
             if done_kills < kills:
                 if rng.random() < 0.25:  # now and then, kill it while it starts up
                     deadline = time.monotonic() + rng.uniform(0.0, 0.05)
-                else:  # mostly mid-epoch: a random time after it has resumed
+                elif kill_commits is None:  # mostly mid-epoch: a random time after it has resumed
                     _wait_ready(proc, cfg)
                     deadline = time.monotonic() + rng.uniform(*kill_window)
+                else:  # or after a random number of batches since it resumed
+                    _wait_ready(proc, cfg)
+                    _wait_commits(proc, log, rng.randint(*kill_commits))
+                    deadline = time.monotonic()
                 while time.monotonic() < deadline and proc.is_alive():
                     time.sleep(0.002)
                 if proc.is_alive():

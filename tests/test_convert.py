@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -166,17 +167,20 @@ def test_shuffle_memory_too_small(tmp_path: Path, sorted_npy: Path) -> None:
 
 
 def _slow_convert_script(src: Path, dst: Path, fmt: str) -> str:
-    """A conversion slowed to ~0.05 s per unit (about 2.5 s in all), so it can be killed mid-way."""
+    """A conversion that stops for good after its 25th unit (of 51): killed mid-way however slow
+    the machine is, with the test's 5 units of data on disk past the files' 8 KiB write buffers."""
     return textwrap.dedent(f"""
         import time
         import streambatch
         from streambatch.storage import {fmt}_store as store
 
         write_unit = store.Writer.write_unit
+        written = []
 
         def slow(self, data):
             write_unit(self, data)
-            time.sleep(0.05)
+            written.append(1)
+            time.sleep(0.01 if len(written) < 25 else 3600)
 
         store.Writer.write_unit = slow
         streambatch.convert({str(src)!r}, {str(dst)!r}, format={fmt!r}, unit_rows=100, progress=False)
@@ -489,11 +493,17 @@ def test_parallel_files_name_the_first_bad_row(tmp_path: Path, monkeypatch: pyte
     check = LabelStats.check
     order: list[int | None] = []
 
+    failed = threading.Event()
+
     def delayed(self: LabelStats, values: np.ndarray, where: str, first_row: int | None = None) -> None:
-        if first_row == 0:
-            time.sleep(0.3)
+        if first_row != 100:  # the file of rows 100..199 fails first; the others go on after that
+            failed.wait(60)
         order.append(first_row)
-        check(self, values, where, first_row)
+        try:
+            check(self, values, where, first_row)
+        finally:
+            if first_row == 100:
+                failed.set()
 
     monkeypatch.setattr(LabelStats, "check", delayed)
     runs = _parts_runs(monkeypatch)

@@ -115,7 +115,7 @@ def test_flipped_byte_is_named_by_the_loader_and_by_verify(damaged, name: str, c
     for s in want:
         assert s in str(ei.value), (s, str(ei.value))
     assert any(f"unit {unit}" in n for n in ei.value.__notes__)  # the loader adds where it was reading
-    assert not streambatch_threads() or time.sleep(0.5) is None  # threads stop (checked again by the fixture)
+    assert not streambatch_threads(), "the error reached the caller before every reader thread stopped"
 
     capsys.readouterr()
     assert cli_main(["verify", str(ds_path)]) == 1
@@ -345,27 +345,31 @@ def test_reader_raising_a_data_error_stops_the_epoch_with_it(built: dict[str, Pa
 
 
 def test_hanging_reader_times_out_naming_the_unit(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read of unit 11 hangs until the test releases it: the loader raises TimeoutError
+    naming it and shuts down while that read is still stuck (it does not wait for it).  The
+    timeout is 10 s, far above any healthy read of this dataset on a loaded machine."""
     original = zarr_store.Reader.read_into
     release = threading.Event()
+    returned = threading.Event()
 
     def hanging(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
         if unit == 11:
-            release.wait(30)
+            release.wait(120)
+            returned.set()
         original(self, unit, lo, hi, out)
 
     monkeypatch.setattr(zarr_store.Reader, "read_into", hanging)
-    ds = small(built["zarr-none"], shuffle=False, timeout=0.5)
+    ds = small(built["zarr-none"], shuffle=False, timeout=10)
     served = []
-    t0 = time.monotonic()
     try:
         with pytest.raises(TimeoutError) as ei:
             for b in ds:
                 served.append(b["_row"].numpy())
-        elapsed = time.monotonic() - t0
+        stuck_at_the_end = not returned.is_set()
     finally:
         release.set()
-    assert "unit 11" in str(ei.value) and str(built["zarr-none"]) in str(ei.value) and "0.5" in str(ei.value)
-    assert elapsed < 3.0, f"the timeout and the shutdown took {elapsed:.1f}s"
+    assert "unit 11" in str(ei.value) and str(built["zarr-none"]) in str(ei.value) and "10.0s" in str(ei.value)
+    assert stuck_at_the_end, "the loader waited for the stuck read instead of giving up on it"
     rows = np.concatenate(served) if served else np.empty(0, np.int64)
     assert np.array_equal(rows, np.arange(len(rows))) and len(rows) <= 11 * UNIT  # correct rows up to the stuck unit
 
@@ -416,70 +420,58 @@ def test_slow_and_jittery_reader_serves_the_same_epoch(built: dict[str, Path], m
 
 # --------------------------------------------------------------------------- SIGINT
 
-_SIGINT_EPOCH = SIGINT_HANDLER + textwrap.dedent("""
-    import os, sys, threading, time
-    import psutil, torch
-    import streambatch
-    path, workers = sys.argv[1], int(sys.argv[2])
-    ds = streambatch.StreamDataset(path, batch_size=16, memory_budget=200_000, threads=2,
-                                   transform=lambda b: (time.sleep(0.01), b)[1])
-    loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
-    try:
-        while True:
-            for b in loader:
-                print("batch", flush=True)
-    except KeyboardInterrupt:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 1.5:  # workers got the SIGINT too; exited ones are zombies until reaped
-            left = [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
-            kids = [k for k in psutil.Process().children(recursive=True) if k.status() != psutil.STATUS_ZOMBIE]
-            if not left and not kids:
-                break
-            time.sleep(0.02)
-        print("interrupted", left, len(kids), flush=True)
-        sys.exit(3 if left or kids else 0)
-""")
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigint_mid_epoch_exits_promptly_leaving_nothing(built: dict[str, Path], tmp_path: Path,
                                                          workers: int) -> None:
+    """Ctrl-C (SIGINT to the process group) mid-epoch: KeyboardInterrupt in the loop, then no
+    streambatch thread, no worker process and no temporary file is left, the dataset is as it
+    was, and no thread outlived its join (the loader logs "did not stop" for one).  "Promptly"
+    here means within 15 s; how long it takes is measured by benchmarks/bench_sigint.py."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     before = sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*"))
-    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _SIGINT_EPOCH, str(built["zarr-none"]), str(workers)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    assert proc.stdout is not None
-    try:
-        for _ in range(3):
-            line = proc.stdout.readline()
-            assert line.strip() == "batch", (line, proc.stderr.read() if proc.stderr else "")
-        t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group, workers included
-        line = proc.stdout.readline()
-        while line.strip() == "batch":
-            line = proc.stdout.readline()
-        stopped = time.monotonic() - t0  # every thread and worker process gone
-        out, err = proc.communicate(timeout=10)
-        out = line + out
-        elapsed = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    # Threads and workers stop within 2 s; the interpreter's own exit (unloading torch) may
-    # add a little on a loaded 2-core machine, so the whole exit gets a wider bound.
-    assert stopped < 2.0, f"stopping took {stopped:.2f}s"
-    assert elapsed < 4.0, f"exit took {elapsed:.2f}s"
-    assert proc.returncode == 0, (out, err)
-    assert "interrupted [] 0" in out
+    run = _bench("bench_sigint").run_sigint(built["zarr-none"], workers, tmpdir)
+    assert run["returncode"] == 0 and "interrupted [] 0" in run["out"], run
+    assert "did not stop" not in run["err"], run["err"]
+    assert run["stopped"] < 15.0, run
     assert list(tmpdir.iterdir()) == [], "no temporary files"
     assert sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*")) == before
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the threads' signal masks in /proc (Linux)")
+def test_reader_threads_leave_signals_to_the_main_thread(built: dict[str, Path]) -> None:
+    """The kernel hands a signal sent to the process to any thread that does not block it, and
+    Python handles it only in the main thread: a Ctrl-C taken by a reader thread left a
+    DataLoader worker asleep in its 5 s wait for the next index.  Every streambatch thread
+    blocks SIGINT, SIGTERM and SIGCHLD; the faults a thread raises itself stay with it."""
+
+    def blocked(native_id: int) -> int:
+        status = Path(f"/proc/self/task/{native_id}/status").read_text()
+        return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigBlk:")), 16)
+
+    def has(mask: int, sig: int) -> bool:
+        return bool(mask >> (sig - 1) & 1)
+
+    it = iter(small(built["zarr-none"], threads=3))
+    try:
+        next(it)
+        threads = streambatch_threads()
+        assert len(threads) == 3
+        deadline = time.monotonic() + 30  # each thread blocks them first thing; give a starved one time
+        while not all(has(blocked(t.native_id), signal.SIGINT) for t in threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for t in threads:
+            mask = blocked(t.native_id)  # type: ignore[arg-type]
+            assert all(has(mask, s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)), (t.name, hex(mask))
+            assert not any(has(mask, s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE)), (t.name, hex(mask))
+        assert not has(blocked(threading.main_thread().native_id), signal.SIGINT)  # type: ignore[arg-type]
+    finally:
+        it.close()  # type: ignore[attr-defined]
+
+
 def test_ctrl_c_right_after_a_python_lock_enter_leaves_no_thread_blocked(built: dict[str, Path],
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """CPython can deliver Ctrl-C inside ``Condition.__enter__`` (Python code) just after it took
     the lock, which then stays held by the interrupted thread.  The loader's consumer side must
     not take such locks: before, a pool thread then blocked on the leaked lock and ``close``
@@ -502,11 +494,12 @@ def test_ctrl_c_right_after_a_python_lock_enter_leaves_no_thread_blocked(built: 
     monkeypatch.setattr(threading.Condition, "__enter__", interrupted_enter)
     for _ in range(30):
         next(it)
-    t0 = time.monotonic()
     it.close()  # type: ignore[attr-defined]
     monkeypatch.undo()
-    assert fired == [] and time.monotonic() - t0 < 1.0, (fired, time.monotonic() - t0)
-    # the autouse fixture then checks that no streambatch thread is left
+    assert fired == []
+    # close() joined every pool thread: none was left blocked past its join (which logs "did not stop")
+    assert not streambatch_threads()
+    assert not [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
 
 
 @pytest.mark.parametrize("how", ["shuffle", "parallel"])
@@ -533,10 +526,8 @@ def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Pa
     try:
         for _ in range(5):
             assert proc.stdout.readline().strip() == "unit"
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
-        elapsed = time.monotonic() - t0
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -544,33 +535,33 @@ def test_sigint_mid_conversion_leaves_no_dataset_and_no_temp(built: dict[str, Pa
         proc.stdout.close()
         if proc.stderr is not None:
             proc.stderr.close()
-    assert proc.returncode == 130 and "interrupted" in err and elapsed < 2.0, (proc.returncode, err)
+    assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err)  # stopped mid-way, by the signal
     assert list((tmp_path / "out").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- soak: kills and restarts
 
 
-def _bench_faults() -> Any:
-    """benchmarks/bench_faults.py, imported by name (its soak children unpickle its functions)."""
+def _bench(name: str) -> Any:
+    """benchmarks/<name>.py, imported by name (bench_faults' soak children unpickle its functions)."""
+    import importlib
+
     folder = str(REPO / "benchmarks")
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    import bench_faults
-
-    return bench_faults
+    return importlib.import_module(name)
 
 
 @pytest.mark.slow
 def test_soak_kills_and_restarts_lose_and_repeat_nothing(tmp_path: Path) -> None:
     """A small soak: 3 epochs, up to 6 SIGKILLs at random points; the full one is benchmarks/bench_faults.py."""
-    bench = _bench_faults()
+    bench = _bench("bench_faults")
     ds = bench.make_soak_dataset(tmp_path / "soak", rows=2000)
+    # Kills after 1-45 batches since the child resumed (50 an epoch), not after a time: with a
+    # time, a loaded machine's slow child was killed before its first batch every time.
     result = bench.run_soak(ds, tmp_path / "run", epochs=3, kills=8, batch_size=40, sleep=0.01, seed=7,
-                            kill_window=(0.05, 0.6))
-    assert result["kills"] >= 4 and result["restarts"] == result["kills"], result  # fewer if it finished first
-    # At least one kill inside an epoch after batches were committed (how many depends on the
-    # machine's load: the kill times are random, the child's speed is not fixed).
+                            kill_commits=(1, 45))
+    assert result["kills"] >= 4 and result["restarts"] == result["kills"], result  # 3 kills end at batch 135 of 150
     assert result["kills_mid_epoch"] >= 1, result
     for e, check in enumerate(result["epochs"]):
         assert check == {"missing": 0, "duplicated": 0, "foreign": 0, "same_order": True}, (e, check)
@@ -578,7 +569,7 @@ def test_soak_kills_and_restarts_lose_and_repeat_nothing(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_rss_is_flat_over_20_epochs(tmp_path: Path) -> None:
-    bench = _bench_faults()
+    bench = _bench("bench_faults")
     ds = bench.make_soak_dataset(tmp_path / "rss", rows=20_000, width=64)
     result = bench.run_rss(ds, epochs=20, batch_size=256, budget=2 * 2**20)
     rss = result["rss"]
@@ -613,7 +604,7 @@ def test_no_batch_of_a_failed_window_is_served(built: dict[str, Path], damaged, 
 
 def test_soak_log_cuts_a_torn_last_line(tmp_path: Path) -> None:
     """The soak's commit protocol: a line killed mid-write is not a commit, and is cut off on restart."""
-    bench = _bench_faults()
+    bench = _bench("bench_faults")
     log = tmp_path / "soak.log"
     good = [json.dumps({"epoch": 0, "state": {"batches": i}, "ids": [i]}) for i in (1, 2)]
     log.write_text("\n".join(good) + "\n" + good[1][:17])

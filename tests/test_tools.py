@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -235,20 +236,36 @@ def test_consume() -> None:
         bc.consume([{"id": torch.arange(3)}])
 
 
+def _two_more_samples(mem: Any) -> None:
+    """Wait until the sampling thread has taken a whole sample from now on (60 s at most)."""
+    seen = mem.samples
+    deadline = time.monotonic() + 60
+    while mem.samples < seen + 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_peak_rss_sees_this_process_and_children() -> None:
     with bc.PeakRSS() as mem:
         block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page written
-        seen = mem.samples
-        deadline = time.monotonic() + 5
-        while mem.samples < seen + 2 and time.monotonic() < deadline:  # the thread samples
-            time.sleep(0.005)
+        _two_more_samples(mem)
         grown = mem.peak - mem.start
         del block
     assert grown >= 56 * 2**20, "background samples missed the allocation"
     assert not any(t.name == "PeakRSS" for t in threading.enumerate()), "thread not joined"
-    code = "import time; b = b'1' * (96 << 20); time.sleep(0.3)"
+    # the child holds 96 MiB until the thread has sampled it (its stdin closes)
+    code = "import sys; b = b'1' * (96 << 20); print('held', flush=True); sys.stdin.read()"
     with bc.PeakRSS() as mem:
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "held"
+            _two_more_samples(mem)
+            child.communicate("", timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert child.returncode == 0
     assert mem.peak - mem.start >= 80 * 2**20, "child process memory not counted"
     with pytest.raises(RuntimeError), bc.PeakRSS() as twice:
         twice.__enter__()
