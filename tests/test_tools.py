@@ -400,3 +400,71 @@ def test_bench_throughput_measures_every_registered_format_and_reduced_datasets(
     assert bt.rows_for("tab", False, 0.25) == bt.FULL_ROWS["tab"] // 4
     assert bt.budget_for("tab", False, 0.25) == bt.BUDGET // 4 and bt.budget_for("tab", False) == bt.BUDGET
     assert bt.data_root(tmp_path, False, 0.25) == tmp_path / "fraction-0.25" and bt.data_root(tmp_path, False) == tmp_path
+
+
+# --- benchmarks/bench_parquet_codec.py ------------------------------------------------------------
+def test_bench_parquet_codec_layouts_readers_and_decision(tmp_path: Path) -> None:
+    """The Parquet codec benchmark's alternative layout: pyarrow writes tensors as non-null
+    FixedSizeBinary with shape and dtype in the field metadata, readable by pyarrow alone, and
+    records where each unit's values start; every read path (own, pyarrow with each option,
+    in place at the recorded offsets, pyarrow's FixedSizeList files) gives back the source rows,
+    whole units and slices; an epoch through each reader serves every row once; the decision
+    follows the paired ratios."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import streambatch
+
+    pc = _load("_benchmarks_bench_parquet_codec", ROOT / "benchmarks" / "bench_parquet_codec.py")
+    npy = sys.modules["bench_throughput"].ensure_npy(tmp_path, "img", 200)
+    convert = pc.measure_convert(npy, tmp_path, "img", 1)
+    assert set(convert) == {"own", "flba", "fsl"} and convert["own"]["over_own"]["all"] == [1.0]
+    stores = {k: streambatch.load_manifest(pc.store_path(tmp_path, "img", k)) for k in pc.WRITERS}
+    x = pq.ParquetFile(stores["flba"].path_of(0)).schema_arrow.field("x")
+    assert x.type == pa.binary(3 * 64 * 64) and not x.nullable
+    assert json.loads(x.metadata[b"streambatch.shape"]) == [3, 64, 64] and x.metadata[b"streambatch.dtype"] == b"uint8"
+    column = pq.read_table(stores["flba"].path_of(0)).column("x").combine_chunks()
+    np.testing.assert_array_equal(np.frombuffer(column.buffers()[1], np.uint8).reshape(-1, 3, 64, 64),
+                                  np.load(npy / "x.npy")[:len(column)])
+    variants = pc.ceiling_variants(stores)
+    for name, (_, make) in variants.items():
+        if name != pc.FLOOR:
+            pc.check_reader(make, npy)
+    ceiling = pc.measure_ceiling(stores, 1)
+    assert set(variants) < set(ceiling) and all(c["us"] > 0 for c in ceiling.values())
+    epochs = pc.measure_epochs(tmp_path, "img", 64 << 20, stores["own"].row_nbytes, 200, 2,
+                               pc.epoch_readers("mmap", fsl=True))
+    assert list(epochs) == ["own", "pyarrow", "pyarrow+inplace", "pyarrow FSL"]
+    for name, e in epochs.items():
+        assert e["missing"] == 0 and e["duplicated"] == 0 and len(e["own_over_this_all"]) == 2, name
+    assert epochs["own"]["own_over_this_all"] == [1.0, 1.0]
+    fake = {k: {"own_over_this": r} for k, r in (("own", 1.0), ("pyarrow", 1.5), ("pyarrow FSL", 9.0),
+                                                   ("pyarrow+inplace", 1.1))}
+    assert pc.decide(fake) == {"best_pure": "pyarrow", "own_over_pure": 1.5, "best_alternative": "pyarrow+inplace",
+                               "own_over_best": 1.1, "keep": False}
+    assert pc.decide({**fake, "pyarrow+inplace": {"own_over_this": 1.3}})["keep"]
+    record = {"role": "codec", "dataset": "img", "rows": 200, "row_bytes": stores["own"].row_nbytes, "units": 10,
+              "unit_rows": 20.0, "budget_bytes": 64 << 20, "arrow_options": "mmap", "convert": convert,
+              "ceiling": ceiling, "epochs": epochs, "decision": pc.decide(epochs), "quick": True, "repeats": 2,
+              "command": "c"}
+    text = pc.render([record])
+    assert text.startswith("## Parquet codec decision") and "--quick smoke run" in text and "**Decision" in text
+
+
+def test_bench_parquet_codec_offsets_are_checked(tmp_path: Path) -> None:
+    """The FixedSizeBinary writer takes each unit's value offsets from pyarrow's footer on the
+    assumption of one PLAIN page per column chunk; pages split smaller fail the check against
+    the values' CRC-32C instead of recording offsets that point elsewhere."""
+    import streambatch
+
+    pc = _load("_benchmarks_bench_parquet_codec", ROOT / "benchmarks" / "bench_parquet_codec.py")
+    npy = sys.modules["bench_throughput"].ensure_npy(tmp_path, "tab", 3000)
+
+    class SmallPages(pc.alt.FlbaWriter):  # type: ignore[name-defined, misc]
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, **kw)
+            self._page_rows = 100  # pages of 100 rows: a unit's chunk holds several
+
+    with pc.alt.patched_writer(SmallPages), pytest.raises(RuntimeError, match="is not one PLAIN page"):
+        streambatch.convert(npy, tmp_path / "out", format="parquet", label="y", progress=False)
+    assert not (tmp_path / "out").exists()
