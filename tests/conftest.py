@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streambatch._prefetch import THREAD_PREFIX
+from streambatch.loader.pool import THREAD_PREFIX
 from streambatch.manifest import MANIFEST_NAME
 
 

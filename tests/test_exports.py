@@ -19,7 +19,9 @@ PUBLIC = {
 }
 MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.errors", "streambatch.manifest",
            "streambatch.plan", "streambatch.quality", "streambatch.io.remote", "streambatch.sources",
-           "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run"]
+           "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run",
+           "streambatch.loader.sizing", "streambatch.loader.state", "streambatch.loader.pool",
+           "streambatch.loader.windows", "streambatch.loader.batches", "streambatch.loader.prefetch"]
 
 
 def test_top_level_exports_are_pinned():
