@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ._sizes import parse_size
 from .errors import StateError
-from .io.remote import RemoteFiles, is_url
+from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.prefetch import Prefetcher
 from .loader.sizing import Sizing, describe
@@ -83,16 +83,14 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             benchmarks/bench_faults.py), so a damaged byte raises ``DataError`` naming the
             dataset, column, unit and file instead of reaching the model.
         timeout: seconds without progress before ``TimeoutError`` names the stuck unit.
-        storage_options: for a URL (``s3://``, ``gs://``, ``https://``): fsspec options
-            (endpoint, anonymous access); credentials come from the environment and config files.
-        cache_dir, cache_bytes: for a URL: keep the byte ranges read in this folder, at most
-            ``cache_bytes`` (least recently used evicted), so later epochs read locally.
-        retries, backoff: for a URL: attempts after a transient error, and the first delay.
+        remote: for a URL (``s3://``, ``gs://``, ``https://``): ``RemoteOptions`` (fsspec
+            options, a local disk cache, retries); the defaults when not given, unused for a local path.
 
     Raises:
         ManifestError: the dataset's manifest is missing or invalid.
         DataError: ``normalize`` needs a statistics file that is missing or damaged.
         ValueError: an unknown column or a budget too small for one batch window.
+        TypeError: ``remote`` is not a ``RemoteOptions``.
     """
 
     def __init__(self, path: str | os.PathLike[str], batch_size: int = 256, shuffle: bool = True, seed: int = 0,
@@ -100,17 +98,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  threads: int | None = None, transform: Callable[[Any], Any] | None = None,
                  rank: int | None = None, world_size: int | None = None,
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
-                 timeout: float | None = None, storage_options: dict[str, Any] | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int | str = "1GiB",
-                 retries: int = 5, backoff: float = 0.2) -> None:
+                 timeout: float | None = None, remote: RemoteOptions | None = None) -> None:
         super().__init__()
-        self._remote_options: dict[str, Any] | None = None
-        if is_url(path):
-            self._remote_options = dict(url=str(path), retries=retries, backoff=backoff, storage_options=storage_options,
-                                        cache_dir=cache_dir, cache_bytes=parse_size(cache_bytes, "cache_bytes"))
-            self.manifest: Manifest = load_manifest(path, remote=self._remote_files())
-        else:
-            self.manifest = load_manifest(path)
+        if remote is not None and not isinstance(remote, RemoteOptions):
+            raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
+        self.remote: RemoteOptions | None = (remote or RemoteOptions()) if is_url(path) else None
+        self._url = str(path)
+        self.manifest: Manifest = load_manifest(path, remote=self._remote_files())
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -148,13 +142,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     def _sizing(self) -> Sizing:
         return Sizing(self.memory_budget, self.batch_size, self.row_nbytes, self.manifest.rows, self.world_size,
-                      self.drop_last, self.threads, self._remote_options is not None, self.manifest.root)
+                      self.drop_last, self.threads, self.remote is not None, self.manifest.root)
 
     def _remote_files(self) -> RemoteFiles | None:
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""
-        if self._remote_options is None:
-            return None
-        return RemoteFiles(**self._remote_options)
+        return None if self.remote is None else self.remote.open(self._url)
 
     # ------------------------------------------------------------------ planning
     def set_epoch(self, epoch: int) -> None:

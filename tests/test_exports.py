@@ -13,9 +13,9 @@ import streambatch
 from conftest import write_sorted_npy
 
 PUBLIC = {
-    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "StreambatchError",
-                    "InputError", "ManifestError", "DataError", "StateError", "TargetExistsError", "WriteError",
-                    "__version__"},
+    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "RemoteOptions",
+                    "StreambatchError", "InputError", "ManifestError", "DataError", "StateError", "TargetExistsError",
+                    "WriteError", "__version__"},
 }
 MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.errors", "streambatch.manifest",
            "streambatch.plan", "streambatch.quality", "streambatch.io.remote", "streambatch.sources",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import streambatch
-from streambatch import DataError
+from streambatch import DataError, RemoteOptions
 
 from conftest import flip_byte, write_sorted_npy
 
@@ -81,7 +81,7 @@ def same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> 
 @pytest.mark.parametrize("fmt", ["zarr", "parquet"])
 def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt):
     url = f"{http.url}/d.{fmt}"
-    assert same(batches(url, retries=2, backoff=0.01), batches(local[fmt]))
+    assert same(batches(url, remote=RemoteOptions(retries=2, backoff=0.01)), batches(local[fmt]))
     m = streambatch.load_manifest(url)
     assert m.rows == ROWS and str(m.root) == url
 
@@ -105,7 +105,7 @@ def test_verify_over_http_checks_every_file(local, http, fmt, capsys):
 
 def test_dropped_connections_are_retried(local, http):
     http.drop_next = 5
-    got = batches(f"{http.url}/d.zarr", retries=8, backoff=0.01)
+    got = batches(f"{http.url}/d.zarr", remote=RemoteOptions(retries=8, backoff=0.01))
     assert http.drop_next == 0
     assert same(got, batches(local["zarr"]))
 
@@ -113,12 +113,12 @@ def test_dropped_connections_are_retried(local, http):
 def test_a_server_that_stays_down_gives_a_clear_error(local):
     url = f"http://127.0.0.1:{free_port()}/d.zarr"
     with pytest.raises(streambatch.StreambatchError, match="127.0.0.1"):
-        batches(url, retries=2, backoff=0.01)
+        batches(url, remote=RemoteOptions(retries=2, backoff=0.01))
 
 
 def test_a_server_that_dies_mid_epoch_gives_a_data_error_naming_the_unit(local, http):
-    ds = streambatch.StreamDataset(f"{http.url}/d.zarr", batch_size=64, memory_budget=60_000, retries=2,
-                                   backoff=0.001)
+    ds = streambatch.StreamDataset(f"{http.url}/d.zarr", batch_size=64, memory_budget=60_000,
+                                   remote=RemoteOptions(retries=2, backoff=0.001))
     http.drop_next = 10_000  # from now on every request breaks off half-way
     try:
         with pytest.raises(DataError, match=r"failed after 3 attempts") as info:
@@ -128,16 +128,32 @@ def test_a_server_that_dies_mid_epoch_gives_a_data_error_naming_the_unit(local, 
         http.drop_next = 0
 
 
+def test_remote_options_are_one_checked_frozen_object(local, http):
+    import dataclasses
+
+    opts = RemoteOptions(storage_options={"headers": {}}, cache_bytes="2MiB", retries=0)
+    assert opts.cache_bytes == 2 << 20 and hash(opts) == hash(RemoteOptions(cache_bytes=2 << 20, retries=0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.retries = 3  # type: ignore[misc]
+    for bad in (dict(retries=-1), dict(retries=1.5), dict(backoff=-0.1), dict(cache_bytes="lots")):
+        with pytest.raises(ValueError):
+            RemoteOptions(**bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RemoteOptions"):
+        streambatch.StreamDataset(f"{http.url}/d.zarr", remote={"retries": 2})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="retries"):
+        streambatch.StreamDataset(f"{http.url}/d.zarr", retries=2)  # type: ignore[call-arg]
+
+
 def test_disk_cache_is_bounded_and_serves_the_next_epoch(local, http, tmp_path):
     cache = tmp_path / "cache"
     url = f"{http.url}/d.zarr"
-    first = batches(url, cache_dir=cache, cache_bytes=1 << 30)
+    first = batches(url, remote=RemoteOptions(cache_dir=cache, cache_bytes=1 << 30))
     gets = http.gets
-    again = batches(url, cache_dir=cache, cache_bytes=1 << 30)
+    again = batches(url, remote=RemoteOptions(cache_dir=cache, cache_bytes="1GiB"))
     assert same(first, again)
     assert http.gets == gets + 1  # only the manifest was fetched again: every range came from the cache
     small = tmp_path / "small"
-    batches(url, cache_dir=small, cache_bytes=20_000)
+    batches(url, remote=RemoteOptions(cache_dir=small, cache_bytes=20_000))
     assert sum(p.stat().st_size for p in small.glob("*.bin")) <= 20_000
 
 

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._sizes import parse_size
 from ..errors import DataError, ManifestError
 
-__all__ = ["is_url", "RemoteRoot", "RemoteFiles", "RangeFile", "fs_of"]
+__all__ = ["is_url", "RemoteRoot", "RemoteOptions", "RemoteFiles", "RangeFile", "fs_of"]
 
 
 def is_url(path: Any) -> bool:
@@ -74,6 +77,44 @@ def fs_of(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
     except (ImportError, ValueError) as e:
         raise ManifestError(f"{url}: cannot open this URL ({e}); for s3:// install s3fs, for gs:// gcsfs, "
                             "for http(s):// aiohttp") from None
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How a dataset at a URL is read (``StreamDataset(url, remote=RemoteOptions(...))``).
+
+    Args:
+        storage_options: fsspec options (endpoint, anonymous access, ...); credentials come
+            from the environment and config files.
+        cache_dir: keep the byte ranges read in this folder, so later epochs read locally;
+            ``None`` for no cache.
+        cache_bytes: the cache's size bound (``"1GiB"``, an int); least recently used ranges are evicted.
+        retries: attempts after the first for a transient failure.
+        backoff: seconds before the first retry; doubled each time (with jitter).
+
+    Raises:
+        ValueError: ``retries`` or ``backoff`` is negative, or ``cache_bytes`` is not a size.
+    """
+
+    storage_options: dict[str, Any] | None = field(default=None, hash=False)
+    cache_dir: str | os.PathLike[str] | None = None
+    cache_bytes: int | str = "1GiB"
+    retries: int = 5
+    backoff: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.storage_options is not None:
+            object.__setattr__(self, "storage_options", dict(self.storage_options))
+        object.__setattr__(self, "cache_bytes", parse_size(self.cache_bytes, "cache_bytes"))
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
+        if not isinstance(self.backoff, (int, float)) or not math.isfinite(self.backoff) or self.backoff < 0:
+            raise ValueError(f"backoff must be a number of seconds >= 0, got {self.backoff!r}")
+
+    def open(self, url: str) -> RemoteFiles:
+        """The ``RemoteFiles`` of the dataset at ``url`` read with these options."""
+        return RemoteFiles(url, retries=self.retries, backoff=self.backoff, cache_dir=self.cache_dir,
+                           cache_bytes=int(self.cache_bytes), storage_options=self.storage_options)
 
 
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
