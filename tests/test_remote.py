@@ -13,6 +13,7 @@ import torch
 
 import streambatch
 from streambatch import DataError, RemoteOptions
+from streambatch.manifest import MANIFEST_NAME
 
 from conftest import flip_byte, write_sorted_npy
 
@@ -126,6 +127,63 @@ def test_a_server_that_dies_mid_epoch_gives_a_data_error_naming_the_unit(local, 
         assert any("unit" in n for n in info.value.__notes__)
     finally:
         http.drop_next = 0
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_busy_server_is_retried_until_it_answers(local, http, status):
+    """Busy answers are transient: each is retried, the read then succeeds; too many give a DataError."""
+    want = (local["zarr"] / MANIFEST_NAME).read_bytes()[10:110]
+    files = RemoteOptions(retries=5, backoff=0.001).open(f"{http.url}/d.zarr")
+    gets = http.gets
+    http.fail_status, http.fail_next = status, 3
+    try:
+        assert files.read(MANIFEST_NAME, 10, 100) == want
+        assert (files.retried, http.gets - gets, http.fail_next) == (3, 4, 0)
+        http.fail_next = 4  # during an epoch: the same batches
+        assert same(batches(f"{http.url}/d.zarr", remote=RemoteOptions(retries=8, backoff=0.001)),
+                    batches(local["zarr"]))
+        assert http.fail_next == 0
+        http.fail_next = 3
+        with pytest.raises(DataError, match=rf"{MANIFEST_NAME} .*failed after 3 attempts.*{status}"):
+            RemoteOptions(retries=2, backoff=0.001).open(f"{http.url}/d.zarr").read(MANIFEST_NAME, 0, 100)
+    finally:
+        http.fail_status, http.fail_next = 503, 0
+
+
+@pytest.mark.parametrize("status", [404, 403, 400])
+def test_a_permanent_failure_is_not_retried(local, http, status):
+    """A missing object, no permission, a bad request: a DataError naming the object after one request."""
+    files = RemoteOptions(retries=5, backoff=0.001).open(f"{http.url}/d.zarr")
+    rel = "x/c/no-such-chunk" if status == 404 else MANIFEST_NAME
+    gets = http.gets
+    http.fail_status, http.fail_next = status, (0 if status == 404 else 1)
+    try:
+        with pytest.raises(DataError, match=rf"d\.zarr/{rel}") as info:
+            files.read(rel, 0, 100)
+    finally:
+        http.fail_status, http.fail_next = 503, 0
+    assert "attempts" not in str(info.value)
+    assert (files.requests, files.retried, http.gets - gets) == (1, 0, 1)
+
+
+def test_a_missing_object_in_a_bucket_is_not_retried(local, s3):
+    files = RemoteOptions(retries=5, backoff=0.001).open(f"{s3}/no-such-dataset")
+    with pytest.raises(DataError, match="no-such-dataset/_streambatch.json: FileNotFoundError"):
+        files.cat(MANIFEST_NAME)
+    assert (files.requests, files.retried) == (1, 0)
+
+
+def test_a_programming_error_is_raised_at_once_with_its_type(local, http):
+    """A bad fsspec option is a TypeError on every attempt: raised at once, never retried or renamed."""
+    bad = RemoteOptions(storage_options={"client_kwargs": {"no_such_option": 1}}, retries=5, backoff=0.001)
+    files = bad.open(f"{http.url}/d.zarr")
+    gets = http.gets
+    with pytest.raises(TypeError, match="no_such_option") as info:
+        files.read(MANIFEST_NAME, 0, 100)
+    assert any(MANIFEST_NAME in n for n in info.value.__notes__)
+    assert (files.requests, files.retried, http.gets) == (1, 0, gets)
+    with pytest.raises(TypeError, match="no_such_option"):
+        streambatch.StreamDataset(f"{http.url}/d.zarr", remote=bad)
 
 
 def test_remote_options_are_one_checked_frozen_object(local, http):
