@@ -376,6 +376,14 @@ def check_complete(ids: NDArray[np.integer], n: int) -> dict[str, int]:
     }
 
 
+def layouts() -> list[tuple[str, str]]:
+    """The (format, codec) pairs the benchmarks measure: every format of
+    ``streambatch.storage.FORMATS`` uncompressed, and the default format with ``lz4`` too."""
+    from streambatch.storage import DEFAULT_FORMAT, FORMATS
+
+    return [(fmt, codec) for fmt in FORMATS for codec in ("none", *(("lz4",) if fmt == DEFAULT_FORMAT else ()))]
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)

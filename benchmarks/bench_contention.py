@@ -51,7 +51,7 @@ import _common  # noqa: E402
 import bench_throughput as bt  # noqa: E402  (dataset helpers and baselines shared with it)
 
 NAME = "contention"
-LAYOUTS = [("zarr", "none"), ("parquet", "none")]
+LAYOUTS = [(fmt, codec) for fmt, codec in _common.layouts() if codec == "none"]  # every format, uncompressed
 POLICIES = ("default", "passive")
 
 

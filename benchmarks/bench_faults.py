@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if not src.exists():
         make_dataset("tab", src, rows=rows)
     budget = 16 * 2**20 if args.quick else 256 * 2**20
-    for fmt, codec in (("zarr", "none"), ("zarr", "lz4"), ("parquet", "none")):
+    for fmt, codec in _common.layouts():
         dst = data / f"tab-{fmt}-{codec}"
         if not (dst / "_streambatch.json").exists():
             streambatch.convert(src, dst, format=fmt, codec=codec, label="y", overwrite=True, progress=False)

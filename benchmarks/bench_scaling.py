@@ -42,6 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 import bench_throughput as bt  # noqa: E402  (dataset helpers shared with the throughput benchmark)
+from streambatch.storage import FORMATS  # noqa: E402
 
 NAME = "scaling"
 KIND = "tab"
@@ -56,8 +57,8 @@ def stores_list(text: str) -> list[tuple[str, str, str]]:
     out = []
     for item in filter(None, (t.strip() for t in text.split(","))):
         parts = item.split(":")
-        if (len(parts) != 3 or parts[0] not in ("tab", "img") or parts[1] not in ("zarr", "parquet")
-                or parts[2] not in ("none", "lz4", "zstd")):
+        if (len(parts) != 3 or parts[0] not in ("tab", "img") or parts[1] not in FORMATS
+                or parts[2] not in FORMATS[parts[1]].codecs):
             raise argparse.ArgumentTypeError(f"{item!r}: expected DATASET:FORMAT:CODEC, e.g. tab:zarr:none")
         out.append((parts[0], parts[1], parts[2]))
     return out

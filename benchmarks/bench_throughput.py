@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Throughput benchmark: how close to the limits does streambatch get, at good shuffle quality?
 
-For the label-sorted datasets ``tab`` and ``img`` (see ``shared/BENCHMARKS.md``) stored as Zarr
-(codec ``none``; ``lz4`` too for tab) and as Parquet, with a warm page cache (every file read
+For the label-sorted datasets ``tab`` and ``img`` (see ``shared/BENCHMARKS.md``) stored in every
+format of ``streambatch.storage.FORMATS`` (codec ``none``; for tab the default format with ``lz4``
+too), with a warm page cache (every file read
 once before it is measured), a 256 MiB memory budget, batch 256 and default settings otherwise,
 this script measures in one run:
 
@@ -24,11 +25,13 @@ deff, KL / ideal, fraction of batches missing a class, Spearman) next to ``predi
 
 Usage::
 
-    python benchmarks/bench_throughput.py [--data DIR] [--quick] [--repeats N] [--datasets tab,img]
+    python benchmarks/bench_throughput.py [--data DIR] [--quick | --fraction F] [--repeats N] [--datasets tab,img]
 
 Datasets are generated (``tools/make_datasets.py``) and converted (``streambatch.convert``) only
 when missing, under ``DIR`` (default ``data/`` in the repository root; ``DIR/quick/loaders/`` for
-``--quick``, which uses tiny row counts and a budget scaled down with them). The helpers here
+``--quick``, which uses tiny row counts and a budget scaled down with them; ``DIR/fraction-F/`` for
+``--fraction F``, the datasets at a fraction ``F`` of their rows and the budget scaled alike, for a
+machine too busy or too small for the full run). The helpers here
 (:func:`ensure_npy`, :func:`ensure_store`, :func:`budget_for`, :func:`run_epoch`, ...) are
 shared with ``bench_cold.py`` and ``bench_scaling.py``.
 """
@@ -73,14 +76,10 @@ DL_WORKERS = 2
 NAIVE_WORKERS = (0, 2)
 MIB = 2**20
 
-# (dataset, format, codec) in the order they are measured.
+# (dataset, format, codec) in the order they are measured: every registered format uncompressed,
+# and on tab the default format with lz4 too (_common.layouts).
 CONFIGS: list[tuple[str, str, str]] = [
-    ("tab", "zarr", "none"),
-    ("tab", "zarr", "lz4"),
-    ("tab", "parquet", "none"),
-    ("img", "zarr", "none"),
-    ("img", "parquet", "none"),
-]
+    (kind, fmt, codec) for kind in FULL_ROWS for fmt, codec in _common.layouts() if codec == "none" or kind == "tab"]
 
 # The issue's targets for the steady state, per dataset.
 TARGETS = {
@@ -102,20 +101,23 @@ def _make_dataset_fn() -> Any:
     return make_dataset
 
 
-def data_root(data: str | os.PathLike[str] | None, quick: bool) -> Path:
-    """The folder holding the datasets: ``DIR`` (default ``data/``), or ``DIR/quick/loaders``.
+def data_root(data: str | os.PathLike[str] | None, quick: bool, fraction: float = 1.0) -> Path:
+    """The folder holding the datasets: ``DIR`` (default ``data/``), ``DIR/quick/loaders`` or
+    ``DIR/fraction-F``.
 
     Full-size datasets use the shared names (``DIR/tab-npy``, ``DIR/tab.zarr``, ...); the tiny
-    ``--quick`` ones of the throughput, cold and scaling benchmarks get their own folder, so
-    that other benchmarks' quick datasets of other sizes are never replaced.
+    ``--quick`` ones of the throughput, cold and scaling benchmarks and the reduced ones of
+    ``--fraction`` get their own folders, so that datasets of other sizes are never replaced.
     """
     base = Path(data) if data is not None else ROOT / "data"
-    return base / "quick" / "loaders" if quick else base
+    if quick:
+        return base / "quick" / "loaders"
+    return base if fraction == 1.0 else base / f"fraction-{fraction:g}"
 
 
-def rows_for(kind: str, quick: bool) -> int:
-    """Rows of dataset ``kind`` at full size or for ``--quick``."""
-    return (QUICK_ROWS if quick else FULL_ROWS)[kind]
+def rows_for(kind: str, quick: bool, fraction: float = 1.0) -> int:
+    """Rows of dataset ``kind`` at full size, for ``--quick`` or at ``fraction`` of full size."""
+    return QUICK_ROWS[kind] if quick else int(FULL_ROWS[kind] * fraction)
 
 
 def ensure_npy(root: Path, kind: str, rows: int) -> Path:
@@ -159,11 +161,12 @@ def ensure_store(npy_dir: Path, dst: Path, fmt: str, codec: str, rows: int) -> P
     return dst
 
 
-def budget_for(kind: str, quick: bool) -> int:
-    """256 MiB at full size; for ``--quick`` scaled with the rows (at least 40 batches' bytes)."""
-    if not quick:
+def budget_for(kind: str, quick: bool, fraction: float = 1.0) -> int:
+    """256 MiB at full size; for ``--quick`` or ``fraction`` < 1 scaled with the rows (at least
+    40 batches' bytes)."""
+    if not quick and fraction == 1.0:
         return BUDGET
-    frac = QUICK_ROWS[kind] / FULL_ROWS[kind]
+    frac = rows_for(kind, quick, fraction) / FULL_ROWS[kind]
     row_bytes = 16 + (128 * 4 if kind == "tab" else 3 * 64 * 64)
     return max(int(BUDGET * frac), 40 * BATCH * row_bytes)
 
@@ -298,6 +301,7 @@ def base_record(args: argparse.Namespace, run_id: str, script: str) -> dict[str,
         "run_id": run_id,
         "command": shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
         "quick": bool(args.quick),
+        "fraction": getattr(args, "fraction", 1.0),
         "repeats": args.repeats,
     }
 
@@ -452,24 +456,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the throughput benchmark, append its records and regenerate RESULTS.md."""
     p = make_parser(__doc__ or "")
     p.add_argument("--datasets", default="tab,img", help="comma-separated subset of tab,img")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="rows (and budget) as a fraction of the full datasets, e.g. 0.25 on a busy machine")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if not 0 < args.fraction <= 1 or (args.quick and args.fraction != 1.0):
+        p.error("--fraction must lie in (0, 1], and not with --quick")
     kinds = [k.strip() for k in args.datasets.split(",") if k.strip()]
     bad = [k for k in kinds if k not in FULL_ROWS]
     if bad:
         p.error(f"unknown dataset(s) {bad}; choose from tab, img")
     run_id = new_run_id()
     common = base_record(args, run_id, "bench_throughput.py")
-    root = data_root(args.data, args.quick)
+    root = data_root(args.data, args.quick, args.fraction)
     naive_batches = NAIVE_BATCHES_QUICK if args.quick else NAIVE_BATCHES
     torch.manual_seed(0)
 
     for kind in kinds:
-        rows = rows_for(kind, args.quick)
+        rows = rows_for(kind, args.quick, args.fraction)
         npy = ensure_npy(root, kind, rows)
         configs = [(fmt, codec) for k, fmt, codec in CONFIGS if k == kind]
-        budget = budget_for(kind, args.quick)
+        budget = budget_for(kind, args.quick, args.fraction)
 
         log(f"{kind}: ram-limit (before)")
         ram_before = measure_ram_limit(npy, args.repeats, consumer=True)
@@ -591,12 +599,17 @@ def render(records: list[dict[str, Any]]) -> str:
         return "## Throughput\n\nEvery configuration failed:\n\n" + error_lines(failed) + "\n"
     first = rows[0]
     quick = " (**--quick smoke run: tiny datasets, not a measurement**)" if first.get("quick") else ""
+    if first.get("fraction", 1.0) != 1.0:
+        quick = (f" (**reduced run: {first['fraction']:g} of the full rows, the budget scaled alike**: a window"
+                 " holds the same share of the dataset but fewer units, so deff is higher than at full size)")
+    budgets = " / ".join(dict.fromkeys(f"{r['dataset']} {_mib(r['budget_bytes'])}" for r in rows))
     lines = [
-        "## Throughput: warm cache, 256 MiB budget",
+        "## Throughput: warm cache, 256 MiB budget" if first.get("fraction", 1.0) == 1.0
+        else "## Throughput: warm cache, reduced datasets",
         "",
         "How close does streambatch get to the in-RAM limit and how much faster than a naive "
         "memory-mapped loader is it, while serving a well-shuffled order of a label-sorted dataset "
-        f"(warm page cache, batch {first['batch_size']}, budget {_mib(first['budget_bytes'])} MiB, "
+        f"(warm page cache, batch {first['batch_size']}, budget {budgets} MiB, "
         f"medians of {first.get('repeats')} repeats){quick}?",
         "",
     ]

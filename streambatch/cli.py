@@ -174,18 +174,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .convert import DEFAULT_CODEC
+    from .convert import DEFAULT_CODEC, _cores
     from .sources import SOURCE_FORMATS
-    from .storage import CODECS, FORMATS
+    from .storage import CODECS, DEFAULT_FORMAT, FORMATS
 
     p = argparse.ArgumentParser(prog="streambatch", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="convert a dataset into chunked Zarr v3 or Parquet",
+    c = sub.add_parser("convert", help=f"convert a dataset into a chunked {' / '.join(FORMATS)} dataset",
                        epilog="example: streambatch convert data/ train.zarr --label y --shuffle 0")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--format", choices=list(FORMATS), default="zarr")
+    c.add_argument("--format", choices=list(FORMATS), default=DEFAULT_FORMAT)
     c.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS, default=None,
                    help="input format (default: from the path)")
     c.add_argument("--columns", nargs="+", default=None,
@@ -195,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--unit-rows", type=int, default=None, help="rows per shuffle unit")
     g.add_argument("--unit-bytes", type=_size("--unit-bytes"), default=None, help="bytes per shuffle unit (256KiB)")
     c.add_argument("--shard-bytes", type=_size("--shard-bytes"), default="128MiB", help="bytes per file (128MiB)")
-    c.add_argument("--codec", choices=list(CODECS), default=DEFAULT_CODEC)
+    c.add_argument("--codec", choices=list(CODECS), default=DEFAULT_CODEC,
+                   help="; ".join(f"{n}: {' or '.join(f.codecs)}" for n, f in FORMATS.items()))
     c.add_argument("--shuffle", type=int, default=None, metavar="SEED", help="write rows in a random order")
     c.add_argument("--memory", type=_size("--memory"), default="1GiB", help="memory budget (1GiB)")
     c.add_argument("--fill", action="append", metavar="COL=VALUE",
@@ -204,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave out rows with a null in a column without --fill; the count is printed")
     c.add_argument("--delimiter", default=None, help="CSV field separator (default ','; 'tab' or '\\t' for tabs)")
     c.add_argument("--threads", type=int, default=None,
-                   help="files written at once (default: Zarr one per core, at most 8; Parquet 1)")
+                   help="files written at once (default here: " + ", ".join(
+                       f"{n} {f.default_threads(_cores())}" for n, f in FORMATS.items()) + ")")
     c.add_argument("--overwrite", action="store_true",
                    help="replace DST if it is a streambatch dataset or an empty folder (never the input)")
     c.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")

@@ -119,44 +119,6 @@ def naive_rate(dataset: Any, batch_size: int, limit_s: float = 3.0, num_workers:
     return _timed(loader, len(dataset), "naive", False, limit_s=limit_s)
 
 
-class _ZarrRows:
-    """Rows of a streambatch Zarr dataset through the zarr-python API (the naive baseline)."""
-
-    def __init__(self, root: Path, names: list[str]) -> None:
-        import zarr
-
-        g = zarr.open_group(str(root), mode="r")
-        self.arrays = {n: g[n] for n in names}
-        self.n = next(iter(self.arrays.values())).shape[0]
-
-    def __len__(self) -> int:
-        return int(self.n)
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {k: np.asarray(a[i]) for k, a in self.arrays.items()}
-
-
-class _ParquetRows:
-    """Rows of a Parquet dataset via pyarrow, one row group read per row (the naive baseline)."""
-
-    def __init__(self, manifest: Any, names: list[str]) -> None:
-        self.m, self.names = manifest, names
-
-    def __len__(self) -> int:
-        return int(self.m.rows)
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        from .storage import open_reader
-
-        u = int(np.searchsorted(self.m.unit_start, i, side="right") - 1)
-        lo = i - int(self.m.unit_start[u])
-        out = {c.name: np.empty((1, *c.shape), c.np_dtype) for c in self.m.columns if c.name in self.names}
-        reader = open_reader(self.m)
-        reader.read_into(u, lo, lo + 1, out)
-        reader.close()
-        return {k: v[0] for k, v in out.items()}
-
-
 def _quality(rows: np.ndarray, labels: np.ndarray | None, unit_rows: np.ndarray, batch_size: int) -> dict[str, float]:
     from .quality import design_effect, global_order, label_kl
 
@@ -187,7 +149,7 @@ def bench(path: str | os.PathLike[str], memory_budget: int | str = "256MiB", thr
     import torch
 
     from .dataset import INDEX_KEY, StreamDataset
-    from .storage import read_all
+    from .storage import FORMATS, read_all
 
     ds = StreamDataset(path, batch_size=batch_size, memory_budget=memory_budget, threads=threads, return_index=True)
     m = ds.manifest
@@ -228,7 +190,7 @@ def bench(path: str | os.PathLike[str], memory_budget: int | str = "256MiB", thr
             report["ram"] = {"skipped": f"{format_size(need)} does not fit in half of RAM"}
     if "naive" in compare:
         names = [c.name for c in ds.columns]
-        nd = naive_dataset or (_ZarrRows(m.root, names) if m.storage == "zarr" else _ParquetRows(m, names))
+        nd = naive_dataset or FORMATS[m.storage].library_rows(m, names)
         report["naive"] = naive_rate(nd, batch_size)
     return report
 

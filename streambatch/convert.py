@@ -1,4 +1,4 @@
-"""``streambatch convert``: any common dataset into chunked Zarr v3 or Parquet plus a manifest.
+"""``streambatch convert``: any common dataset into chunked Zarr v3, Parquet or Arrow IPC plus a manifest.
 
 ::
 
@@ -36,7 +36,7 @@ from .manifest import _MAX_UNIT_BYTES, FORMAT_VERSION, Manifest, compute_fingerp
 from .schema import Column
 from .sources import Source, open_source
 from .stats import BYTES_PER_FEATURE, ColumnStats, LabelStats, shift_of
-from .storage import FORMATS, combine, open_writer, storage_format, units_per_file
+from .storage import DEFAULT_FORMAT, FORMATS, check_codec, combine, open_writer, units_per_file
 
 __all__ = ["convert", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC", "DEFAULT_MEMORY"]
 
@@ -486,7 +486,7 @@ def _convert_remote(src: Any, dst: Any, fmt: str, overwrite: bool, opts: dict[st
         shutil.rmtree(work, ignore_errors=True)
 
 
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str = "zarr", *,
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str = DEFAULT_FORMAT, *,
             columns: list[str] | None = None, label: str | None = None, unit_rows: int | None = None,
             unit_bytes: int | str | None = None, shard_bytes: int | str = DEFAULT_SHARD_BYTES,
             codec: str = DEFAULT_CODEC, shuffle: int | None = None, memory: int | str = DEFAULT_MEMORY,
@@ -500,12 +500,13 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             folder (also Hive-partitioned: key=value/ folders), CSV, JSON Lines, Arrow IPC /
             Feather, HDF5, or a Zarr v2/v3 store.
         dst: the dataset folder to create.
-        format: ``"zarr"`` (sharded Zarr v3) or ``"parquet"``.
+        format: a name in ``streambatch.storage.FORMATS``: ``"zarr"`` (sharded Zarr v3, the default),
+            ``"parquet"`` or ``"arrow"`` (uncompressed Arrow IPC files, codec ``"none"`` only).
         columns: the columns to keep (all by default).
         label: an integer column to histogram; its intra-unit correlation predicts shuffle quality.
         unit_rows / unit_bytes: the shuffle unit size (rows, or decoded bytes; default 256 KiB).
-        shard_bytes: the file size (Zarr shard, Parquet file); default 128 MiB.
-        codec: ``"none"``, ``"lz4"`` or ``"zstd"``.
+        shard_bytes: the file size (Zarr shard, Parquet or Arrow file); default 128 MiB.
+        codec: ``"none"``, ``"lz4"`` or ``"zstd"`` (those the format takes).
         shuffle: a seed: write the rows in a uniformly random order (out-of-core, two passes).
         memory: the converter's memory budget (default 1 GiB).
         overwrite: replace an existing ``dst`` if it is a streambatch dataset or an empty
@@ -513,10 +514,11 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         dry_run: only return the plan (rows, units, shards, sizes) as a dict.
         source_format: force the input format instead of detecting it from the path.
         progress: draw a progress bar (default: when stderr is a terminal).
-        threads: files (Zarr shards, Parquet files) written at once, each by its own thread
-            that reads, summarises and writes its rows (default: for Zarr one per core, at
-            most 8; for Parquet 1).  Used for .npy and Parquet inputs without ``shuffle``;
-            otherwise one thread reads in order while another writes.
+        threads: files (Zarr shards, Parquet or Arrow files) written at once, each by its own
+            thread that reads, summarises and writes its rows (default: the format's
+            ``default_threads``: for Zarr and Arrow one per core, at most 8; for Parquet 1).
+            Used for .npy and Parquet inputs without ``shuffle``; otherwise one thread reads in
+            order while another writes.
         fill: column -> the value its nulls become (a number or bool of the column's dtype, or
             its text; for categorical codes -1 is pandas' "missing"); the count per column is
             in the manifest's ``source["filled"]``.
@@ -548,8 +550,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
                 progress=progress, threads=threads, fill=fill, drop_nulls=drop_nulls, delimiter=delimiter)
     if is_url(src) or (is_url(dst) and not dry_run):
         return _convert_remote(src, dst, format, overwrite, opts)
-    if codec not in storage_format(format).codecs:  # ValueError for an unknown format too
-        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(storage_format(format).codecs)}")
+    check_codec(format, codec)  # ValueError for an unknown format too
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     memory_b = parse_size(memory, "memory")

@@ -104,8 +104,11 @@ def detect_format(path: Path) -> str:
             return "npy"
         if kinds == {"parquet"} or (not kinds and is_hive(path)):
             return "parquet"
+        if kinds == {"arrow"}:  # a streambatch dataset of Arrow files (read through its manifest)
+            return "arrow"
         raise InputError(f"{path}: cannot tell the input format of this folder (expected .npy files, "
-                         "Parquet files, key=value partition folders or a Zarr store); pass --from")
+                         "Parquet files, key=value partition folders, a Zarr store or a streambatch "
+                         "dataset); pass --from")
     if ext in _EXT:
         return _EXT[ext]
     raise InputError(f"{path}: unknown file extension {ext!r}; pass --from with one of {', '.join(SOURCE_FORMATS)}")
@@ -862,8 +865,9 @@ def _open_jsonl(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Source
 
 
 def _open_dataset(path: Path, fmt: str, keep: tuple[str, ...] | None) -> Source | None:
-    """A streambatch dataset (a folder with a manifest) read through its own reader, or ``None``
-    where the folder has no valid manifest (its files are then read as plain Zarr or Parquet).
+    """A streambatch dataset (a folder with a manifest of storage format ``fmt``, any in the
+    registry ``streambatch.storage.FORMATS``) read through its own reader, or ``None`` where the
+    folder has no valid manifest of that format (its files are then read as plain Zarr or Parquet).
 
     The reader puts each unit's bytes straight into place and checks every unit's checksum:
     re-chunking, changing format or pre-shuffling a dataset runs at the loader's speed, where
@@ -940,7 +944,10 @@ def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ..
                                                               if fmt == "csv" else f"applies to CSV input, not {fmt}"))
     keep = tuple(columns) if columns is not None else None
     opts = _Opts(Nulls(dict(fill or {}), drop_nulls), delimiter)
-    source = _open_dataset(p, fmt, keep) if fmt in ("zarr", "parquet") and p.is_dir() else None
+    source = _open_dataset(p, fmt, keep) if p.is_dir() else None
+    if source is None and p.is_dir() and fmt == "arrow":
+        raise InputError(f"{p}: a folder of Arrow files is read only as a streambatch dataset, and it has no "
+                         "valid manifest; convert one Arrow file at a time")
     if source is None:
         source = _ARROW_OPENERS[fmt](p, keep, opts) if fmt in _ARROW_OPENERS else _OPENERS[fmt](p, keep)
     opts.nulls.check(source.columns, str(p))

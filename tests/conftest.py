@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,3 +77,33 @@ def write_manifest(folder: Path, doc: object) -> None:
 @pytest.fixture
 def sorted_npy(tmp_path: Path) -> Path:
     return write_sorted_npy(tmp_path / "src", 5003)
+
+
+def unit_range(m: Any, unit: int, column: str) -> tuple[Path, int, int]:
+    """(file, offset, size) of the stored bytes of ``unit`` that hold ``column``: a Zarr inner
+    chunk of that column, or the whole row group / record batch of formats that store a unit's
+    columns together."""
+    lay = m.layout
+    loc = lay["columns"][column] if "columns" in lay else lay
+    return m.path_of(int(loc["file"][unit])), int(loc["offset"][unit]), int(loc["size"][unit])
+
+
+def column_range(m: Any, unit: int, column: str) -> tuple[Path, int, int]:
+    """(file, offset, size) of the bytes of ``column`` in ``unit`` alone: the Zarr chunk, the
+    column's values in an Arrow record batch (``layout.values``), or the column chunk of a Parquet
+    row group (from the file's footer)."""
+    path, off, size = unit_range(m, unit, column)
+    lay = m.layout
+    if "columns" in lay:
+        return path, off, size
+    if "values_crc32" in lay:
+        c = m.column(column)
+        values = int(m.unit_rows[unit]) * c.row_items
+        nbytes = -(-values // 8) if c.dtype == "bool" else values * c.np_dtype.itemsize
+        return path, off + int(lay["values"][column][unit]), nbytes
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata.row_group(int(lay["row_group"][unit]))
+    j = [meta.column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)].index(column)
+    chunk = meta.column(j)
+    return path, chunk.dictionary_page_offset or chunk.data_page_offset, chunk.total_compressed_size

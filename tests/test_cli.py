@@ -21,7 +21,7 @@ from conftest import write_sorted_npy
 
 from streambatch.cli import main
 from streambatch.manifest import MANIFEST_NAME, Manifest
-from streambatch.storage import load_manifest
+from streambatch.storage import FORMATS, load_manifest
 from streambatch.storage import zarr_store
 
 Case = Callable[[Path], tuple[Path, list[str], list[str]]]
@@ -176,7 +176,7 @@ BAD_INPUTS: dict[str, Case] = {
 }
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, fmt: str) -> None:
     (tmp_path / "in").mkdir()
@@ -245,7 +245,7 @@ def test_existing_target_refused_then_overwritten(tmp_path: Path, src: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path: Path, src: Path, capsys: pytest.CaptureFixture[str],
                                                 fmt: str) -> None:
     dst = tmp_path / "out" / "ds"
@@ -308,8 +308,7 @@ def _unit_bytes(m: Manifest, unit: int) -> tuple[Path, int, int]:
     return m.path_of(int(lay["file"][unit])), int(lay["offset"][unit]), int(lay["size"][unit])
 
 
-@pytest.mark.parametrize(("fmt", "codec"), [("zarr", "none"), ("zarr", "lz4"), ("zarr", "zstd"),
-                                            ("parquet", "none"), ("parquet", "lz4"), ("parquet", "zstd")])
+@pytest.mark.parametrize(("fmt", "codec"), [(name, codec) for name, f in FORMATS.items() for codec in f.codecs])
 def test_verify_good_then_one_flipped_byte(tmp_path: Path, src: Path, capsys: pytest.CaptureFixture[str],
                                            fmt: str, codec: str) -> None:
     dst = tmp_path / "ds"
@@ -335,7 +334,7 @@ def test_verify_good_then_one_flipped_byte(tmp_path: Path, src: Path, capsys: py
 
 
 def test_verify_truncated_and_missing_files(tmp_path: Path, src: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for fmt in ("zarr", "parquet"):
+    for fmt in FORMATS:
         dst = tmp_path / fmt
         assert run_cli(capsys, "convert", src, dst, "--format", fmt, "--unit-rows", "400",
                        "--shard-bytes", "8KiB")[0] == 0

@@ -28,9 +28,9 @@ from streambatch.storage import load_manifest
 from streambatch.quality import global_order, label_sorted_kl
 from streambatch.storage import STORAGES
 from streambatch.storage import read_all as storage_read_all
-from streambatch.storage import parquet_store, zarr_store
+from streambatch.storage import FORMATS
 
-WRITERS = {"zarr": zarr_store.Writer, "parquet": parquet_store.Writer}
+WRITERS = {name: f.writer_class for name, f in FORMATS.items()}
 
 
 def read_all(m: Manifest) -> dict[str, np.ndarray]:

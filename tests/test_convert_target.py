@@ -25,9 +25,9 @@ from streambatch.cli import main
 from streambatch.errors import InputError, TargetExistsError
 from streambatch.manifest import Manifest
 from streambatch.storage import load_manifest
-from streambatch.storage import STORAGES, parquet_store, read_all, zarr_store
+from streambatch.storage import FORMATS, STORAGES, read_all
 
-WRITERS = {"zarr": zarr_store.Writer, "parquet": parquet_store.Writer}
+WRITERS = {name: f.writer_class for name, f in FORMATS.items()}
 ROWS = 5003
 
 

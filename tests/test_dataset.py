@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import streambatch
 from streambatch import StateError, StreamDataset
 from streambatch.quality import label_sorted_kl, summarize
+from streambatch.storage import FORMATS
 
 from conftest import SIGINT_HANDLER, streambatch_threads, write_sorted_npy
 
@@ -34,7 +35,7 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ds")
     src = write_sorted_npy(root / "src", ROWS)
     out = {}
-    for fmt in ("zarr", "parquet"):
+    for fmt in FORMATS:
         out[fmt] = root / f"d.{fmt}"
         streambatch.convert(src, out[fmt], format=fmt, unit_rows=97, label="y")
     out["zarr-lz4"] = root / "d-lz4.zarr"
@@ -53,7 +54,7 @@ def small(path: Path, **kw) -> StreamDataset:
     return StreamDataset(path, **kw)
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet", "zarr-lz4"])
+@pytest.mark.parametrize("fmt", [*FORMATS, "zarr-lz4"])
 def test_epoch_is_a_permutation_with_correct_values(datasets, fmt):
     ds = small(datasets[fmt])
     x = np.load(datasets["zarr"].parent / "src" / "x.npy")
@@ -113,9 +114,9 @@ def test_ranks_are_disjoint_cover_the_data_and_have_equal_lengths(datasets):
     assert allrows.size - ROWS < 3  # wrap padding to ceil(N/W) per rank
 
 
-@pytest.mark.parametrize("num_workers", [2, 3])
-def test_dataloader_workers_deliver_every_sample_once_in_a_deterministic_order(datasets, num_workers):
-    ds = small(datasets["zarr"])
+@pytest.mark.parametrize(("fmt", "num_workers"), [("zarr", 3), *((fmt, 2) for fmt in FORMATS)])
+def test_dataloader_workers_deliver_every_sample_once_in_a_deterministic_order(datasets, fmt, num_workers):
+    ds = small(datasets[fmt])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 3 workers on 2 cores
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers)
@@ -137,7 +138,7 @@ def test_dataloader_with_pin_memory(datasets):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(stop=st.integers(0, -(-ROWS // 64)), epoch=st.integers(0, 3), fmt=st.sampled_from(["zarr", "parquet"]))
+@given(stop=st.integers(0, -(-ROWS // 64)), epoch=st.integers(0, 3), fmt=st.sampled_from(list(FORMATS)))
 def test_resume_at_any_point_serves_exactly_the_rest(datasets, stop, epoch, fmt):
     ds = small(datasets[fmt], seed=2)
     ds.set_epoch(epoch)
@@ -156,13 +157,14 @@ def test_resume_at_any_point_serves_exactly_the_rest(datasets, stop, epoch, fmt)
     assert all(np.array_equal(x, y) for x, y in zip(rest, full[stop:]))
 
 
-def test_resume_with_dataloader_workers(datasets):
-    ds = small(datasets["zarr"], seed=4)
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_resume_with_dataloader_workers(datasets, fmt):
+    ds = small(datasets[fmt], seed=4)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     full = [b["_row"].numpy() for b in loader]
     stop = 23
     state = ds.state_dict(batches=stop, num_workers=2)
-    fresh = small(datasets["zarr"], seed=4)
+    fresh = small(datasets[fmt], seed=4)
     fresh.load_state_dict(state)
     rest = [b["_row"].numpy() for b in torch.utils.data.DataLoader(fresh, batch_size=None, num_workers=2)]
     assert len(rest) == len(full) - stop

@@ -42,25 +42,27 @@ import streambatch
 from streambatch import DataError, ManifestError, StreamDataset
 from streambatch.cli import main as cli_main
 from streambatch.errors import WriteError
-from streambatch.manifest import MANIFEST_NAME, Manifest
-from streambatch.storage import load_manifest
-from streambatch.storage import parquet_store, zarr_store
+from streambatch.manifest import MANIFEST_NAME
+from streambatch.storage import FORMATS, load_manifest, zarr_store
 
-from conftest import SIGINT_HANDLER, flip_byte, streambatch_threads, write_sorted_npy
+from conftest import SIGINT_HANDLER, column_range, flip_byte, streambatch_threads, unit_range, write_sorted_npy
 
 ROWS = 3001
 UNIT = 50
 REPO = Path(__file__).resolve().parents[1]
+UNCOMPRESSED = [f"{name}-none" for name in FORMATS]  # every format's files, uncompressed
+CASES = UNCOMPRESSED + ["zarr-lz4", "parquet-zstd"]  # and compressed ones (parquet-zstd: pyarrow's writer)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same 3001 rows as Zarr (none, lz4) and Parquet (none, zstd), units of 50 rows, several files."""
+    """The same 3001 rows in every case of ``CASES`` (format-codec), units of 50 rows, several files."""
     root = tmp_path_factory.mktemp("faults")
     src = write_sorted_npy(root / "src", ROWS)
     out = {"src": src}
-    for fmt, codec in (("zarr", "none"), ("zarr", "lz4"), ("parquet", "none"), ("parquet", "zstd")):
-        out[f"{fmt}-{codec}"] = root / f"{fmt}-{codec}"
+    for name in CASES:
+        fmt, codec = name.split("-")
+        out[name] = root / name
         streambatch.convert(src, out[f"{fmt}-{codec}"], format=fmt, codec=codec, unit_rows=UNIT,
                             shard_bytes=16 * 1024, progress=False)
     return out
@@ -86,51 +88,24 @@ def small(path: Path, **kw: Any) -> StreamDataset:
     return StreamDataset(path, **kw)
 
 
-def unit_bytes(m: Manifest, unit: int, column: str) -> tuple[Path, int, int]:
-    """(file, offset, size) of ``unit``'s stored bytes (of ``column`` for Zarr)."""
-    if m.storage == "zarr":
-        loc = m.layout["columns"][column]
-        return m.path_of(int(loc["file"][unit])), int(loc["offset"][unit]), int(loc["size"][unit])
-    lay = m.layout
-    return m.path_of(int(lay["file"][unit])), int(lay["offset"][unit]), int(lay["size"][unit])
-
-
-def column_bytes(m: Manifest, unit: int, column: str) -> tuple[Path, int, int]:
-    """(file, offset, size) of the bytes of ``column`` in ``unit``; for Parquet from the file footer."""
-    if m.storage == "zarr":
-        return unit_bytes(m, unit, column)
-    import pyarrow.parquet as pq
-
-    path, _, _ = unit_bytes(m, unit, column)
-    rg = int(m.layout["row_group"][unit])
-    meta = pq.ParquetFile(path).metadata.row_group(rg)
-    j = [meta.column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)].index(column)
-    c = meta.column(j)
-    start = c.dictionary_page_offset or c.data_page_offset
-    return path, start, c.total_compressed_size
-
-
 def one_epoch(ds: StreamDataset) -> np.ndarray:
     return np.concatenate([b["_row"].numpy() for b in ds])
 
 
 # --------------------------------------------------------------------------- a flipped byte
 
-FORMATS = ["zarr-none", "zarr-lz4", "parquet-none", "parquet-zstd"]
-
-
 def test_verify_is_on_by_default(built: dict[str, Path]) -> None:
     assert StreamDataset(built["zarr-none"]).verify is True
 
 
-@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("column", ["x", "y"])
 def test_flipped_byte_is_named_by_the_loader_and_by_verify(damaged, name: str, column: str,  # type: ignore[no-untyped-def]
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     ds_path = damaged(name)
     m = load_manifest(ds_path)
     unit = 17
-    path, off, size = column_bytes(m, unit, column)
+    path, off, size = column_range(m, unit, column)
     flip_byte(path, off + size * 2 // 3, 0x10)
     rel = path.relative_to(ds_path).as_posix()
     want = [f"dataset {ds_path}", f"column {column!r}", f"unit {unit},", f"file {rel}", "checksum mismatch"]
@@ -154,7 +129,7 @@ def test_flipped_byte_without_verify_reaches_the_batch(damaged) -> None:  # type
     """Why verify is on: an uncompressed unit with a flipped byte decodes fine and is served."""
     ds_path = damaged("zarr-none")
     m = load_manifest(ds_path)
-    path, off, _ = unit_bytes(m, 3, "id")
+    path, off, _ = unit_range(m, 3, "id")
     flip_byte(path, off, 0x10)  # the low byte of row 150's id
     batches = list(small(ds_path, verify=False))
     ids = np.concatenate([b["id"].numpy() for b in batches])  # the stored id column, damaged
@@ -165,14 +140,14 @@ def test_flipped_byte_without_verify_reaches_the_batch(damaged) -> None:  # type
         one_epoch(small(ds_path, verify=True))
 
 
-@pytest.mark.parametrize("name", ["zarr-none", "parquet-none"])
+@pytest.mark.parametrize("name", UNCOMPRESSED)
 def test_flipped_byte_in_a_unit_not_served_is_harmless(damaged, name: str) -> None:  # type: ignore[no-untyped-def]
     """Only the damaged unit fails: other ranks (or a column projection) read the rest."""
     ds_path = damaged(name)
     m = load_manifest(ds_path)
-    path, off, size = column_bytes(m, 5, "x")
+    path, off, size = column_range(m, 5, "x")
     flip_byte(path, off + size // 2, 0x10)
-    if m.storage == "zarr":  # a column that was not damaged reads cleanly
+    if m.storage != "parquet":  # a column that was not damaged reads cleanly (Parquet checks whole row groups)
         assert len(one_epoch(small(ds_path, columns=["id", "y"]))) == ROWS
     reader_units = [u for u in range(m.n_units) if u != 5]
     from streambatch.storage import open_reader
@@ -190,12 +165,12 @@ def test_flipped_byte_in_a_unit_not_served_is_harmless(damaged, name: str) -> No
 # --------------------------------------------------------------------------- truncated, missing, unreadable
 
 
-@pytest.mark.parametrize("name", ["zarr-none", "zarr-lz4", "parquet-none"])
+@pytest.mark.parametrize("name", [*UNCOMPRESSED, "zarr-lz4"])
 @pytest.mark.parametrize("verify", [True, False])
 def test_truncated_shard_file(damaged, name: str, verify: bool) -> None:  # type: ignore[no-untyped-def]
     ds_path = damaged(name)
     m = load_manifest(ds_path)
-    path, off, size = unit_bytes(m, 30, "x")
+    path, off, size = unit_range(m, 30, "x")
     os.truncate(path, off + size // 2)
     with pytest.raises(DataError) as ei:
         one_epoch(small(ds_path, verify=verify))
@@ -204,16 +179,16 @@ def test_truncated_shard_file(damaged, name: str, verify: bool) -> None:  # type
     assert "truncated" in msg or "cannot read" in msg or "not a readable Parquet" in msg, msg
 
 
-@pytest.mark.parametrize("name", ["zarr-none", "parquet-none"])
+@pytest.mark.parametrize("name", UNCOMPRESSED)
 def test_missing_shard_file(damaged, name: str) -> None:  # type: ignore[no-untyped-def]
     ds_path = damaged(name)
     m = load_manifest(ds_path)
-    path, _, _ = unit_bytes(m, 40, "x")
+    path, _, _ = unit_range(m, 40, "x")
     path.unlink()
     with pytest.raises(DataError) as ei:
         one_epoch(small(ds_path))
     msg = str(ei.value)
-    same_file = [u for u in range(m.n_units) if unit_bytes(m, u, "x")[0] == path]  # any of them may fail first
+    same_file = [u for u in range(m.n_units) if unit_range(m, u, "x")[0] == path]  # any of them may fail first
     assert path.relative_to(ds_path).as_posix() in msg and any(f"unit {u}," in msg for u in same_file), msg
     assert "No such file" in msg, msg
 
@@ -255,11 +230,11 @@ def permissions_enforced() -> Iterator[None]:
         assert libc.capset(ctypes.byref(hdr), data) == 0
 
 
-@pytest.mark.parametrize("name", ["zarr-none", "parquet-none"])
+@pytest.mark.parametrize("name", UNCOMPRESSED)
 def test_shard_file_without_read_permission(damaged, name: str) -> None:  # type: ignore[no-untyped-def]
     ds_path = damaged(name)
     m = load_manifest(ds_path)
-    path, _, _ = unit_bytes(m, 12, "x")
+    path, _, _ = unit_range(m, 12, "x")
     path.chmod(0)
     with permissions_enforced():
         with pytest.raises(DataError) as ei:
@@ -286,15 +261,13 @@ def temp_folders(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if ".sbtmp-" in p.name] if parent.exists() else []
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("shuffle", [None, 3])
 def test_disk_full_during_conversion(built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      fmt: str, shuffle: int | None) -> None:
     """Every data file the converter writes goes to /dev/full, which fails with ENOSPC."""
     import builtins
     import errno
-
-    from streambatch import convert as convert_mod
 
     real_open = builtins.open
     failed: list[str] = []
@@ -305,10 +278,7 @@ def test_disk_full_during_conversion(built: dict[str, Path], tmp_path: Path, mon
             return real_open("/dev/full", mode, *args, **kw)
         return real_open(path, mode, *args, **kw)
 
-    module = zarr_store if fmt == "zarr" else parquet_store
-    monkeypatch.setattr(module, "open", full_open, raising=False)
-    if shuffle is not None:  # the pre-shuffle's bucket files fill the disk first
-        monkeypatch.setattr(convert_mod, "open", full_open, raising=False)
+    monkeypatch.setattr(builtins, "open", full_open)  # data files only: those in the temporary folder
     out = tmp_path / "out"
     with pytest.raises(WriteError) as ei:
         streambatch.convert(built["src"], out / "ds", format=fmt, unit_rows=UNIT, shuffle=shuffle, progress=False)
@@ -329,6 +299,7 @@ def _fsize_limit(limit: int) -> Any:
 @pytest.mark.parametrize(("fmt", "extra", "limit"), [
     ("zarr", [], 20_000),                      # fails in a shard file
     ("parquet", [], 20_000),                   # fails in a Parquet file
+    ("arrow", [], 20_000),                     # fails in an Arrow file
     ("zarr", ["--shuffle", "1"], 20_000),      # fails in the pre-shuffle's bucket files
     ("zarr", ["--shard-bytes", "4KiB"], 5000),  # shards of 4 KiB fit: fails writing the manifest (6 KiB), last
 ])
@@ -412,15 +383,15 @@ def test_without_timeout_a_slow_reader_is_waited_for(built: dict[str, Path], mon
     assert len(one_epoch(small(built["zarr-none"]))) == ROWS
 
 
-@pytest.mark.parametrize("name", ["zarr-lz4", "parquet-none"])
+@pytest.mark.parametrize("name", ["zarr-lz4", "parquet-none", "arrow-none"])
 def test_slow_and_jittery_reader_serves_the_same_epoch(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                        name: str) -> None:
     """Reads finishing late and out of order change nothing: same batches, same order, same values."""
     ref = small(built[name], threads=1)
     ref.set_epoch(2)
     want = [{k: v.numpy().copy() for k, v in b.items()} for b in ref]
-    module = zarr_store if name.startswith("zarr") else parquet_store
-    original = module.Reader.read_into
+    reader = FORMATS[name.split("-")[0]].reader_class
+    original = reader.read_into
     rng = np.random.default_rng(0)
     delays = rng.exponential(0.004, size=10_000).tolist()
     lock = threading.Lock()
@@ -431,7 +402,7 @@ def test_slow_and_jittery_reader_serves_the_same_epoch(built: dict[str, Path], m
         time.sleep(d * (5 if unit % 7 == 0 else 1))
         original(self, unit, lo, hi, out)
 
-    monkeypatch.setattr(module.Reader, "read_into", jittery)
+    monkeypatch.setattr(reader, "read_into", jittery)
     ds = small(built[name], threads=4)
     ds.set_epoch(2)
     got = [{k: v.numpy().copy() for k, v in b.items()} for b in ds]
@@ -619,13 +590,13 @@ def test_rss_is_flat_over_20_epochs(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- no bad row is ever served
 
 
-@pytest.mark.parametrize("name", ["zarr-none", "zarr-lz4", "parquet-none"])
+@pytest.mark.parametrize("name", [*UNCOMPRESSED, "zarr-lz4"])
 @pytest.mark.parametrize("unit", [0, 17, 59])
 def test_no_batch_of_a_failed_window_is_served(built: dict[str, Path], damaged, name: str, unit: int) -> None:  # type: ignore[no-untyped-def]
     """The batches served before the error are all correct: a window whose read failed serves nothing."""
     ds_path = damaged(name)
     m = load_manifest(ds_path)
-    path, off, size = column_bytes(m, unit, "x")
+    path, off, size = column_range(m, unit, "x")
     flip_byte(path, off + size // 2, 0x10)
     x = np.load(built["src"] / "x.npy")
     for epoch in range(3):

@@ -14,6 +14,7 @@ import torch
 import streambatch
 from streambatch import DataError, RemoteOptions
 from streambatch.manifest import MANIFEST_NAME
+from streambatch.storage import FORMATS
 
 from conftest import flip_byte, write_sorted_npy
 
@@ -28,7 +29,7 @@ def local(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("remote")
     src = write_sorted_npy(root / "src", ROWS)
     out = {"src": src}
-    for fmt in ("zarr", "parquet"):
+    for fmt in FORMATS:
         out[fmt] = streambatch.convert(src, root / "served" / f"d.{fmt}", format=fmt, unit_rows=101,
                                        codec="lz4" if fmt == "zarr" else "none").root
     return out
@@ -79,7 +80,7 @@ def same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> 
                                     for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt):
     url = f"{http.url}/d.{fmt}"
     assert same(batches(url, remote=RemoteOptions(retries=2, backoff=0.01)), batches(local[fmt]))
@@ -87,21 +88,48 @@ def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt)
     assert m.rows == ROWS and str(m.root) == url
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_verify_over_http_checks_every_file(local, http, fmt, capsys):
     from streambatch.cli import main
 
     url = f"{http.url}/d.{fmt}"
     assert main(["verify", url]) == 0
     assert "OK" in capsys.readouterr().out
-    rel = "x/zarr.json" if fmt == "zarr" else "part-00000.parquet"
+    rel = "x/zarr.json" if fmt == "zarr" else f"part-00000.{fmt}"
     path = local[fmt] / rel
-    flip_byte(path, path.stat().st_size - 12)  # zarr.json: its metadata; Parquet: its footer
+    flip_byte(path, path.stat().st_size - 12)  # zarr.json: its metadata; Parquet, Arrow: its footer
     try:
         assert main(["verify", url]) == 1
     finally:
         flip_byte(path, path.stat().st_size - 12)
     assert f"file {rel}: " in capsys.readouterr().err
+
+
+def test_verify_over_http_parses_the_footer_of_a_parquet_dataset_from_before_footer_checksums(local, tmp_path,
+                                                                                             capsys):
+    """Datasets written before footer checksums: verify parses each footer through ranged requests."""
+    import json
+    import shutil
+
+    from streambatch.cli import main
+    from streambatch.manifest import MANIFEST_NAME
+
+    served = tmp_path / "served"
+    ds = shutil.copytree(local["parquet"], served / "old.parquet")
+    doc = json.loads((ds / MANIFEST_NAME).read_text())
+    for key in ("footer_size", "footer_crc32c"):
+        doc["layout"].pop(key)
+    doc.pop("checksum")  # nor had manifests a checksum of their own then
+    (ds / MANIFEST_NAME).write_text(json.dumps(doc))
+    srv = RangeServer(served)
+    t = threading.Thread(target=srv.serve_forever, name="test-http-old", daemon=True)
+    t.start()
+    try:
+        assert main(["verify", f"{srv.url}/old.parquet"]) == 0
+        assert "parsed and compared with the manifest" in capsys.readouterr().out
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_dropped_connections_are_retried(local, http):

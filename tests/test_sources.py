@@ -25,12 +25,12 @@ import pytest
 import zarr
 
 import streambatch
-from conftest import flip_byte
+from conftest import column_range, flip_byte
 from streambatch.errors import InputError
 from streambatch.manifest import Manifest
 from streambatch.storage import load_manifest
 from streambatch.sources import detect_format, open_source
-from streambatch.storage import CODECS, open_reader
+from streambatch.storage import FORMATS, open_reader
 
 ROWS = 1003  # units of 128 rows: the last unit holds 107
 UNIT = 128
@@ -228,7 +228,9 @@ def read_without_streambatch(m: Manifest) -> Data:
         g = zarr.open_group(str(m.root), mode="r")
         names = sorted(p.name for p in m.root.iterdir() if (p / "zarr.json").is_file())
         return {name: g[name][:] for name in names}
-    table = pq.read_table(m.root)
+    files = [m.path_of(i) for i in range(len(m.files))]
+    table = (pa.concat_tables([feather.read_table(f) for f in files]) if m.storage == "arrow"
+             else pq.read_table(m.root))
     out = {}
     for field in table.schema:
         arr = table.column(field.name).combine_chunks()
@@ -237,7 +239,8 @@ def read_without_streambatch(m: Manifest) -> Data:
             out[field.name] = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), *shape)
         else:
             out[field.name] = arr.to_numpy(zero_copy_only=False)
-    df = pd.read_parquet(m.root)
+    df = (pd.concat([pd.read_feather(f) for f in files], ignore_index=True) if m.storage == "arrow"
+          else pd.read_parquet(m.root))
     assert list(df.columns) == table.schema.names and len(df) == m.rows
     for name in df.columns:
         col = df[name].to_numpy()
@@ -271,9 +274,9 @@ def assert_stats(m: Manifest, want: Data) -> None:
 
 # --------------------------------------------------------------------------- round trips
 
-# every format into both outputs; the codec rotates so each output sees every codec
-CASES = [(w, out, CODECS[(i + j) % len(CODECS)])
-         for i, w in enumerate(WRITERS) for j, out in enumerate(("zarr", "parquet"))]
+# every format into every output; the codec rotates so each output sees every codec it takes
+CASES = [(w, out, FORMATS[out].codecs[(i + j) % len(FORMATS[out].codecs)])
+         for i, w in enumerate(WRITERS) for j, out in enumerate(FORMATS)]
 
 
 @pytest.mark.parametrize(("writer", "out", "codec"), CASES, ids=[f"{w}-{o}-{c}" for w, o, c in CASES])
@@ -306,8 +309,8 @@ def test_every_source_format_is_covered() -> None:
     from streambatch.sources import SOURCE_FORMATS
 
     assert set(FORMAT_OF.values()) == set(SOURCE_FORMATS)
-    for out in ("zarr", "parquet"):
-        assert {c for _, o, c in CASES if o == out} == set(CODECS)
+    for out, fmt in FORMATS.items():
+        assert {c for _, o, c in CASES if o == out} == set(fmt.codecs)
 
 
 # --------------------------------------------------------------------------- source details
@@ -588,13 +591,13 @@ def test_row_ranges_are_slices_of_the_whole(tmp_path: Path, kind: str) -> None:
         np.testing.assert_array_equal(np.concatenate([p["x"] for p in pieces]), x[lo:hi])
 
 
-@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_a_streambatch_dataset_is_read_through_its_manifest(tmp_path: Path, fmt: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A dataset folder with its manifest is read by streambatch's reader (units straight into
     place, every checksum checked): converting it to another layout keeps every value; a damaged
     unit is a DataError naming it and nothing is written; without a valid manifest the folder is
-    read as plain Zarr or Parquet."""
+    read as plain Zarr or Parquet (a folder of Arrow files is refused)."""
     from streambatch import sources
     from streambatch.errors import DataError
     from streambatch.storage import read_all
@@ -606,7 +609,7 @@ def test_a_streambatch_dataset_is_read_through_its_manifest(tmp_path: Path, fmt:
                                progress=False)
     assert isinstance(made, Manifest) and len(made.files) >= 2
     opened = _spy_found(monkeypatch, sources, "_open_dataset")
-    for other in ("zarr", "parquet"):
+    for other in FORMATS:
         out = streambatch.convert(ds, tmp_path / f"to-{other}", format=other, unit_rows=UNIT // 3 + 1,
                                   shard_bytes=3 * UNIT * 100, threads=2, progress=False)
         assert isinstance(out, Manifest) and out.fingerprint != made.fingerprint
@@ -616,16 +619,20 @@ def test_a_streambatch_dataset_is_read_through_its_manifest(tmp_path: Path, fmt:
         for k in data:
             for key in ("mean", "std", "min", "max"):
                 np.testing.assert_allclose(out.stats[k][key], made.stats[k][key], rtol=1e-12)
-    assert opened == [True, True]
+    assert opened == [True] * len(FORMATS)
 
     unit = 5
-    loc = made.layout["columns"]["f64"] if fmt == "zarr" else made.layout
-    flip_byte(ds / made.files[int(loc["file"][unit])], int(loc["offset"][unit]) + 7)
+    path, off, _ = column_range(made, unit, "f64")
+    flip_byte(path, off + 7)
     with pytest.raises(DataError, match=r"unit 5\b"):
         streambatch.convert(ds, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.sbtmp-*"))
 
     (ds / "_streambatch.json").write_text("{")  # no valid manifest: the files alone
     opened.clear()
-    assert isinstance(open_source(ds, columns=("id",)), sources.Source)
+    if fmt == "arrow":  # a folder of Arrow files is an input only as a dataset
+        with pytest.raises(InputError, match="no valid manifest"):
+            open_source(ds, columns=("id",))
+    else:
+        assert isinstance(open_source(ds, columns=("id",)), sources.Source)
     assert opened == [False]

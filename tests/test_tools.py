@@ -368,3 +368,18 @@ def test_bench_contention_wait_policies_and_child_arguments(monkeypatch: pytest.
     assert cont.wait_policy() == "default"
     monkeypatch.setenv("OMP_WAIT_POLICY", " PASSIVE ")
     assert cont.wait_policy() == "passive"
+
+
+def test_bench_throughput_measures_every_registered_format_and_reduced_datasets(tmp_path: Path) -> None:
+    """The throughput benchmark takes its formats from the storage registry (every format
+    uncompressed on tab and img, the default format with lz4 on tab too), and ``--fraction``
+    scales rows and budget into a folder of its own."""
+    from streambatch.storage import DEFAULT_FORMAT, FORMATS
+
+    bt = _load("_benchmarks_bench_throughput", ROOT / "benchmarks" / "bench_throughput.py")
+    for kind in ("tab", "img"):
+        assert [f for k, f, c in bt.CONFIGS if k == kind and c == "none"] == list(FORMATS)
+    assert [(f, c) for k, f, c in bt.CONFIGS if c != "none"] == [(DEFAULT_FORMAT, "lz4")]
+    assert bt.rows_for("tab", False, 0.25) == bt.FULL_ROWS["tab"] // 4
+    assert bt.budget_for("tab", False, 0.25) == bt.BUDGET // 4 and bt.budget_for("tab", False) == bt.BUDGET
+    assert bt.data_root(tmp_path, False, 0.25) == tmp_path / "fraction-0.25" and bt.data_root(tmp_path, False) == tmp_path

@@ -1,7 +1,7 @@
 """``streambatch verify`` covers every byte a reader depends on.
 
 A byte flipped anywhere in any file of a dataset (Zarr shards and their indexes, ``zarr.json``,
-Parquet magic and footers, the manifest) either makes ``verify`` exit 1 with one line naming that
+Parquet magic and footers, Arrow schema messages and footers, the manifest) either makes ``verify`` exit 1 with one line naming that
 file, or leaves a dataset that still reads identically through streambatch and through
 zarr-python or pyarrow.  Targeted tests name the damage verify reports for the index, the
 footer, the metadata and the manifest, and check datasets written before the file checksums
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
@@ -37,7 +38,9 @@ CONFIGS = {  # (format, codec, columns): Parquet zstd and bool go through pyarro
     "zarr-lz4": ("zarr", "lz4", ("id", "x", "b", "y")),
     "parquet-own": ("parquet", "none", ("id", "x", "y")),
     "parquet-pyarrow": ("parquet", "zstd", ("id", "x", "b", "h", "y")),
+    "arrow": ("arrow", "none", ("id", "x", "b", "h", "y")),
 }
+BEFORE = [n for n, (fmt, _, _) in CONFIGS.items() if fmt != "arrow"]  # Arrow datasets always recorded file checksums
 
 
 def _source() -> dict[str, np.ndarray]:
@@ -81,11 +84,14 @@ def _verify(capsys: pytest.CaptureFixture[str], ds: Path) -> tuple[int, str, str
 
 
 def _read_elsewhere(ds: Path, storage: str, files: list[str], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Every column read by zarr-python (Zarr) or by pyarrow, file by file in order (Parquet)."""
+    """Every column read by zarr-python (Zarr) or by pyarrow, file by file in order (Parquet, Arrow)."""
     if storage == "zarr":
         group = zarr.open_group(str(ds), mode="r")
         return {n: np.asarray(group[n][...]) for n in names}
-    tables = [pq.read_table(ds / f) for f in files]
+    if storage == "arrow":
+        tables = [pa.ipc.open_file(pa.memory_map(str(ds / f))).read_all() for f in files]
+    else:
+        tables = [pq.read_table(ds / f) for f in files]
     out = {}
     for n in names:
         parts = []
@@ -217,6 +223,21 @@ def test_a_flipped_parquet_footer_or_magic_byte_is_named(built: dict[str, Path],
     assert f"file {rel}: no Parquet magic at the start" in _fail_line(capsys, ds)
 
 
+def test_a_flipped_arrow_schema_footer_or_magic_byte_is_named(built: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    ds, m, rel, size = _one_file(built, "arrow", tmp_path, 1)
+    head, footer = int(m.layout["head_size"][1]), int(m.layout["footer_size"][1])
+    for at, what in ((head // 2, "schema message checksum mismatch (damaged)"), (1, "no Arrow magic at the start"),
+                     (size - footer + footer // 2, "footer checksum mismatch (damaged)"),
+                     (size - 3, "no Arrow magic at the end")):
+        flip_byte(ds / rel, at, 0x04)
+        assert f"file {rel}: {what}" in _fail_line(capsys, ds)
+        flip_byte(ds / rel, at, 0x04)
+    with open(ds / rel, "ab") as f:  # a byte appended
+        f.write(b"\x00")
+    assert f"file {rel}: {size + 1} bytes, expected {size}" in _fail_line(capsys, ds)
+
+
 def test_a_flipped_zarr_json_byte_is_named(built: dict[str, Path], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     ds = _copy(built, "zarr-lz4", tmp_path)
@@ -272,6 +293,8 @@ def test_verify_says_what_it_checked(built: dict[str, Path], capsys: pytest.Capt
     assert "8 shard files whole" in out and "shard index" in out and "5 metadata file(s)" in out
     code, out, err = _verify(capsys, built["parquet-pyarrow"])
     assert code == 0 and "footer: size and CRC-32C" in out
+    code, out, err = _verify(capsys, built["arrow"])
+    assert code == 0 and "Arrow files whole (magic, schema message, record batches back to back, footer" in out
 
 
 # --------------------------------------------------------------------------- datasets from before
@@ -286,7 +309,7 @@ def _as_written_before(ds: Path) -> None:
     (ds / MANIFEST_NAME).write_text(json.dumps(doc, separators=(",", ":")))
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", BEFORE)
 def test_a_dataset_written_before_file_checksums_is_still_checked_whole(
         built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
     ds = _copy(built, name, tmp_path)

@@ -1,8 +1,8 @@
 """Storage formats behind one contract (``base.StorageFormat``), one module per format, chosen by
 the registry :data:`FORMATS`.
 
-Every format stores rows in *shuffle units*: a Zarr v3 inner chunk (inside a shard file)
-or a Parquet row group.  A reader copies rows ``lo:hi`` of a unit into buffers the caller
+Every format stores rows in *shuffle units*: a Zarr v3 inner chunk (inside a shard file),
+a Parquet row group or an Arrow IPC record batch.  A reader copies rows ``lo:hi`` of a unit into buffers the caller
 owns (``read_into``), so the loader can fill its window buffers without extra copies.
 """
 
@@ -18,17 +18,20 @@ from ..errors import ManifestError
 from ..io.remote import RemoteFiles, RemoteRoot
 from ..manifest import Manifest, read_manifest
 from ..schema import Column
-from . import parquet_store, zarr_store
+from . import arrow_store, parquet_store, zarr_store
 from ._integrity import FileChecker, recorded_files
 from .base import CODECS, StorageFormat, UnitReader, UnitWriter, WriteResult
 
-__all__ = ["FORMATS", "STORAGES", "CODECS", "StorageFormat", "UnitReader", "UnitWriter", "load_manifest",
-           "storage_format", "open_reader", "read_all", "open_writer", "units_per_file", "combine",
-           "validate_layout", "verify_dataset"]
+__all__ = ["FORMATS", "STORAGES", "DEFAULT_FORMAT", "CODECS", "StorageFormat", "UnitReader", "UnitWriter",
+           "load_manifest", "storage_format", "check_codec", "open_reader", "read_all", "open_writer",
+           "units_per_file", "combine", "validate_layout", "verify_dataset"]
 
-FORMATS: dict[str, StorageFormat] = {f.name: f for f in (zarr_store.FORMAT, parquet_store.FORMAT)}
+FORMATS: dict[str, StorageFormat] = {f.name: f for f in (zarr_store.FORMAT, parquet_store.FORMAT,
+                                                          arrow_store.FORMAT)}
 """Every storage format, by name (the manifest's ``storage`` field, ``convert --format``)."""
 STORAGES = tuple(FORMATS)
+DEFAULT_FORMAT = zarr_store.FORMAT.name
+"""What ``convert`` writes unless told otherwise."""
 
 
 def storage_format(name: str) -> StorageFormat:
@@ -37,6 +40,14 @@ def storage_format(name: str) -> StorageFormat:
     if fmt is None:
         raise ValueError(f"unknown output format {name!r}; choose one of {', '.join(FORMATS)}")
     return fmt
+
+
+def check_codec(storage: str, codec: str) -> None:
+    """``ValueError`` unless format ``storage`` writes ``codec`` (and exists), naming what it writes."""
+    fmt = storage_format(storage)
+    if codec not in fmt.codecs:
+        known = "" if codec in CODECS else f"unknown codec {codec!r}; "
+        raise ValueError(f"{known}format {storage!r} takes --codec {' or '.join(fmt.codecs)}, not {codec!r}")
 
 
 def load_manifest(path: str | os.PathLike[str], remote: Any = None) -> Manifest:
@@ -77,15 +88,15 @@ def read_all(manifest: Manifest, columns: tuple[Column, ...] | None = None, veri
 
 def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
                 shard_bytes: int, codec: str, first_unit: int = 0) -> UnitWriter:
-    """A writer of ``storage`` format into ``folder``, from unit ``first_unit`` on."""
+    """A writer of ``storage`` format into ``folder``, from unit ``first_unit`` on (``ValueError``
+    for an unknown format or a codec it does not write)."""
+    check_codec(storage, codec)
     fmt = storage_format(storage)
-    if codec not in fmt.codecs:
-        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(fmt.codecs)}")
     return fmt.writer(folder, columns, rows, unit_rows, shard_bytes, codec, first_unit)
 
 
 def units_per_file(storage: str, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
-    """Units in each file of ``storage`` format (a Zarr shard of every column, a Parquet file)."""
+    """Units in each file of ``storage`` format (a Zarr shard of every column, a Parquet or Arrow file)."""
     return storage_format(storage).units_per_file(columns, rows, unit_rows, shard_bytes)
 
 

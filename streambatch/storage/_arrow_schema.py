@@ -1,4 +1,4 @@
-"""The Arrow schema of a dataset's columns, shared by the formats that store Arrow data (Parquet):
+"""The Arrow schema of a dataset's columns, shared by the formats that store Arrow data (Parquet, Arrow IPC):
 scalars as plain fields, a fixed-shape tensor as a non-null ``FixedSizeList`` whose field
 metadata ``streambatch.shape`` holds the row shape as JSON."""
 
@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from ..schema import Column
 
-__all__ = ["arrow_schema"]
+__all__ = ["arrow_schema", "arrow_arrays"]
 
 
 def arrow_schema(columns: tuple[Column, ...]) -> Any:
@@ -28,3 +30,20 @@ def arrow_schema(columns: tuple[Column, ...]) -> Any:
         else:
             fields.append(pa.field(c.name, t, nullable=False))
     return pa.schema(fields)
+
+
+def arrow_arrays(columns: tuple[Column, ...], schema: Any, data: dict[str, np.ndarray]) -> list[tuple[Any, Any]]:
+    """Per column of ``schema``, ``(values, array)``: the rows of ``data`` as a flat Arrow array of
+    the values over the arrays' own bytes (booleans packed to bits) and the column's array (that
+    same array for scalars, a ``FixedSizeList`` over it for tensors).  Built from buffers, not
+    with ``pyarrow.array``, which imports pandas (2 s on a small machine) on its first call."""
+    import pyarrow as pa
+
+    out = []
+    for c, field in zip(columns, schema):
+        flat = np.ascontiguousarray(data[c.name], dtype=c.np_dtype).reshape(-1)
+        stored = np.packbits(flat, bitorder="little") if c.np_dtype == np.bool_ else flat
+        values = pa.Array.from_buffers(field.type.value_type if c.shape else field.type, len(flat),
+                                       [None, pa.py_buffer(stored)])
+        out.append((values, pa.FixedSizeListArray.from_arrays(values, type=field.type) if c.shape else values))
+    return out

@@ -52,8 +52,6 @@ def _parquet_footer(check: FileChecker, fi: int, units: np.ndarray, end: int) ->
         raise check.bad(rel, "the footer does not follow the last row group as its length says (damaged)")
     try:
         if check.remote is not None:
-            from ..remote import RangeFile
-
             md = pq.ParquetFile(RangeFile(check.remote, rel)).metadata
         else:
             md = pq.ParquetFile(check.m.root / rel).metadata

@@ -110,8 +110,33 @@ class StorageFormat(ABC):
                         where: str, *, codec: str, unit_rows: np.ndarray | None) -> dict[str, Any]:
         """The manifest's layout checked, with int64 arrays; ``ManifestError`` naming what is wrong."""
 
+    def library_rows(self, manifest: Manifest, names: list[str]) -> Any:
+        """Random rows of ``manifest``'s columns ``names`` as a map-style dataset, through the
+        format's own library where it has one (``streambatch bench --compare naive``); here, a
+        ``read_into`` of one row per item."""
+        return _ReaderRows(self, manifest, names)
+
     @abstractmethod
     def check_files(self, checker: Any) -> str:
         """Check every byte of the format's files that the manifest's unit checksums do not cover
         (``streambatch verify``; ``checker`` reads files and names them in errors); return what
         was checked, in words.  Raises ``DataError`` naming the file."""
+
+
+class _ReaderRows:
+    """Rows of a dataset through its format's reader, opened for each item (no reader outlives it)."""
+
+    def __init__(self, fmt: StorageFormat, manifest: Manifest, names: list[str]) -> None:
+        self.fmt, self.m, self.names = fmt, manifest, names
+
+    def __len__(self) -> int:
+        return int(self.m.rows)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        u = int(np.searchsorted(self.m.unit_start, i, side="right") - 1)
+        lo = i - int(self.m.unit_start[u])
+        out = {c.name: np.empty((1, *c.shape), c.np_dtype) for c in self.m.columns if c.name in self.names}
+        reader = self.fmt.reader(self.m, False, None)
+        reader.read_into(u, lo, lo + 1, out)
+        reader.close()
+        return {k: v[0] for k, v in out.items()}

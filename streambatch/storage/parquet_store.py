@@ -48,51 +48,12 @@ from ._arrow_schema import arrow_schema
 from ._parquet_check import check_parquet_files
 from ._parquet_pages import physical_for
 from ._parquet_write import FileWriter, supports
+from ._sink import TrackingSink as _TrackingSink
 from .base import StorageFormat, WriteResult
 
 __all__ = ["Reader", "Writer", "validate_layout", "arrow_schema", "FORMAT"]
 
 _PARQUET_CODEC = {"none": "none", "lz4": "lz4", "zstd": "zstd"}
-
-
-class _TrackingSink:
-    """A write-only file object that counts bytes and checksums them as they pass."""
-
-    def __init__(self, path: Path) -> None:
-        self._f = open(path, "wb")
-        self.pos = 0
-        self.crc = 0
-        self.mark = 0
-        self.closed = False
-        self._extend = extend_fn(DEFAULT_CHECKSUM)
-
-    def write(self, data: Any) -> int:
-        n = self._f.write(data)
-        self.crc = self._extend(self.crc, data)
-        self.pos += len(memoryview(data).cast("B"))
-        return n
-
-    def take_crc(self) -> int:
-        """The checksum of the bytes written since the last call (from ``mark`` on), restarted."""
-        c, self.crc, self.mark = self.crc, 0, self.pos
-        return c
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def tell(self) -> int:
-        return self.pos
-
-    def close(self) -> None:
-        if not self.closed:
-            self._f.close()
-            self.closed = True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
 
 
 def units_per_file(columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
