@@ -83,15 +83,15 @@ def main() -> int:
     except ImportError:
         moto, s3_url = None, None
     cache = Path(tempfile.mkdtemp(prefix="sb-cache-"))
+    cached = streambatch.RemoteOptions(cache_dir=cache, cache_bytes=1 << 30)
     try:
         _epoch(local)  # warm the page cache
         for _ in range(args.repeats):
             results.setdefault("local", []).append(_epoch(local))
             results.setdefault("http", []).append(_epoch(f"{http.url}/tab.zarr"))
             shutil.rmtree(cache, ignore_errors=True)
-            _epoch(f"{http.url}/tab.zarr", cache_dir=cache, cache_bytes=1 << 30)
-            results.setdefault("http, cached (2nd epoch)", []).append(
-                _epoch(f"{http.url}/tab.zarr", cache_dir=cache, cache_bytes=1 << 30))
+            _epoch(f"{http.url}/tab.zarr", remote=cached)
+            results.setdefault("http, cached (2nd epoch)", []).append(_epoch(f"{http.url}/tab.zarr", remote=cached))
             if s3_url:
                 results.setdefault("s3 (moto)", []).append(_epoch(s3_url))
     finally:

@@ -261,9 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "per read task and 4 batches per batch task, as before tasks were grouped)")
     args = p.parse_args(argv)
     if args.task_bytes is not None:
-        import streambatch._prefetch as prefetch
+        import streambatch.loader.pool as pool
 
-        prefetch._TASK_BYTES = max(1, args.task_bytes)
+        pool.TASK_BYTES = max(1, args.task_bytes)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     threads_list = thread_counts() if args.threads is None else args.threads

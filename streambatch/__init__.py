@@ -14,6 +14,7 @@ from .errors import (
     TargetExistsError,
     WriteError,
 )
+from .io.remote import RemoteOptions
 from .manifest import Manifest
 from .schema import Column
 from .storage import load_manifest
@@ -25,6 +26,7 @@ __all__ = [
     "Manifest",
     "Column",
     "StreamDataset",
+    "RemoteOptions",
     "StreambatchError",
     "InputError",
     "ManifestError",

@@ -17,7 +17,6 @@ peak bytes and the predicted shuffle quality before any data is read.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable, Iterator, Mapping
 
@@ -25,34 +24,22 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ._prefetch import Prefetcher
 from ._sizes import parse_size
-from ._state import STATE_VERSION, Run, Shared, WorkerPosition, make_state, parse_state
-from .errors import ManifestError, StateError
-from .io.remote import RemoteFiles, is_url
+from .errors import StateError
+from .io.remote import RemoteFiles, RemoteOptions, is_url
+from .loader.batches import normalizers
+from .loader.prefetch import Prefetcher
+from .loader.sizing import Sizing, describe
+from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
+                           make_state, parse_state, resolve)
 from .manifest import Manifest
+from .plan import EpochPlan, Phase, plan_epoch, worker_batch_counts
 from .schema import Column
-from .plan import (
-    EpochPlan,
-    Phase,
-    next_worker,
-    plan_epoch,
-    split_consumed,
-    window_bounds,
-    window_rows_for,
-    worker_batch_counts,
-)
-from .quality import predict_deff, predict_kl
 from .storage import load_manifest, open_reader
 
 __all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
 
 INDEX_KEY = "_row"
-# Batches assembled ahead of the consumer: 8 per thread (two groups of 4), at most this many.  The budget
-# always reserves room for the maximum, so the plan (and every batch) does not depend on
-# the thread count.
-_BATCHES_AHEAD_MAX = 16
-_LOCAL_THREADS = 2  # default reader threads per process for local files (see _threads)
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -96,16 +83,14 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             benchmarks/bench_faults.py), so a damaged byte raises ``DataError`` naming the
             dataset, column, unit and file instead of reaching the model.
         timeout: seconds without progress before ``TimeoutError`` names the stuck unit.
-        storage_options: for a URL (``s3://``, ``gs://``, ``https://``): fsspec options
-            (endpoint, anonymous access); credentials come from the environment and config files.
-        cache_dir, cache_bytes: for a URL: keep the byte ranges read in this folder, at most
-            ``cache_bytes`` (least recently used evicted), so later epochs read locally.
-        retries, backoff: for a URL: attempts after a transient error, and the first delay.
+        remote: for a URL (``s3://``, ``gs://``, ``https://``): ``RemoteOptions`` (fsspec
+            options, a local disk cache, retries); the defaults when not given, unused for a local path.
 
     Raises:
         ManifestError: the dataset's manifest is missing or invalid.
         DataError: ``normalize`` needs a statistics file that is missing or damaged.
         ValueError: an unknown column or a budget too small for one batch window.
+        TypeError: ``remote`` is not a ``RemoteOptions``.
     """
 
     def __init__(self, path: str | os.PathLike[str], batch_size: int = 256, shuffle: bool = True, seed: int = 0,
@@ -113,17 +98,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  threads: int | None = None, transform: Callable[[Any], Any] | None = None,
                  rank: int | None = None, world_size: int | None = None,
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
-                 timeout: float | None = None, storage_options: dict[str, Any] | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int | str = "1GiB",
-                 retries: int = 5, backoff: float = 0.2) -> None:
+                 timeout: float | None = None, remote: RemoteOptions | None = None) -> None:
         super().__init__()
-        self._remote_options: dict[str, Any] | None = None
-        if is_url(path):
-            self._remote_options = dict(url=str(path), retries=retries, backoff=backoff, storage_options=storage_options,
-                                        cache_dir=cache_dir, cache_bytes=parse_size(cache_bytes, "cache_bytes"))
-            self.manifest: Manifest = load_manifest(path, remote=self._remote_files())
-        else:
-            self.manifest = load_manifest(path)
+        if remote is not None and not isinstance(remote, RemoteOptions):
+            raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
+        self.remote: RemoteOptions | None = (remote or RemoteOptions()) if is_url(path) else None
+        self._url = str(path)
+        self.manifest: Manifest = load_manifest(path, remote=self._remote_files())
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -143,7 +124,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self.return_index = return_index
         self.verify = verify
         self.timeout = timeout
-        self.normalize = self._normalizers(normalize)
+        self.normalize = normalizers(self.manifest, self.columns, normalize, self._remote_files)
         self.epoch = 0
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
         self._run: Run | None = None  # this process's current (or last) iteration of the epoch
@@ -152,68 +133,20 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._shared = Shared()  # epoch and resume state as DataLoader workers see them
         self.last_peak_accounted_bytes = 0
         self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
-        self._layout(1)  # fail now, not in a worker, if the budget is too small
+        self._sizing().layout(1)  # fail now, not in a worker, if the budget is too small
 
     # ------------------------------------------------------------------ sizing
     @property
     def row_nbytes(self) -> int:
         return sum(c.row_nbytes for c in self.columns)
 
-    def _threads(self, num_workers: int) -> int:
-        if self.threads is not None:
-            return max(1, int(self.threads))
-        if self._remote_options is not None:  # waiting on the network: more requests in flight
-            return max(8, (os.cpu_count() or 1)) // max(1, num_workers)
-        # Two reader threads locally: on 16 cores 1-2 threads were fastest for every layout
-        # measured (tab/img, Zarr none/lz4, Parquet) and 16 ran 0.57-0.84x as fast: more threads
-        # only contend for the GIL with the consumer (benchmarks/RESULTS.md, Scaling).
-        return max(1, min(_LOCAL_THREADS, (os.cpu_count() or 1) // max(1, num_workers)))
+    def _sizing(self) -> Sizing:
+        return Sizing(self.memory_budget, self.batch_size, self.row_nbytes, self.manifest.rows, self.world_size,
+                      self.drop_last, self.threads, self.remote is not None, self.manifest.root)
 
-    def _remote_files(self) -> Any:
+    def _remote_files(self) -> RemoteFiles | None:
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""
-        if self._remote_options is None:
-            return None
-        return RemoteFiles(**self._remote_options)
-
-    def _layout(self, num_workers: int) -> dict[str, int]:
-        """Budget per process -> batches ahead, window rows; ValueError if a window won't fit."""
-        budget = self.memory_budget // max(1, num_workers)
-        threads = self._threads(num_workers)
-        ahead = min(_BATCHES_AHEAD_MAX, 8 * threads)
-        batch_bytes = self.batch_size * self.row_nbytes
-        window_bytes = (budget - _BATCHES_AHEAD_MAX * batch_bytes) // 2
-        if window_bytes < batch_bytes:
-            need = (2 + _BATCHES_AHEAD_MAX) * batch_bytes
-            raise ValueError(f"{self.manifest.root}: memory_budget {self.memory_budget} bytes is too small for "
-                             f"batches of {self.batch_size} rows x {self.row_nbytes} bytes with {num_workers} "
-                             f"worker(s); give at least {need * max(1, num_workers)} bytes")
-        rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self._rank_rows())
-        return {"budget": budget, "threads": threads, "ahead": ahead, "window_rows": rows}
-
-    def _rank_rows(self) -> int:
-        n = self.manifest.rows
-        return n // self.world_size if self.drop_last else -(-n // self.world_size)
-
-    def _normalizers(self, normalize: bool | list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        if normalize is False:
-            return {}
-        names = ([c.name for c in self.columns if c.np_dtype.kind == "f"] if normalize is True
-                 else list(normalize))
-        out = {}
-        for name in names:
-            self.manifest.column(name)
-            wide = name in self.manifest.stats_files  # its statistics are in a file: read it now
-            if not wide and not self.manifest.stats.get(name):
-                raise ManifestError(f"{self.manifest.root}: no statistics for column {name!r} to normalise with")
-            st = self.manifest.feature_stats(name, remote=self._remote_files() if wide else None)
-            mean, std = st["mean"], st["std"]
-            del st
-            if not (np.isfinite(mean).all() and np.isfinite(std).all()):
-                raise ManifestError(f"{self.manifest.root}: column {name!r} has non-finite statistics (NaN or inf "
-                                    "in the data); it cannot be normalised")
-            mean, std = mean.astype(np.float32), std.astype(np.float32)
-            out[name] = (mean, np.where(std > 0, 1.0 / np.where(std > 0, std, 1), 1.0).astype(np.float32))
-        return out
+        return None if self.remote is None else self.remote.open(self._url)
 
     # ------------------------------------------------------------------ planning
     def set_epoch(self, epoch: int) -> None:
@@ -235,7 +168,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
         ``history`` lists earlier phases of the epoch (an elastic resume) whose rows are done.
         """
-        rows = window_rows or self._layout(num_workers)["window_rows"]
+        rows = window_rows or self._sizing().layout(num_workers).window_rows
         return plan_epoch(self.manifest.unit_rows, seed=self.seed, epoch=self.epoch if epoch is None else epoch,
                           batch_size=self.batch_size, window_rows=rows, rank=self.rank,
                           world_size=self.world_size, worker=worker, num_workers=num_workers,
@@ -243,8 +176,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank, for any number of workers)."""
-        r = self._rank_rows()
-        return r // self.batch_size if self.drop_last else -(-r // self.batch_size)
+        return self._sizing().batches
 
     def describe(self, num_workers: int = 0) -> dict[str, Any]:
         """Sizes and predicted quality, computed before any data is read.
@@ -254,66 +186,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         predicted_kl (label-sorted KL, SHUFFLE.md M2), label_icc (from the manifest when a
         label was given, else the worst case 1), batches, units, unit_rows.
         """
-        lay = self._layout(max(1, num_workers))
-        m = self.manifest
-        mean_unit = m.rows / m.n_units
-        window_rows = lay["window_rows"]
-        k = window_rows / mean_unit
-        icc = 1.0
-        if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
-            icc = m.stats[m.label]["histogram"].get("icc")
-            icc = 1.0 if icc is None else float(icc)
-        # a batch holds at most the rank's rows; batches of one row have nothing to correlate
-        b = min(self.batch_size, self._rank_rows())
-        deff = 1.0 if b < 2 else self._predicted_deff(window_rows, mean_unit, icc, b) if self.shuffle else float(b)
-        n_labels = 10
-        if m.label and isinstance(m.stats.get(m.label, {}).get("histogram"), dict):
-            n_labels = max(2, len(m.stats[m.label]["histogram"].get("values", [])))
-        # a one-row batch holds one label: its KL against balanced labels is ln(L) however it is shuffled
-        kl = math.log(n_labels) if b < 2 else predict_kl(deff, b, n_labels)
-        peak = (2 * window_rows + lay["ahead"] * self.batch_size) * self.row_nbytes
-        return {
-            "batches": len(self), "batch_size": self.batch_size, "units": m.n_units, "unit_rows": mean_unit,
-            "window_rows": window_rows, "window_units": k, "read_ahead_windows": 1, "read_ahead_units": k,
-            "threads": lay["threads"], "budget_bytes": self.memory_budget,
-            "budget_bytes_per_process": lay["budget"], "predicted_peak_bytes": peak * max(1, num_workers),
-            "predicted_deff": deff, "predicted_kl": kl,
-            "label_icc": icc, "rank": self.rank, "world_size": self.world_size,
-        }
-
-    def _predicted_deff(self, window_rows: int, mean_unit: float, icc: float, batch: int) -> float:
-        """Batch-weighted mean of the tumbling-window prediction over the epoch's windows, for
-        batches of ``batch`` rows (the batch size, or the rank's rows where it holds fewer)."""
-        bounds = window_bounds(self._rank_rows(), window_rows, self.batch_size)
-        sizes, counts = np.unique(np.diff(bounds), return_counts=True)
-        total = weight = 0.0
-        for size, count in zip(sizes.tolist(), counts.tolist()):
-            batches = count * (size // self.batch_size if self.drop_last else -(-size // self.batch_size))
-            d = predict_deff(mean_unit, max(1.0, size / mean_unit), self.manifest.n_units, batch, icc=icc)
-            total += batches * d
-            weight += batches
-        return total / weight if weight else float(batch)
+        return describe(self._sizing(), self.manifest, num_workers, shuffle=self.shuffle, rank=self.rank)
 
     # ------------------------------------------------------------------ iteration
-    def _resolve(self, phases: list[Phase] | None, num_workers: int) -> tuple[tuple[Phase, ...], int, int]:
-        """(earlier phases, window rows, batches already taken in the current phase) for a resume.
-
-        The saved layout is continued where it is this one's (world size, workers) and its window
-        still fits the budget; otherwise the rest of the epoch is planned for this layout (elastic).
-        """
-        rows = self._layout(num_workers)["window_rows"]
-        if not phases:
-            return (), rows, 0
-        last = phases[-1]
-        if (last.world_size, last.num_workers) == (self.world_size, num_workers) and self._fits(last.window_rows,
-                                                                                             num_workers):
-            return tuple(phases[:-1]), last.window_rows, last.batches
-        return tuple(phases), rows, 0  # elastic: plan what every earlier phase left
-
-    def _fits(self, window_rows: int, num_workers: int) -> bool:
-        lay = self._layout(num_workers)
-        return 2 * window_rows * self.row_nbytes + lay["ahead"] * self.batch_size * self.row_nbytes <= lay["budget"]
-
     def _pending(self, worker: int, num_workers: int, in_worker: bool) -> Run:
         """The plan of the iteration that would start now (pure: nothing is consumed)."""
         if in_worker:
@@ -324,14 +199,12 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             epoch, phases = self._shared.read()
         else:
             epoch, phases = self.epoch, self._resume
-        history, window_rows, offset = self._resolve(phases, num_workers)
+        history, window_rows, offset = resolve(phases, self._sizing(), num_workers)
         share, start = worker, 0
-        if offset:
-            # Same layout as when saved: continue the same plan, skipping arithmetically.
+        if offset:  # same layout as when saved: continue the same plan
             counts = worker_batch_counts(self.plan(0, num_workers, epoch=epoch, window_rows=window_rows,
                                                    history=history))
-            share = (next_worker(counts, offset) + worker) % num_workers
-            start = split_consumed(counts, offset)[share]
+            share, start = continue_share(counts, offset, worker, num_workers)
         return Run(epoch, history, window_rows, worker, num_workers, share, start)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -350,13 +223,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return self._serve(run)
 
     def _serve(self, run: Run) -> Iterator[dict[str, torch.Tensor]]:
-        lay = self._layout(run.num_workers)
+        lay = self._sizing().layout(run.num_workers)
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
                          history=run.history)
         reader = open_reader(self.manifest, verify=self.verify, remote=self._remote_files())
         pf = Prefetcher(
-            reader, plan, self.columns, self.manifest.unit_start, threads=lay["threads"],
-            budget_bytes=lay["budget"], batches_ahead=lay["ahead"], start_batch=run.start,
+            reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
+            budget_bytes=lay.budget, batches_ahead=lay.ahead, start_batch=run.start,
             index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
             to_tensor=torch.from_numpy, transform=self.transform, timeout=self.timeout,
             name=f"r{self.rank}w{run.worker}", buffers=self._buffers)
@@ -416,7 +289,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         nw = max(1, num_workers if num_workers is not None else seen)
         run = self._run
         if self._resume is not None or run is None or seen or num_workers:
-            history, window_rows, offset = self._resolve(self._resume, nw)
+            history, window_rows, offset = resolve(self._resume, self._sizing(), nw)
             taken = int(batches or 0)
         else:  # iterated here: the batches this iteration handed out
             history, window_rows, offset = run.history, run.window_rows, run.start
@@ -444,27 +317,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             raise StateError(f"{root}: a rank's resume state is loaded in the main process, before the DataLoader "
                              "starts its workers (ds.load_state_dict(state), then iterate)")
         if pos is not None:
-            self._check_worker_state(pos, phases, info)
+            check_worker_state(pos, phases, None if info is None else (info.id, info.num_workers), self._sizing())
             self._worker_resume = (tuple(phases[:-1]), phases[-1].window_rows, pos)
         else:
             self._resume = phases
             self._shared.publish(epoch, phases)
         self.epoch = epoch
         self._run = None
-
-    def _check_worker_state(self, pos: WorkerPosition, phases: list[Phase], info: Any) -> None:
-        root = self.manifest.root
-        where = f"{root}: the state of DataLoader worker {pos.worker} of {pos.num_workers}"
-        if info is None:
-            raise StateError(f"{where} resumes in that worker: restore it with StatefulDataLoader.load_state_dict")
-        if (info.id, info.num_workers, self.world_size) != (pos.worker, pos.num_workers, phases[-1].world_size):
-            raise StateError(f"{where} and world size {phases[-1].world_size} cannot resume in worker {info.id} of "
-                             f"{info.num_workers} with world size {self.world_size}: resume with the same num_workers "
-                             "and world size, or save the rank's state with ds.state_dict(batches=...)")
-        if not self._fits(phases[-1].window_rows, pos.num_workers):
-            raise StateError(f"{where} follows windows of {phases[-1].window_rows} rows, which do not fit "
-                             f"memory_budget {self.memory_budget} with {pos.num_workers} worker(s): resume with the "
-                             "budget it was saved under (a worker's share cannot be re-planned alone)")
 
     def __repr__(self) -> str:
         return (f"StreamDataset({str(self.manifest.root)!r}, rows={self.manifest.rows}, batch_size={self.batch_size}, "

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streambatch._prefetch import THREAD_PREFIX
+from streambatch.loader.pool import THREAD_PREFIX
 from streambatch.manifest import MANIFEST_NAME
 
 

@@ -260,7 +260,7 @@ def test_break_del_and_gc_stop_every_thread(datasets):
 
 
 def test_prefetcher_close_is_idempotent(datasets):
-    from streambatch._prefetch import Prefetcher
+    from streambatch.loader.prefetch import Prefetcher
     from streambatch.storage import open_reader
 
     ds = small(datasets["zarr"])

@@ -13,13 +13,15 @@ import streambatch
 from conftest import write_sorted_npy
 
 PUBLIC = {
-    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "StreambatchError",
-                    "InputError", "ManifestError", "DataError", "StateError", "TargetExistsError", "WriteError",
-                    "__version__"},
+    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "RemoteOptions",
+                    "StreambatchError", "InputError", "ManifestError", "DataError", "StateError", "TargetExistsError",
+                    "WriteError", "__version__"},
 }
 MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.errors", "streambatch.manifest",
            "streambatch.plan", "streambatch.quality", "streambatch.io.remote", "streambatch.sources",
-           "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run"]
+           "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run",
+           "streambatch.loader.sizing", "streambatch.loader.state", "streambatch.loader.pool",
+           "streambatch.loader.windows", "streambatch.loader.batches", "streambatch.loader.prefetch"]
 
 
 def test_top_level_exports_are_pinned():

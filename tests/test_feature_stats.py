@@ -203,7 +203,7 @@ def test_statistics_files_are_read_over_http(wide, tmp_path: Path) -> None:
     try:
         url = f"{srv.url}/{path.name}"
         assert streambatch.load_manifest(url).stats_files
-        assert _same(_batches(url, retries=1, backoff=0.01), _batches(path))
+        assert _same(_batches(url, remote=streambatch.RemoteOptions(retries=1, backoff=0.01)), _batches(path))
     finally:
         srv.shutdown()
         srv.server_close()

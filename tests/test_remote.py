@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import streambatch
-from streambatch import DataError
+from streambatch import DataError, RemoteOptions
+from streambatch.manifest import MANIFEST_NAME
 from streambatch.storage import FORMATS
 
 from conftest import flip_byte, write_sorted_npy
@@ -82,7 +83,7 @@ def same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_http_dataset_gives_the_same_batches_as_the_local_copy(local, http, fmt):
     url = f"{http.url}/d.{fmt}"
-    assert same(batches(url, retries=2, backoff=0.01), batches(local[fmt]))
+    assert same(batches(url, remote=RemoteOptions(retries=2, backoff=0.01)), batches(local[fmt]))
     m = streambatch.load_manifest(url)
     assert m.rows == ROWS and str(m.root) == url
 
@@ -133,7 +134,7 @@ def test_verify_over_http_parses_the_footer_of_a_parquet_dataset_from_before_foo
 
 def test_dropped_connections_are_retried(local, http):
     http.drop_next = 5
-    got = batches(f"{http.url}/d.zarr", retries=8, backoff=0.01)
+    got = batches(f"{http.url}/d.zarr", remote=RemoteOptions(retries=8, backoff=0.01))
     assert http.drop_next == 0
     assert same(got, batches(local["zarr"]))
 
@@ -141,12 +142,12 @@ def test_dropped_connections_are_retried(local, http):
 def test_a_server_that_stays_down_gives_a_clear_error(local):
     url = f"http://127.0.0.1:{free_port()}/d.zarr"
     with pytest.raises(streambatch.StreambatchError, match="127.0.0.1"):
-        batches(url, retries=2, backoff=0.01)
+        batches(url, remote=RemoteOptions(retries=2, backoff=0.01))
 
 
 def test_a_server_that_dies_mid_epoch_gives_a_data_error_naming_the_unit(local, http):
-    ds = streambatch.StreamDataset(f"{http.url}/d.zarr", batch_size=64, memory_budget=60_000, retries=2,
-                                   backoff=0.001)
+    ds = streambatch.StreamDataset(f"{http.url}/d.zarr", batch_size=64, memory_budget=60_000,
+                                   remote=RemoteOptions(retries=2, backoff=0.001))
     http.drop_next = 10_000  # from now on every request breaks off half-way
     try:
         with pytest.raises(DataError, match=r"failed after 3 attempts") as info:
@@ -156,16 +157,89 @@ def test_a_server_that_dies_mid_epoch_gives_a_data_error_naming_the_unit(local, 
         http.drop_next = 0
 
 
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_busy_server_is_retried_until_it_answers(local, http, status):
+    """Busy answers are transient: each is retried, the read then succeeds; too many give a DataError."""
+    want = (local["zarr"] / MANIFEST_NAME).read_bytes()[10:110]
+    files = RemoteOptions(retries=5, backoff=0.001).open(f"{http.url}/d.zarr")
+    gets = http.gets
+    http.fail_status, http.fail_next = status, 3
+    try:
+        assert files.read(MANIFEST_NAME, 10, 100) == want
+        assert (files.retried, http.gets - gets, http.fail_next) == (3, 4, 0)
+        http.fail_next = 4  # during an epoch: the same batches
+        assert same(batches(f"{http.url}/d.zarr", remote=RemoteOptions(retries=8, backoff=0.001)),
+                    batches(local["zarr"]))
+        assert http.fail_next == 0
+        http.fail_next = 3
+        with pytest.raises(DataError, match=rf"{MANIFEST_NAME} .*failed after 3 attempts.*{status}"):
+            RemoteOptions(retries=2, backoff=0.001).open(f"{http.url}/d.zarr").read(MANIFEST_NAME, 0, 100)
+    finally:
+        http.fail_status, http.fail_next = 503, 0
+
+
+@pytest.mark.parametrize("status", [404, 403, 400])
+def test_a_permanent_failure_is_not_retried(local, http, status):
+    """A missing object, no permission, a bad request: a DataError naming the object after one request."""
+    files = RemoteOptions(retries=5, backoff=0.001).open(f"{http.url}/d.zarr")
+    rel = "x/c/no-such-chunk" if status == 404 else MANIFEST_NAME
+    gets = http.gets
+    http.fail_status, http.fail_next = status, (0 if status == 404 else 1)
+    try:
+        with pytest.raises(DataError, match=rf"d\.zarr/{rel}") as info:
+            files.read(rel, 0, 100)
+    finally:
+        http.fail_status, http.fail_next = 503, 0
+    assert "attempts" not in str(info.value)
+    assert (files.requests, files.retried, http.gets - gets) == (1, 0, 1)
+
+
+def test_a_missing_object_in_a_bucket_is_not_retried(local, s3):
+    files = RemoteOptions(retries=5, backoff=0.001).open(f"{s3}/no-such-dataset")
+    with pytest.raises(DataError, match="no-such-dataset/_streambatch.json: FileNotFoundError"):
+        files.cat(MANIFEST_NAME)
+    assert (files.requests, files.retried) == (1, 0)
+
+
+def test_a_programming_error_is_raised_at_once_with_its_type(local, http):
+    """A bad fsspec option is a TypeError on every attempt: raised at once, never retried or renamed."""
+    bad = RemoteOptions(storage_options={"client_kwargs": {"no_such_option": 1}}, retries=5, backoff=0.001)
+    files = bad.open(f"{http.url}/d.zarr")
+    gets = http.gets
+    with pytest.raises(TypeError, match="no_such_option") as info:
+        files.read(MANIFEST_NAME, 0, 100)
+    assert any(MANIFEST_NAME in n for n in info.value.__notes__)
+    assert (files.requests, files.retried, http.gets) == (1, 0, gets)
+    with pytest.raises(TypeError, match="no_such_option"):
+        streambatch.StreamDataset(f"{http.url}/d.zarr", remote=bad)
+
+
+def test_remote_options_are_one_checked_frozen_object(local, http):
+    import dataclasses
+
+    opts = RemoteOptions(storage_options={"headers": {}}, cache_bytes="2MiB", retries=0)
+    assert opts.cache_bytes == 2 << 20 and hash(opts) == hash(RemoteOptions(cache_bytes=2 << 20, retries=0))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.retries = 3  # type: ignore[misc]
+    for bad in (dict(retries=-1), dict(retries=1.5), dict(backoff=-0.1), dict(cache_bytes="lots")):
+        with pytest.raises(ValueError):
+            RemoteOptions(**bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RemoteOptions"):
+        streambatch.StreamDataset(f"{http.url}/d.zarr", remote={"retries": 2})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="retries"):
+        streambatch.StreamDataset(f"{http.url}/d.zarr", retries=2)  # type: ignore[call-arg]
+
+
 def test_disk_cache_is_bounded_and_serves_the_next_epoch(local, http, tmp_path):
     cache = tmp_path / "cache"
     url = f"{http.url}/d.zarr"
-    first = batches(url, cache_dir=cache, cache_bytes=1 << 30)
+    first = batches(url, remote=RemoteOptions(cache_dir=cache, cache_bytes=1 << 30))
     gets = http.gets
-    again = batches(url, cache_dir=cache, cache_bytes=1 << 30)
+    again = batches(url, remote=RemoteOptions(cache_dir=cache, cache_bytes="1GiB"))
     assert same(first, again)
     assert http.gets == gets + 1  # only the manifest was fetched again: every range came from the cache
     small = tmp_path / "small"
-    batches(url, cache_dir=small, cache_bytes=20_000)
+    batches(url, remote=RemoteOptions(cache_dir=small, cache_bytes=20_000))
     assert sum(p.stat().st_size for p in small.glob("*.bin")) <= 20_000
 
 

@@ -4,7 +4,8 @@
 
 ``RangeServer(root)`` serves the files under ``root`` on 127.0.0.1 (HEAD, GET, Range), and
 ``drop_next = k`` makes the next k GETs send half their bytes and close the connection, as a
-flaky network would.  Only loopback: never a public address.
+flaky network would; ``fail_next = k`` makes them answer ``fail_status`` (503: a busy server)
+instead.  Only loopback: never a public address.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class RangeServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", free_port()), _Handler)
         self.root = root
         self.drop_next = 0  # this many GETs send half their bytes, then close the connection
-        self.gets = 0
+        self.fail_next = 0  # this many GETs answer fail_status
+        self.fail_status = 503
+        self.gets = 0  # GETs answered, failed ones (and 404s) included
         self.lock = threading.Lock()
 
     @property
@@ -63,6 +66,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
 
     def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.gets += 1
+            fail = self.server.fail_next > 0
+            if fail:
+                self.server.fail_next -= 1
+        if fail:
+            self.send_error(self.server.fail_status)
+            return
         path = self._file()
         if path is None:
             return
@@ -76,7 +87,6 @@ class _Handler(BaseHTTPRequestHandler):
             f.seek(start)
             body = f.read(max(0, end - start))
         with self.server.lock:
-            self.server.gets += 1
             drop = self.server.drop_next > 0
             if drop:
                 self.server.drop_next -= 1

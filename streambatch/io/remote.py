@@ -4,8 +4,8 @@
 
     reader thread --read_into(file, offset, buf)--> RemoteFiles --cache hit?--> local disk cache
                                                           \\--miss--> fs.cat_file(path, a, b)
-                                                                   retries with backoff,
-                                                                   short reads retried too
+                                                                   transient failures retried
+                                                                   with backoff
 
 The loader reads the byte range of each unit it needs (several requests in flight: one per
 reader thread); Parquet files are read through a file object that turns pyarrow's reads
@@ -13,22 +13,32 @@ into the same ranged requests.  Credentials and endpoints come from the standard
 (environment variables such as ``AWS_ENDPOINT_URL``, config files, or ``storage_options``
 given by the caller), never from the manifest.  fsspec and the filesystem package for the
 protocol (s3fs, gcsfs, aiohttp for http) are needed only when a URL is used.
+
+Only transient failures are retried (a refused or dropped connection, a timeout, a short read,
+an HTTP 5xx or 429 answer).  A permanent one (a missing object, no permission, another 4xx)
+raises ``DataError`` naming the object at once, and anything else (a ``TypeError`` from bad
+``storage_options``, a bug) is raised at once with its own type.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import math
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._sizes import parse_size
 from ..errors import DataError, ManifestError
 
-__all__ = ["is_url", "RemoteRoot", "RemoteFiles", "RangeFile", "fs_of"]
+__all__ = ["is_url", "RemoteRoot", "RemoteOptions", "RemoteFiles", "RangeFile", "fs_of"]
 
 
 def is_url(path: Any) -> bool:
@@ -76,7 +86,98 @@ def fs_of(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
                             "for http(s):// aiohttp") from None
 
 
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How a dataset at a URL is read (``StreamDataset(url, remote=RemoteOptions(...))``).
+
+    Args:
+        storage_options: fsspec options (endpoint, anonymous access, ...); credentials come
+            from the environment and config files.
+        cache_dir: keep the byte ranges read in this folder, so later epochs read locally;
+            ``None`` for no cache.
+        cache_bytes: the cache's size bound (``"1GiB"``, an int); least recently used ranges are evicted.
+        retries: attempts after the first for a transient failure.
+        backoff: seconds before the first retry; doubled each time (with jitter).
+
+    Raises:
+        ValueError: ``retries`` or ``backoff`` is negative, or ``cache_bytes`` is not a size.
+    """
+
+    storage_options: dict[str, Any] | None = field(default=None, hash=False)
+    cache_dir: str | os.PathLike[str] | None = None
+    cache_bytes: int | str = "1GiB"
+    retries: int = 5
+    backoff: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.storage_options is not None:
+            object.__setattr__(self, "storage_options", dict(self.storage_options))
+        object.__setattr__(self, "cache_bytes", parse_size(self.cache_bytes, "cache_bytes"))
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
+        if not isinstance(self.backoff, (int, float)) or not math.isfinite(self.backoff) or self.backoff < 0:
+            raise ValueError(f"backoff must be a number of seconds >= 0, got {self.backoff!r}")
+
+    def open(self, url: str) -> RemoteFiles:
+        """The ``RemoteFiles`` of the dataset at ``url`` read with these options."""
+        return RemoteFiles(url, retries=self.retries, backoff=self.backoff, cache_dir=self.cache_dir,
+                           cache_bytes=int(self.cache_bytes), storage_options=self.storage_options)
+
+
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# OSError numbers that another attempt cannot fix (s3fs turns S3 error codes into these)
+_PERMANENT_ERRNO = {errno.EINVAL, errno.EPERM, errno.EACCES, errno.ENOENT, errno.ENOSYS, errno.EISDIR,
+                    errno.ENOTDIR, errno.ENAMETOOLONG, errno.EMSGSIZE, errno.EEXIST, errno.ENOTEMPTY,
+                    getattr(errno, "EREMCHG", errno.ENOENT)}
+# Transport failures of the HTTP clients under fsspec that are not OSErrors: (module, class names)
+_TRANSPORT = (("aiohttp", ("ClientConnectionError", "ClientPayloadError")),
+              ("botocore.exceptions", ("HTTPClientError", "ConnectionError", "IncompleteReadError")),
+              ("http.client", ("IncompleteRead", "BadStatusLine")),
+              ("urllib3.exceptions", ("ProtocolError", "TimeoutError")))
+
+
+class _ShortRead(OSError):
+    """A ranged read that returned fewer bytes than asked for (retried)."""
+
+
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status a client library attached to ``e`` (or, for fsspec's and s3fs's translated
+    errors, to its cause), if any."""
+    for err, attrs in ((e, ("status", "status_code", "code")), (e.__cause__, ("status",))):
+        for attr in attrs:
+            value = getattr(err, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+                return value
+        meta = getattr(err, "response", None)  # botocore's ClientError, under s3fs's translation
+        if isinstance(meta, dict):
+            value = meta.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def _transport_error(e: BaseException) -> bool:
+    """A dropped connection or a cut-off body, as the HTTP client libraries under fsspec raise them."""
+    for module, names in _TRANSPORT:
+        mod = sys.modules.get(module)  # only a library that is loaded can have raised it
+        if mod is not None and isinstance(e, tuple(getattr(mod, n) for n in names if hasattr(mod, n))):
+            return True
+    return False
+
+
+def _failure_kind(e: Exception) -> str:
+    """``"transient"`` (worth another attempt), ``"permanent"`` (an I/O error that another attempt
+    cannot fix: missing, forbidden, a 4xx answer) or ``"bug"`` (anything else: raise it as it is)."""
+    if isinstance(e, (ConnectionError, TimeoutError, _ShortRead)) or _transport_error(e):
+        return "transient"
+    status = _http_status(e)
+    if status is not None and status >= 400:
+        return "transient" if status in (408, 429) or (status >= 500 and status != 501) else "permanent"
+    if isinstance(e, _PERMANENT):
+        return "permanent"
+    if isinstance(e, OSError):
+        return "permanent" if e.errno in _PERMANENT_ERRNO else "transient"
+    return "bug"
 
 
 class RemoteFiles:
@@ -126,9 +227,13 @@ class RemoteFiles:
                 if check is not None:
                     check(out)
                 return out
-            except _PERMANENT as e:
-                raise DataError(f"{self.url}/{what}: {type(e).__name__}: {e}") from None
-            except Exception as e:  # noqa: BLE001 - fsspec backends raise many types for transient faults
+            except Exception as e:  # noqa: BLE001 - sorted by _failure_kind: only transient ones are retried
+                kind = _failure_kind(e)
+                if kind == "bug":
+                    e.add_note(f"while reading {self.url}/{what}")
+                    raise
+                if kind == "permanent":
+                    raise DataError(f"{self.url}/{what}: {type(e).__name__}: {e}") from None
                 if attempt == self.retries:
                     raise DataError(f"{self.url}/{what}: failed after {attempt + 1} attempts: "
                                     f"{type(e).__name__}: {e}") from e
@@ -162,7 +267,7 @@ class RemoteFiles:
 
         def check(data: bytes) -> None:
             if len(data) != size:
-                raise OSError(f"short read: {len(data)} of {size} bytes")
+                raise _ShortRead(f"short read: {len(data)} of {size} bytes")
 
         data = self._retrying(f"{rel} (bytes {offset}..{offset + size})",
                               lambda: self.fs.cat_file(self._path(rel), start=offset, end=offset + size), check)

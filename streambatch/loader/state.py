@@ -26,10 +26,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import StateError
-from .plan import Phase
+from ..errors import StateError
+from ..plan import Phase, next_worker, split_consumed
+from .sizing import Sizing
 
-__all__ = ["STATE_VERSION", "Shared", "Run", "WorkerPosition", "parse_state", "make_state"]
+__all__ = ["STATE_VERSION", "Shared", "Run", "WorkerPosition", "parse_state", "make_state", "resolve",
+           "continue_share", "check_worker_state"]
 
 STATE_VERSION = 1
 _HEADER = 3  # int64 slots: epoch, workers of the last iteration, length of the resume JSON (-1: none)
@@ -152,3 +154,43 @@ def parse_state(state: Mapping[str, Any], identity: dict[str, Any], root: Any, b
                                    and worker.batches >= 0 and worker.num_workers == phases[-1].num_workers):
         raise StateError(f"{root}: resume state out of range (worker {state.get('worker')})")
     return epoch, phases, worker
+
+
+def resolve(phases: list[Phase] | None, sizing: Sizing, num_workers: int) -> tuple[tuple[Phase, ...], int, int]:
+    """(earlier phases, window rows, batches already taken in the current phase) for a resume.
+
+    The saved layout is continued where it is this one's (world size, workers) and its window
+    still fits the budget; otherwise the rest of the epoch is planned for this layout (elastic).
+    """
+    rows = sizing.layout(num_workers).window_rows
+    if not phases:
+        return (), rows, 0
+    last = phases[-1]
+    if (last.world_size, last.num_workers) == (sizing.world_size, num_workers) and sizing.fits(last.window_rows,
+                                                                                               num_workers):
+        return tuple(phases[:-1]), last.window_rows, last.batches
+    return tuple(phases), rows, 0  # elastic: plan what every earlier phase left
+
+
+def continue_share(counts: list[int], taken: int, worker: int, num_workers: int) -> tuple[int, int]:
+    """(share, batches of it already served) for ``worker`` when a DataLoader whose workers serve
+    ``counts`` batches has yielded ``taken``: the same plan continues, skipping arithmetically."""
+    share = (next_worker(counts, taken) + worker) % num_workers
+    return share, split_consumed(counts, taken)[share]
+
+
+def check_worker_state(pos: WorkerPosition, phases: list[Phase], here: tuple[int, int] | None, sizing: Sizing) -> None:
+    """A worker's state (``StatefulDataLoader``) resumes only in that worker (``here``: this
+    process's (worker, num_workers), None outside a worker), with the same layout and a budget
+    its windows fit; ``StateError`` otherwise."""
+    where = f"{sizing.root}: the state of DataLoader worker {pos.worker} of {pos.num_workers}"
+    if here is None:
+        raise StateError(f"{where} resumes in that worker: restore it with StatefulDataLoader.load_state_dict")
+    if (*here, sizing.world_size) != (pos.worker, pos.num_workers, phases[-1].world_size):
+        raise StateError(f"{where} and world size {phases[-1].world_size} cannot resume in worker {here[0]} of "
+                         f"{here[1]} with world size {sizing.world_size}: resume with the same num_workers "
+                         "and world size, or save the rank's state with ds.state_dict(batches=...)")
+    if not sizing.fits(phases[-1].window_rows, pos.num_workers):
+        raise StateError(f"{where} follows windows of {phases[-1].window_rows} rows, which do not fit "
+                         f"memory_budget {sizing.memory_budget} with {pos.num_workers} worker(s): resume with the "
+                         "budget it was saved under (a worker's share cannot be re-planned alone)")

@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Epoch throughput of two source trees of streambatch, paired in one process (for refactors).
+
+    python benchmarks/bench_paired.py --a OLD_TREE --b NEW_TREE --data DIR [--repeats 7]
+           [--budget 64MiB] [--datasets tab.zarr,tab.parquet,img.zarr,img.parquet]
+
+``DIR`` holds converted datasets (e.g. ``tools/make_datasets.py tab DIR/tab-npy --rows 400000``,
+then ``streambatch convert DIR/tab-npy DIR/tab.zarr --label y``).  Both trees' ``streambatch``
+packages are imported into this one process under two names (the package imports itself only
+relatively), so that on a shared, loaded machine both see the same conditions: per dataset, one
+``StreamDataset`` of each tree serves a warm-up epoch (it pays the page faults of fresh window
+buffers and warms the page cache; its served ids and ``x`` sum must match between the trees),
+then epochs alternate A B B A A B ... (``--repeats`` each) with a light consumer that touches every
+batch.  The table gives the median samples/s per tree, B / A, and the median of the per-pair
+ratios; samples per CPU-second (all threads) vary less than wall-clock rates on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+DATASETS = "tab.zarr,tab.parquet,img.zarr,img.parquet"
+
+
+def _import_tree(tree: Path, alias: str, links: Path) -> ModuleType:
+    """``tree/streambatch`` imported as the top-level package ``alias``."""
+    (links / alias).symlink_to(tree.resolve() / "streambatch", target_is_directory=True)
+    return importlib.import_module(alias)
+
+
+def _warm_up(ds: Any) -> tuple[str, float]:
+    import numpy as np
+    import torch
+
+    ids, x_sum = [], 0.0
+    for b in ds:
+        ids.append(b["id"].numpy().copy())
+        x_sum += float(b["x"].sum(dtype=torch.float64))
+    return hashlib.sha1(np.concatenate(ids).tobytes()).hexdigest(), x_sum
+
+
+def _epoch(ds: Any, epoch: int) -> tuple[float, float]:
+    """(samples per second, samples per CPU-second) of one epoch with a light consumer."""
+    ds.set_epoch(epoch)
+    n, touched = 0, 0.0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for b in ds:
+        n += b["id"].shape[0]
+        touched += float(b["x"].reshape(-1)[-1])
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
+def _measure(packages: dict[str, ModuleType], path: Path, args: argparse.Namespace) -> str:
+    sets = {k: p.StreamDataset(path, batch_size=256, memory_budget=args.budget, seed=0) for k, p in packages.items()}
+    same = len({_warm_up(ds) for ds in sets.values()}) == 1
+    wall: dict[str, list[float]] = {"A": [], "B": []}
+    cpu: dict[str, list[float]] = {"A": [], "B": []}
+    for r in range(args.repeats):
+        for key in ("A", "B") if r % 2 == 0 else ("B", "A"):  # A B B A ...: neither always goes first
+            w, c = _epoch(sets[key], r + 1)
+            wall[key].append(w)
+            cpu[key].append(c)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    pair = statistics.median(b / a for a, b in zip(wall["A"], wall["B"]))
+    return (f"| {path.name} | {med['A']:,.0f} | {med['B']:,.0f} | {med['B'] / med['A']:.3f} | {pair:.3f} | "
+            f"{cmed['A']:,.0f} | {cmed['B']:,.0f} | {cmed['B'] / cmed['A']:.3f} | {'yes' if same else 'NO'} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", type=Path, required=True, help="the old source tree (holds streambatch/)")
+    ap.add_argument("--b", type=Path, required=True, help="the new source tree")
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--datasets", default=DATASETS)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--budget", default="64MiB")
+    args = ap.parse_args()
+    links = Path(tempfile.mkdtemp(prefix="sb-paired-"))
+    sys.path.insert(0, str(links))
+    packages = {"A": _import_tree(args.a, "streambatch_a", links), "B": _import_tree(args.b, "streambatch_b", links)}
+    print(f"A = {args.a.resolve()}\nB = {args.b.resolve()}\nbudget {args.budget}, batch 256, epochs alternated "
+          f"A B B A ..., {args.repeats} each, after a warm-up epoch each; {os.cpu_count()} CPUs\n")
+    print("| dataset | A samples/s | B samples/s | B / A | median pair B / A | A per CPU-s | B per CPU-s "
+          "| B / A (CPU) | same batches |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name in args.datasets.split(","):
+        print(_measure(packages, args.data / name, args), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

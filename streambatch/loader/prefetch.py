@@ -1,0 +1,209 @@
+"""The scheduler: serves the batches of one ``EpochPlan`` in order, reading windows ahead on the pool.
+
+::
+
+    consumer (iterating thread)                     pool threads (reader threads)
+    ---------------------------                     -----------------------------
+    window j+1 free?  --submit reads (prio 1)-->    windows.read_group: unit rows -> window buffer
+    window j read?    --submit batches (prio 0)-->  batches.gather_batches: buffer[perm[b]] (+transform)
+    take batch futures in order, yield              results carry the original exception
+    last batch of window j taken: free its buffer
+
+Batches outrank reads in the pool, so a batch never waits behind the next window's reads,
+and a batch task is only submitted once its window is fully read, so no pool thread ever
+blocks on another task.  Output order is the plan's, whatever the thread count or timing.
+Tasks are about ``pool.TASK_BYTES`` of work each (several units per read task, several small
+batches per batch task).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..plan import EpochPlan
+from ..schema import Column
+from . import pool
+from .batches import Normalizers, gather_batches
+from .pool import POLL, Pool, Task
+from .windows import Buffers, Window, start_window
+
+__all__ = ["Prefetcher"]
+
+_Pending = tuple[Task, Window, int, int]  # (batch task, its window, bytes, batches)
+
+
+def _windows_to_serve(plan: EpochPlan, start_batch: int) -> tuple[deque[int], int]:
+    """The windows left after ``start_batch`` batches (a resume) and the batch to start the first at.
+
+    Windows already served are skipped arithmetically: nothing is read for them.
+    """
+    skip = start_batch
+    todo: deque[int] = deque()
+    first_offset = 0
+    for j in plan.windows.tolist():
+        nb = plan.window_batches(j)
+        if skip >= nb:
+            skip -= nb
+            continue
+        if not todo:
+            first_offset, skip = skip, 0
+        todo.append(j)
+    return todo, first_offset
+
+
+class Prefetcher:
+    """Serves the batches of one ``EpochPlan`` in order, reading windows ahead with threads.
+
+    Memory invariant: ``accounted_bytes`` = bytes of window buffers in use + bytes of batches
+    submitted and not yet taken, and it never exceeds ``budget_bytes``: a window buffer is
+    acquired before its reads are submitted and released when its last batch is taken.
+    At most two windows are held: the one being served and the one being read.
+
+    Window buffers are reused from ``buffers`` (a list the caller keeps across epochs) when their
+    shapes fit, and returned to it at close.  Use as a context manager or call ``close()``
+    (idempotent); iteration stops the threads when it ends, breaks or fails, and garbage
+    collection is the safety net.
+
+    Raises:
+        ValueError: two windows and the batches ahead do not fit ``budget_bytes``.
+    """
+
+    def __init__(self, reader: Any, plan: EpochPlan, columns: tuple[Column, ...], unit_start: NDArray[np.int64], *,
+                 threads: int, budget_bytes: int, batches_ahead: int, group: int | None = None, start_batch: int = 0,
+                 index_key: str | None = None, normalize: Normalizers | None = None,
+                 to_tensor: Callable[[np.ndarray], Any] | None = None,
+                 transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
+                 name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None) -> None:
+        self.reader, self.plan, self.columns = reader, plan, columns
+        self.unit_start = unit_start
+        self.row_nbytes = sum(c.row_nbytes for c in columns)
+        self.window_nbytes = plan.window_rows * self.row_nbytes
+        self.batch_nbytes = plan.batch_size * self.row_nbytes
+        self.budget_bytes = budget_bytes
+        self.batches_ahead = max(1, batches_ahead)
+        if group is None:  # batches per task: at least 4, up to about TASK_BYTES of small batches
+            group = max(4, pool.TASK_BYTES // max(1, self.batch_nbytes))
+        self.group = max(1, min(group, self.batches_ahead // 2 or 1))
+        if 2 * self.window_nbytes + self.batches_ahead * self.batch_nbytes > budget_bytes:
+            raise ValueError(f"window of {self.window_nbytes} bytes and {self.batches_ahead} batches ahead "
+                             f"do not fit the budget of {budget_bytes} bytes")
+        self.start_batch = start_batch
+        self.index_key = index_key
+        self.normalize = normalize or {}
+        self.to_tensor, self.transform, self.timeout = to_tensor, transform, timeout
+        self.accounted_bytes = 0
+        self.peak_accounted_bytes = 0
+        self._buffers = Buffers(columns, plan.window_rows, buffers)
+        self._pool = Pool(max(1, threads), name)
+        self._closed = False
+        self._stuck = False  # a wait timed out: a pool thread may be stuck in a read
+        self._finalizer = weakref.finalize(self, Pool.close, self._pool)
+
+    # -- accounting
+    def _acquire(self, n: int) -> None:
+        self.accounted_bytes += n
+        self.peak_accounted_bytes = max(self.peak_accounted_bytes, self.accounted_bytes)
+        assert self.accounted_bytes <= self.budget_bytes, "streambatch: byte budget exceeded"
+
+    def _release(self, n: int) -> None:
+        self.accounted_bytes -= n
+
+    def _start_window(self, j: int) -> Window:
+        bufs, fresh = self._buffers.take()
+        self._acquire(self.window_nbytes)
+        ids = self.unit_start if self.index_key is not None else None
+        return start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.row_nbytes, ids)
+
+    def _wait(self, task: Task) -> Any:
+        t0 = time.monotonic()
+        while not task.done.wait(POLL):
+            if self._closed:
+                raise RuntimeError("streambatch loader closed while waiting")
+            if self.timeout is not None and time.monotonic() - t0 > self.timeout:
+                self._stuck = True  # close() then waits briefly for the stuck thread, not 5 s
+                raise TimeoutError(f"streambatch: no progress for {self.timeout:.1f}s {task.where}")
+        if task.error is not None:
+            raise task.error
+        return task.value
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._serve()
+        finally:
+            self.close()
+
+    def _serve(self) -> Iterator[Any]:
+        todo, first_offset = _windows_to_serve(self.plan, self.start_batch)
+        held: deque[Window] = deque()
+        pending: deque[_Pending] = deque()
+        in_flight = 0  # batches submitted and not yet taken
+        started = 0
+        while True:
+            while todo and len(held) < 2:
+                w = self._start_window(todo.popleft())
+                w.next_b = first_offset if started == 0 else 0
+                started += 1
+                held.append(w)
+            head = held[0] if held else None
+            if head is not None and head.next_b >= head.n_batches and head.in_flight == 0:
+                self._finish_window(held.popleft())
+                continue
+            cur = next((w for w in held if w.next_b < w.n_batches), None)
+            if cur is not None and in_flight + self.group <= self.batches_ahead and (not pending or cur.ready()):
+                pending.append(self._submit_batches(cur))
+                in_flight += pending[-1][3]
+                continue
+            if not pending:
+                assert not held and not todo, "streambatch: prefetcher stalled"
+                return
+            task, w, nbytes, count = pending.popleft()
+            batches = self._wait(task)
+            self._release(nbytes)
+            in_flight -= count
+            w.in_flight -= 1
+            yield from batches
+
+    def _submit_batches(self, cur: Window) -> _Pending:
+        """Submit the next group of ``cur``'s batches, once its reads are done."""
+        while not cur.ready():
+            self._wait(cur.reads[cur.reads_done])
+        b0 = cur.next_b
+        b1 = min(cur.n_batches, b0 + self.group)
+        assert cur.perm is not None
+        perm = self._wait(cur.perm)
+        bs = self.plan.batch_size
+        idx_list = [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]
+        nbytes = sum(len(i) for i in idx_list) * self.row_nbytes
+        self._acquire(nbytes)
+        task = self._pool.submit(0, gather_batches, (
+            cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.to_tensor,
+            self.transform), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
+        cur.next_b = b1
+        cur.in_flight += 1
+        return task, cur, nbytes, b1 - b0
+
+    def _finish_window(self, w: Window) -> None:
+        if w.touch is not None:  # before the buffer is reused for another window's reads
+            self._wait(w.touch)
+        for t in w.reads:  # reads done; drop references
+            if t.error is not None:
+                raise t.error
+        self._release(w.nbytes)
+        self._buffers.give(w.buffers)
+
+    def close(self) -> None:
+        """Stop every thread and drop buffers; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._stuck and self._finalizer.detach() is not None:
+            self._pool.close(timeout=0.2)  # logs the stuck thread; it exits when its read returns
+        else:
+            self._finalizer()
+        self._buffers.close()

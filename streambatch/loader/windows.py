@@ -1,0 +1,145 @@
+"""Window reads and buffer reuse: a window's rows read into one buffer per column, by pool tasks.
+
+A window's pieces (unit, rows) are read in buffer order, grouped into tasks of about
+``pool.TASK_BYTES``; ahead of them, a task hints the reads to a cold disk and one computes the
+window's serving order.  Buffers are kept between epochs (a list the dataset holds), so the
+page faults of fresh memory are paid once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..plan import EpochPlan
+from ..schema import Column
+from . import pool
+from .pool import Pool, Task, Where
+
+__all__ = ["Window", "Buffers", "start_window", "read_group"]
+
+Bufs = dict[str, np.ndarray]
+Piece = tuple[int, int, int, "NDArray[np.int64] | None", Bufs]  # (unit, lo, hi, rows kept or None, out)
+
+
+def _read_rows(reader: Any, unit: int, lo: int, hi: int, rows: NDArray[np.int64], out: Bufs) -> None:
+    """Rows ``lo + rows`` of a unit (a partly served window, after an elastic resume)."""
+    tmp = {name: np.empty((hi - lo, *dst.shape[1:]), dst.dtype) for name, dst in out.items()}
+    reader.read_into(unit, lo, hi, tmp)
+    for name, dst in out.items():
+        np.take(tmp[name], rows, axis=0, out=dst)
+
+
+def read_group(reader: Any, pieces: list[Piece], root: Any, where: Where) -> None:
+    """Read several pieces ``(unit, lo, hi, keep, out)`` into the window buffer, in order."""
+    for u, lo, hi, keep, out in pieces:
+        where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+        if keep is None:
+            reader.read_into(u, lo, hi, out)
+        else:
+            _read_rows(reader, u, lo, hi, keep - lo, out)
+
+
+def _touch_tail(bufs: Bufs, start: int) -> None:
+    for b in bufs.values():
+        b[start:] = 0
+
+
+class Window:
+    """One window in flight: its buffer, its read tasks and the global row id of each position."""
+
+    __slots__ = ("j", "rows", "buffers", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches", "in_flight",
+                 "reads_done", "touch")
+
+    def __init__(self, j: int, rows: int, buffers: Bufs, nbytes: int) -> None:
+        self.j, self.rows, self.buffers, self.nbytes = j, rows, buffers, nbytes
+        self.reads: list[Task] = []
+        self.touch: Task | None = None  # zero-fills the rows a fresh buffer's first window leaves unused
+        self.row_ids: NDArray[np.int64] | None = None
+        self.perm: Task | None = None  # the serving order of the buffer's rows, computed on a pool thread
+        self.next_b = 0  # next batch to submit
+        self.n_batches = 0
+        self.in_flight = 0  # batch groups submitted and not yet taken
+        self.reads_done = 0  # reads[:reads_done] are known to be finished
+
+    def ready(self) -> bool:
+        """True when every read has finished; raises the first failed read's error (never serve its rows)."""
+        while self.reads_done < len(self.reads) and self.reads[self.reads_done].done.is_set():
+            error = self.reads[self.reads_done].error
+            if error is not None:
+                raise error
+            self.reads_done += 1
+        return self.reads_done == len(self.reads)
+
+
+class Buffers:
+    """Window buffers, at most two, reused from ``keep`` (a list the caller holds across epochs)
+    when their shapes fit, and handed back to it by :meth:`close`."""
+
+    def __init__(self, columns: tuple[Column, ...], window_rows: int, keep: list[Bufs] | None) -> None:
+        self._shapes = {c.name: ((window_rows, *c.shape), c.np_dtype) for c in columns}
+        self._keep = keep
+        self._free: list[Bufs] = [b for b in (keep or []) if self._fits(b)][:2]
+        if keep is not None:
+            keep.clear()
+
+    def _fits(self, bufs: Bufs) -> bool:
+        return bufs.keys() == self._shapes.keys() and all(
+            bufs[k].shape == shape and bufs[k].dtype == dt for k, (shape, dt) in self._shapes.items())
+
+    def take(self) -> tuple[Bufs, bool]:
+        """A buffer for the next window, and whether it is fresh (never written)."""
+        if self._free:
+            return self._free.pop(), False
+        return {name: np.empty(shape, dtype=dt) for name, (shape, dt) in self._shapes.items()}, True
+
+    def give(self, bufs: Bufs) -> None:
+        self._free.append(bufs)
+
+    def close(self) -> None:
+        if self._keep is not None:
+            self._keep[:] = self._free[:2]
+        self._free = []
+
+
+def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs, fresh: bool, row_nbytes: int,
+                 unit_start: NDArray[np.int64] | None) -> Window:
+    """Submit window ``j``'s hints, shuffle and reads into ``bufs``; row ids when ``unit_start`` is given."""
+    rows = plan.window_size(j)
+    w = Window(j, rows, bufs, plan.window_rows * row_nbytes)
+    root = getattr(getattr(reader, "manifest", None), "root", "")
+    advise = getattr(reader, "advise", None)
+    if advise is not None:  # let a cold disk work on the whole window at once (a pool task, ahead
+        # of the reads: a window's hints are a thousand system calls, off the consuming thread)
+        workers.submit(1, advise, (list(plan.window_pieces(j)), list(bufs)), f"while hinting the reads of window {j}")
+    # The window's row permutation (milliseconds for a large window) on a pool thread, ahead of its
+    # reads, not on the consuming thread (docs/PERFORMANCE.md, Loader: task size).
+    w.perm = workers.submit(1, plan.window_perm, (j,), f"while shuffling window {j}")
+    group: list[Piece] = []
+    group_bytes = off = 0
+    for u, lo, hi, keep in plan.window_pieces(j):
+        n = hi - lo if keep is None else keep.size
+        group.append((u, lo, hi, keep, {name: b[off:off + n] for name, b in bufs.items()}))
+        group_bytes += n * row_nbytes
+        off += n
+        if group_bytes >= pool.TASK_BYTES:
+            w.reads.append(_submit_reads(workers, reader, group, root))
+            group, group_bytes = [], 0
+    if group:
+        w.reads.append(_submit_reads(workers, reader, group, root))
+    if fresh and rows < plan.window_rows:
+        # A short first window (the ramp, a small dataset) would leave the rest of a fresh buffer
+        # untouched, so peak RSS would depend on the dataset's length; touching it here, after this
+        # window's reads, makes it the budget's from the first epoch on.
+        w.touch = workers.submit(1, _touch_tail, (bufs, rows), f"while preparing the buffer of window {j}")
+    w.row_ids = plan.window_row_ids(j, unit_start) if unit_start is not None else None
+    w.n_batches = plan.window_batches(j)
+    return w
+
+
+def _submit_reads(workers: Pool, reader: Any, pieces: list[Piece], root: Any) -> Task:
+    u, lo, hi = pieces[0][:3]
+    where = Where(f"while reading unit {u} (rows {lo}:{hi}) of {root}")
+    return workers.submit(1, read_group, (reader, pieces, root, where), where)
