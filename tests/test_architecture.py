@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("io", "io.checksum", "io.files", "io.remote"),
     ("stats", "_feature_stats", "manifest"),
     ("storage",),  # the package and every module in it
-    ("sources", "_target", "_transfer", "convert", "_state", "_prefetch"),  # sources/: a package
+    ("sources", "_target", "convert", "_state", "_prefetch"),  # sources/ and convert/: packages
     ("dataset",),
     ("cli_run", "cli", ""),  # "" is the package's __init__: the public API
 ]
