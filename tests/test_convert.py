@@ -309,6 +309,43 @@ def test_stale_temp_of_a_live_process_is_kept(tmp_path: Path, sorted_npy: Path) 
     assert live.exists() and not dead.exists() and other.exists()
 
 
+def _cli_stderr(argv: list[str], terminal: bool) -> str:
+    """What ``streambatch convert ARGV`` writes on stderr, a terminal (a pty) or a pipe."""
+    cmd = [sys.executable, "-m", "streambatch.cli", "convert", *argv]
+    if not terminal:
+        done = subprocess.run(cmd, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.decode()
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        while chunk := os.read(master, 1 << 16):
+            out += chunk
+    except OSError:  # EIO: the child closed the terminal
+        pass
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=120) == 0, out
+    return out.decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, sorted_npy: Path) -> None:
+    """The CLI draws tqdm's bar of rows where stderr is a terminal, and nothing where it is a
+    pipe or with ``-q``."""
+    drawn = _cli_stderr([str(sorted_npy), str(tmp_path / "a"), "--unit-rows", "100"], terminal=True)
+    assert "convert src" in drawn and "100%" in drawn and "5.00k/5.00k" in drawn, drawn
+    assert _cli_stderr([str(sorted_npy), str(tmp_path / "b"), "-q"], terminal=True) == ""
+    assert _cli_stderr([str(sorted_npy), str(tmp_path / "c")], terminal=False) == ""
+    assert load_manifest(tmp_path / "a").rows == load_manifest(tmp_path / "c").rows == 5003
+
+
 def test_dry_run_writes_nothing(tmp_path: Path, sorted_npy: Path) -> None:
     dst = tmp_path / "out" / "ds"
     plan = streambatch.convert(sorted_npy, dst, format="parquet", unit_rows=1000, dry_run=True)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._feature_stats import stats_json
-from .._progress import Progress
+from .._progress import progress_bar
 from .._sizes import parse_size
 from .._target import check_target, install, temp_name
 from ..errors import InputError
@@ -147,7 +147,7 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
     with writing(target):
         tmp.mkdir()
     try:
-        with Progress(source.rows, f"convert {source.path.name}", plan.row_bytes, enabled=progress) as bar:
+        with progress_bar(source.rows, f"convert {source.path.name}", progress) as bar:
             result = _write_rows(source, cols, plan, label, shuffle, tmp, target, bar.update)
         if result.rows != source.rows:
             raise InputError(f"{source.path}: read {result.rows} rows, expected {source.rows} (input changed?)")
