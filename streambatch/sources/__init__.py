@@ -41,14 +41,14 @@ def detect_format(path: Path) -> str:
         raise InputError(f"{path}: no such file or folder")
     ext = path.suffix.lower()
     if path.is_dir():
-        stored = dataset.stored_format(path)
-        if stored in SOURCES:
-            return stored
         kinds = {_EXT.get(p.suffix.lower()) for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
         kinds.discard(None)
         for c in sorted(SOURCES.values(), key=lambda c: c.detect_rank):
             if c.claims_folder(path, kinds):  # type: ignore[arg-type]
                 return c.name
+        stored = dataset.stored_format(path)  # a dataset in a format no input claims by its files alone
+        if stored in SOURCES:
+            return stored
         raise InputError(f"{path}: cannot tell the input format of this folder (expected .npy files, "
                          "Parquet files, key=value partition folders or a Zarr store); pass --from")
     if ext in _EXT:
