@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -162,13 +162,14 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
 
 
 def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str | None, shuffle: int | None,
-                folder: Path, target: Path, progress: Any) -> PartResult:
+                folder: Path, target: Path, progress: Callable[[int], None]) -> PartResult:
     """Every row into ``folder``: by parts on several threads where the plan allows, else in order."""
     assert source.spec is not None
     parallel = plan.parallel(source, shuffle)
     piece_rows, stage_bytes = plan.piece_sizes(len(cols), parallel)
-    opts = PartOptions(source.spec, plan.fmt, cols, source.rows, plan.unit_rows, plan.shard_bytes, plan.codec,
-                       label, piece_rows, stage_bytes, first_row_shifts(source, cols) if parallel else None,
+    opts = PartOptions(source=source.spec, fmt=plan.fmt, columns=cols, rows=source.rows, unit_rows=plan.unit_rows,
+                       shard_bytes=plan.shard_bytes, codec=plan.codec, label=label, piece_rows=piece_rows,
+                       stage_bytes=stage_bytes, shifts=first_row_shifts(source, cols) if parallel else None,
                        runs=parallel)
     if parallel:
         parts = plan_parts(source.rows, plan.unit_rows, plan.per_file)

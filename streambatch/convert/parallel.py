@@ -85,7 +85,8 @@ class ParallelParts:
                 continue
             try:
                 self._finish(i, self.parts[i].run(self.opts, self.folder, self.target, self.source,
-                                                  stop=lambda i=i: i > self._stop_after, progress=self._progress(i)))
+                                                  abandon=lambda i=i: i > self._stop_after,
+                                                  progress=self._progress(i)))
             except Abandoned:
                 return
             except BaseException as e:  # handed to run(), which re-raises the first part's

@@ -152,17 +152,17 @@ class Part:
     stop: int
 
     def run(self, opts: PartOptions, folder: Path, target: Path, source: Source | None = None,
-            stop: Callable[[], bool] | None = None, progress: Callable[[int], None] | None = None) -> PartResult:
+            abandon: Callable[[], bool] | None = None, progress: Callable[[int], None] | None = None) -> PartResult:
         """Read the part's rows from ``source`` (random access; opened from ``opts.source`` when
-        ``None``), summarise and write them.  ``stop()`` is asked before each piece: true, the
-        part raises :class:`Abandoned`.  Raises what the source and the writer raise (writes as
-        ``WriteError``); the part's files are closed."""
+        ``None``), summarise and write them into ``folder``.  ``abandon()`` is asked before each
+        piece: true, the part raises :class:`Abandoned`.  Raises what the source and the writer
+        raise (writes as ``WriteError`` naming ``target``); the part's files are closed."""
         if source is None:
             with open_source(**vars(opts.source)) as opened:
-                return self.run(opts, folder, target, opened, stop, progress)
+                return self.run(opts, folder, target, opened, abandon, progress)
         part = PartWriter(opts, folder, target, self.first_unit, progress)
         try:
-            part.write(part.summarised(source, self.start, self.stop, stop))
+            part.write(part.summarised(source, self.start, self.stop, abandon))
             return part.finish()
         except BaseException:
             part.abort()
