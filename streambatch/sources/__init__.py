@@ -46,11 +46,9 @@ def detect_format(path: Path) -> str:
         for c in sorted(SOURCES.values(), key=lambda c: c.detect_rank):
             if c.claims_folder(path, kinds):  # type: ignore[arg-type]
                 return c.name
-        stored = dataset.stored_format(path)  # a dataset in a format no input claims by its files alone
-        if stored in SOURCES:
-            return stored
         raise InputError(f"{path}: cannot tell the input format of this folder (expected .npy files, "
-                         "Parquet files, key=value partition folders or a Zarr store); pass --from")
+                         "Parquet files, key=value partition folders, a Zarr store or a streambatch "
+                         "dataset); pass --from")
     if ext in _EXT:
         return _EXT[ext]
     raise InputError(f"{path}: unknown file extension {ext!r}; pass --from with one of {', '.join(SOURCE_FORMATS)}")

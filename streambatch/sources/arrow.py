@@ -13,10 +13,15 @@ __all__ = ["ArrowSource"]
 
 
 class ArrowSource(BatchSource):
-    """An Arrow IPC file (memory-mapped, batch by batch) or stream (read whole, as pyarrow must)."""
+    """An Arrow IPC file (memory-mapped, batch by batch) or stream (read whole, as pyarrow must).
+    A folder of Arrow files is an input only as a streambatch dataset (``dataset``)."""
 
     name = "arrow"
     extensions = (".arrow", ".feather", ".ipc")
+
+    @classmethod
+    def claims_folder(cls, path: Path, kinds: set[str]) -> bool:
+        return kinds == {"arrow"}
 
     def __init__(self, path: Path, reader: Any) -> None:
         super().__init__(path)
@@ -26,6 +31,9 @@ class ArrowSource(BatchSource):
     def open(cls, path: Path, keep: tuple[str, ...] | None, opts: ReadOptions) -> ArrowSource:
         import pyarrow as pa
 
+        if path.is_dir():  # open_source found no dataset here
+            raise InputError(f"{path}: a folder of Arrow files is read only as a streambatch dataset, and it has no "
+                             "valid manifest; convert one Arrow file at a time")
         try:
             source = pa.memory_map(str(path), "r")
             try:

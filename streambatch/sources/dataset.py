@@ -16,11 +16,11 @@ import numpy as np
 
 from ..errors import ManifestError
 from ..manifest import MANIFEST_NAME, Manifest
-from ..storage import FORMATS, load_manifest, open_reader
+from ..storage import load_manifest, open_reader
 from ._columns import select
 from .base import ReadOptions, Source
 
-__all__ = ["DatasetSource", "stored_format"]
+__all__ = ["DatasetSource"]
 
 
 class DatasetSource(Source):
@@ -69,26 +69,13 @@ class DatasetSource(Source):
             reader.close()
 
 
-def _manifest_of(path: Path) -> Manifest | None:
-    """The loaded manifest of folder ``path`` (``None``: it has none, or one that does not load)."""
-    if not (path / MANIFEST_NAME).is_file():
-        return None
-    try:
-        return load_manifest(path)
-    except ManifestError:
-        return None
-
-
-def stored_format(path: Path) -> str | None:
-    """The storage format of the dataset in folder ``path`` (``None`` if it is not one)."""
-    manifest = _manifest_of(path)
-    return manifest.storage if manifest is not None and manifest.storage in FORMATS else None
-
-
 def _open_dataset(path: Path, fmt: str, keep: tuple[str, ...] | None) -> Source | None:
     """Folder ``path`` as a streambatch dataset of storage format ``fmt``, or ``None`` where it has
     no valid manifest of that format (its files are then read as plain files of ``fmt``)."""
-    manifest = _manifest_of(path)
-    if manifest is None or manifest.storage != fmt:
+    if not (path / MANIFEST_NAME).is_file():
         return None
-    return DatasetSource(path, manifest, keep)
+    try:
+        manifest = load_manifest(path)
+    except ManifestError:
+        return None
+    return DatasetSource(path, manifest, keep) if manifest.storage == fmt else None
