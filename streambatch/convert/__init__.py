@@ -37,7 +37,6 @@ from ..storage import storage_format
 from .parallel import ParallelParts
 from .parts import PartOptions, PartResult, first_row_shifts, plan_parts
 from .plan import DEFAULT_CODEC, DEFAULT_MEMORY, DEFAULT_SHARD_BYTES, DEFAULT_UNIT_BYTES, Plan, make_plan
-from .remote import convert_remote
 from .sequential import write_sequential
 from .temp import clean_stale_temp, writing
 
@@ -105,6 +104,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
                 codec=codec, shuffle=shuffle, memory=memory, dry_run=dry_run, source_format=source_format,
                 progress=progress, threads=threads, fill=fill, drop_nulls=drop_nulls, delimiter=delimiter)
     if is_url(src) or (is_url(dst) and not dry_run):
+        from .remote import convert_remote  # here: a local conversion's start does without it (and tempfile)
+
         return convert_remote(src, dst, format, overwrite, opts, convert)
     if codec not in storage_format(format).codecs:  # ValueError for an unknown format too
         raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(storage_format(format).codecs)}")
