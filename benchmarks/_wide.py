@@ -4,7 +4,7 @@
 ``--memory`` and the loader's peak RSS against its budget (batch 1, 400 MiB), each in a fresh
 process.  Peaks are the kernel's (``VmHWM``), so nothing between samples is missed.  The
 fixed overheads allowed on top of the budget: for convert, the RSS after its imports plus
-``_SMALL_BUFFERS`` (16 MiB, see streambatch/convert.py); for the loader, the RSS after
+``_SMALL_BUFFERS`` (16 MiB, see streambatch/convert/plan.py); for the loader, the RSS after
 ``import torch, streambatch`` plus the 64 MiB margin of the other rows of this benchmark.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 MiB = 2**20
 ROWS, WIDTH = 3, 2_000_000
 LOADER_BUDGET = 400 * MiB
-CONVERT_SLACK = 16 * MiB  # streambatch.convert._SMALL_BUFFERS
+CONVERT_SLACK = 16 * MiB  # streambatch.convert.plan._SMALL_BUFFERS
 LOADER_MARGIN = 64 * MiB  # bench_memory.MARGIN
 
 

@@ -174,7 +174,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .convert import DEFAULT_CODEC, _cores
+    from .convert import DEFAULT_CODEC
+    from .convert.plan import cores
     from .sources import SOURCE_FORMATS
     from .storage import CODECS, DEFAULT_FORMAT, FORMATS
 
@@ -206,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--delimiter", default=None, help="CSV field separator (default ','; 'tab' or '\\t' for tabs)")
     c.add_argument("--threads", type=int, default=None,
                    help="files written at once (default here: " + ", ".join(
-                       f"{n} {f.default_threads(_cores())}" for n, f in FORMATS.items()) + ")")
+                       f"{n} {f.default_threads(cores())}" for n, f in FORMATS.items()) + ")")
     c.add_argument("--overwrite", action="store_true",
                    help="replace DST if it is a streambatch dataset or an empty folder (never the input)")
     c.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")

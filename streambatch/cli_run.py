@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ._progress import Progress
+from ._progress import progress_bar
 from ._sizes import format_size, parse_size
 
 __all__ = ["add_commands", "bench", "RssSampler", "ram_limit", "naive_rate"]
@@ -80,7 +80,7 @@ def _timed(batches: Iterable[dict[str, Any]], total: int, label: str, progress: 
     t0 = time.perf_counter()
     first = float("nan")
     samples = nb = 0
-    with Progress(total, label, enabled=progress) as bar:
+    with progress_bar(total, label, progress) as bar:
         for batch in batches:
             if nb == 0:
                 first = time.perf_counter() - t0

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("io", "io.checksum", "io.files", "io.remote"),
     ("stats", "_feature_stats", "manifest"),
     ("storage",),  # the package and every module in it
-    ("_mapped", "sources", "_target", "_transfer", "convert", "loader"),  # loader: the package and its stages
+    ("sources", "_target", "convert", "loader"),  # sources/, convert/ and loader/: packages
     ("dataset",),
     ("cli_run", "cli", ""),  # "" is the package's __init__: the public API
 ]

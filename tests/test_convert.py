@@ -313,6 +313,43 @@ def test_stale_temp_of_a_live_process_is_kept(tmp_path: Path, sorted_npy: Path) 
     assert live.exists() and not dead.exists() and other.exists()
 
 
+def _cli_stderr(argv: list[str], terminal: bool) -> str:
+    """What ``streambatch convert ARGV`` writes on stderr, a terminal (a pty) or a pipe."""
+    cmd = [sys.executable, "-m", "streambatch.cli", "convert", *argv]
+    if not terminal:
+        done = subprocess.run(cmd, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr.decode()
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        while chunk := os.read(master, 1 << 16):
+            out += chunk
+    except OSError:  # EIO: the child closed the terminal
+        pass
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=120) == 0, out
+    return out.decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, sorted_npy: Path) -> None:
+    """The CLI draws tqdm's bar of rows where stderr is a terminal, and nothing where it is a
+    pipe or with ``-q``."""
+    drawn = _cli_stderr([str(sorted_npy), str(tmp_path / "a"), "--unit-rows", "100"], terminal=True)
+    assert "convert src" in drawn and "100%" in drawn and "5.00k/5.00k" in drawn, drawn
+    assert _cli_stderr([str(sorted_npy), str(tmp_path / "b"), "-q"], terminal=True) == ""
+    assert _cli_stderr([str(sorted_npy), str(tmp_path / "c")], terminal=False) == ""
+    assert load_manifest(tmp_path / "a").rows == load_manifest(tmp_path / "c").rows == 5003
+
+
 def test_dry_run_writes_nothing(tmp_path: Path, sorted_npy: Path) -> None:
     dst = tmp_path / "out" / "ds"
     plan = streambatch.convert(sorted_npy, dst, format="parquet", unit_rows=1000, dry_run=True)
@@ -336,7 +373,7 @@ def test_unit_bytes_sets_rows_per_unit(tmp_path: Path, sorted_npy: Path, unit_by
 
 def test_read_ahead_keeps_order_and_error_type() -> None:
     """Items arrive in order; the source's exception reaches the consumer with its type, after them."""
-    from streambatch.convert import _ReadAhead
+    from streambatch.convert.readahead import ReadAhead as _ReadAhead
 
     def source():
         yield from range(5)
@@ -353,7 +390,7 @@ def test_read_ahead_keeps_order_and_error_type() -> None:
 
 def test_read_ahead_close_mid_way_stops_and_closes_the_source() -> None:
     """close() while the producer is blocked on a full queue stops the thread and closes the source."""
-    from streambatch.convert import _ReadAhead
+    from streambatch.convert.readahead import ReadAhead as _ReadAhead
 
     closed = []
 
@@ -411,15 +448,15 @@ def test_one_byte_statistics_are_exact(dtype: str) -> None:
 
 def _parts_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the conversions that went through the parallel path (and how many threads each used)."""
-    mod = sys.modules["streambatch.convert"]
+    mod = sys.modules["streambatch.convert.parallel"]
     runs: list[int] = []
-    run = mod._Parts.run
+    run = mod.ParallelParts.run
 
     def counted(self, bar):  # type: ignore[no-untyped-def]
         runs.append(self.threads)
         return run(self, bar)
 
-    monkeypatch.setattr(mod._Parts, "run", counted)
+    monkeypatch.setattr(mod.ParallelParts, "run", counted)
     return runs
 
 
@@ -589,6 +626,42 @@ def test_parallel_parts_do_not_keep_their_staging_buffers(tmp_path: Path) -> Non
         peaks[threads] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peaks[2] < 2 * peaks[1] + (4 << 20), peaks
+
+
+@pytest.mark.parametrize("fmt", STORAGES)
+def test_a_part_runs_in_another_process_from_its_plain_inputs(tmp_path: Path, sorted_npy: Path, fmt: str) -> None:
+    """A part of a conversion is plain data (its unit range; the options, the source's spec
+    among them): run in a fresh process (spawned: it shares only what is pickled), where it opens
+    the source itself, it writes the same bytes, layout and statistics as the same part run here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from streambatch.convert.parts import PartOptions, first_row_shifts, plan_parts
+    from streambatch.sources import open_source
+    from streambatch.storage import units_per_file
+
+    src = _parquet_source(tmp_path, sorted_npy)
+    with open_source(src) as source:
+        assert source.spec is not None
+        cols = source.columns
+        opts = PartOptions(source.spec, fmt, cols, source.rows, 97, 20_000, "none", "y", 3 * 97, 1 << 16,
+                           first_row_shifts(source, cols))
+        parts = plan_parts(source.rows, 97, units_per_file(fmt, cols, source.rows, 97, 20_000))
+        assert len(parts) >= 3
+        here, there = tmp_path / "here", tmp_path / "there"
+        here.mkdir()
+        there.mkdir()
+        mine = parts[1].run(opts, here, here, source)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        theirs = pool.submit(parts[1].run, opts, there, there).result()
+    assert theirs.rows == mine.rows == parts[1].stop - parts[1].start > 0
+    assert theirs.written == mine.written  # files, layout, stored bytes and checksum of each unit
+    for f in mine.written[0]:
+        assert (there / f).read_bytes() == (here / f).read_bytes(), f
+    for name, st in mine.stats.items():
+        assert theirs.stats[name].to_json() == st.to_json(), name
+    assert theirs.labels is not None and mine.labels is not None
+    assert (theirs.labels.counts, theirs.labels.unit_counts) == (mine.labels.counts, mine.labels.unit_counts)
 
 
 def test_a_damaged_parquet_input_is_one_line_naming_the_file(tmp_path: Path) -> None:

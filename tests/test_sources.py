@@ -507,7 +507,7 @@ def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant:
     """Uncompressed row groups without nulls (streambatch's own files, pyarrow's with REQUIRED
     columns) are decoded by streambatch's page reader; nullable lists, compression and nulls
     go to pyarrow, and a null is still the error naming its row."""
-    from streambatch import sources
+    from streambatch.sources import parquet as sources
 
     data = _numeric_data()
     if variant.startswith("pyarrow"):  # a plain FixedSizeList carries no shape: rows come back flat
@@ -600,6 +600,7 @@ def test_a_streambatch_dataset_is_read_through_its_manifest(tmp_path: Path, fmt:
     read as plain Zarr or Parquet (a folder of Arrow files is refused)."""
     from streambatch import sources
     from streambatch.errors import DataError
+    from streambatch.sources import dataset
     from streambatch.storage import read_all
 
     data = _numeric_data()
@@ -608,7 +609,7 @@ def test_a_streambatch_dataset_is_read_through_its_manifest(tmp_path: Path, fmt:
     made = streambatch.convert(tmp_path / "src.npz", ds, format=fmt, unit_rows=UNIT, shard_bytes=4 * UNIT * 100,
                                progress=False)
     assert isinstance(made, Manifest) and len(made.files) >= 2
-    opened = _spy_found(monkeypatch, sources, "_open_dataset")
+    opened = _spy_found(monkeypatch, dataset, "_open_dataset")
     for other in FORMATS:
         out = streambatch.convert(ds, tmp_path / f"to-{other}", format=other, unit_rows=UNIT // 3 + 1,
                                   shard_bytes=3 * UNIT * 100, threads=2, progress=False)

@@ -8,16 +8,43 @@ and only where a streambatch dataset (a prefix whose manifest loads) or nothing 
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ._target import not_replaceable
-from .errors import InputError, StreambatchError, TargetExistsError
-from .io.remote import RemoteFiles, fs_of
-from .manifest import MANIFEST_NAME
-from .storage import load_manifest
+from .._target import check_not_input, not_replaceable
+from ..errors import InputError, StreambatchError, TargetExistsError
+from ..io.remote import RemoteFiles, RemoteRoot, fs_of, is_url
+from ..manifest import MANIFEST_NAME, Manifest
+from ..storage import load_manifest
 
-__all__ = ["check_target", "upload_dataset", "download"]
+__all__ = ["convert_remote", "check_target", "upload_dataset", "download"]
+
+
+def convert_remote(src: Any, dst: Any, fmt: str, overwrite: bool, opts: dict[str, Any],
+                   local: Callable[..., Manifest | dict[str, Any]]) -> Manifest | dict[str, Any]:
+    """``local(src, dst, fmt, overwrite=, **opts)`` (``convert``) where ``src`` or ``dst`` is a URL:
+    a remote source is downloaded into a temporary folder first; a remote target is checked
+    before anything is converted, converted locally, then uploaded (:func:`upload_dataset`).
+    Raises what ``local`` raises, ``TargetExistsError`` for a remote target it may not replace."""
+    if is_url(dst):
+        if is_url(src):
+            check_not_input(src, dst, {str(src).rstrip("/")}, {str(dst).rstrip("/")}, "/")
+        check_target(str(dst), overwrite)  # fail before converting anything
+    work = Path(tempfile.mkdtemp(prefix="streambatch-convert-"))
+    try:
+        if is_url(src):
+            src = download(str(src), work / "src")
+        if not is_url(dst):
+            return local(src, dst, fmt, overwrite=overwrite, **opts)
+        result = local(src, work / "out", fmt, overwrite=True, **opts)
+        assert isinstance(result, Manifest)
+        upload_dataset(work / "out", str(dst), overwrite)
+        return dataclasses.replace(result, root=RemoteRoot(str(dst)))  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def check_target(url: str, overwrite: bool, storage_options: dict[str, Any] | None = None) -> None:
