@@ -5,7 +5,8 @@
            [--budget 64MiB] [--datasets tab.zarr,tab.parquet,img.zarr,img.parquet]
 
 ``DIR`` holds converted datasets (e.g. ``tools/make_datasets.py tab DIR/tab-npy --rows 400000``,
-then ``streambatch convert DIR/tab-npy DIR/tab.zarr --label y``).  Both trees' ``streambatch``
+then ``streambatch convert DIR/tab-npy DIR/tab.zarr --label y``); ``--data-a`` gives tree A datasets
+of its own where the trees write different files (each tree reads what it converts).  Both trees' ``streambatch``
 packages are imported into this one process under two names (the package imports itself only
 relatively), so that on a shared, loaded machine both see the same conditions: per dataset, one
 ``StreamDataset`` of each tree serves a warm-up epoch (it pays the page faults of fresh window
@@ -60,8 +61,10 @@ def _epoch(ds: Any, epoch: int) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
-def _measure(packages: dict[str, ModuleType], path: Path, args: argparse.Namespace) -> str:
-    sets = {k: p.StreamDataset(path, batch_size=256, memory_budget=args.budget, seed=0) for k, p in packages.items()}
+def _measure(packages: dict[str, ModuleType], paths: dict[str, Path], args: argparse.Namespace) -> str:
+    sets = {k: p.StreamDataset(paths[k], batch_size=256, memory_budget=args.budget, seed=0)
+            for k, p in packages.items()}
+    path = paths["B"]
     same = len({_warm_up(ds) for ds in sets.values()}) == 1
     wall: dict[str, list[float]] = {"A": [], "B": []}
     cpu: dict[str, list[float]] = {"A": [], "B": []}
@@ -82,6 +85,8 @@ def main() -> int:
     ap.add_argument("--a", type=Path, required=True, help="the old source tree (holds streambatch/)")
     ap.add_argument("--b", type=Path, required=True, help="the new source tree")
     ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--data-a", type=Path, default=None,
+                    help="A's datasets where the trees write different files (default: --data)")
     ap.add_argument("--datasets", default=DATASETS)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--budget", default="64MiB")
@@ -95,7 +100,8 @@ def main() -> int:
           "| B / A (CPU) | same batches |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for name in args.datasets.split(","):
-        print(_measure(packages, args.data / name, args), flush=True)
+        paths = {"A": (args.data_a or args.data) / name, "B": args.data / name}
+        print(_measure(packages, paths, args), flush=True)
     return 0
 
 
