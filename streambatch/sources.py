@@ -26,6 +26,7 @@ from ._mapped import (Categories, Nulls, hive_layout, is_hive, null_rows, numpy_
                       with_partitions)
 from .errors import InputError
 from .schema import Column
+from .storage._arrow_schema import binary_tensor, binary_values
 
 __all__ = ["Source", "SOURCE_FORMATS", "detect_format", "open_source"]
 
@@ -367,6 +368,12 @@ def _arrow_column(field: Any, where: str) -> Column:
     import pyarrow as pa
 
     t = field.type
+    try:  # a tensor of a streambatch Parquet file: its rows' bytes, dtype and shape in field metadata
+        tensor = binary_tensor(field)
+    except ValueError as e:
+        raise InputError(f"{where}: column {field.name!r}: {e}") from None
+    if tensor is not None:
+        return Column(field.name, tensor[0], tensor[1])
     shape: list[int] = []
     meta_shape = None
     if field.metadata and b"streambatch.shape" in field.metadata:
@@ -432,6 +439,8 @@ def _arrow_to_numpy(arr: Any, col: Column, where: str, row0: int | np.ndarray, n
         nulls.filled[col.name] += arr.null_count
         arr = pc.fill_null(arr, pa.scalar(fill.item(), arr.type))
     n = len(arr)
+    if pa.types.is_fixed_size_binary(arr.type) and col.shape:  # rows of a tensor's bytes (binary_tensor)
+        return binary_values(arr, col.np_dtype, col.shape)
     if tensor is not None:  # the type fixes every row's shape: rows cannot be ragged
         if arr.flatten().null_count:
             raise InputError(f"{cw}: missing value inside a tensor near row {_at(row0, 0)}{hint}")
@@ -622,21 +631,14 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Sour
         schema = pa.schema([*schema, *(pa.field(k, pa.from_numpy_dtype(c.np_dtype)) for k, c in hive.columns.items())])
     rows = sum(h.metadata.num_rows for h in handles)
 
-    cols: dict[str, Column] = {}
     file_rows = [h.metadata.num_rows for h in handles]
 
     def read_groups(fi: int, h: Any, group: list[int], names: tuple[str, ...]) -> Iterator[Any]:
         """Row groups ``group`` of file ``fi``, with its partition keys among ``names``."""
         own = own_columns(hive, names)
-        fast = None
-        if own and all(n in cols for n in own) and not (hive and hive.has_null(fi, names)):
-            fast = _read_row_groups_in_place(files[fi], h.metadata, h.schema_arrow, group, [cols[n] for n in own])
-        if fast is not None:
-            yield with_partitions(fast, hive, fi, names)
-        else:
-            for b in _named(files[fi], group, lambda: h.read_row_groups(group, columns=list(own),
-                                                                        use_threads=False).to_batches()):
-                yield with_partitions(b, hive, fi, names)
+        for b in _named(files[fi], group, lambda: h.read_row_groups(group, columns=list(own),
+                                                                    use_threads=False).to_batches()):
+            yield with_partitions(b, hive, fi, names)
 
     def streamed(fi: int, h: Any, i: int, max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
         """Row group ``i`` of file ``fi`` in batches of ``max_rows``, with its partition keys."""
@@ -689,10 +691,8 @@ def _open_parquet(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Sour
 
     biggest = max((h.metadata.row_group(i).num_rows for h in handles for i in range(h.metadata.num_row_groups)),
                   default=1)
-    source = _batch_source(path, "parquet", schema, rows, batches, first, keep, batches_from, max(1, biggest), opts,
-                           hive.columns if hive else None)
-    cols.update((c.name, c) for c in source.columns)
-    return source
+    return _batch_source(path, "parquet", schema, rows, batches, first, keep, batches_from, max(1, biggest), opts,
+                         hive.columns if hive else None)
 
 
 def _named(path: Path, groups: list[int], read: Callable[[], Any]) -> Iterator[Any]:
@@ -711,68 +711,6 @@ def _numbered(batches: Iterator[Any], row: int, first: str) -> Iterator[tuple[in
     for b in batches:
         yield row, b
         row += len(b[first]) if isinstance(b, dict) else b.num_rows
-
-
-def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[int],
-                              cols: list[Column]) -> dict[str, np.ndarray] | None:
-    """Row groups ``groups`` of a Parquet file decoded by streambatch's page reader, or ``None``
-    where pyarrow must read them.
-
-    pyarrow decodes a list column value by value through its levels: img Parquet -> Zarr took
-    10.9-12.3 s through pyarrow against 5.7-5.8 s read in place (peak RSS 319 -> 125 MB).
-    Read in place: uncompressed PLAIN or dictionary pages (``_parquet_pages.decode_chunk``,
-    which checks the value counts and page sizes) of numeric columns that are REQUIRED scalars
-    or Arrow fixed-size lists of REQUIRED numbers in a REQUIRED list, whose rows are full by type.
-    Anything else (nulls, nested or variable-length lists, extension types, bool, compression,
-    a short read) returns ``None``: one such column sends the whole group to pyarrow.
-    """
-    import pyarrow as pa
-
-    from .storage._parquet_pages import chunk_plan, decode_chunk
-
-    if meta.num_columns != len(schema.names):  # a nested field: leaves do not map to fields
-        return None
-    total = sum(meta.row_group(i).num_rows for i in groups)
-    if total == 0:  # nothing to yield; pyarrow's path yields no piece either
-        return None
-    out = {c.name: np.empty((total, *c.shape), c.np_dtype) for c in cols}
-    scratch = bytearray()
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        for c in cols:
-            j = schema.get_field_index(c.name)
-            t = schema.field(j).type
-            is_list = pa.types.is_fixed_size_list(t)
-            items, leaf = (t.list_size, t.value_type) if is_list else (1, t)
-            # numbers only, as _arrow_column accepts (each file's own type: a folder's files may differ)
-            if not (pa.types.is_integer(leaf) or pa.types.is_floating(leaf)) or items != c.row_items \
-                    or np.dtype(leaf.to_pandas_dtype()) != c.np_dtype:
-                return None
-            flat = out[c.name].reshape(-1)
-            at = 0
-            for i in groups:
-                n = meta.row_group(i).num_rows
-                plan = chunk_plan(meta, i, j, c.np_dtype)
-                if plan is None:
-                    return None
-                offset, size, physical, max_rep, max_def = plan
-                # REQUIRED only: an OPTIONAL column's null count is the writer's word, and a
-                # wrong one shifted dictionary-encoded values past the nulls (review)
-                if (max_rep, max_def) != ((1, 1) if is_list else (0, 0)):
-                    return None
-                if len(scratch) < size:  # one buffer for every chunk: fresh bytes cost page faults
-                    scratch = bytearray(size)
-                chunk = memoryview(scratch)[:size]
-                if os.preadv(fd, [chunk], offset) != size or decode_chunk(
-                        chunk, n * items, physical, max_rep, max_def, c.np_dtype, flat[at:at + n * items]) is None:
-                    return None
-                at += n * items
-    finally:
-        os.close(fd)
-    return out
 
 
 def _open_arrow(path: Path, keep: tuple[str, ...] | None, opts: _Opts) -> Source:
