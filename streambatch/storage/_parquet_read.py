@@ -54,7 +54,10 @@ class Reader:
         self._inplace: dict[str, tuple[Column, str, np.ndarray]] = {
             c.name: (c, stored_as(c, lay.get("tensors")) or RAW, offsets[c.name])
             for c in manifest.columns if c.name in offsets}
-        self._row_nbytes = sum(c.row_nbytes for c in manifest.columns)
+        # per unit length, each in-place column's stored bytes (units mostly share a length)
+        self._stored_sizes: dict[int, list[int]] = {}
+        self._nbytes = {c.name: c.row_nbytes for c in manifest.columns}
+        self._row_nbytes = sum(self._nbytes.values())
 
     def _where(self, unit: int, fi: int, col: str | None = None) -> str:
         c = f", column {col!r}" if col else ""
@@ -147,40 +150,42 @@ class Reader:
     def _mostly(self, out: dict[str, Any]) -> bool:
         """Whether the columns of ``out`` hold at least half of a row's bytes (then reading the
         whole row group in one request beats one request per column)."""
-        return 2 * sum(self.manifest.column(n).row_nbytes for n in out) >= self._row_nbytes
+        return 2 * sum(self._nbytes[n] for n in out) >= self._row_nbytes
 
     def read_into(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
         rows = int(self.manifest.unit_rows[unit])
         if not 0 <= lo < hi <= rows:
             raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows} rows")
-        rest = {n: dst for n, dst in out.items() if n not in self._inplace}
-        if not rest and lo == 0 and hi == rows and (self.verify or self._mostly(out)) and self._read_direct(unit, out):
+        if lo == 0 and hi == rows and (self.verify or self._mostly(out)) and self._read_direct(unit, rows, out):
             return
+        rest = {n: dst for n, dst in out.items() if n not in self._inplace}
         raw = self._check(unit) if self.verify else None
         if len(rest) < len(out):
             self._slice(unit, lo, hi, {n: dst for n, dst in out.items() if n in self._inplace}, raw)
         if rest:
             self._decode(unit, lo, hi, rest)
 
-    def _read_direct(self, unit: int, out: dict[str, np.ndarray]) -> bool:
+    def _read_direct(self, unit: int, rows: int, out: dict[str, np.ndarray]) -> bool:
         """A whole unit in place: one vectored read puts each requested column's values straight
         into ``out`` (those stored otherwise than numpy holds them into the scratch buffer, then
         converted) and the rest of the row group into the scratch buffer; the checksum runs over
-        the pieces in file order.  False (nothing read) if ``out`` is not contiguous."""
-        if not all(dst.flags.c_contiguous for dst in out.values()):
+        the pieces in file order.  False (nothing read) if a column of ``out`` has no offsets or
+        ``out`` is not contiguous."""
+        if not all(name in self._inplace and dst.flags.c_contiguous for name, dst in out.items()):
             return False
         fi, off, size = self._stored_range(unit)
-        rows = int(self.manifest.unit_rows[unit])
+        sizes = self._stored_sizes.get(rows)
+        if sizes is None:
+            sizes = self._stored_sizes[rows] = [stored_nbytes(c, how, rows) for c, how, _ in self._inplace.values()]
         scratch = self._files.scratch(size)
         pieces: list[memoryview] = []
         later: list[tuple[str, memoryview, np.ndarray]] = []  # (how, stored bytes, destination)
         pos = used = 0
-        for name, (c, how, at_unit) in self._inplace.items():
+        for (name, (c, how, at_unit)), n in zip(self._inplace.items(), sizes):
             dst = out.get(name)
-            at = int(at_unit[unit])
             if dst is None:  # read with the gap, into the scratch buffer
                 continue
-            n = stored_nbytes(c, how, rows)
+            at = int(at_unit[unit])
             if at < pos or at + n > size:  # not in schema order: the manifest was edited; read otherwise
                 return False
             if at > pos:

@@ -209,8 +209,7 @@ class ParquetFormat(StorageFormat):
     writer_class = Writer
 
     def default_threads(self, cores: int) -> int:
-        # One writing thread: the page writer is Python and holds the GIL, and two writing threads
-        # ran npy -> Parquet 12% slower than one writer beside the reading thread.
+        # One writing thread: a second gained nothing on 2 cores (docs/PERFORMANCE.md, Parquet write path)
         return 1
 
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
