@@ -146,9 +146,10 @@ def ensure_parquet(root: Path, npy: Path, rows: int) -> Path:
     out = root / "tab_src.parquet"
     try:
         m = streambatch.load_manifest(out)
-        # "values": made by a streambatch that records where each unit's values start (older
-        # files are read by walking their pages, as a foreign Parquet file would be)
+        # FixedSizeBinary tensors with value offsets: what this streambatch writes (older
+        # FixedSizeList inputs would measure the reader of earlier datasets)
         ok = m.rows == rows and m.codec == "none" and Path(m.source["path"]) == npy.resolve() and "values" in m.layout
+        ok = ok and m.layout.get("tensors") == "fixed_size_binary"
         ok = ok and os.path.getmtime(out / m.files[0]) >= os.path.getmtime(npy / "x.npy")
     except Exception:  # missing, partial or from another input: make it again
         ok = False

@@ -109,3 +109,22 @@ def column_range(m: Any, unit: int, column: str) -> tuple[Path, int, int]:
     j = [meta.column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)].index(column)
     chunk = meta.column(j)
     return path, chunk.dictionary_page_offset or chunk.data_page_offset, chunk.total_compressed_size
+
+
+def arrow_column_numpy(field: Any, arr: Any) -> np.ndarray:
+    """A column of a file streambatch wrote, read with pyarrow and numpy alone (as the README
+    shows): a ``FixedSizeBinary`` tensor through ``np.frombuffer`` with the dtype and shape of its
+    field metadata, a ``FixedSizeList`` one flattened and reshaped, a scalar as it is."""
+    import pyarrow as pa
+
+    meta = field.metadata or {}
+    if pa.types.is_fixed_size_binary(field.type):
+        shape = json.loads(meta[b"streambatch.shape"])
+        dtype = np.dtype(meta[b"streambatch.dtype"].decode())
+        values = np.frombuffer(arr.buffers()[1], dtype, count=len(arr) * int(np.prod(shape)),
+                               offset=arr.offset * field.type.byte_width)
+        return values.reshape(len(arr), *shape)
+    if pa.types.is_fixed_size_list(field.type):
+        shape = json.loads(meta[b"streambatch.shape"])
+        return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), *shape)
+    return arr.to_numpy(zero_copy_only=False)

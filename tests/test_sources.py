@@ -25,7 +25,7 @@ import pytest
 import zarr
 
 import streambatch
-from conftest import column_range, flip_byte
+from conftest import arrow_column_numpy, column_range, flip_byte
 from streambatch.errors import InputError
 from streambatch.manifest import Manifest
 from streambatch.storage import load_manifest
@@ -233,18 +233,16 @@ def read_without_streambatch(m: Manifest) -> Data:
              else pq.read_table(m.root))
     out = {}
     for field in table.schema:
-        arr = table.column(field.name).combine_chunks()
-        if pa.types.is_fixed_size_list(field.type):
-            shape = json.loads(field.metadata[b"streambatch.shape"])
-            out[field.name] = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), *shape)
-        else:
-            out[field.name] = arr.to_numpy(zero_copy_only=False)
+        out[field.name] = arrow_column_numpy(field, table.column(field.name).combine_chunks())
     df = (pd.concat([pd.read_feather(f) for f in files], ignore_index=True) if m.storage == "arrow"
           else pd.read_parquet(m.root))
     assert list(df.columns) == table.schema.names and len(df) == m.rows
     for name in df.columns:
         col = df[name].to_numpy()
-        if col.dtype == object:  # tensor rows come as arrays of their flat values
+        if col.dtype.kind == "S" or col.dtype == object and isinstance(col[0], bytes):  # FixedSizeBinary: rows' bytes
+            raw = col.tobytes() if col.dtype.kind == "S" else b"".join(col)  # (.tobytes keeps trailing zeros)
+            col = np.frombuffer(raw, out[name].dtype).reshape(out[name].shape)
+        elif col.dtype == object:  # FixedSizeList tensor rows come as arrays of their flat values
             col = np.stack(col).reshape(out[name].shape)
         assert col.dtype == out[name].dtype, name
         np.testing.assert_array_equal(col, out[name], err_msg=f"pandas: {name}")
@@ -502,13 +500,10 @@ def _spy_found(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[
 
 @pytest.mark.parametrize("variant", ["streambatch", "pyarrow-required", "pyarrow-nullable", "pyarrow-snappy",
                                      "pyarrow-null"])
-def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Uncompressed row groups without nulls (streambatch's own files, pyarrow's with REQUIRED
-    columns) are decoded by streambatch's page reader; nullable lists, compression and nulls
-    go to pyarrow, and a null is still the error naming its row."""
-    from streambatch.sources import parquet as sources
-
+def test_parquet_row_groups_read_by_pyarrow(tmp_path: Path, variant: str) -> None:
+    """Parquet inputs are decoded by pyarrow: streambatch's own files without their manifest
+    (FixedSizeBinary tensors, dtype and shape from the field metadata), pyarrow's with required or
+    nullable lists, compressed; a null is still the error naming its row."""
     data = _numeric_data()
     if variant.startswith("pyarrow"):  # a plain FixedSizeList carries no shape: rows come back flat
         data = {k: v.reshape(len(v), -1) if v.ndim > 2 else v for k, v in data.items()}
@@ -524,11 +519,10 @@ def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant:
     else:
         path = _pq_pyarrow(tmp_path, data, nullable=variant != "pyarrow-required",
                            compression="snappy" if variant == "pyarrow-snappy" else "none")
-    results = _spy_found(monkeypatch, sources, "_read_row_groups_in_place")
     if variant == "pyarrow-null":
         with pytest.raises(InputError, match=r"column 'f64': missing value at row 700"):
             streambatch.convert(path, tmp_path / "out.zarr", unit_rows=UNIT, progress=False)
-        assert results and not any(results) and not (tmp_path / "out.zarr").exists()
+        assert not (tmp_path / "out.zarr").exists()
         return
     m = streambatch.convert(path, tmp_path / "out.zarr", unit_rows=UNIT, progress=False)
     assert isinstance(m, Manifest)
@@ -536,8 +530,30 @@ def test_parquet_row_groups_read_in_place_or_by_pyarrow(tmp_path: Path, variant:
     for k, v in data.items():
         assert got[k].dtype == v.dtype and got[k].shape[1:] == shapes[k], k
         np.testing.assert_array_equal(got[k], v, err_msg=k)
-    in_place = variant in ("streambatch", "pyarrow-required")
-    assert results and all(r == in_place for r in results), results
+
+
+@pytest.mark.parametrize("meta", ["float32 [2]", "uint8 [2, 4]", "float32 [3]", "complex64 [1]", "none"])
+def test_a_fixed_size_binary_column_is_a_tensor_by_its_streambatch_metadata(tmp_path: Path, meta: str) -> None:
+    """A FixedSizeBinary column with ``streambatch.dtype`` and ``streambatch.shape`` metadata (how
+    streambatch's Parquet files hold tensors) converts to that tensor column; metadata that does not
+    make the field's width, or none, is a one-line InputError naming the column."""
+    raw = np.arange(50 * 8, dtype=np.uint8)
+    dtype, _, shape = meta.partition(" ")
+    field_meta = {"streambatch.dtype": dtype, "streambatch.shape": shape} if meta != "none" else None
+    field = pa.field("t", pa.binary(8), nullable=False, metadata=field_meta)
+    arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), 50, [None, pa.py_buffer(raw)])
+    pq.write_table(pa.Table.from_arrays([arr], schema=pa.schema([field])), tmp_path / "t.parquet")
+    if meta in ("float32 [3]", "complex64 [1]", "none"):
+        what = "unsupported type" if meta == "none" else r"does not make rows of 8 bytes"
+        with pytest.raises(InputError, match=rf"t\.parquet: column 't': .*{what}"):
+            streambatch.convert(tmp_path / "t.parquet", tmp_path / "out", progress=False)
+        return
+    m = streambatch.convert(tmp_path / "t.parquet", tmp_path / "out", progress=False)
+    assert isinstance(m, Manifest)
+    want = raw.view(dtype).reshape(50, *json.loads(shape))
+    got = read_with_streambatch(m)["t"]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
 
 
 def test_parquet_folder_with_a_column_of_another_type_is_refused(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import streambatch
@@ -122,3 +124,24 @@ def test_cache_probe_does_not_trust_mincore_on_files_it_does_not_own() -> None:
         assert cached == "False", f"mincore said {lying}, and the probe believed it"
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_crc32_is_zlibs_crc32_for_every_buffer_kind() -> None:
+    """The CRC-32 of old unit checksums (zlib-ng's where installed) gives
+    zlib's values for bytes, memoryview slices and numpy arrays, and chains like it."""
+    import zlib
+
+    from streambatch.io.checksum import checksum_fn, crc32, extend_fn
+
+    data = np.random.default_rng(3).integers(0, 256, 300_001, dtype=np.uint8)
+    raw = data.tobytes()
+    parts: list[Any] = [raw[:7], memoryview(raw)[7:100_000], data[100_000:].reshape(-1, 1)[:, 0].copy()]
+    assert crc32(raw) == zlib.crc32(raw) == checksum_fn("crc32")(data)
+    crc = 0
+    for p in parts:
+        crc = crc32(p, crc)
+    assert crc == zlib.crc32(raw)
+    ext = 0
+    for p in parts:
+        ext = extend_fn("crc32")(ext, p)
+    assert ext == zlib.crc32(raw) and crc32(b"") == 0

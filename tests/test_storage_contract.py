@@ -1,8 +1,8 @@
 """The storage contract, one test class run on the files of every writer path users get.
 
 :class:`StorageContract` holds the tests; each subclass names a format, a codec and the columns
-it converts, which together pick the writer path (Parquet: our page writer for uncompressed
-numeric columns, pyarrow's for the rest), and checks that the files came from that path.  Each
+it converts, which together pick the writer and reader path (Parquet: values read in place when
+uncompressed, decoded by pyarrow when compressed), and checks that the files came from that path.  Each
 converts the same small dataset (1003 rows, units of 100 rows, so the last unit is partial, and
 small files so there are several) and checks that its reader returns exactly the source rows,
 from many threads at once, verifies its checksums, turns corrupt, truncated or missing bytes into
@@ -454,29 +454,35 @@ class TestZarrZstd(StorageContract):
     storage, codec = "zarr", "zstd"
 
 
-class TestParquetOwnWriter(StorageContract):
-    """Uncompressed numeric columns without 2-byte ints: our page writer, and the reader puts
-    whole units in place from the value offsets it records."""
+class TestParquetInPlace(StorageContract):
+    """Parquet uncompressed: pyarrow writes FixedSizeBinary tensors, and the reader takes every
+    column's values in place at the offsets the manifest records (booleans as bits, 8- and
+    16-bit integers as INT32)."""
 
     storage, codec = "parquet", "none"
-    columns = ("id", "x", "m", "u")
 
     def check_writer_path(self, m: Manifest) -> None:
-        assert "values" in m.layout
+        assert m.layout["tensors"] == "fixed_size_binary"
+        assert list(m.layout["values"]) == [c.name for c in m.columns]
         reader = open_reader(m)
         try:
-            assert reader._direct  # type: ignore[attr-defined]
+            assert set(reader._inplace) == {c.name for c in m.columns}  # type: ignore[attr-defined]
         finally:
             reader.close()
 
 
-class TestParquetPyarrowWriter(StorageContract):
-    """Compressed, with booleans and float16: pyarrow's writer, read by pyarrow."""
+class TestParquetPyarrowDecodes(StorageContract):
+    """Parquet compressed: pyarrow writes the files and decodes every column."""
 
     storage, codec = "parquet", "zstd"
 
     def check_writer_path(self, m: Manifest) -> None:
-        assert "values" not in m.layout
+        assert m.layout["tensors"] == "fixed_size_binary" and "values" not in m.layout
+        reader = open_reader(m)
+        try:
+            assert not reader._inplace  # type: ignore[attr-defined]
+        finally:
+            reader.close()
 
 
 class TestArrow(StorageContract):
@@ -511,5 +517,5 @@ def test_every_format_and_writer_path_is_covered() -> None:
     covered = {(c.storage, c.codec) for c in StorageContract.__subclasses__()}
     assert {s for s, _ in covered} == set(FORMATS)
     assert {c for s, c in covered if s == "zarr"} == set(CODECS)
-    for name, fmt in FORMATS.items():  # a format's every codec or, for Parquet, both writers
+    for name, fmt in FORMATS.items():  # a format's every codec or, for Parquet, both read paths
         assert {c for s, c in covered if s == name} >= ({"none", "zstd"} if name == "parquet" else set(fmt.codecs))

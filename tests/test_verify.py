@@ -29,7 +29,7 @@ from streambatch.manifest import MANIFEST_NAME
 from streambatch.storage import load_manifest
 from streambatch.storage import read_all
 
-from conftest import flip_byte
+from conftest import arrow_column_numpy, flip_byte
 
 ROWS = 230  # units of 40 rows: 6 units, the last one short
 UNIT = 40
@@ -96,12 +96,7 @@ def _read_elsewhere(ds: Path, storage: str, files: list[str], names: tuple[str, 
     for n in names:
         parts = []
         for t in tables:
-            arr = t.column(n).combine_chunks()
-            if arr.type.num_fields:  # a FixedSizeList: the row shape in the field metadata
-                shape = json.loads(t.schema.field(n).metadata[b"streambatch.shape"])
-                parts.append(arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, *shape))
-            else:
-                parts.append(arr.to_numpy(zero_copy_only=False))
+            parts.append(arrow_column_numpy(t.schema.field(n), t.column(n).combine_chunks()))
         out[n] = np.concatenate(parts)
     return out
 

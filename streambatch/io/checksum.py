@@ -5,7 +5,7 @@ what datasets written before CRC-32C recorded).  CRC-32C runs at about 9 GB/s on
 against about 2 GB/s for zlib's CRC-32, which is what makes checking every unit on every read
 cheap enough to be the loader's default (benchmarks/bench_faults.py).
 
-:func:`crc32` (also Parquet's page checksum) is zlib-ng's where that is installed (a dependency
+:func:`crc32` is zlib-ng's where that is installed (a dependency
 on CPython), zlib's otherwise: the same values, 0.07-0.10 s/GB against 0.31-0.35 s/GB for
 zlib's on the development VM, and both release the GIL.
 """
@@ -29,7 +29,7 @@ DEFAULT_CHECKSUM = "crc32c"
 
 def _readonly(data: Any) -> Any:
     """A read-only uint8 view of any contiguous buffer (google_crc32c takes read-only buffers only)."""
-    if type(data) is bytes:  # already read-only (page headers: most of the Parquet writer's calls)
+    if type(data) is bytes:  # already read-only
         return data
     view = np.frombuffer(data, dtype=np.uint8)
     if view.flags.writeable:

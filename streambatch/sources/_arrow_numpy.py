@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..schema import Column
+from ..storage._arrow_schema import binary_tensor, binary_values
 from ._columns import check_dtype
 from ._mapped import Categories, Nulls, null_rows, time_meta
 
@@ -25,6 +26,12 @@ def arrow_column(field: Any, where: str) -> Column:
     import pyarrow as pa
 
     t = field.type
+    try:  # a tensor of a streambatch Parquet file: its rows' bytes, dtype and shape in field metadata
+        tensor = binary_tensor(field)
+    except ValueError as e:
+        raise InputError(f"{where}: column {field.name!r}: {e}") from None
+    if tensor is not None:
+        return Column(field.name, tensor[0], tensor[1])
     shape: list[int] = []
     meta_shape = None
     if field.metadata and b"streambatch.shape" in field.metadata:
@@ -90,6 +97,8 @@ def arrow_to_numpy(arr: Any, col: Column, where: str, row0: int | np.ndarray, nu
         nulls.filled[col.name] += arr.null_count
         arr = pc.fill_null(arr, pa.scalar(fill.item(), arr.type))
     n = len(arr)
+    if pa.types.is_fixed_size_binary(arr.type) and col.shape:  # rows of a tensor's bytes (binary_tensor)
+        return binary_values(arr, col.np_dtype, col.shape)
     if tensor is not None:  # the type fixes every row's shape: rows cannot be ragged
         if arr.flatten().null_count:
             raise InputError(f"{cw}: missing value inside a tensor near row {_at(row0, 0)}{hint}")

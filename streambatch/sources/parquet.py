@@ -1,20 +1,16 @@
 """Parquet input: a file, a folder of files with the same columns, or a Hive-partitioned folder
 (``key=value/`` directories, ``_hive``).  Random access by row group: a range opens the files
-it reads, so ranges may be read from several threads.  Row groups of REQUIRED numbers in
-uncompressed PLAIN or dictionary pages (streambatch's own files) are decoded in place by
-streambatch's page reader; anything else by pyarrow.  A streambatch dataset in Parquet is read
-through its manifest (``dataset``)."""
+it reads, so ranges may be read from several threads.  Row groups are decoded by pyarrow
+(a tensor stored as FixedSizeBinary, as streambatch writes it, comes out as the rows' bytes).  A
+streambatch dataset in Parquet is read through its manifest (``dataset``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 
 from ..errors import InputError
-from ..schema import Column
 from ._batches import BatchSource, numbered
 from ._hive import Hive, hive_layout, is_hive, own_columns, with_partitions
 from .base import ReadOptions
@@ -84,18 +80,11 @@ class ParquetSource(BatchSource):
 
     def _read_groups(self, fi: int, h: Any, group: list[int], names: tuple[str, ...]) -> Iterator[Any]:
         """Row groups ``group`` of file ``fi``, with its partition keys among ``names``."""
-        hive, cols = self._hive, self._by_name
+        hive = self._hive
         own = own_columns(hive, names)
-        fast = None
-        if own and all(n in cols for n in own) and not (hive and hive.has_null(fi, names)):
-            fast = _read_row_groups_in_place(self._files[fi], h.metadata, h.schema_arrow, group,
-                                             [cols[n] for n in own])
-        if fast is not None:
-            yield with_partitions(fast, hive, fi, names)
-        else:
-            for b in _named(self._files[fi], group, lambda: h.read_row_groups(group, columns=list(own),
-                                                                              use_threads=False).to_batches()):
-                yield with_partitions(b, hive, fi, names)
+        for b in _named(self._files[fi], group, lambda: h.read_row_groups(group, columns=list(own),
+                                                                          use_threads=False).to_batches()):
+            yield with_partitions(b, hive, fi, names)
 
     def _streamed(self, fi: int, h: Any, i: int, max_rows: int, names: tuple[str, ...]) -> Iterator[Any]:
         """Row group ``i`` of file ``fi`` in batches of ``max_rows``, with its partition keys."""
@@ -163,66 +152,3 @@ def _named(path: Path, groups: list[int], read: Callable[[], Any]) -> Iterator[A
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f"row group {groups[0]}" if len(groups) == 1 else f"row groups {groups[0]}-{groups[-1]}"
         raise InputError(f"{path}: cannot read {where}: {first}") from None
-
-
-
-def _read_row_groups_in_place(path: Path, meta: Any, schema: Any, groups: list[int],
-                              cols: list[Column]) -> dict[str, np.ndarray] | None:
-    """Row groups ``groups`` of a Parquet file decoded by streambatch's page reader, or ``None``
-    where pyarrow must read them.
-
-    pyarrow decodes a list column value by value through its levels, at half the speed and
-    over twice the memory (docs/PERFORMANCE.md, "Parquet input read in place").
-    Read in place: uncompressed PLAIN or dictionary pages (``_parquet_pages.decode_chunk``,
-    which checks the value counts and page sizes) of numeric columns that are REQUIRED scalars
-    or Arrow fixed-size lists of REQUIRED numbers in a REQUIRED list, whose rows are full by type.
-    Anything else (nulls, nested or variable-length lists, extension types, bool, compression,
-    a short read) returns ``None``: one such column sends the whole group to pyarrow.
-    """
-    import pyarrow as pa
-
-    from ..storage._parquet_pages import chunk_plan, decode_chunk
-
-    if meta.num_columns != len(schema.names):  # a nested field: leaves do not map to fields
-        return None
-    total = sum(meta.row_group(i).num_rows for i in groups)
-    if total == 0:  # nothing to yield; pyarrow's path yields no piece either
-        return None
-    out = {c.name: np.empty((total, *c.shape), c.np_dtype) for c in cols}
-    scratch = bytearray()
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        for c in cols:
-            j = schema.get_field_index(c.name)
-            t = schema.field(j).type
-            is_list = pa.types.is_fixed_size_list(t)
-            items, leaf = (t.list_size, t.value_type) if is_list else (1, t)
-            # numbers only, as arrow_column accepts (each file's own type: a folder's files may differ)
-            if not (pa.types.is_integer(leaf) or pa.types.is_floating(leaf)) or items != c.row_items \
-                    or np.dtype(leaf.to_pandas_dtype()) != c.np_dtype:
-                return None
-            flat = out[c.name].reshape(-1)
-            at = 0
-            for i in groups:
-                n = meta.row_group(i).num_rows
-                plan = chunk_plan(meta, i, j, c.np_dtype)
-                if plan is None:
-                    return None
-                offset, size, physical, max_rep, max_def = plan
-                # REQUIRED only: an OPTIONAL column's null count is the writer's word, and a
-                # wrong one shifted dictionary-encoded values past the nulls (review)
-                if (max_rep, max_def) != ((1, 1) if is_list else (0, 0)):
-                    return None
-                if len(scratch) < size:  # one buffer for every chunk: fresh bytes cost page faults
-                    scratch = bytearray(size)
-                chunk = memoryview(scratch)[:size]
-                if os.preadv(fd, [chunk], offset) != size or decode_chunk(
-                        chunk, n * items, physical, max_rep, max_def, c.np_dtype, flat[at:at + n * items]) is None:
-                    return None
-                at += n * items
-    finally:
-        os.close(fd)
-    return out

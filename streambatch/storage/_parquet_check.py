@@ -58,7 +58,9 @@ def _parquet_footer(check: FileChecker, fi: int, units: np.ndarray, end: int) ->
         schema = md.schema.to_arrow_schema()
     except Exception as e:  # noqa: BLE001 - pyarrow raises OSError/ArrowInvalid on a broken footer
         raise check.bad(rel, f"footer not readable: {e}") from None
-    if not schema.equals(arrow_schema(check.m.columns)) or md.num_row_groups != len(units):
+    # field metadata too: a FixedSizeBinary tensor's dtype and shape are only there
+    if not schema.equals(arrow_schema(check.m.columns, lay.get("tensors")), check_metadata=True) \
+            or md.num_row_groups != len(units):
         raise check.bad(rel, "footer's schema or row group count disagrees with the manifest (damaged)")
     for i, u in enumerate(units):
         rg, lo = md.row_group(i), int(lay["offset"][u])

@@ -7,8 +7,8 @@ Layout of a dataset folder::
       part-00001.arrow
       _streambatch.json     the manifest (written last)
 
-The files have the schema Parquet files have (``_arrow_schema``: scalars as plain fields, a tensor
-as a non-null ``FixedSizeList`` with the row shape in field metadata ``streambatch.shape``) and no
+The files have the Arrow schema of ``_arrow_schema`` (scalars as plain fields, a tensor as a
+non-null ``FixedSizeList`` with the row shape in field metadata ``streambatch.shape``) and no
 compression, so ``pyarrow.ipc.open_file``, ``pyarrow.feather.read_table`` and pandas read them
 without streambatch, memory-mapped without a copy.
 
