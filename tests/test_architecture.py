@@ -108,3 +108,33 @@ def test_the_checks_see_cycles_and_function_level_imports(tmp_path: Path) -> Non
     assert _cycle(graph) == ["a", "b", "a"]
     with pytest.raises(AssertionError, match="in no layer"):
         _layer("nowhere")
+
+
+def _oversized(path: Path, root: Path) -> list[str]:
+    """A module over 400 lines without a '# long module:' reason in its first 40 lines, and every
+    function over 60 lines without a '# long:' reason on its def line or the line above."""
+    src = path.read_text()
+    lines = src.splitlines()
+    rel = path.relative_to(root)
+    out = []
+    if len(lines) > 400 and not any("# long module:" in line for line in lines[:40]):
+        out.append(f"{rel}: {len(lines)} lines")
+    for node in ast.walk(ast.parse(src, str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = (node.end_lineno or node.lineno) - node.lineno + 1
+            if n > 60 and "# long:" not in " ".join(lines[max(0, node.lineno - 2):node.lineno]):
+                out.append(f"{rel}:{node.lineno}: {node.name}() has {n} lines")
+    return out
+
+
+def test_modules_and_functions_stay_small_or_say_why() -> None:
+    big = [line for p in sorted(PACKAGE.rglob("*.py")) for line in _oversized(p, PACKAGE.parent)]
+    assert not big, "\n".join(big)
+
+
+def test_the_size_check_sees_long_functions_and_accepts_a_reason(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(70))
+    (tmp_path / "m.py").write_text(f"def f():\n{body}\n# long: a table of constants\ndef g():\n{body}")
+    assert _oversized(tmp_path / "m.py", tmp_path) == ["m.py:1: f() has 71 lines"]
+    (tmp_path / "big.py").write_text("x = 1\n" * 401)
+    assert _oversized(tmp_path / "big.py", tmp_path) == ["big.py: 401 lines"]
