@@ -28,8 +28,8 @@ def _small_int_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and M2 per column of ``x`` (rows x features of 1-byte integers or bools), exactly up
     to one final rounding: sums and sums of squares are whole numbers, computed in float32 blocks
     small enough to hold them exactly (half the bytes of float64, twice the SIMD width), added up
-    in int64, and M2 = (n * sum(x^2) - sum(x)^2) / n in integers.  For uint8 images this ran
-    at about 3x the speed of the float64 blocks."""
+    in int64, and M2 = (n * sum(x^2) - sum(x)^2) / n in integers (docs/PERFORMANCE.md,
+    Statistics)."""
     n, feats = x.shape
     rows = max(1, min(_F32_EXACT_ROWS, (4 << 20) // (4 * max(1, feats))))
     buf = np.empty((min(rows, n), feats), np.float32)
@@ -45,17 +45,17 @@ def _small_int_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _STAGE_BYTES = 1 << 20
-"""Pieces below half this many bytes (by default) are copied into a staging buffer and summarised when it is full:
-each summary costs ~25 numpy calls (~80 us), which for a scalar column of a few thousand rows a
-piece was most of its cost (0.08 s/GB of the wide column beside it, per scalar column)."""
+"""Pieces below half this many bytes (by default) are copied into a staging buffer and summarised
+when it is full: a summary is ~25 numpy calls, most of a small piece's cost (docs/PERFORMANCE.md,
+Statistics)."""
 FEATURE_SLICE = 1 << 16
 """Features summarised (and merged, and written out) at a time: the temporaries of a row of
 millions of features stay a few arrays of this many float64 (512 KiB each)."""
 BYTES_PER_FEATURE = 40
 """What a ``ColumnStats`` keeps per feature: mean, M2, min, max and the shift, float64 each."""
 _WIDE_ITEMS = 2048
-"""Min/max fold rows into rows of about this many items before reducing: numpy reduces axis 0
-one row at a time, and rows of 128 floats ran at a third of the speed of 2,048-item ones."""
+"""Min/max fold rows into rows of about this many items before reducing: numpy reduces axis 0 one
+row at a time, slowly for narrow rows (docs/PERFORMANCE.md, Statistics)."""
 
 
 def _fold(ufunc: np.ufunc, x: np.ndarray) -> np.ndarray:

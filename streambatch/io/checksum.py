@@ -1,13 +1,9 @@
 """Unit checksums: CRC-32C (hardware-accelerated, the default) or CRC-32 (older datasets).
 
 The algorithm is named in the manifest's layout (``"checksum"``; absent means ``"crc32"``,
-what datasets written before CRC-32C recorded).  CRC-32C runs at about 9 GB/s on one core
-against about 2 GB/s for zlib's CRC-32, which is what makes checking every unit on every read
-cheap enough to be the loader's default (benchmarks/bench_faults.py).
-
-:func:`crc32` is zlib-ng's where that is installed (a dependency
-on CPython), zlib's otherwise: the same values, 0.07-0.10 s/GB against 0.31-0.35 s/GB for
-zlib's on the development VM, and both release the GIL.
+what datasets written before CRC-32C recorded).  CRC-32C is fast enough to check every unit on
+every read by default; :func:`crc32` is zlib-ng's where installed (a dependency on CPython),
+zlib's otherwise: the same values, faster (docs/PERFORMANCE.md, Checksums).
 """
 
 from __future__ import annotations

@@ -158,10 +158,9 @@ class ByteRanges:
         """Ask the kernel to start reading ``(file, offset, size)`` ranges now (``POSIX_FADV_WILLNEED``),
         so that a cold disk sees a whole window's requests at once, not one per reader thread.
 
-        Skipped when a sample of the ranges is already cached: on a warm page cache the hint
-        buys nothing, and its thousand system calls per window (then made from the consuming
-        thread) held img Zarr epochs (loop without a consumer) at 90k samples/s against 103k
-        without them.  Only a hint: every error is left to the reads (the loader runs this as a
+        Skipped when a sample of the ranges is already cached: on a warm page cache the hint buys
+        nothing and its thousand system calls per window cost throughput (docs/PERFORMANCE.md,
+        Read-ahead hints).  Only a hint: every error is left to the reads (the loader runs this as a
         pool task nobody waits for).  A no-op for remote datasets.
         """
         if self.remote is not None or not ranges or not hasattr(os, "posix_fadvise"):
@@ -178,8 +177,8 @@ class ByteRanges:
 
     def scratch(self, size: int) -> memoryview:
         """``size`` bytes of this thread's scratch buffer, valid until the thread's next call: a
-        fresh buffer per unit cost a zero-fill and page faults each time (an lz4 chunk's read
-        took 251 us with one, against about 60 us for the same bytes read into place)."""
+        fresh buffer per unit costs a zero-fill and page faults each time (docs/PERFORMANCE.md,
+        Read-ahead hints)."""
         buf = getattr(self._local, "scratch", None)
         if buf is None or len(buf) < size:
             buf = self._local.scratch = bytearray(size)

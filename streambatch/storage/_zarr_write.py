@@ -121,8 +121,8 @@ class Writer:
 
     def write_units(self, data: dict[str, np.ndarray]) -> None:
         """Write consecutive units: ``data`` holds ``k * unit_rows`` rows (the last unit may be
-        short).  Uncompressed, each column's units within a shard go out in one write: per-unit
-        calls cost ~10 us of Python each per column, a sixth of a 1 GB conversion's CPU."""
+        short).  Uncompressed, each column's units within a shard go out in one write, not a call
+        per unit (docs/PERFORMANCE.md, Zarr writes)."""
         ur = self.unit_rows
         n = len(data[self.columns[0].name])
         whole = n // ur

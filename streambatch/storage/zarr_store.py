@@ -90,8 +90,7 @@ class Reader:
     """Direct reader: ``os.preadv`` of recorded byte ranges, numcodecs decode, no zarr-python.
 
     An uncompressed unit is read straight into the caller's buffer (only the rows asked
-    for).  ``pread`` beat a per-unit ``mmap`` 8 GB/s to 3.7 GB/s from a warm page cache
-    (per-call mapping and unmapping cost more than the copy): tools/profile_read_paths.py.
+    for), with ``pread``, not a per-unit ``mmap`` (docs/PERFORMANCE.md, Zarr reads).
     """
 
     def __init__(self, manifest: Manifest, verify: bool = False, remote: Any = None) -> None:
