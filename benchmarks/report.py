@@ -19,7 +19,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ["convert", "throughput", "contention", "memory", "quality", "cold", "scaling", "gpu", "training", "remote", "faults",
-            "parquet_codec"]
+            "parquet_codec", "refactor_issue15"]
 
 _HEADER = """# Benchmark results
 
