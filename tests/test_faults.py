@@ -434,7 +434,10 @@ def test_sigint_mid_epoch_exits_promptly_leaving_nothing(built: dict[str, Path],
     assert run["returncode"] == 0 and "interrupted [] 0" in run["out"], run
     assert "did not stop" not in run["err"], run["err"]
     assert run["stopped"] < 15.0, run
-    assert list(tmpdir.iterdir()) == [], "no temporary files"
+    # A DataLoader worker that PyTorch terminates while it shares a tensor can leave the folder of
+    # Python's multiprocessing resource sharer (pymp-*, a socket's); not streambatch's (FAULTS.md).
+    left = [p for p in tmpdir.iterdir() if not (workers and p.name.startswith("pymp-"))]
+    assert left == [], "no temporary files"
     assert sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*")) == before
 
 

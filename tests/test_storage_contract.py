@@ -374,15 +374,26 @@ class StorageContract:
         fmt = type(FORMATS[self.storage])
         writing: set[int] = set()
         writer = fmt.writer
+        # On a busy machine one pool thread could take every part before another starts, so the
+        # first writer of the parallel run waits (up to 30 s, once) for a second thread to start one.
+        second, waited = threading.Event(), threading.Event()
 
         def counted(self: Any, *args: Any, **kw: Any) -> Any:
             writing.add(threading.get_ident())
+            if parallel.is_set():
+                if len(writing) > 1:
+                    second.set()
+                elif not waited.is_set():
+                    second.wait(30)
+                    waited.set()
             return writer(self, *args, **kw)
 
+        parallel = threading.Event()
         monkeypatch.setattr(fmt, "writer", counted)
         one = self.convert(src, tmp_path / "one", threads=1)
         assert len(writing) == 1
         writing.clear()
+        parallel.set()
         many = self.convert(src, tmp_path / "many", threads=3, memory="1MiB")
         assert len(writing) > 1, "the parallel conversion wrote on one thread"
         assert many.fingerprint == one.fingerprint == load_manifest(built).fingerprint
