@@ -2,7 +2,8 @@
 
 No I/O, no threads, no torch.  One epoch, for one (rank, worker)::
 
-    units 0..M-1 --permute (seed, epoch)--> u7 u2 u9 u0 u5 ...        one global unit order
+    units cut into pieces of piece_rows     u0[0:p] u0[p:2p] ... u1[0:p] ...   (0: whole units)
+    pieces --permute (seed, epoch)--------> u7b u2a u9c u0a u5b ...    one global piece order
     concatenate their rows  ---------------> [ rank 0 rows | rank 1 rows | ... ]
                                               equal shares: ceil(N/W) rows (pad by
                                               wrapping) or floor(N/W) (drop_last)
@@ -16,8 +17,13 @@ The ramp gets the first batch out after reading an eighth of a window (time to f
 at a small cost in the mixing of the epoch's first batches; ``describe()`` accounts for it.
 Windows are whole multiples of the batch size, so every batch comes from one window, every
 rank has the same number of batches, and the batch count does not depend on the number
-of DataLoader workers.  A unit cut by a window (or rank) boundary is read in two parts.
-The plan holds O(units) integers; a window's row permutation is made only when asked for.
+of DataLoader workers.  A piece cut by a window (or rank) boundary is read in two parts, and
+pieces of one unit that land side by side in a window are read as one.
+The plan holds O(pieces) integers; a window's row permutation is made only when asked for.
+
+Pieces are how the budget buys quality: a window mixes ``window_rows / piece_rows`` places
+of the data, so the loader chooses ``piece_rows`` from its budget (``loader.sizing``) rather
+than inheriting the conversion's unit size.
 
 Elastic resume: an epoch may run in *phases* with different layouts (world size, workers,
 window).  ``leftover`` turns a phase and the number of batches every rank took into the
@@ -36,7 +42,7 @@ from numpy.typing import NDArray
 
 from ._pieces import Pieces, rows_to_pieces, without_rows
 
-__all__ = ["Pieces", "Phase", "EpochPlan", "plan_epoch", "leftover", "window_bounds", "window_rows_for",
+__all__ = ["Pieces", "Phase", "EpochPlan", "plan_epoch", "leftover", "split_units", "window_bounds", "window_rows_for",
            "worker_batch_counts", "split_consumed", "next_worker"]
 
 _UNITS = 1  # tags that keep the random streams of the planner apart
@@ -74,12 +80,17 @@ def window_rows_for(window_bytes: int, row_nbytes: int, batch_size: int, total_r
 
 
 class Phase(NamedTuple):
-    """A finished phase of an epoch: its layout and the batches each of its ranks took."""
+    """A finished phase of an epoch: its layout and the batches each of its ranks took.
+
+    ``piece_rows`` is the epoch's shuffle piece size (the same in every phase of an epoch; 0:
+    whole units, as states saved before pieces were sized at load time).
+    """
 
     world_size: int
     num_workers: int
     window_rows: int
     batches: int
+    piece_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,10 +137,23 @@ class EpochPlan:
 
     def window_pieces(self, j: int) -> Iterator[tuple[int, int, int, NDArray[np.int64] | None]]:
         """(unit, lo, hi, rows or None when the piece is all of lo:hi) of window ``j``, in buffer order."""
+        table, keeps = self.window_table(j)
+        for k, (u, lo, hi, _) in enumerate(table.tolist()):
+            yield u, lo, hi, (None if keeps is None else keeps[k])
+
+    def window_table(self, j: int) -> tuple[NDArray[np.int64], list[NDArray[np.int64] | None] | None]:
+        """Window ``j``'s pieces as one array of rows ``(unit, lo, hi, buffer row)`` in buffer order,
+        and each piece's kept rows (``None`` for all of ``lo:hi``; the list is ``None`` when no
+        piece is sparse, as in every epoch that is not an elastic resume)."""
         p = self.pieces
-        for i in range(int(self.win_seg[j]), int(self.win_seg[j + 1])):
-            a, b = int(p.keep_ptr[i]), int(p.keep_ptr[i + 1])
-            yield int(p.unit[i]), int(p.lo[i]), int(p.hi[i]), (p.keep[a:b] if b > a else None)
+        a, b = int(self.win_seg[j]), int(self.win_seg[j + 1])
+        n = p.lengths()[a:b]
+        table = np.stack([p.unit[a:b], p.lo[a:b], p.hi[a:b], np.cumsum(n) - n], axis=1).astype(_I64)
+        ptr = p.keep_ptr[a:b + 1]
+        if not (np.diff(ptr) > 0).any():
+            return table, None
+        ptr_l = ptr.tolist()
+        return table, [p.keep[x:y] if y > x else None for x, y in zip(ptr_l[:-1], ptr_l[1:])]
 
     def window_row_ids(self, j: int, unit_start: NDArray[np.int64]) -> NDArray[np.int64]:
         """The global row number at each buffer position of window ``j``."""
@@ -146,11 +170,39 @@ class EpochPlan:
         return rng.permutation(n).astype(_I64)
 
 
-def _full_stream(unit_rows: NDArray[np.int64], seed: int, epoch: int, shuffle: bool) -> Pieces:
+def split_units(unit_rows: NDArray[np.int64], piece_rows: int) -> Pieces:
+    """Every unit cut into pieces of ``piece_rows`` rows (a unit's last piece may be shorter), in
+    storage order; ``piece_rows`` 0 (or at least the largest unit): one piece per unit."""
     m = unit_rows.shape[0]
-    order = np.random.default_rng((seed, epoch, _UNITS)).permutation(m).astype(_I64) if shuffle \
-        else np.arange(m, dtype=_I64)
-    return Pieces.dense(order, np.zeros(m, _I64), unit_rows[order])
+    if piece_rows <= 0 or piece_rows >= int(unit_rows.max()):
+        return Pieces.dense(np.arange(m, dtype=_I64), np.zeros(m, _I64), unit_rows.copy())
+    per = -(-unit_rows // piece_rows)
+    unit = np.repeat(np.arange(m, dtype=_I64), per)
+    k = np.arange(int(per.sum()), dtype=_I64) - np.repeat(np.cumsum(per) - per, per)
+    lo = k * piece_rows
+    return Pieces.dense(unit, lo, np.minimum(lo + piece_rows, unit_rows[unit]))
+
+
+def _full_stream(unit_rows: NDArray[np.int64], seed: int, epoch: int, shuffle: bool, piece_rows: int) -> Pieces:
+    pieces = split_units(unit_rows, piece_rows)
+    if not shuffle:
+        return pieces
+    return pieces.take(np.random.default_rng((seed, epoch, _UNITS)).permutation(pieces.n).astype(_I64))
+
+
+def _coalesce(p: Pieces) -> Pieces:
+    """Merge neighbours that continue each other (same unit, dense, ``hi == next lo``): one read each."""
+    if p.n < 2:
+        return p
+    dense = ~p.sparse
+    joins = (p.unit[1:] == p.unit[:-1]) & (p.hi[:-1] == p.lo[1:]) & dense[1:] & dense[:-1] & (p.pad[1:] == p.pad[:-1])
+    if not joins.any():
+        return p
+    starts = np.flatnonzero(np.concatenate([[True], ~joins]))
+    ends = np.concatenate([starts[1:], [p.n]]) - 1
+    n_keep = np.diff(p.keep_ptr)
+    ptr = np.concatenate([[0], np.cumsum(n_keep[starts])]).astype(_I64)  # merged pieces are dense: same keeps
+    return Pieces(p.unit[starts], p.lo[starts], p.hi[ends], ptr, p.keep, p.pad[starts])
 
 
 def _check_layout(batch_size: int, rank: int, world_size: int, worker: int, num_workers: int) -> None:
@@ -181,6 +233,11 @@ def _plan_stream(stream: Pieces, *, seed: int, epoch: int, phase: int, batch_siz
     order = np.concatenate([a + np.lexsort((mine.lo[a:b], mine.unit[a:b]))
                             for a, b in zip(win_seg[:-1].tolist(), win_seg[1:].tolist())] or [np.zeros(0, _I64)])
     mine = mine.take(order.astype(_I64))
+    # Pieces of one unit that a window holds side by side are read as one.
+    parts = [_coalesce(mine.take(np.arange(a, b, dtype=_I64))) for a, b in zip(win_seg[:-1].tolist(),
+                                                                                   win_seg[1:].tolist())]
+    mine = Pieces.concat(parts)
+    win_seg = np.concatenate([[0], np.cumsum([c.n for c in parts])]).astype(_I64)
     windows = np.arange(worker, win_start.size - 1, num_workers, dtype=_I64)
     return EpochPlan(seed, epoch, phase, rank, world_size, worker, num_workers, batch_size, drop_last, shuffle,
                      window_rows, rank_rows, mine, win_seg.astype(_I64), win_start, windows)
@@ -238,7 +295,7 @@ def leftover(stream: Pieces, phase: Phase, *, unit_start: NDArray[np.int64], see
 def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_size: int, window_rows: int,
                rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
                shuffle: bool = True, drop_last: bool = False, ramp: int = 3,
-               history: Sequence[Phase] = ()) -> EpochPlan:
+               history: Sequence[Phase] = (), piece_rows: int = 0) -> EpochPlan:
     """Plan epoch ``epoch`` for ``(rank, worker)``.
 
     Args:
@@ -253,6 +310,9 @@ def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_siz
         drop_last: drop each rank's last short batch (and the ``N mod W`` remainder rows).
         ramp: the number of smaller windows (W/2**ramp ... W/2) that start the epoch.
         history: earlier phases of this epoch (elastic resume): plan only what they left.
+        piece_rows: rows per shuffle piece: each unit is cut into pieces of this many rows,
+            and the epoch's order is a permutation of pieces (0: whole units).  With
+            ``history``, the epoch keeps the piece size its first phase was planned with.
 
     Raises:
         ValueError: on out-of-range arguments or a rank share with no rows.
@@ -263,7 +323,11 @@ def plan_epoch(unit_rows: NDArray[np.int64], *, seed: int, epoch: int, batch_siz
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}")
     _check_layout(batch_size, rank, world_size, worker, num_workers)
-    stream = _full_stream(unit_rows, seed, epoch, shuffle)
+    if history:
+        piece_rows = history[0].piece_rows
+    if piece_rows < 0:
+        raise ValueError(f"piece_rows must be >= 0, got {piece_rows}")
+    stream = _full_stream(unit_rows, seed, epoch, shuffle, piece_rows)
     unit_start = np.concatenate([[0], np.cumsum(unit_rows)[:-1]]).astype(_I64)
     for i, ph in enumerate(history):
         stream = leftover(stream, ph, unit_start=unit_start, seed=seed, epoch=epoch, phase_index=i,

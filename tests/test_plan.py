@@ -13,6 +13,7 @@ from streambatch.plan import (
     next_worker,
     plan_epoch,
     split_consumed,
+    split_units,
     window_rows_for,
     worker_batch_counts,
 )
@@ -48,9 +49,10 @@ unit_sizes = st.lists(st.integers(1, 40), min_size=1, max_size=40)
 @settings(max_examples=150, deadline=None)
 @given(sizes=unit_sizes, batch=st.integers(1, 17), win=st.integers(1, 120), world=st.integers(1, 4),
        workers=st.integers(1, 3), seed=st.integers(0, 2**32), epoch=st.integers(0, 5), drop_last=st.booleans(),
-       shuffle=st.booleans())
+       shuffle=st.booleans(), piece=st.integers(0, 12))
 def test_every_share_is_a_permutation_and_ranks_cover_the_data(sizes, batch, win, world, workers, seed, epoch,
-                                                               drop_last, shuffle):
+                                                               drop_last, shuffle, piece):
+    """For units cut into pieces of any size too (``piece_rows``; 0: whole units)."""
     ur = np.asarray(sizes, np.int64)
     n = int(ur.sum())
     if drop_last and n < world:
@@ -64,8 +66,13 @@ def test_every_share_is_a_permutation_and_ranks_cover_the_data(sizes, batch, win
         worker_batches = []
         for w in range(workers):
             p = plan_epoch(ur, seed=seed, epoch=epoch, batch_size=batch, window_rows=win, rank=r,
-                           world_size=world, worker=w, num_workers=workers, shuffle=shuffle, drop_last=drop_last)
+                           world_size=world, worker=w, num_workers=workers, shuffle=shuffle, drop_last=drop_last,
+                           piece_rows=piece)
             worker_batches.append(served(p, ur))
+            if piece:  # no piece is longer than asked, and none crosses a unit (plan pieces are unit rows)
+                lengths = p.pieces.lengths()
+                assert (p.pieces.hi <= ur[p.pieces.unit]).all() and (p.pieces.lo >= 0).all()
+                assert (lengths >= 1).all()
             assert len(worker_batches[-1]) == p.n_batches
         rank_rows = np.concatenate([b for wb in worker_batches for b in wb]) if any(worker_batches) else np.array([])
         per_rank.append(rank_rows)
@@ -76,7 +83,7 @@ def test_every_share_is_a_permutation_and_ranks_cover_the_data(sizes, batch, win
     # The same number of batches on every rank, and it does not depend on the worker count.
     assert len(set(counts)) == 1
     one = plan_epoch(ur, seed=seed, epoch=epoch, batch_size=batch, window_rows=win, world_size=world,
-                     shuffle=shuffle, drop_last=drop_last)
+                     shuffle=shuffle, drop_last=drop_last, piece_rows=piece)
     assert counts[0] == one.n_batches
     allrows = np.concatenate(per_rank).astype(np.int64)
     if drop_last:
@@ -93,10 +100,10 @@ def test_every_share_is_a_permutation_and_ranks_cover_the_data(sizes, batch, win
 
 @settings(max_examples=60, deadline=None)
 @given(sizes=unit_sizes, batch=st.integers(1, 9), win=st.integers(1, 60), seed=st.integers(0, 1000),
-       epoch=st.integers(0, 1000), workers=st.integers(1, 3))
-def test_plan_is_deterministic_and_a_function_of_seed_and_epoch(sizes, batch, win, seed, epoch, workers):
+       epoch=st.integers(0, 1000), workers=st.integers(1, 3), piece=st.integers(0, 8))
+def test_plan_is_deterministic_and_a_function_of_seed_and_epoch(sizes, batch, win, seed, epoch, workers, piece):
     ur = np.asarray(sizes, np.int64)
-    kw = dict(batch_size=batch, window_rows=win, num_workers=workers)
+    kw = dict(batch_size=batch, window_rows=win, num_workers=workers, piece_rows=piece)
     a = [served(plan_epoch(ur, seed=seed, epoch=epoch, worker=w, **kw), ur) for w in range(workers)]
     b = [served(plan_epoch(ur, seed=seed, epoch=epoch, worker=w, **kw), ur) for w in range(workers)]
     for x, y in zip(dataloader_order(a), dataloader_order(b)):
@@ -208,9 +215,11 @@ def rank_batches(ur, history, **kw):
 
 
 @settings(max_examples=120, deadline=None)
-@given(sizes=unit_sizes, batch=st.integers(1, 9), data=st.data(), seed=st.integers(0, 99), shuffle=st.booleans())
-def test_elastic_resume_delivers_exactly_the_rest(sizes, batch, data, seed, shuffle):
-    """Stop every rank after S batches under one layout; resume under others: the complement, once."""
+@given(sizes=unit_sizes, batch=st.integers(1, 9), data=st.data(), seed=st.integers(0, 99), shuffle=st.booleans(),
+       piece=st.integers(0, 6))
+def test_elastic_resume_delivers_exactly_the_rest(sizes, batch, data, seed, shuffle, piece):
+    """Stop every rank after S batches under one layout; resume under others: the complement, once.
+    The epoch keeps its first phase's piece size (``Phase.piece_rows``), whatever later phases ask."""
     ur = np.asarray(sizes, np.int64)
     n = int(ur.sum())
     history: list[Phase] = []
@@ -218,17 +227,17 @@ def test_elastic_resume_delivers_exactly_the_rest(sizes, batch, data, seed, shuf
     for _ in range(data.draw(st.integers(1, 3))):
         layout = dict(world_size=data.draw(st.integers(1, 4)), num_workers=data.draw(st.integers(1, 3)),
                       window_rows=data.draw(st.integers(1, 50)))
-        kw = dict(seed=seed, epoch=1, batch_size=batch, shuffle=shuffle, **layout)
+        kw = dict(seed=seed, epoch=1, batch_size=batch, shuffle=shuffle, piece_rows=piece, **layout)
         ranks = rank_batches(ur, history, **kw)
         counts = {len(b) for b in ranks}
         assert len(counts) == 1  # the same number of batches on every rank
         stop = data.draw(st.integers(0, counts.pop()))
         delivered += [b for rb in ranks for b in rb[:stop]]
-        history.append(Phase(layout["world_size"], layout["num_workers"], layout["window_rows"], stop))
+        history.append(Phase(layout["world_size"], layout["num_workers"], layout["window_rows"], stop, piece))
     # The final phase runs to the end.
     layout = dict(world_size=data.draw(st.integers(1, 4)), num_workers=data.draw(st.integers(1, 3)),
                   window_rows=data.draw(st.integers(1, 50)))
-    kw = dict(seed=seed, epoch=1, batch_size=batch, shuffle=shuffle, **layout)
+    kw = dict(seed=seed, epoch=1, batch_size=batch, shuffle=shuffle, piece_rows=data.draw(st.integers(0, 6)), **layout)
     before = np.concatenate(delivered) if delivered else np.zeros(0, np.int64)
     plan0 = plan_epoch(ur, history=history, **{k: v for k, v in kw.items()})
     rest = [b for rb in (rank_batches(ur, history, **kw) if plan0.rank_rows else []) for b in rb]
@@ -238,3 +247,56 @@ def test_elastic_resume_delivers_exactly_the_rest(sizes, batch, data, seed, shuf
     # Nothing delivered before comes again, and the rest repeats rows only as padding.
     assert not set(after.tolist()) & set(before.tolist())
     assert after.size - np.unique(after).size < layout["world_size"]
+
+
+# --------------------------------------------------------------------------- pieces
+
+def test_split_units_cuts_every_unit_into_pieces_of_at_most_p_rows():
+    ur = np.asarray([10, 3, 7, 1], np.int64)
+    p = split_units(ur, 4)
+    assert p.unit.tolist() == [0, 0, 0, 1, 2, 2, 3]
+    assert list(zip(p.lo.tolist(), p.hi.tolist())) == [(0, 4), (4, 8), (8, 10), (0, 3), (0, 4), (4, 7), (0, 1)]
+    whole = split_units(ur, 0)
+    assert whole.unit.tolist() == [0, 1, 2, 3] and whole.hi.tolist() == ur.tolist()
+    assert split_units(ur, 10).n == 4  # as large as the largest unit: whole units
+
+
+def test_whole_unit_pieces_plan_as_before_pieces_existed():
+    """piece_rows 0, or at least the largest unit, is the plan of whole units (old resume states)."""
+    ur = np.asarray([50] * 30 + [17], np.int64)
+    kw = dict(seed=3, epoch=2, batch_size=16, window_rows=160)
+    a, b = plan_epoch(ur, **kw), plan_epoch(ur, piece_rows=50, **kw)
+    assert np.array_equal(np.concatenate(served(a, ur)), np.concatenate(served(b, ur)))
+    assert a.pieces.n == b.pieces.n
+
+
+def test_pieces_mix_a_small_window_as_well_as_the_prediction_says():
+    """Label-sorted units of 500 rows, windows of 2,048 rows (four units): whole units give a
+    design effect near (B-1)/K; pieces of 8 rows bring it near 1, as ``predict_deff`` says."""
+    from streambatch.quality import predict_deff
+
+    ur = np.full(400, 500, np.int64)
+    kw = dict(seed=0, epoch=0, batch_size=64, window_rows=2048, ramp=0)
+    whole = design_effect(np.concatenate(served(plan_epoch(ur, **kw), ur)), ur, 64)["deff"]
+    small = design_effect(np.concatenate(served(plan_epoch(ur, piece_rows=8, **kw), ur)), ur, 64)["deff"]
+    assert whole > 10 and small < 1.3
+    predicted = predict_deff(8, 2048 / 8, 400 * 500 // 8, 64)
+    assert abs(small - predicted) / predicted < 0.1
+
+
+def test_pieces_of_one_unit_side_by_side_in_a_window_are_read_as_one():
+    ur = np.full(4, 100, np.int64)
+    p = plan_epoch(ur, seed=0, epoch=0, batch_size=10, window_rows=400, piece_rows=5, shuffle=False)
+    assert p.pieces.n == 4  # storage order: each unit's 20 pieces coalesce into one read
+    q = plan_epoch(ur, seed=0, epoch=0, batch_size=10, window_rows=400, piece_rows=5)
+    assert q.pieces.n == 4  # shuffled, but one window holds every piece: sorted, then coalesced
+
+
+def test_an_epoch_keeps_its_first_phase_piece_size():
+    ur = np.full(20, 30, np.int64)
+    history = [Phase(1, 1, 60, 3, piece_rows=4)]
+    a = plan_epoch(ur, seed=1, epoch=0, batch_size=10, window_rows=60, history=history, piece_rows=0)
+    b = plan_epoch(ur, seed=1, epoch=0, batch_size=10, window_rows=60, history=history, piece_rows=4)
+    assert np.array_equal(np.concatenate(served(a, ur)), np.concatenate(served(b, ur)))
+    with pytest.raises(ValueError, match="piece_rows"):
+        plan_epoch(ur, seed=1, epoch=0, batch_size=10, window_rows=60, piece_rows=-1)
