@@ -13,12 +13,20 @@ import os
 import threading
 from typing import Any, Callable, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from ..errors import DataError
 
 __all__ = ["ByteRanges", "Files"]
 
 Where = Callable[[], str]  # "dataset D, column C, unit U, file F", built only when there is an error
 _PROBES = 8  # ranges of a window probed for being cached before it is advised
+# read_ranges: ranges closer than GAP_BYTES are read as one span (a pread costs about what copying
+# 16 KiB does: docs/PERFORMANCE.md, Loader: pieces), spans of at most SPAN_BYTES (scratch memory).
+GAP_BYTES = 16 << 10
+SPAN_BYTES = 1 << 20
+SPAN_RANGES = 8  # fewer ranges than this are read one by one (a scatter's fixed cost is ~8 reads')
 
 
 def _resident(fd: int, offset: int) -> bool:
@@ -61,6 +69,55 @@ class Files(Protocol):
     files: tuple[str, ...]
 
     def path_of(self, file_index: int) -> Any: ...
+
+
+def _spans(fis: NDArray[np.int64], starts: NDArray[np.int64], ends: NDArray[np.int64], gap: int
+           ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """First and last range of each span: at least SPAN_RANGES ranges of one file, in order, at
+    most ``gap`` apart, a span at most SPAN_BYTES long; or one range."""
+    n = fis.shape[0]
+    new = np.ones(n, bool)
+    new[1:] = (fis[1:] != fis[:-1]) | (starts[1:] < ends[:-1]) | (starts[1:] - ends[:-1] > gap)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], n) - 1
+    few = (last - first + 1) < SPAN_RANGES
+    if few.any():  # a span of a few ranges costs more to scatter than their reads: read them alone
+        alone = np.zeros(n, bool)
+        alone[first] = True
+        cover = np.repeat(few, last - first + 1)
+        alone |= cover
+        first = np.flatnonzero(alone)
+        last = np.append(first[1:], n) - 1
+    long = np.flatnonzero(ends[last] - starts[first] > SPAN_BYTES)
+    if long.size:  # cut long spans where they pass SPAN_BYTES
+        cuts = []
+        for i in long.tolist():
+            a, b = int(first[i]), int(last[i])
+            s0 = int(starts[a])
+            for k in range(a + 1, b + 1):
+                if int(ends[k]) - s0 > SPAN_BYTES:
+                    cuts.append(k)
+                    s0 = int(starts[k])
+        first = np.union1d(first, np.asarray(cuts, np.int64))
+        last = np.append(first[1:], n) - 1
+    return first, last
+
+
+def _scatter(src: NDArray[np.uint8], offs: NDArray[np.int64], sizes: NDArray[np.int64], out: NDArray[np.uint8]) -> None:
+    """``out`` = the ranges ``src[offs[k]:offs[k] + sizes[k]]`` back to back: one ``np.take`` of
+    granules (the largest power of two dividing every offset and size, up to 4 KiB)."""
+    common = int(np.gcd.reduce(np.concatenate([offs, sizes])))
+    g = min(4096, common & -common) if common else 4096  # the largest power of two dividing all
+    if g < 4:  # unaligned bytes: a copy per range
+        pos = 0
+        for o, n in zip(offs.tolist(), sizes.tolist()):
+            out[pos:pos + n] = src[o:o + n]
+            pos += n
+        return
+    counts = sizes // g
+    idx = np.repeat(offs // g - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()), dtype=np.int64)
+    whole = src[:src.shape[0] // g * g].reshape(-1, g)
+    np.take(whole, idx, axis=0, out=out.reshape(-1, g))
 
 
 class ByteRanges:
@@ -132,6 +189,49 @@ class ByteRanges:
                 views.pop(0)
             if n:
                 views[0] = views[0][n:]
+
+    def read_ranges(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
+                    dst: NDArray[np.uint8], where: Any, gap: int = GAP_BYTES) -> None:
+        """Fill ``dst`` with the byte ranges ``(fis[k], starts[k], sizes[k])`` packed back to back,
+        in order: the loader's many small shuffle pieces.
+
+        Ranges of one file that follow each other with at most ``gap`` bytes between them are
+        read as one span into this thread's scratch buffer and scattered from there with one
+        vectorised copy (a system call costs about what copying ``gap`` bytes does); a range
+        alone is read straight into place.  A failure raises as ``read_into`` would, ``where(k)``
+        naming the ``k``-th range.
+        """
+        n = int(fis.shape[0])
+        if n == 0:
+            return
+        ends = starts + sizes
+        first, last = _spans(fis, starts, ends, gap)
+        span_end = np.maximum.reduceat(ends, first) if first.size else first
+        at = np.cumsum(sizes) - sizes
+        flat = memoryview(dst.reshape(-1))
+        fds, fi_l, start_l, size_l, at_l = self._fds, fis.tolist(), starts.tolist(), sizes.tolist(), at.tolist()
+        for a, b, e in zip(first.tolist(), last.tolist(), span_end.tolist()):
+            fi, s0, d0 = fi_l[a], start_l[a], at_l[a]
+            try:
+                if a == b:  # one range: straight into place, the common case kept short
+                    view = flat[d0:d0 + size_l[a]]
+                    entry = fds.get(fi)
+                    if (entry is None or self.remote is not None or e > entry[1]
+                            or os.preadv(entry[0], [view], s0) != len(view)):
+                        self.read_into(view, fi, s0, lambda: where(a))  # the careful path says why
+                    continue
+                self.check(fi, s0, e - s0, lambda: where(a))
+                span = np.frombuffer(self.scratch(e - s0), np.uint8)
+                self.read_into(memoryview(span), fi, s0, lambda: where(a))
+            except OSError as err:
+                raise DataError(f"{where(a)}: read failed: {err.strerror or err}") from None
+            except DataError as err:
+                if a == b:
+                    raise
+                # name the first range of the span that lies past the file's end
+                k = a + int(np.argmax(ends[a:b + 1] > self.fd(fi, lambda: where(a))[1]))
+                raise DataError(f"{where(k)}: {str(err).split(': ', 1)[-1]}") from None
+            _scatter(span, starts[a:b + 1] - s0, sizes[a:b + 1], dst.reshape(-1)[d0:int(at[b] + sizes[b])])
 
     def cached(self, fi: int, offset: int) -> bool:
         """Whether the page holding byte ``offset`` of local file ``fi`` is in the page cache

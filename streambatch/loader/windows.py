@@ -8,6 +8,7 @@ page faults of fresh memory are paid once.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,11 @@ from ..schema import Column
 from . import pool
 from .pool import Pool, Task, Where
 
-__all__ = ["Window", "Buffers", "start_window", "read_group"]
+__all__ = ["Window", "Buffers", "VerifyOnce", "start_window", "read_group"]
 
 Bufs = dict[str, np.ndarray]
-Piece = tuple[int, int, int, "NDArray[np.int64] | None", Bufs]  # (unit, lo, hi, rows kept or None, out)
+Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row): pieces of a window (EpochPlan.window_table)
+Keeps = "list[NDArray[np.int64] | None] | None"  # each piece's kept rows (an elastic resume), or None
 
 
 def _read_rows(reader: Any, unit: int, lo: int, hi: int, rows: NDArray[np.int64], out: Bufs) -> None:
@@ -32,10 +34,122 @@ def _read_rows(reader: Any, unit: int, lo: int, hi: int, rows: NDArray[np.int64]
         np.take(tmp[name], rows, axis=0, out=dst)
 
 
-def read_group(reader: Any, pieces: list[Piece], root: Any, where: Where) -> None:
-    """Read several pieces ``(unit, lo, hi, keep, out)`` into the window buffer, in order."""
-    for u, lo, hi, keep, out in pieces:
+class _Check:
+    """One unit's checksum check in an epoch: done once the claiming thread has finished it."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class VerifyOnce:
+    """A reader of pieces smaller than units that checks each unit's checksums once an epoch.
+
+    A checksum covers a whole unit, so a piece cannot be checked alone.  The first piece of a
+    unit read in an epoch claims the unit, reads all of it through ``checked`` (a reader with
+    ``verify``) into this thread's scratch buffer and copies its rows from there; the unit's
+    other pieces wait for that check, then read only their rows through ``plain``.  A damaged
+    unit is an error at every piece of it, so no row of it is served.  Each pool thread holds
+    one unit of scratch (the unit's bytes of the columns read).
+    """
+
+    def __init__(self, checked: Any, plain: Any) -> None:
+        self.manifest = checked.manifest
+        self._checked, self._plain = checked, plain
+        self._checks: dict[int, _Check] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _scratch(self, rows: int, out: Bufs) -> Bufs:
+        have = getattr(self._local, "bufs", None)
+        if have is None or have.keys() != out.keys() or any(
+                have[k].shape[0] < rows or have[k].shape[1:] != v.shape[1:] or have[k].dtype != v.dtype
+                for k, v in out.items()):
+            have = self._local.bufs = {k: np.empty((int(self.manifest.unit_rows.max()), *v.shape[1:]), v.dtype)
+                                       for k, v in out.items()}
+        return {k: v[:rows] for k, v in have.items()}
+
+    def _passed(self, unit: int) -> bool:
+        c = self._checks.get(unit)
+        return c is not None and c.done.is_set() and c.error is None
+
+    def read_pieces(self, pieces: Table, bufs: Bufs, where: Any) -> bool:
+        """Many pieces: those of units that passed their check this epoch in one ``plain.read_pieces``."""
+        fast = getattr(self._plain, "read_pieces", None)
+        if fast is None:
+            return False
+        later = []
+        for u, lo, hi, at in pieces.tolist():
+            if self._passed(u):
+                later.append((u, lo, hi, at))
+                continue
+            where(u, lo, hi)  # named while it runs: a check that hangs names its unit
+            self.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
+        if later and not fast(np.asarray(later, np.int64), bufs, where):
+            for u, lo, hi, at in later:
+                where(u, lo, hi)
+                self._plain.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
+        return True
+
+    def read_into(self, unit: int, lo: int, hi: int, out: Bufs) -> None:
+        with self._lock:
+            check = self._checks.get(unit)
+            mine = check is None
+            if mine:
+                check = self._checks[unit] = _Check()
+        assert check is not None
+        if not mine:  # another thread checks this unit: wait for its verdict
+            check.done.wait()
+            if check.error is not None:
+                raise type(check.error)(str(check.error))
+            self._plain.read_into(unit, lo, hi, out)
+            return
+        try:
+            rows = int(self.manifest.unit_rows[unit])
+            if lo == 0 and hi == rows:
+                self._checked.read_into(unit, lo, hi, out)
+            else:
+                tmp = self._scratch(rows, out)
+                self._checked.read_into(unit, 0, rows, tmp)
+                for name, dst in out.items():
+                    dst[...] = tmp[name][lo:hi]
+        except BaseException as e:
+            check.error = e
+            raise
+        finally:
+            check.done.set()
+
+    def advise(self, pieces: list[Any], names: list[str]) -> None:
+        advise = getattr(self._plain, "advise", None)
+        if advise is not None:
+            advise(pieces, names)
+
+    def close(self) -> None:
+        self._checked.close()
+        self._plain.close()
+
+
+def read_group(reader: Any, pieces: Table, keeps: Keeps, bufs: Bufs, root: Any, where: Where) -> None:
+    """Read several pieces (rows ``(unit, lo, hi, buffer row)``; ``keeps``: their kept rows, or
+    None when every piece is all of its rows) into the window buffer ``bufs``.  A reader with
+    ``read_pieces`` takes them all in one call (one system call per piece and column)."""
+    fast = getattr(reader, "read_pieces", None)
+    if fast is not None and keeps is None:
+        def name(u: int, lo: int, hi: int) -> None:
+            where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+
+        if len(pieces) > 1:  # until a piece is named (a failure, or a piece read alone)
+            where.text = (f"while reading {len(pieces)} pieces of units {int(pieces[:, 0].min())}.."
+                          f"{int(pieces[:, 0].max())} of {root}")
+        if fast(pieces, bufs, name):
+            return
+    for k, (u, lo, hi, at) in enumerate(pieces.tolist()):
+        keep = None if keeps is None else keeps[k]
         where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+        n = hi - lo if keep is None else keep.size
+        out = {name: b[at:at + n] for name, b in bufs.items()}
         if keep is None:
             reader.read_into(u, lo, hi, out)
         else:
@@ -110,25 +224,22 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     rows = plan.window_size(j)
     w = Window(j, rows, bufs, plan.window_rows * row_nbytes)
     root = getattr(getattr(reader, "manifest", None), "root", "")
+    table, keeps = plan.window_table(j)
     advise = getattr(reader, "advise", None)
     if advise is not None:  # let a cold disk work on the whole window at once (a pool task, ahead
         # of the reads: a window's hints are a thousand system calls, off the consuming thread)
-        workers.submit(1, advise, (list(plan.window_pieces(j)), list(bufs)), f"while hinting the reads of window {j}")
+        workers.submit(1, advise, (table.tolist(), list(bufs)), f"while hinting the reads of window {j}")
     # The window's row permutation (milliseconds for a large window) on a pool thread, ahead of its
     # reads, not on the consuming thread (docs/PERFORMANCE.md, Loader: task size).
     w.perm = workers.submit(1, plan.window_perm, (j,), f"while shuffling window {j}")
-    group: list[Piece] = []
-    group_bytes = off = 0
-    for u, lo, hi, keep in plan.window_pieces(j):
-        n = hi - lo if keep is None else keep.size
-        group.append((u, lo, hi, keep, {name: b[off:off + n] for name, b in bufs.items()}))
-        group_bytes += n * row_nbytes
-        off += n
-        if group_bytes >= pool.TASK_BYTES:
-            w.reads.append(_submit_reads(workers, reader, group, root))
-            group, group_bytes = [], 0
-    if group:
-        w.reads.append(_submit_reads(workers, reader, group, root))
+    # Read tasks of about TASK_BYTES each: a task starts at the piece where the bytes before it
+    # pass the next multiple of TASK_BYTES (no loop over pieces on the consuming thread).
+    start_bytes = table[:, 3] * row_nbytes
+    firsts = np.unique(np.searchsorted(start_bytes, np.arange(0, int(start_bytes[-1]) + 1, pool.TASK_BYTES)))
+    bounds = np.append(firsts, table.shape[0]).tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        w.reads.append(_submit_reads(workers, reader, table[a:b], None if keeps is None else keeps[a:b], bufs,
+                                     root))
     if fresh and rows < plan.window_rows:
         # A short first window (the ramp, a small dataset) would leave the rest of a fresh buffer
         # untouched, so peak RSS would depend on the dataset's length; touching it here, after this
@@ -139,7 +250,7 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     return w
 
 
-def _submit_reads(workers: Pool, reader: Any, pieces: list[Piece], root: Any) -> Task:
-    u, lo, hi = pieces[0][:3]
+def _submit_reads(workers: Pool, reader: Any, pieces: Table, keeps: Keeps, bufs: Bufs, root: Any) -> Task:
+    u, lo, hi = pieces[0, :3].tolist()
     where = Where(f"while reading unit {u} (rows {lo}:{hi}) of {root}")
-    return workers.submit(1, read_group, (reader, pieces, root, where), where)
+    return workers.submit(1, read_group, (reader, pieces, keeps, bufs, root, where), where)

@@ -268,6 +268,10 @@ class ArrowFormat(StorageFormat):
     validate_layout = staticmethod(validate_layout)
     check_files = staticmethod(check_arrow_files)
 
+    def partial_reads(self, manifest: Manifest, names: list[str]) -> bool:
+        # uncompressed buffers; booleans are bit-packed and read with their whole unit
+        return all(manifest.column(n).np_dtype != np.bool_ for n in names)
+
     def default_threads(self, cores: int) -> int:
         return min(8, cores)  # pyarrow serialises and writes without the GIL: a file per thread
 

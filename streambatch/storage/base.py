@@ -110,6 +110,13 @@ class StorageFormat(ABC):
                         where: str, *, codec: str, unit_rows: np.ndarray | None) -> dict[str, Any]:
         """The manifest's layout checked, with int64 arrays; ``ManifestError`` naming what is wrong."""
 
+    def partial_reads(self, manifest: Manifest, names: list[str]) -> bool:
+        """Whether rows ``lo:hi`` of a unit's columns ``names`` are read from local files without
+        reading or decoding the rest of the unit (stored uncompressed, addressable by row).  The
+        loader then shuffles pieces smaller than a unit (``loader.sizing``); otherwise a unit is
+        read whole, once an epoch.  Default: no."""
+        return False
+
     def library_rows(self, manifest: Manifest, names: list[str]) -> Any:
         """Random rows of ``manifest``'s columns ``names`` as a map-style dataset, through the
         format's own library where it has one (``streambatch bench --compare naive``); here, a

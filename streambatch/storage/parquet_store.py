@@ -212,6 +212,11 @@ class ParquetFormat(StorageFormat):
         # One writing thread: a second gained nothing on 2 cores (docs/PERFORMANCE.md, Parquet write path)
         return 1
 
+    def partial_reads(self, manifest: Manifest, names: list[str]) -> bool:
+        # columns whose values are stored plain have offsets in the layout (read in place)
+        values = manifest.layout.get("values", {})
+        return all(n in values for n in names)
+
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
         return units_per_file(columns, rows, unit_rows, shard_bytes)
 

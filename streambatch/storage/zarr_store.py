@@ -113,17 +113,24 @@ class Reader:
         """The bytes, in this thread's scratch buffer (valid until its next read)."""
         return self._files.read_scratch(file_index, offset, size, lambda: self._where(col, unit, file_index))
 
-    def advise(self, pieces: list[tuple[int, int, int, Any]], names: list[str]) -> None:
-        """Hint the kernel to read the rows ``lo:hi`` of each ``(unit, lo, hi, _)`` piece of a window
+    def advise(self, pieces: list[Any], names: list[str]) -> None:
+        """Hint the kernel to read the rows ``lo:hi`` of each ``(unit, lo, hi, ...)`` piece of a window
         (``ByteRanges.advise``: only where they are not cached).  Called before the window's reads
         are queued."""
-        ranges = []
+        if not pieces:
+            return
+        arr = np.asarray([p[:3] for p in pieces], dtype=np.int64)
+        units, lo, hi = arr[:, 0], arr[:, 1], arr[:, 2]
+        ranges: list[tuple[int, int, int]] = []
         for name in names:
             col = self.manifest.column(name)
-            whole = self._decoders[name] is not None
-            for unit, lo, hi, _ in pieces:
-                fi, off, size = self._stored_range(col, unit)
-                ranges.append((fi, off, size) if whole else (fi, off + lo * col.row_nbytes, (hi - lo) * col.row_nbytes))
+            loc = self.manifest.layout["columns"][name]
+            fi, off = loc["file"][units], loc["offset"][units]
+            if self._decoders[name] is not None:  # compressed: the whole chunk
+                start, size = off, loc["size"][units]
+            else:
+                start, size = off + lo * col.row_nbytes, (hi - lo) * col.row_nbytes
+            ranges.extend(zip(fi.tolist(), start.tolist(), size.tolist()))
         self._files.advise(ranges, lambda: f"dataset {self.manifest.root}")
 
     def _stored_range(self, col: Column, unit: int) -> tuple[int, int, int]:
@@ -189,6 +196,36 @@ class Reader:
             del full
         del data
 
+    def read_pieces(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> bool:
+        """Rows ``lo:hi`` of many units (rows ``(unit, lo, hi, buffer row)``, in storage order) into
+        the window buffers ``bufs``, unchecked: the loader's small shuffle pieces, read as byte
+        ranges (``ByteRanges.read_ranges``: near ones as one span).  False (nothing read) where
+        that path does not apply (compressed, verify, remote, buffers not contiguous);
+        ``where(unit, lo, hi)`` is called with the piece whose read fails, before it raises."""
+        if self.verify or self._remote is not None or any(
+                self._decoders[n] is not None or not b.flags.c_contiguous for n, b in bufs.items()):
+            return False
+        units, lo, hi, at = (pieces[:, i] for i in range(4))
+        if (lo < 0).any() or (lo >= hi).any() or (hi > self.manifest.unit_rows[units]).any():
+            raise ValueError(f"{self.manifest.root}: piece rows outside their units")
+        if (np.diff(at) != (hi - lo)[:-1]).any():
+            return False  # not back to back in the buffer
+        for name, buf in bufs.items():
+            col = self.manifest.column(name)
+            loc = self.manifest.layout["columns"][name]
+            rb = col.row_nbytes
+            if (loc["size"][units] != self._unit_rows * rb).any():
+                return False  # a stored size that is not an uncompressed chunk: read_into names it
+            fis = loc["file"][units]
+
+            def name_it(k: int, col: Column = col, fis: np.ndarray = fis) -> str:
+                where(int(units[k]), int(lo[k]), int(hi[k]))
+                return self._where(col, int(units[k]), int(fis[k]))
+
+            out = buf.reshape(len(buf), -1).view(np.uint8)[int(at[0]):int(at[-1] + hi[-1] - lo[-1])]
+            self._files.read_ranges(fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, out, name_it)
+        return True
+
     def verify_unit(self, unit: int) -> None:
         for col in self.manifest.columns:
             fi, off, size = self._stored_range(col, unit)
@@ -226,6 +263,9 @@ class ZarrFormat(StorageFormat):
 
     def default_threads(self, cores: int) -> int:
         return min(8, cores)  # a shard per thread: reads, statistics and writes on every core
+
+    def partial_reads(self, manifest: Manifest, names: list[str]) -> bool:
+        return manifest.codec == "none"  # an uncompressed chunk's rows are byte ranges
 
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
         return units_per_shard(columns, rows, unit_rows, shard_bytes)
