@@ -29,13 +29,14 @@ from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.prefetch import Prefetcher
-from .loader.sizing import Sizing, describe
+from .loader.windows import VerifyOnce
+from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
                            make_state, parse_state, resolve)
 from .manifest import Manifest
 from .plan import EpochPlan, Phase, plan_epoch, worker_batch_counts
 from .schema import Column
-from .storage import load_manifest, open_reader
+from .storage import FORMATS, load_manifest, open_reader
 
 __all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
 
@@ -83,6 +84,12 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             benchmarks/bench_faults.py), so a damaged byte raises ``DataError`` naming the
             dataset, column, unit and file instead of reaching the model.
         timeout: seconds without progress before ``TimeoutError`` names the stuck unit.
+        piece_rows: rows per shuffle piece (an epoch is a random order of pieces, mixed a window
+            at a time).  Default: sized from the budget, the largest piece predicted to reach a
+            design effect of 1.2 where the storage reads a unit's rows alone (uncompressed local
+            data), else whole units.  0: whole units; ``N``: pieces of ``N`` rows (a compressed
+            or remote unit is then read whole for each piece: slow).  The order of an epoch
+            depends on it, as on the budget.
         remote: for a URL (``s3://``, ``gs://``, ``https://``): ``RemoteOptions`` (fsspec
             options, a local disk cache, retries); the defaults when not given, unused for a local path.
 
@@ -98,7 +105,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  threads: int | None = None, transform: Callable[[Any], Any] | None = None,
                  rank: int | None = None, world_size: int | None = None,
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
-                 timeout: float | None = None, remote: RemoteOptions | None = None) -> None:
+                 timeout: float | None = None, remote: RemoteOptions | None = None,
+                 piece_rows: int | None = None) -> None:
         super().__init__()
         if remote is not None and not isinstance(remote, RemoteOptions):
             raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
@@ -124,12 +132,15 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self.return_index = return_index
         self.verify = verify
         self.timeout = timeout
+        if piece_rows is not None and piece_rows < 0:
+            raise ValueError(f"piece_rows must be >= 0 (0: whole units), got {piece_rows}")
+        self.piece_rows = piece_rows
         self.normalize = normalizers(self.manifest, self.columns, normalize, self._remote_files)
         self.epoch = 0
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
         self._run: Run | None = None  # this process's current (or last) iteration of the epoch
         # a state loaded inside a DataLoader worker: (earlier phases, window rows, position)
-        self._worker_resume: tuple[tuple[Phase, ...], int, WorkerPosition] | None = None
+        self._worker_resume: tuple[tuple[Phase, ...], int, int, WorkerPosition] | None = None
         self._shared = Shared()  # epoch and resume state as DataLoader workers see them
         self.last_peak_accounted_bytes = 0
         self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
@@ -141,8 +152,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return sum(c.row_nbytes for c in self.columns)
 
     def _sizing(self) -> Sizing:
-        return Sizing(self.memory_budget, self.batch_size, self.row_nbytes, self.manifest.rows, self.world_size,
-                      self.drop_last, self.threads, self.remote is not None, self.manifest.root)
+        m = self.manifest
+        partial = FORMATS[m.storage].partial_reads(m, [c.name for c in self.columns])
+        return Sizing(self.memory_budget, self.batch_size, self.row_nbytes, m.rows, self.world_size,
+                      self.drop_last, self.threads, self.remote is not None, m.root, int(m.unit_rows.max()),
+                      m.n_units, partial, label_icc_of(m), self.piece_rows if self.shuffle else 0)
 
     def _remote_files(self) -> RemoteFiles | None:
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""
@@ -163,16 +177,19 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._shared.publish(self.epoch, self._resume)
 
     def plan(self, worker: int = 0, num_workers: int = 1, epoch: int | None = None,
-             window_rows: int | None = None, history: tuple[Phase, ...] = ()) -> EpochPlan:
+             window_rows: int | None = None, history: tuple[Phase, ...] = (), piece_rows: int | None = None
+             ) -> EpochPlan:
         """The epoch plan for one DataLoader worker of this rank (pure; reads nothing).
 
         ``history`` lists earlier phases of the epoch (an elastic resume) whose rows are done.
+        ``window_rows`` and ``piece_rows`` default to what the memory budget gives.
         """
-        rows = window_rows or self._sizing().layout(num_workers).window_rows
+        lay = self._sizing().layout(num_workers)
         return plan_epoch(self.manifest.unit_rows, seed=self.seed, epoch=self.epoch if epoch is None else epoch,
-                          batch_size=self.batch_size, window_rows=rows, rank=self.rank,
+                          batch_size=self.batch_size, window_rows=window_rows or lay.window_rows, rank=self.rank,
                           world_size=self.world_size, worker=worker, num_workers=num_workers,
-                          shuffle=self.shuffle, drop_last=self.drop_last, history=history)
+                          shuffle=self.shuffle, drop_last=self.drop_last, history=history,
+                          piece_rows=lay.piece_rows if piece_rows is None else piece_rows)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank, for any number of workers)."""
@@ -181,7 +198,10 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     def describe(self, num_workers: int = 0) -> dict[str, Any]:
         """Sizes and predicted quality, computed before any data is read.
 
-        Keys: window_rows, window_units (mean shuffle units mixed per window), read_ahead_windows,
+        Keys: window_rows, piece_rows (mean rows of the shuffle pieces the epoch is planned in,
+        sized from the budget), piece_bytes, window_pieces (pieces mixed per window),
+        pieces_split_units (whether pieces are smaller than the stored units), window_units
+        (mean shuffle units' worth of rows per window), read_ahead_windows,
         read_ahead_units, threads, budget_bytes, predicted_peak_bytes, predicted_deff,
         predicted_kl (label-sorted KL, SHUFFLE.md M2), label_icc (from the manifest when a
         label was given, else the worst case 1), batches, units, unit_rows.
@@ -193,19 +213,19 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         """The plan of the iteration that would start now (pure: nothing is consumed)."""
         if in_worker:
             if self._worker_resume is not None:  # loaded in this worker (StatefulDataLoader)
-                history, window_rows, pos = self._worker_resume
-                return Run(self.epoch, history, window_rows, worker, num_workers, pos.share, pos.batches)
+                history, window_rows, piece_rows, pos = self._worker_resume
+                return Run(self.epoch, history, window_rows, piece_rows, worker, num_workers, pos.share, pos.batches)
             # the main process's set_epoch / load_state_dict, also those made after this worker started
             epoch, phases = self._shared.read()
         else:
             epoch, phases = self.epoch, self._resume
-        history, window_rows, offset = resolve(phases, self._sizing(), num_workers)
+        history, window_rows, piece_rows, offset = resolve(phases, self._sizing(), num_workers)
         share, start = worker, 0
         if offset:  # same layout as when saved: continue the same plan
             counts = worker_batch_counts(self.plan(0, num_workers, epoch=epoch, window_rows=window_rows,
-                                                   history=history))
+                                                   history=history, piece_rows=piece_rows))
             share, start = continue_share(counts, offset, worker, num_workers)
-        return Run(epoch, history, window_rows, worker, num_workers, share, start)
+        return Run(epoch, history, window_rows, piece_rows, worker, num_workers, share, start)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -225,8 +245,10 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     def _serve(self, run: Run) -> Iterator[dict[str, torch.Tensor]]:
         lay = self._sizing().layout(run.num_workers)
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
-                         history=run.history)
+                         history=run.history, piece_rows=run.piece_rows)
         reader = open_reader(self.manifest, verify=self.verify, remote=self._remote_files())
+        if self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
+            reader = VerifyOnce(reader, open_reader(self.manifest, verify=False, remote=self._remote_files()))
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
             budget_bytes=lay.budget, batches_ahead=lay.ahead, start_batch=run.start,
@@ -278,7 +300,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         if info is not None:
             run = self._run or self._pending(info.id, info.num_workers, in_worker=True)
             pos = WorkerPosition(run.worker, run.num_workers, run.share, run.start + run.consumed)
-            phases = [*run.history, Phase(self.world_size, run.num_workers, run.window_rows, 0)]
+            phases = [*run.history, Phase(self.world_size, run.num_workers, run.window_rows, 0, run.piece_rows)]
             return make_state(self._identity(), run.epoch, phases, pos)
         seen = self._shared.workers()  # DataLoader workers that ran this epoch (0: this process)
         if batches is None and seen:
@@ -289,12 +311,12 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         nw = max(1, num_workers if num_workers is not None else seen)
         run = self._run
         if self._resume is not None or run is None or seen or num_workers:
-            history, window_rows, offset = resolve(self._resume, self._sizing(), nw)
+            history, window_rows, piece_rows, offset = resolve(self._resume, self._sizing(), nw)
             taken = int(batches or 0)
         else:  # iterated here: the batches this iteration handed out
-            history, window_rows, offset = run.history, run.window_rows, run.start
+            history, window_rows, piece_rows, offset = run.history, run.window_rows, run.piece_rows, run.start
             taken = run.consumed if batches is None else int(batches)
-        phases = [*history, Phase(self.world_size, nw, window_rows, offset + taken)]
+        phases = [*history, Phase(self.world_size, nw, window_rows, offset + taken, piece_rows)]
         return make_state(self._identity(), self.epoch, phases)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -318,7 +340,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                              "starts its workers (ds.load_state_dict(state), then iterate)")
         if pos is not None:
             check_worker_state(pos, phases, None if info is None else (info.id, info.num_workers), self._sizing())
-            self._worker_resume = (tuple(phases[:-1]), phases[-1].window_rows, pos)
+            self._worker_resume = (tuple(phases[:-1]), phases[-1].window_rows, phases[-1].piece_rows, pos)
         else:
             self._resume = phases
             self._shared.publish(epoch, phases)

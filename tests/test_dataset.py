@@ -303,11 +303,12 @@ def test_ctrl_c_stops_the_epoch_promptly(datasets, tmp_path):
 
 
 def test_served_quality_agrees_with_the_prediction(tmp_path):
-    # Label-sorted data, many windows per epoch: deff and KL within 10% of describe().
+    # Label-sorted data, many windows per epoch: deff and KL within 10% of describe().  Whole
+    # units (piece_rows=0), where the window mixes few of them; pieces: tests/test_pieces.py.
     src = write_sorted_npy(tmp_path / "src", 120_000, width=1)
     streambatch.convert(src, tmp_path / "d.zarr", unit_rows=50, label="y")
     ds = StreamDataset(tmp_path / "d.zarr", batch_size=128, memory_budget=60_000, return_index=True,
-                       columns=["y"])
+                       columns=["y"], piece_rows=0)
     pred = ds.describe()
     assert 1.5 < pred["predicted_deff"] < 20
     deffs, kls = [], []

@@ -5,8 +5,16 @@ A process holds at most two windows (the one being served and the next being rea
 batches assembled ahead::
 
     budget per process = memory_budget / DataLoader workers
-    window rows        = whole batches in (budget - BATCHES_AHEAD_MAX batches) / 2
+    window rows        = whole batches in (budget - reserved batches) / 2, reserving
+                         BATCHES_AHEAD_MAX batches, or a quarter of a small budget (>= 2)
     peak bytes         = (2 window rows + batches ahead x batch size) x row bytes
+    piece rows         = the largest piece whose predicted design effect at this window is at
+                         most TARGET_DEFF (whole units when they already are), where the
+                         storage reads rows of a unit alone
+
+Quality is then a matter of the budget at load time, not of the unit size chosen at conversion:
+a window mixes ``window_rows / piece_rows`` places of the data.  Compressed units, and data at
+a URL, are read whole (once an epoch), so their pieces are units.
 """
 
 from __future__ import annotations
@@ -22,13 +30,17 @@ from ..manifest import Manifest
 from ..plan import window_bounds, window_rows_for
 from ..quality import predict_deff, predict_kl
 
-__all__ = ["BATCHES_AHEAD_MAX", "LOCAL_THREADS", "Layout", "Sizing", "describe"]
+__all__ = ["BATCHES_AHEAD_MAX", "LOCAL_THREADS", "TARGET_DEFF", "Layout", "Sizing", "describe",
+           "label_icc_of"]
 
 # Batches assembled ahead of the consumer: 8 per thread (two groups of 4), at most this many.  The
 # budget always reserves room for the maximum, so the plan (and every batch) does not depend on
 # the thread count.
 BATCHES_AHEAD_MAX = 16
 LOCAL_THREADS = 2  # default reader threads per process for local files (see Sizing.threads)
+# The predicted design effect that pieces aim for (measured deff follows the prediction within a
+# few percent: tests/test_pieces.py, benchmarks/bench_quality.py).  Smaller pieces cost more reads.
+TARGET_DEFF = 1.2
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Layout:
     threads: int  # reader threads
     ahead: int  # batches assembled ahead of the consumer
     window_rows: int
+    piece_rows: int = 0  # rows per shuffle piece; 0: whole units
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,11 @@ class Sizing:
     threads_asked: int | None  # the caller's reader threads; None: the default
     remote: bool  # the dataset is at a URL
     root: Any  # the dataset, for error messages
+    unit_rows: int = 0  # rows of the dataset's largest unit
+    n_units: int = 1
+    partial: bool = False  # the storage reads rows of a unit alone (StorageFormat.partial_reads)
+    icc: float = 1.0  # label correlation within units (the manifest's; 1, the worst case, when unknown)
+    piece_rows_asked: int | None = None  # the caller's piece size; None: from the budget
 
     @property
     def rank_rows(self) -> int:
@@ -85,16 +103,67 @@ class Sizing:
         """
         budget = self.memory_budget // max(1, num_workers)
         threads = self.threads(num_workers)
-        ahead = min(BATCHES_AHEAD_MAX, 8 * threads)
         batch_bytes = self.batch_size * self.row_nbytes
-        window_bytes = (budget - BATCHES_AHEAD_MAX * batch_bytes) // 2
+        reserve = self.reserved_batches(budget)
+        ahead = min(reserve, 8 * threads)
+        window_bytes = (budget - reserve * batch_bytes) // 2
         if window_bytes < batch_bytes:
-            need = (2 + BATCHES_AHEAD_MAX) * batch_bytes
+            need = (2 + 2) * batch_bytes
             raise ValueError(f"{self.root}: memory_budget {self.memory_budget} bytes is too small for "
                              f"batches of {self.batch_size} rows x {self.row_nbytes} bytes with {num_workers} "
                              f"worker(s); give at least {need * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
-        return Layout(budget, threads, ahead, rows)
+        return Layout(budget, threads, ahead, rows, self.piece_rows(rows))
+
+    def reserved_batches(self, budget: int) -> int:
+        """Batches the budget keeps for assembling ahead: BATCHES_AHEAD_MAX, or a quarter of a
+        small budget (at least 2), so that windows keep most of it (what mixes).  It depends on
+        the budget only, never on the thread count, so neither does the plan."""
+        batch_bytes = max(1, self.batch_size * self.row_nbytes)
+        return max(2, min(BATCHES_AHEAD_MAX, budget // (4 * batch_bytes)))
+
+    def piece_rows(self, window_rows: int) -> int:
+        """Rows per shuffle piece for windows of ``window_rows``: 0 (whole units) where units are
+        read whole or already mix well enough, else the largest piece predicted to reach
+        ``TARGET_DEFF`` (single rows when even those do not)."""
+        whole = self.unit_rows
+        if self.piece_rows_asked is not None:
+            return 0 if self.piece_rows_asked >= whole else int(self.piece_rows_asked)
+        if not self.partial or self.remote or self.batch_size < 2 or whole < 2:
+            return 0
+        if self.epoch_deff(whole, window_rows) <= TARGET_DEFF:
+            return 0
+        lo, hi = 1, whole  # deff grows with the piece: the largest p with deff <= TARGET_DEFF (or 1 row)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.epoch_deff(mid, window_rows) <= TARGET_DEFF else (lo, mid)
+        return lo
+
+    def pieces(self, piece_rows: int) -> tuple[int, float]:
+        """(number, mean rows) of the pieces of ``piece_rows`` rows (0: whole units) that units
+        are cut into; from the largest unit, so about: a unit's last piece may be shorter."""
+        if piece_rows <= 0 or piece_rows >= self.unit_rows:
+            return self.n_units, self.rows / max(1, self.n_units)
+        n = min(self.rows, self.n_units * -(-self.unit_rows // piece_rows))
+        return n, self.rows / n
+
+    def epoch_deff(self, piece_rows: int, window_rows: int, batch: int | None = None) -> float:
+        """Predicted design effect of an epoch of windows of ``window_rows`` mixing pieces of
+        ``piece_rows`` rows (units cut into pieces), batch-weighted over the epoch's windows
+        (the ramp's smaller ones too), for batches of ``batch`` rows (default: the batch size)."""
+        n_pieces, mean_piece = self.pieces(piece_rows)
+        b = min(self.batch_size if batch is None else batch, self.rank_rows)
+        if b < 2:
+            return 1.0
+        bounds = window_bounds(self.rank_rows, window_rows, self.batch_size)
+        sizes, counts = np.unique(np.diff(bounds), return_counts=True)
+        total = weight = 0.0
+        for size, count in zip(sizes.tolist(), counts.tolist()):
+            batches = count * (size // self.batch_size if self.drop_last else -(-size // self.batch_size))
+            d = predict_deff(mean_piece, max(1.0, size / mean_piece), n_pieces, b, icc=self.icc)
+            total += batches * d
+            weight += batches
+        return total / weight if weight else float(b)
 
     def fits(self, window_rows: int, num_workers: int) -> bool:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
@@ -111,39 +180,33 @@ def _label_histogram(m: Manifest) -> dict[str, Any] | None:
     return hist if isinstance(hist, dict) else None
 
 
+def label_icc_of(m: Manifest) -> float:
+    """The label's correlation within units, from the manifest; 1 (the worst case) when unknown."""
+    hist = _label_histogram(m)
+    return 1.0 if hist is None or hist.get("icc") is None else float(hist["icc"])
+
+
 def describe(s: Sizing, m: Manifest, num_workers: int, *, shuffle: bool, rank: int) -> dict[str, Any]:
     """``StreamDataset.describe()``: sizes and predicted quality (see its docstring for the keys)."""
     lay = s.layout(max(1, num_workers))
     mean_unit = m.rows / m.n_units
     k = lay.window_rows / mean_unit
+    piece = lay.piece_rows or s.unit_rows
+    mean_piece = s.pieces(lay.piece_rows)[1]
     hist = _label_histogram(m)
-    icc = 1.0 if hist is None or hist.get("icc") is None else float(hist["icc"])
     # a batch holds at most the rank's rows; batches of one row have nothing to correlate
     b = min(s.batch_size, s.rank_rows)
-    deff = 1.0 if b < 2 else _predicted_deff(s, m, lay.window_rows, icc, b) if shuffle else float(b)
+    deff = 1.0 if b < 2 else s.epoch_deff(piece, lay.window_rows, b) if shuffle else float(b)
     n_labels = 10 if hist is None else max(2, len(hist.get("values", [])))
     # a one-row batch holds one label: its KL against balanced labels is ln(L) however it is shuffled
     kl = math.log(n_labels) if b < 2 else predict_kl(deff, b, n_labels)
     return {
         "batches": s.batches, "batch_size": s.batch_size, "units": m.n_units, "unit_rows": mean_unit,
         "window_rows": lay.window_rows, "window_units": k, "read_ahead_windows": 1, "read_ahead_units": k,
+        "piece_rows": mean_piece, "piece_bytes": mean_piece * s.row_nbytes, "window_pieces": lay.window_rows / mean_piece,
+        "pieces_split_units": bool(lay.piece_rows),
         "threads": lay.threads, "budget_bytes": s.memory_budget,
         "budget_bytes_per_process": lay.budget, "predicted_peak_bytes": s.peak_bytes(lay) * max(1, num_workers),
         "predicted_deff": deff, "predicted_kl": kl,
-        "label_icc": icc, "rank": rank, "world_size": s.world_size,
+        "label_icc": s.icc, "rank": rank, "world_size": s.world_size,
     }
-
-
-def _predicted_deff(s: Sizing, m: Manifest, window_rows: int, icc: float, batch: int) -> float:
-    """Batch-weighted mean of the tumbling-window prediction over the epoch's windows, for
-    batches of ``batch`` rows (the batch size, or the rank's rows where it holds fewer)."""
-    mean_unit = m.rows / m.n_units
-    bounds = window_bounds(s.rank_rows, window_rows, s.batch_size)
-    sizes, counts = np.unique(np.diff(bounds), return_counts=True)
-    total = weight = 0.0
-    for size, count in zip(sizes.tolist(), counts.tolist()):
-        batches = count * (size // s.batch_size if s.drop_last else -(-size // s.batch_size))
-        d = predict_deff(mean_unit, max(1.0, size / mean_unit), m.n_units, batch, icc=icc)
-        total += batches * d
-        weight += batches
-    return total / weight if weight else float(batch)

@@ -4,11 +4,12 @@ A state is a small versioned JSON dict (no pickle)::
 
     {"version": 1, "fingerprint": ..., "seed": ..., "epoch": ..., "batch_size": ...,
      "shuffle": ..., "drop_last": ..., "rank": ..., "batches": N,
-     "phases": [{"world_size", "num_workers", "window_rows", "batches"}, ...],
+     "phases": [{"world_size", "num_workers", "window_rows", "batches", "piece_rows"}, ...],
      "worker": {"id", "num_workers", "share", "batches"}}      <- only inside a DataLoader worker
 
 ``phases`` lists the layouts the epoch ran under (an elastic resume adds one); the last one's
-``batches`` is how many batches the rank's training loop took.  Inside a DataLoader worker
+``batches`` is how many batches the rank's training loop took; ``piece_rows`` is the epoch's
+shuffle piece size (absent in states saved before pieces: whole units).  Inside a DataLoader worker
 (``torchdata``'s ``StatefulDataLoader`` asks every worker for its state) the worker only knows
 its own batches, so the state names the worker and the share of the epoch it serves instead.
 
@@ -55,6 +56,7 @@ class Run:
     epoch: int
     history: tuple[Phase, ...]
     window_rows: int
+    piece_rows: int
     worker: int
     num_workers: int
     share: int  # the worker share of the epoch this process serves
@@ -138,8 +140,8 @@ def parse_state(state: Mapping[str, Any], identity: dict[str, Any], root: Any, b
             if key != "rank" and state[key] != mine:
                 raise StateError(f"{root}: state was saved with {key}={state[key]!r}, this dataset has {mine!r}")
         epoch = int(state["epoch"])
-        phases = [Phase(int(p["world_size"]), int(p["num_workers"]), int(p["window_rows"]), int(p["batches"]))
-                  for p in state["phases"]]
+        phases = [Phase(int(p["world_size"]), int(p["num_workers"]), int(p["window_rows"]), int(p["batches"]),
+                        int(p.get("piece_rows", 0))) for p in state["phases"]]
         w = state.get("worker")
         worker = None if w is None else WorkerPosition(int(w["id"]), int(w["num_workers"]), int(w["share"]),
                                                        int(w["batches"]))
@@ -148,7 +150,8 @@ def parse_state(state: Mapping[str, Any], identity: dict[str, Any], root: Any, b
             raise
         raise StateError(f"{root}: malformed resume state ({type(e).__name__}: {e})") from None
     if epoch < 0 or not phases or any(p.world_size < 1 or p.num_workers < 1 or p.window_rows < batch_size
-                                      or p.batches < 0 for p in phases):
+                                      or p.batches < 0 or p.piece_rows < 0
+                                      or p.piece_rows != phases[0].piece_rows for p in phases):
         raise StateError(f"{root}: resume state out of range ({phases})")
     if worker is not None and not (0 <= worker.worker < worker.num_workers and 0 <= worker.share < worker.num_workers
                                    and worker.batches >= 0 and worker.num_workers == phases[-1].num_workers):
@@ -156,20 +159,22 @@ def parse_state(state: Mapping[str, Any], identity: dict[str, Any], root: Any, b
     return epoch, phases, worker
 
 
-def resolve(phases: list[Phase] | None, sizing: Sizing, num_workers: int) -> tuple[tuple[Phase, ...], int, int]:
-    """(earlier phases, window rows, batches already taken in the current phase) for a resume.
+def resolve(phases: list[Phase] | None, sizing: Sizing, num_workers: int
+            ) -> tuple[tuple[Phase, ...], int, int, int]:
+    """(earlier phases, window rows, piece rows, batches already taken in the current phase) for a resume.
 
     The saved layout is continued where it is this one's (world size, workers) and its window
     still fits the budget; otherwise the rest of the epoch is planned for this layout (elastic).
+    An epoch keeps the piece size it started with.
     """
-    rows = sizing.layout(num_workers).window_rows
+    lay = sizing.layout(num_workers)
     if not phases:
-        return (), rows, 0
+        return (), lay.window_rows, lay.piece_rows, 0
     last = phases[-1]
     if (last.world_size, last.num_workers) == (sizing.world_size, num_workers) and sizing.fits(last.window_rows,
                                                                                                num_workers):
-        return tuple(phases[:-1]), last.window_rows, last.batches
-    return tuple(phases), rows, 0  # elastic: plan what every earlier phase left
+        return tuple(phases[:-1]), last.window_rows, last.piece_rows, last.batches
+    return tuple(phases), lay.window_rows, phases[0].piece_rows, 0  # elastic: plan what earlier phases left
 
 
 def continue_share(counts: list[int], taken: int, worker: int, num_workers: int) -> tuple[int, int]:

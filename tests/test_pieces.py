@@ -1,0 +1,165 @@
+"""Shuffle pieces sized at load time: quality at any budget, exactly once, checksums once an epoch.
+
+Real conversions of label-sorted data (every storage format), iterated by ``StreamDataset``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import streambatch
+from streambatch import quality
+from streambatch.errors import DataError
+from streambatch.storage import FORMATS
+
+from conftest import flip_byte, unit_range, write_sorted_npy
+
+ROWS = 24_000
+WIDTH = 30  # x float32[30] + id + y: 136-byte rows, units of 256 rows (94 units)
+ROW_BYTES = 4 * WIDTH + 16
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pieces")
+    src = write_sorted_npy(root / "src", ROWS, width=WIDTH)
+    out = {}
+    for name, kw in {"zarr": {}, "parquet": {"format": "parquet"}, "arrow": {"format": "arrow"},
+                     "zarr-lz4": {"codec": "lz4"}}.items():
+        out[name] = root / name
+        streambatch.convert(src, out[name], label="y", unit_bytes=256 * ROW_BYTES, **kw)
+    return out
+
+
+def epoch(ds: streambatch.StreamDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids, ys, xs = [], [], []
+    for b in ds:
+        ids.append(b["id"].numpy())
+        ys.append(b["y"].numpy())
+        xs.append(b["x"].numpy())
+    return np.concatenate(ids), np.concatenate(ys), np.concatenate(xs)
+
+
+@pytest.mark.parametrize("fraction", [4, 16, 64])
+def test_quality_at_any_budget_follows_the_prediction(datasets: dict[str, Path], fraction: int) -> None:
+    """At 1/4, 1/16 and 1/64 of the data, label-sorted, no pre-shuffle: every row once, deff at
+    most 1.25 and within 10% of what ``describe()`` predicted, pieces smaller than units."""
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // fraction)
+    d = ds.describe()
+    assert d["pieces_split_units"] and d["piece_rows"] < d["unit_rows"]
+    ids, ys, xs = epoch(ds)
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+    deff = quality.design_effect(ids, ds.manifest.unit_rows, BATCH)["deff"]
+    assert deff <= 1.25 and abs(deff - d["predicted_deff"]) <= 0.1 * d["predicted_deff"], (deff, d)
+    assert np.array_equal(ys, (ids * 10) // ROWS)  # rows stay whole: every column from the same row
+
+
+def test_whole_units_where_they_mix_well_enough(datasets: dict[str, Path]) -> None:
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=10 * ROWS * ROW_BYTES)
+    d = ds.describe()
+    assert not d["pieces_split_units"] and d["piece_rows"] == pytest.approx(d["unit_rows"])
+
+
+@pytest.mark.parametrize("name", ["parquet", "arrow"])
+def test_every_format_that_reads_rows_alone_serves_pieces_exactly(datasets: dict[str, Path], name: str) -> None:
+    """Parquet (in place) and Arrow read pieces too: the same rows, values and order as Zarr."""
+    budget = ROWS * ROW_BYTES // 16
+    ref = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=budget)
+    ds = streambatch.StreamDataset(datasets[name], batch_size=BATCH, memory_budget=budget)
+    assert ds.describe()["piece_rows"] == ref.describe()["piece_rows"] < 256
+    for a, b in zip(epoch(ref), epoch(ds)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compressed_units_are_read_whole(datasets: dict[str, Path]) -> None:
+    """lz4 units cannot be read by rows: pieces are whole units, each decoded once (a unit that a
+    window boundary cuts is read once per part)."""
+    ds = streambatch.StreamDataset(datasets["zarr-lz4"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    d = ds.describe()
+    assert not d["pieces_split_units"]
+    ids, _, _ = epoch(ds)
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+
+
+def test_checksums_are_checked_once_per_unit_and_epoch(datasets: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pieces, a unit's checksum is checked at its first piece of the epoch (the whole unit),
+    then its other pieces read only their rows: each unit is checked exactly once an epoch."""
+    reader = FORMATS["zarr"].reader_class
+    original = reader.read_into
+    checked: list[int] = []
+
+    def counting(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        if self.verify:
+            assert (lo, hi) == (0, int(self.manifest.unit_rows[unit]))  # checks cover the whole unit
+            checked.append(unit)
+        original(self, unit, lo, hi, out)
+
+    monkeypatch.setattr(reader, "read_into", counting)
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    for e in range(2):
+        checked.clear()
+        ds.set_epoch(e)
+        ids, _, _ = epoch(ds)
+        assert np.array_equal(np.sort(ids), np.arange(ROWS))
+        assert sorted(checked) == list(range(ds.manifest.n_units))
+
+
+def test_a_damaged_unit_fails_at_its_first_piece(datasets: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "d"
+    shutil.copytree(datasets["zarr"], path)
+    m = streambatch.StreamDataset(path, batch_size=BATCH).manifest
+    f, off, size = unit_range(m, 5, "x")
+    flip_byte(f, off + size - 3)
+    ds = streambatch.StreamDataset(path, batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    assert ds.describe()["pieces_split_units"]
+    seen = []
+    with pytest.raises(DataError, match=r"unit 5, .*checksum mismatch"):
+        for b in ds:
+            seen.append(b["id"].numpy())
+    served = np.concatenate(seen) if seen else np.zeros(0, np.int64)
+    start = int(m.unit_start[5])
+    assert not ((served >= start) & (served < start + int(m.unit_rows[5]))).any(), "a row of the damaged unit"
+
+
+def test_resume_under_another_budget_keeps_the_epoch_piece_size(datasets: dict[str, Path]) -> None:
+    """A state records the epoch's piece size; resumed under another budget (other windows and
+    pieces) the rest of the epoch is exactly the rows not yet served."""
+    small = ROWS * ROW_BYTES // 64
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=small, seed=5)
+    first = []
+    for i, b in enumerate(ds):
+        first.append(b["id"].numpy())
+        if i == 40:
+            break
+    state = ds.state_dict()
+    assert state["phases"][-1]["piece_rows"] == ds.describe()["piece_rows"]
+    other = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=small * 8, seed=5)
+    assert other.describe()["piece_rows"] != ds.describe()["piece_rows"]
+    other.load_state_dict(state)
+    rest, _, _ = epoch(other)
+    got = np.concatenate(first + [rest])
+    assert np.array_equal(np.sort(got), np.arange(ROWS))
+
+
+def test_a_state_saved_before_pieces_resumes_with_whole_units(datasets: dict[str, Path]) -> None:
+    """States without ``piece_rows`` (saved by earlier versions) are plans of whole units."""
+    budget = ROWS * ROW_BYTES // 16
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=budget, seed=2)
+    lay = ds._sizing().layout(1)
+    state = {"version": 1, **ds._identity(), "epoch": 0, "batches": 10,
+             "phases": [{"world_size": 1, "num_workers": 1, "window_rows": lay.window_rows, "batches": 10}]}
+    ds.load_state_dict(state)
+    rest, _, _ = epoch(ds)
+    whole = ds.plan(window_rows=lay.window_rows, piece_rows=0)
+    starts = ds.manifest.unit_start
+    want = np.concatenate([plan_rows[perm] for plan_rows, perm in (
+        (whole.window_row_ids(j, starts), whole.window_perm(j)) for j in whole.windows.tolist())])
+    np.testing.assert_array_equal(rest, want[10 * BATCH:])
