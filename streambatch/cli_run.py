@@ -198,7 +198,8 @@ def bench(path: str | os.PathLike[str], memory_budget: int | str = "256MiB", thr
 def _print_report(rep: dict[str, Any]) -> None:
     d = rep["describe"]
     print(f"{rep['dataset']}: {rep['rows']:,} rows x {rep['row_bytes']} B ({rep['storage']}, {rep['codec']}); "
-          f"budget {format_size(d['budget_bytes'])}, window {d['window_units']:.0f} units, "
+          f"budget {format_size(d['budget_bytes'])}, window {d['window_rows']:,} rows in {d['window_pieces']:,.0f} "
+          f"pieces of {d['piece_rows']:.0f} rows, "
           f"{d['threads']} threads, predicted deff {d['predicted_deff']:.2f}")
     ram = rep.get("ram", {}).get("samples_per_s")
     naive = rep.get("naive", {}).get("samples_per_s")
