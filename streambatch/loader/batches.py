@@ -21,27 +21,55 @@ __all__ = ["Normalizers", "gather_batches", "normalizers"]
 Normalizers = dict[str, tuple[np.ndarray, np.ndarray]]  # column -> (mean, 1/std) as float32
 
 
+_ALIGN = 64  # byte alignment of each column in a batch's one buffer
+
+
+def _layout(buffers: dict[str, np.ndarray], rows: int, normalize: Normalizers, index_key: str | None
+            ) -> tuple[list[tuple[str, np.dtype, tuple[int, ...], int]], int]:
+    """Each column's (name, dtype, shape, byte offset) in one buffer of ``rows`` rows, and its size."""
+    specs = []
+    pos = 0
+    cols = [(n, np.dtype(np.float32) if n in normalize else b.dtype, (rows, *b.shape[1:])) for n, b in buffers.items()]
+    if index_key is not None:
+        cols.append((index_key, np.dtype(np.int64), (rows,)))
+    for name, dt, shape in cols:
+        specs.append((name, dt, shape, pos))
+        pos += -(-int(np.prod(shape, dtype=np.int64)) * dt.itemsize // _ALIGN) * _ALIGN
+    return specs, pos
+
+
 def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
                    row_ids: NDArray[np.int64] | None, index_key: str | None, normalize: Normalizers,
-                   to_tensor: Callable[[np.ndarray], Any] | None, transform: Callable[[Any], Any] | None
-                   ) -> list[Any]:
-    """Assemble a group of batches (one task for several batches keeps thread hand-offs rare)."""
+                   make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None,
+                   transform: Callable[[Any], Any] | None) -> list[Any]:
+    """Assemble a group of batches (one task for several batches keeps thread hand-offs rare).
+
+    A batch's columns are gathered into one buffer (one allocation; in a DataLoader worker, one
+    shared-memory block crosses to the main process instead of one per column), and
+    ``make_batch(buffer, columns)`` turns it into what is served (tensors); None: the numpy views.
+    """
     out_list = []
     for idx in idx_list:
+        specs, total = _layout(buffers, len(idx), normalize, index_key if row_ids is not None else None)
+        raw = np.empty(total + _ALIGN, np.uint8)
+        skip = -raw.ctypes.data % _ALIGN
+        flat = raw[skip:skip + total]
         out: dict[str, Any] = {}
-        for name, buf in buffers.items():
-            arr = np.take(buf, idx, axis=0)
-            if name in normalize:
+        for name, dt, shape, at in specs:
+            view = flat[at:at + int(np.prod(shape, dtype=np.int64)) * dt.itemsize].view(dt).reshape(shape)
+            if name == index_key and name not in buffers:
+                np.take(row_ids, idx, out=view)
+            elif name in normalize:
                 mean, inv_std = normalize[name]
-                arr = (arr.astype(np.float32) - mean) * inv_std
-            out[name] = arr
-        if index_key is not None and row_ids is not None:
-            out[index_key] = row_ids[idx]
-        if to_tensor is not None:
-            out = {k: to_tensor(v) for k, v in out.items()}
+                np.subtract(np.take(buffers[name], idx, axis=0).astype(np.float32, copy=False), mean, out=view)
+                view *= inv_std
+            else:
+                np.take(buffers[name], idx, axis=0, out=view)
+            out[name] = view
+        batch = make_batch(flat, out) if make_batch is not None else out
         if transform is not None:
-            out = transform(out)
-        out_list.append(out)
+            batch = transform(batch)
+        out_list.append(batch)
     return out_list
 
 

@@ -77,7 +77,7 @@ class Prefetcher:
     def __init__(self, reader: Any, plan: EpochPlan, columns: tuple[Column, ...], unit_start: NDArray[np.int64], *,
                  threads: int, budget_bytes: int, batches_ahead: int, group: int | None = None, start_batch: int = 0,
                  index_key: str | None = None, normalize: Normalizers | None = None,
-                 to_tensor: Callable[[np.ndarray], Any] | None = None,
+                 make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
                  name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
@@ -96,7 +96,7 @@ class Prefetcher:
         self.start_batch = start_batch
         self.index_key = index_key
         self.normalize = normalize or {}
-        self.to_tensor, self.transform, self.timeout = to_tensor, transform, timeout
+        self.make_batch, self.transform, self.timeout = make_batch, transform, timeout
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
         self._buffers = Buffers(columns, plan.window_rows, buffers)
@@ -182,7 +182,7 @@ class Prefetcher:
         nbytes = sum(len(i) for i in idx_list) * self.row_nbytes
         self._acquire(nbytes)
         task = self._pool.submit(0, gather_batches, (
-            cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.to_tensor,
+            cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.make_batch,
             self.transform), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
         cur.next_b = b1
         cur.in_flight += 1
