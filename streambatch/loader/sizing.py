@@ -19,6 +19,7 @@ a URL, are read whole (once an epoch), so their pieces are units.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -123,6 +124,9 @@ class Sizing:
         return max(2, min(BATCHES_AHEAD_MAX, budget // (4 * batch_bytes)))
 
     def piece_rows(self, window_rows: int) -> int:
+        return _piece_rows(self, window_rows)
+
+    def _choose_piece_rows(self, window_rows: int) -> int:
         """Rows per shuffle piece for windows of ``window_rows``: 0 (whole units) where units are
         read whole or already mix well enough, else the largest piece predicted to reach
         ``TARGET_DEFF`` (single rows when even those do not)."""
@@ -173,6 +177,13 @@ class Sizing:
     def peak_bytes(self, lay: Layout) -> int:
         """The most bytes one process holds: two windows and the batches ahead."""
         return (2 * lay.window_rows + lay.ahead * self.batch_size) * self.row_nbytes
+
+
+@functools.lru_cache(maxsize=256)
+def _piece_rows(s: Sizing, window_rows: int) -> int:
+    """``Sizing.piece_rows``, remembered: the search asks for a few dozen predictions, and an
+    iteration asks for the layout several times (a Sizing is a frozen, hashable value)."""
+    return s._choose_piece_rows(window_rows)
 
 
 def _label_histogram(m: Manifest) -> dict[str, Any] | None:
