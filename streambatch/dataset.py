@@ -30,7 +30,7 @@ from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.prefetch import Prefetcher
 from .loader.tensors import make_batch
-from .loader.windows import VerifyOnce
+from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
                            make_state, parse_state, resolve)
@@ -248,7 +248,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
                          history=run.history, piece_rows=run.piece_rows)
         reader = open_reader(self.manifest, verify=self.verify, remote=self._remote_files())
-        if self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
+        if not FORMATS[self.manifest.storage].partial_reads(self.manifest, [c.name for c in self.columns]):
+            reader = WholeUnits(reader, keep=2 * lay.threads)  # a unit cut by a window: decoded once
+        elif self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
             reader = VerifyOnce(reader, open_reader(self.manifest, verify=False, remote=self._remote_files()))
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,

@@ -76,14 +76,33 @@ def test_every_format_that_reads_rows_alone_serves_pieces_exactly(datasets: dict
         np.testing.assert_array_equal(a, b)
 
 
-def test_compressed_units_are_read_whole(datasets: dict[str, Path]) -> None:
-    """lz4 units cannot be read by rows: pieces are whole units, each decoded once (a unit that a
-    window boundary cuts is read once per part)."""
+def test_compressed_units_are_read_whole_and_decoded_once_an_epoch(datasets: dict[str, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """lz4 units cannot be read by rows: pieces are whole units, and each is read (decoded)
+    exactly once an epoch, also where a window boundary cuts it in two (WholeUnits)."""
+    reader = FORMATS["zarr"].reader_class
+    original = reader.read_into
+    reads: list[int] = []
+
+    def counting(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        assert (lo, hi) == (0, int(self.manifest.unit_rows[unit])), "a part of a compressed unit decoded"
+        reads.append(unit)
+        original(self, unit, lo, hi, out)
+
+    monkeypatch.setattr(reader, "read_into", counting)
     ds = streambatch.StreamDataset(datasets["zarr-lz4"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
     d = ds.describe()
     assert not d["pieces_split_units"]
-    ids, _, _ = epoch(ds)
-    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+    plan = ds.plan()
+    cut = {int(u) for j in plan.windows.tolist() for u, lo, hi, _ in plan.window_pieces(j)
+           if (lo, hi) != (0, int(ds.manifest.unit_rows[u]))}
+    assert cut, "no unit is cut by a window boundary: the test would prove nothing"
+    for e in range(2):
+        reads.clear()
+        ds.set_epoch(e)
+        ids, _, _ = epoch(ds)
+        assert np.array_equal(np.sort(ids), np.arange(ROWS))
+        assert sorted(reads) == list(range(ds.manifest.n_units))
 
 
 def test_checksums_are_checked_once_per_unit_and_epoch(datasets: dict[str, Path],

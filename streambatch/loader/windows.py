@@ -8,7 +8,6 @@ page faults of fresh memory are paid once.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..schema import Column
 from . import pool
 from .pool import Pool, Task, Where
 
-__all__ = ["Window", "Buffers", "VerifyOnce", "start_window", "read_group"]
+__all__ = ["Window", "Buffers", "start_window", "read_group"]
 
 Bufs = dict[str, np.ndarray]
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row): pieces of a window (EpochPlan.window_table)
@@ -32,103 +31,6 @@ def _read_rows(reader: Any, unit: int, lo: int, hi: int, rows: NDArray[np.int64]
     reader.read_into(unit, lo, hi, tmp)
     for name, dst in out.items():
         np.take(tmp[name], rows, axis=0, out=dst)
-
-
-class _Check:
-    """One unit's checksum check in an epoch: done once the claiming thread has finished it."""
-
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-
-class VerifyOnce:
-    """A reader of pieces smaller than units that checks each unit's checksums once an epoch.
-
-    A checksum covers a whole unit, so a piece cannot be checked alone.  The first piece of a
-    unit read in an epoch claims the unit, reads all of it through ``checked`` (a reader with
-    ``verify``) into this thread's scratch buffer and copies its rows from there; the unit's
-    other pieces wait for that check, then read only their rows through ``plain``.  A damaged
-    unit is an error at every piece of it, so no row of it is served.  Each pool thread holds
-    one unit of scratch (the unit's bytes of the columns read).
-    """
-
-    def __init__(self, checked: Any, plain: Any) -> None:
-        self.manifest = checked.manifest
-        self._checked, self._plain = checked, plain
-        self._checks: dict[int, _Check] = {}
-        self._lock = threading.Lock()
-        self._local = threading.local()
-
-    def _scratch(self, rows: int, out: Bufs) -> Bufs:
-        have = getattr(self._local, "bufs", None)
-        if have is None or have.keys() != out.keys() or any(
-                have[k].shape[0] < rows or have[k].shape[1:] != v.shape[1:] or have[k].dtype != v.dtype
-                for k, v in out.items()):
-            have = self._local.bufs = {k: np.empty((int(self.manifest.unit_rows.max()), *v.shape[1:]), v.dtype)
-                                       for k, v in out.items()}
-        return {k: v[:rows] for k, v in have.items()}
-
-    def _passed(self, unit: int) -> bool:
-        c = self._checks.get(unit)
-        return c is not None and c.done.is_set() and c.error is None
-
-    def read_pieces(self, pieces: Table, bufs: Bufs, where: Any) -> bool:
-        """Many pieces: those of units that passed their check this epoch in one ``plain.read_pieces``."""
-        fast = getattr(self._plain, "read_pieces", None)
-        if fast is None:
-            return False
-        later = []
-        for u, lo, hi, at in pieces.tolist():
-            if self._passed(u):
-                later.append((u, lo, hi, at))
-                continue
-            where(u, lo, hi)  # named while it runs: a check that hangs names its unit
-            self.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
-        if later and not fast(np.asarray(later, np.int64), bufs, where):
-            for u, lo, hi, at in later:
-                where(u, lo, hi)
-                self._plain.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
-        return True
-
-    def read_into(self, unit: int, lo: int, hi: int, out: Bufs) -> None:
-        with self._lock:
-            check = self._checks.get(unit)
-            mine = check is None
-            if mine:
-                check = self._checks[unit] = _Check()
-        assert check is not None
-        if not mine:  # another thread checks this unit: wait for its verdict
-            check.done.wait()
-            if check.error is not None:
-                raise type(check.error)(str(check.error))
-            self._plain.read_into(unit, lo, hi, out)
-            return
-        try:
-            rows = int(self.manifest.unit_rows[unit])
-            if lo == 0 and hi == rows:
-                self._checked.read_into(unit, lo, hi, out)
-            else:
-                tmp = self._scratch(rows, out)
-                self._checked.read_into(unit, 0, rows, tmp)
-                for name, dst in out.items():
-                    dst[...] = tmp[name][lo:hi]
-        except BaseException as e:
-            check.error = e
-            raise
-        finally:
-            check.done.set()
-
-    def advise(self, pieces: list[Any], names: list[str]) -> None:
-        advise = getattr(self._plain, "advise", None)
-        if advise is not None:
-            advise(pieces, names)
-
-    def close(self) -> None:
-        self._checked.close()
-        self._plain.close()
 
 
 def read_group(reader: Any, pieces: Table, keeps: Keeps, bufs: Bufs, root: Any, where: Where) -> None:
