@@ -45,6 +45,16 @@ def epoch(ds: streambatch.StreamDataset) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.concatenate(ids), np.concatenate(ys), np.concatenate(xs)
 
 
+def every_unit_once_an_epoch(ds: streambatch.StreamDataset, seen: list[int]) -> None:
+    """Two epochs, each every row once, and ``seen`` (units a patched reader recorded) every unit once."""
+    for e in range(2):
+        seen.clear()
+        ds.set_epoch(e)
+        ids, _, _ = epoch(ds)
+        assert np.array_equal(np.sort(ids), np.arange(ROWS))
+        assert sorted(seen) == list(range(ds.manifest.n_units))
+
+
 @pytest.mark.parametrize("fraction", [4, 16, 64])
 def test_quality_at_any_budget_follows_the_prediction(datasets: dict[str, Path], fraction: int) -> None:
     """At 1/4, 1/16 and 1/64 of the data, label-sorted, no pre-shuffle: every row once, deff at
@@ -97,12 +107,7 @@ def test_compressed_units_are_read_whole_and_decoded_once_an_epoch(datasets: dic
     cut = {int(u) for j in plan.windows.tolist() for u, lo, hi, _ in plan.window_pieces(j)
            if (lo, hi) != (0, int(ds.manifest.unit_rows[u]))}
     assert cut, "no unit is cut by a window boundary: the test would prove nothing"
-    for e in range(2):
-        reads.clear()
-        ds.set_epoch(e)
-        ids, _, _ = epoch(ds)
-        assert np.array_equal(np.sort(ids), np.arange(ROWS))
-        assert sorted(reads) == list(range(ds.manifest.n_units))
+    every_unit_once_an_epoch(ds, reads)
 
 
 def test_checksums_are_checked_once_per_unit_and_epoch(datasets: dict[str, Path],
@@ -121,12 +126,7 @@ def test_checksums_are_checked_once_per_unit_and_epoch(datasets: dict[str, Path]
 
     monkeypatch.setattr(reader, "read_into", counting)
     ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
-    for e in range(2):
-        checked.clear()
-        ds.set_epoch(e)
-        ids, _, _ = epoch(ds)
-        assert np.array_equal(np.sort(ids), np.arange(ROWS))
-        assert sorted(checked) == list(range(ds.manifest.n_units))
+    every_unit_once_an_epoch(ds, checked)
 
 
 def test_a_damaged_unit_fails_at_its_first_piece(datasets: dict[str, Path], tmp_path: Path) -> None:

@@ -19,6 +19,13 @@ Bufs = dict[str, np.ndarray]
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row): pieces of a window
 
 
+def _advise(reader: Any, pieces: list[Any], names: list[str]) -> None:
+    """The wrapped reader's read-ahead hints, where it gives them."""
+    advise = getattr(reader, "advise", None)
+    if advise is not None:
+        advise(pieces, names)
+
+
 class _Check:
     """One unit's checksum check in an epoch: done once the claiming thread has finished it."""
 
@@ -107,9 +114,7 @@ class VerifyOnce:
             check.done.set()
 
     def advise(self, pieces: list[Any], names: list[str]) -> None:
-        advise = getattr(self._plain, "advise", None)
-        if advise is not None:
-            advise(pieces, names)
+        _advise(self._plain, pieces, names)
 
     def close(self) -> None:
         self._checked.close()
@@ -169,9 +174,7 @@ class WholeUnits:
             dst[...] = bufs[name][lo:hi]
 
     def advise(self, pieces: list[Any], names: list[str]) -> None:
-        advise = getattr(self._reader, "advise", None)
-        if advise is not None:
-            advise(pieces, names)
+        _advise(self._reader, pieces, names)
 
     def close(self) -> None:
         self._units.clear()
