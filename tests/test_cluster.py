@@ -110,6 +110,18 @@ def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_cluster_refuses_what_it_cannot_split(tmp_path: Path, client: Any) -> None:
+    """An input read in order (CSV) or ``shuffle`` on a cluster: a one-line ``ValueError`` before
+    anything is written."""
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    with pytest.raises(ValueError, match=r"a\.csv: a csv input is read in order, not by parts on a Dask cluster"):
+        streambatch.convert(tmp_path / "a.csv", tmp_path / "ds", client=client, progress=False)
+    npy = write_sorted_npy(tmp_path / "src", 500)
+    with pytest.raises(ValueError, match="--shuffle does not run on a Dask cluster yet"):
+        streambatch.convert(npy, tmp_path / "ds", client=client, shuffle=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "src"]
+
+
 def _worker_pids(client: Any) -> dict[str, int]:
     return dict(client.run(os.getpid))
 
