@@ -198,7 +198,7 @@ def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pyt
             time.sleep(0.1)
         address = json.loads(info.read_text())["address"]
         procs += [_dask("worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--no-nanny",
-                        "--host", "127.0.0.1", log=tmp_path / f"worker{k}.log") for k in range(2)]
+                        "--host", "127.0.0.1", "--death-timeout", "60", log=tmp_path / f"worker{k}.log") for k in range(2)]
         with distributed.Client(address) as cl:
             cl.wait_for_workers(2, timeout=60)
         opts = ["--format", "parquet", "--codec", "zstd", "--unit-rows", "97", "--shard-bytes", "20000", "-q"]
