@@ -23,6 +23,13 @@ Usage::
     python benchmarks/bench_convert.py             # full size (~1 GB inputs), ~15 minutes on 2 cores
     python benchmarks/bench_convert.py --quick     # 50,000 rows under data/quick/, 2 repeats, ~1 minute
     python benchmarks/bench_convert.py --only 'npy -> zarr (none)' --no-codec   # one conversion
+    python benchmarks/bench_convert.py --scheduler local:1 --scheduler local:2   # on Dask clusters only
+
+With ``--scheduler local:N`` (repeatable) only the Dask table runs: ``npy -> zarr (zstd)``
+(CPU-bound) converted in this process with ``convert(..., client=)`` on a ``LocalCluster`` of N
+single-threaded worker processes, started before the clock and reused across repeats; each
+figure is the median of ``--repeats`` and its ratio to the first scheduler's (records of kind
+``cluster``).
 """
 
 from __future__ import annotations
@@ -373,6 +380,38 @@ def measure_ram_limit(npy: Path, repeats: int) -> dict[str, Any]:
     return best
 
 
+def measure_cluster(scheduler: str, npy: Path, scratch: Path, repeats: int) -> dict[str, Any]:
+    """Median seconds of converting ``npy`` to Zarr (zstd) on the Dask cluster ``scheduler``."""
+    from streambatch.convert.cluster import open_client
+
+    dst = scratch / "cluster.zarr"
+    times = []
+    with open_client(scheduler) as client:
+        for _ in range(repeats):
+            os.sync()
+            t0 = time.perf_counter()
+            streambatch.convert(npy, dst, codec="zstd", progress=False, client=client)
+            times.append(time.perf_counter() - t0)
+            shutil.rmtree(dst)
+    seconds = statistics.median(times)
+    return {"kind": "cluster", "scheduler": scheduler, "config": "npy -> zarr (zstd)", "repeats": repeats,
+            "seconds": seconds, "seconds_all": times, "input_mb_per_s": _size(npy) / 1e6 / seconds,
+            "command_line": f"streambatch convert {npy} DST --codec zstd --scheduler {scheduler}"}
+
+
+def run_clusters(schedulers: list[str], npy: Path, scratch: Path, repeats: int, base: dict[str, Any]) -> None:
+    """The Dask table: each scheduler's median and its speed-up over the first one's."""
+    first: float | None = None
+    for scheduler in schedulers:
+        rec = measure_cluster(scheduler, npy, scratch, repeats)
+        first = first or rec["seconds"]
+        rec["speedup_to_first"] = first / rec["seconds"]
+        _common.write_record(NAME, {**base, **rec})
+        print(f"{rec['config']} --scheduler {scheduler:<12} {rec['seconds']:6.2f} s {rec['input_mb_per_s']:7.0f} MB/s"
+              f" ({rec['speedup_to_first']:.2f}x {schedulers[0]}; all {', '.join(f'{t:.2f}' for t in rec['seconds_all'])})",
+              flush=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -390,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only this conversion, named by its label in the table (e.g. 'npy -> zarr (none)');"
         " repeatable; default: every conversion",
     )
+    parser.add_argument("--scheduler", action="append", default=None, metavar="local:N",
+                        help="only the Dask table, on these clusters (repeatable; e.g. local:1 and local:2)")
     args = parser.parse_args(argv)
     configs = CONFIGS
     if args.only:
@@ -410,6 +451,15 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     npy = ensure_npy(root, "tab", rows)
+    if args.scheduler:
+        scratch = root / ".convert-scratch"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        try:
+            run_clusters(args.scheduler, npy, scratch, args.repeats, base)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return 0
     inputs = {"npy": npy}
     if any(c.src == "parquet" for c in configs):
         parquet = ensure_parquet(root, npy, rows)

@@ -36,15 +36,19 @@ def _size(what: str) -> Callable[[str], int]:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from contextlib import nullcontext
 
-    result = convert(
-        args.src, args.dst, format=args.format, columns=args.columns, label=args.label,
-        unit_rows=args.unit_rows, unit_bytes=args.unit_bytes, shard_bytes=args.shard_bytes, codec=args.codec,
-        shuffle=args.shuffle, memory=args.memory, overwrite=args.overwrite, dry_run=args.dry_run,
-        source_format=args.source_format, progress=None if not args.quiet else False, threads=args.threads,
-        fill=_fills(args.fill), drop_nulls=args.drop_nulls, delimiter=_delimiter(args.delimiter),
-    )
+    from .convert import convert
+    from .convert.cluster import open_client
+
+    with open_client(args.scheduler) if args.scheduler and not args.dry_run else nullcontext() as client:
+        result = convert(
+            args.src, args.dst, format=args.format, columns=args.columns, label=args.label,
+            unit_rows=args.unit_rows, unit_bytes=args.unit_bytes, shard_bytes=args.shard_bytes, codec=args.codec,
+            shuffle=args.shuffle, memory=args.memory, overwrite=args.overwrite, dry_run=args.dry_run,
+            source_format=args.source_format, progress=None if not args.quiet else False, threads=args.threads,
+            fill=_fills(args.fill), drop_nulls=args.drop_nulls, delimiter=_delimiter(args.delimiter), client=client,
+        )
     if args.dry_run:
         assert isinstance(result, dict)
         if args.json:
@@ -208,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=None,
                    help="files written at once (default here: " + ", ".join(
                        f"{n} {f.default_threads(cores())}" for n, f in FORMATS.items()) + ")")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="write the files as tasks on a Dask cluster: tcp://HOST:PORT, or local:N for N worker "
+                        "processes here (needs streambatch[dask]; .npy and Parquet inputs)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace DST if it is a streambatch dataset or an empty folder (never the input)")
     c.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")

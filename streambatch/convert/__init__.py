@@ -34,6 +34,7 @@ from ..manifest import FORMAT_VERSION, Manifest, compute_fingerprint
 from ..schema import Column
 from ..sources import Source, open_source
 from ..storage import DEFAULT_FORMAT, check_codec
+from .cluster import run_on_cluster
 from .parallel import ParallelParts
 from .parts import PartOptions, PartResult, first_row_shifts, plan_parts
 from .plan import DEFAULT_CODEC, DEFAULT_MEMORY, DEFAULT_SHARD_BYTES, DEFAULT_UNIT_BYTES, Plan, make_plan
@@ -51,7 +52,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             codec: str = DEFAULT_CODEC, shuffle: int | None = None, memory: int | str = DEFAULT_MEMORY,
             overwrite: bool = False, dry_run: bool = False, source_format: str | None = None,
             progress: bool | None = None, threads: int | None = None, fill: dict[str, Any] | None = None,
-            drop_nulls: bool = False, delimiter: str | None = None) -> Manifest | dict[str, Any]:
+            drop_nulls: bool = False, delimiter: str | None = None, client: Any = None) -> Manifest | dict[str, Any]:
     """Convert ``src`` into a streambatch dataset at ``dst`` and return its ``Manifest``.
 
     Args:
@@ -85,6 +86,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             their count is ``source["dropped_rows"]``.  Nulls are in Parquet, Arrow, CSV and
             JSON Lines inputs (NaN is a value); filling or dropping them reads the input in order.
         delimiter: a CSV's field separator (default ``,``).
+        client: a ``distributed.Client``: each file is written by a task on its Dask cluster
+            (``convert.cluster``), the output the same as without it.  For .npy and Parquet
+            inputs at local paths that the workers see, without ``shuffle``.
 
     Raises:
         InputError: the input is missing, empty, ragged, of different column lengths, of an
@@ -95,7 +99,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             is something ``overwrite`` may not replace (a file, a folder that is not a dataset).
         InputError: ``dst`` lies inside the input folder.
         WriteError: a write failed (disk full, file size limit); nothing is left at ``dst``.
-        ValueError: an unknown format or codec, or a bad size.
+        ValueError: an unknown format or codec, or a bad size; a ``client`` with a URL, an
+            input read in order or ``shuffle``.
 
     ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``https://`` ...): a remote source
     is copied into a temporary folder first; a remote target is converted locally, then
@@ -105,6 +110,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     opts = dict(columns=columns, label=label, unit_rows=unit_rows, unit_bytes=unit_bytes, shard_bytes=shard_bytes,
                 codec=codec, shuffle=shuffle, memory=memory, dry_run=dry_run, source_format=source_format,
                 progress=progress, threads=threads, fill=fill, drop_nulls=drop_nulls, delimiter=delimiter)
+    if client is not None and (is_url(src) or is_url(dst)):
+        raise ValueError(f"{src} -> {dst}: a conversion on a Dask cluster takes local paths")
     if is_url(src) or (is_url(dst) and not dry_run):
         from .remote import convert_remote  # here: a local conversion's start does without it (and tempfile)
 
@@ -119,7 +126,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         plan = make_plan(source, cols, format, codec, unit_rows, unit_bytes, shard_b, memory_b, threads)
         if dry_run:
             return plan.to_json(source, cols)
-        return _write(src, Path(dst), overwrite, source, cols, plan, label, shuffle, progress)
+        return _write(src, Path(dst), overwrite, source, cols, plan, label, shuffle, progress, client)
 
 
 def _open(src: str | os.PathLike[str], columns: list[str] | None, label: str | None, source_format: str | None,
@@ -139,9 +146,11 @@ def _open(src: str | os.PathLike[str], columns: list[str] | None, label: str | N
 
 
 def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: Source, cols: tuple[Column, ...],
-           plan: Plan, label: str | None, shuffle: int | None, progress: bool | None) -> Manifest:
+           plan: Plan, label: str | None, shuffle: int | None, progress: bool | None, client: Any) -> Manifest:
     """Write the dataset into a temporary folder beside ``target`` and swap it in, manifest last;
     the temporary folder is removed whatever happens."""
+    if client is not None:
+        _check_cluster(source, shuffle)
     check_target(src, target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(target)
@@ -150,7 +159,7 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
         tmp.mkdir()
     try:
         with progress_bar(source.rows, f"convert {source.path.name}", progress) as bar:
-            result = _write_rows(source, cols, plan, label, shuffle, tmp, target, bar.update)
+            result = _write_rows(source, cols, plan, label, shuffle, tmp, target, bar.update, client)
         if result.rows != source.rows:
             raise InputError(f"{source.path}: read {result.rows} rows, expected {source.rows} (input changed?)")
         with writing(target):  # per-feature statistics of wide columns: files, written before the manifest
@@ -164,10 +173,11 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
 
 
 def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str | None, shuffle: int | None,
-                folder: Path, target: Path, progress: Callable[[int], None]) -> PartResult:
-    """Every row into ``folder``: by parts on several threads where the plan allows, else in order."""
+                folder: Path, target: Path, progress: Callable[[int], None], client: Any = None) -> PartResult:
+    """Every row into ``folder``: by parts as tasks of ``client``'s Dask cluster, or on several
+    threads where the plan allows, else in order."""
     assert source.spec is not None
-    parallel = plan.parallel(source, shuffle)
+    parallel = client is not None or plan.parallel(source, shuffle)
     piece_rows, stage_bytes = plan.piece_sizes(len(cols), parallel)
     opts = PartOptions(source=source.spec, fmt=plan.fmt, columns=cols, rows=source.rows, unit_rows=plan.unit_rows,
                        shard_bytes=plan.shard_bytes, codec=plan.codec, label=label, piece_rows=piece_rows,
@@ -175,8 +185,19 @@ def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str
                        runs=parallel)
     if parallel:
         parts = plan_parts(source.rows, plan.unit_rows, plan.per_file)
+        if client is not None:
+            return run_on_cluster(client, parts, opts, folder, target, progress)
         return ParallelParts(parts, opts, source, folder, target, plan.threads).run(progress)
     return write_sequential(source, opts, folder, target, shuffle, plan.work, progress)
+
+
+def _check_cluster(source: Source, shuffle: int | None) -> None:
+    """``ValueError`` where a conversion cannot run as parts on a cluster."""
+    if shuffle is not None:
+        raise ValueError(f"{source.path}: --shuffle does not run on a Dask cluster yet; convert without --scheduler")
+    if not source.random_access:
+        raise ValueError(f"{source.path}: a {source.format} input is read in order, not by parts on a Dask cluster "
+                         "(use .npy or Parquet); convert it without --scheduler")
 
 
 def _manifest(src: str | os.PathLike[str], target: Path, tmp: Path, source: Source, cols: tuple[Column, ...],

@@ -1,0 +1,125 @@
+"""Writing a dataset's parts as tasks on a Dask cluster (``convert(..., client=)``,
+``streambatch convert --scheduler``).
+
+Each :class:`~.parts.Part` is one task: the worker opens the source from its ``SourceSpec``,
+writes the part's files into a folder of its own attempt (``.parts/NNNNN-XXXXXXXX`` in the
+conversion's temporary folder) and, when every file is closed, renames them to their names in
+the temporary folder.  Those names are fixed by the part, so a task that Dask runs again after a
+worker died overwrites its own files and adds none; the dead attempt's folder goes with
+``.parts`` once every part is in.  The client takes the parts' results in part order and joins
+them as the threads do (:class:`~.parts.Summary`): the files, the manifest and its fingerprint
+are the local converter's whatever the workers.  The workers must see the paths the client gives
+(one machine, or a shared file system).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .parts import Abandoned, Part, PartOptions, PartResult, Summary
+
+__all__ = ["run_on_cluster", "run_part", "open_client"]
+
+STAGING = ".parts"
+"""The folder, in the temporary folder, of the parts' attempts."""
+_STOP = "STOP"
+"""A file in ``STAGING`` that tells the parts still running to stop (the conversion failed)."""
+_WAIT_S = 60.0
+"""How long a failed conversion waits for its running parts to stop before it removes their folder."""
+
+
+def run_part(part: Part, opts: PartOptions, folder: str, target: str) -> PartResult:
+    """The task: write ``part`` into an attempt folder of its own, then rename its files into
+    ``folder`` (the conversion's temporary folder).  Raises what :meth:`Part.run` raises, and
+    :class:`Abandoned` when the conversion stopped (its staging folder holds ``STOP`` or is gone)."""
+    staging = Path(folder) / STAGING
+    stop = staging / _STOP
+    if stop.exists():
+        raise Abandoned
+    attempt = staging / f"{part.index:05d}-{uuid.uuid4().hex[:8]}"
+    try:
+        attempt.mkdir()  # not parents: a conversion that is gone is not made again
+    except FileNotFoundError:
+        raise Abandoned from None
+    try:
+        result = part.run(opts, attempt, Path(target), abandon=stop.exists)
+        _move_files(attempt, Path(folder))
+        return result
+    finally:
+        shutil.rmtree(attempt, ignore_errors=True)
+
+
+def _move_files(src: Path, dst: Path) -> None:
+    """Rename every file under ``src`` to the same relative path under ``dst`` (replacing it)."""
+    for root, _, names in os.walk(src):
+        rel = Path(root).relative_to(src)
+        if names:
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            os.replace(Path(root) / name, dst / rel / name)
+
+
+def run_on_cluster(client: Any, parts: list[Part], opts: PartOptions, folder: Path, target: Path,
+                   progress: Callable[[int], None]) -> PartResult:
+    """Write every part as a task of the Dask ``client``; return them joined as one part's result.
+    ``progress(rows)`` is told of each part's rows as it is joined, in part order.
+
+    Raises the first failing part's error (in part order, as the threads do) with its original
+    type; the parts still running are stopped and waited for first, so that none writes into
+    ``folder`` once this returns.  An interrupt does the same."""
+    staging = folder / STAGING
+    staging.mkdir()
+    futures = [client.submit(run_part, p, opts, str(folder), str(target), pure=False) for p in parts]
+    summary = Summary(opts)
+    try:
+        for f in futures:
+            result = f.result()
+            summary.add(result)
+            progress(result.rows)
+            f.release()
+    except BaseException:
+        _stop(client, futures, staging)
+        raise
+    shutil.rmtree(staging)
+    return summary.result()
+
+
+def _stop(client: Any, futures: list[Any], staging: Path) -> None:
+    """Tell the running parts to stop and wait (up to ``_WAIT_S``) until every task has ended."""
+    from distributed import wait
+
+    (staging / _STOP).touch()
+    try:
+        wait(futures, timeout=_WAIT_S)
+    except BaseException:  # a timeout, or a second Ctrl-C: stop waiting
+        pass
+    client.cancel(futures)
+
+
+@contextmanager
+def open_client(scheduler: str) -> Iterator[Any]:
+    """A Dask client of ``scheduler``: ``local:N`` starts a cluster of N worker processes on this
+    machine (closed afterwards), anything else is a scheduler's address (``tcp://HOST:PORT``).
+
+    Raises:
+        ValueError: a ``local:`` that is not a positive count, or Dask is not installed.
+        OSError: the scheduler cannot be reached (Dask's own error)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError("--scheduler needs Dask: pip install 'streambatch[dask]'") from None
+    if not scheduler.startswith("local:"):
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = scheduler.removeprefix("local:")
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"--scheduler {scheduler!r}: expected local:N with N workers (N >= 1)")
+    with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            yield client

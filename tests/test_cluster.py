@@ -1,0 +1,213 @@
+"""Converting on a Dask cluster (``convert(client=)``, ``--scheduler``): real worker processes,
+output identical to the local converter's, bad input and a killed worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+import streambatch
+from streambatch.cli import main
+from streambatch.errors import InputError
+from streambatch.manifest import MANIFEST_NAME, Manifest
+from streambatch.storage import load_manifest
+
+from conftest import write_sorted_npy
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        with distributed.Client(c) as cl:
+            yield cl
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (its manifest aside) by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_NAME}
+
+
+def _assert_same(got: Path, want: Path) -> None:
+    """The same files, bytes and manifest; statistics to rounding (so the manifest's own checksum
+    may differ), as threads' are: a local run of one thread sums in another order."""
+    a, b = load_manifest(got), load_manifest(want)
+    assert a.fingerprint == b.fingerprint
+    assert _tree(got) == _tree(want)
+    da, db = (json.loads((p / MANIFEST_NAME).read_text()) for p in (got, want))
+    sa, sb = da.pop("stats"), db.pop("stats")
+    da.pop("checksum"), db.pop("checksum")
+    assert da == db
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        for key in ("count", "mean", "std", "min", "max"):
+            np.testing.assert_allclose(sa[name][key], sb[name][key], rtol=1e-12)
+        assert sa[name].get("histogram") == sb[name].get("histogram")
+
+
+def _parquet(folder: Path, npy: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = {p.stem: np.load(p) for p in sorted(npy.glob("*.npy"))}
+    table = pa.table({"id": data["id"], "x": pa.FixedSizeListArray.from_arrays(data["x"].reshape(-1), 4),
+                      "y": data["y"]})
+    pq.write_table(table, folder / "src.parquet", row_group_size=50)
+    return folder / "src.parquet"
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".sbtmp-" in p.name]
+
+
+@pytest.mark.parametrize("fmt,codec", [("zarr", "none"), ("parquet", "zstd")])
+@pytest.mark.parametrize("src_kind", ["npy", "parquet"])
+def test_cluster_output_equals_the_local_conversion(tmp_path: Path, client: Any, fmt: str, codec: str,
+                                                    src_kind: str) -> None:
+    """Parts written by two worker processes: the local converter's files, bytes and manifest."""
+    npy = write_sorted_npy(tmp_path / "src", 5003)
+    src = npy if src_kind == "npy" else _parquet(tmp_path, npy)
+    opts: dict[str, Any] = dict(format=fmt, codec=codec, unit_rows=97, shard_bytes=20_000, label="y", progress=False)
+    streambatch.convert(src, tmp_path / "local", **opts)
+    m = streambatch.convert(src, tmp_path / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and len(m.files) >= 8
+    _assert_same(tmp_path / "dask", tmp_path / "local")
+    assert _leftovers(tmp_path) == []
+
+
+def _bad_labels(folder: Path) -> Path:
+    folder.mkdir()
+    y = np.repeat(np.arange(10.0), 500)
+    y[[2150, 4321]] = np.nan
+    np.save(folder / "y.npy", y)
+    np.save(folder / "x.npy", np.zeros((5000, 8), np.float32))
+    return folder
+
+
+def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, client: Any) -> None:
+    """A bad row in a part on a worker: the local converter's error type and message (the first
+    bad row in source order), no target, no temporary folder."""
+    src = _bad_labels(tmp_path / "src")
+    opts: dict[str, Any] = dict(unit_rows=100, shard_bytes=4000, label="y", progress=False)
+    with pytest.raises(InputError) as local:
+        streambatch.convert(src, tmp_path / "local", **opts)
+    with pytest.raises(InputError) as remote:
+        streambatch.convert(src, tmp_path / "dask", client=client, **opts)
+    assert "row 2150" in str(local.value)
+    assert type(remote.value) is type(local.value) and str(remote.value) == str(local.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_cluster_refuses_what_it_cannot_split(tmp_path: Path, client: Any) -> None:
+    """An input read in order (CSV) or ``shuffle`` on a cluster: a one-line ``ValueError`` before
+    anything is written."""
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    with pytest.raises(ValueError, match=r"a\.csv: a csv input is read in order, not by parts on a Dask cluster"):
+        streambatch.convert(tmp_path / "a.csv", tmp_path / "ds", client=client, progress=False)
+    npy = write_sorted_npy(tmp_path / "src", 500)
+    with pytest.raises(ValueError, match="--shuffle does not run on a Dask cluster yet"):
+        streambatch.convert(npy, tmp_path / "ds", client=client, shuffle=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "src"]
+
+
+def _worker_pids(client: Any) -> dict[str, int]:
+    return dict(client.run(os.getpid))
+
+
+def _in_a_part(pid: int, staging: Path) -> bool:
+    """Whether process ``pid`` has a file of a part's attempt open (it is writing a part)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if str(staging) in os.readlink(fd):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
+def _kill_a_worker_in_a_part(client: Any, parent: Path, convert: threading.Thread) -> int:
+    """SIGKILL a worker process caught (stopped) while it writes a part; return its pid."""
+    pids = list(_worker_pids(client).values())
+    while convert.is_alive():
+        for pid in pids:
+            for staging in parent.glob(".dask.sbtmp-*/.parts"):
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    if _in_a_part(pid, staging):
+                        os.kill(pid, signal.SIGKILL)
+                        return pid
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+    pytest.fail("the conversion ended before a worker was caught writing a part")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_cluster_survives_a_worker_killed_in_a_part(tmp_path: Path, client: Any) -> None:
+    """SIGKILL of a worker process while it writes a part: Dask runs the part again elsewhere,
+    and the output is the local converter's, with no stray file of the killed attempt."""
+    src = write_sorted_npy(tmp_path / "src", 400_000, width=16)
+    opts: dict[str, Any] = dict(codec="zstd", unit_rows=1000, shard_bytes=1 << 20, progress=False)
+    streambatch.convert(src, tmp_path / "local", **opts)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            streambatch.convert(src, tmp_path / "dask", client=client, **opts)
+        except BaseException as e:  # handed to the test's thread
+            errors.append(e)
+
+    convert = threading.Thread(target=run)
+    convert.start()
+    killed = _kill_a_worker_in_a_part(client, tmp_path, convert)
+    convert.join(120)
+    assert not convert.is_alive() and errors == []
+    assert killed not in _worker_pids(client).values()
+    _assert_same(tmp_path / "dask", tmp_path / "local")
+    assert _leftovers(tmp_path) == []
+    client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the tests after this one
+
+
+def _dask(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=subprocess.DEVNULL, stderr=err)
+
+
+def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``streambatch convert --scheduler tcp://...`` on a ``dask scheduler`` and two ``dask
+    worker`` processes on loopback: the local converter's output."""
+    src = write_sorted_npy(tmp_path / "src", 5003)
+    info = tmp_path / "scheduler.json"
+    procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                   str(info), log=tmp_path / "scheduler.log")]
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(info.read_text())["address"]
+        procs += [_dask("worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                        "--host", "127.0.0.1", "--death-timeout", "60", log=tmp_path / f"worker{k}.log") for k in range(2)]
+        with distributed.Client(address) as cl:
+            cl.wait_for_workers(2, timeout=60)
+        opts = ["--format", "parquet", "--codec", "zstd", "--unit-rows", "97", "--shard-bytes", "20000", "-q"]
+        assert main(["convert", str(src), str(tmp_path / "local"), *opts]) == 0
+        assert main(["convert", str(src), str(tmp_path / "dask"), "--scheduler", address, *opts]) == 0
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    _assert_same(tmp_path / "dask", tmp_path / "local")
+    assert _leftovers(tmp_path) == []
