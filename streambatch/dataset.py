@@ -29,7 +29,7 @@ from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.prefetch import Prefetcher
-from .loader.tensors import make_batch
+from .loader.tensors import make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
@@ -256,7 +256,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
             budget_bytes=lay.budget, batches_ahead=lay.ahead, start_batch=run.start,
             index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
-            make_batch=make_batch, transform=self.transform, timeout=self.timeout,
+            make_batch=make_shared_batch if get_worker_info() is not None else make_batch,
+            transform=self.transform, timeout=self.timeout,
             name=f"r{self.rank}w{run.worker}", buffers=self._buffers)
         try:
             for batch in pf:

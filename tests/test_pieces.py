@@ -182,3 +182,28 @@ def test_a_state_saved_before_pieces_resumes_with_whole_units(datasets: dict[str
     want = np.concatenate([plan_rows[perm] for plan_rows, perm in (
         (whole.window_row_ids(j, starts), whole.window_perm(j)) for j in whole.windows.tolist())])
     np.testing.assert_array_equal(rest, want[10 * BATCH:])
+
+
+@pytest.mark.parametrize(("rows", "window_fraction"), [(2_000_000, 2), (2_000_000, 4), (200_000, 4), (200_000, 32)])
+def test_pieces_are_equal_and_mix_as_predicted_at_any_window(rows: int, window_fraction: int) -> None:
+    """The chosen pieces cut every unit evenly (never 495 + 1 rows), and the served order's deff
+    is within 10% of the prediction made from them, whatever share of the data a window holds."""
+    from streambatch.loader.sizing import Sizing
+    from streambatch.plan import plan_epoch
+
+    unit, batch, row_bytes = 496, 256, 528
+    ur = np.full(-(-rows // unit), unit, np.int64)
+    ur[-1] = rows - unit * (len(ur) - 1)
+    budget = rows * row_bytes // window_fraction
+    s = Sizing(budget, batch, row_bytes, rows, 1, False, None, False, "d", unit, len(ur), True, 1.0)
+    lay = s.layout(1)
+    p = lay.piece_rows
+    assert p, "label-sorted data at this budget needs pieces"
+    k = -(-unit // p)
+    assert unit - (k - 1) * p >= p - k, (p, k)  # the unit's last piece about as long as the others
+    plan = plan_epoch(ur, seed=0, epoch=0, batch_size=batch, window_rows=lay.window_rows, piece_rows=p)
+    starts = np.concatenate([[0], np.cumsum(ur)[:-1]])
+    order = np.concatenate([plan.window_row_ids(j, starts)[plan.window_perm(j)] for j in plan.windows.tolist()])
+    measured = quality.design_effect(order, ur, batch)["deff"]
+    predicted = s.epoch_deff(p, lay.window_rows)
+    assert measured <= 1.25 and abs(measured - predicted) <= 0.1 * predicted, (p, measured, predicted)

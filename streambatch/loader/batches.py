@@ -7,6 +7,7 @@ normalise come from the statistics stored at conversion (:func:`normalizers`).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -25,16 +26,17 @@ _ALIGN = 64  # byte alignment of each column in a batch's one buffer
 
 
 def _layout(buffers: dict[str, np.ndarray], rows: int, normalize: Normalizers, index_key: str | None
-            ) -> tuple[list[tuple[str, np.dtype, tuple[int, ...], int]], int]:
-    """Each column's (name, dtype, shape, byte offset) in one buffer of ``rows`` rows, and its size."""
+            ) -> tuple[list[tuple[str, np.dtype, tuple[int, ...], int, int]], int]:
+    """Each column's (name, dtype, shape, byte offset, bytes) in one buffer of ``rows`` rows, and its size."""
     specs = []
     pos = 0
     cols = [(n, np.dtype(np.float32) if n in normalize else b.dtype, (rows, *b.shape[1:])) for n, b in buffers.items()]
     if index_key is not None:
         cols.append((index_key, np.dtype(np.int64), (rows,)))
     for name, dt, shape in cols:
-        specs.append((name, dt, shape, pos))
-        pos += -(-int(np.prod(shape, dtype=np.int64)) * dt.itemsize // _ALIGN) * _ALIGN
+        nbytes = math.prod(shape) * dt.itemsize
+        specs.append((name, dt, shape, pos, nbytes))
+        pos += -(-nbytes // _ALIGN) * _ALIGN
     return specs, pos
 
 
@@ -49,22 +51,29 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
     ``make_batch(buffer, columns)`` turns it into what is served (tensors); None: the numpy views.
     """
     out_list = []
+    key = index_key if row_ids is not None else None
+    layouts: dict[int, tuple[list[tuple[str, np.dtype, tuple[int, ...], int, int]], int]] = {}
     for idx in idx_list:
-        specs, total = _layout(buffers, len(idx), normalize, index_key if row_ids is not None else None)
+        rows = len(idx)
+        if rows not in layouts:  # the batches of a group share one length but the last
+            layouts[rows] = _layout(buffers, rows, normalize, key)
+        specs, total = layouts[rows]
         raw = np.empty(total + _ALIGN, np.uint8)
         skip = -raw.ctypes.data % _ALIGN
         flat = raw[skip:skip + total]
         out: dict[str, Any] = {}
-        for name, dt, shape, at in specs:
-            view = flat[at:at + int(np.prod(shape, dtype=np.int64)) * dt.itemsize].view(dt).reshape(shape)
-            if name == index_key and name not in buffers:
-                np.take(row_ids, idx, out=view)
+        for name, dt, shape, at, nbytes in specs:
+            view = flat[at:at + nbytes].view(dt).reshape(shape)
+            if name == key and name not in buffers:
+                np.take(row_ids, idx, out=view, mode="clip")
             elif name in normalize:
                 mean, inv_std = normalize[name]
                 np.subtract(np.take(buffers[name], idx, axis=0).astype(np.float32, copy=False), mean, out=view)
                 view *= inv_std
             else:
-                np.take(buffers[name], idx, axis=0, out=view)
+                # mode="clip": with out=, the default mode buffers the whole result to check the
+                # indices first; these are a slice of a permutation of the window's rows
+                np.take(buffers[name], idx, axis=0, out=view, mode="clip")
             out[name] = view
         batch = make_batch(flat, out) if make_batch is not None else out
         if transform is not None:

@@ -141,7 +141,9 @@ class Sizing:
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if self.epoch_deff(mid, window_rows) <= TARGET_DEFF else (lo, mid)
-        return lo
+        # Equal pieces: as many per unit as ``lo`` gives, shared out evenly (495 rows of a 496-row
+        # unit would cut it 495 + 1, mixing like whole units while the prediction assumed halves).
+        return -(-whole // -(-whole // lo))
 
     def pieces(self, piece_rows: int) -> tuple[int, float]:
         """(number, mean rows) of the pieces of ``piece_rows`` rows (0: whole units) that units
