@@ -9,19 +9,27 @@ what ``describe()`` predicts before reading anything (window units, predicted de
 * the memory budget varies (16 ... 512 MiB) at the default unit size (256 KiB);
 * the unit size varies (64 KiB, 256 KiB, 1 MiB, 4 MiB; converted copies) at 256 MiB;
 * the converter's one-off pre-shuffle (``convert(..., shuffle=0)``) at a small budget (16 MiB);
-* references: a full in-RAM shuffle (``np.random.permutation``) and no shuffle.
+* references: a full in-RAM shuffle (``np.random.permutation``) and no shuffle;
+* budgets of 1/4, 1/16 and 1/64 of the dataset's bytes, on 400,000 and 2,000,000 rows, each with
+  the shuffle pieces the loader sizes at load time and with ``piece_rows=0`` (whole units, as
+  the loader planned before pieces), so that the before/after is in one run (``_quality_fractions.py``).
 
 Fast and faithful: the served order depends only on the window size in rows (the plan is a
-pure function of unit sizes, seed, epoch and window rows), and the window size in rows is the
+pure function of unit sizes, seed, epoch, window rows and piece rows), and the window size in rows is the
 budget divided by the bytes of the *selected* columns. So each epoch is iterated with
 ``columns=["id", "y"]`` under a budget scaled by ``row bytes(id, y) / row bytes(all)``, which
 gives the same ``window_rows`` as the full-column loader at the nominal budget (checked for every
 configuration via ``describe()``; the default configuration is also iterated once with all
-columns and its served ids compared).
+columns and its served ids compared).  Pieces are sized from the window rows and the units, not
+from the bytes, so the projected loader cuts the same pieces: every configuration checks that its
+``describe()['piece_rows']`` and its plan of each measured epoch (pieces and windows) equal the
+full-column loader's, and would pass ``piece_rows`` explicitly from the full-column loader (the
+piece size its state records) if the piece sizes differed (recorded as ``piece_rows_explicit``).
 
 Usage::
 
     python benchmarks/bench_quality.py [--data DIR] [--quick] [--repeats N]
+                                       [--fraction-rows N [N ...]] [--only-fractions]
 
 ``--repeats N`` measures epochs 0..N-1 of every configuration (median reported).
 """
@@ -44,6 +52,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _common  # noqa: E402
+import _quality_fractions  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -58,9 +67,12 @@ N_LABELS = 10
 IDEAL_KL = (N_LABELS - 1) / (2 * BATCH_SIZE)
 DEFAULT_UNIT = 256 * KiB
 PROJECTED = ["id", "y"]
-FULL = {"rows": 2_000_000, "budgets": [16, 32, 64, 128, 256, 512], "unit_budget": 256, "pre_budget": 16}
-QUICK = {"rows": 250_000, "budgets": [4, 8, 16, 32, 64], "unit_budget": 32, "pre_budget": 4}
+FULL = {"rows": 2_000_000, "budgets": [16, 32, 64, 128, 256, 512], "unit_budget": 256, "pre_budget": 16,
+        "fraction_rows": [400_000, 2_000_000]}
+QUICK = {"rows": 250_000, "budgets": [4, 8, 16, 32, 64], "unit_budget": 32, "pre_budget": 4,
+         "fraction_rows": [250_000]}
 UNITS = [64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB]
+FRACTIONS = [4, 16, 64]  # budgets as fractions of the dataset's bytes (rows x bytes of all columns)
 DEFF_TOLERANCE = 0.15  # measured deff within 15% of describe()'s prediction
 
 
@@ -111,24 +123,38 @@ def _unit_tag(nbytes: int) -> str:
     return f"{nbytes // MiB}MiB" if nbytes % MiB == 0 else f"{nbytes // KiB}KiB"
 
 
-def prepare(data: Path, quick: bool) -> dict[str, Any]:
-    """Generate/convert what is missing; return the paths by role."""
+def _default_store(data: Path, quick: bool, rows: int) -> tuple[Path, Path]:
+    """(base folder, label-sorted store at the default unit size) for ``rows`` rows: the shared
+    full-size tab dataset of BENCHMARKS.md (as the other benchmarks name it) at its size, a copy
+    of ``rows`` rows under ``quality/`` otherwise."""
+    cfg = QUICK if quick else FULL
+    base = data / "quick" / "quality" if quick else data / "quality"
+    if rows != cfg["rows"]:
+        npy = ensure_npy(base / f"tab-r{rows}-npy", rows)
+        return base, ensure_store(npy, base / f"tab-r{rows}.zarr", rows, DEFAULT_UNIT, None)
+    if quick:
+        npy = ensure_npy(base / "tab-npy", rows)
+        return base, ensure_store(npy, base / "tab.zarr", rows, DEFAULT_UNIT, None)
+    npy = ensure_npy(data / "tab-npy", rows)
+    return base, ensure_store(npy, data / "tab.zarr", rows, DEFAULT_UNIT, None)
+
+
+def prepare(data: Path, quick: bool, fraction_rows: Sequence[int] = (), sweeps: bool = True) -> dict[str, Any]:
+    """Generate/convert what is missing; return the paths by role (``fractions``: rows -> store;
+    without ``sweeps``, only those)."""
     cfg = QUICK if quick else FULL
     rows = cfg["rows"]
-    if quick:
-        base = data / "quick" / "quality"
-        npy = ensure_npy(base / "tab-npy", rows)
-        default = ensure_store(npy, base / "tab.zarr", rows, DEFAULT_UNIT, None)
-    else:  # the shared full-size tab dataset of BENCHMARKS.md, as the other benchmarks name it
-        base = data / "quality"
-        npy = ensure_npy(data / "tab-npy", rows)
-        default = ensure_store(npy, data / "tab.zarr", rows, DEFAULT_UNIT, None)
+    out: dict[str, Any] = {"rows": rows, "fractions": {n: _default_store(data, quick, n)[1] for n in fraction_rows}}
+    if not sweeps:
+        return out
+    base, default = _default_store(data, quick, rows)
+    npy = base / "tab-npy" if quick else data / "tab-npy"
     units = {DEFAULT_UNIT: default}
     for ub in UNITS:
         if ub != DEFAULT_UNIT:
             units[ub] = ensure_store(npy, base / f"tab-u{_unit_tag(ub)}.zarr", rows, ub, None)
     pre = ensure_store(npy, base / "tab-shuffled.zarr", rows, DEFAULT_UNIT, 0)
-    return {"rows": rows, "units": units, "preshuffled": pre, "npy": npy}
+    return {**out, "units": units, "preshuffled": pre, "npy": npy}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -181,20 +207,59 @@ def _as_consumable(ds: Any, rows_out: list[np.ndarray]) -> Iterator[Mapping[str,
             close()
 
 
+def _plan_piece_rows(ds: Any) -> int:
+    """The rows ``ds`` cuts units at (0: whole units), from the state it would save before iterating
+    (a plan's pieces cannot tell: pieces of one unit side by side in a window are merged)."""
+    return int(ds.state_dict(batches=0, num_workers=1)["phases"][-1]["piece_rows"])
+
+
+def _same_plan(a: Any, b: Any, epochs: int) -> bool:
+    """Whether two loaders plan epochs ``0..epochs-1`` alike: windows and pieces (unit, lo, hi)."""
+    for e in range(epochs):
+        pa, pb = a.plan(epoch=e), b.plan(epoch=e)
+        if pa.window_rows != pb.window_rows or not np.array_equal(pa.win_start, pb.win_start):
+            return False
+        if not all(np.array_equal(getattr(pa.pieces, k), getattr(pb.pieces, k)) for k in ("unit", "lo", "hi")):
+            return False
+    return True
+
+
+def projected(path: Path, pbudget: int, full: Any, piece_rows: int | None, epochs: int
+              ) -> tuple[Any, dict[str, Any]]:
+    """The ``columns=["id","y"]`` loader at ``pbudget`` planned like ``full``, and the plan checks.
+
+    If its ``describe()['piece_rows']`` differs from the full-column loader's, it is made again
+    with ``piece_rows`` passed explicitly: the rows the full-column loader cuts units at
+    (``piece_rows_explicit``; ``piece_rows_cut`` is recorded in any case).
+    """
+    def make(pieces: int | None) -> Any:
+        return streambatch.StreamDataset(path, batch_size=BATCH_SIZE, memory_budget=pbudget, columns=PROJECTED,
+                                         return_index=True, piece_rows=pieces)
+
+    want, plan_pieces = float(full.describe()["piece_rows"]), _plan_piece_rows(full)
+    ds, explicit = make(piece_rows), None
+    if float(ds.describe()["piece_rows"]) != want:
+        explicit = plan_pieces
+        ds = make(explicit)
+    got = float(ds.describe()["piece_rows"])
+    return ds, {"piece_rows_projected": got, "piece_match": got == want, "piece_rows_explicit": explicit,
+                "piece_rows_cut": plan_pieces, "plan_match": _same_plan(full, ds, epochs)}
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
 def measure(path: Path, budget: int, epochs: int, *, preshuffled: bool = False,
-            verify_full: bool = False) -> dict[str, Any]:
-    """Quality of the served order of ``epochs`` epochs at ``budget`` (nominal, all columns)."""
-    full = streambatch.StreamDataset(path, batch_size=BATCH_SIZE, memory_budget=budget)
+            verify_full: bool = False, piece_rows: int | None = None) -> dict[str, Any]:
+    """Quality of the served order of ``epochs`` epochs at ``budget`` (nominal, all columns),
+    with ``piece_rows`` passed to the loader (None: its load-time pieces; 0: whole units)."""
+    full = streambatch.StreamDataset(path, batch_size=BATCH_SIZE, memory_budget=budget, piece_rows=piece_rows)
     desc = full.describe()
     m = full.manifest
     sel_bytes = sum(m.column(c).row_nbytes for c in PROJECTED)
     pbudget, how = projected_budget(path, budget, int(desc["window_rows"]), full.row_nbytes, sel_bytes)
-    ds = streambatch.StreamDataset(path, batch_size=BATCH_SIZE, memory_budget=pbudget, columns=PROJECTED,
-                                   return_index=True)
+    ds, plan_check = projected(path, pbudget, full, piece_rows, epochs)
     pdesc = ds.describe()
     n = int(m.rows)
     unit_rows = np.asarray(m.unit_rows, dtype=np.int64)
@@ -227,6 +292,9 @@ def measure(path: Path, budget: int, epochs: int, *, preshuffled: bool = False,
         "window_rows": int(desc["window_rows"]), "window_rows_projected": int(pdesc["window_rows"]),
         "window_match": int(desc["window_rows"]) == int(pdesc["window_rows"]),
         "window_units": float(desc["window_units"]), "threads": int(pdesc["threads"]),
+        "piece_rows_asked": piece_rows, "piece_rows": float(desc["piece_rows"]),
+        "piece_bytes": float(desc["piece_bytes"]), "window_pieces": float(desc["window_pieces"]),
+        "pieces_split_units": bool(desc["pieces_split_units"]), **plan_check,
         "predicted_peak_bytes": int(desc["predicted_peak_bytes"]),
         "predicted_deff": float(desc["predicted_deff"]), "predicted_kl": float(desc["predicted_kl"]),
         "predicted_kl_ratio": float(desc["predicted_kl"]) / IDEAL_KL,
@@ -266,34 +334,8 @@ def reference(kind: str, n: int, unit_rows: np.ndarray, epochs: int) -> dict[str
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run every configuration, write one record each, regenerate RESULTS.md."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT / "data", help="dataset folder (default: data/)")
-    parser.add_argument("--quick", action="store_true", help="250,000 rows and budgets scaled down")
-    parser.add_argument("--repeats", type=int, default=3, help="epochs measured per configuration (median)")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the full-column epoch that checks the projected order")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    cfg = QUICK if args.quick else FULL
-    run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    command = shlex.join(["python", "benchmarks/bench_quality.py", *(argv if argv is not None else sys.argv[1:])])
-    common = {"run_id": run_id, "command": command, "quick": bool(args.quick), "dataset": "tab",
-              "batch_size": BATCH_SIZE, "n_labels": N_LABELS, "ideal_kl": IDEAL_KL,
-              "cache": "warm (order only: timing is not a result here)"}
-    paths = prepare(args.data, args.quick)
-    t_start = time.perf_counter()
-
-    def emit(group: str, config: str, rec: Mapping[str, Any]) -> None:
-        _common.write_record(NAME, {**common, "group": group, "config": config, **rec})
-        deff_p = rec.get("predicted_deff")
-        print(f"{config:32s} deff {rec['deff']:8.2f}" + (f" (pred {deff_p:7.2f})" if deff_p else " " * 14)
-              + f"  KL/ideal {rec['kl_ratio']:7.2f}  missing-class {rec['frac_missing_class']:.3f}"
-              f"  spearman {rec['spearman']:+.4f}  missing/dup {rec['ids_missing']}/{rec['ids_duplicated']}",
-              flush=True)
-
+def _sweeps(paths: dict[str, Any], cfg: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
+    """The budget and unit-size sweeps, the pre-shuffled copy and the references."""
     default = paths["units"][DEFAULT_UNIT]
     for mib in cfg["budgets"]:
         verify = (mib == cfg["unit_budget"]) and not args.no_verify
@@ -311,6 +353,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind in ("full shuffle", "no shuffle"):
         emit("reference", "full in-RAM shuffle" if kind == "full shuffle" else "no shuffle",
              reference(kind, paths["rows"], unit_rows, args.repeats))
+
+
+def _fractions(paths: dict[str, Any], args: argparse.Namespace, emit: Any) -> None:
+    """Budgets of 1/4, 1/16, 1/64 of each fraction dataset's bytes: load-time pieces, then whole units."""
+    for rows, path in paths["fractions"].items():
+        data_bytes = rows * sum(c.row_nbytes for c in streambatch.load_manifest(path).columns)
+        for frac in FRACTIONS:
+            for pieces, tag in ((None, "load-time pieces"), (0, "whole units")):
+                verify = frac == 16 and pieces is None and not args.no_verify
+                rec = measure(path, data_bytes // frac, args.repeats, verify_full=verify, piece_rows=pieces)
+                emit("fraction", f"{rows:,} rows, 1/{frac} of the data, {tag}",
+                     {**rec, "kind": "fraction", "fraction": frac, "data_bytes": data_bytes, "pieces": tag})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every configuration, write one record each, regenerate RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data", help="dataset folder (default: data/)")
+    parser.add_argument("--quick", action="store_true", help="250,000 rows and budgets scaled down")
+    parser.add_argument("--repeats", type=int, default=3, help="epochs measured per configuration (median)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the full-column epochs that check the projected order")
+    parser.add_argument("--fraction-rows", type=int, nargs="+", default=None, metavar="N",
+                        help="rows of the datasets measured at 1/4, 1/16, 1/64 of their bytes "
+                             "(default: 400000 2000000; quick: 250000)")
+    parser.add_argument("--only-fractions", action="store_true",
+                        help="measure only the fractions of the data (RESULTS.md keeps the sweeps of the last full run)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    cfg = QUICK if args.quick else FULL
+    fraction_rows = args.fraction_rows or cfg["fraction_rows"]
+    if min(fraction_rows) < 1:
+        parser.error("--fraction-rows must be positive")
+    run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    command = shlex.join(["python", "benchmarks/bench_quality.py", *(argv if argv is not None else sys.argv[1:])])
+    common = {"run_id": run_id, "command": command, "quick": bool(args.quick), "dataset": "tab",
+              "batch_size": BATCH_SIZE, "n_labels": N_LABELS, "ideal_kl": IDEAL_KL,
+              "cache": "warm (order only: timing is not a result here)"}
+    paths = prepare(args.data, args.quick, fraction_rows, sweeps=not args.only_fractions)
+    t_start = time.perf_counter()
+
+    def emit(group: str, config: str, rec: Mapping[str, Any]) -> None:
+        _common.write_record(NAME, {**common, "group": group, "config": config, **rec})
+        deff_p = rec.get("predicted_deff")
+        print(f"{config:32s} deff {rec['deff']:8.2f}" + (f" (pred {deff_p:7.2f})" if deff_p else " " * 14)
+              + f"  KL/ideal {rec['kl_ratio']:7.2f}  missing-class {rec['frac_missing_class']:.3f}"
+              f"  spearman {rec['spearman']:+.4f}  missing/dup {rec['ids_missing']}/{rec['ids_duplicated']}",
+              flush=True)
+
+    if not args.only_fractions:
+        _sweeps(paths, cfg, args, emit)
+    _fractions(paths, args, emit)
     print(f"measured in {time.perf_counter() - t_start:.0f}s", flush=True)
 
     import report  # noqa: PLC0415
@@ -342,11 +437,8 @@ def _targets(records: list[dict[str, Any]]) -> list[str]:
     bad = [r["config"] for r in loaders if r["ids_missing"] or r["ids_duplicated"]]
     lines.append(("holds" if not bad else "FAILS") + ": every epoch complete (0 ids missing, 0 duplicated)"
                  + (f" (fails: {'; '.join(bad)})" if bad else ""))
-    bad = [r["config"] for r in loaders if not r.get("window_match")]
+    lines.append(_quality_fractions.plan_target(loaders))
     ver = [r for r in loaders if "order_equals_full_columns" in r]
-    lines.append(("holds" if not bad else "FAILS") + ": the id+y loader's window equals the full-column window"
-                 " (describe()['window_rows']) in every configuration"
-                 + (f" (fails: {'; '.join(bad)})" if bad else ""))
     if ver:
         ok = all(r["order_equals_full_columns"] for r in ver)
         lines.append(("holds" if ok else "FAILS") + ": served ids identical to a full-column epoch ("
@@ -356,10 +448,10 @@ def _targets(records: list[dict[str, Any]]) -> list[str]:
            if abs(r["deff"] / r["predicted_deff"] - 1) > DEFF_TOLERANCE]
     lines.append(("holds" if not bad else "FAILS") + f": measured deff within {DEFF_TOLERANCE:.0%} of"
                  " describe()'s prediction (label-sorted copies)" + (f"; off: {'; '.join(bad)}" if bad else ""))
-    kl_rows = [r for r in sorted_rows if r["window_units"] >= 2 * N_LABELS]
+    kl_rows = [r for r in sorted_rows if r.get("window_pieces", r["window_units"]) >= 2 * N_LABELS]
     bad = [r["config"] for r in kl_rows if r["kl_ratio"] > 1.2 * r["deff"]]
     lines.append(("holds" if not bad else "FAILS") + ": KL <= 1.2 x ideal x deff where the window holds >= 20"
-                 " units (SHUFFLE.md)" + (f" (fails: {'; '.join(bad)})" if bad else ""))
+                 " pieces (SHUFFLE.md)" + (f" (fails: {'; '.join(bad)})" if bad else ""))
     bad = [f"{r['config']} ({r['spearman']:+.4f})" for r in loaders
            if abs(r["spearman"]) >= 4 / math.sqrt(max(1, r["units"] - 1))]
     lines.append(("holds" if not bad else "FAILS") + ": |Spearman| < 4/sqrt(units-1)"
@@ -382,9 +474,21 @@ def _targets(records: list[dict[str, Any]]) -> list[str]:
 
 
 def render(records: list[dict[str, Any]]) -> str:
-    """Markdown section for the records of one run of this benchmark."""
-    recs = _ordered(records)
-    first = recs[0] if recs else {}
+    """Markdown section for the records of the latest run of this benchmark (the fractions of the
+    data and the sweeps each from the latest run that measured them)."""
+    sweeps = _ordered([r for r in records if r.get("kind") != "fraction"])
+    fractions = [r for r in records if r.get("kind") == "fraction"]
+    parts = ["## Quality: shuffle quality per memory budget and unit size", ""]
+    if fractions:
+        parts += [_quality_fractions.render(fractions), ""]
+    if sweeps:
+        parts += _render_sweeps(sweeps)
+    return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def _render_sweeps(recs: list[dict[str, Any]]) -> list[str]:
+    """The budget and unit-size sweeps' table, how they are measured, and their targets."""
+    first = recs[0]
     table = []
     for r in recs:
         ref = r.get("group") == "reference"
@@ -394,6 +498,7 @@ def render(records: list[dict[str, Any]]) -> str:
             "unit rows": f"{r['unit_rows']:.0f}",
             "window rows": "all" if r["config"].startswith("full") else ("–" if ref else f"{r['window_rows']:,}"),
             "window units": "–" if ref else f"{r['window_units']:.1f}",
+            "piece rows": "–" if ref else _quality_fractions.piece_cell(r),
             "deff (pred.)": f"{r['deff']:.2f}" + ("" if ref else f" ({r['predicted_deff']:.2f})"),
             "KL/ideal (pred.)": f"{r['kl_ratio']:.2f}" + ("" if ref else f" ({r['predicted_kl_ratio']:.2f})"),
             "batches missing a class": f"{r['frac_missing_class']:.1%}",
@@ -401,13 +506,13 @@ def render(records: list[dict[str, Any]]) -> str:
             "tier": _tier(r["deff"]),
             "missing/dup": f"{r['ids_missing']}/{r['ids_duplicated']}",
         })
-    cols = ["configuration", "budget MiB", "unit rows", "window rows", "window units", "deff (pred.)",
+    cols = ["configuration", "budget MiB", "unit rows", "window rows", "window units", "piece rows", "deff (pred.)",
             "KL/ideal (pred.)", "batches missing a class", "Spearman", "tier", "missing/dup"]
     pre = [r for r in recs if r.get("preshuffled")]
     ver = [r for r in recs if "order_equals_full_columns" in r]
     m = first.get("machine", {})
-    parts = [
-        "## Quality: shuffle quality per memory budget and unit size",
+    return [
+        "### Budget and unit-size sweeps",
         "",
         "What shuffle quality does each memory budget (and each shuffle-unit size) buy on the label-sorted "
         f"`tab` dataset ({first.get('rows', 0):,} rows, Zarr, codec none, batch {first.get('batch_size', BATCH_SIZE)})? "
@@ -417,11 +522,12 @@ def render(records: list[dict[str, Any]]) -> str:
         "",
         _common.format_table(table, cols),
         "",
-        "How it is measured: the served order depends only on the window size in rows, and a window holds "
+        "How it is measured: the served order depends only on the window size in rows (and the piece size, "
+        "which the loader derives from the window rows and the units), and a window holds "
         "budget / (bytes of the selected columns) rows; each epoch is therefore iterated with "
         "`columns=[\"id\", \"y\"]` under the budget scaled by 16/528 (row bytes of id+y over all columns), "
         "which gives the same `describe()[\"window_rows\"]` as the full-column loader at the nominal budget "
-        "(checked for every row above)"
+        "(checked for every row above, with the piece rows and the plan where the records have them)"
         + (f"; the {ver[0]['config']} configuration was also iterated once with all columns and served "
            + ("the identical id sequence" if ver[0]["order_equals_full_columns"] else "a DIFFERENT id sequence")
            + f" (full-column epoch {ver[0]['full_columns_epoch_s']:.1f} s against "
@@ -443,7 +549,6 @@ def render(records: list[dict[str, Any]]) -> str:
         "",
         *[f"- {line}" for line in _targets(recs)],
     ]
-    return "\n".join(parts) + "\n"
 
 
 def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:

@@ -1,5 +1,6 @@
 """Tests of the maintainer tools: ``tools/make_datasets.py``, ``benchmarks/_common.py`` and the
-smoke paths of ``benchmarks/bench_gpu.py`` and ``benchmarks/bench_scaling.py``.
+smoke paths of ``benchmarks/bench_gpu.py``, ``benchmarks/bench_scaling.py`` and
+``benchmarks/bench_quality.py``'s fractions of the data.
 
 Neither folder is a package, so both modules are loaded from their file paths.
 """
@@ -329,6 +330,32 @@ def test_bench_gpu_quick_on_cpu(tmp_path: Path) -> None:
     gpu = _load("_benchmarks_bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
     text = gpu.render(lines)
     assert "no CUDA" in text and "**holds**" in text and "--quick smoke run" in text
+
+
+def test_bench_quality_fractions_plan_like_the_full_loader_and_judge_from_the_figures(tmp_path: Path) -> None:
+    """The quality benchmark at 1/16 of a label-sorted tab dataset: the id+y loader it iterates plans
+    the same windows and pieces as the full-column loader (load-time pieces, and whole units with
+    piece_rows=0), and the section's verdicts follow the measured figures."""
+    bq = _load("_benchmarks_bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    qf = sys.modules["_quality_fractions"]
+    rows = 20_000
+    path = bq.ensure_store(bq.ensure_npy(tmp_path / "npy", rows), tmp_path / "tab.zarr", rows, bq.DEFAULT_UNIT, None)
+    recs = []
+    for pieces, tag in ((None, qf.PIECES), (0, qf.WHOLE)):
+        rec = bq.measure(path, rows * 528 // 16, 1, piece_rows=pieces)
+        assert rec["window_match"] and rec["piece_match"] and rec["plan_match"], rec
+        assert rec["piece_rows_explicit"] is None and rec["ids_missing"] == rec["ids_duplicated"] == 0
+        recs.append({**rec, "kind": "fraction", "fraction": 16, "pieces": tag, "config": tag})
+    after, whole = recs
+    assert after["pieces_split_units"] and 1 <= after["piece_rows_cut"] < after["unit_rows"]
+    assert not whole["pieces_split_units"] and whole["piece_rows_cut"] == 0
+    assert after["deff"] < whole["deff"] / 3
+    verdicts = [line.split(":")[0] for line in qf.targets(recs)]
+    assert verdicts[:3] == ["holds" if ok else "FAILS" for ok in (
+        after["deff"] <= 1.25, after["kl_ratio"] <= 1.3, abs(after["predicted_deff"] / after["deff"] - 1) <= 0.1)]
+    worse = [{**after, "deff": 2 * after["predicted_deff"], "kl_ratio": 2.0}, whole]
+    assert [line.split(":")[0] for line in qf.targets(worse)][:3] == ["FAILS"] * 3
+    assert "| 20,000 | 1/16 (" in qf.render(recs)
 
 
 def test_bench_scaling_lists() -> None:
