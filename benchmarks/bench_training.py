@@ -2,30 +2,43 @@
 """Training benchmark: does a model trained through streambatch match one trained on a full
 in-RAM shuffle?
 
-Softmax regression (``torch.nn.Linear(32, 10)``) on the label-sorted ``learn`` dataset of
-``tools/make_datasets.py`` (200,000 rows, x float32[32] = class mean + N(0, 1), y in 0..9, a
-held-out split in ``test/``), SGD with momentum 0.9, the same initial weights, epochs and
-learning-rate schedule for every feed, once with a constant learning rate (where the order of
-the batches shows most, as in SHUFFLE.md's toy SGD run) and once with a per-step cosine decay
-to 0 (where even a label-sorted feed recovers in its last, tiny steps):
+Two models (../shared/BENCHMARKS.md): softmax regression (``torch.nn.Linear(32, 10)``) and a
+small MLP with BatchNorm (``Linear(32, 64) -> BatchNorm1d(64) -> ReLU -> Linear(64, 10)``: batch
+statistics are what a poor shuffle breaks first; evaluated in eval mode, on its running
+statistics), on the label-sorted ``learn`` dataset of ``tools/make_datasets.py`` (200,000 rows,
+x float32[32] = class mean + N(0, 1), y in 0..9, a held-out split in ``test/``), SGD with
+momentum 0.9, the same initial weights, epochs and learning-rate schedule for every feed, once
+with a constant learning rate (where the order of the batches shows most, as in SHUFFLE.md's toy
+SGD run) and once with a per-step cosine decay to 0 (where even a label-sorted feed recovers in
+its last, tiny steps):
 
 - ``in-RAM shuffle``: the arrays in RAM, a fresh ``torch.randperm`` every epoch (the reference);
 - ``streambatch``: ``StreamDataset`` over the converted Zarr at its default ``memory_budget``
   (the learn set, ~29 MB, fits in it);
 - ``streambatch 1/8``: a budget of 1/8 of the dataset's bytes, so the loader really works out of
-  core (a window mixes only a few shuffle units of label-sorted rows);
+  core; a window holds only a few shuffle units' worth of rows, which the loader mixes as pieces
+  sized from the budget at load time (``describe()["piece_rows"]``);
+- ``streambatch 1/8, whole units``: the same with ``piece_rows=0`` (a window mixes whole stored
+  units, the loader before load-time pieces), so before and after sit in one run;
 - ``streambatch 1/8 pre-shuffled``: the same budget over a copy converted with
   ``shuffle=0`` (the converter's one-time offline shuffle), the remedy for sorted inputs;
 - ``no shuffle``: storage (label-sorted) order, the failure case.
 
-Each feed is trained with ``--repeats`` seeds (default 3) (the seed fixes the initial weights and the shuffle
-seed); the report gives the mean and spread of the final test accuracy and loss, the per-epoch
-training loss and the shuffle quality of each feed's first epoch (SHUFFLE.md metrics).
+Each model is trained on each feed with ``--repeats`` seeds (default 3) (the seed fixes the initial
+weights and the shuffle seed); the report gives the mean and spread of the final test accuracy
+and loss, the difference to the in-RAM shuffle, the per-epoch training loss, the piece size and
+the shuffle quality of each feed's first epoch (SHUFFLE.md metrics). Target: for each model,
+``streambatch`` and ``streambatch 1/8`` (no pre-shuffle) within 1 point of the in-RAM shuffle.
 
 Usage::
 
-    python benchmarks/bench_training.py            # full size, ~2 minutes on 2 cores
+    python benchmarks/bench_training.py            # full size, ~10 minutes on 2 cores
     python benchmarks/bench_training.py --quick    # 50,000 rows, 1 seed, 3 epochs
+    python benchmarks/bench_training.py --models mlp --schedules constant   # a part (it replaces
+                                                   # the whole section of RESULTS.md)
+
+``--data DIR`` holds the datasets (made on first use); ``--records DIR`` writes the records
+elsewhere (tests) and ``--no-report`` skips regenerating RESULTS.md.
 """
 
 from __future__ import annotations
@@ -56,10 +69,18 @@ from streambatch.quality import summarize  # noqa: E402
 NAME = "training"
 BATCH = 256
 N_CLASSES = 10
-FEEDS = ("in-RAM shuffle", "streambatch", "streambatch 1/8", "streambatch 1/8 pre-shuffled", "no shuffle")
+FEEDS = ("in-RAM shuffle", "streambatch", "streambatch 1/8", "streambatch 1/8, whole units",
+         "streambatch 1/8 pre-shuffled", "no shuffle")
 """Feeds in table order; the first is the reference the targets compare against."""
 TARGET_PP = 1.0
 """Streambatch's final test accuracy must be within this many percentage points of the reference."""
+MODELS = {
+    "softmax": "softmax regression: Linear(32, 10)",
+    "mlp": "MLP with BatchNorm: Linear(32, 64) -> BatchNorm1d(64) -> ReLU -> Linear(64, 10)",
+}
+"""Models in table order: ``--models`` key -> "name: architecture" (records and report)."""
+HIDDEN = 64
+"""Hidden width of the MLP."""
 SCHEDULES = ("constant", "cosine")
 """Learning-rate schedules: constant shows the order's effect most (SHUFFLE.md's toy SGD run);
 a cosine decay to 0 lets even a label-sorted feed recover in its last, tiny steps."""
@@ -147,12 +168,32 @@ def stream_feed(ds: Any) -> Callable[[int], Batches]:
 # ----------------------------------------------------------------------------- training
 
 
+def make_model(model: str, n_in: int) -> torch.nn.Module:
+    """A fresh model of kind ``model`` (a key of :data:`MODELS`) for ``n_in`` features.
+
+    Raises:
+        ValueError: an unknown ``model``.
+    """
+    if model == "softmax":
+        return torch.nn.Linear(n_in, N_CLASSES)
+    if model == "mlp":
+        return torch.nn.Sequential(
+            torch.nn.Linear(n_in, HIDDEN), torch.nn.BatchNorm1d(HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, N_CLASSES)
+        )
+    raise ValueError(f"model must be one of {tuple(MODELS)}, got {model!r}")
+
+
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
-    with torch.no_grad():
-        logits = model(x)
-        loss = float(torch.nn.functional.cross_entropy(logits, y))
-        acc = float((logits.argmax(1) == y).double().mean())
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in eval mode (BatchNorm on its
+    running statistics, as at inference); the model is left in training mode."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)
+            loss = float(torch.nn.functional.cross_entropy(logits, y))
+            acc = float((logits.argmax(1) == y).double().mean())
+    finally:
+        model.train()
     return loss, acc
 
 
@@ -165,17 +206,22 @@ def train(
     epochs: int,
     lr: float,
     schedule: str = "constant",
+    model_kind: str = "softmax",
 ) -> dict[str, Any]:
-    """Train a fresh softmax regression on ``feed``; return per-epoch figures.
+    """Train a fresh model of kind ``model_kind`` (a key of :data:`MODELS`) on ``feed``; return
+    per-epoch figures.
 
     The same ``seed`` gives the same initial weights for every feed. ``schedule`` is
     ``"constant"`` (``lr`` throughout) or ``"cosine"`` (per step from ``lr`` to 0 over
     ``epochs * ceil(n_rows / BATCH)`` steps).
+
+    Raises:
+        ValueError: an unknown ``schedule`` or ``model_kind``.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     torch.manual_seed(seed)
-    model = torch.nn.Linear(test[0].shape[1], N_CLASSES)
+    model = make_model(model_kind, test[0].shape[1])
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     steps = epochs * math.ceil(n_rows / BATCH)
 
@@ -245,8 +291,43 @@ def train(
 # ----------------------------------------------------------------------------- main
 
 
+def _list_arg(parser: argparse.ArgumentParser, flag: str, value: str, choices: Iterable[str]) -> list[str]:
+    """A comma-separated ``value`` of ``flag`` as a list, each one of ``choices`` (else a parser error)."""
+    allowed = list(choices)
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    if not items or any(s not in allowed for s in items):
+        parser.error(f"{flag}: choose from {', '.join(allowed)}")
+    return items
+
+
+def _stream_feeds(paths: dict[str, Path], small_budget: int) -> dict[str, dict[str, Any]]:
+    """``{feed: StreamDataset keyword arguments}`` for the streambatch feeds."""
+    return {
+        "streambatch": {"path": paths["zarr"]},  # the StreamDataset default budget
+        "streambatch 1/8": {"path": paths["zarr"], "memory_budget": small_budget},
+        "streambatch 1/8, whole units": {"path": paths["zarr"], "memory_budget": small_budget, "piece_rows": 0},
+        "streambatch 1/8 pre-shuffled": {"path": paths["zarr_shuffled"], "memory_budget": small_budget},
+    }
+
+
+def _make_feed(
+    name: str, seed: int, streams: dict[str, dict[str, Any]], x: torch.Tensor, y: torch.Tensor
+) -> tuple[Callable[[int], Batches], dict[str, Any]]:
+    """Feed ``name`` for ``seed`` and the record's figures about it: format, the ``describe()``
+    sizes (None for an in-RAM feed) and, once it has run, the dataset's accounted peak."""
+    if name not in streams:
+        return in_ram_feed(x, y, seed, shuffle=name != "no shuffle"), {"format": "in-RAM"}
+    ds = streambatch.StreamDataset(batch_size=BATCH, seed=seed, return_index=True, **streams[name])
+    desc = ds.describe()
+    keys = ("budget_bytes", "window_rows", "window_units", "piece_rows", "window_pieces", "pieces_split_units",
+            "predicted_deff", "threads")
+    info = {"format": "zarr", "codec": ds.manifest.codec, "ds": ds, **{k: desc.get(k) for k in keys}}
+    return stream_feed(ds), info
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run every feed for every seed and schedule, write one record each, regenerate RESULTS.md."""
+    """Run every model on every feed for every seed and schedule, write one record each,
+    regenerate RESULTS.md."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--data", type=Path, default=REPO / "data", help="dataset folder (default: data/; DIR/quick/ with --quick)"
@@ -258,17 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--schedules", default=",".join(SCHEDULES), help="comma-separated: constant, cosine (default both)"
     )
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: softmax, mlp (default both)")
+    parser.add_argument("--records", type=Path, default=None, metavar="DIR",
+                        help="append the records to DIR/training.jsonl (default benchmarks/records/)")
+    parser.add_argument("--no-report", action="store_true", help="do not regenerate RESULTS.md")
     args = parser.parse_args(argv)
-    schedules = [s.strip() for s in args.schedules.split(",") if s.strip()]
-    bad = [s for s in schedules if s not in SCHEDULES]
-    if bad or not schedules:
-        parser.error(f"--schedules: choose from {', '.join(SCHEDULES)}")
+    schedules = _list_arg(parser, "--schedules", args.schedules, SCHEDULES)
+    models = _list_arg(parser, "--models", args.models, MODELS)
     rows = 50_000 if args.quick else 200_000
     seeds = args.repeats or (1 if args.quick else 3)
     epochs = args.epochs or (3 if args.quick else 5)
     run_id = time.strftime("%Y%m%dT%H%M%S")
     command = " ".join(["python benchmarks/bench_training.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-    # A 32x10 linear model gains nothing from intra-op threads; one keeps it deterministic and
+    # Models this small gain nothing from intra-op threads; one keeps them deterministic and
     # leaves the other cores to streambatch's reader threads.
     torch.set_num_threads(1)
 
@@ -278,86 +361,68 @@ def main(argv: list[str] | None = None) -> int:
     manifest = streambatch.load_manifest(paths["zarr"])
     unit_rows = np.asarray(manifest.unit_rows)
     dataset_bytes = manifest.rows * manifest.row_nbytes
-    small_budget = dataset_bytes // 8
-    budgets: dict[str, tuple[Path, int | None]] = {
-        "streambatch": (paths["zarr"], None),  # the StreamDataset default
-        "streambatch 1/8": (paths["zarr"], small_budget),
-        "streambatch 1/8 pre-shuffled": (paths["zarr_shuffled"], small_budget),
+    streams = _stream_feeds(paths, dataset_bytes // 8)
+    common = {
+        "run_id": run_id, "command": command, "quick": args.quick, "kind": "run", "dataset": "learn",
+        "rows": rows, "test_rows": len(test[1]), "dataset_bytes": dataset_bytes,
+        "unit_rows": int(unit_rows.max()), "units": int(len(unit_rows)), "optimizer": "SGD momentum 0.9",
+        "lr": args.lr, "epochs": epochs, "batch_size": BATCH, "seeds": seeds, "warm": True,
     }
     t_start = time.perf_counter()
-    for schedule in schedules:
-        for seed in range(seeds):
-            for name in FEEDS:
-                ds = None
-                if name in budgets:
-                    path, budget = budgets[name]
-                    kw = {} if budget is None else {"memory_budget": budget}
-                    ds = streambatch.StreamDataset(path, batch_size=BATCH, seed=seed, return_index=True, **kw)
-                    feed = stream_feed(ds)
-                else:
-                    feed = in_ram_feed(x, y, seed, shuffle=name != "no shuffle")
-                desc = ds.describe() if ds is not None else {}
-                result = train(feed, rows, test, unit_rows, seed, epochs, args.lr, schedule)
-                record = {
-                    "run_id": run_id,
-                    "command": command,
-                    "quick": args.quick,
-                    "kind": "run",
-                    "feed": name,
-                    "seed": seed,
-                    "dataset": "learn",
-                    "rows": rows,
-                    "test_rows": len(test[1]),
-                    "dataset_bytes": dataset_bytes,
-                    "format": "zarr" if ds is not None else "in-RAM",
-                    "codec": manifest.codec if ds is not None else None,
-                    "unit_rows": int(unit_rows.max()),
-                    "units": int(len(unit_rows)),
-                    "pre_shuffled": name.endswith("pre-shuffled"),
-                    "budget_bytes": desc.get("budget_bytes"),
-                    "window_rows": desc.get("window_rows"),
-                    "window_units": desc.get("window_units"),
-                    "predicted_deff": desc.get("predicted_deff"),
-                    "threads": desc.get("threads"),
-                    "peak_accounted_bytes": ds.last_peak_accounted_bytes if ds is not None else None,
-                    "model": "softmax regression Linear(32, 10)",
-                    "optimizer": "SGD momentum 0.9",
-                    "lr": args.lr,
-                    "schedule": schedule,
-                    "epochs": epochs,
-                    "batch_size": BATCH,
-                    "seeds": seeds,
-                    "warm": True,
-                    **result,
-                }
-                _common.write_record(NAME, record)
-                print(
-                    f"{schedule:<8} seed {seed} {name:<30} test acc {result['final_test_acc']:.4f}"
-                    f" loss {result['final_test_loss']:.4f}  deff {result['deff']:.2f}"
-                    f" KL/ideal {result['kl_ratio']:.2f}  {result['train_s']:.1f} s",
-                    flush=True,
-                )
+    for model in models:
+        for schedule in schedules:
+            for seed in range(seeds):
+                for name in FEEDS:
+                    feed, info = _make_feed(name, seed, streams, x, y)
+                    result = train(feed, rows, test, unit_rows, seed, epochs, args.lr, schedule, model)
+                    ds = info.pop("ds", None)
+                    record = {
+                        **common,
+                        "feed": name,
+                        "seed": seed,
+                        "pre_shuffled": name.endswith("pre-shuffled"),
+                        **info,
+                        "peak_accounted_bytes": ds.last_peak_accounted_bytes if ds is not None else None,
+                        "model_kind": model,
+                        "model": MODELS[model],
+                        "schedule": schedule,
+                        **result,
+                    }
+                    _common.write_record(NAME, record, args.records)
+                    print(
+                        f"{model:<7} {schedule:<8} seed {seed} {name:<30} test acc {result['final_test_acc']:.4f}"
+                        f" loss {result['final_test_loss']:.4f}  pieces {info.get('piece_rows')}  deff {result['deff']:.2f}"
+                        f" KL/ideal {result['kl_ratio']:.2f}  {result['train_s']:.1f} s",
+                        flush=True,
+                    )
     print(f"training runs took {time.perf_counter() - t_start:.0f} s", flush=True)
-    import report
+    if not args.no_report and args.records is None:
+        import report
 
-    report.main()
+        report.main()
     return 0
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def _groups(records: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """``{schedule: {feed: [record per seed]}}`` in the order of SCHEDULES and FEEDS."""
-    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+Group = tuple[str, str]
+"""(model key, schedule)."""
+
+
+def _groups(records: list[dict[str, Any]]) -> dict[Group, dict[str, list[dict[str, Any]]]]:
+    """``{(model, schedule): {feed: [record per seed]}}`` in the order of MODELS, SCHEDULES and
+    FEEDS (records from before the MLP are softmax regression)."""
+    out: dict[Group, dict[str, list[dict[str, Any]]]] = {}
     for r in records:
         if r.get("kind") == "run":
-            out.setdefault(r.get("schedule", "cosine"), {}).setdefault(r["feed"], []).append(r)
+            key = (r.get("model_kind", "softmax"), r.get("schedule", "cosine"))
+            out.setdefault(key, {}).setdefault(r["feed"], []).append(r)
     forder = {f: i for i, f in enumerate(FEEDS)}
-    sorder = {s: i for i, s in enumerate(SCHEDULES)}
+    gorder = {(m, s): i for i, (m, s) in enumerate((m, s) for m in MODELS for s in SCHEDULES)}
     return {
-        s: dict(sorted(feeds.items(), key=lambda kv: forder.get(kv[0], len(forder))))
-        for s, feeds in sorted(out.items(), key=lambda kv: sorder.get(kv[0], len(sorder)))
+        g: dict(sorted(feeds.items(), key=lambda kv: forder.get(kv[0], len(forder))))
+        for g, feeds in sorted(out.items(), key=lambda kv: gorder.get(kv[0], len(gorder)))
     }
 
 
@@ -374,57 +439,71 @@ def _mean_acc(rs: list[dict[str, Any]] | None) -> float | None:
     return None if not rs else 100 * statistics.fmean(r["final_test_acc"] for r in rs)
 
 
+def _row(model: str, schedule: str, name: str, rs: list[dict[str, Any]], ref: float | None) -> dict[str, str]:
+    """One table row: feed ``name``'s records ``rs`` (one per seed) against the reference accuracy."""
+    acc = [r["final_test_acc"] for r in rs]
+    budget = rs[0].get("budget_bytes")
+    d = None if ref is None else 100 * statistics.fmean(acc) - ref
+    pieces = rs[0].get("piece_rows")
+    return {
+        "model": model,
+        "schedule": schedule,
+        "feed": name,
+        "budget MiB": f"{budget / 2**20:.2f}" if budget else "–",
+        "window units": f"{rs[0]['window_units']:.1f}" if rs[0].get("window_units") else "–",
+        "piece rows": "–" if pieces is None else f"{pieces:,.1f}" + ("" if rs[0].get("pieces_split_units") else " (units)"),
+        "deff (pred.)": f"{statistics.fmean(r['deff'] for r in rs):.2f}"
+        + (f" ({rs[0]['predicted_deff']:.2f})" if rs[0].get("predicted_deff") else ""),
+        "KL/ideal": f"{statistics.fmean(r['kl_ratio'] for r in rs):.1f}",
+        "batches missing a class": f"{100 * statistics.fmean(r['frac_missing_class'] for r in rs):.0f}%",
+        "train loss per epoch": " / ".join(
+            f"{statistics.fmean(r['train_loss'][e] for r in rs):.3f}" for e in range(len(rs[0]["train_loss"]))
+        ),
+        "test loss": _fmt_pm([r["final_test_loss"] for r in rs], digits=3),
+        "test acc %": _fmt_pm(acc, 100.0),
+        "Δ acc pp": "–" if d is None or name == FEEDS[0] else f"{d:+.2f}",
+        "missing/dup": f"{max(r['epoch0_missing'] for r in rs)}/{max(r['epoch0_duplicated'] for r in rs)}",
+        "train s": f"{statistics.fmean(r['train_s'] for r in rs):.1f}",
+    }
+
+
+def _verdict(model: str, schedule: str, feeds: dict[str, list[dict[str, Any]]]) -> str | None:
+    """The target line of one (model, schedule), from the measured accuracies (None without a reference)."""
+    ref = _mean_acc(feeds.get(FEEDS[0]))
+    if ref is None:
+        return None
+    parts = []
+    for name in ("streambatch", "streambatch 1/8"):
+        acc = _mean_acc(feeds.get(name))
+        if acc is not None:
+            ok = abs(acc - ref) <= TARGET_PP
+            parts.append(f"{name} {acc - ref:+.2f} pp ({'holds' if ok else 'FAILS'})")
+    acc = _mean_acc(feeds.get("no shuffle"))
+    if acc is not None:
+        ok = acc - ref <= -NO_SHUFFLE_GAP_PP
+        parts.append(f"no shuffle {acc - ref:+.2f} pp ({'clearly worse: holds' if ok else 'not clearly worse'})")
+    for name in ("streambatch 1/8, whole units", "streambatch 1/8 pre-shuffled"):
+        acc = _mean_acc(feeds.get(name))
+        if acc is not None:
+            parts.append(f"for information {name.removeprefix('streambatch ')} {acc - ref:+.2f} pp")
+    return f"- {model}, {schedule} lr: " + "; ".join(parts) + "."
+
+
 def render(records: list[dict[str, Any]]) -> str:
-    """The markdown section: one row per (schedule, feed), mean ± half-range over seeds, targets."""
+    """The markdown section: one row per (model, schedule, feed), mean ± half-range over seeds, targets."""
     groups = _groups(records)
     if not groups:
         return "## Training\n\nNo records.\n"
     first = next(r for r in records if r.get("kind") == "run")
-    rows = []
-    verdicts = []
-    for schedule, feeds in groups.items():
-        ref = _mean_acc(feeds.get(FEEDS[0]))
-        for name, rs in feeds.items():
-            acc = [r["final_test_acc"] for r in rs]
-            budget = rs[0].get("budget_bytes")
-            d = None if ref is None else 100 * statistics.fmean(acc) - ref
-            rows.append(
-                {
-                    "schedule": schedule,
-                    "feed": name,
-                    "budget MiB": f"{budget / 2**20:.2f}" if budget else "–",
-                    "window units": f"{rs[0]['window_units']:.1f}" if rs[0].get("window_units") else "–",
-                    "deff (pred.)": f"{statistics.fmean(r['deff'] for r in rs):.1f}"
-                    + (f" ({rs[0]['predicted_deff']:.1f})" if rs[0].get("predicted_deff") else ""),
-                    "KL/ideal": f"{statistics.fmean(r['kl_ratio'] for r in rs):.1f}",
-                    "batches missing a class": f"{100 * statistics.fmean(r['frac_missing_class'] for r in rs):.0f}%",
-                    "train loss per epoch": " / ".join(
-                        f"{statistics.fmean(r['train_loss'][e] for r in rs):.3f}"
-                        for e in range(len(rs[0]["train_loss"]))
-                    ),
-                    "test loss": _fmt_pm([r["final_test_loss"] for r in rs], digits=3),
-                    "test acc %": _fmt_pm(acc, 100.0),
-                    "Δ acc pp": "–" if d is None or name == FEEDS[0] else f"{d:+.2f}",
-                    "missing/dup": f"{max(r['epoch0_missing'] for r in rs)}/{max(r['epoch0_duplicated'] for r in rs)}",
-                    "train s": f"{statistics.fmean(r['train_s'] for r in rs):.1f}",
-                }
-            )
-        if ref is None:
-            continue
-        parts = []
-        for name in ("streambatch", "streambatch 1/8"):
-            acc = _mean_acc(feeds.get(name))
-            if acc is not None:
-                ok = abs(acc - ref) <= TARGET_PP
-                parts.append(f"{name} {acc - ref:+.2f} pp ({'holds' if ok else 'FAILS'})")
-        acc = _mean_acc(feeds.get("no shuffle"))
-        if acc is not None:
-            ok = acc - ref <= -NO_SHUFFLE_GAP_PP
-            parts.append(f"no shuffle {acc - ref:+.2f} pp ({'clearly worse: holds' if ok else 'not clearly worse'})")
-        acc = _mean_acc(feeds.get("streambatch 1/8 pre-shuffled"))
-        if acc is not None:
-            parts.append(f"for information 1/8 pre-shuffled {acc - ref:+.2f} pp")
-        verdicts.append(f"- {schedule} lr: " + "; ".join(parts) + ".")
+    rows = [
+        _row(model, schedule, name, rs, _mean_acc(feeds.get(FEEDS[0])))
+        for (model, schedule), feeds in groups.items()
+        for name, rs in feeds.items()
+    ]
+    verdicts = [v for (model, schedule), feeds in groups.items() if (v := _verdict(model, schedule, feeds))]
+    models = "; ".join(
+        f"`{k}`: {MODELS.get(k, k)}" for k in dict.fromkeys(r.get("model_kind", "softmax") for r in records if r.get("kind") == "run")
+    )
     m = first.get("machine", {})
     nseeds = len({r["seed"] for r in records if r.get("kind") == "run"})
     quick = " **(quick run: small dataset, not a result)**" if first.get("quick") else ""
@@ -434,17 +513,20 @@ def render(records: list[dict[str, Any]]) -> str:
             "",
             f"Does a model trained through streambatch match one trained on a full in-RAM shuffle?{quick}",
             "",
-            f"Softmax regression (Linear(32, 10)) on the label-sorted `learn` set ({first['rows']:,} train rows,"
+            f"Models ({models}; the MLP is evaluated in eval mode, on its BatchNorm running statistics) on the"
+            f" label-sorted `learn` set ({first['rows']:,} train rows,"
             f" {first['test_rows']:,} test rows, {first['dataset_bytes'] / 1e6:.1f} MB as stored), SGD with"
             f" momentum 0.9 at lr {first['lr']}, constant or cosine-decayed per step to 0, batch"
             f" {first['batch_size']}, {first['epochs']} epochs, {nseeds} seed(s): the seed fixes the initial"
             " weights (the same for every feed) and the shuffle seed; figures are mean ± half-range over seeds."
             " `streambatch` is `StreamDataset` at its default `memory_budget` (the whole set fits);"
-            " `streambatch 1/8` gets 1/8 of the dataset's bytes, so it works out of core; `pre-shuffled` is"
-            " the same budget over a copy converted with `shuffle=0`. Shuffle quality is measured on each"
-            f" feed's first epoch (SHUFFLE.md; {first['units']} shuffle units of {first['unit_rows']:,} rows):"
-            " deff counts storage units per batch (for the pre-shuffled copy it says nothing about labels),"
-            " KL/ideal and missing classes come from the labels served.",
+            " `streambatch 1/8` gets 1/8 of the dataset's bytes, so it works out of core, and mixes pieces"
+            " of the stored units sized from that budget at load time (`piece rows`: `describe()['piece_rows']`);"
+            " `whole units` is the same budget with `piece_rows=0` (a window mixes whole stored units: the loader"
+            " before load-time pieces); `pre-shuffled` is the same budget over a copy converted with `shuffle=0`."
+            f" Shuffle quality is measured on each feed's first epoch (SHUFFLE.md; {first['units']} shuffle units"
+            f" of {first['unit_rows']:,} rows): deff counts storage units per batch (for the pre-shuffled copy it"
+            " says nothing about labels), KL/ideal and missing classes come from the labels served.",
             "",
             _common.format_table(rows, list(rows[0].keys())),
             "",
@@ -454,8 +536,8 @@ def render(records: list[dict[str, Any]]) -> str:
             f" torch {m.get('torch')} (1 intra-op thread), zarr {m.get('zarr')}, streambatch"
             f" {m.get('streambatch')}.",
             "",
-            f"Targets: final test accuracy within {TARGET_PP:g} pp of the in-RAM shuffle, no shuffle at least"
-            f" {NO_SHUFFLE_GAP_PP:g} pp worse (the constant learning rate is the binding case):",
+            f"Targets: final test accuracy within {TARGET_PP:g} pp of the in-RAM shuffle for each model, no shuffle"
+            f" at least {NO_SHUFFLE_GAP_PP:g} pp worse (the constant learning rate is the binding case):",
             *verdicts,
             "",
         ]
@@ -463,9 +545,10 @@ def render(records: list[dict[str, Any]]) -> str:
 
 
 def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``training_curves.png`` (constant lr) and ``training_curves_cosine.png``: test accuracy per epoch."""
+    """Test accuracy per epoch, one plot per (model, schedule): ``training_curves.png`` (softmax,
+    constant lr), ``training_curves_cosine.png``, ``training_curves_mlp.png``, ``training_curves_mlp_cosine.png``."""
     out = []
-    for schedule, feeds in _groups(records).items():
+    for (model, schedule), feeds in _groups(records).items():
         series = {}
         for name, rs in feeds.items():
             n = len(rs[0]["test_acc"])
@@ -473,14 +556,14 @@ def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 list(range(1, n + 1)),
                 [100 * statistics.fmean(r["test_acc"][e] for r in rs) for e in range(n)],
             )
-        suffix = "" if schedule == "constant" else f"_{schedule}"
+        suffix = ("" if model == "softmax" else f"_{model}") + ("" if schedule == "constant" else f"_{schedule}")
         out.append(
             _common.plot_lines(
                 Path(out_dir) / f"training_curves{suffix}.png",
                 series,
                 "epoch",
                 "test accuracy (%), mean over seeds",
-                f"Softmax regression on label-sorted data, {schedule} learning rate",
+                f"{MODELS.get(model, model).split(':')[0]} on label-sorted data, {schedule} learning rate",
             )
         )
     return out

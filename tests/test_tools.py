@@ -427,3 +427,32 @@ def test_bench_throughput_measures_every_registered_format_and_reduced_datasets(
     assert bt.rows_for("tab", False, 0.25) == bt.FULL_ROWS["tab"] // 4
     assert bt.budget_for("tab", False, 0.25) == bt.BUDGET // 4 and bt.budget_for("tab", False) == bt.BUDGET
     assert bt.data_root(tmp_path, False, 0.25) == tmp_path / "fraction-0.25" and bt.data_root(tmp_path, False) == tmp_path
+
+
+def test_bench_training_trains_both_models_on_pieces_and_whole_units(tmp_path: Path) -> None:
+    """The training benchmark's quick path: softmax regression and the BatchNorm MLP each on every
+    feed, complete epochs, the 1/8 feed in load-time pieces beside the same budget in whole units,
+    and a report with one target line per model."""
+    records = tmp_path / "records"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--quick", "--epochs", "1",
+         "--schedules", "constant", "--data", str(tmp_path / "data"), "--records", str(records), "--no-report"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = [json.loads(s) for s in (records / "training.jsonl").read_text().splitlines()]
+    bt = _load("_benchmarks_bench_training", ROOT / "benchmarks" / "bench_training.py")
+    runs = {(r["model_kind"], r["feed"]): r for r in lines}
+    assert set(runs) == {(m, f) for m in bt.MODELS for f in bt.FEEDS} and len(lines) == len(runs)
+    assert all(r["epoch0_missing"] == 0 and r["epoch0_duplicated"] == 0 for r in lines)
+    for model in bt.MODELS:
+        pieces, whole = runs[model, "streambatch 1/8"], runs[model, "streambatch 1/8, whole units"]
+        assert pieces["budget_bytes"] == whole["budget_bytes"] < runs[model, "streambatch"]["budget_bytes"]
+        assert pieces["pieces_split_units"] and pieces["piece_rows"] < pieces["unit_rows"]
+        assert not whole["pieces_split_units"] and pieces["deff"] < whole["deff"]
+    assert isinstance(bt.make_model("mlp", 32)[1], torch.nn.BatchNorm1d)
+    text = bt.render(lines)
+    for model in bt.MODELS:
+        assert f"- {model}, constant lr: streambatch " in text
+        assert text.count(f"| {model} | constant |") == len(bt.FEEDS)
+    assert "whole units" in text and "piece rows" in text
