@@ -431,7 +431,7 @@ def test_bench_ceiling_design_paths_serve_every_row_once_with_its_bytes(tmp_path
             sets = [store.buffers(500 + int(store.m.unit_rows.max())) for _ in range(2)]
             got = list(bce.design_path(store, piece, 500, threads, sets, seed=3))
             ids = np.concatenate([b["id"].numpy() for b in got])
-            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 12
+            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
             assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
     finally:
         store.close()
