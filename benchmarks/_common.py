@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import shutil
 import threading
 import time
@@ -46,6 +47,7 @@ __all__ = [
     "memcpy",
     "naive_loader",
     "plot_lines",
+    "process_cpu_seconds",
     "ram_limit",
     "sequential_read",
     "write_record",
@@ -132,12 +134,15 @@ class PeakRSS:
 
 
 def consume(
-    batches: Iterable[Mapping[str, torch.Tensor]], max_batches: int | None = None, count_ids: int | None = None
+    batches: Iterable[Mapping[str, torch.Tensor]], max_batches: int | None = None, count_ids: int | None = None,
+    touch: bool = False,
 ) -> dict[str, Any]:
     """The shared consumption loop: touch every batch the way a training step would.
 
     For each batch (a mapping with at least ``x`` and ``id`` tensors) sum ``x`` in float64 and
-    keep a copy of ``id``. The clock starts before ``iter(batches)``, so loader start-up (worker
+    keep a copy of ``id``.  With ``touch`` (the *light* consumer of BENCHMARKS.md, so that the
+    loader is what is measured) read one element of every tensor instead of summing ``x``
+    (``x_sum`` then adds those elements). The clock starts before ``iter(batches)``, so loader start-up (worker
     processes, first reads) counts towards ``first_batch_s``. After ``max_batches`` batches the
     iterator is closed (``close()`` where it has one) and released, which stops loader threads or
     worker processes.
@@ -145,7 +150,10 @@ def consume(
     Returns:
         ``samples``, ``batches``, ``seconds`` (to the last batch), ``first_batch_s``, ``bytes``
         (sum of every tensor's ``nbytes`` in the batches), ``x_sum`` (float64 checksum) and
-        ``ids``: the ids in served order as one int64 array.
+        ``ids``: the ids in served order as one int64 array; ``cpu_seconds``: user + system
+        CPU of this process and of its reaped children (DataLoader workers once shut down) from
+        before ``iter(batches)`` to after the iterator is closed, and ``wall_seconds`` over the
+        same span.
 
     With ``count_ids=N`` the ids are not kept: a uint8 counter per id (N bytes) is updated
     instead and ``ids`` is left out; ``missing`` and ``duplicated`` are returned directly.
@@ -159,13 +167,18 @@ def consume(
     samples = nbatches = nbytes = 0
     x_sum = 0.0
     first_batch_s = float("nan")
+    cpu0 = process_cpu_seconds()
     t0 = time.perf_counter()
     it = iter(batches)
     try:
         source = it if max_batches is None else itertools.islice(it, max_batches)
         for batch in source:
             x = batch["x"]
-            x_sum += float(x.sum(dtype=torch.float64))
+            if touch:
+                x_sum += sum(float(t[(0,) * t.dim()]) for t in batch.values()
+                             if isinstance(t, torch.Tensor) and t.numel())
+            else:
+                x_sum += float(x.sum(dtype=torch.float64))
             if counts is not None:
                 np.add.at(counts, batch["id"].numpy(), 1)
             else:
@@ -185,6 +198,8 @@ def consume(
         "samples": samples,
         "batches": nbatches,
         "seconds": seconds,
+        "wall_seconds": time.perf_counter() - t0,
+        "cpu_seconds": process_cpu_seconds() - cpu0,
         "first_batch_s": first_batch_s,
         "bytes": nbytes,
         "x_sum": x_sum,
@@ -195,6 +210,12 @@ def consume(
     else:
         out["ids"] = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
     return out
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process (every thread) and of its reaped children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _rates(result: Mapping[str, Any]) -> dict[str, float]:
@@ -220,6 +241,7 @@ def ram_limit(
     seed: int = 0,
     *,
     keep_ids: bool = False,
+    touch: bool = False,
 ) -> dict[str, Any]:
     """The in-RAM limit: what a loader could reach if I/O and decode were free.
 
@@ -232,6 +254,7 @@ def ram_limit(
         batch_size: rows per batch (the last one may be short).
         seed: permutation seed.
         keep_ids: also return the served ``ids`` array (not JSON-serialisable).
+        touch: the light consumer (:func:`consume`).
 
     Returns:
         ``samples_per_s``, ``mb_per_s``, ``first_batch_s`` and the rest of :func:`consume`'s
@@ -253,7 +276,7 @@ def ram_limit(
             idx = perm[i : i + batch_size]
             yield {name: torch.from_numpy(col[idx]) for name, col in columns.items()}
 
-    record = _summary(consume(batches()), keep_ids)
+    record = _summary(consume(batches(), touch=touch), keep_ids)
     record.update(baseline="ram-limit", rows=n, batch_size=batch_size, seed=seed)
     return record
 
@@ -296,6 +319,7 @@ def naive_loader(
     max_batches: int | None = None,
     *,
     keep_ids: bool = False,
+    touch: bool = False,
 ) -> dict[str, Any]:
     """What a user writes without streambatch, consumed by :func:`consume`.
 
@@ -311,6 +335,7 @@ def naive_loader(
             nothing is extrapolated: ``samples`` says how many rows were measured and
             ``complete`` whether it was the whole epoch.
         keep_ids: also return the served ``ids`` array (not JSON-serialisable).
+        touch: the light consumer (:func:`consume`).
 
     Returns:
         ``samples_per_s``, ``mb_per_s``, ``first_batch_s``, ``samples``, ``seconds``,
@@ -326,7 +351,7 @@ def naive_loader(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers
     )
-    record = _summary(consume(loader, max_batches=max_batches), keep_ids)
+    record = _summary(consume(loader, max_batches=max_batches, touch=touch), keep_ids)
     record.update(
         baseline="naive",
         rows=len(dataset),

@@ -204,15 +204,17 @@ def log(msg: str) -> None:
 
 
 def run_epoch(batches: Iterable[Mapping[str, torch.Tensor]], n_rows: int,
-              unit_rows: NDArray[np.int64] | None = None, quality: bool = True) -> dict[str, Any]:
+              unit_rows: NDArray[np.int64] | None = None, quality: bool = True, touch: bool = False) -> dict[str, Any]:
     """Consume one epoch under :class:`_common.PeakRSS`; rates, memory, completeness, quality.
+
+    ``touch``: the light consumer (``_common.consume``), which reads one element of each tensor.
 
     The served ``id`` column is the row index of the label-sorted dataset, so completeness is
     checked against ``0..n_rows-1`` and the quality of the order is measured with the unit
     sizes ``unit_rows`` (when given and the epoch is complete).
     """
     with _common.PeakRSS() as mem:
-        res = _common.consume(batches)
+        res = _common.consume(batches, touch=touch)
     seconds = max(float(res["seconds"]), 1e-12)
     ids = res.pop("ids")
     out: dict[str, Any] = {k: v for k, v in res.items() if k != "x_sum"}
@@ -247,15 +249,17 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(vals)) if vals else float("nan")
 
 
-def ram_limit_median(columns: Mapping[str, NDArray[Any]], repeats: int) -> dict[str, Any]:
-    """Median (by samples/s) of ``repeats`` ram-limit runs, with every run's samples/s."""
-    rec, runs = _common.median_of(lambda: _common.ram_limit(columns, BATCH), repeats)
+def ram_limit_median(columns: Mapping[str, NDArray[Any]], repeats: int, touch: bool = False) -> dict[str, Any]:
+    """Median (by samples/s) of ``repeats`` ram-limit runs, with every run's samples/s and the
+    median CPU seconds per GB and CPU / wall."""
+    rec, runs = _common.median_of(lambda: _common.ram_limit(columns, BATCH, touch=touch), repeats)
     rec["runs_samples_per_s"] = [r["samples_per_s"] for r in runs]
+    rec.update(_cpu_figures(runs, ""))
     return rec
 
 
 def consumer_limit(columns: Mapping[str, NDArray[Any]], n_batches: int = 200,
-                   distinct: int = 16) -> dict[str, Any]:
+                   distinct: int = 16, touch: bool = False) -> dict[str, Any]:
     """The consume loop alone: ``distinct`` batches gathered beforehand, served in a cycle.
 
     Not a loader: it tells how much of every loader's time (ram-limit's too) is the shared
@@ -267,23 +271,24 @@ def consumer_limit(columns: Mapping[str, NDArray[Any]], n_batches: int = 200,
     for _ in range(distinct):
         idx = np.sort(rng.choice(n, size=min(BATCH, n), replace=False))
         batches.append({k: torch.from_numpy(v[idx]) for k, v in columns.items()})
-    res = _common.consume(itertools.islice(itertools.cycle(batches), n_batches))
+    res = _common.consume(itertools.islice(itertools.cycle(batches), n_batches), touch=touch)
     seconds = max(float(res["seconds"]), 1e-12)
     return {"samples_per_s": res["samples"] / seconds, "mb_per_s": res["bytes"] / 1e6 / seconds,
             "batches": res["batches"]}
 
 
-def measure_ram_limit(npy_dir: Path, repeats: int, consumer: bool = False) -> dict[str, Any]:
+def measure_ram_limit(npy_dir: Path, repeats: int, consumer: bool = False, touch: bool = False) -> dict[str, Any]:
     """Load the columns into RAM (page cache warmed first), measure, free them again.
 
-    With ``consumer`` the record also carries ``consumer`` (median of :func:`consumer_limit`).
+    With ``consumer`` the record also carries ``consumer`` (median of :func:`consumer_limit`);
+    ``touch``: the light consumer.
     """
     warm(npy_dir)
     columns = _common.load_columns(npy_dir)
     try:
-        rec = ram_limit_median(columns, repeats)
+        rec = ram_limit_median(columns, repeats, touch)
         if consumer:
-            rec["consumer"], _ = _common.median_of(lambda: consumer_limit(columns), repeats)
+            rec["consumer"], _ = _common.median_of(lambda: consumer_limit(columns, touch=touch), repeats)
         return rec
     finally:
         del columns
@@ -332,6 +337,7 @@ def store_config(store: Path, ds: Any, num_workers: int = 0) -> dict[str, Any]:
         "threads": d["threads"],
         "window_rows": d["window_rows"],
         "window_units": d["window_units"],
+        "piece_rows": d.get("piece_rows"),
         "predicted_peak_bytes": d["predicted_peak_bytes"],
         "predicted_deff": d["predicted_deff"],
         "predicted_kl": d["predicted_kl"],
@@ -340,69 +346,97 @@ def store_config(store: Path, ds: Any, num_workers: int = 0) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- one configuration
-def measure_streambatch(store: Path, budget: int, repeats: int) -> dict[str, Any]:
-    """In-process epochs (1 and steady 2-3) and a DataLoader(num_workers=2) epoch, ``repeats`` times."""
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "noverify": {"verify": False},
+    "whole": {"piece_rows": 0},
+    "whole-noverify": {"piece_rows": 0, "verify": False},
+}
+"""StreamDataset settings per streambatch variant (``--variants``): default (shuffle pieces sized
+at load time, each unit's checksum checked once an epoch), verify off, whole units
+(``piece_rows=0``, the loader before pieces) and both."""
+
+
+def _streambatch_repeat(store: Path, budget: int, settings: Mapping[str, Any], touch: bool) -> dict[str, Any]:
+    """One repeat of one variant: ``EPOCHS`` in-process epochs of one StreamDataset, then one
+    DataLoader(num_workers=2) epoch of a fresh one."""
     from streambatch import StreamDataset
 
-    epoch1: list[dict[str, Any]] = []
-    steady: list[dict[str, Any]] = []
-    steady_by_repeat: list[float] = []
-    dl_runs: list[dict[str, Any]] = []
-    config: dict[str, Any] = {}
-    dl_predicted = 0
-    peak_accounted = 0
-    for _ in range(repeats):
-        warm(store)
-        ds = StreamDataset(store, batch_size=BATCH, shuffle=True, seed=0, memory_budget=budget)
-        if not config:
-            config = store_config(store, ds)
-        n, units = ds.manifest.rows, ds.manifest.unit_rows
-        runs = []
-        for e in range(EPOCHS):
-            ds.set_epoch(e)
-            runs.append(run_epoch(ds, n, units))
-            peak_accounted = max(peak_accounted, ds.last_peak_accounted_bytes)
-        epoch1.append(runs[0])
-        steady += runs[1:]
-        steady_by_repeat.append(median([r["samples_per_s"] for r in runs[1:]]))
-        ds.release_buffers()
-        del ds
-        release_memory()
+    warm(store)
+    ds = StreamDataset(store, batch_size=BATCH, shuffle=True, seed=0, memory_budget=budget, **settings)
+    out: dict[str, Any] = {"config": store_config(store, ds)}
+    n, units = ds.manifest.rows, ds.manifest.unit_rows
+    runs, peak_accounted = [], 0
+    for e in range(EPOCHS):
+        ds.set_epoch(e)
+        runs.append(run_epoch(ds, n, units, touch=touch))
+        peak_accounted = max(peak_accounted, ds.last_peak_accounted_bytes)
+    ds.release_buffers()
+    del ds
+    release_memory()
 
-        ds = StreamDataset(store, batch_size=BATCH, shuffle=True, seed=0, memory_budget=budget)
-        dl_predicted = ds.describe(num_workers=DL_WORKERS)["predicted_peak_bytes"]
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=DL_WORKERS)
-        dl_runs.append(run_epoch(loader, n, units))
-        del loader, ds
-        release_memory()
+    ds = StreamDataset(store, batch_size=BATCH, shuffle=True, seed=0, memory_budget=budget, **settings)
+    out["dl_predicted"] = ds.describe(num_workers=DL_WORKERS)["predicted_peak_bytes"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=DL_WORKERS)
+    out.update(epoch1=runs[0], steady=runs[1:], peak_accounted=peak_accounted, dl=run_epoch(loader, n, units, touch=touch))
+    del loader, ds
+    release_memory()
+    return out
+
+
+def measure_streambatch(store: Path, budget: int, repeats: int, variants: Sequence[str] = ("default",),
+                        touch: bool = False) -> list[dict[str, Any]]:
+    """In-process epochs (1 and steady 2-3) and a DataLoader(num_workers=2) epoch, ``repeats``
+    times, for each of ``variants`` (names in :data:`VARIANTS`, alternated within every repeat
+    so that a noisy machine slows them alike); one summary per variant."""
+    reps: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v in variants:
+            reps[v].append(_streambatch_repeat(store, budget, VARIANTS[v], touch))
+    return [{**summarize_streambatch(reps[v]), "variant": v} for v in variants]
+
+
+def _cpu_figures(runs: list[dict[str, Any]], prefix: str) -> dict[str, float]:
+    """Median CPU seconds per GB served and CPU / wall of epochs ``runs``."""
+    return {f"{prefix}cpu_s_per_gb": median([r["cpu_seconds"] / (r["bytes"] / 1e9) for r in runs]),
+            f"{prefix}cpu_per_wall": median([r["cpu_seconds"] / r["wall_seconds"] for r in runs])}
+
+
+def summarize_streambatch(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of one variant from its repeats (:func:`_streambatch_repeat`)."""
+    epoch1 = [r["epoch1"] for r in reps]
+    steady = [s for r in reps for s in r["steady"]]
+    dl_runs = [r["dl"] for r in reps]
 
     def med(runs: list[dict[str, Any]], key: str) -> float:
         return median([r[key] for r in runs])
 
     all_runs = epoch1 + steady + dl_runs
-    out = dict(config)
+    out = dict(reps[0]["config"])
     out.update(
         epochs=EPOCHS,
         epoch1_samples_per_s=med(epoch1, "samples_per_s"),
         epoch1_mb_per_s=med(epoch1, "mb_per_s"),
         epoch1_seconds=med(epoch1, "seconds"),
         first_batch_s=med(epoch1, "first_batch_s"),
-        steady_samples_per_s=median(steady_by_repeat),
+        steady_samples_per_s=median([med(r["steady"], "samples_per_s") for r in reps]),
         steady_mb_per_s=med(steady, "mb_per_s"),
         steady_seconds=med(steady, "seconds"),
         steady_first_batch_s=med(steady, "first_batch_s"),
         steady_runs_samples_per_s=[r["samples_per_s"] for r in steady],
+        **_cpu_figures(steady, "steady_"),
         peak_rss_bytes=max(r["peak_rss_bytes"] for r in epoch1 + steady),
         peak_rss_delta_bytes=max(r["peak_rss_delta_bytes"] for r in epoch1 + steady),
         rss_start_bytes=min(r["rss_start_bytes"] for r in epoch1 + steady),
-        peak_accounted_bytes=peak_accounted,
+        peak_accounted_bytes=max(r["peak_accounted"] for r in reps),
         dl_workers=DL_WORKERS,
         dl_samples_per_s=med(dl_runs, "samples_per_s"),
         dl_mb_per_s=med(dl_runs, "mb_per_s"),
         dl_first_batch_s=med(dl_runs, "first_batch_s"),
+        **_cpu_figures(dl_runs, "dl_"),
         dl_peak_rss_bytes=max(r["peak_rss_bytes"] for r in dl_runs),
         dl_peak_rss_delta_bytes=max(r["peak_rss_delta_bytes"] for r in dl_runs),
-        dl_predicted_peak_bytes=dl_predicted,
+        dl_predicted_peak_bytes=reps[0]["dl_predicted"],
         missing=sum(r["missing"] for r in all_runs),
         duplicated=sum(r["duplicated"] for r in all_runs),
         foreign=sum(r["foreign"] for r in all_runs),
@@ -427,16 +461,18 @@ def failure(exc: BaseException, store: Path, fmt: str, codec: str, budget: int) 
             "error": f"{type(exc).__name__}: {exc}"}
 
 
-def measure_naive(npy_dir: Path, repeats: int, max_batches: int) -> dict[int, dict[str, Any]]:
-    """Median naive-loader run for each ``num_workers`` in :data:`NAIVE_WORKERS`."""
+def measure_naive(npy_dir: Path, repeats: int, max_batches: int, touch: bool = False) -> dict[int, dict[str, Any]]:
+    """Median naive-loader run for each ``num_workers`` in :data:`NAIVE_WORKERS` (``touch``: the
+    light consumer), with the median CPU seconds per GB and CPU / wall."""
     out = {}
     for nw in NAIVE_WORKERS:
         warm(npy_dir)
         rec, runs = _common.median_of(
-            lambda nw=nw: _common.naive_loader(npy_dir, BATCH, num_workers=nw, max_batches=max_batches),
+            lambda nw=nw: _common.naive_loader(npy_dir, BATCH, num_workers=nw, max_batches=max_batches, touch=touch),
             repeats,
         )
         rec["runs_samples_per_s"] = [r["samples_per_s"] for r in runs]
+        rec.update(_cpu_figures(runs, ""))
         out[nw] = rec
         release_memory()
     return out
@@ -458,6 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--datasets", default="tab,img", help="comma-separated subset of tab,img")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="rows (and budget) as a fraction of the full datasets, e.g. 0.25 on a busy machine")
+    p.add_argument("--consumer", choices=("sum", "touch"), default="sum",
+                   help="sum: x summed in float64 (default); touch: one element of every tensor read, so that the "
+                        "loader is measured (with CPU seconds per GB), in a section of its own")
+    p.add_argument("--variants", default=None,
+                   help=f"comma-separated streambatch variants of {list(VARIANTS)}; default: all with "
+                        "--consumer touch, else default")
+    p.add_argument("--formats", default=None, help="comma-separated subset of the formats (default: all)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -467,8 +510,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [k for k in kinds if k not in FULL_ROWS]
     if bad:
         p.error(f"unknown dataset(s) {bad}; choose from tab, img")
+    touch = args.consumer == "touch"
+    variants = [v.strip() for v in (args.variants or ",".join(VARIANTS if touch else ["default"])).split(",")]
+    formats = None if args.formats is None else {f.strip() for f in args.formats.split(",")}
+    if set(variants) - set(VARIANTS) or (formats and formats - {f for _, f, _ in CONFIGS}):
+        p.error(f"--variants must name some of {list(VARIANTS)} and --formats some of the registered formats")
     run_id = new_run_id()
     common = base_record(args, run_id, "bench_throughput.py")
+    if touch:  # its own records (report.load_records groups by kind): a section beside the summing one
+        common.update(kind="touch", consumer="touch")
     root = data_root(args.data, args.quick, args.fraction)
     naive_batches = NAIVE_BATCHES_QUICK if args.quick else NAIVE_BATCHES
     torch.manual_seed(0)
@@ -476,24 +526,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind in kinds:
         rows = rows_for(kind, args.quick, args.fraction)
         npy = ensure_npy(root, kind, rows)
-        configs = [(fmt, codec) for k, fmt, codec in CONFIGS if k == kind]
+        configs = [(fmt, codec) for k, fmt, codec in CONFIGS if k == kind and (not formats or fmt in formats)]
         budget = budget_for(kind, args.quick, args.fraction)
+        load_before = os.getloadavg()[0]
 
         log(f"{kind}: ram-limit (before)")
-        ram_before = measure_ram_limit(npy, args.repeats, consumer=True)
+        ram_before = measure_ram_limit(npy, args.repeats, consumer=True, touch=touch)
         log(f"{kind}: naive loader, num_workers {NAIVE_WORKERS}")
-        naive = measure_naive(npy, args.repeats, naive_batches)
+        naive = measure_naive(npy, args.repeats, naive_batches, touch)
         results = []
         for fmt, codec in configs:
             log(f"{kind}: streambatch {fmt} {codec}")
             store = store_path(root, kind, fmt, codec)
             try:
                 ensure_store(npy, store, fmt, codec, rows)
-                results.append(measure_streambatch(store, budget, args.repeats))
+                results += measure_streambatch(store, budget, args.repeats, variants, touch)
             except Exception as exc:  # one broken configuration must not cost the whole run
                 results.append(failure(exc, store, fmt, codec, budget))
         log(f"{kind}: ram-limit (after)")
-        ram_after = measure_ram_limit(npy, args.repeats)
+        ram_after = measure_ram_limit(npy, args.repeats, touch=touch)
         ram = (ram_before["samples_per_s"] + ram_after["samples_per_s"]) / 2
         ram_mb = (ram_before["mb_per_s"] + ram_after["mb_per_s"]) / 2
         naive0 = naive[0]["samples_per_s"]
@@ -511,12 +562,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "naive_max_batches": naive_batches,
             "naive_best_workers": naive_best_nw,
             "naive_best_samples_per_s": naive_best,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg()[0],
+            "ram_limit_cpu_s_per_gb": (ram_before["cpu_s_per_gb"] + ram_after["cpu_s_per_gb"]) / 2,
+            "ram_limit_cpu_per_wall": (ram_before["cpu_per_wall"] + ram_after["cpu_per_wall"]) / 2,
         }
         for nw, rec in naive.items():
             baselines[f"naive_w{nw}_samples_per_s"] = rec["samples_per_s"]
             baselines[f"naive_w{nw}_mb_per_s"] = rec["mb_per_s"]
             baselines[f"naive_w{nw}_first_batch_s"] = rec["first_batch_s"]
             baselines[f"naive_w{nw}_samples"] = rec["samples"]
+            baselines[f"naive_w{nw}_cpu_s_per_gb"] = rec["cpu_s_per_gb"]
+            baselines[f"naive_w{nw}_cpu_per_wall"] = rec["cpu_per_wall"]
         _common.write_record(NAME, {**common, "role": "baseline", "dataset": kind, "rows": rows,
                                     "cache": "warm", **baselines})
         for res in results:
@@ -541,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             rec["targets"] = check_targets(rec)
             _common.write_record(NAME, rec)
-            log(f"  {res['format']:8s} {res['codec']:5s} steady {res['steady_samples_per_s']:,.0f}/s "
+            log(f"  {res['format']:8s} {res['codec']:5s} {res.get('variant', '')} steady {res['steady_samples_per_s']:,.0f}/s "
                 f"({rec['steady_vs_ram']:.2f}x ram, {rec['steady_vs_naive_best']:.1f}x naive), DataLoader "
                 f"{res['dl_samples_per_s']:,.0f}/s, first batch {res['first_batch_s']:.3f}s, deff {res['deff']:.2f}")
 
@@ -589,7 +646,17 @@ def machine_line(rec: Mapping[str, Any]) -> str:
 
 
 def render(records: list[dict[str, Any]]) -> str:
-    """Markdown section for the records of one run of this benchmark."""
+    """Markdown section for the records of the latest run of this benchmark, and the section of
+    the latest ``--consumer touch`` run (:func:`render_touch`) after it."""
+    touch = [r for r in records if r.get("kind") == "touch"]
+    summing = [r for r in records if r.get("kind") != "touch"]
+    if not touch:
+        return render_summing(summing)
+    return (render_summing(summing) + "\n" if summing else "") + render_touch(touch)
+
+
+def render_summing(records: list[dict[str, Any]]) -> str:
+    """Markdown section for the records of one run with the summing consumer."""
     everything = [r for r in records if r.get("role") == "streambatch"]
     rows = [r for r in everything if "error" not in r]
     failed = [r for r in everything if "error" in r]
@@ -709,6 +776,81 @@ def target_line(rows: Sequence[Mapping[str, Any]], failed: Sequence[Mapping[str,
     verdict = ("**All targets hold.**" if not fails
                else "**Fail:** " + "; ".join(fails) + ". Everything else holds.")
     return goals + " " + verdict
+
+def _touch_row(name: str, sps: float, cpu: float, cpu_wall: float, base: Mapping[str, Any]) -> dict[str, str]:
+    """One row of the touch section: rates, ratios to the baselines, CPU."""
+    return {
+        "loader": name,
+        "samples/s": _num(sps, ",.0f"),
+        "× in-RAM gather": _num(ratio(sps, base["ram_limit_samples_per_s"]), ".2f"),
+        "× naive w0": _num(ratio(sps, base["naive_w0_samples_per_s"]), ".2f"),
+        "× naive w2": _num(ratio(sps, base.get("naive_w2_samples_per_s", float("nan"))), ".2f"),
+        "CPU s/GB": _num(cpu, ".2f"),
+        "CPU/GB × gather's": _num(ratio(cpu, base["ram_limit_cpu_s_per_gb"]), ".2f"),
+        "CPU / wall": _num(cpu_wall, ".2f"),
+    }
+
+
+def touch_rows(recs: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The baselines and every streambatch variant (in process, and through DataLoader workers)
+    of one dataset and run."""
+    b = recs[0]
+    out = [_touch_row("in-RAM gather", b["ram_limit_samples_per_s"], b["ram_limit_cpu_s_per_gb"],
+                      b["ram_limit_cpu_per_wall"], b)]
+    for nw in NAIVE_WORKERS:
+        if f"naive_w{nw}_samples_per_s" in b:
+            out.append(_touch_row(f"naive memmap DataLoader w{nw}", b[f"naive_w{nw}_samples_per_s"],
+                                  b[f"naive_w{nw}_cpu_s_per_gb"], b[f"naive_w{nw}_cpu_per_wall"], b))
+    for r in recs:
+        what = f"streambatch {r['format']}/{r['codec']} {r.get('variant', 'default')}"
+        if "error" in r:
+            out.append({"loader": what, "samples/s": f"error: {r['error']}"})
+            continue
+        out.append(_touch_row(what, r["steady_samples_per_s"], r["steady_cpu_s_per_gb"], r["steady_cpu_per_wall"], b))
+        out.append(_touch_row(f"{what}, DataLoader w{r['dl_workers']}", r["dl_samples_per_s"], r["dl_cpu_s_per_gb"],
+                              r["dl_cpu_per_wall"], b))
+    return out
+
+
+def render_touch(records: list[dict[str, Any]]) -> str:
+    """The section of a ``--consumer touch`` run: the loader alone against the in-RAM gather and
+    the naive loader, with the CPU each spends per GB served."""
+    rows = [r for r in records if r.get("role") == "streambatch"]
+    if not rows:
+        return "## Throughput, loader alone (touch consumer)\n\nNo streambatch records in the latest run.\n"
+    first = rows[0]
+    lines = [
+        "## Throughput, loader alone (touch consumer)",
+        "",
+        "The consumer reads one element of every tensor of each batch and keeps the ids, so that the loader is "
+        f"what is measured (warm page cache, batch {first.get('batch_size', BATCH)}, medians of "
+        f"{first.get('repeats')} repeats, streambatch variants alternated within each repeat). CPU s/GB: process "
+        "user+sys CPU (DataLoader workers included, counted once they are shut down) per GB of batches served; "
+        "CPU / wall over the same span. streambatch rows are the steady state (epochs 2-3) in process, and one "
+        "epoch through `DataLoader(num_workers=2)`; the in-RAM gather is the mean of the medians before and "
+        "after the loaders; naive: a prefix of the epoch.",
+        "",
+    ]
+    for kind in dict.fromkeys(r["dataset"] for r in rows):
+        recs = [r for r in rows if r["dataset"] == kind]
+        ok = [r for r in recs if "error" not in r]
+        b = recs[0]
+        desc = (f"{kind}: {b['rows']:,} rows, budget {_mib(b['budget_bytes'])} MiB" +
+                (f", window {ok[0]['window_rows']:,} rows, pieces of {_num(ok[0].get('piece_rows'), '.0f')} rows "
+                 f"(units {ok[0]['unit_rows']:.0f} rows)" if ok else "") +
+                f"; load average {_num(b.get('loadavg_before'), '.1f')} before, "
+                f"{_num(b.get('loadavg_after'), '.1f')} after (2 cores: above 2 the machine was loaded)")
+        table = touch_rows(recs)
+        lines += [desc + ":", "", _common.format_table(table, list(table[0])), ""]
+        quality = [{"variant": r.get("variant", "default"), "piece rows": _num(r.get("piece_rows"), ".0f"),
+                    "deff (pred.)": f"{_num(r['deff'], '.2f')} ({_num(r['predicted_deff'], '.2f')})",
+                    "missing / dup": f"{r['missing']} / {r['duplicated']} ({r['epochs_checked']} epochs)",
+                    "peak RSS MiB (Δ)": f"{_mib(r['peak_rss_bytes'])} ({_mib(r['peak_rss_delta_bytes'])})"}
+                   for r in ok]
+        if quality:
+            lines += [_common.format_table(quality, list(quality[0])), ""]
+    lines += [f"Command: `{first['command']}`", "", machine_line(first)]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -456,3 +456,38 @@ def test_bench_training_trains_both_models_on_pieces_and_whole_units(tmp_path: P
         assert f"- {model}, constant lr: streambatch " in text
         assert text.count(f"| {model} | constant |") == len(bt.FEEDS)
     assert "whole units" in text and "piece rows" in text
+
+
+# --- benchmarks/bench_ceiling.py and the touching consumer ----------------------------------------
+def test_touch_consumer_reads_every_tensor_and_counts_process_cpu() -> None:
+    """``consume(touch=True)`` adds one element of every tensor (not the sum of x) and reports the
+    process CPU and wall time of the epoch."""
+    batches = [{"x": torch.full((4, 3), 2.0), "y": torch.tensor([5, 0, 0, 0]), "id": torch.arange(4) + 4 * i}
+               for i in range(3)]
+    res = bc.consume(iter(batches), touch=True)
+    assert res["x_sum"] == 3 * (2.0 + 5) + (0 + 4 + 8)  # x[0, 0] + y[0] + id[0] of each batch
+    assert list(res["ids"]) == list(range(12)) and res["cpu_seconds"] >= 0 and res["wall_seconds"] >= res["seconds"]
+    assert bc.consume(iter(batches))["x_sum"] == 3 * 24.0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_ceiling_design_paths_serve_every_row_once_with_its_bytes(tmp_path: Path, threads: int) -> None:
+    """The ceiling's design paths (units or pieces read with preadv into window buffers, gathered
+    by np.take, 1 or 2 threads) serve every row of a real Zarr dataset once, with its stored bytes."""
+    import streambatch as sb
+
+    bce = _load("_benchmarks_bench_ceiling", ROOT / "benchmarks" / "bench_ceiling.py")
+    npy = md.make_dataset("tab", tmp_path / "npy", rows=3000, seed=2)
+    sb.convert(npy, tmp_path / "t.zarr", label="y", codec="none", unit_bytes=64 * 528)
+    x = np.load(npy / "x.npy")
+    store = bce.Store(tmp_path / "t.zarr")
+    try:
+        assert store.m.n_units > 10
+        for piece in (0, 7):
+            sets = [store.buffers(500 + int(store.m.unit_rows.max())) for _ in range(2)]
+            got = list(bce.design_path(store, piece, 500, threads, sets, seed=3))
+            ids = np.concatenate([b["id"].numpy() for b in got])
+            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
+            assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
+    finally:
+        store.close()

@@ -1,0 +1,360 @@
+#!/usr/bin/env python
+"""Ceiling benchmark: the best possible path of the loader's design, measured in isolation.
+
+Before a speed target is chased, what could *any* implementation of the current design reach on
+this machine?  For ``tab`` (400,000 rows) and ``img`` (20,000 rows) from ``tools/make_datasets.py``,
+converted to Zarr with codec none, warm page cache, batch 256, a memory budget of a quarter of
+the data, and a consumer that only touches each batch (``_common.consume(touch=True)``: one
+element of every tensor, ids kept for the completeness check), this script measures in one run,
+alternating the paths within every repeat:
+
+* ``gather``: the in-RAM gather (``_common.ram_limit``: ``x[perm[i:i+B]]`` per column);
+* ``units 1T``: one thread, no Python per row: whole units (in a random order) read with one
+  ``os.preadv`` per unit and column into a window buffer of half the budget, then batches
+  ``np.take``-n from the window in a random order of its rows;
+* ``pieces 1T``: the same reading shuffle pieces of the size ``StreamDataset.describe()`` chooses
+  (one ``preadv`` per piece and column, a window's pieces in storage order);
+* ``units 2T`` / ``pieces 2T``: the same with 2 threads, one reading the next window while the
+  other gathers (two windows of half the budget: the budget);
+* ``crc32c``: CRC-32C (``streambatch.io.checksum``, as the loader verifies) of every unit and
+  column, the bytes already in RAM: the price of ``verify``;
+* ``streambatch``: the loader itself, default settings and ``piece_rows=0`` (whole units), a
+  warm-up epoch first.
+
+Figures per path: samples/s, process CPU seconds (user+sys) per GB served, CPU / wall, and the
+ratio to the in-RAM gather of the same repeat (median of the paired ratios).  Usage::
+
+    python benchmarks/bench_ceiling.py [--data DIR] [--repeats 5] [--datasets tab,img] [--quick]
+
+Datasets are made under ``DIR/ceiling/`` (default ``data/``) when missing.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+import bench_throughput as bt  # noqa: E402
+
+NAME = "ceiling"
+BATCH = 256
+ROWS = {"tab": 400_000, "img": 20_000}
+QUICK_ROWS = {"tab": 20_000, "img": 5_000}
+# The issue's targets: speed (touching consumer, 2 cores) as a fraction of the in-RAM gather,
+# and loader CPU per GB at most this multiple of the gather's.
+SPEED_TARGET = 0.7
+CPU_TARGET = 1.5
+
+
+class Store:
+    """The byte ranges of an uncompressed Zarr dataset: per column, each unit's file and offset."""
+
+    def __init__(self, path: Path) -> None:
+        import streambatch
+
+        self.path = path
+        self.m = streambatch.load_manifest(path)
+        if self.m.storage != "zarr" or self.m.codec != "none":
+            raise ValueError(f"{path}: the ceiling needs an uncompressed Zarr dataset")
+        self.fds = [os.open(self.m.path_of(i), os.O_RDONLY) for i in range(len(self.m.files))]
+        self.cols = [(c.name, c.np_dtype, tuple(c.shape), c.row_nbytes) for c in self.m.columns]
+        lay = self.m.layout["columns"]
+        self.file = {c[0]: np.asarray(lay[c[0]]["file"]) for c in self.cols}
+        self.offset = {c[0]: np.asarray(lay[c[0]]["offset"]) for c in self.cols}
+        self.row_nbytes = sum(c[3] for c in self.cols)
+
+    def pieces(self, piece_rows: int, rng: np.random.Generator) -> NDArray[np.int64]:
+        """``(unit, lo, hi)`` of every piece (whole units for 0), in a random order."""
+        out = []
+        for u, n in enumerate(self.m.unit_rows.tolist()):
+            step = n if piece_rows <= 0 else piece_rows
+            out += [(u, lo, min(n, lo + step)) for lo in range(0, n, step)]
+        arr = np.asarray(out, dtype=np.int64)
+        return arr[rng.permutation(len(arr))]
+
+    def buffers(self, rows: int) -> dict[str, NDArray[Any]]:
+        """One window buffer per column, touched once so that no page fault is timed."""
+        return {name: np.ones((rows, *shape), dtype=dt) for name, dt, shape, _ in self.cols}
+
+    def read(self, pieces: NDArray[np.int64], bufs: Mapping[str, NDArray[Any]]) -> int:
+        """The pieces, in storage order, back to back into ``bufs``: one ``preadv`` per piece and
+        column; the rows read."""
+        order = pieces[np.lexsort((pieces[:, 1], pieces[:, 0]))].tolist()
+        for name, _, _, rb in self.cols:
+            flat = memoryview(bufs[name].reshape(-1).view(np.uint8))
+            fds, fis, offs, at = self.fds, self.file[name], self.offset[name], 0
+            for u, lo, hi in order:
+                n = (hi - lo) * rb
+                os.preadv(fds[fis[u]], [flat[at:at + n]], int(offs[u]) + lo * rb)
+                at += n
+        return int((pieces[:, 2] - pieces[:, 1]).sum())
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def windows(pieces: NDArray[np.int64], window_rows: int) -> list[NDArray[np.int64]]:
+    """The pieces cut into consecutive windows of about ``window_rows`` rows (a window ends with the
+    piece that crosses a multiple of ``window_rows``: at most one piece more)."""
+    ends = np.cumsum(pieces[:, 2] - pieces[:, 1])
+    cuts = np.searchsorted(ends, np.arange(window_rows, int(ends[-1]), window_rows), side="right")
+    return [w for w in np.split(pieces, cuts) if len(w)]
+
+
+def gather(bufs: Mapping[str, NDArray[Any]], rows: int, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of a window's first ``rows`` rows in a random order (``np.take`` per column)."""
+    perm = rng.permutation(rows)
+    for i in range(0, rows, BATCH):
+        idx = perm[i:i + BATCH]
+        yield {k: torch.from_numpy(np.take(b, idx, axis=0)) for k, b in bufs.items()}
+
+
+def design_path(store: Store, piece_rows: int, window_rows: int, threads: int,
+                sets: list[dict[str, NDArray[Any]]], seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """An epoch of the design's best path: read a window, gather it; with 2 threads a reader
+    thread fills the other window buffer meanwhile."""
+    rng = np.random.default_rng(seed)
+    wins = windows(store.pieces(piece_rows, rng), window_rows)
+    if threads == 1:
+        for w in wins:
+            yield from gather(sets[0], store.read(w, sets[0]), rng)
+        return
+    free: queue.Queue[dict[str, NDArray[Any]]] = queue.Queue()
+    ready: queue.Queue[tuple[dict[str, NDArray[Any]], int]] = queue.Queue()
+    for s in sets:
+        free.put(s)
+
+    def reader() -> None:
+        for w in wins:
+            s = free.get()
+            ready.put((s, store.read(w, s)))
+
+    t = threading.Thread(target=reader, name="ceiling-reader", daemon=True)
+    t.start()
+    for _ in wins:
+        s, n = ready.get()
+        yield from gather(s, n, rng)
+        free.put(s)
+    t.join()
+
+
+def crc_all(store: Store, data: Mapping[int, bytes]) -> dict[str, Any]:
+    """CRC-32C of every unit and column of ``data`` (file bytes in RAM), timed alone."""
+    from streambatch.io.checksum import checksum_fn
+
+    crc = checksum_fn(store.m.layout.get("checksum", "crc32"))
+    lay = store.m.layout["columns"]
+    ranges = [(int(f), int(o), int(s)) for name, *_ in store.cols
+              for f, o, s in zip(lay[name]["file"], lay[name]["offset"], lay[name]["size"])]
+    views = {i: memoryview(b) for i, b in data.items()}
+    cpu0, t0 = _common.process_cpu_seconds(), time.perf_counter()
+    for f, o, s in ranges:
+        crc(views[f][o:o + s])
+    wall = time.perf_counter() - t0
+    nbytes = sum(r[2] for r in ranges)
+    return {"samples": store.m.rows, "seconds": wall, "wall_seconds": wall, "bytes": nbytes,
+            "cpu_seconds": _common.process_cpu_seconds() - cpu0, "ids": np.arange(store.m.rows)}
+
+
+def touch_run(batches: Iterator[Mapping[str, torch.Tensor]] | None, n: int, result: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """An epoch through the touching consumer (or a ready ``result``): rates, CPU, completeness."""
+    res = dict(result) if result is not None else _common.consume(batches, touch=True)  # type: ignore[arg-type]
+    res.update(_common.check_complete(res.pop("ids"), n))
+    gb = res["bytes"] / 1e9
+    res.update(samples_per_s=res["samples"] / res["seconds"], cpu_s_per_gb=res["cpu_seconds"] / gb,
+               cpu_per_wall=res["cpu_seconds"] / res["wall_seconds"])
+    return res
+
+
+def paths_for(kind: str, npy: Path, store_dir: Path, budget: int) -> tuple[dict[str, Callable[[int], Any]], dict[str, Any],
+                                                                          Callable[[], None]]:
+    """``{path name: run(seed)}`` for one dataset, its configuration, and a function freeing it all."""
+    from streambatch import StreamDataset
+
+    columns = _common.load_columns(npy)
+    store = Store(store_dir)
+    n = store.m.rows
+    sbs = {v: StreamDataset(store_dir, batch_size=BATCH, seed=0, memory_budget=budget, **kw)
+           for v, kw in (("default", {}), ("piece_rows=0", {"piece_rows": 0}))}
+    d = sbs["default"].describe()
+    per_unit = max(1, round(d["unit_rows"] / d["piece_rows"]))
+    piece = 0 if per_unit == 1 else -(-int(store.m.unit_rows.max()) // per_unit)
+    window_rows = budget // 2 // store.row_nbytes
+    sets = [store.buffers(window_rows + int(store.m.unit_rows.max())) for _ in range(2)]
+    data = {i: store.m.path_of(i).read_bytes() for i in range(len(store.m.files))}
+    epochs = {v: 0 for v in sbs}
+
+    def sb(v: str) -> Any:
+        epochs[v] += 1
+        sbs[v].set_epoch(epochs[v])
+        return touch_run(iter(sbs[v]), n)
+
+    for v in sbs:  # a warm-up epoch: steady state, as the design paths reuse their buffers
+        sb(v)
+    paths: dict[str, Callable[[int], Any]] = {
+        "in-RAM gather": lambda s: touch_run(None, n, _common.ram_limit(columns, BATCH, s, keep_ids=True, touch=True)),
+        "units 1T": lambda s: touch_run(design_path(store, 0, window_rows, 1, sets, s), n),
+        "pieces 1T": lambda s: touch_run(design_path(store, piece, window_rows, 1, sets, s), n),
+        "units 2T": lambda s: touch_run(design_path(store, 0, window_rows, 2, sets, s), n),
+        "pieces 2T": lambda s: touch_run(design_path(store, piece, window_rows, 2, sets, s), n),
+        "crc32c alone": lambda s: touch_run(None, n, crc_all(store, data)),
+        "streambatch default": lambda s: sb("default"),
+        "streambatch piece_rows=0": lambda s: sb("piece_rows=0"),
+    }
+    config = {"dataset": kind, "rows": n, "row_bytes": store.row_nbytes, "budget_bytes": budget,
+              "window_rows": window_rows, "unit_rows": int(store.m.unit_rows.max()), "piece_rows": piece,
+              "sb_window_rows": d["window_rows"], "sb_piece_rows": d["piece_rows"], "sb_threads": d["threads"],
+              "format": "zarr", "codec": "none", "batch_size": BATCH}
+
+    def free() -> None:
+        store.close()
+        for ds in sbs.values():
+            ds.release_buffers()
+        sbs.clear(), sets.clear(), data.clear(), columns.clear()
+        bt.release_memory()
+
+    return paths, config, free
+
+
+def measure(kind: str, npy: Path, store_dir: Path, repeats: int) -> list[dict[str, Any]]:
+    """Every path of one dataset, alternated within each of ``repeats`` repeats; a record per path."""
+    budget = data_bytes(npy) // 4
+    bt.warm(npy), bt.warm(store_dir)
+    paths, config, free = paths_for(kind, npy, store_dir, budget)
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+    try:
+        for rep in range(repeats):
+            for name, fn in paths.items():
+                runs[name].append(fn(rep))
+            bt.log(f"{kind}: repeat {rep + 1}: " + ", ".join(
+                f"{p} {r[-1]['samples_per_s']:,.0f}/s" for p, r in runs.items()))
+    finally:
+        free()
+    base = runs["in-RAM gather"]
+    out = []
+    for name, rs in runs.items():
+        out.append({**config, "role": "ceiling", "path": name,
+                    "samples_per_s": bt.median([r["samples_per_s"] for r in rs]),
+                    "cpu_s_per_gb": bt.median([r["cpu_s_per_gb"] for r in rs]),
+                    "cpu_per_wall": bt.median([r["cpu_per_wall"] for r in rs]),
+                    "vs_ram": bt.median([r["samples_per_s"] / b["samples_per_s"] for r, b in zip(rs, base)]),
+                    "cpu_vs_ram": bt.median([r["cpu_s_per_gb"] / b["cpu_s_per_gb"] for r, b in zip(rs, base)]),
+                    "runs_samples_per_s": [r["samples_per_s"] for r in rs],
+                    "missing": sum(r["missing"] for r in rs), "duplicated": sum(r["duplicated"] for r in rs)})
+    return out
+
+
+def data_bytes(npy: Path) -> int:
+    """Decoded bytes of the dataset in ``npy`` (every column)."""
+    return sum(int(a.nbytes) for a in _common.load_columns(npy, mmap=True).values())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure the ceiling of every dataset asked for, append the records, regenerate RESULTS.md."""
+    p = bt.make_parser(__doc__ or "")
+    p.add_argument("--datasets", default="tab,img", help="comma-separated subset of tab,img")
+    p.set_defaults(repeats=5)
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    kinds = [k.strip() for k in args.datasets.split(",") if k.strip()]
+    if set(kinds) - set(ROWS):
+        p.error(f"unknown dataset(s) {sorted(set(kinds) - set(ROWS))}; choose from tab, img")
+    run_id = bt.new_run_id()
+    common = bt.base_record(args, run_id, "bench_ceiling.py")
+    root = (Path(args.data) if args.data else bt.ROOT / "data") / ("quick/ceiling" if args.quick else "ceiling")
+    for kind in kinds:
+        rows = (QUICK_ROWS if args.quick else ROWS)[kind]
+        npy = bt.ensure_npy(root, kind, rows)
+        store = bt.ensure_store(npy, bt.store_path(root, kind, "zarr", "none"), "zarr", "none", rows)
+        load0 = os.getloadavg()[0]
+        recs = measure(kind, npy, store, args.repeats)
+        for rec in recs:
+            _common.write_record(NAME, {**common, **rec, "loadavg_before": load0, "loadavg_after": os.getloadavg()[0]})
+    import report
+
+    report.main()
+    return 0
+
+
+# ---------------------------------------------------------------------------- report
+def _f(v: Any, fmt: str) -> str:
+    return bt._num(v, fmt)
+
+
+def verdicts(recs: Sequence[Mapping[str, Any]]) -> str:
+    """Which targets the ceiling of one dataset allows: the best design path against 0.7x the
+    gather's samples/s, and the cheapest against 1.5x its CPU per GB (with the CRC when verifying)."""
+    by = {r["path"]: r for r in recs}
+    kind = recs[0]["dataset"]
+    design = [p for p in ("units 1T", "pieces 1T", "units 2T", "pieces 2T") if p in by]
+    fast = max(design, key=lambda p: by[p]["vs_ram"])
+    cheap = min(design, key=lambda p: by[p]["cpu_vs_ram"])
+    crc = by["crc32c alone"]["cpu_s_per_gb"] if "crc32c alone" in by else 0.0
+    gather_cpu = by["in-RAM gather"]["cpu_s_per_gb"]
+    verify_ratio = (by["pieces 1T"]["cpu_s_per_gb"] + crc) / gather_cpu
+    speed_ok = by[fast]["vs_ram"] >= SPEED_TARGET
+    cpu_ok = by[cheap]["cpu_vs_ram"] <= CPU_TARGET
+    return (f"**{kind}**: speed ≥ {SPEED_TARGET}× the gather is {'allowed' if speed_ok else '**ruled out**'} on "
+            f"this machine (best design path: {fast}, {_f(by[fast]['vs_ram'], '.2f')}×); CPU/GB ≤ {CPU_TARGET}× "
+            f"the gather's is {'allowed' if cpu_ok else '**ruled out**'} (cheapest: {cheap}, "
+            f"{_f(by[cheap]['cpu_vs_ram'], '.2f')}×; pieces 1T plus a CRC-32C of every byte, what verify adds: "
+            f"{_f(verify_ratio, '.2f')}×); streambatch default reaches {_f(by['streambatch default']['vs_ram'], '.2f')}× "
+            f"at {_f(by['streambatch default']['cpu_vs_ram'], '.2f')}× the gather's CPU/GB.")
+
+
+def render(records: list[dict[str, Any]]) -> str:
+    """Markdown section for the latest run of this benchmark."""
+    rows = [r for r in records if r.get("role") == "ceiling"]
+    if not rows:
+        return "## Ceiling of the design\n\nNo records.\n"
+    first = rows[0]
+    lines = ["## Ceiling of the design: the best possible path, in isolation", "",
+             "What could any implementation of the current design (windows of half the budget mixing units or "
+             "pieces, batches gathered from the window) reach on this machine?  Warm page cache, Zarr codec none, "
+             f"batch {first['batch_size']}, budget a quarter of the data, a consumer that touches one element of every "
+             f"tensor (ids kept: every path served each row once), medians of {first['repeats']} repeats with the "
+             "paths alternated within each repeat; × gather = median of the ratios paired within a repeat. "
+             "1T/2T: one thread (read a window, then gather it) or two (one reads the next window while the other "
+             "gathers); one `os.preadv` per unit (or piece) and column, no Python per row. crc32c alone: "
+             "CRC-32C of every unit and column already in RAM (samples/s = rows checksummed per second). "
+             "CPU s/GB: process user+sys per GB served.", ""]
+    if first.get("quick"):
+        lines += ["**--quick smoke run: tiny datasets, not a measurement.**", ""]
+    for kind in dict.fromkeys(r["dataset"] for r in rows):
+        recs = [r for r in rows if r["dataset"] == kind]
+        c = recs[0]
+        loads = [x for r in recs for x in (r.get("loadavg_before"), r.get("loadavg_after")) if x is not None]
+        loaded = max(loads, default=0.0) > (first["machine"].get("cpu_count") or 2)
+        lines.append(f"{kind}: {c['rows']:,} rows of {c['row_bytes']} B, budget {bt._mib(c['budget_bytes'])} MiB, "
+                     f"window {c['window_rows']:,} rows, units of {c['unit_rows']} rows, pieces of {c['piece_rows']} "
+                     f"rows (streambatch: window {c['sb_window_rows']:,} rows, mean piece "
+                     f"{_f(c['sb_piece_rows'], '.1f')} rows, {c['sb_threads']} threads); load average "
+                     f"{_f(min(loads, default=float('nan')), '.1f')}-{_f(max(loads, default=float('nan')), '.1f')}"
+                     + (" (**a loaded machine**: other processes held the cores, so samples/s and CPU / wall are "
+                        "low; CPU s/GB holds better)" if loaded else "") + ":")
+        table = [{"path": r["path"], "samples/s": _f(r["samples_per_s"], ",.0f"), "× gather": _f(r["vs_ram"], ".2f"),
+                  "CPU s/GB": _f(r["cpu_s_per_gb"], ".3f"), "CPU/GB × gather's": _f(r["cpu_vs_ram"], ".2f"),
+                  "CPU / wall": _f(r["cpu_per_wall"], ".2f"), "missing / dup": f"{r['missing']} / {r['duplicated']}"}
+                 for r in recs]
+        lines += ["", _common.format_table(table, list(table[0])), "", verdicts(recs), ""]
+    lines += [f"Command: `{first['command']}`", "", bt.machine_line(first)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
