@@ -207,3 +207,41 @@ def test_pieces_are_equal_and_mix_as_predicted_at_any_window(rows: int, window_f
     measured = quality.design_effect(order, ur, batch)["deff"]
     predicted = s.epoch_deff(p, lay.window_rows)
     assert measured <= 1.25 and abs(measured - predicted) <= 0.1 * predicted, (p, measured, predicted)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_read_ranges_puts_every_range_at_its_place(tmp_path: Path, seed: int) -> None:
+    """Many small ranges of two real files, in file order, near and far apart (so some are read
+    as one span and scattered, some alone), to arbitrary places of the destination: each lands
+    exactly where asked, and a range past a file's end is a DataError naming it."""
+    from types import SimpleNamespace
+
+    from streambatch.io.files import ByteRanges
+
+    rng = np.random.default_rng(seed)
+    data = [rng.integers(0, 256, 300_000, dtype=np.uint8) for _ in range(2)]
+    for i, d in enumerate(data):
+        d.tofile(tmp_path / f"f{i}")
+    files = SimpleNamespace(root=tmp_path, files=["f0", "f1"], path_of=lambda i: tmp_path / f"f{i}")
+    fis, starts, sizes = [], [], []
+    for fi in (0, 1):
+        pos = 0
+        while True:
+            pos += int(rng.choice([0, 8, 64, 4096, 40_000]))
+            size = int(rng.choice([8, 24, 512, 8192]))
+            if pos + size > data[fi].size:
+                break
+            fis.append(fi), starts.append(pos), sizes.append(size)
+            pos += size
+    sizes_a = np.asarray(sizes, np.int64)
+    order = rng.permutation(len(sizes))  # destinations in any order, not back to back
+    at = (np.cumsum(sizes_a[order]) - sizes_a[order] + 8 * np.arange(len(order)))[np.argsort(order)]
+    dst = np.zeros(int((at + sizes_a).max()), np.uint8)
+    r = ByteRanges(files)
+    r.read_ranges(np.asarray(fis, np.int64), np.asarray(starts, np.int64), sizes_a, dst, at, lambda k: f"range {k}")
+    for k, (fi, s, n) in enumerate(zip(fis, starts, sizes)):
+        np.testing.assert_array_equal(dst[at[k]:at[k] + n], data[fi][s:s + n], err_msg=f"range {k}")
+    with pytest.raises(DataError, match="range 1"):
+        r.read_ranges(np.asarray([0, 0], np.int64), np.asarray([0, 299_990], np.int64), np.asarray([8, 16], np.int64),
+                      dst, np.asarray([0, 8], np.int64), lambda k: f"range {k}")
+    r.close()

@@ -103,21 +103,26 @@ def _spans(fis: NDArray[np.int64], starts: NDArray[np.int64], ends: NDArray[np.i
     return first, last
 
 
-def _scatter(src: NDArray[np.uint8], offs: NDArray[np.int64], sizes: NDArray[np.int64], out: NDArray[np.uint8]) -> None:
-    """``out`` = the ranges ``src[offs[k]:offs[k] + sizes[k]]`` back to back: one ``np.take`` of
-    granules (the largest power of two dividing every offset and size, up to 4 KiB)."""
-    common = int(np.gcd.reduce(np.concatenate([offs, sizes])))
-    g = min(4096, common & -common) if common else 4096  # the largest power of two dividing all
-    if g < 4:  # unaligned bytes: a copy per range
-        pos = 0
-        for o, n in zip(offs.tolist(), sizes.tolist()):
-            out[pos:pos + n] = src[o:o + n]
-            pos += n
+def _granules(sizes: NDArray[np.int64], offs: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Granule numbers of the ranges ``offs[k]:offs[k] + sizes[k]`` (in granules), in order."""
+    n = int(sizes.sum())
+    return np.repeat(offs - (np.cumsum(sizes) - sizes), sizes) + np.arange(n, dtype=np.int64)
+
+
+def _scatter(src: NDArray[np.uint8], offs: NDArray[np.int64], sizes: NDArray[np.int64], out: NDArray[np.uint8],
+             dst: NDArray[np.int64]) -> None:
+    """``out[dst[k]:dst[k] + sizes[k]] = src[offs[k]:offs[k] + sizes[k]]`` for every ``k``: one
+    vectorised copy of granules (the largest power of two dividing every offset and size, up to
+    4 KiB), or a copy per range where the bytes are not aligned."""
+    common = int(np.gcd.reduce(np.concatenate([offs, sizes, dst])))
+    g = min(4096, common & -common) if common else 4096
+    if g < 4:
+        for o, n, d in zip(offs.tolist(), sizes.tolist(), dst.tolist()):
+            out[d:d + n] = src[o:o + n]
         return
-    counts = sizes // g
-    idx = np.repeat(offs // g - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()), dtype=np.int64)
     whole = src[:src.shape[0] // g * g].reshape(-1, g)
-    np.take(whole, idx, axis=0, out=out.reshape(-1, g))
+    target = out[:out.shape[0] // g * g].reshape(-1, g)
+    target[_granules(sizes // g, dst // g)] = whole[_granules(sizes // g, offs // g)]
 
 
 class ByteRanges:
@@ -191,9 +196,9 @@ class ByteRanges:
                 views[0] = views[0][n:]
 
     def read_ranges(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
-                    dst: NDArray[np.uint8], where: Any, gap: int = GAP_BYTES) -> None:
-        """Fill ``dst`` with the byte ranges ``(fis[k], starts[k], sizes[k])`` packed back to back,
-        in order: the loader's many small shuffle pieces.
+                    dst: NDArray[np.uint8], at: NDArray[np.int64], where: Any, gap: int = GAP_BYTES) -> None:
+        """Read the byte ranges ``(fis[k], starts[k], sizes[k])`` into ``dst[at[k]:at[k] + sizes[k]]``
+        (``dst`` a flat uint8 array): the loader's many small shuffle pieces, in storage order.
 
         Ranges of one file that follow each other with at most ``gap`` bytes between them are
         read as one span into this thread's scratch buffer and scattered from there with one
@@ -207,8 +212,7 @@ class ByteRanges:
         ends = starts + sizes
         first, last = _spans(fis, starts, ends, gap)
         span_end = np.maximum.reduceat(ends, first) if first.size else first
-        at = np.cumsum(sizes) - sizes
-        flat = memoryview(dst.reshape(-1))
+        flat = memoryview(dst)
         fds, fi_l, start_l, size_l, at_l = self._fds, fis.tolist(), starts.tolist(), sizes.tolist(), at.tolist()
         for a, b, e in zip(first.tolist(), last.tolist(), span_end.tolist()):
             fi, s0, d0 = fi_l[a], start_l[a], at_l[a]
@@ -231,7 +235,7 @@ class ByteRanges:
                 # name the first range of the span that lies past the file's end
                 k = a + int(np.argmax(ends[a:b + 1] > self.fd(fi, lambda: where(a))[1]))
                 raise DataError(f"{where(k)}: {str(err).split(': ', 1)[-1]}") from None
-            _scatter(span, starts[a:b + 1] - s0, sizes[a:b + 1], dst.reshape(-1)[d0:int(at[b] + sizes[b])])
+            _scatter(span, starts[a:b + 1] - s0, sizes[a:b + 1], dst, at[a:b + 1])
 
     def cached(self, fi: int, offset: int) -> bool:
         """Whether the page holding byte ``offset`` of local file ``fi`` is in the page cache

@@ -198,7 +198,7 @@ class Reader:
 
     def read_pieces(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> bool:
         """Rows ``lo:hi`` of many units (rows ``(unit, lo, hi, buffer row)``, in storage order) into
-        the window buffers ``bufs``, unchecked: the loader's small shuffle pieces, read as byte
+        the window buffers ``bufs`` at their buffer rows, unchecked: the loader's small shuffle pieces, read as byte
         ranges (``ByteRanges.read_ranges``: near ones as one span).  False (nothing read) where
         that path does not apply (compressed, verify, remote, buffers not contiguous);
         ``where(unit, lo, hi)`` is called with the piece whose read fails, before it raises."""
@@ -208,8 +208,6 @@ class Reader:
         units, lo, hi, at = (pieces[:, i] for i in range(4))
         if (lo < 0).any() or (lo >= hi).any() or (hi > self.manifest.unit_rows[units]).any():
             raise ValueError(f"{self.manifest.root}: piece rows outside their units")
-        if (np.diff(at) != (hi - lo)[:-1]).any():
-            return False  # not back to back in the buffer
         for name, buf in bufs.items():
             col = self.manifest.column(name)
             loc = self.manifest.layout["columns"][name]
@@ -222,8 +220,8 @@ class Reader:
                 where(int(units[k]), int(lo[k]), int(hi[k]))
                 return self._where(col, int(units[k]), int(fis[k]))
 
-            out = buf.reshape(len(buf), -1).view(np.uint8)[int(at[0]):int(at[-1] + hi[-1] - lo[-1])]
-            self._files.read_ranges(fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, out, name_it)
+            out = buf.reshape(-1).view(np.uint8)
+            self._files.read_ranges(fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, out, at * rb, name_it)
         return True
 
     def verify_unit(self, unit: int) -> None:
