@@ -1,11 +1,15 @@
 """The loader's stages, wired together by ``StreamDataset`` (``streambatch.dataset``)::
 
-    sizing    memory budget -> reader threads, batches ahead, window rows; describe()'s predictions
+    sizing    memory budget -> reader threads, batches ahead, window rows, shuffle piece size;
+              describe()'s predictions
     state     resume state (JSON, no pickle) and the shared block that reaches DataLoader workers
     pool      the reader threads: every thread the loader starts (THREAD_PREFIX), Ctrl-C safe
-    windows   a window's rows read into reused buffers by pool tasks
-    batches   batch assembly on pool threads: gather, normalise, tensors, transform
+    windows   a window's pieces read into reused buffers by pool tasks
+    readers   reader wrappers: checksums once a unit and epoch (VerifyOnce), compressed units
+              decoded once for all their parts (WholeUnits)
+    batches   batch assembly on pool threads: gather into one buffer, normalise, transform
+    tensors   a batch's tensors (per column in process; views of one tensor in a DataLoader worker)
     prefetch  the scheduler: windows ahead, batches in the plan's order, the memory bound
 
-No stage imports torch: the dataset hands ``torch.from_numpy`` in as the tensor maker.
+Only ``tensors`` (and ``state``'s shared block) import torch; the dataset hands the tensor maker in.
 """
