@@ -207,7 +207,11 @@ def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pyt
     finally:
         for p in reversed(procs):
             p.terminate()
-        for p in procs:
-            p.wait(30)
+        for p in procs:  # a worker may take its time to retire gracefully: then it is killed
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     _assert_same(tmp_path / "dask", tmp_path / "local")
     assert _leftovers(tmp_path) == []
