@@ -245,3 +245,26 @@ def test_read_ranges_puts_every_range_at_its_place(tmp_path: Path, seed: int) ->
         r.read_ranges(np.asarray([0, 0], np.int64), np.asarray([0, 299_990], np.int64), np.asarray([8, 16], np.int64),
                       dst, np.asarray([0, 8], np.int64), lambda k: f"range {k}")
     r.close()
+
+
+def test_describe_states_what_the_plan_costs(datasets: dict[str, Path]) -> None:
+    """The plan's memory lives outside the budget, so describe() states it: within 30% of what
+    making and holding the plan takes (tracemalloc); whole units cost a fraction of that."""
+    import tracemalloc
+
+    stated = {}
+    for pieces in (None, 0):
+        ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 64,
+                                       piece_rows=pieces)
+        d = stated[pieces] = ds.describe()
+        tracemalloc.start()
+        try:
+            plan = ds.plan()
+            held, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert plan.pieces.n > 0
+        if pieces is None:  # thousands of pieces: the per-piece costs dominate the fixed ones
+            assert abs(d["plan_peak_bytes"] - peak) <= 0.3 * peak, (d["plan_peak_bytes"], peak)
+            assert abs(d["plan_bytes"] - held) <= 0.3 * held, (d["plan_bytes"], held)
+    assert stated[0]["plan_peak_bytes"] * 5 < stated[None]["plan_peak_bytes"]
