@@ -1,7 +1,7 @@
 """Window reads and buffer reuse: a window's rows read into one buffer per column, by pool tasks.
 
 A window's pieces (unit, rows) are read in buffer order, grouped into tasks of about
-``pool.TASK_BYTES``; ahead of them, a task hints the reads to a cold disk and one computes the
+``4 * pool.TASK_BYTES``; ahead of them, a task hints the reads to a cold disk and one computes the
 window's serving order.  Buffers are kept between epochs (a list the dataset holds), so the
 page faults of fresh memory are paid once.
 """
@@ -134,10 +134,13 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     # The window's row permutation (milliseconds for a large window) on a pool thread, ahead of its
     # reads, not on the consuming thread (docs/PERFORMANCE.md, Loader: task size).
     w.perm = workers.submit(1, plan.window_perm, (j,), f"while shuffling window {j}")
-    # Read tasks of about TASK_BYTES each: a task starts at the piece where the bytes before it
-    # pass the next multiple of TASK_BYTES (no loop over pieces on the consuming thread).
+    # Read tasks of about 4 x TASK_BYTES each: a task starts at the piece where the bytes before it
+    # pass the next multiple (no loop over pieces on the consuming thread).  Each task has a fixed
+    # cost per column; with small pieces 4 MiB tasks served img 1.35x as fast as 1 MiB ones
+    # (docs/PERFORMANCE.md, Loader: pieces).
+    step = 4 * pool.TASK_BYTES
     start_bytes = table[:, 3] * row_nbytes
-    firsts = np.unique(np.searchsorted(start_bytes, np.arange(0, int(start_bytes[-1]) + 1, pool.TASK_BYTES)))
+    firsts = np.unique(np.searchsorted(start_bytes, np.arange(0, int(start_bytes[-1]) + 1, step)))
     bounds = np.append(firsts, table.shape[0]).tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         w.reads.append(_submit_reads(workers, reader, table[a:b], None if keeps is None else keeps[a:b], bufs,
