@@ -83,6 +83,9 @@ class Pieces:
         return Pieces(self.unit[src], lo, hi, ptr, keep, self.pad[src])
 
     def take(self, idx: NDArray[np.int64]) -> "Pieces":
+        if self.keep.shape[0] == 0:  # all dense (every epoch but an elastic resume): copies only
+            return Pieces(self.unit[idx], self.lo[idx], self.hi[idx], np.zeros(idx.shape[0] + 1, _I64), self.keep,
+                          self.pad[idx])
         return self.sub(idx, np.zeros(idx.shape[0], _I64), self.lengths()[idx])
 
     def split_at(self, cuts: NDArray[np.int64]) -> tuple["Pieces", NDArray[np.int64]]:
@@ -98,6 +101,8 @@ class Pieces:
     def slice_rows(self, start: int, stop: int) -> "Pieces":
         """Stream positions ``start:stop``; positions past the end wrap around and are marked pad."""
         total = int(self.lengths().sum())
+        if start == 0 and stop == total:
+            return self  # the whole stream (one rank): no copy
         parts = []
         pos = start
         while pos < stop:

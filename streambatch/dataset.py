@@ -203,7 +203,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         sized from the budget), piece_bytes, window_pieces (pieces mixed per window),
         pieces_split_units (whether pieces are smaller than the stored units), plan_bytes and
         plan_peak_bytes (the epoch plan's memory, held and while it is made, per process, outside
-        the budget: about 34 and 166 bytes a piece), window_units
+        the budget: about 34 and 151 bytes a piece), window_units
         (mean shuffle units' worth of rows per window), read_ahead_windows,
         read_ahead_units, threads, budget_bytes, predicted_peak_bytes, predicted_deff,
         predicted_kl (label-sorted KL, SHUFFLE.md M2), label_icc (from the manifest when a

@@ -190,19 +190,24 @@ def _full_stream(unit_rows: NDArray[np.int64], seed: int, epoch: int, shuffle: b
     return pieces.take(np.random.default_rng((seed, epoch, _UNITS)).permutation(pieces.n).astype(_I64))
 
 
-def _coalesce(p: Pieces) -> Pieces:
-    """Merge neighbours that continue each other (same unit, dense, ``hi == next lo``): one read each."""
+def _coalesce(p: Pieces, win_seg: NDArray[np.int64]) -> tuple[Pieces, NDArray[np.int64]]:
+    """Merge neighbours within a window that continue each other (same unit, dense, ``hi == next
+    lo``): one read each.  Returns the merged pieces and the windows' new piece offsets."""
     if p.n < 2:
-        return p
+        return p, win_seg
     dense = ~p.sparse
     joins = (p.unit[1:] == p.unit[:-1]) & (p.hi[:-1] == p.lo[1:]) & dense[1:] & dense[:-1] & (p.pad[1:] == p.pad[:-1])
+    joins[win_seg[1:-1][(win_seg[1:-1] > 0) & (win_seg[1:-1] < p.n)] - 1] = False  # never across windows
     if not joins.any():
-        return p
-    starts = np.flatnonzero(np.concatenate([[True], ~joins]))
+        return p, win_seg
+    head = np.concatenate([[True], ~joins])
+    starts = np.flatnonzero(head)
     ends = np.concatenate([starts[1:], [p.n]]) - 1
     n_keep = np.diff(p.keep_ptr)
     ptr = np.concatenate([[0], np.cumsum(n_keep[starts])]).astype(_I64)  # merged pieces are dense: same keeps
-    return Pieces(p.unit[starts], p.lo[starts], p.hi[ends], ptr, p.keep, p.pad[starts])
+    merged = Pieces(p.unit[starts], p.lo[starts], p.hi[ends], ptr, p.keep, p.pad[starts])
+    new_seg = np.concatenate([[0], np.cumsum(head)])[win_seg].astype(_I64)  # heads before each boundary
+    return merged, new_seg
 
 
 def _check_layout(batch_size: int, rank: int, world_size: int, worker: int, num_workers: int) -> None:
@@ -233,11 +238,9 @@ def _plan_stream(stream: Pieces, *, seed: int, epoch: int, phase: int, batch_siz
     order = np.concatenate([a + np.lexsort((mine.lo[a:b], mine.unit[a:b]))
                             for a, b in zip(win_seg[:-1].tolist(), win_seg[1:].tolist())] or [np.zeros(0, _I64)])
     mine = mine.take(order.astype(_I64))
+    del order
     # Pieces of one unit that a window holds side by side are read as one.
-    parts = [_coalesce(mine.take(np.arange(a, b, dtype=_I64))) for a, b in zip(win_seg[:-1].tolist(),
-                                                                                   win_seg[1:].tolist())]
-    mine = Pieces.concat(parts)
-    win_seg = np.concatenate([[0], np.cumsum([c.n for c in parts])]).astype(_I64)
+    mine, win_seg = _coalesce(mine, win_seg)
     windows = np.arange(worker, win_start.size - 1, num_workers, dtype=_I64)
     return EpochPlan(seed, epoch, phase, rank, world_size, worker, num_workers, batch_size, drop_last, shuffle,
                      window_rows, rank_rows, mine, win_seg.astype(_I64), win_start, windows)

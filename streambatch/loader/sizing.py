@@ -43,10 +43,10 @@ LOCAL_THREADS = 2  # default reader threads per process for local files (see Siz
 # few percent: tests/test_pieces.py, benchmarks/bench_quality.py).  Smaller pieces cost more reads.
 TARGET_DEFF = 1.2
 # What an epoch's plan costs per piece, outside the budget (tracemalloc of plan_epoch on 4,033
-# units of 496 rows: 184,527 pieces held 6.1 MB and peaked at 30.5 MB while planned; 993,579
-# pieces 32.8 and 164.1 MB).  Each process (each DataLoader worker) plans its epoch.
+# units of 496 rows: 184,527 pieces held 6.1 MB and peaked at 27.8 MB while planned; 993,579
+# pieces 32.8 and 149.7 MB).  Each process (each DataLoader worker) plans its epoch.
 PLAN_BYTES_PER_PIECE = 34
-PLAN_PEAK_BYTES_PER_PIECE = 166
+PLAN_PEAK_BYTES_PER_PIECE = 151
 
 
 @dataclass(frozen=True)
