@@ -246,11 +246,12 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return self._serve(run)
 
     def _serve(self, run: Run) -> Iterator[dict[str, torch.Tensor]]:
-        lay = self._sizing().layout(run.num_workers)
+        sizing = self._sizing()
+        lay = sizing.layout(run.num_workers)
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
                          history=run.history, piece_rows=run.piece_rows)
         reader = open_reader(self.manifest, verify=self.verify, remote=self._remote_files())
-        if not FORMATS[self.manifest.storage].partial_reads(self.manifest, [c.name for c in self.columns]):
+        if not sizing.partial:
             reader = WholeUnits(reader, keep=2 * lay.threads)  # a unit cut by a window: decoded once
         elif self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
             reader = VerifyOnce(reader, open_reader(self.manifest, verify=False, remote=self._remote_files()))

@@ -211,7 +211,7 @@ class ByteRanges:
             return
         ends = starts + sizes
         first, last = _spans(fis, starts, ends, gap)
-        span_end = np.maximum.reduceat(ends, first) if first.size else first
+        span_end = np.maximum.reduceat(ends, first)
         flat = memoryview(dst)
         fds, fi_l, start_l, size_l, at_l = self._fds, fis.tolist(), starts.tolist(), sizes.tolist(), at.tolist()
         for a, b, e in zip(first.tolist(), last.tolist(), span_end.tolist()):

@@ -26,14 +26,64 @@ def _advise(reader: Any, pieces: list[Any], names: list[str]) -> None:
         advise(pieces, names)
 
 
-class _Check:
-    """One unit's checksum check in an epoch: done once the claiming thread has finished it."""
+class _Claim:
+    """One unit's read (a check, a decode) in an epoch, made by the thread that claimed the unit."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.value: Any = None
+
+    def settle(self, read: Any) -> Any:
+        """Run ``read()`` as the claiming thread: its value or error is what the waiters get."""
+        try:
+            self.value = read()
+            return self.value
+        except BaseException as e:
+            self.error = e
+            raise
+        finally:
+            self.done.set()
+
+    def wait(self) -> Any:
+        """The claiming thread's value once it has one; a copy of its error if it failed."""
+        self.done.wait()
+        if self.error is not None:
+            raise type(self.error)(str(self.error))
+        return self.value
+
+
+class _Claims:
+    """Units claimed by the first thread that asks for each; the others get the same claim to wait
+    on.  ``keep``: remember at most that many (the least recently asked for are forgotten)."""
+
+    def __init__(self, keep: int | None = None) -> None:
+        self._claims: OrderedDict[int, _Claim] = OrderedDict()
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def claim(self, unit: int) -> tuple[_Claim, bool]:
+        """The unit's claim, and whether this thread made it (and must ``settle`` it)."""
+        with self._lock:
+            claim = self._claims.get(unit)
+            if claim is not None:
+                if self._keep is not None:
+                    self._claims.move_to_end(unit)
+                return claim, False
+            claim = self._claims[unit] = _Claim()
+            while self._keep is not None and len(self._claims) > self._keep:
+                self._claims.popitem(last=False)
+            return claim, True
+
+    def passed(self, unit: int) -> bool:
+        """Whether the unit's read is done and did not fail."""
+        claim = self._claims.get(unit)
+        return claim is not None and claim.done.is_set() and claim.error is None
+
+    def clear(self) -> None:
+        self._claims.clear()
 
 
 class VerifyOnce:
@@ -50,8 +100,7 @@ class VerifyOnce:
     def __init__(self, checked: Any, plain: Any) -> None:
         self.manifest = checked.manifest
         self._checked, self._plain = checked, plain
-        self._checks: dict[int, _Check] = {}
-        self._lock = threading.Lock()
+        self._checks = _Claims()
         self._local = threading.local()
 
     def _scratch(self, rows: int, out: Bufs) -> Bufs:
@@ -63,10 +112,6 @@ class VerifyOnce:
                                        for k, v in out.items()}
         return {k: v[:rows] for k, v in have.items()}
 
-    def _passed(self, unit: int) -> bool:
-        c = self._checks.get(unit)
-        return c is not None and c.done.is_set() and c.error is None
-
     def read_pieces(self, pieces: Table, bufs: Bufs, where: Any) -> bool:
         """Many pieces: those of units that passed their check this epoch in one ``plain.read_pieces``."""
         fast = getattr(self._plain, "read_pieces", None)
@@ -74,7 +119,7 @@ class VerifyOnce:
             return False
         later = []
         for u, lo, hi, at in pieces.tolist():
-            if self._passed(u):
+            if self._checks.passed(u):
                 later.append((u, lo, hi, at))
                 continue
             where(u, lo, hi)  # named while it runs: a check that hangs names its unit
@@ -86,32 +131,23 @@ class VerifyOnce:
         return True
 
     def read_into(self, unit: int, lo: int, hi: int, out: Bufs) -> None:
-        with self._lock:
-            check = self._checks.get(unit)
-            mine = check is None
-            if mine:
-                check = self._checks[unit] = _Check()
-        assert check is not None
-        if not mine:  # another thread checks this unit: wait for its verdict
-            check.done.wait()
-            if check.error is not None:
-                raise type(check.error)(str(check.error))
+        check, mine = self._checks.claim(unit)
+        if mine:
+            check.settle(lambda: self._read_checked(unit, lo, hi, out))
+        else:  # another thread checks this unit: wait for its verdict
+            check.wait()
             self._plain.read_into(unit, lo, hi, out)
+
+    def _read_checked(self, unit: int, lo: int, hi: int, out: Bufs) -> None:
+        """Rows ``lo:hi`` of ``unit``, from a read of all of it that checks its checksums."""
+        rows = int(self.manifest.unit_rows[unit])
+        if lo == 0 and hi == rows:
+            self._checked.read_into(unit, lo, hi, out)
             return
-        try:
-            rows = int(self.manifest.unit_rows[unit])
-            if lo == 0 and hi == rows:
-                self._checked.read_into(unit, lo, hi, out)
-            else:
-                tmp = self._scratch(rows, out)
-                self._checked.read_into(unit, 0, rows, tmp)
-                for name, dst in out.items():
-                    dst[...] = tmp[name][lo:hi]
-        except BaseException as e:
-            check.error = e
-            raise
-        finally:
-            check.done.set()
+        tmp = self._scratch(rows, out)
+        self._checked.read_into(unit, 0, rows, tmp)
+        for name, dst in out.items():
+            dst[...] = tmp[name][lo:hi]
 
     def advise(self, pieces: list[Any], names: list[str]) -> None:
         _advise(self._plain, pieces, names)
@@ -132,46 +168,25 @@ class WholeUnits:
     def __init__(self, reader: Any, keep: int) -> None:
         self.manifest = reader.manifest
         self._reader = reader
-        self._keep = max(1, keep)
-        self._units: OrderedDict[int, tuple[threading.Event, list[Any]]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._units = _Claims(keep=max(1, keep))
 
     def read_into(self, unit: int, lo: int, hi: int, out: Bufs) -> None:
         rows = int(self.manifest.unit_rows[unit])
         if lo == 0 and hi == rows:
             self._reader.read_into(unit, lo, hi, out)
             return
-        with self._lock:
-            entry = self._units.get(unit)
-            mine = entry is None
-            if mine:
-                entry = self._units[unit] = (threading.Event(), [None, None])  # [buffers, error]
-                while len(self._units) > self._keep:
-                    self._units.popitem(last=False)
-            else:
-                self._units.move_to_end(unit)
-        assert entry is not None
-        done, slot = entry
-        if mine:
-            try:
-                bufs = {n: np.empty((rows, *d.shape[1:]), d.dtype) for n, d in out.items()}
-                self._reader.read_into(unit, 0, rows, bufs)
-                slot[0] = bufs
-            except BaseException as e:
-                slot[1] = e
-                raise
-            finally:
-                done.set()
-        else:
-            done.wait()
-            if slot[1] is not None:
-                raise type(slot[1])(str(slot[1]))
-        bufs = slot[0]
-        if bufs is None or not all(n in bufs for n in out):  # another column set: read it alone
+        claim, mine = self._units.claim(unit)
+        bufs = claim.settle(lambda: self._read_whole(unit, rows, out)) if mine else claim.wait()
+        if not all(n in bufs for n in out):  # another column set: read it alone
             self._reader.read_into(unit, lo, hi, out)
             return
         for name, dst in out.items():
             dst[...] = bufs[name][lo:hi]
+
+    def _read_whole(self, unit: int, rows: int, out: Bufs) -> Bufs:
+        bufs = {n: np.empty((rows, *d.shape[1:]), d.dtype) for n, d in out.items()}
+        self._reader.read_into(unit, 0, rows, bufs)
+        return bufs
 
     def advise(self, pieces: list[Any], names: list[str]) -> None:
         _advise(self._reader, pieces, names)

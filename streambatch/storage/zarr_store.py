@@ -198,8 +198,8 @@ class Reader:
 
     def read_pieces(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> bool:
         """Rows ``lo:hi`` of many units (rows ``(unit, lo, hi, buffer row)``, in storage order) into
-        the window buffers ``bufs`` at their buffer rows, unchecked: the loader's small shuffle pieces, read as byte
-        ranges (``ByteRanges.read_ranges``: near ones as one span).  False (nothing read) where
+        the window buffers ``bufs`` at their buffer rows, unchecked: the loader's small shuffle
+        pieces, read as byte ranges (``ByteRanges.read_ranges``: near ones as one span).  False (nothing read) where
         that path does not apply (compressed, verify, remote, buffers not contiguous);
         ``where(unit, lo, hi)`` is called with the piece whose read fails, before it raises."""
         if self.verify or self._remote is not None or any(
