@@ -11,6 +11,7 @@ import numpy as np
 
 from ._fields import need
 from .errors import ManifestError
+from .ragged import RAGGED_KINDS
 
 __all__ = ["Column", "SUPPORTED_DTYPES", "MAX_ROW_BYTES", "parse_column"]
 
@@ -24,8 +25,10 @@ SUPPORTED_DTYPES = frozenset(
 class Column:
     """One column: a numpy dtype name and the fixed shape of one row's value (``()`` for scalars).
 
-    ``kind`` is ``"fixed"`` for every column today; variable-length kinds (token lists,
-    strings, encoded images) will add other values without changing existing manifests.
+    ``kind`` is ``"fixed"`` (every row ``shape``), or a variable-length kind (``ragged.RAGGED_KINDS``):
+    ``"list"`` (each row a sequence of numbers of ``dtype``, each of ``shape``: token ids),
+    ``"bytes"`` (uint8: encoded images) or ``"string"`` (uint8, UTF-8).  A ragged column has no
+    ``row_nbytes``; its bytes per unit are in the manifest.
     ``meta`` (absent for plain numbers) says what the stored integers mean:
     ``{"type": "category", "categories": [...], "ordered": bool}`` (codes into ``categories``),
     ``{"type": "timestamp", "unit": "us", "timezone": "UTC"}`` (``timezone`` optional) or
@@ -43,12 +46,26 @@ class Column:
         return np.dtype(self.dtype)
 
     @property
+    def ragged(self) -> bool:
+        """Whether rows vary in length (``kind`` is list, bytes or string)."""
+        return self.kind in RAGGED_KINDS
+
+    @property
     def row_items(self) -> int:
+        """The values in one row (of one element, for a ragged column)."""
         return int(math.prod(self.shape))
 
     @property
-    def row_nbytes(self) -> int:
+    def item_nbytes(self) -> int:
+        """The bytes of one row (of one element, for a ragged column)."""
         return self.row_items * self.np_dtype.itemsize
+
+    @property
+    def row_nbytes(self) -> int:
+        """The bytes of one row; ``TypeError`` for a ragged column (its rows vary)."""
+        if self.ragged:
+            raise TypeError(f"column {self.name!r} is {self.kind}: its rows have no fixed size")
+        return self.item_nbytes
 
     def to_json(self) -> dict[str, Any]:
         out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "kind": self.kind}
@@ -106,8 +123,10 @@ def parse_column(c: Any, cw: str, seen: set[str]) -> Column:
         raise ManifestError(f"{cw} ({name}): bad shape {shape_doc!r}")
     col = Column(name, dtype, tuple(shape_doc), str(c.get("kind", "fixed")),
                  _check_meta(c.get("meta"), dtype, tuple(shape_doc), f"{cw} ({name})"))
-    if col.kind != "fixed":
+    if col.kind != "fixed" and col.kind not in RAGGED_KINDS:
         raise ManifestError(f"{cw} ({name}): column kind {col.kind!r} is not supported by this version")
-    if col.row_nbytes > MAX_ROW_BYTES:
+    if col.kind in ("bytes", "string") and (dtype != "uint8" or col.shape):
+        raise ManifestError(f"{cw} ({name}): a {col.kind} column is stored as uint8 without a shape")
+    if col.item_nbytes > MAX_ROW_BYTES:
         raise ManifestError(f"{cw} ({name}): {col.row_nbytes} bytes per row is absurd")
     return col
