@@ -29,7 +29,8 @@ from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.prefetch import Prefetcher
-from .loader.tensors import make_batch, make_shared_batch
+from .loader.rows import ragged_slack
+from .loader.tensors import COLLATES, RaggedOutput, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
@@ -42,6 +43,29 @@ from .storage import FORMATS, load_manifest, open_reader
 __all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
 
 INDEX_KEY = "_row"
+
+
+def _check_collate(columns: tuple[Column, ...], collate: Mapping[str, str] | None) -> dict[str, str]:
+    """``collate`` checked: each key a ragged column of numbers, each value one of ``COLLATES``."""
+    out = dict(collate or {})
+    kinds = {c.name: c.kind for c in columns}
+    for name, how in out.items():
+        if kinds.get(name) != "list":
+            raise ValueError(f"collate: {name!r} is not a selected column of varying-length numbers "
+                             f"(those are {[n for n, k in kinds.items() if k == 'list']})")
+        if how not in COLLATES:
+            raise ValueError(f"collate[{name!r}] must be one of {', '.join(COLLATES)}, got {how!r}")
+    return out
+
+
+def _check_rows_fit(m: Manifest, columns: tuple[Column, ...], budget: int) -> None:
+    """``ValueError`` naming the row, before anything is read, where one row of a ragged column
+    is larger than the memory budget."""
+    for c in columns:
+        st = m.stats.get(c.name) if c.ragged else None
+        if st and st["max_row_nbytes"] > budget:
+            raise ValueError(f"{m.root}: row {st['max_row']} of column {c.name!r} holds {st['max_row_nbytes']} "
+                             f"bytes, more than the memory budget of {budget} bytes: give a larger memory_budget")
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -107,7 +131,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  rank: int | None = None, world_size: int | None = None,
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
                  timeout: float | None = None, remote: RemoteOptions | None = None,
-                 piece_rows: int | None = None) -> None:
+                 piece_rows: int | None = None, collate: Mapping[str, str] | None = None) -> None:
         super().__init__()
         if remote is not None and not isinstance(remote, RemoteOptions):
             raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
@@ -136,7 +160,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         if piece_rows is not None and piece_rows < 0:
             raise ValueError(f"piece_rows must be >= 0 (0: whole units), got {piece_rows}")
         self.piece_rows = piece_rows
+        if piece_rows and any(c.ragged for c in self.columns):
+            raise ValueError(f"{self.manifest.root}: piece_rows: variable-length columns are read in whole units")
         self.normalize = normalizers(self.manifest, self.columns, normalize, self._remote_files)
+        self.collate = _check_collate(self.columns, collate)
+        _check_rows_fit(self.manifest, self.columns, self.memory_budget)
         self.epoch = 0
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
         self._run: Run | None = None  # this process's current (or last) iteration of the epoch
@@ -157,7 +185,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         partial = FORMATS[m.storage].partial_reads(m, [c.name for c in self.columns])
         return Sizing(self.memory_budget, self.batch_size, self.row_nbytes, m.rows, self.world_size,
                       self.drop_last, self.threads, self.remote is not None, m.root, int(m.unit_rows.max()),
-                      m.n_units, partial, label_icc_of(m), self.piece_rows if self.shuffle else 0)
+                      m.n_units, partial, label_icc_of(m),
+                      self.piece_rows if self.shuffle and not any(c.ragged for c in self.columns) else 0,
+                      ragged_slack(m, self.columns))
 
     def _remote_files(self) -> RemoteFiles | None:
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""
@@ -251,9 +281,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
                          history=run.history, piece_rows=run.piece_rows)
         reader = open_reader(self.manifest, verify=self.verify, remote=self._remote_files())
-        if not sizing.partial:
+        ragged = {c.name: c.kind for c in self.columns if c.ragged}
+        # with ragged columns, each piece's unit is decoded whole by read_rows (rows.py) and checked as read
+        if not ragged and not sizing.partial:
             reader = WholeUnits(reader, keep=2 * lay.threads)  # a unit cut by a window: decoded once
-        elif self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
+        elif not ragged and self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
             reader = VerifyOnce(reader, open_reader(self.manifest, verify=False, remote=self._remote_files()))
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
@@ -261,7 +293,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
             make_batch=make_shared_batch if get_worker_info() is not None else make_batch,
             transform=self.transform, timeout=self.timeout,
-            name=f"r{self.rank}w{run.worker}", buffers=self._buffers)
+            name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
+            finish_ragged=RaggedOutput(ragged, self.collate) if ragged else None)
         try:
             for batch in pf:
                 run.consumed += 1  # counted as delivered once handed out

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._feature_stats import check_stats_files, read_stats_file
+from ._ragged_stats import check_ragged_stats, ragged_sizes
 from ._fields import int_array, is_number, need, optional, safe_relpath
 from .errors import DataError, ManifestError
 from .io.checksum import checksum_fn
@@ -82,7 +83,7 @@ class Manifest:
 
     @property
     def row_nbytes(self) -> int:
-        """Decoded bytes of one row over all columns."""
+        """Decoded bytes of one row over all columns (ragged ones: of the largest mean row of a unit)."""
         return sum(c.row_nbytes for c in self.columns)
 
     def column(self, name: str) -> Column:
@@ -324,6 +325,8 @@ def _parse(root: Path, doc: Any, where: str, check_layout: LayoutCheck, checksum
     expect = np.concatenate([[0], np.cumsum(urows)[:-1]])
     if not np.array_equal(start, expect) or int(urows.sum()) != rows:
         raise ManifestError(f"{where}: units do not tile rows 0..{rows} contiguously")
+    layout = need(doc, "layout", dict, where)
+    columns, ragged_nbytes = ragged_sizes(columns, layout, urows, where, _MAX_UNIT_BYTES)
     row_nbytes = sum(c.row_nbytes for c in columns)
     if int(urows.max()) * row_nbytes > _MAX_UNIT_BYTES:
         raise ManifestError(f"{where}: a unit of {int(urows.max())} rows x {row_nbytes} bytes is larger than "
@@ -332,8 +335,9 @@ def _parse(root: Path, doc: Any, where: str, check_layout: LayoutCheck, checksum
     label = doc.get("label")
     if label is not None and (not isinstance(label, str) or label not in seen):
         raise ManifestError(f"{where}: label column {label!r} is not a column")
-    layout = need(doc, "layout", dict, where)
     checked = check_layout(storage, layout, n, len(files), tuple(columns), codec, where, unit_rows=urows)
+    if ragged_nbytes:
+        checked["ragged_nbytes"] = ragged_nbytes
     by_name = {c.name: c for c in columns}
     stats = _check_stats(doc.get("stats", {}), by_name, where)
     stats_files = check_stats_files(doc.get("stats_files", {}), by_name, stats, where)
@@ -359,6 +363,9 @@ def _check_stats(stats: Any, columns: dict[str, Column], where: str) -> dict[str
             raise ManifestError(f"{sw}: no such column")
         if not isinstance(st, dict):
             raise ManifestError(f"{sw}: must be an object")
+        if col.ragged:
+            check_ragged_stats(st, sw)
+            continue
         missing = [k for k in ("count", "mean", "std", "min", "max") if k not in st]
         if missing:
             raise ManifestError(f"{sw}: missing {', '.join(map(repr, missing))}")

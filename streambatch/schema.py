@@ -40,6 +40,10 @@ class Column:
     shape: tuple[int, ...] = ()
     kind: str = "fixed"
     meta: dict[str, Any] | None = field(default=None, hash=False)
+    nbytes_hint: int = field(default=0, compare=False, hash=False)
+    """Ragged columns: the bytes a row is sized by (values and its offset), set from the data
+    (by the converter from what it reads, by the manifest from the largest mean of a unit);
+    not stored.  0: unknown."""
 
     @property
     def np_dtype(self) -> np.dtype[Any]:
@@ -62,9 +66,12 @@ class Column:
 
     @property
     def row_nbytes(self) -> int:
-        """The bytes of one row; ``TypeError`` for a ragged column (its rows vary)."""
+        """The bytes of one row; for a ragged column the bytes it is sized by (``nbytes_hint``),
+        ``TypeError`` where that is unknown."""
         if self.ragged:
-            raise TypeError(f"column {self.name!r} is {self.kind}: its rows have no fixed size")
+            if self.nbytes_hint <= 0:
+                raise TypeError(f"column {self.name!r} is {self.kind}: its rows have no fixed size")
+            return self.nbytes_hint
         return self.item_nbytes
 
     def to_json(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "_version", "_sizes", "_progress", "ragged", "_pieces", "plan", "_quality_args", "_prediction", "quality"),
     ("_fields", "schema"),
     ("io", "io.checksum", "io.files", "io.remote"),
-    ("stats", "_feature_stats", "manifest"),
+    ("stats", "_ragged_stats", "_feature_stats", "manifest"),
     ("storage",),  # the package and every module in it
     ("sources", "_target", "convert", "loader"),  # sources/, convert/ and loader/: packages
     ("dataset",),

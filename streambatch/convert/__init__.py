@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,12 +42,15 @@ from .plan import DEFAULT_CODEC, DEFAULT_MEMORY, DEFAULT_SHARD_BYTES, DEFAULT_UN
 from .sequential import write_sequential
 from .temp import clean_stale_temp, writing
 
+RAGGED_FORMAT = "parquet"
+"""The storage format of datasets with variable-length columns (the only one that holds them yet)."""
+
 __all__ = ["convert", "clean_stale_temp", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC",
            "DEFAULT_MEMORY"]
 
 
 # long: the docstring documents every argument; the body is short
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str = DEFAULT_FORMAT, *,
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: str | None = None, *,
             columns: list[str] | None = None, label: str | None = None, unit_rows: int | None = None,
             unit_bytes: int | str | None = None, shard_bytes: int | str = DEFAULT_SHARD_BYTES,
             codec: str = DEFAULT_CODEC, shuffle: int | None = None, memory: int | str = DEFAULT_MEMORY,
@@ -62,6 +66,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         dst: the dataset folder to create.
         format: a name in ``streambatch.storage.FORMATS``: ``"zarr"`` (sharded Zarr v3, the default),
             ``"parquet"`` or ``"arrow"`` (uncompressed Arrow IPC files, codec ``"none"`` only).
+            Variable-length columns (token lists, strings, bytes) are stored in Parquet, the
+            default for an input that has them.
         columns: the columns to keep (all by default).
         label: an integer column to histogram; its intra-unit correlation predicts shuffle quality.
         unit_rows / unit_bytes: the shuffle unit size (rows, or decoded bytes; default 256 KiB).
@@ -116,13 +122,16 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         from .remote import convert_remote  # here: a local conversion's start does without it (and tempfile)
 
         return convert_remote(src, dst, format, overwrite, opts, convert)
-    check_codec(format, codec)  # ValueError for an unknown format too
+    check_codec(format or DEFAULT_FORMAT, codec)  # ValueError for an unknown format too
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     memory_b = parse_size(memory, "memory")
     shard_b = parse_size(shard_bytes, "shard bytes")
     source, cols = _open(src, columns, label, source_format, fill, drop_nulls, delimiter)
     with source:
+        format = _format_for(source, cols, format)
+        check_codec(format, codec)
+        cols = size_ragged(source, cols)
         plan = make_plan(source, cols, format, codec, unit_rows, unit_bytes, shard_b, memory_b, threads)
         if dry_run:
             return plan.to_json(source, cols)
@@ -143,6 +152,30 @@ def _open(src: str | os.PathLike[str], columns: list[str] | None, label: str | N
         source.close()
         raise InputError(f"{source.path}: label column {label!r} is not among the columns {list(names)}")
     return source, tuple(by_name[n] for n in names)
+
+
+def _format_for(source: Source, cols: tuple[Column, ...], format: str | None) -> str:
+    """The storage format: ``format``, or by default Zarr, Parquet for variable-length columns.
+    ``ValueError`` naming the column where a ragged one goes to a format that cannot store it."""
+    ragged = [c for c in cols if c.ragged]
+    if format is None:
+        return RAGGED_FORMAT if ragged else DEFAULT_FORMAT
+    if ragged and format != RAGGED_FORMAT:
+        raise ValueError(f"{source.path}: column {ragged[0].name!r} holds rows of varying length ({ragged[0].kind}), "
+                         f"which {format} storage does not hold yet; convert with --format {RAGGED_FORMAT}")
+    return format
+
+
+def size_ragged(source: Source, cols: tuple[Column, ...], sample: int = 4096) -> tuple[Column, ...]:
+    """``cols``, each ragged one sized (``Column.nbytes_hint``) by the mean bytes of the first
+    ``sample`` rows' values plus an 8-byte offset: what units and files are sized by."""
+    names = tuple(c.name for c in cols if c.ragged)
+    if not names:
+        return cols
+    piece = next(source.pieces(sample, names, 0, sample))
+    hints = {n: -(-int(piece[n].lengths.sum()) * c.item_nbytes // max(1, len(piece[n]))) + 8
+             for n, c in ((c.name, c) for c in cols if c.ragged)}
+    return tuple(replace(c, nbytes_hint=hints[c.name]) if c.ragged else c for c in cols)
 
 
 def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: Source, cols: tuple[Column, ...],

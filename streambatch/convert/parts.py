@@ -19,6 +19,8 @@ import numpy as np
 
 from ..schema import Column
 from ..sources import Source, SourceSpec, open_source
+from .._ragged_stats import RaggedStats
+from ..ragged import Ragged
 from ..stats import ColumnStats, LabelStats, shift_of
 from ..storage import combine, open_writer
 from .temp import writing
@@ -83,7 +85,7 @@ class PartWriter:
                  progress: Callable[[int], None] | None = None) -> None:
         self.opts, self.target, self.progress = opts, target, progress
         shifts = opts.shifts or {}
-        self.stats = {c.name: ColumnStats(c, opts.stage_bytes, shifts.get(c.name)) for c in opts.columns}
+        self.stats = {c.name: column_stats(c, opts.stage_bytes, shifts.get(c.name)) for c in opts.columns}
         label = opts.label_column
         self.labels = LabelStats(label) if label is not None else None
         self.rows = 0
@@ -179,7 +181,20 @@ def plan_parts(rows: int, unit_rows: int, per_file: int) -> list[Part]:
 def first_row_shifts(source: Source, cols: tuple[Column, ...]) -> dict[str, np.ndarray]:
     """Every column's statistics shift: its first row (``shift_of``)."""
     first = next(source.pieces(1, tuple(c.name for c in cols), 0, 1))
-    return {c.name: shift_of(first[c.name][0]) for c in cols}
+    return {c.name: shift_of(first[c.name][0]) for c in cols if not c.ragged}
+
+
+def column_stats(c: Column, stage_bytes: int | None = None, shift: np.ndarray | None = None) -> Any:
+    """The statistics kept of column ``c``: ``ColumnStats``, or ``RaggedStats`` (row lengths) for
+    a ragged column."""
+    if c.ragged:
+        return RaggedStats(c)
+    return ColumnStats(c, shift=shift) if stage_bytes is None else ColumnStats(c, stage_bytes, shift)
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Rows of the same column one after another (arrays, or ``Ragged``)."""
+    return Ragged.concat(parts) if isinstance(parts[0], Ragged) else np.concatenate(parts)
 
 
 class Summary:
@@ -189,7 +204,7 @@ class Summary:
     def __init__(self, opts: PartOptions) -> None:
         shifts = opts.shifts or {}
         self.fmt = opts.fmt
-        self.stats = {c.name: ColumnStats(c, shift=shifts.get(c.name)) for c in opts.columns}
+        self.stats = {c.name: column_stats(c, shift=shifts.get(c.name)) for c in opts.columns}
         self.labels: LabelStats | None = None
         self.written: list[Any] = []
         self.rows = 0
@@ -226,7 +241,7 @@ def stage_units(pieces: Iterator[dict[str, np.ndarray]], unit_rows: int,
             have += take
             lo = take
             if have == unit_rows:
-                yield {k: np.concatenate([p[k] for p in pending]) for k in piece}
+                yield {k: _concat([p[k] for p in pending]) for k in piece}
                 pending, have = [], 0
         while n - lo >= unit_rows:
             take = (n - lo) // unit_rows * unit_rows if runs else unit_rows
@@ -237,4 +252,4 @@ def stage_units(pieces: Iterator[dict[str, np.ndarray]], unit_rows: int,
             have += n - lo
     if have:
         keys = pending[0].keys()
-        yield {k: np.concatenate([p[k] for p in pending]) for k in keys}
+        yield {k: _concat([p[k] for p in pending]) for k in keys}

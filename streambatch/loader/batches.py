@@ -15,7 +15,9 @@ from numpy.typing import NDArray
 
 from ..errors import ManifestError
 from ..manifest import Manifest
+from ..ragged import Ragged
 from ..schema import Column
+from .rows import RaggedBuf, gather_ragged
 
 __all__ = ["Normalizers", "gather_batches", "normalizers"]
 
@@ -43,12 +45,15 @@ def _layout(buffers: dict[str, np.ndarray], rows: int, normalize: Normalizers, i
 def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
                    row_ids: NDArray[np.int64] | None, index_key: str | None, normalize: Normalizers,
                    make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None,
-                   transform: Callable[[Any], Any] | None) -> list[Any]:
+                   transform: Callable[[Any], Any] | None, ragged: dict[str, RaggedBuf] | None = None,
+                   finish_ragged: Callable[[dict[str, Ragged]], dict[str, Any]] | None = None) -> list[Any]:
     """Assemble a group of batches (one task for several batches keeps thread hand-offs rare).
 
     A batch's columns are gathered into one buffer (one allocation; in a DataLoader worker, one
     shared-memory block crosses to the main process instead of one per column), and
     ``make_batch(buffer, columns)`` turns it into what is served (tensors); None: the numpy views.
+    Ragged columns (``ragged``: their window buffers) are gathered each into a ``Ragged``, which
+    ``finish_ragged`` turns into what is served (nested or padded tensors, strings, decoded images).
     """
     out_list = []
     key = index_key if row_ids is not None else None
@@ -76,6 +81,9 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
                 np.take(buffers[name], idx, axis=0, out=view, mode="clip")
             out[name] = view
         batch = make_batch(flat, out) if make_batch is not None else out
+        if ragged:
+            rows_r = gather_ragged(ragged, idx)
+            batch.update(finish_ragged(rows_r) if finish_ragged is not None else rows_r)
         if transform is not None:
             batch = transform(batch)
         out_list.append(batch)
@@ -95,10 +103,13 @@ def normalizers(manifest: Manifest, columns: tuple[Column, ...], normalize: bool
     """
     if normalize is False:
         return {}
-    names = [c.name for c in columns if c.np_dtype.kind == "f"] if normalize is True else list(normalize)
+    names = [c.name for c in columns if c.np_dtype.kind == "f" and not c.ragged] if normalize is True \
+        else list(normalize)
     out = {}
     for name in names:
-        manifest.column(name)
+        if manifest.column(name).ragged:
+            raise ValueError(f"{manifest.root}: column {name!r} varies in length; only fixed-size columns are "
+                             "normalised")
         wide = name in manifest.stats_files  # its statistics are in a file: read it now
         if not wide and not manifest.stats.get(name):
             raise ManifestError(f"{manifest.root}: no statistics for column {name!r} to normalise with")

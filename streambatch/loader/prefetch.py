@@ -31,6 +31,7 @@ from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
 from .pool import POLL, Pool, Task
+from .rows import batch_values_nbytes, ragged_slack
 from .windows import Buffers, Window, start_window
 
 __all__ = ["Prefetcher"]
@@ -79,11 +80,16 @@ class Prefetcher:
                  index_key: str | None = None, normalize: Normalizers | None = None,
                  make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
-                 name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None) -> None:
+                 name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None,
+                 finish_ragged: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
         self.unit_start = unit_start
+        self.ragged = tuple(c for c in columns if c.ragged)
+        self.finish_ragged = finish_ragged
         self.row_nbytes = sum(c.row_nbytes for c in columns)
-        self.window_nbytes = plan.window_rows * self.row_nbytes
+        # ragged columns: a window may also hold the unused part of the two units it cuts (rows.py)
+        self.window_nbytes = plan.window_rows * self.row_nbytes + (ragged_slack(reader.manifest, columns)
+                                                                   if self.ragged else 0)
         self.batch_nbytes = plan.batch_size * self.row_nbytes
         self.budget_bytes = budget_bytes
         self.batches_ahead = max(1, batches_ahead)
@@ -99,7 +105,7 @@ class Prefetcher:
         self.make_batch, self.transform, self.timeout = make_batch, transform, timeout
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
-        self._buffers = Buffers(columns, plan.window_rows, buffers)
+        self._buffers = Buffers(tuple(c for c in columns if not c.ragged), plan.window_rows, buffers)
         self._pool = Pool(max(1, threads), name)
         self._closed = False
         self._stuck = False  # a wait timed out: a pool thread may be stuck in a read
@@ -116,9 +122,13 @@ class Prefetcher:
 
     def _start_window(self, j: int) -> Window:
         bufs, fresh = self._buffers.take()
-        self._acquire(self.window_nbytes)
         ids = self.unit_start if self.index_key is not None else None
-        return start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.row_nbytes, ids)
+        if not self.ragged:
+            self._acquire(self.window_nbytes)
+        w = start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.row_nbytes, ids, self.ragged)
+        if self.ragged:  # the bytes of its buffers, at most window_nbytes
+            self._acquire(w.nbytes)
+        return w
 
     def _wait(self, task: Task) -> Any:
         t0 = time.monotonic()
@@ -155,7 +165,8 @@ class Prefetcher:
                 self._finish_window(held.popleft())
                 continue
             cur = next((w for w in held if w.next_b < w.n_batches), None)
-            if cur is not None and in_flight + self.group <= self.batches_ahead and (not pending or cur.ready()):
+            if cur is not None and in_flight + self.group <= self.batches_ahead and (not pending or cur.ready()) \
+                    and (not self.ragged or self._fits_next(cur, bool(pending))):
                 pending.append(self._submit_batches(cur))
                 in_flight += pending[-1][3]
                 continue
@@ -179,14 +190,38 @@ class Prefetcher:
         perm = self._wait(cur.perm)
         bs = self.plan.batch_size
         idx_list = [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]
-        nbytes = sum(len(i) for i in idx_list) * self.row_nbytes
+        nbytes = self._batches_nbytes(cur, idx_list)
         self._acquire(nbytes)
         task = self._pool.submit(0, gather_batches, (
             cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.make_batch,
-            self.transform), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
+            self.transform, cur.ragged, self.finish_ragged), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
         cur.next_b = b1
         cur.in_flight += 1
         return task, cur, nbytes, b1 - b0
+
+    def _batches_nbytes(self, cur: Window, idx_list: list[NDArray[np.int64]]) -> int:
+        """Bytes of the batches at ``idx_list``: rows times the row bytes; ragged columns' exact bytes."""
+        if not self.ragged:
+            return sum(len(i) for i in idx_list) * self.row_nbytes
+        fixed = sum(b[:1].nbytes for b in cur.buffers.values())
+        return sum(len(i) * fixed + batch_values_nbytes(cur.ragged, i) for i in idx_list)
+
+    def _fits_next(self, cur: Window, waiting: bool) -> bool:
+        """Ragged columns: whether the next group of ``cur``'s batches fits the budget now (else,
+        with batches ``waiting``, wait for them).  ``ValueError`` for a batch that never fits."""
+        while not cur.ready():
+            self._wait(cur.reads[cur.reads_done])
+        assert cur.perm is not None
+        perm, bs = self._wait(cur.perm), self.plan.batch_size
+        b0 = cur.next_b
+        b1 = min(cur.n_batches, b0 + self.group)
+        need = self._batches_nbytes(cur, [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)])
+        if self.accounted_bytes + need <= self.budget_bytes or waiting:
+            return self.accounted_bytes + need <= self.budget_bytes
+        raise ValueError(f"{self.reader.manifest.root}: batches {b0}..{b1 - 1} of window {cur.j} hold "
+                         f"{need} bytes, more than the memory budget leaves beside the windows "
+                         f"({self.budget_bytes - self.accounted_bytes} of {self.budget_bytes} bytes): "
+                         "give a larger memory_budget or a smaller batch_size")
 
     def _finish_window(self, w: Window) -> None:
         if w.touch is not None:  # before the buffer is reused for another window's reads

@@ -78,6 +78,7 @@ class Sizing:
     partial: bool = False  # the storage reads rows of a unit alone (StorageFormat.partial_reads)
     icc: float = 1.0  # label correlation within units (the manifest's; 1, the worst case, when unknown)
     piece_rows_asked: int | None = None  # the caller's piece size; None: from the budget
+    window_slack: int = 0  # bytes a window may hold beyond its rows (ragged columns: rows.ragged_slack)
 
     @property
     def rank_rows(self) -> int:
@@ -112,9 +113,9 @@ class Sizing:
         batch_bytes = self.batch_size * self.row_nbytes
         reserve = self.reserved_batches(budget)
         ahead = min(reserve, 8 * threads)
-        window_bytes = (budget - reserve * batch_bytes) // 2
+        window_bytes = (budget - reserve * batch_bytes) // 2 - self.window_slack
         if window_bytes < batch_bytes:
-            need = (2 + 2) * batch_bytes
+            need = (2 + 2) * batch_bytes + 2 * self.window_slack
             raise ValueError(f"{self.root}: memory_budget {self.memory_budget} bytes is too small for "
                              f"batches of {self.batch_size} rows x {self.row_nbytes} bytes with {num_workers} "
                              f"worker(s); give at least {need * max(1, num_workers)} bytes")
@@ -179,11 +180,12 @@ class Sizing:
     def fits(self, window_rows: int, num_workers: int) -> bool:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
         lay = self.layout(num_workers)
-        return 2 * window_rows * self.row_nbytes + lay.ahead * self.batch_size * self.row_nbytes <= lay.budget
+        return (2 * (window_rows * self.row_nbytes + self.window_slack) + lay.ahead * self.batch_size * self.row_nbytes
+                <= lay.budget)
 
     def peak_bytes(self, lay: Layout) -> int:
         """The most bytes one process holds: two windows and the batches ahead."""
-        return (2 * lay.window_rows + lay.ahead * self.batch_size) * self.row_nbytes
+        return (2 * lay.window_rows + lay.ahead * self.batch_size) * self.row_nbytes + 2 * self.window_slack
 
 
 @functools.lru_cache(maxsize=256)

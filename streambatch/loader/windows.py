@@ -17,6 +17,7 @@ from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
 from .pool import Pool, Task, Where
+from .rows import RaggedBuf, ragged_buffers, read_rows_group
 
 __all__ = ["Window", "Buffers", "start_window", "read_group"]
 
@@ -66,11 +67,12 @@ def _touch_tail(bufs: Bufs, start: int) -> None:
 class Window:
     """One window in flight: its buffer, its read tasks and the global row id of each position."""
 
-    __slots__ = ("j", "rows", "buffers", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches", "in_flight",
-                 "reads_done", "touch")
+    __slots__ = ("j", "rows", "buffers", "ragged", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches",
+                 "in_flight", "reads_done", "touch")
 
     def __init__(self, j: int, rows: int, buffers: Bufs, nbytes: int) -> None:
         self.j, self.rows, self.buffers, self.nbytes = j, rows, buffers, nbytes
+        self.ragged: dict[str, RaggedBuf] = {}  # the ragged columns' buffers (rows.py)
         self.reads: list[Task] = []
         self.touch: Task | None = None  # zero-fills the rows a fresh buffer's first window leaves unused
         self.row_ids: NDArray[np.int64] | None = None
@@ -121,12 +123,19 @@ class Buffers:
 
 
 def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs, fresh: bool, row_nbytes: int,
-                 unit_start: NDArray[np.int64] | None) -> Window:
-    """Submit window ``j``'s hints, shuffle and reads into ``bufs``; row ids when ``unit_start`` is given."""
+                 unit_start: NDArray[np.int64] | None, ragged: tuple[Column, ...] = ()) -> Window:
+    """Submit window ``j``'s hints, shuffle and reads into ``bufs``; row ids when ``unit_start`` is
+    given.  With ``ragged`` columns, the window's ragged buffers are made for its pieces and
+    every piece is read whole by the reader's ``read_rows`` (``rows.read_rows_group``); the
+    window's ``nbytes`` are then its fixed columns' plus those buffers'."""
+    table, keeps = plan.window_table(j)
     rows = plan.window_size(j)
     w = Window(j, rows, bufs, plan.window_rows * row_nbytes)
+    if ragged:
+        w.ragged = ragged_buffers(reader.manifest, ragged, table, plan.window_rows)
+        w.nbytes = plan.window_rows * sum(b[:1].nbytes for b in bufs.values()) + sum(
+            b.nbytes for b in w.ragged.values())
     root = getattr(getattr(reader, "manifest", None), "root", "")
-    table, keeps = plan.window_table(j)
     advise = getattr(reader, "advise", None)
     if advise is not None:  # let a cold disk work on the whole window at once (a pool task, ahead
         # of the reads: a window's hints are a thousand system calls, off the consuming thread)
@@ -143,6 +152,12 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     firsts = np.unique(np.searchsorted(start_bytes, np.arange(0, int(start_bytes[-1]) + 1, step)))
     bounds = np.append(firsts, table.shape[0]).tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
+        if w.ragged:
+            u, lo, hi = table[a, :3].tolist()
+            where = Where(f"while reading unit {u} (rows {lo}:{hi}) of {root}")
+            w.reads.append(workers.submit(1, read_rows_group, (reader, table[a:b], a, None if keeps is None else
+                                                               keeps[a:b], bufs, w.ragged, root, where), where))
+            continue
         w.reads.append(_submit_reads(workers, reader, table[a:b], None if keeps is None else keeps[a:b], bufs,
                                      root))
     if fresh and rows < plan.window_rows:

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import ManifestError
 from ..io.remote import RemoteFiles, RemoteRoot
 from ..manifest import Manifest, read_manifest
+from ..ragged import Ragged
 from ..schema import Column
 from . import arrow_store, parquet_store, zarr_store
 from ._integrity import FileChecker, recorded_files
@@ -73,8 +74,11 @@ def open_reader(manifest: Manifest, verify: bool = False, remote: Any = None) ->
 
 def read_all(manifest: Manifest, columns: tuple[Column, ...] | None = None, verify: bool = False
              ) -> dict[str, np.ndarray]:
-    """Every row of ``columns`` (all by default) in storage order, in memory: for small data only."""
+    """Every row of ``columns`` (all by default) in storage order, in memory: for small data only
+    (a ragged column as one ``Ragged``)."""
     cols = columns or manifest.columns
+    if any(c.ragged for c in cols):
+        return _read_all_rows(manifest, cols, verify)
     out = {c.name: np.empty((manifest.rows, *c.shape), c.np_dtype) for c in cols}
     reader = open_reader(manifest, verify=verify)
     try:
@@ -84,6 +88,17 @@ def read_all(manifest: Manifest, columns: tuple[Column, ...] | None = None, veri
     finally:
         reader.close()
     return out
+
+
+def _read_all_rows(manifest: Manifest, cols: tuple[Column, ...], verify: bool) -> dict[str, Any]:
+    reader = open_reader(manifest, verify=verify)
+    names = [c.name for c in cols]
+    try:
+        units = [reader.read_rows(u, 0, int(manifest.unit_rows[u]), names) for u in range(manifest.n_units)]
+    finally:
+        reader.close()
+    return {c.name: Ragged.concat([p[c.name] for p in units]) if c.ragged else
+            np.concatenate([p[c.name] for p in units]) for c in cols}
 
 
 def open_writer(storage: str, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ..ragged import Ragged
 from ..schema import SUPPORTED_DTYPES, Column
 
-__all__ = ["FIXED_SIZE_BINARY", "arrow_schema", "arrow_arrays", "binary_tensor", "binary_values"]
+__all__ = ["FIXED_SIZE_BINARY", "arrow_schema", "arrow_arrays", "ragged_type", "ragged_array", "ragged_rows",
+           "binary_tensor", "binary_values"]
 
 FIXED_SIZE_BINARY = "fixed_size_binary"
 """``layout.tensors`` of Parquet datasets whose tensors are ``FixedSizeBinary`` (absent: ``FixedSizeList``)."""
@@ -29,7 +31,9 @@ def arrow_schema(columns: tuple[Column, ...], tensors: str | None = None) -> Any
     fields = []
     for c in columns:
         t = pa.from_numpy_dtype(c.np_dtype)
-        if c.shape and tensors == FIXED_SIZE_BINARY:
+        if c.ragged:
+            fields.append(pa.field(c.name, ragged_type(c), nullable=False))
+        elif c.shape and tensors == FIXED_SIZE_BINARY:
             meta = {"streambatch.shape": json.dumps(list(c.shape)), "streambatch.dtype": c.dtype}
             fields.append(pa.field(c.name, pa.binary(c.row_nbytes), nullable=False, metadata=meta))
         elif c.shape:
@@ -52,6 +56,10 @@ def arrow_arrays(columns: tuple[Column, ...], schema: Any, data: dict[str, np.nd
 
     out = []
     for c, field in zip(columns, schema):
+        if c.ragged:
+            arr = ragged_array(c, data[c.name])
+            out.append((arr, arr))
+            continue
         flat = np.ascontiguousarray(data[c.name], dtype=c.np_dtype).reshape(-1)
         if pa.types.is_fixed_size_binary(field.type):
             values = pa.FixedSizeBinaryArray.from_buffers(field.type, len(data[c.name]),
@@ -64,6 +72,71 @@ def arrow_arrays(columns: tuple[Column, ...], schema: Any, data: dict[str, np.nd
                                        [None, pa.py_buffer(stored)])
         out.append((values, pa.FixedSizeListArray.from_arrays(values, type=field.type) if c.shape else values))
     return out
+
+
+def ragged_type(c: Column) -> Any:
+    """The Arrow type of ragged column ``c``: ``large_list`` of its values (of a fixed-size list
+    of them for an element shape), ``large_binary`` or ``large_string``."""
+    import pyarrow as pa
+
+    if c.kind == "bytes":
+        return pa.large_binary()
+    if c.kind == "string":
+        return pa.large_string()
+    t = pa.from_numpy_dtype(c.np_dtype)
+    element = pa.list_(pa.field("element", t, nullable=False), c.row_items) if c.shape else t
+    return pa.large_list(pa.field("element", element, nullable=False))
+
+
+def ragged_array(c: Column, rows: Ragged) -> Any:
+    """The Arrow array of ``rows`` of ragged column ``c``, over their buffers (no copy of compact rows)."""
+    import pyarrow as pa
+
+    r = rows.compact()
+    offsets = pa.py_buffer(np.ascontiguousarray(r.offsets))
+    if c.kind in ("bytes", "string"):
+        data = pa.py_buffer(np.ascontiguousarray(r.values, np.uint8))
+        return pa.Array.from_buffers(ragged_type(c), len(r), [None, offsets, data], null_count=0)
+    flat = np.ascontiguousarray(r.values, dtype=c.np_dtype).reshape(-1)
+    stored = np.packbits(flat, bitorder="little") if c.np_dtype == np.bool_ else flat
+    values = pa.Array.from_buffers(pa.from_numpy_dtype(c.np_dtype), len(flat), [None, pa.py_buffer(stored)])
+    if c.shape:
+        values = pa.FixedSizeListArray.from_arrays(values, type=ragged_type(c).value_type)
+    return pa.Array.from_buffers(ragged_type(c), len(r), [None, offsets], children=[values], null_count=0)
+
+
+def ragged_rows(c: Column, arr: Any) -> Ragged:
+    """The rows of an Arrow list / binary / string array (no nulls) as a ``Ragged`` over its buffers
+    (offsets widened to int64 where the array's are 32-bit).  ``ValueError`` for another type."""
+    import pyarrow as pa
+
+    t = arr.type
+    if c.kind in ("bytes", "string"):
+        if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t)
+                or pa.types.is_large_string(t)):
+            raise ValueError(f"stores {t}, not {c.kind}")
+        wide = pa.types.is_large_binary(t) or pa.types.is_large_string(t)
+        bufs = arr.buffers()
+        offsets = _offsets(bufs[1], wide, arr.offset, len(arr))
+        values = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.empty(0, np.uint8)
+        return Ragged(values, offsets)
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        raise ValueError(f"stores {t}, not a list of {c.dtype}")
+    offsets = _offsets(arr.buffers()[1], pa.types.is_large_list(t), arr.offset, len(arr))
+    child = arr.values  # the whole child array: offsets index into it
+    if c.shape:
+        if not pa.types.is_fixed_size_list(child.type) or child.type.list_size != c.row_items:
+            raise ValueError(f"stores {t}, not a list of {c.dtype}{list(c.shape)}")
+        child = child.flatten()
+    flat = child.to_numpy(zero_copy_only=False)
+    if flat.dtype != c.np_dtype:
+        raise ValueError(f"stores {t}, not a list of {c.dtype}")
+    return Ragged(flat.reshape(-1, *c.shape) if c.shape else flat, offsets)
+
+
+def _offsets(buf: Any, wide: bool, at: int, n: int) -> np.ndarray:
+    raw = np.frombuffer(buf, np.int64 if wide else np.int32)[at:at + n + 1]
+    return raw if wide else raw.astype(np.int64)
 
 
 def binary_tensor(field: Any) -> tuple[str, tuple[int, ...]] | None:

@@ -85,7 +85,7 @@ def decode(how: str, raw: Any, skip: int, dst: np.ndarray) -> None:
         np.copyto(dst, np.frombuffer(raw, dst.dtype).reshape(dst.shape))
 
 
-def find_offsets(path: Path, columns: tuple[Column, ...], kinds: list[str], first_group: int,
+def find_offsets(path: Path, columns: tuple[Column, ...], kinds: list[str | None], first_group: int,
                  crcs: list[list[int]], starts: list[int]) -> list[list[int] | None]:
     """Per column, where its values start in each of row groups ``first_group`` on of the file
     ``path`` (relative to the row group's start, ``starts``): the last bytes of its column chunk,
@@ -96,7 +96,7 @@ def find_offsets(path: Path, columns: tuple[Column, ...], kinds: list[str], firs
 
     md = pq.read_metadata(path)
     crc = checksum_fn("crc32c")
-    out: list[list[int] | None] = [[] for _ in kinds]
+    out: list[list[int] | None] = [None if how is None else [] for how in kinds]
     buf = bytearray()
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -148,7 +148,7 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
     if tensors not in (None, FIXED_SIZE_BINARY):
         raise ManifestError(f"{w}.tensors must be {FIXED_SIZE_BINARY!r} (or absent: FixedSizeList), got {tensors!r}")
     max_size = 1 << 40
-    if unit_rows is not None:
+    if unit_rows is not None and not any(c.ragged for c in columns):
         stored_row = sum(c.row_items * (2 * max(4, c.np_dtype.itemsize) + 1) for c in columns)
         max_size = int(unit_rows.max()) * stored_row + 1024 * len(columns) + (1 << 16)
     out = {
@@ -162,6 +162,8 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
     }
     if tensors is not None:
         out["tensors"] = tensors
+    if "ragged_nbytes" in layout:  # checked by the manifest (manifest.ragged_nbytes)
+        out["ragged_nbytes"] = layout["ragged_nbytes"]
     if "footer_crc32c" in layout:  # absent in datasets written before it was recorded
         out["footer_size"] = int_array(layout.get("footer_size"), n_files, f"{w}.footer_size", lo=8, hi=1 << 40)
         out["footer_crc32c"] = int_array(layout["footer_crc32c"], n_files, f"{w}.footer_crc32c", hi=2**32 - 1)

@@ -28,7 +28,7 @@ from ..io.files import ByteRanges
 from ..io.remote import RangeFile
 from ..manifest import Manifest
 from ..schema import Column
-from ._arrow_schema import binary_values
+from ._arrow_schema import binary_values, ragged_rows
 from ._parquet_layout import RAW, decode, stored_as, stored_nbytes, value_range
 
 __all__ = ["Reader"]
@@ -231,35 +231,67 @@ class Reader:
                 decode(how, self._files.read(fi, base + at + start, end - start, lambda: self._where(unit, fi, name)),
                        skip, dst)
 
-    def _decode(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
-        """Rows ``lo:hi`` of the columns of ``out``, decoded by pyarrow."""
-        import pyarrow as pa
-
+    def _table(self, unit: int, names: list[str]) -> Any:
+        """The unit's row group, columns ``names``, decoded by pyarrow (``DataError`` naming it)."""
         rows = int(self.manifest.unit_rows[unit])
         lay = self.manifest.layout
         fi, rg = int(lay["file"][unit]), int(lay["row_group"][unit])
         try:
-            table = self._file(fi, unit).read_row_group(rg, columns=list(out), use_threads=False)
+            table = self._file(fi, unit).read_row_group(rg, columns=names, use_threads=False)
         except DataError:
             raise
         except Exception as e:  # pyarrow raises OSError/ArrowInvalid on corrupt pages
             raise DataError(f"{self._where(unit, fi)}: cannot read row group {rg}: {e}") from None
         if table.num_rows != rows:
             raise DataError(f"{self._where(unit, fi)}: row group {rg} has {table.num_rows} rows, manifest says {rows}")
+        return table
+
+    def _decode(self, unit: int, lo: int, hi: int, out: dict[str, np.ndarray]) -> None:
+        """Rows ``lo:hi`` of the columns of ``out``, decoded by pyarrow."""
+        table = self._table(unit, list(out))
         for name, dst in out.items():
-            chunked = table.column(name)
-            arr = (chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()).slice(lo, hi - lo)
-            c = self.manifest.column(name)
-            if pa.types.is_fixed_size_binary(arr.type) and arr.type.byte_width == c.row_nbytes and c.shape:
-                values = binary_values(arr, c.np_dtype, c.shape)
-            elif pa.types.is_fixed_size_list(arr.type) == bool(c.shape):  # flattened; rows checked below
-                values = (arr.flatten() if c.shape else arr).to_numpy(zero_copy_only=False)
-            else:
-                values = None
-            if values is None or values.dtype != c.np_dtype or values.size != dst.size:
-                raise DataError(f"{self._where(unit, fi, name)}: the file stores {arr.type}, not rows of "
-                                f"{c.dtype}{list(c.shape)} (manifest and file disagree)")
-            dst[...] = values.reshape(dst.shape)  # dst may be strided
+            self._fixed(unit, name, _rows(table, name, lo, hi), dst)
+
+    def _fixed(self, unit: int, name: str, arr: Any, dst: np.ndarray) -> None:
+        """The rows ``arr`` (an Arrow array) of fixed-size column ``name`` into ``dst``."""
+        import pyarrow as pa
+
+        c = self.manifest.column(name)
+        if pa.types.is_fixed_size_binary(arr.type) and arr.type.byte_width == c.row_nbytes and c.shape:
+            values = binary_values(arr, c.np_dtype, c.shape)
+        elif pa.types.is_fixed_size_list(arr.type) == bool(c.shape):  # flattened; rows checked below
+            values = (arr.flatten() if c.shape else arr).to_numpy(zero_copy_only=False)
+        else:
+            values = None
+        if values is None or values.dtype != c.np_dtype or values.size != dst.size:
+            fi = int(self.manifest.layout["file"][unit])
+            raise DataError(f"{self._where(unit, fi, name)}: the file stores {arr.type}, not rows of "
+                            f"{c.dtype}{list(c.shape)} (manifest and file disagree)")
+        dst[...] = values.reshape(dst.shape)  # dst may be strided
+
+    def read_rows(self, unit: int, lo: int, hi: int, names: list[str]) -> dict[str, Any]:
+        """Rows ``lo:hi`` of columns ``names`` of ``unit``, decoded by pyarrow: numpy arrays, and a
+        ``Ragged`` over pyarrow's buffers for a ragged column.  With ``verify``, the unit's bytes
+        are checked first.  Raises ``DataError`` naming the unit (and column)."""
+        rows = int(self.manifest.unit_rows[unit])
+        if not 0 <= lo < hi <= rows:
+            raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows} rows")
+        if self.verify:
+            self._check(unit)
+        table = self._table(unit, names)
+        out: dict[str, Any] = {}
+        for name in names:
+            c, arr = self.manifest.column(name), _rows(table, name, lo, hi)
+            if not c.ragged:
+                out[name] = np.empty((hi - lo, *c.shape), c.np_dtype)
+                self._fixed(unit, name, arr, out[name])
+                continue
+            try:
+                out[name] = ragged_rows(c, arr)
+            except ValueError as e:
+                fi = int(self.manifest.layout["file"][unit])
+                raise DataError(f"{self._where(unit, fi, name)}: the file {e} (manifest and file disagree)") from None
+        return out
 
     def verify_unit(self, unit: int) -> None:
         """Check the unit's bytes and have pyarrow decode every column; where the loader reads
@@ -267,7 +299,9 @@ class Reader:
         (the pages' own CRC only guards against accidental damage)."""
         raw = self._check(unit)
         rows = int(self.manifest.unit_rows[unit])
-        decoded = {c.name: np.empty((rows, *c.shape), c.np_dtype) for c in self.manifest.columns}
+        if any(c.ragged for c in self.manifest.columns):
+            self.read_rows(unit, 0, rows, [c.name for c in self.manifest.columns])
+        decoded = {c.name: np.empty((rows, *c.shape), c.np_dtype) for c in self.manifest.columns if not c.ragged}
         self._decode(unit, 0, rows, decoded)
         for name, (c, how, at_unit) in self._inplace.items():
             start, end, _ = value_range(c, how, 0, rows)
@@ -291,3 +325,9 @@ class Reader:
             for pf in files.values():
                 pf.close()
             files.clear()
+
+
+def _rows(table: Any, name: str, lo: int, hi: int) -> Any:
+    """Rows ``lo:hi`` of column ``name`` of an Arrow table, as one array."""
+    chunked = table.column(name)
+    return (chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()).slice(lo, hi - lo)

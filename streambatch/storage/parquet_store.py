@@ -71,10 +71,13 @@ class Writer:
         self.schema = arrow_schema(columns, FIXED_SIZE_BINARY)
         self.codec = _PARQUET_CODEC[codec]
         # uncompressed: how each column's values lie in its page, to find them after each file
-        self._kinds = [stored_as(c, FIXED_SIZE_BINARY) for c in columns] if codec == "none" else None
+        # (ragged columns: None, pyarrow decodes them)
+        self._kinds = [None if c.ragged else stored_as(c, FIXED_SIZE_BINARY) for c in columns] \
+            if codec == "none" else None
         # one page per column chunk (the values back to back); a chunk over 1 GiB gets more
         # pages and is then left to pyarrow to decode (find_offsets)
-        widest = max(stored_nbytes(c, stored_as(c, FIXED_SIZE_BINARY), unit_rows) for c in columns)
+        widest = max(c.row_nbytes * unit_rows if c.ragged else
+                     stored_nbytes(c, stored_as(c, FIXED_SIZE_BINARY), unit_rows) for c in columns)
         self._page_bytes, self._page_rows = min(widest + (1 << 20), 1 << 30), unit_rows
         self._crc = checksum_fn("crc32c")
         self._value_crcs: list[list[int]] = []  # per unit of the open file: each column's values' CRC-32C
@@ -85,6 +88,8 @@ class Writer:
         # per file: the bytes after its last row group (FileMetaData, its length, the magic), for verify
         self.footers: dict[str, list[int]] = {"footer_size": [], "footer_crc32c": []}
         self.stored: list[int] = []
+        # per ragged column, the decoded bytes of its values in each unit (layout.ragged_nbytes)
+        self.ragged_nbytes: dict[str, list[int]] = {c.name: [] for c in columns if c.ragged}
         self._writer: Any = None
         self._sink: TrackingSink | None = None
         self._groups = 0
@@ -108,10 +113,15 @@ class Writer:
         if self._sink is None or self._unit % self.units_per_file == 0:
             self._new_file()
         assert self._sink is not None
-        arrays = {c.name: np.ascontiguousarray(data[c.name], dtype=c.np_dtype) for c in self.columns}
+        arrays = {c.name: data[c.name] if c.ragged else np.ascontiguousarray(data[c.name], dtype=c.np_dtype)
+                  for c in self.columns}
         rows = len(arrays[self.columns[0].name])
+        for c in self.columns:
+            if c.ragged:
+                r = arrays[c.name]
+                self.ragged_nbytes[c.name].append(int(r.offsets[-1] - r.offsets[0]) * c.item_nbytes)
         if self._kinds is not None:
-            self._value_crcs.append([self._crc(stored_bytes(c, how, arrays[c.name]))
+            self._value_crcs.append([0 if how is None else self._crc(stored_bytes(c, how, arrays[c.name]))
                                      for c, how in zip(self.columns, self._kinds)])
         table = pa.Table.from_arrays([a for _, a in arrow_arrays(self.columns, self.schema, arrays)],
                                      schema=self.schema)
@@ -163,6 +173,8 @@ class Writer:
                                   "tensors": FIXED_SIZE_BINARY}
         if self._kinds is not None:  # where each unit's values start in its row group, per column
             _put_values(layout, {k: v for k, v in self.values.items() if k not in self._no_offsets})
+        if self.ragged_nbytes:
+            layout["ragged_nbytes"] = self.ragged_nbytes
         return self.files, layout, self.stored, list(self.loc["crc32"])
 
     @staticmethod
@@ -185,6 +197,9 @@ class Writer:
                 v += part_layout["values"][name]
             files += part_files
         _put_values(layout, values)
+        if "ragged_nbytes" in first:
+            layout["ragged_nbytes"] = {k: [n for p in parts for n in p[1]["ragged_nbytes"][k]]
+                                       for k in first["ragged_nbytes"]}
         return files, layout, [s for p in parts for s in p[2]], [c for p in parts for c in p[3]]
 
     def abort(self) -> None:

@@ -1,0 +1,102 @@
+"""Windows of datasets with variable-length columns: reads that decode rows, ragged window buffers,
+and the gather of a batch's ragged rows.
+
+A ragged column's window buffer is one values array and, per window position, where its row
+starts and ends in it (``RaggedBuf``).  Each piece of the window gets a slice of the values
+array as large as its unit's values (the manifest's ``layout.ragged_nbytes``), so read tasks
+fill the window in parallel without knowing the other pieces' lengths; a piece that is part of
+its unit leaves the rest of its slice unused (at most the two pieces a window cuts).  The window
+holds exactly the bytes it reserved: its rows' fixed columns plus its units' values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..manifest import Manifest
+from ..ragged import Ragged, concat_slices
+from ..schema import Column
+from .pool import Where
+
+__all__ = ["RaggedBuf", "ragged_buffers", "read_rows_group", "gather_ragged", "ragged_slack"]
+
+Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row)
+
+
+@dataclass
+class RaggedBuf:
+    """One ragged column's window buffer: its values, and each window position's row as
+    ``values[starts[i]:ends[i]]``; ``first[k]``: where piece ``k``'s slice of ``values`` begins."""
+
+    values: np.ndarray
+    starts: NDArray[np.int64]
+    ends: NDArray[np.int64]
+    first: NDArray[np.int64]
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.starts.nbytes + self.ends.nbytes
+
+
+def ragged_buffers(manifest: Manifest, columns: tuple[Column, ...], table: Table,
+                   window_rows: int) -> dict[str, RaggedBuf]:
+    """Fresh buffers for the ragged ``columns`` of a window of pieces ``table``."""
+    out = {}
+    units = table[:, 0]
+    for c in columns:
+        if not c.ragged:
+            continue
+        counts = manifest.layout["ragged_nbytes"][c.name][units] // c.item_nbytes
+        first = np.zeros(len(units) + 1, np.int64)
+        np.cumsum(counts, out=first[1:])
+        out[c.name] = RaggedBuf(np.empty((int(first[-1]), *c.shape), c.np_dtype), np.zeros(window_rows, np.int64),
+                                np.zeros(window_rows, np.int64), first)
+    return out
+
+
+def ragged_slack(manifest: Manifest, columns: tuple[Column, ...]) -> int:
+    """Bytes a window may hold beyond its rows' share: the values of the two units it may cut."""
+    sizes = [manifest.layout["ragged_nbytes"][c.name] for c in columns if c.ragged]
+    return 2 * int(np.sum(sizes, axis=0).max()) if sizes else 0
+
+
+def read_rows_group(reader: Any, pieces: Table, first: int, keeps: Any, bufs: dict[str, np.ndarray],
+                    rbufs: dict[str, RaggedBuf], root: Any, where: Where) -> None:
+    """Read pieces (rows ``(unit, lo, hi, buffer row)``, the window's pieces ``first`` on) with the
+    reader's ``read_rows``: fixed columns into ``bufs``, ragged ones into their slice of ``rbufs``.
+    ``keeps``: each piece's kept rows (an elastic resume), or None."""
+    names = [*bufs, *rbufs]
+    for k, (u, lo, hi, at) in enumerate(pieces.tolist()):
+        where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+        got = reader.read_rows(u, lo, hi, names)
+        keep = None if keeps is None else keeps[k] - lo
+        n = hi - lo if keep is None else keep.size
+        for name, dst in bufs.items():
+            src = got[name]
+            dst[at:at + n] = src if keep is None else src[keep]
+        for name, rb in rbufs.items():
+            r = got[name] if keep is None else got[name].take(keep)
+            a, b = int(r.offsets[0]), int(r.offsets[-1])
+            v0 = int(rb.first[first + k])
+            rb.values[v0:v0 + b - a] = r.values[a:b]
+            rb.starts[at:at + n] = r.offsets[:-1] + (v0 - a)
+            rb.ends[at:at + n] = r.offsets[1:] + (v0 - a)
+
+
+def gather_ragged(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> dict[str, Ragged]:
+    """The rows at window positions ``idx`` of each ragged column, as one compact ``Ragged`` each."""
+    return {name: concat_slices(rb.values, rb.starts[idx], rb.ends[idx]) for name, rb in rbufs.items()}
+
+
+def batch_values_nbytes(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> int:
+    """Bytes of the ragged rows at window positions ``idx`` (their values and offsets)."""
+    return sum(int((rb.ends[idx] - rb.starts[idx]).sum()) * rb.values.itemsize * _items(rb.values)
+               + 8 * (idx.size + 1) for rb in rbufs.values())
+
+
+def _items(values: np.ndarray) -> int:
+    return int(np.prod(values.shape[1:], dtype=np.int64)) if values.ndim > 1 else 1
