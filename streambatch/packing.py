@@ -58,9 +58,10 @@ from numpy.typing import DTypeLike, NDArray
 from .errors import StateError
 from .ragged import Ragged
 
-__all__ = ["Pack", "Packer", "batch_nbytes", "batch_views"]
+__all__ = ["OUTPUTS", "Pack", "Packer", "batch_nbytes", "batch_views"]
 
 OUTPUTS = ("tokens", "position_ids", "document_ids")
+"""The arrays of a packed batch, by name."""
 
 
 def _is_int(x: Any) -> bool:
@@ -154,18 +155,21 @@ class _Chunk:
         """The document the cursor is in (past any empty documents at the cursor)."""
         return int(np.searchsorted(self.cum, self.pos, "right")) - 1
 
-    def write(self, k: int, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray) -> None:
-        """Write the next ``k`` tokens into flat ``tok``, ``pos``, ``doc`` and move the cursor."""
+    def write(self, k: int, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray, ramp: np.ndarray) -> None:
+        """Write the next ``k`` tokens into flat ``tok``, ``pos``, ``doc`` and move the cursor
+        (``ramp``: ``arange`` of at least ``k`` int64, kept by the packer)."""
         a, b = self.pos, self.pos + k
         tok[...] = self.values[a:b]
         j0, j1 = self.doc(), int(np.searchsorted(self.cum, b, "left"))
         if j1 - j0 == 1:  # one document: fills, no repeat
             doc.fill(self.rows[j0])
-            np.add(np.arange(k, dtype=np.int64), a - self.cum[j0], out=pos)
+            np.add(ramp[:k], a - self.cum[j0], out=pos)
         else:
-            lens = np.diff(np.clip(self.cum[j0:j1 + 1], a, b))
-            doc[...] = np.repeat(self.rows[j0:j1], lens)
-            np.subtract(np.arange(a, b, dtype=np.int64), np.repeat(self.cum[j0:j1], lens), out=pos)
+            spans = np.diff(self.cum[j0:j1 + 1])  # each document's tokens in [a, b)
+            spans[0] -= a - self.cum[j0]
+            spans[-1] -= self.cum[j1] - b
+            doc[...] = np.repeat(self.rows[j0:j1], spans)
+            np.subtract(ramp[:k], np.repeat(self.cum[j0:j1] - a, spans), out=pos)
         self.pos = b
 
     def after(self, base: int) -> tuple[int, int | None, int]:
@@ -214,6 +218,7 @@ class Packer:
         self.seq_len, self.batch_size, self.pad_id = int(seq_len), int(batch_size), pad_id
         self.dtype, self.drop_last = np.dtype(dtype), bool(drop_last)
         self._chunks: deque[_Chunk] = deque()
+        self._ramp = np.arange(self.batch_size * self.seq_len, dtype=np.int64)
         self._left = 0  # tokens fed and not yet written
         self._finished = False
         index, self._expect, self._skip, self._batches = _parse_start(start)
@@ -292,7 +297,7 @@ class Packer:
         while o < n:
             c, base = self._chunks[0], self._base
             k = min(n - o, c.left)
-            c.write(k, tok[o:o + k], pos[o:o + k], doc[o:o + k])
+            c.write(k, tok[o:o + k], pos[o:o + k], doc[o:o + k], self._ramp)
             o += k
             self._drop_spent()
         self._left -= n
