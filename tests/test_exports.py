@@ -19,7 +19,7 @@ PUBLIC = {
 }
 MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.errors", "streambatch.manifest",
            "streambatch.plan", "streambatch.quality", "streambatch.io.remote", "streambatch.sources",
-           "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run",
+           "streambatch.packing", "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run",
            "streambatch.loader.sizing", "streambatch.loader.state", "streambatch.loader.pool",
            "streambatch.loader.windows", "streambatch.loader.batches", "streambatch.loader.prefetch"]
 
