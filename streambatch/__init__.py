@@ -16,6 +16,7 @@ from .errors import (
 )
 from .io.remote import RemoteOptions
 from .manifest import Manifest
+from .packing import Pack
 from .schema import Column
 from .storage import load_manifest
 
@@ -26,6 +27,7 @@ __all__ = [
     "Manifest",
     "Column",
     "StreamDataset",
+    "Pack",
     "RemoteOptions",
     "StreambatchError",
     "InputError",

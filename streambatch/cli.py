@@ -95,7 +95,7 @@ def _info_dict(path: str) -> dict[str, Any]:
     return {
         "path": str(m.root), "storage": m.storage, "codec": m.codec, "rows": m.rows,
         "columns": [c.to_json() for c in m.columns], "units": m.n_units,
-        "unit_rows": int(m.unit_rows.max()), "files": len(m.files), "decoded_bytes": m.rows * m.row_nbytes,
+        "unit_rows": int(m.unit_rows.max()), "files": len(m.files), "decoded_bytes": m.decoded_nbytes,
         "stored_bytes": stored, "label": m.label, "fingerprint": m.fingerprint, "stats": m.stats,
         "stats_files": m.stats_files, "options": m.options, "source": m.source,
     }

@@ -29,8 +29,10 @@ from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.prefetch import Prefetcher
+from .loader.packed import PACK_ROWS, check_pack_state, packed_position, serve_packed
 from .loader.rows import ragged_slack
-from .loader.tensors import COLLATES, RaggedOutput, make_batch, make_shared_batch
+from .loader.options import check_collate, check_pack, check_rows_fit, resolve_rank
+from .loader.tensors import RaggedOutput, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
@@ -43,46 +45,6 @@ from .storage import FORMATS, load_manifest, open_reader
 __all__ = ["StreamDataset", "STATE_VERSION", "INDEX_KEY"]
 
 INDEX_KEY = "_row"
-
-
-def _check_collate(columns: tuple[Column, ...], collate: Mapping[str, str] | None) -> dict[str, str]:
-    """``collate`` checked: each key a ragged column of numbers, each value one of ``COLLATES``."""
-    out = dict(collate or {})
-    kinds = {c.name: c.kind for c in columns}
-    for name, how in out.items():
-        if kinds.get(name) != "list":
-            raise ValueError(f"collate: {name!r} is not a selected column of varying-length numbers "
-                             f"(those are {[n for n, k in kinds.items() if k == 'list']})")
-        if how not in COLLATES:
-            raise ValueError(f"collate[{name!r}] must be one of {', '.join(COLLATES)}, got {how!r}")
-    return out
-
-
-def _check_rows_fit(m: Manifest, columns: tuple[Column, ...], budget: int) -> None:
-    """``ValueError`` naming the row, before anything is read, where one row of a ragged column
-    is larger than the memory budget."""
-    for c in columns:
-        st = m.stats.get(c.name) if c.ragged else None
-        if st and st["max_row_nbytes"] > budget:
-            raise ValueError(f"{m.root}: row {st['max_row']} of column {c.name!r} holds {st['max_row_nbytes']} "
-                             f"bytes, more than the memory budget of {budget} bytes: give a larger memory_budget")
-
-
-def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None or world_size is not None:
-        r, w = (0 if rank is None else rank), (1 if world_size is None else world_size)
-        if w < 1:
-            raise ValueError(f"world_size must be at least 1, got {w}")
-    else:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            r, w = dist.get_rank(), dist.get_world_size()
-        else:
-            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if not 0 <= r < w:
-        raise ValueError(f"rank {r} outside world size {w}")
-    return r, w
 
 
 class StreamDataset(IterableDataset):  # type: ignore[type-arg]
@@ -131,7 +93,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  rank: int | None = None, world_size: int | None = None,
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
                  timeout: float | None = None, remote: RemoteOptions | None = None,
-                 piece_rows: int | None = None, collate: Mapping[str, str] | None = None) -> None:
+                 piece_rows: int | None = None, collate: Mapping[str, str] | None = None, pack: Any = None) -> None:
         super().__init__()
         if remote is not None and not isinstance(remote, RemoteOptions):
             raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
@@ -150,10 +112,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             raise ValueError(f"{self.manifest.root}: columns=[] selects no column; leave it out to load all of "
                              f"{[c.name for c in self.manifest.columns]}")
         self.columns: tuple[Column, ...] = self.manifest.select(columns)
+        self.pack = check_pack(self.columns, pack)
+        if self.pack is not None:  # only the tokens are read: other columns have no per-token meaning
+            self.columns = self.manifest.select([self.pack.column])
         self.drop_last = bool(drop_last)
         self.threads = threads
         self.transform = transform
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        self.rank, self.world_size = resolve_rank(rank, world_size)
         self.return_index = return_index
         self.verify = verify
         self.timeout = timeout
@@ -163,10 +128,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         if piece_rows and any(c.ragged for c in self.columns):
             raise ValueError(f"{self.manifest.root}: piece_rows: variable-length columns are read in whole units")
         self.normalize = normalizers(self.manifest, self.columns, normalize, self._remote_files)
-        self.collate = _check_collate(self.columns, collate)
-        _check_rows_fit(self.manifest, self.columns, self.memory_budget)
+        self.collate = check_collate(self.columns, collate)
+        check_rows_fit(self.manifest, self.columns, self.memory_budget)
         self.epoch = 0
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
+        self._pack_resume: dict[str, Any] | None = None  # the packer's part of a loaded state
         self._run: Run | None = None  # this process's current (or last) iteration of the epoch
         # a state loaded inside a DataLoader worker: (earlier phases, window rows, position)
         self._worker_resume: tuple[tuple[Phase, ...], int, int, WorkerPosition] | None = None
@@ -183,11 +149,16 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     def _sizing(self) -> Sizing:
         m = self.manifest
         partial = FORMATS[m.storage].partial_reads(m, [c.name for c in self.columns])
-        return Sizing(self.memory_budget, self.batch_size, self.row_nbytes, m.rows, self.world_size,
-                      self.drop_last, self.threads, self.remote is not None, m.root, int(m.unit_rows.max()),
+        return Sizing(self.memory_budget, self._row_batch, self.row_nbytes, m.rows, self.world_size,
+                      self.drop_last and self.pack is None, self.threads, self.remote is not None, m.root, int(m.unit_rows.max()),
                       m.n_units, partial, label_icc_of(m),
                       self.piece_rows if self.shuffle and not any(c.ragged for c in self.columns) else 0,
                       ragged_slack(m, self.columns))
+
+    @property
+    def _row_batch(self) -> int:
+        """Rows a batch of the row stream holds: ``batch_size``, or documents fed to the packer."""
+        return self.batch_size if self.pack is None else PACK_ROWS
 
     def _remote_files(self) -> RemoteFiles | None:
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""
@@ -202,7 +173,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if epoch != self.epoch:
-            self._resume = None
+            self._resume = self._pack_resume = None
             self._run = None
         self.epoch = int(epoch)
         self._shared.publish(self.epoch, self._resume)
@@ -217,9 +188,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         """
         lay = self._sizing().layout(num_workers)
         return plan_epoch(self.manifest.unit_rows, seed=self.seed, epoch=self.epoch if epoch is None else epoch,
-                          batch_size=self.batch_size, window_rows=window_rows or lay.window_rows, rank=self.rank,
+                          batch_size=self._row_batch, window_rows=window_rows or lay.window_rows, rank=self.rank,
                           world_size=self.world_size, worker=worker, num_workers=num_workers,
-                          shuffle=self.shuffle, drop_last=self.drop_last, history=history,
+                          shuffle=self.shuffle, drop_last=self.drop_last and self.pack is None, history=history,
                           piece_rows=lay.piece_rows if piece_rows is None else piece_rows)
 
     def __len__(self) -> int:
@@ -271,6 +242,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             self._shared.set_workers(num_workers)
         else:
             self._resume = None  # served from here on; state_dict() counts from the run
+            run.pack_state, self._pack_resume = self._pack_resume, None
             self._shared.publish(self.epoch, None)
             self._shared.set_workers(0)
         return self._serve(run)
@@ -287,18 +259,25 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             reader = WholeUnits(reader, keep=2 * lay.threads)  # a unit cut by a window: decoded once
         elif not ragged and self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
             reader = VerifyOnce(reader, open_reader(self.manifest, verify=False, remote=self._remote_files()))
+        packed = self.pack is not None
+        tensors = make_shared_batch if get_worker_info() is not None else make_batch
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
             budget_bytes=lay.budget, batches_ahead=lay.ahead, start_batch=run.start,
-            index_key=INDEX_KEY if self.return_index else None, normalize=self.normalize,
-            make_batch=make_shared_batch if get_worker_info() is not None else make_batch,
-            transform=self.transform, timeout=self.timeout,
-            name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
-            finish_ragged=RaggedOutput(ragged, self.collate) if ragged else None)
+            index_key=INDEX_KEY if self.return_index or packed else None, normalize=self.normalize,
+            make_batch=None if packed else tensors, transform=None if packed else self.transform,
+            timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
+            finish_ragged=RaggedOutput(ragged, self.collate) if ragged and not packed else None)
+        batches: Iterator[Any] = pf
+        if packed:  # run.pack_state: the loaded state's, then the packer's after each batch
+            start = run.pack_state
+            batches = serve_packed(pf, self.pack, self.batch_size, self.drop_last, self.columns[0].np_dtype,
+                                   INDEX_KEY, tensors, start, (start or {}).get("skip", 0),
+                                   lambda st: setattr(run, "pack_state", st))
         try:
-            for batch in pf:
+            for batch in batches:
                 run.consumed += 1  # counted as delivered once handed out
-                yield batch
+                yield batch if not packed or self.transform is None else self.transform(batch)
         finally:
             pf.close()
             reader.close()
@@ -315,8 +294,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     # ------------------------------------------------------------------ resume
     def _identity(self) -> dict[str, Any]:
+        pack = {} if self.pack is None else {"pack": [self.pack.column, self.pack.seq_len, self.pack.pad_id]}
         return {"fingerprint": self.manifest.fingerprint, "seed": self.seed, "batch_size": self.batch_size,
-                "shuffle": self.shuffle, "drop_last": self.drop_last, "rank": self.rank}
+                "shuffle": self.shuffle, "drop_last": self.drop_last, "rank": self.rank, **pack}
 
     def state_dict(self, batches: int | None = None, num_workers: int | None = None) -> dict[str, Any]:
         """A small JSON-able state: where this rank is in the epoch (``load_state_dict`` resumes it).
@@ -337,6 +317,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             StateError: the epoch is served by DataLoader workers and ``batches`` was not given.
         """
         info = get_worker_info()
+        if self.pack is not None:
+            return self._packed_state(info is not None or bool(self._shared.workers()) or bool(num_workers))
         if info is not None:
             run = self._run or self._pending(info.id, info.num_workers, in_worker=True)
             pos = WorkerPosition(run.worker, run.num_workers, run.share, run.start + run.consumed)
@@ -359,6 +341,23 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         phases = [*history, Phase(self.world_size, nw, window_rows, offset + taken, piece_rows)]
         return make_state(self._identity(), self.epoch, phases)
 
+    def _packed_state(self, workers: bool) -> dict[str, Any]:
+        """The state of a packed epoch served in this process: the row stream's position at the
+        document the last packed batch ended in, and the packer's state there."""
+        if workers:
+            raise StateError(f"{self.manifest.root}: packed batches resume only when served in this process "
+                             "(num_workers=0)")
+        run = self._run
+        if self._resume is not None or run is None:  # nothing served since the state was loaded
+            history, window_rows, piece_rows, offset = resolve(self._resume, self._sizing(), 1)
+            at, st = offset, self._pack_resume
+        else:
+            history, window_rows, piece_rows = run.history, run.window_rows, run.piece_rows
+            packed = run.pack_state is not None and "skip" not in run.pack_state  # the packer's, not the loaded one
+            at, st = packed_position(run.pack_state) if packed else (run.start, run.pack_state)
+        phases = [*history, Phase(self.world_size, 1, window_rows, at, piece_rows)]
+        return {**make_state(self._identity(), self.epoch, phases), **({"pack_state": st} if st else {})}
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next iteration serves exactly the samples of the epoch not yet delivered.
 
@@ -373,8 +372,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                 setting, is malformed, or is a worker's state that this process cannot resume.
         """
         root = self.manifest.root
-        epoch, phases, pos = parse_state(state, self._identity(), root, self.batch_size)
+        epoch, phases, pos = parse_state(state, self._identity(), root, self._row_batch)
         info = get_worker_info()
+        self._pack_resume = check_pack_state(state, self.pack, root)
+        if self._pack_resume is not None and (info is not None or resolve(phases, self._sizing(), 1)[3] !=
+                                              phases[-1].batches):
+            raise StateError(f"{root}: a packed epoch resumes in one process with the memory budget, world size "
+                             "and workers it was saved with")
         if pos is None and info is not None:
             raise StateError(f"{root}: a rank's resume state is loaded in the main process, before the DataLoader "
                              "starts its workers (ds.load_state_dict(state), then iterate)")

@@ -86,6 +86,12 @@ class Manifest:
         """Decoded bytes of one row over all columns (ragged ones: of the largest mean row of a unit)."""
         return sum(c.row_nbytes for c in self.columns)
 
+    @property
+    def decoded_nbytes(self) -> int:
+        """Decoded bytes of every row (a ragged column's values as recorded per unit)."""
+        ragged = self.layout.get("ragged_nbytes", {})
+        return sum(int(ragged[c.name].sum()) if c.ragged else self.rows * c.row_nbytes for c in self.columns)
+
     def column(self, name: str) -> Column:
         for c in self.columns:
             if c.name == name:

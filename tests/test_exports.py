@@ -13,7 +13,7 @@ import streambatch
 from conftest import write_sorted_npy
 
 PUBLIC = {
-    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "RemoteOptions",
+    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "Pack", "RemoteOptions",
                     "StreambatchError", "InputError", "ManifestError", "DataError", "StateError", "TargetExistsError",
                     "WriteError", "__version__"},
 }

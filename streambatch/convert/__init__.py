@@ -129,7 +129,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     shard_b = parse_size(shard_bytes, "shard bytes")
     source, cols = _open(src, columns, label, source_format, fill, drop_nulls, delimiter)
     with source:
-        format = _format_for(source, cols, format)
+        format = _format_for(source, cols, format, shuffle)
         check_codec(format, codec)
         cols = size_ragged(source, cols)
         plan = make_plan(source, cols, format, codec, unit_rows, unit_bytes, shard_b, memory_b, threads)
@@ -154,10 +154,13 @@ def _open(src: str | os.PathLike[str], columns: list[str] | None, label: str | N
     return source, tuple(by_name[n] for n in names)
 
 
-def _format_for(source: Source, cols: tuple[Column, ...], format: str | None) -> str:
+def _format_for(source: Source, cols: tuple[Column, ...], format: str | None, shuffle: int | None) -> str:
     """The storage format: ``format``, or by default Zarr, Parquet for variable-length columns.
     ``ValueError`` naming the column where a ragged one goes to a format that cannot store it."""
     ragged = [c for c in cols if c.ragged]
+    if ragged and shuffle is not None:
+        raise ValueError(f"{source.path}: --shuffle does not take columns of varying length yet (column "
+                         f"{ragged[0].name!r}); convert without it: the loader's windows mix whole units")
     if format is None:
         return RAGGED_FORMAT if ragged else DEFAULT_FORMAT
     if ragged and format != RAGGED_FORMAT:

@@ -1,0 +1,72 @@
+"""Checks of ``StreamDataset``'s options: the rank and world size, and for variable-length columns
+``collate``, ``pack`` and rows that cannot fit the budget.  Each raises ``ValueError`` naming the
+column (or row)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from ..manifest import Manifest
+from ..schema import Column
+from .tensors import COLLATES
+
+__all__ = ["check_collate", "check_pack", "check_rows_fit", "resolve_rank"]
+
+
+def check_collate(columns: tuple[Column, ...], collate: Mapping[str, str] | None) -> dict[str, str]:
+    """``collate`` checked: each key a ragged column of numbers, each value one of ``COLLATES``."""
+    out = dict(collate or {})
+    kinds = {c.name: c.kind for c in columns}
+    for name, how in out.items():
+        if kinds.get(name) != "list":
+            raise ValueError(f"collate: {name!r} is not a selected column of varying-length numbers "
+                             f"(those are {[n for n, k in kinds.items() if k == 'list']})")
+        if how not in COLLATES:
+            raise ValueError(f"collate[{name!r}] must be one of {', '.join(COLLATES)}, got {how!r}")
+    return out
+
+
+def check_rows_fit(m: Manifest, columns: tuple[Column, ...], budget: int) -> None:
+    """``ValueError`` naming the row, before anything is read, where one row of a ragged column
+    is larger than the memory budget."""
+    for c in columns:
+        st = m.stats.get(c.name) if c.ragged else None
+        if st and st["max_row_nbytes"] > budget:
+            raise ValueError(f"{m.root}: row {st['max_row']} of column {c.name!r} holds {st['max_row_nbytes']} "
+                             f"bytes, more than the memory budget of {budget} bytes: give a larger memory_budget")
+
+
+def check_pack(columns: tuple[Column, ...], pack: Any) -> Any:
+    """``pack`` (a ``streambatch.Pack`` or None) checked against the selected columns: it names a
+    ``list`` column of numbers that can hold its ``pad_id``."""
+    if pack is None:
+        return None
+    from ..packing import Pack
+
+    if not isinstance(pack, Pack):
+        raise TypeError(f"pack must be a streambatch.Pack, got {type(pack).__name__}")
+    col = next((c for c in columns if c.name == pack.column), None)
+    if col is None or col.kind != "list" or col.shape:
+        raise ValueError(f"pack: {pack.column!r} is not a selected column of token lists "
+                         f"(those are {[c.name for c in columns if c.kind == 'list' and not c.shape]})")
+    pack.check_dtype(col.np_dtype)
+    return pack
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size): as given, else torch.distributed's, else the RANK / WORLD_SIZE variables."""
+    if rank is not None or world_size is not None:
+        r, w = (0 if rank is None else rank), (1 if world_size is None else world_size)
+        if w < 1:
+            raise ValueError(f"world_size must be at least 1, got {w}")
+    else:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            r, w = dist.get_rank(), dist.get_world_size()
+        else:
+            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= r < w:
+        raise ValueError(f"rank {r} outside world size {w}")
+    return r, w

@@ -1,0 +1,74 @@
+"""Packed token batches: the documents a row stream serves, packed into sequences (``packing.Packer``).
+
+The loader serves documents in batches of ``PACK_ROWS`` rows (windows, budget and shuffle as for
+any ragged column); the consuming side feeds them, in order, to a ``Packer`` and serves its
+batches, each one buffer (``tokens``, ``position_ids``, ``document_ids``).  The packer's state
+after each batch is handed to ``on_state``: a resume restarts the row stream at that document
+(``PACK_ROWS`` rows a batch, ``skip`` rows into the first) and the packer at that token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from ..errors import StateError
+from ..packing import OUTPUTS, Pack, Packer, batch_nbytes, batch_views
+
+__all__ = ["PACK_ROWS", "serve_packed", "check_pack_state", "packed_position"]
+
+PACK_ROWS = 64
+"""Documents a row batch of a packed stream holds (the row stream's batch size)."""
+
+
+def serve_packed(row_batches: Iterator[dict[str, Any]], pack: Pack, batch_size: int, drop_last: bool, dtype: Any,
+                 index_key: str, make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any],
+                 start: Mapping[str, Any] | None = None, skip: int = 0,
+                 on_state: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Any]:
+    """Pack the documents of ``row_batches`` (column ``pack.column`` and the row ids
+    ``index_key``) into batches of ``batch_size`` sequences; ``make_batch(buffer, arrays)`` makes
+    what is served.  ``start`` and ``skip``: a resume (the packer's state, and the rows of the
+    first row batch already packed before it)."""
+    packer = pack.packer(batch_size, dtype, drop_last, start=start)
+    for b in row_batches:
+        docs, rows = b[pack.column], b[index_key]
+        if skip:
+            docs, rows, skip = docs[min(skip, len(rows)):], rows[min(skip, len(rows)):], max(0, skip - len(rows))
+        packer.feed(docs, rows)
+        yield from _written(packer, make_batch, on_state)
+    packer.finish()
+    yield from _written(packer, make_batch, on_state)
+
+
+def _written(packer: Packer, make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any],
+             on_state: Callable[[dict[str, Any]], None] | None) -> Iterator[Any]:
+    while rows := packer.rows_ready():
+        flat = np.empty(batch_nbytes(rows, packer.seq_len, packer.dtype), np.uint8)
+        out = batch_views(flat, rows, packer.seq_len, packer.dtype)
+        packer.write_batch(out)
+        if on_state is not None:
+            on_state(packer.state())
+        yield make_batch(flat, {k: out[k] for k in OUTPUTS})
+
+
+def check_pack_state(state: Mapping[str, Any], pack: Pack | None, root: Any) -> dict[str, Any] | None:
+    """The packer's part of a resume state (``pack_state``), checked; None when it has none.
+    ``StateError`` for a malformed one, or one given to a dataset that does not pack."""
+    got = state.get("pack_state")
+    if got is None:
+        return None
+    ok = isinstance(got, dict) and all(type(got.get(k)) is int and got[k] >= 0 for k in ("index", "done", "batches",
+                                                                                          "skip"))
+    if pack is None or not ok or got["skip"] >= PACK_ROWS or not (got.get("row") is None or type(got["row"]) is int):
+        raise StateError(f"{root}: resume state: malformed or unexpected pack_state {got!r:.120}")
+    return dict(got)
+
+
+def packed_position(packer_state: Mapping[str, Any] | None) -> tuple[int, dict[str, Any] | None]:
+    """(row batches of the stream already packed, the state to resume the packer from) after a
+    packed batch whose packer state is ``packer_state`` (None: nothing packed)."""
+    if packer_state is None:
+        return 0, None
+    k = int(packer_state["index"])
+    return k // PACK_ROWS, {**packer_state, "skip": k % PACK_ROWS}
