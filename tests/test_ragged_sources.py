@@ -113,6 +113,37 @@ def test_list_string_and_binary_columns_come_back_exactly(tmp_path: Path, write:
         assert got == {k: v[start:stop] for k, v in want.items()}, (max_rows, start, stop)
 
 
+def test_nbytes_counts_ragged_columns_values_and_offsets(tmp_path: Path) -> None:
+    """``Source.nbytes`` of an input of fewer than 4096 rows is exact: what ``piece_nbytes`` counts
+    in one piece of every row."""
+    table, _ = _table(np.random.default_rng(3))
+    source = open_source(_write_parquet(tmp_path, table))
+    parts: dict[str, list[Any]] = {c.name: [] for c in source.columns}
+    for piece in source.pieces(ROWS):
+        for k, v in piece.items():
+            parts[k].append(v)
+    whole = {k: Ragged.concat(v) if isinstance(v[0], Ragged) else np.concatenate(v) for k, v in parts.items()}
+    assert source.nbytes == piece_nbytes(whole)
+    assert whole["ltext"].nbytes == sum(len(t.encode()) for t in _texts()) + 8 * (ROWS + 1)
+
+
+def test_string_and_binary_views_are_read_too(tmp_path: Path) -> None:
+    """Arrow's view types (as Polars writes IPC) become string and bytes columns."""
+    texts, blobs = _texts(50), _blobs(np.random.default_rng(4), 50)
+    feather.write_feather(pa.table({"s": pa.array(texts, pa.string_view()), "b": pa.array(blobs, pa.binary_view())}),
+                          tmp_path / "v.arrow", compression="uncompressed")
+    source = open_source(tmp_path / "v.arrow")
+    assert [c.kind for c in source.columns] == ["string", "bytes"]
+    assert rows_of(source, 7, 3, 45) == {"s": texts[3:45], "b": blobs[3:45]}
+
+
+def test_csv_text_is_a_string_column(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("id,text\n1,hello\n2,\"a, b\"\n3,\n")
+    source = open_source(tmp_path / "t.csv", fill={"text": "empty"})
+    assert [c.kind for c in source.columns] == ["fixed", "string"]
+    assert rows_of(source, 2) == {"id": [1, 2, 3], "text": ["hello", "a, b", ""]}
+
+
 def test_ragged_values_are_arrow_buffers_not_copies(tmp_path: Path) -> None:
     """Large types are read without a copy of their values or offsets (an Arrow file is mapped)."""
     table, _ = _table(np.random.default_rng(1))

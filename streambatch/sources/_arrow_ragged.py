@@ -1,6 +1,6 @@
 """Arrow's variable-length columns as :class:`~streambatch.ragged.Ragged` rows: lists of numbers
 (``list`` / ``large_list``, their elements numbers or fixed-size lists of them), strings and
-binary (``string``, ``binary`` and their ``large_`` forms) and Hugging Face image columns
+binary (``string``, ``binary``, their ``large_`` and ``_view`` forms) and Hugging Face image columns
 (``struct<bytes, path>``: the bytes).
 
 Values come straight from Arrow's buffers (no copy, except bools and lists whose elements need
@@ -29,9 +29,9 @@ def ragged_kind(t: Any) -> str | None:
     """``"string"`` or ``"bytes"`` for an Arrow string, binary or image type; ``None`` otherwise."""
     import pyarrow as pa
 
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "string"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_image_type(t):
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) or is_image_type(t):
         return "bytes"
     return None
 
@@ -54,6 +54,8 @@ def arrow_to_ragged(arr: Any, col: Column, where: str, row0: int | np.ndarray, n
     image = image_parts(arr)
     if image is not None:
         arr = image[0]
+    if pa.types.is_string_view(arr.type) or pa.types.is_binary_view(arr.type):  # (Polars' IPC) one buffer: a copy
+        arr = arr.cast(pa.large_string() if pa.types.is_string_view(arr.type) else pa.large_binary())
     if arr.null_count:
         if (nulls.fill.get(col.name) if nulls is not None else None) != EMPTY:
             bad = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])

@@ -81,20 +81,20 @@ class Source(ABC):
         return fixed + (self._ragged_nbytes(ragged) if ragged else 0)
 
     def _ragged_nbytes(self, names: tuple[str, ...]) -> int:
-        """The decoded bytes of the ragged columns ``names``: by default an estimate, the first
-        rows' (up to 4096 of them) times ``rows`` over their count; a source that knows its
-        sizes (ImageFolder: the file sizes) gives them exactly."""
-        nulls = self.nulls
+        """The decoded bytes of the ragged columns ``names`` (values and int64 offsets): by
+        default an estimate, their values in the first rows (up to 4096; all of them, exactly,
+        in a smaller input) scaled to ``rows``; a source that knows its sizes (ImageFolder: the
+        file sizes) gives them exactly."""
+        nulls, first = self.nulls, min(self.rows, 4096)
         counts = (dict(nulls.filled), nulls.dropped)  # a pass's counts: not this look's
-        first = self.pieces(4096, names, 0, min(self.rows, 4096))
+        values = seen = 0
         try:
-            piece = next(first, None)
+            for piece in self.pieces(first, names, 0, first):
+                values += sum(int(v.nbytes) - 8 * v.offsets.size for v in piece.values())
+                seen += len(piece[names[0]])
         finally:
-            first.close()  # type: ignore[attr-defined]
             nulls.filled, nulls.dropped = counts
-        if piece is None:
-            return 0
-        return -(-piece_nbytes(piece) * self.rows // len(piece[names[0]]))
+        return -(-values * self.rows // max(1, seen)) + 8 * (self.rows + 1) * len(names)
 
     @property
     def random_access(self) -> bool:
