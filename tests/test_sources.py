@@ -306,7 +306,7 @@ def test_round_trip(tmp_path: Path, writer: str, out: str, codec: str) -> None:
 def test_every_source_format_is_covered() -> None:
     from streambatch.sources import SOURCE_FORMATS
 
-    assert set(FORMAT_OF.values()) == set(SOURCE_FORMATS)
+    assert set(FORMAT_OF.values()) | {"imagefolder"} == set(SOURCE_FORMATS)  # images: test_ragged_sources.py
     for out, fmt in FORMATS.items():
         assert {c for _, o, c in CASES if o == out} == set(fmt.codecs)
 
@@ -388,7 +388,8 @@ def test_columns_subset_and_order(tmp_path: Path) -> None:
 
 def _with_unsupported(d: Path, fmt: str) -> Path:
     """An input of format ``fmt`` with numeric ``id`` and ``y`` and an unsupported column ``bad``
-    (strings, objects or complex numbers: what each format can hold)."""
+    (objects, complex numbers, times of day or JSON objects: what each format can hold; strings
+    are supported in the Arrow-based formats)."""
     n = 50
     ids, ys = np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) % 3
     words = np.array([f"w{i}" for i in range(n)], dtype=object)
@@ -412,7 +413,7 @@ def _with_unsupported(d: Path, fmt: str) -> Path:
         for k, v in {"id": ids, "y": ys, "bad": np.arange(n) * 1j}.items():
             g.create_array(k, shape=v.shape, dtype=v.dtype)[:] = v
         return d / "in.zarr"
-    table = pa.table({"id": ids, "bad": pa.array(words.tolist()), "y": ys})
+    table = pa.table({"id": ids, "bad": pa.array((ids * 1000).astype(np.int32), pa.time32("ms")), "y": ys})
     if fmt == "parquet":
         pq.write_table(table, d / "a.parquet")
         return d / "a.parquet"
@@ -420,9 +421,9 @@ def _with_unsupported(d: Path, fmt: str) -> Path:
         feather.write_feather(table, d / "a.feather")
         return d / "a.feather"
     if fmt == "csv":
-        (d / "a.csv").write_text("id,bad,y\n" + "".join(f"{i},w{i},{i % 3}\n" for i in range(n)))
+        (d / "a.csv").write_text("id,bad,y\n" + "".join(f"{i},12:00:{i:02d},{i % 3}\n" for i in range(n)))
         return d / "a.csv"
-    (d / "a.jsonl").write_text("".join(json.dumps({"id": i, "bad": f"w{i}", "y": i % 3}) + "\n" for i in range(n)))
+    (d / "a.jsonl").write_text("".join(json.dumps({"id": i, "bad": {"w": i}, "y": i % 3}) + "\n" for i in range(n)))
     return d / "a.jsonl"
 
 

@@ -20,6 +20,7 @@ from .arrow import ArrowSource
 from .base import ReadOptions, Source, SourceSpec
 from .csv import CsvSource
 from .hdf5 import Hdf5Source
+from .imagefolder import ImageFolderSource
 from .jsonl import JsonlSource
 from .npy import NpySource
 from .npz import NpzSource
@@ -29,7 +30,8 @@ from .zarr import ZarrSource
 __all__ = ["Source", "SourceSpec", "SOURCES", "SOURCE_FORMATS", "detect_format", "open_source"]
 
 SOURCES: dict[str, type[Source]] = {c.name: c for c in (
-    NpySource, NpzSource, ParquetSource, CsvSource, JsonlSource, ArrowSource, Hdf5Source, ZarrSource)}
+    NpySource, NpzSource, ParquetSource, CsvSource, JsonlSource, ArrowSource, Hdf5Source, ZarrSource,
+    ImageFolderSource)}
 """Every input format by its ``--from`` name."""
 SOURCE_FORMATS = tuple(SOURCES)
 _EXT = {ext: c.name for c in SOURCES.values() for ext in c.extensions}
@@ -47,20 +49,23 @@ def detect_format(path: Path) -> str:
             if c.claims_folder(path, kinds):  # type: ignore[arg-type]
                 return c.name
         raise InputError(f"{path}: cannot tell the input format of this folder (expected .npy files, "
-                         "Parquet files, key=value partition folders, a Zarr store or a streambatch "
-                         "dataset); pass --from")
+                         "Parquet files, key=value partition folders, a Zarr store, class folders of "
+                         "images or a streambatch dataset); pass --from")
     if ext in _EXT:
         return _EXT[ext]
     raise InputError(f"{path}: unknown file extension {ext!r}; pass --from with one of {', '.join(SOURCE_FORMATS)}")
 
 
 def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ...] | None = None, *,
-                fill: dict[str, Any] | None = None, drop_nulls: bool = False, delimiter: str | None = None) -> Source:
+                fill: dict[str, Any] | None = None, drop_nulls: bool = False, delimiter: str | None = None,
+                ragged: tuple[str, ...] | None = None) -> Source:
     """Open ``path`` as an input of format ``fmt`` (detected when ``None``); only ``columns``
     (all when ``None``) are checked and read.  ``fill`` (column -> value) and ``drop_nulls``
     say what becomes of nulls (only Arrow-based inputs have them: see ``_mapped.Nulls``);
-    ``delimiter`` is a CSV's field separator (default ``,``).  The source's ``spec`` opens it
-    again.  Raises ``InputError``."""
+    ``delimiter`` is a CSV's field separator (default ``,``); ``ragged`` names the
+    variable-length list columns to read as ragged rows (``None``: those whose rows vary in
+    length, which may take a pass over them).  The source's ``spec`` opens it again, its
+    ``ragged`` as found.  Raises ``InputError``."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -71,11 +76,12 @@ def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ..
         raise InputError(f"{p}: --delimiter {delimiter!r}: " + ("one character other than a quote or line break"
                                                               if fmt == "csv" else f"applies to CSV input, not {fmt}"))
     keep = tuple(columns) if columns is not None else None
-    opts = ReadOptions(Nulls(dict(fill or {}), drop_nulls), delimiter)
+    opts = ReadOptions(Nulls(dict(fill or {}), drop_nulls), delimiter, tuple(ragged) if ragged is not None else None)
     source = dataset._open_dataset(p, fmt, keep) if fmt in FORMATS and p.is_dir() else None
     if source is None:
         source = SOURCES[fmt].open(p, keep, opts)
     opts.nulls.check(source.columns, str(p))
     source.nulls = opts.nulls
-    source.spec = SourceSpec(str(p), fmt, keep, dict(fill or {}), drop_nulls, delimiter)
+    source.spec = SourceSpec(str(p), fmt, keep, dict(fill or {}), drop_nulls, delimiter,
+                             tuple(c.name for c in source.columns if c.kind == "list"))
     return source

@@ -1,6 +1,7 @@
 """Arrow columns as numpy: the column an Arrow field maps onto (numbers, bools, fixed-size
-lists and tensors, dictionaries as categorical codes, timestamps and durations as int64) and each
-chunk's values, checked for nulls (filled where asked) and ragged rows."""
+lists and tensors, dictionaries as categorical codes, timestamps and durations as int64; strings,
+binary and variable-length lists as ragged rows, ``_arrow_ragged``) and each chunk's values,
+checked for nulls (filled where asked) and ragged rows."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..ragged import Ragged
 from ..schema import Column
 from ..storage._arrow_schema import binary_tensor, binary_values
+from ._arrow_ragged import _at, arrow_to_ragged, ragged_kind
 from ._columns import check_dtype
 from ._mapped import Categories, Nulls, null_rows, time_meta
 
@@ -32,6 +35,9 @@ def arrow_column(field: Any, where: str) -> Column:
         raise InputError(f"{where}: column {field.name!r}: {e}") from None
     if tensor is not None:
         return Column(field.name, tensor[0], tensor[1])
+    kind = ragged_kind(t)
+    if kind is not None:
+        return Column(field.name, "uint8", (), kind=kind)
     shape: list[int] = []
     meta_shape = None
     if field.metadata and b"streambatch.shape" in field.metadata:
@@ -60,24 +66,23 @@ def arrow_column(field: Any, where: str) -> Column:
         dtype, meta = "int64", time_meta("timestamp" if pa.types.is_timestamp(t) else "duration", t.unit,
                                          getattr(t, "tz", None))
     else:
-        raise InputError(f"{cw}: unsupported type {field.type}; streambatch stores numeric and bool columns")
+        raise InputError(f"{cw}: unsupported type {field.type}; streambatch stores numbers, bools, lists of "
+                         "numbers, strings and binary")
     if meta_shape is not None and shape and all(s > 0 for s in shape) and math.prod(meta_shape) == math.prod(shape):
         shape = [int(s) for s in meta_shape]
     return Column(field.name, dtype, tuple(shape), meta=meta)
 
 
-def _at(row0: int | np.ndarray, i: int) -> int:
-    """The input row of row ``i`` of a piece: ``row0`` is its first row, or (after rows were
-    dropped) every row's."""
-    return int(row0[i]) if isinstance(row0, np.ndarray) else row0 + i
-
-
 def arrow_to_numpy(arr: Any, col: Column, where: str, row0: int | np.ndarray, nulls: Nulls | None = None,
-                    cats: Categories | None = None) -> np.ndarray:
+                   cats: Categories | None = None) -> np.ndarray | Ragged:
     """One Arrow column chunk to numpy, checking nulls (filling them with ``nulls.fill``) and
-    (for lists) that rows are not ragged; a dictionary column gives its codes into ``cats``."""
+    (for lists) that rows are not ragged; a dictionary column gives its codes into ``cats``; a
+    ragged column (``col.ragged``) gives ``Ragged`` rows (``_arrow_ragged.arrow_to_ragged``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    if col.ragged:
+        return arrow_to_ragged(arr, col, where, row0, nulls)
 
     cw = f"{where}: column {col.name!r}"
     if isinstance(arr, pa.ChunkedArray):
@@ -138,6 +143,7 @@ def infer_list_shapes(cols: list[Column], first: Any, where: str) -> list[Column
                 raise InputError(f"{where}: column {c.name!r}: cannot tell the row shape of a list column from "
                                  "its first rows (empty, or each with a null)")
             arr = arrow_to_numpy(first.column(c.name).slice(int(full[0]), 1), c, where, int(full[0]))
+            assert isinstance(arr, np.ndarray)  # a fixed-shape column
             c = replace(c, shape=tuple(int(d) for d in arr.shape[1:]))
         out.append(c)
     return out

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import InputError
 from ..schema import Column
 from ._arrow_numpy import arrow_column, arrow_to_numpy, infer_list_shapes
+from ._arrow_ragged import as_ragged_list, varying_lists
 from ._columns import check_names, select
 from ._mapped import Categories, null_rows
 from .base import ReadOptions, Source, trim
@@ -45,8 +46,9 @@ class BatchSource(Source):
         """``(first row, batch)`` from the batch holding row ``start`` on (``ranged`` sources)."""
         raise NotImplementedError
 
-    def _first_batch(self) -> Any:
-        """A batch of the first row(s), whose list columns give their row shape (``None``: none)."""
+    def _first_batch(self, names: tuple[str, ...]) -> Any:
+        """A batch of the first rows (up to about a thousand) with at least the columns ``names``,
+        whose list columns give their row shape (``None``: no rows)."""
         return None
 
     @property
@@ -56,8 +58,11 @@ class BatchSource(Source):
     def _setup(self, schema: Any, rows: int, keep: tuple[str, ...] | None, opts: ReadOptions,
                given: dict[str, Column] | None = None, block_rows: int = 1) -> None:
         """Columns and rows from the Arrow ``schema`` (``keep``: those to read); a pass over the
-        input where categories or dropped rows must be known first.  ``given`` holds columns
-        the schema cannot describe (Hive partition keys)."""
+        input where categories, dropped rows or whether a list column's rows vary in length must
+        be known first.  ``given`` holds columns the schema cannot describe (Hive partition keys).
+        A variable-length list column (Arrow ``list`` / ``large_list``, a JSON array) whose rows
+        (null rows aside) all have one length is a fixed-shape column, as before ragged columns
+        existed; otherwise a ragged ``list`` column (``opts.ragged``, when given, says which)."""
         where = str(self.path)
         nulls = opts.nulls
         chosen = select(list(schema.names), keep, where)
@@ -66,18 +71,31 @@ class BatchSource(Source):
         if rows == 0:  # before the types: an empty CSV or JSON file has only null-typed columns
             raise InputError(f"{where}: input is empty (0 rows)")
         cols = [(given or {}).get(f.name) or arrow_column(f, where) for f in fields]
+        first = None
         if any(s < 0 for c in cols for s in c.shape):
-            cols = infer_list_shapes(cols, self._first_batch(), where)
+            first = self._first_batch(tuple(c.name for c in cols if any(s < 0 for s in c.shape)))
+        # variable-length lists: ragged unless every row has one length (the first rows, then a pass)
+        lists, seen = [c.name for c in cols if c.shape and c.shape[0] < 0], {}
+        if opts.ragged is not None:  # decided by an earlier open (SourceSpec.ragged)
+            ragged, undecided = _given_ragged(opts.ragged, lists, where), []
+        else:
+            ragged = varying_lists(first, lists, seen)
+            undecided = [n for n in lists if n not in ragged]
         cats = {c.name: Categories(c, where) for c in cols
                 if c.meta and c.meta["type"] == "category" and c.name not in (given or {})}
         drop = nulls.drop_names(c.name for c in cols)
-        if cats or drop:
-            scanned = {c.name: c for c in cols if c.name in cats or c.name in drop}
-            nulls.dropped = _scan(self._batches, cats, drop, sum(c.row_nbytes for c in scanned.values()))
+        if cats or drop or undecided:
+            scanned = [c for c in cols if c.name in cats or c.name in drop or c.name in undecided]
+            nulls.dropped, varying = _scan(self._batches, cats, drop, undecided, seen,
+                                           sum(_row_guess(c) for c in scanned))
+            ragged |= varying
             cols = [cats[c.name].column() if c.name in cats else c for c in cols]
             if nulls.dropped == rows:
                 raise InputError(f"{where}: every one of the {rows} rows has a null; --drop-nulls leaves nothing")
             rows -= nulls.dropped
+        cols = [as_ragged_list(c, first, where) if c.name in ragged else c for c in cols]
+        if any(s < 0 for c in cols for s in c.shape):
+            cols = infer_list_shapes(cols, first, where)
         self.columns, self.rows, self.nulls, self.block_rows = tuple(cols), rows, nulls, block_rows
         self._by_name, self._cats, self._drop = {c.name: c for c in cols}, cats, drop
 
@@ -144,15 +162,31 @@ def _null_mask(batch: Any, names: tuple[str, ...]) -> np.ndarray:
     return mask
 
 
+def _row_guess(c: Column) -> int:
+    """The decoded bytes of a row of ``c`` for sizing a pass's batches (1 KiB where rows vary)."""
+    return c.row_nbytes if not c.ragged and all(s > 0 for s in c.shape) else 1024
+
+
+def _given_ragged(given: tuple[str, ...], lists: list[str], where: str) -> set[str]:
+    """The list columns ``given`` as ragged; ``InputError`` for one that is not a variable-length list."""
+    wrong = [n for n in given if n not in lists]
+    if wrong:
+        raise InputError(f"{where}: column {wrong[0]!r} cannot be read as ragged rows: it is not a variable-length "
+                         f"list column (those are {lists})")
+    return set(given)
+
+
 def _scan(batches: Callable[[int, tuple[str, ...]], Iterator[Any]], cats: dict[str, Categories],
-          drop: tuple[str, ...], row_nbytes: int) -> int:
+          drop: tuple[str, ...], lists: list[str], seen: dict[str, int], row_nbytes: int) -> tuple[int, set[str]]:
     """One pass over the columns that need it before any row is written: the categories of
-    dictionary columns (``cats`` take them in) and the rows ``drop`` leaves out (returned).
+    dictionary columns (``cats`` take them in), the rows ``drop`` leaves out (their count
+    returned) and which of the variable-length ``lists`` have rows of different lengths
+    (returned; ``seen``: the length of each one's first row, where known).
     ``row_nbytes``: the decoded bytes of a row of these columns (batches of about 8 MiB)."""
     import pyarrow as pa
 
-    dropped = 0
-    for b in batches(max(1, (8 << 20) // max(1, row_nbytes)), tuple(dict.fromkeys([*cats, *drop]))):
+    dropped, varying = 0, set()
+    for b in batches(max(1, (8 << 20) // max(1, row_nbytes)), tuple(dict.fromkeys([*cats, *drop, *lists]))):
         if isinstance(b, dict):  # decoded in place: REQUIRED numbers, neither nulls nor dictionaries
             continue
         for n, c in cats.items():
@@ -160,4 +194,7 @@ def _scan(batches: Callable[[int, tuple[str, ...]], Iterator[Any]], cats: dict[s
             for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
                 c.add(chunk)
         dropped += int(_null_mask(b, drop).sum()) if drop else 0
-    return dropped
+        varying |= varying_lists(b, [n for n in lists if n not in varying], seen)
+        if not cats and not drop and len(varying) == len(lists):
+            break
+    return dropped, varying

@@ -1,8 +1,11 @@
 """Inputs that reach streambatch's numeric columns through a mapping recorded in the manifest.
 
 * Nulls (Arrow-based inputs: Parquet, Arrow IPC / Feather, CSV, JSON Lines): ``fill`` puts a
-  value of the column's dtype in their place, ``drop_nulls`` drops their rows; how many of
-  each is counted.  Without either, a null is an ``InputError`` naming file, column and row.
+  value of the column's dtype in their place (in a list, bytes or string column: ``"empty"``,
+  an empty row), ``drop_nulls`` drops their rows; how many of each is counted.  Without
+  either, a null is an ``InputError`` naming file, column and row.
+* Hugging Face image (and audio) columns, ``struct<bytes: binary, path: string>``: the bytes
+  (``image_parts``); a row without bytes is a null.
 * Categoricals (Arrow dictionaries, pandas' ``category``): the integer codes, in the smallest
   signed dtype that holds them (as pandas' ``cat.codes``), and the categories in ``meta``.
 * Timestamps and durations (Arrow ``timestamp[unit, tz]`` / ``duration[unit]``, numpy
@@ -24,7 +27,11 @@ import numpy as np
 from ..errors import InputError
 from ..schema import Column
 
-__all__ = ["Nulls", "null_rows", "Categories", "code_dtype", "time_meta", "numpy_time_meta"]
+__all__ = ["Nulls", "null_rows", "is_image_type", "image_parts", "EMPTY", "Categories", "code_dtype", "time_meta",
+           "numpy_time_meta"]
+
+EMPTY = "empty"
+"""The ``fill`` value of a list, bytes or string column: its null rows become empty rows."""
 
 
 @dataclass
@@ -78,14 +85,22 @@ class Nulls:
         """The options as JSON (a non-finite fill value as its string), for the manifest's ``options``."""
         out: dict[str, Any] = {}
         if self.fill:
-            out["fill"] = {n: v.item() if np.isfinite(v) else str(v.item()) for n, v in self.fill.items()}
+            out["fill"] = {n: v if isinstance(v, str) else v.item() if np.isfinite(v) else str(v.item())
+                           for n, v in self.fill.items()}
         if self.drop:
             out["drop_nulls"] = True
         return out
 
 
-def _typed(col: Column, value: Any, where: str) -> np.generic:
-    """``value`` (a number, bool or string) as a scalar of ``col``'s dtype."""
+def _typed(col: Column, value: Any, where: str) -> np.generic | str:
+    """``value`` (a number, bool or string) as a scalar of ``col``'s dtype; for a ragged column,
+    ``EMPTY`` (given as "empty", or any empty str, bytes or sequence)."""
+    if col.ragged:
+        if (isinstance(value, str) and value.strip().lower() == EMPTY) or (hasattr(value, "__len__")
+                                                                        and len(value) == 0):
+            return EMPTY
+        raise InputError(f"{where}: column {col.name!r} is a {col.kind} column; its nulls can only be "
+                         f"filled with an empty row: --fill {col.name}={EMPTY} (or use --drop-nulls)")
     if col.shape:
         raise InputError(f"{where}: column {col.name!r} holds rows of shape {col.shape}; --fill applies to "
                          "scalar columns (use --drop-nulls)")
@@ -123,12 +138,35 @@ def null_rows(arr: Any) -> np.ndarray:
         arr = arr.combine_chunks()
     if isinstance(arr.type, pa.FixedShapeTensorType):
         arr = arr.storage
+    image = image_parts(arr)
+    arr = image[0] if image is not None else arr
     out = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), bool)
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
         inner = null_rows(arr.flatten())  # the values of the rows that are not null, in order
         if inner.any():
             out[pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)[inner]] = True
     return out
+
+
+def is_image_type(t: Any) -> bool:
+    """Whether Arrow type ``t`` is a Hugging Face image column's, ``struct<bytes: binary, path:
+    string>`` (as ``datasets`` writes ``Image()`` and ``Audio()`` features; large types too)."""
+    import pyarrow as pa
+
+    if not (pa.types.is_struct(t) and sorted(f.name for f in t) == ["bytes", "path"]):
+        return False
+    b, p = t.field("bytes").type, t.field("path").type
+    return (pa.types.is_binary(b) or pa.types.is_large_binary(b)) and (pa.types.is_string(p)
+                                                                        or pa.types.is_large_string(p))
+
+
+def image_parts(arr: Any) -> tuple[Any, Any] | None:
+    """``(bytes, path)`` of an image column chunk (``is_image_type``; a null struct gives null
+    bytes), or ``None`` for any other array."""
+    if not is_image_type(arr.type):
+        return None
+    parts = dict(zip((f.name for f in arr.type), arr.flatten()))  # flatten: the struct's offset and nulls applied
+    return parts["bytes"], parts["path"]
 
 
 def code_dtype(n: int) -> str:

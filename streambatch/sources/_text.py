@@ -46,5 +46,5 @@ class TextSource(BatchSource):
         for b in self._reader():
             yield b.select(list(names))
 
-    def _first_batch(self) -> Any:
+    def _first_batch(self, names: tuple[str, ...]) -> Any:
         return next(iter(self._reader()), None)

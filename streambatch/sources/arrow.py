@@ -61,10 +61,10 @@ class ArrowSource(BatchSource):
         for i in range(r.num_record_batches):
             yield r.get_batch(i).select(list(names))
 
-    def _first_batch(self) -> Any:
+    def _first_batch(self, names: tuple[str, ...]) -> Any:
         import pyarrow as pa
 
         r = self._reader
         if isinstance(r, pa.Table):
-            return r.slice(0, 1)
+            return r.slice(0, 1024)
         return r.get_batch(0) if r.num_record_batches else None

@@ -1,6 +1,7 @@
 """The interface of an input format: a :class:`Source` knows its columns and row count before any
-data is read and yields ``pieces(max_rows)``: dicts of numpy arrays, at most ``max_rows`` rows
-each, in row order.  A source with ``random_access`` reads any row range without reading what
+data is read and yields ``pieces(max_rows)``: dicts of numpy arrays (``ragged.Ragged`` rows for
+a list, bytes or string column, row-aligned with the arrays), at most ``max_rows`` rows each, in
+row order.  A source with ``random_access`` reads any row range without reading what
 comes before it, and its ranges may be read from several threads at once.
 
 A format is one subclass (one module of this package) listed in ``sources.SOURCES``: its name
@@ -20,7 +21,7 @@ import numpy as np
 from ..schema import Column
 from ._mapped import Nulls
 
-__all__ = ["Source", "SourceSpec", "ReadOptions", "trim"]
+__all__ = ["Source", "SourceSpec", "ReadOptions", "trim", "piece_nbytes"]
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,19 @@ class SourceSpec:
     fill: dict[str, Any] = field(default_factory=dict)
     drop_nulls: bool = False
     delimiter: str | None = None
+    ragged: tuple[str, ...] | None = None
+    """The variable-length list columns read as ragged rows, as the first open found them (a
+    later open then need not look at their lengths again)."""
 
 
 @dataclass
 class ReadOptions:
-    """How to read an input beyond its columns: its nulls, and a CSV's delimiter."""
+    """How to read an input beyond its columns: its nulls, a CSV's delimiter, and which
+    variable-length list columns are ragged (``None``: those whose rows vary in length)."""
 
     nulls: Nulls = field(default_factory=Nulls)
     delimiter: str | None = None
+    ragged: tuple[str, ...] | None = None
 
 
 class Source(ABC):
@@ -68,8 +74,27 @@ class Source(ABC):
 
     @property
     def nbytes(self) -> int:
-        """The decoded bytes of every row."""
-        return sum(c.row_nbytes for c in self.columns) * self.rows
+        """The decoded bytes of every row: exact for fixed-shape columns; for ragged ones (values
+        plus int64 offsets, as ``piece_nbytes`` counts them) what :meth:`_ragged_nbytes` gives."""
+        fixed = sum(c.row_nbytes for c in self.columns if not c.ragged) * self.rows
+        ragged = tuple(c.name for c in self.columns if c.ragged)
+        return fixed + (self._ragged_nbytes(ragged) if ragged else 0)
+
+    def _ragged_nbytes(self, names: tuple[str, ...]) -> int:
+        """The decoded bytes of the ragged columns ``names`` (values and int64 offsets): by
+        default an estimate, their values in the first rows (up to 4096; all of them, exactly,
+        in a smaller input) scaled to ``rows``; a source that knows its sizes (ImageFolder: the
+        file sizes) gives them exactly."""
+        nulls, first = self.nulls, min(self.rows, 4096)
+        counts = (dict(nulls.filled), nulls.dropped)  # a pass's counts: not this look's
+        values = seen = 0
+        try:
+            for piece in self.pieces(first, names, 0, first):
+                values += sum(int(v.nbytes) - 8 * v.offsets.size for v in piece.values())
+                seen += len(piece[names[0]])
+        finally:
+            nulls.filled, nulls.dropped = counts
+        return -(-values * self.rows // max(1, seen)) + 8 * (self.rows + 1) * len(names)
 
     @property
     def random_access(self) -> bool:
@@ -123,6 +148,11 @@ class Source(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, rows={self.rows}, columns={[c.name for c in self.columns]})"
+
+
+def piece_nbytes(piece: dict[str, Any]) -> int:
+    """The decoded bytes of a piece: its arrays', and its ``Ragged`` columns' values and offsets."""
+    return sum(int(v.nbytes) for v in piece.values())
 
 
 def trim(pieces: Iterator[Any], first: str, row: int, start: int, stop: int) -> Iterator[Any]:

@@ -135,8 +135,8 @@ class ParquetSource(BatchSource):
         for _, b in self._batches_from(max_rows, names, 0):
             yield b
 
-    def _first_batch(self) -> Any:
-        return next(self._handles[0].iter_batches(batch_size=1), None)
+    def _first_batch(self, names: tuple[str, ...]) -> Any:
+        return next(self._handles[0].iter_batches(batch_size=1024, columns=list(names), use_threads=False), None)
 
     def close(self) -> None:
         for h in self._handles:
