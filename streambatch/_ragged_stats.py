@@ -117,9 +117,9 @@ def check_ragged_stats(st: Any, where: str) -> None:
 
 def ragged_sizes(columns: list[Column], layout: dict[str, Any], urows: NDArray[np.int64], where: str,
                  max_unit_bytes: int) -> tuple[list[Column], dict[str, NDArray[np.int64]]]:
-    """The columns, each ragged one sized by the largest mean row of a unit (``nbytes_hint``: its
-    values' bytes plus an 8-byte offset), and ``layout.ragged_nbytes``: per ragged column, the
-    decoded bytes of its values in each unit."""
+    """The columns, each ragged one sized by its mean row (``nbytes_hint``: its values' bytes plus
+    an 8-byte offset), and ``layout.ragged_nbytes``: per ragged column, the decoded bytes of its
+    values in each unit.  The loader sizes windows by the mean and admits each by its real bytes."""
     if not any(c.ragged for c in columns):
         return columns, {}
     doc = layout.get("ragged_nbytes")
@@ -130,6 +130,6 @@ def ragged_sizes(columns: list[Column], layout: dict[str, Any], urows: NDArray[n
         if c.ragged:
             a = sizes[c.name] = int_array(doc.get(c.name), len(urows), f"{where}: layout.ragged_nbytes[{c.name!r}]",
                                           hi=max_unit_bytes)
-            c = replace(c, nbytes_hint=int(np.ceil((a / urows).max())) + 8)
+            c = replace(c, nbytes_hint=-(-int(a.sum()) // int(urows.sum())) + 8)
         out.append(c)
     return out, sizes

@@ -83,7 +83,7 @@ class Manifest:
 
     @property
     def row_nbytes(self) -> int:
-        """Decoded bytes of one row over all columns (ragged ones: of the largest mean row of a unit)."""
+        """Decoded bytes of one row over all columns (ragged ones: their mean row, and its offset)."""
         return sum(c.row_nbytes for c in self.columns)
 
     @property

@@ -31,7 +31,7 @@ from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
 from .pool import POLL, Pool, Task
-from .rows import batch_values_nbytes, ragged_slack
+from .rows import batch_values_nbytes, ragged_slack, window_nbytes
 from .windows import Buffers, Window, start_window
 
 __all__ = ["Prefetcher"]
@@ -155,7 +155,7 @@ class Prefetcher:
         in_flight = 0  # batches submitted and not yet taken
         started = 0
         while True:
-            while todo and len(held) < 2:
+            while todo and len(held) < 2 and (not self.ragged or self._window_fits(todo[0], bool(held))):
                 w = self._start_window(todo.popleft())
                 w.next_b = first_offset if started == 0 else 0
                 started += 1
@@ -185,7 +185,8 @@ class Prefetcher:
         while not cur.ready():
             self._wait(cur.reads[cur.reads_done])
         b0 = cur.next_b
-        b1 = min(cur.n_batches, b0 + self.group)
+        b1 = min(cur.n_batches, b0 + self.group) if cur.group_end is None else cur.group_end
+        cur.group_end = None
         assert cur.perm is not None
         perm = self._wait(cur.perm)
         bs = self.plan.batch_size
@@ -206,22 +207,39 @@ class Prefetcher:
         fixed = sum(b[:1].nbytes for b in cur.buffers.values())
         return sum(len(i) * fixed + batch_values_nbytes(cur.ragged, i) for i in idx_list)
 
+    def _window_fits(self, j: int, held: bool) -> bool:
+        """Ragged columns: whether window ``j``'s real bytes fit the budget now, beside the batches
+        ahead when another window is ``held`` (else it starts when that one is done).
+        ``ValueError`` for a window that never fits."""
+        need = window_nbytes(self.reader.manifest, self.columns, self.plan.window_table(j)[0], self.plan.window_rows)
+        # a window read ahead leaves the batches ahead their share of the budget
+        room = self.budget_bytes - (self.batches_ahead * self.batch_nbytes if held else 0)
+        if self.accounted_bytes + need <= room or held:
+            return self.accounted_bytes + need <= room
+        raise ValueError(f"{self.reader.manifest.root}: window {j} holds {need} bytes, more than the memory budget "
+                         f"of {self.budget_bytes} bytes: give a larger memory_budget")
+
     def _fits_next(self, cur: Window, waiting: bool) -> bool:
-        """Ragged columns: whether the next group of ``cur``'s batches fits the budget now (else,
-        with batches ``waiting``, wait for them).  ``ValueError`` for a batch that never fits."""
+        """Ragged columns: whether the next group of ``cur``'s batches, or else its next batch
+        alone, fits the budget now (the group is cut to fit); with batches ``waiting``, False waits
+        for them.  ``ValueError`` for a batch that never fits."""
         while not cur.ready():
             self._wait(cur.reads[cur.reads_done])
         assert cur.perm is not None
-        perm, bs = self._wait(cur.perm), self.plan.batch_size
-        b0 = cur.next_b
+        perm, bs, b0 = self._wait(cur.perm), self.plan.batch_size, cur.next_b
+        free = self.budget_bytes - self.accounted_bytes
         b1 = min(cur.n_batches, b0 + self.group)
-        need = self._batches_nbytes(cur, [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)])
-        if self.accounted_bytes + need <= self.budget_bytes or waiting:
-            return self.accounted_bytes + need <= self.budget_bytes
-        raise ValueError(f"{self.reader.manifest.root}: batches {b0}..{b1 - 1} of window {cur.j} hold "
-                         f"{need} bytes, more than the memory budget leaves beside the windows "
-                         f"({self.budget_bytes - self.accounted_bytes} of {self.budget_bytes} bytes): "
-                         "give a larger memory_budget or a smaller batch_size")
+        while b1 > b0 and self._batches_nbytes(cur, [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]) > free:
+            b1 = b0 + 1 if b1 > b0 + 1 else b0
+        if b1 > b0:
+            cur.group_end = b1
+            return True
+        if waiting:
+            return False
+        raise ValueError(f"{self.reader.manifest.root}: batch {b0} of window {cur.j} holds "
+                         f"{self._batches_nbytes(cur, [perm[b0 * bs:(b0 + 1) * bs]])} bytes, more than the memory "
+                         f"budget leaves beside the windows ({free} of {self.budget_bytes} bytes): give a larger "
+                         "memory_budget or a smaller batch_size")
 
     def _finish_window(self, w: Window) -> None:
         if w.touch is not None:  # before the buffer is reused for another window's reads

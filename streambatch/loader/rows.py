@@ -22,7 +22,8 @@ from ..ragged import Ragged, concat_slices
 from ..schema import Column
 from .pool import Where
 
-__all__ = ["RaggedBuf", "ragged_buffers", "read_rows_group", "gather_ragged", "ragged_slack"]
+__all__ = ["RaggedBuf", "ragged_buffers", "window_nbytes", "read_rows_group", "gather_ragged", "ragged_slack",
+           "batch_values_nbytes"]
 
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row)
 
@@ -58,10 +59,19 @@ def ragged_buffers(manifest: Manifest, columns: tuple[Column, ...], table: Table
     return out
 
 
+def window_nbytes(manifest: Manifest, columns: tuple[Column, ...], table: Table, window_rows: int) -> int:
+    """The bytes ``ragged_buffers`` and the fixed columns' buffers of a window of pieces ``table`` hold."""
+    units = table[:, 0]
+    fixed = window_rows * sum(c.row_nbytes for c in columns if not c.ragged)
+    return fixed + sum(int(manifest.layout["ragged_nbytes"][c.name][units].sum()) + 16 * window_rows
+                       for c in columns if c.ragged)
+
+
 def ragged_slack(manifest: Manifest, columns: tuple[Column, ...]) -> int:
-    """Bytes a window may hold beyond its rows' share: the values of the two units it may cut."""
+    """Bytes a window is expected to hold beyond its rows' share: the values of the two units it
+    may cut, of mean size (the prefetcher admits each window by its real bytes: ``window_nbytes``)."""
     sizes = [manifest.layout["ragged_nbytes"][c.name] for c in columns if c.ragged]
-    return 2 * int(np.sum(sizes, axis=0).max()) if sizes else 0
+    return 2 * -(-int(np.sum(sizes)) // manifest.n_units) if sizes else 0
 
 
 def read_rows_group(reader: Any, pieces: Table, first: int, keeps: Any, bufs: dict[str, np.ndarray],

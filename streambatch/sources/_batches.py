@@ -93,6 +93,7 @@ class BatchSource(Source):
             if nulls.dropped == rows:
                 raise InputError(f"{where}: every one of the {rows} rows has a null; --drop-nulls leaves nothing")
             rows -= nulls.dropped
+        ragged |= {n for n in lists if seen.get(n) == 0}  # every row empty: no fixed shape of 0 values
         cols = [as_ragged_list(c, first, where) if c.name in ragged else c for c in cols]
         if any(s < 0 for c in cols for s in c.shape):
             cols = infer_list_shapes(cols, first, where)

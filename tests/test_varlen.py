@@ -1,0 +1,204 @@
+"""Variable-length columns end to end: token lists, strings and bytes from Parquet files written by
+pyarrow, converted, verified and served exactly once per epoch (ranks, DataLoader workers,
+resume), within the memory budget, as nested tensors, padded tensors, strings and bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import streambatch
+from streambatch import StreamDataset
+from streambatch.errors import DataError
+from streambatch.storage import load_manifest, read_all, verify_dataset
+
+
+def _docs(n: int, seed: int, heavy: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` token documents (lengths mostly 0-40, 1% of them 100x the median) and sorted labels."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(0, 40, n)
+    if heavy:
+        lens[rng.random(n) < 0.01] = 2000
+    docs = [rng.integers(0, 50_000, k, dtype=np.int32) for k in lens]
+    return docs, np.sort(rng.integers(0, 10, n))
+
+
+def _write_input(path: Path, docs: list[np.ndarray], labels: np.ndarray) -> None:
+    table = pa.table({
+        "tokens": pa.array([d.tolist() for d in docs], pa.list_(pa.int32())),
+        "text": pa.array([f"doc {i} é" for i in range(len(docs))], pa.string()),
+        "blob": pa.array([bytes([i % 256]) * (i % 7) for i in range(len(docs))], pa.binary()),
+        "label": pa.array(labels, pa.int64()),
+    })
+    pq.write_table(table, path, row_group_size=700)
+
+
+@pytest.fixture(scope="module")
+def varlen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray], np.ndarray]:
+    root = tmp_path_factory.mktemp("varlen")
+    docs, labels = _docs(3000, 1)
+    _write_input(root / "in.parquet", docs, labels)
+    streambatch.convert(root / "in.parquet", root / "ds", label="label", unit_bytes="8KiB", progress=False)
+    return root / "ds", docs, labels
+
+
+def _epoch(ds: StreamDataset, docs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Serve an epoch, check every row's values against the input; the row ids in order."""
+    rows = []
+    for b in ds:
+        idx = b["_row"].numpy()
+        tokens = b["tokens"]
+        if not ds.manifest.column("tokens").ragged:  # every document of one length: a fixed-shape column
+            assert np.array_equal(tokens.numpy(), np.stack([docs[i] for i in idx]))
+        elif ds.collate.get("tokens") == "pad":
+            for k, i in enumerate(idx):
+                n = int(b["tokens_len"][k])
+                assert n == len(docs[i]) and np.array_equal(tokens[k, :n].numpy(), docs[i])
+                assert not tokens[k, n:].any()
+        else:
+            assert tokens.is_nested and tokens.layout == torch.jagged
+            for t, i in zip(tokens.unbind(), idx):
+                assert np.array_equal(t.numpy(), docs[i])
+        assert b["text"] == [f"doc {i} é" for i in idx]
+        assert b["blob"] == [bytes([i % 256]) * (i % 7) for i in idx]
+        assert np.array_equal(b["label"].numpy(), labels[idx])
+        rows.append(idx)
+    return np.concatenate(rows)
+
+
+def test_convert_records_ragged_columns(varlen: tuple[Path, list[np.ndarray], np.ndarray]) -> None:
+    path, docs, labels = varlen
+    m = load_manifest(path)
+    assert m.storage == "parquet"
+    assert [(c.name, c.kind, c.dtype) for c in m.columns] == [
+        ("tokens", "list", "int32"), ("text", "string", "uint8"), ("blob", "bytes", "uint8"), ("label", "fixed", "int64")]
+    lengths = np.array([len(d) for d in docs])
+    st_ = m.stats["tokens"]
+    assert st_["count"] == len(docs) and st_["lengths"]["max"] == lengths.max()
+    assert st_["lengths"]["min"] == lengths.min() and st_["lengths"]["mean"] == pytest.approx(lengths.mean())
+    assert st_["lengths"]["p50"] == pytest.approx(np.percentile(lengths, 50), abs=1)
+    assert st_["max_row"] == int(lengths.argmax()) and st_["max_row_nbytes"] == 4 * lengths.max()
+    units = m.layout["ragged_nbytes"]["tokens"]
+    assert units.sum() == 4 * lengths.sum() and m.decoded_nbytes > units.sum()
+    data = read_all(m, verify=True)
+    assert all(np.array_equal(data["tokens"].row(i), docs[i]) for i in range(len(docs)))
+    assert bytes(data["text"].values).decode() == "".join(f"doc {i} é" for i in range(len(docs)))
+    verify_dataset(m)
+    # readable without streambatch: pyarrow sees plain lists and strings
+    t = pq.read_table(path / m.files[0])
+    assert t.column("tokens").type == pa.large_list(pa.field("element", pa.int32(), nullable=False))
+    assert t.column("text")[0].as_py() == "doc 0 é"
+
+
+@pytest.mark.parametrize("collate", [None, {"tokens": "pad"}])
+def test_every_row_exactly_once_each_epoch(varlen: tuple[Path, list[np.ndarray], np.ndarray],
+                                           collate: dict[str, str] | None) -> None:
+    path, docs, labels = varlen
+    ds = StreamDataset(path, batch_size=64, memory_budget="600KiB", collate=collate, return_index=True)
+    orders = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        rows = _epoch(ds, docs, labels)
+        assert np.array_equal(np.sort(rows), np.arange(len(docs)))
+        assert ds.last_peak_accounted_bytes <= ds.memory_budget
+        orders.append(rows)
+    assert not np.array_equal(orders[0], orders[1])
+
+
+def test_ranks_and_resume(varlen: tuple[Path, list[np.ndarray], np.ndarray]) -> None:
+    path, docs, labels = varlen
+    parts = []
+    for rank in range(2):
+        ds = StreamDataset(path, batch_size=50, memory_budget="600KiB", rank=rank, world_size=2, return_index=True,
+                           drop_last=True)
+        parts.append(_epoch(ds, docs, labels))
+    assert len(np.intersect1d(parts[0], parts[1])) == 0 and len(parts[0]) == len(parts[1])
+    ds = StreamDataset(path, batch_size=50, memory_budget="600KiB", return_index=True)
+    it = iter(ds)
+    first = np.concatenate([next(it)["_row"].numpy() for _ in range(17)])
+    state = ds.state_dict()
+    del it
+    again = StreamDataset(path, batch_size=50, memory_budget="600KiB", return_index=True)
+    again.load_state_dict(state)
+    rest = _epoch(again, docs, labels)
+    assert np.array_equal(np.sort(np.concatenate([first, rest])), np.arange(len(docs)))
+
+
+def test_dataloader_workers(varlen: tuple[Path, list[np.ndarray], np.ndarray]) -> None:
+    path, docs, labels = varlen
+    ds = StreamDataset(path, batch_size=64, memory_budget="1MiB", return_index=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        rows = []
+        for b in loader:
+            for t, i in zip(b["tokens"].unbind(), b["_row"].tolist()):
+                assert np.array_equal(t.numpy(), docs[i])
+            rows.append(b["_row"].numpy())
+        assert np.array_equal(np.sort(np.concatenate(rows)), np.arange(len(docs)))
+
+
+def test_heavy_rows_stay_in_budget_and_a_huge_row_is_named(tmp_path: Path) -> None:
+    docs, labels = _docs(2000, 2)
+    docs[1234] = np.arange(300_000, dtype=np.int32)  # 1.2 MB: one row larger than the budget
+    _write_input(tmp_path / "in.parquet", docs, labels)
+    streambatch.convert(tmp_path / "in.parquet", tmp_path / "ds", unit_bytes="8KiB", progress=False)
+    with pytest.raises(ValueError, match="row 1234 of column 'tokens' holds 1200000 bytes"):
+        StreamDataset(tmp_path / "ds", memory_budget="1MiB")
+    ds = StreamDataset(tmp_path / "ds", batch_size=32, memory_budget="4MiB", return_index=True, columns=["tokens"])
+    seen = [b["_row"].numpy() for b in ds]
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(2000))
+    assert ds.last_peak_accounted_bytes <= ds.memory_budget
+
+
+def test_refusals_name_the_column(tmp_path: Path, varlen: tuple[Path, list[np.ndarray], np.ndarray]) -> None:
+    docs, labels = _docs(50, 3)
+    _write_input(tmp_path / "in.parquet", docs, labels)
+    with pytest.raises(ValueError, match="column 'tokens' holds rows of varying length.*--format parquet"):
+        streambatch.convert(tmp_path / "in.parquet", tmp_path / "z", format="zarr", progress=False)
+    with pytest.raises(ValueError, match="--shuffle does not take columns of varying length"):
+        streambatch.convert(tmp_path / "in.parquet", tmp_path / "s", shuffle=1, progress=False)
+    assert not (tmp_path / "z").exists() and not (tmp_path / "s").exists()
+    path = varlen[0]
+    with pytest.raises(ValueError, match="collate: 'text' is not a selected column of varying-length numbers"):
+        StreamDataset(path, collate={"text": "pad"})
+    with pytest.raises(ValueError, match="must be one of nested, pad, list"):
+        StreamDataset(path, collate={"tokens": "zip"})
+    with pytest.raises(ValueError, match="only fixed-size columns are normalised"):
+        StreamDataset(path, normalize=["tokens"])
+
+
+def test_a_damaged_unit_is_named(tmp_path: Path) -> None:
+    docs, labels = _docs(400, 4, heavy=False)
+    _write_input(tmp_path / "in.parquet", docs, labels)
+    m = streambatch.convert(tmp_path / "in.parquet", tmp_path / "ds", unit_bytes="4KiB", progress=False)
+    unit = 3
+    f = tmp_path / "ds" / m.files[int(m.layout["file"][unit])]
+    raw = bytearray(f.read_bytes())
+    raw[int(m.layout["offset"][unit]) + 40] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=f"unit {unit}"):
+        for _ in StreamDataset(tmp_path / "ds", batch_size=16, memory_budget="256KiB"):
+            pass
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 400), top=st.sampled_from([0, 1, 5, 300]), batch=st.integers(1, 70),
+       seed=st.integers(0, 2**16), unit=st.sampled_from(["512B", "4KiB"]))
+def test_exactly_once_property(tmp_path_factory: pytest.TempPathFactory, n: int, top: int, batch: int, seed: int,
+                               unit: str) -> None:
+    root = tmp_path_factory.mktemp("prop")
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(0, 9, rng.integers(0, top + 1), dtype=np.int32) for _ in range(n)]
+    _write_input(root / "in.parquet", docs, np.zeros(n, np.int64))
+    streambatch.convert(root / "in.parquet", root / "ds", unit_bytes=unit, progress=False)
+    ds = StreamDataset(root / "ds", batch_size=batch, memory_budget="2MiB", return_index=True, seed=seed)
+    rows = _epoch(ds, docs, np.zeros(n, np.int64))
+    assert np.array_equal(np.sort(rows), np.arange(n))
