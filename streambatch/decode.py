@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ DECODERS = ("pillow", "simplejpeg")
 """The decoders ``Image(decoder=...)`` accepts; ``None`` picks :func:`default_decoder`."""
 ON_ERROR = ("raise", "skip")
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")  # Pillow names its BytesIO
 _SIMPLEJPEG_SPACES = ("YCbCr", "Gray")  # others (CMYK, YCCK) go to Pillow, which knows Adobe's
 
 
@@ -148,7 +150,7 @@ def decode_one(data: NDArray[np.uint8] | bytes, out: NDArray[np.uint8], size: tu
     """
     buf = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     if len(buf) == 0:
-        raise _Undecodable("empty (0 bytes)")
+        raise _Undecodable("empty; 0 bytes")
     found = None
     if decoder == "simplejpeg" and bytes(buf[:3]) == _JPEG_MAGIC:
         found = _simplejpeg_image(buf, size)
@@ -238,8 +240,8 @@ def _to_rgb(im: Any) -> Any:
 
 def _reason(e: BaseException, buf: Any) -> str:
     """One line: the decoder's message, the byte count and the first bytes (to tell formats)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return f"{text} ({len(buf)} bytes, starting {bytes(buf[:4]).hex(' ')})"
+    text = _OBJECT_REPR.sub("", " ".join(str(e).split())) or type(e).__name__
+    return f"{text}; {len(buf)} bytes starting {bytes(buf[:4]).hex(' ')}"
 
 
 @functools.cache
