@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .convert import convert
+from .decode import Image
 from .errors import (
     DataError,
     InputError,
@@ -29,6 +30,7 @@ __all__ = [
     "StreamDataset",
     "Pack",
     "RemoteOptions",
+    "Image",
     "StreambatchError",
     "InputError",
     "ManifestError",

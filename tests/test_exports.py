@@ -13,11 +13,11 @@ import streambatch
 from conftest import write_sorted_npy
 
 PUBLIC = {
-    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "Pack", "RemoteOptions",
+    "streambatch": {"convert", "load_manifest", "Manifest", "Column", "StreamDataset", "Pack", "Image", "RemoteOptions",
                     "StreambatchError", "InputError", "ManifestError", "DataError", "StateError", "TargetExistsError",
                     "WriteError", "__version__"},
 }
-MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.errors", "streambatch.manifest",
+MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.decode", "streambatch.errors", "streambatch.manifest",
            "streambatch.plan", "streambatch.quality", "streambatch.io.remote", "streambatch.sources",
            "streambatch.packing", "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run",
            "streambatch.loader.sizing", "streambatch.loader.state", "streambatch.loader.pool",

@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Image decoding benchmark (issue 17): decode + resize + centre crop to uint8 [3, 224, 224].
+
+    python benchmarks/bench_images.py [--data DIR] [--quick] [--repeats N] [--threads T]
+        [--decoders pillow,simplejpeg] [--sample S] [--no-dataloader]
+
+On the must-show dataset (``_images.py``: 20,000 generated JPEGs of 256-500 px a side in the
+ImageFolder layout, label-sorted; 2,000 with ``--quick``), under ``DIR/images/`` (default
+``data/``; generated when missing), this script measures in one run:
+
+* decode, 1 thread: ``streambatch.decode.Image(size=(224, 224), decoder=D).decode_into`` over
+  ``S`` encoded images held in RAM (default 2,000), 64 rows a call: the single-thread rate;
+* decode, ``T`` threads (default: the CPU count): the same calls spread over ``T`` threads, each
+  with its own output buffer; the figure is the rate over ``T`` x the single-thread rate (1.0:
+  perfect scaling, which needs the GIL released while decoding) and process CPU / wall;
+* DataLoader baseline: a map-style ``Dataset`` over the files that does what a user writes with
+  torchvision (read the file, ``PIL.Image.open(...).convert("RGB")``, ``Resize(224)`` of the whole
+  image, ``CenterCrop(224)``, a uint8 CHW tensor), ``DataLoader(batch_size=256, shuffle=True,
+  num_workers=T)``, one epoch with the light consumer (``_common.consume(touch=True)``);
+* streambatch: HOOK, not measured yet (see :func:`measure_streambatch`).
+
+1-thread and T-thread runs alternate within every repeat (the machine is shared: a slow moment
+slows both); each figure is the median of the repeats, and every run's rate is recorded.
+Records go to ``records/images.jsonl``; ``report.py`` renders them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+import _images  # noqa: E402
+from bench_throughput import base_record, log, new_run_id, warm  # noqa: E402
+
+from streambatch.decode import DECODERS, Image, default_decoder  # noqa: E402
+from streambatch.ragged import Ragged  # noqa: E402
+
+NAME = "images"
+SIZE = (224, 224)
+BATCH = 256
+CALL_ROWS = 64
+FULL_N, QUICK_N = 20_000, 2_000
+
+
+# ---------------------------------------------------------------------------- decode rates
+def sample_rows(files: list[Path], n: int, seed: int = 0) -> Ragged:
+    """``n`` of ``files`` (a seeded random choice, so every class and size shows) as one Ragged."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False))
+    return Ragged.from_rows([files[i].read_bytes() for i in pick], np.uint8)
+
+
+def decode_rate(spec: Image, rows: Ragged, threads: int) -> dict[str, Any]:
+    """Decode every row of ``rows`` in calls of ``CALL_ROWS`` over ``threads`` threads; images/s
+    and process CPU / wall."""
+    local = threading.local()
+    ids = np.arange(len(rows), dtype=np.int64)
+
+    def call(start: int) -> int:
+        part = rows[start:start + CALL_ROWS]
+        out = getattr(local, "out", None)
+        if out is None or out.shape[0] < len(part):
+            out = local.out = np.zeros((CALL_ROWS, *spec.shape), np.uint8)
+        res = spec.decode_into(part, out[:len(part)], ids[start:], lambda i: "benchmark")
+        return len(part) - len(res.failed)
+
+    starts = range(0, len(rows), CALL_ROWS)
+    cpu0, t0 = _common.process_cpu_seconds(), time.perf_counter()
+    if threads == 1:
+        done = sum(call(s) for s in starts)
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="bench-decode") as pool:
+            done = sum(pool.map(call, starts))
+    wall = time.perf_counter() - t0
+    return {"images": done, "seconds": wall, "samples_per_s": done / wall,
+            "cpu_per_wall": (_common.process_cpu_seconds() - cpu0) / wall}
+
+
+def measure_decoders(rows: Ragged, decoders: list[str], threads: int, repeats: int) -> list[dict[str, Any]]:
+    """Per decoder, 1-thread and ``threads``-thread rates, alternated in every repeat; medians."""
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    counts = (1, threads) if threads > 1 else (1,)
+    for d in decoders:  # warm-up: imports, first allocations, the page cache of the libraries
+        decode_rate(Image(SIZE, decoder=d), rows[:CALL_ROWS], 1)
+    for rep in range(repeats):
+        for d in decoders:
+            for t in counts:
+                r = decode_rate(Image(SIZE, decoder=d), rows, t)
+                runs.setdefault((d, t), []).append(r)
+                log(f"repeat {rep + 1}: {d:<10} {t} thread(s) {r['samples_per_s']:7.0f} images/s"
+                    f"  CPU/wall {r['cpu_per_wall']:.2f}")
+    out = []
+    for (d, t), rs in runs.items():
+        single = statistics.median(r["samples_per_s"] for r in runs[(d, 1)])
+        rate = statistics.median(r["samples_per_s"] for r in rs)
+        out.append({"kind": "decode", "decoder": d, "threads": t, "samples_per_s": rate,
+                    "runs_samples_per_s": [r["samples_per_s"] for r in rs],
+                    "cpu_per_wall": statistics.median(r["cpu_per_wall"] for r in rs),
+                    "scaling": rate / (t * single), "images": len(rows),
+                    "mean_bytes": float(np.mean(rows.lengths)), "default": d == default_decoder()})
+    return out
+
+
+# ---------------------------------------------------------------------------- DataLoader baseline
+class FileImages(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """The torchvision way, without torchvision: open the file with PIL, convert to RGB, resize the
+    whole image so its shorter side is 224 (``Resize(224)``: the long side ``int(224 * long /
+    short)``, bilinear with antialias), crop the centre (``CenterCrop(224)``), uint8 CHW tensor."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, size: int = SIZE[0]) -> None:
+        self.files, self.labels, self.size = [str(f) for f in files], labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from PIL import Image as PILImage
+
+        with PILImage.open(self.files[i]) as im:
+            im = im.convert("RGB")
+        w, h, s = im.width, im.height, self.size
+        nw, nh = (int(s * w / h), s) if h <= w else (s, int(s * h / w))
+        im = im.resize((nw, nh), PILImage.Resampling.BILINEAR)
+        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+        arr = np.asarray(im.crop((left, top, left + s, top + s)))
+        return {"x": torch.from_numpy(arr.transpose(2, 0, 1).copy()), "y": int(self.labels[i]), "id": i}
+
+
+def measure_dataloader(files: list[Path], labels: np.ndarray, workers: int, repeats: int) -> dict[str, Any]:
+    """One shuffled epoch of :class:`FileImages` through ``DataLoader(num_workers=workers)``, median
+    of ``repeats``."""
+    runs = []
+    for rep in range(repeats):
+        loader = torch.utils.data.DataLoader(
+            FileImages(files, labels), batch_size=BATCH, shuffle=True, num_workers=workers,
+            generator=torch.Generator().manual_seed(rep))
+        with _common.PeakRSS() as mem:
+            res = _common.consume(loader, touch=True)
+        res.pop("ids")
+        rate = res["samples"] / res["seconds"]
+        runs.append({"samples_per_s": rate, "first_batch_s": res["first_batch_s"], "peak_rss_bytes": mem.peak,
+                     "cpu_per_wall": res["cpu_seconds"] / res["wall_seconds"]})
+        log(f"repeat {rep + 1}: DataLoader(num_workers={workers}) {rate:7.0f} images/s")
+    med = sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2]
+    return {"kind": "dataloader", "decoder": "pillow (torchvision-style)", "threads": workers,
+            **med, "runs_samples_per_s": [r["samples_per_s"] for r in runs], "images": len(files)}
+
+
+# ---------------------------------------------------------------------------- streambatch (hook)
+def measure_streambatch(root: Path, threads: int, repeats: int) -> dict[str, Any] | None:
+    """HOOK for the integrator (issue 17): the streambatch row, once the loader reads bytes columns.
+
+    To fill in: convert the image folder ``root`` once (``streambatch.convert(root, DST)``: an
+    ``image`` bytes column and an int64 ``label``), then per repeat one shuffled epoch of
+    ``StreamDataset(DST, batch_size=BATCH, decode={"image": Image(SIZE)}, ...)`` consumed with
+    ``_common.consume(touch=True)`` under ``_common.PeakRSS``; return a record like
+    :func:`measure_dataloader`'s (``kind="streambatch"``, ``samples_per_s``, ``peak_rss_bytes``,
+    ``threads`` = the reader threads) plus the shuffle deff of the served labels. ``main`` then
+    writes it and ``render`` shows its ratio to the DataLoader row (target >= 1.5x) and its
+    scaling against the 1-thread decode rate (target >= 0.9x threads x single).
+    Returns ``None`` until then: no row is reported.
+    """
+    return None
+
+
+# ---------------------------------------------------------------------------- main and report
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(HERE.parent / "data"))
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_N:,} images instead of {FULL_N:,}")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--decoders", default=",".join(d for d in DECODERS if _installed(d)))
+    ap.add_argument("--sample", type=int, default=2_000, help="images held in RAM for the decode rates")
+    ap.add_argument("--no-dataloader", action="store_true", help="decode rates only")
+    args = ap.parse_args(argv)
+    n = QUICK_N if args.quick else FULL_N
+    root = _images.ensure_images(Path(args.data) / "images" / f"jpeg-{n}", n=n)
+    files, labels = _images.image_files(root)
+    base = base_record(args, new_run_id(), "bench_images.py")
+    rows = sample_rows(files, args.sample)
+    log(f"{len(files):,} JPEGs in {root}; decoding {len(rows):,} in RAM ({rows.nbytes / 1e6:.0f} MB)")
+    records = measure_decoders(rows, args.decoders.split(","), args.threads, args.repeats)
+    if not args.no_dataloader:
+        warm(root)
+        records.append(measure_dataloader(files, labels, args.threads, args.repeats))
+    sb = measure_streambatch(root, args.threads, args.repeats)
+    if sb is None:
+        log("streambatch row: not measured (hook measure_streambatch: the loader path for bytes columns)")
+    else:
+        records.append(sb)
+    records = [{**base, "dataset_images": len(files), **r} for r in records]
+    for rec in records:
+        _common.write_record(NAME, rec)
+    print(render([{**r, "machine": _common.machine_info()} for r in records]))
+    return 0
+
+
+def _installed(decoder: str) -> bool:
+    try:
+        Image(SIZE, decoder=decoder)
+        return True
+    except ValueError:
+        return False
+
+
+def render(records: list[dict[str, Any]]) -> str:
+    """The Markdown section of the latest run."""
+    m = records[0].get("machine", {})
+    single = {r["decoder"]: r["samples_per_s"] for r in records if r["kind"] == "decode" and r["threads"] == 1}
+    dl = next((r["samples_per_s"] for r in records if r["kind"] == "dataloader"), float("nan"))
+    lines = ["## Images: decode + resize + centre crop (issue 17)", "",
+             "JPEGs of 256-500 px to uint8 [3, 224, 224]. Decode rows: images held in RAM, "
+             "`Image.decode_into`; x single: rate / (threads x the decoder's 1-thread rate). "
+             "DataLoader: files, PIL, torchvision-style Resize + CenterCrop, shuffle, "
+             "`num_workers` = threads.", "",
+             "| kind | decoder | threads | images/s | x single | CPU / wall | x DataLoader | runs |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in records:
+        base = single.get(r["decoder"]) if r["kind"] == "decode" else None
+        x_single = r["samples_per_s"] / (r["threads"] * base) if base else float("nan")
+        runs = ", ".join(f"{v:.0f}" for v in r.get("runs_samples_per_s", []))
+        lines.append(f"| {r['kind']} | {r['decoder']} | {r['threads']} | {r['samples_per_s']:,.0f} | "
+                     f"{x_single:.2f} | {r.get('cpu_per_wall', float('nan')):.2f} | "
+                     f"{r['samples_per_s'] / dl:.2f} | {runs} |")
+    lines += ["", f"Command: `{records[0]['command']}` ({records[0].get('dataset_images', 0):,} images). "
+              f"Machine: {m.get('cpu_count')} CPUs, Python {m.get('python')}, torch {m.get('torch')}. "
+              "The streambatch row waits for the loader's bytes columns (hook in the script)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
