@@ -31,7 +31,7 @@ from .loader.batches import normalizers
 from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_position, serve_packed
 from .loader.rows import ragged_slack
-from .loader.options import check_collate, check_pack, check_rows_fit, resolve_rank
+from .loader.options import check_collate, check_decode, check_pack, check_rows_fit, resolve_rank
 from .loader.tensors import RaggedOutput, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
@@ -93,7 +93,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  rank: int | None = None, world_size: int | None = None,
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
                  timeout: float | None = None, remote: RemoteOptions | None = None,
-                 piece_rows: int | None = None, collate: Mapping[str, str] | None = None, pack: Any = None) -> None:
+                 piece_rows: int | None = None, collate: Mapping[str, str] | None = None, pack: Any = None,
+                 decode: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if remote is not None and not isinstance(remote, RemoteOptions):
             raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
@@ -129,8 +130,10 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             raise ValueError(f"{self.manifest.root}: piece_rows: variable-length columns are read in whole units")
         self.normalize = normalizers(self.manifest, self.columns, normalize, self._remote_files)
         self.collate = check_collate(self.columns, collate)
+        self.decode = check_decode(self.columns, decode)
         check_rows_fit(self.manifest, self.columns, self.memory_budget)
         self.epoch = 0
+        self.skipped_rows = 0  # rows this process dropped: images that did not decode (on_error="skip")
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
         self._pack_resume: dict[str, Any] | None = None  # the packer's part of a loaded state
         self._run: Run | None = None  # this process's current (or last) iteration of the epoch
@@ -144,7 +147,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     # ------------------------------------------------------------------ sizing
     @property
     def row_nbytes(self) -> int:
-        return sum(c.row_nbytes for c in self.columns)
+        return sum(c.row_nbytes for c in self.columns) + sum(int(np.prod(d.shape)) for d in self.decode.values())
 
     def _sizing(self) -> Sizing:
         m = self.manifest
@@ -198,17 +201,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return self._sizing().batches
 
     def describe(self, num_workers: int = 0) -> dict[str, Any]:
-        """Sizes and predicted quality, computed before any data is read.
-
-        Keys: window_rows, piece_rows (mean rows of the shuffle pieces the epoch is planned in,
-        sized from the budget), piece_bytes, window_pieces (pieces mixed per window),
-        pieces_split_units (whether pieces are smaller than the stored units), plan_bytes and
-        plan_peak_bytes (the epoch plan's memory, held and while it is made, per process, outside
-        the budget: about 34 and 151 bytes a piece), window_units
-        (mean shuffle units' worth of rows per window), read_ahead_windows,
-        read_ahead_units, threads, budget_bytes, predicted_peak_bytes, predicted_deff,
-        predicted_kl (label-sorted KL, SHUFFLE.md M2), label_icc (from the manifest when a
-        label was given, else the worst case 1), batches, units, unit_rows.
+        """Sizes and predicted quality, computed before any data is read: window and piece sizes,
+        the epoch plan's memory (outside the budget), threads, budget and predicted peak bytes,
+        predicted design effect and label KL (``loader.sizing.describe`` lists every key).
         """
         return describe(self._sizing(), self.manifest, num_workers, shuffle=self.shuffle, rank=self.rank)
 
@@ -267,7 +262,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             index_key=INDEX_KEY if self.return_index or packed else None, normalize=self.normalize,
             make_batch=None if packed else tensors, transform=None if packed else self.transform,
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
-            finish_ragged=RaggedOutput(ragged, self.collate) if ragged and not packed else None)
+            finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
+            if ragged and not packed else None)
         batches: Iterator[Any] = pf
         if packed:  # run.pack_state: the loaded state's, then the packer's after each batch
             start = run.pack_state
@@ -282,6 +278,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             pf.close()
             reader.close()
             self.last_peak_accounted_bytes = pf.peak_accounted_bytes
+            self.skipped_rows += getattr(pf.finish_ragged, "skipped", 0)
 
     def release_buffers(self) -> None:
         """Free the window buffers kept for the next epoch (they are reused to avoid page faults)."""

@@ -46,17 +46,18 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
                    row_ids: NDArray[np.int64] | None, index_key: str | None, normalize: Normalizers,
                    make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None,
                    transform: Callable[[Any], Any] | None, ragged: dict[str, RaggedBuf] | None = None,
-                   finish_ragged: Callable[[dict[str, Ragged]], dict[str, Any]] | None = None) -> list[Any]:
+                   finish_ragged: Any = None) -> list[Any]:
     """Assemble a group of batches (one task for several batches keeps thread hand-offs rare).
 
     A batch's columns are gathered into one buffer (one allocation; in a DataLoader worker, one
     shared-memory block crosses to the main process instead of one per column), and
     ``make_batch(buffer, columns)`` turns it into what is served (tensors); None: the numpy views.
     Ragged columns (``ragged``: their window buffers) are gathered each into a ``Ragged``, which
-    ``finish_ragged`` turns into what is served (nested or padded tensors, strings, decoded images).
+    ``finish_ragged(rows, row_ids)`` turns into what is served (nested or padded tensors, strings,
+    decoded images) with the positions of rows to drop (images that did not decode, when skipped).
     """
     out_list = []
-    key = index_key if row_ids is not None else None
+    key = index_key if row_ids is not None and index_key is not None else None
     layouts: dict[int, tuple[list[tuple[str, np.dtype, tuple[int, ...], int, int]], int]] = {}
     for idx in idx_list:
         rows = len(idx)
@@ -83,7 +84,13 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
         batch = make_batch(flat, out) if make_batch is not None else out
         if ragged:
             rows_r = gather_ragged(ragged, idx)
-            batch.update(finish_ragged(rows_r) if finish_ragged is not None else rows_r)
+            if finish_ragged is None:
+                batch.update(rows_r)
+            else:
+                served, failed = finish_ragged(rows_r, None if row_ids is None else row_ids[idx])
+                batch.update(served)
+                if failed.size:
+                    batch = finish_ragged.drop(batch, failed)
         if transform is not None:
             batch = transform(batch)
         out_list.append(batch)

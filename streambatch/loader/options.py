@@ -11,7 +11,7 @@ from ..manifest import Manifest
 from ..schema import Column
 from .tensors import COLLATES
 
-__all__ = ["check_collate", "check_pack", "check_rows_fit", "resolve_rank"]
+__all__ = ["check_collate", "check_decode", "check_pack", "check_rows_fit", "resolve_rank"]
 
 
 def check_collate(columns: tuple[Column, ...], collate: Mapping[str, str] | None) -> dict[str, str]:
@@ -35,6 +35,21 @@ def check_rows_fit(m: Manifest, columns: tuple[Column, ...], budget: int) -> Non
         if st and st["max_row_nbytes"] > budget:
             raise ValueError(f"{m.root}: row {st['max_row']} of column {c.name!r} holds {st['max_row_nbytes']} "
                              f"bytes, more than the memory budget of {budget} bytes: give a larger memory_budget")
+
+
+def check_decode(columns: tuple[Column, ...], decode: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``decode`` checked: each key a selected ``bytes`` column, each value a ``streambatch.Image``."""
+    from ..decode import Image
+
+    out = dict(decode or {})
+    kinds = {c.name: c.kind for c in columns}
+    for name, spec in out.items():
+        if kinds.get(name) != "bytes":
+            raise ValueError(f"decode: {name!r} is not a selected column of encoded bytes "
+                             f"(those are {[n for n, k in kinds.items() if k == 'bytes']})")
+        if not isinstance(spec, Image):
+            raise TypeError(f"decode[{name!r}] must be a streambatch.Image, got {type(spec).__name__}")
+    return out
 
 
 def check_pack(columns: tuple[Column, ...], pack: Any) -> Any:

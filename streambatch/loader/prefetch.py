@@ -122,7 +122,8 @@ class Prefetcher:
 
     def _start_window(self, j: int) -> Window:
         bufs, fresh = self._buffers.take()
-        ids = self.unit_start if self.index_key is not None else None
+        needs = self.index_key is not None or getattr(self.finish_ragged, "needs_ids", False)
+        ids = self.unit_start if needs else None
         if not self.ragged:
             self._acquire(self.window_nbytes)
         w = start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.row_nbytes, ids, self.ragged)
@@ -204,7 +205,7 @@ class Prefetcher:
         """Bytes of the batches at ``idx_list``: rows times the row bytes; ragged columns' exact bytes."""
         if not self.ragged:
             return sum(len(i) for i in idx_list) * self.row_nbytes
-        fixed = sum(b[:1].nbytes for b in cur.buffers.values())
+        fixed = sum(b[:1].nbytes for b in cur.buffers.values()) + getattr(self.finish_ragged, "extra_row_nbytes", 0)
         return sum(len(i) * fixed + batch_values_nbytes(cur.ragged, i) for i in idx_list)
 
     def _window_fits(self, j: int, held: bool) -> bool:

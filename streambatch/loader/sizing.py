@@ -207,7 +207,18 @@ def label_icc_of(m: Manifest) -> float:
 
 
 def describe(s: Sizing, m: Manifest, num_workers: int, *, shuffle: bool, rank: int) -> dict[str, Any]:
-    """``StreamDataset.describe()``: sizes and predicted quality (see its docstring for the keys)."""
+    """``StreamDataset.describe()``: sizes and predicted quality, computed before any data is read.
+
+    Keys: window_rows, piece_rows (mean rows of the shuffle pieces the epoch is planned in,
+    sized from the budget), piece_bytes, window_pieces (pieces mixed per window),
+    pieces_split_units (whether pieces are smaller than the stored units), plan_bytes and
+    plan_peak_bytes (the epoch plan's memory, held and while it is made, per process, outside
+    the budget: about 34 and 151 bytes a piece), window_units (mean shuffle units' worth of rows
+    per window), read_ahead_windows, read_ahead_units, threads, budget_bytes,
+    predicted_peak_bytes, predicted_deff, predicted_kl (label-sorted KL, SHUFFLE.md M2),
+    label_icc (from the manifest when a label was given, else the worst case 1), batches, units,
+    unit_rows.  With variable-length columns, byte figures use their mean row.
+    """
     lay = s.layout(max(1, num_workers))
     mean_unit = m.rows / m.n_units
     k = lay.window_rows / mean_unit

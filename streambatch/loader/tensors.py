@@ -10,6 +10,7 @@ crossed 1.6-2x as fast as three separate tensors (docs/PERFORMANCE.md, DataLoade
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,9 @@ import torch
 
 from ..ragged import Ragged
 
-__all__ = ["make_batch", "make_shared_batch", "COLLATES", "RaggedOutput"]
+_log = logging.getLogger("streambatch")
+
+__all__ = ["make_batch", "make_shared_batch", "COLLATES", "RaggedOutput", "drop_rows"]
 
 
 _DTYPES: dict[np.dtype, torch.dtype] = {}
@@ -58,24 +61,71 @@ class RaggedOutput:
     jagged nested tensor (``torch.nested``, ``layout=torch.jagged``; ``"nested"``, the default),
     a padded ``[B, max_len]`` tensor and ``NAME_len`` (``"pad"``, padded with 0) or a list of
     tensors (``"list"``); ``list[str]`` for a ``string`` column, ``list[bytes]`` for ``bytes``.
-    Columns with a decoder (``decoders``: name -> callable(Ragged) -> array) are decoded."""
+    Columns with a decoder (``decoders``: name -> ``streambatch.Image``) are decoded into a
+    uint8 ``[B, 3, H, W]`` tensor; ``unit_start`` (the manifest's) names a failed row's unit."""
 
-    def __init__(self, kinds: dict[str, str], collate: dict[str, str], decoders: dict[str, Any] | None = None) -> None:
+    def __init__(self, kinds: dict[str, str], collate: dict[str, str], decoders: dict[str, Any] | None = None,
+                 unit_start: np.ndarray | None = None) -> None:
         self.kinds, self.collate, self.decoders = kinds, collate, decoders or {}
+        self.unit_start = unit_start
+        self.needs_ids = bool(self.decoders)  # decoding errors name the row
+        self.skipped = 0  # rows dropped because they did not decode (on_error="skip")
 
-    def __call__(self, rows: dict[str, Ragged]) -> dict[str, Any]:
+    drop = staticmethod(lambda batch, failed: drop_rows(batch, failed))
+
+    @property
+    def extra_row_nbytes(self) -> int:
+        """Bytes a row's decoded columns add to a batch."""
+        return sum(int(np.prod(spec.shape)) for spec in self.decoders.values())
+
+    def __call__(self, rows: dict[str, Ragged], ids: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
+        """The served columns, and the batch positions of rows that did not decode (to drop)."""
         out: dict[str, Any] = {}
+        failed = np.empty(0, np.int64)
         for name, r in rows.items():
-            decode = self.decoders.get(name)
-            if decode is not None:
-                out[name] = torch.from_numpy(decode(r))
+            spec = self.decoders.get(name)
+            if spec is not None:
+                out[name], bad = self._decode(name, spec, r, ids)
+                failed = np.union1d(failed, bad)
             elif self.kinds[name] == "string":
                 out[name] = [bytes(r.values[a:b]).decode("utf-8") for a, b in _bounds(r)]
             elif self.kinds[name] == "bytes":
                 out[name] = [bytes(r.values[a:b]) for a, b in _bounds(r)]
             else:
                 out.update(_numbers(name, r, self.collate.get(name, "nested")))
-        return out
+        return out, failed
+
+    def _decode(self, name: str, spec: Any, r: Ragged, ids: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
+        ids = np.full(len(r), -1, np.int64) if ids is None else ids
+        starts = self.unit_start
+
+        def unit(i: int) -> str:
+            return "unknown unit" if starts is None else f"unit {int(np.searchsorted(starts, ids[i], 'right')) - 1}"
+
+        dst = np.empty((len(r), *spec.shape), np.uint8)
+        got = spec.decode_into(r, dst, ids, unit, name)
+        for message in got.errors:
+            _log.warning("streambatch: skipped %s", message)
+        self.skipped += len(got.failed)
+        return torch.from_numpy(dst), got.failed
+
+
+def drop_rows(batch: dict[str, Any], failed: np.ndarray) -> dict[str, Any]:
+    """``batch`` without the rows at positions ``failed`` (tensors, nested tensors and lists)."""
+    if failed.size == 0:
+        return batch
+    n = next(len(v) if isinstance(v, list) else int(v.size(0)) for v in batch.values())
+    keep = np.setdiff1d(np.arange(n), failed)
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, list):
+            out[k] = [v[i] for i in keep.tolist()]
+        elif v.is_nested:
+            parts = v.unbind()
+            out[k] = torch.nested.nested_tensor([parts[i] for i in keep.tolist()], layout=torch.jagged)
+        else:
+            out[k] = v[torch.from_numpy(keep)]
+    return out
 
 
 def _bounds(r: Ragged) -> list[tuple[int, int]]:

@@ -1,0 +1,85 @@
+"""Image folders end to end: PIL-written JPEG and PNG files converted as they are, decoded and
+centre-cropped in the reader threads, every image exactly once per epoch, and an undecodable
+image named by row and unit (or skipped, counted and logged)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+import streambatch
+from streambatch import Image, StreamDataset
+from streambatch.errors import DataError
+from streambatch.storage import load_manifest
+
+
+def _folder(root: Path, per_class: int = 12, broken: int | None = None) -> list[tuple[int, tuple[int, int, int]]]:
+    """An ImageFolder of 3 classes, each image one flat colour; its (label, colour) in row order
+    (classes sorted, then file names).  ``broken``: that row's file holds bytes that are no image."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, cls in enumerate(["cat", "dog", "eel"]):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            size = (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
+            fmt = "PNG" if i % 3 == 0 else "JPEG"
+            path = root / cls / f"{i:03d}.{'png' if fmt == 'PNG' else 'jpg'}"
+            if broken is not None and len(rows) == broken:
+                path.write_bytes(b"not an image at all" * 20)
+            else:
+                buf = io.BytesIO()
+                PILImage.new("RGB", size, colour).save(buf, fmt, quality=95)
+                path.write_bytes(buf.getvalue())
+            rows.append((label, colour))
+    return rows
+
+
+def test_image_folder_decoded_exactly_once(tmp_path: Path) -> None:
+    rows = _folder(tmp_path / "imgs")
+    m = streambatch.convert(tmp_path / "imgs", tmp_path / "ds", label="label", unit_bytes="4KiB", progress=False)
+    assert [(c.name, c.kind) for c in m.columns] == [("image", "bytes"), ("label", "fixed")]
+    assert load_manifest(tmp_path / "ds").column("label").meta["categories"] == ["cat", "dog", "eel"]
+    ds = StreamDataset(tmp_path / "ds", batch_size=5, memory_budget="1MiB", return_index=True,
+                       decode={"image": Image(size=(16, 24))})
+    seen = []
+    for b in ds:
+        img, idx = b["image"], b["_row"].numpy()
+        assert img.dtype == torch.uint8 and img.shape == (len(idx), 3, 16, 24)
+        for k, i in enumerate(idx):
+            label, colour = rows[i]
+            assert int(b["label"][k]) == label
+            got = img[k].float().mean(dim=(1, 2)).numpy()
+            assert np.abs(got - np.array(colour)).max() < 6  # JPEG keeps a flat colour within a few levels
+        seen.append(idx)
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(rows)))
+
+
+def test_undecodable_image_is_named_or_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = _folder(tmp_path / "imgs", broken=7)
+    m = streambatch.convert(tmp_path / "imgs", tmp_path / "ds", unit_bytes="4KiB", progress=False)
+    unit = int(np.searchsorted(m.unit_start, 7, "right")) - 1
+    with pytest.raises(DataError, match=f"column 'image', row 7 \\(unit {unit}\\): not a decodable image"):
+        for _ in StreamDataset(tmp_path / "ds", batch_size=4, decode={"image": Image(size=(8, 8))}):
+            pass
+    ds = StreamDataset(tmp_path / "ds", batch_size=4, return_index=True,
+                       decode={"image": Image(size=(8, 8), on_error="skip")})
+    with caplog.at_level(logging.WARNING, logger="streambatch"):
+        served = np.concatenate([b["_row"].numpy() for b in ds])
+    assert np.array_equal(np.sort(served), np.setdiff1d(np.arange(len(rows)), [7]))
+    assert any("row 7" in r.getMessage() for r in caplog.records) and ds.skipped_rows == 1
+
+
+def test_decode_needs_a_bytes_column(tmp_path: Path) -> None:
+    _folder(tmp_path / "imgs", per_class=2)
+    streambatch.convert(tmp_path / "imgs", tmp_path / "ds", progress=False)
+    with pytest.raises(ValueError, match="decode: 'label' is not a selected column of encoded bytes"):
+        StreamDataset(tmp_path / "ds", decode={"label": Image()})
+    with pytest.raises(TypeError, match="must be a streambatch.Image"):
+        StreamDataset(tmp_path / "ds", decode={"image": (224, 224)})
