@@ -14,14 +14,22 @@ from .tensors import COLLATES
 __all__ = ["check_collate", "check_decode", "check_pack", "check_rows_fit", "resolve_rank"]
 
 
+def _by_kind(option: str, columns: tuple[Column, ...], given: Mapping[str, Any] | None, kind: str,
+             what: str) -> dict[str, Any]:
+    """``given`` (``option``'s mapping) as a dict, each key a selected column of ``kind``."""
+    out = dict(given or {})
+    kinds = {c.name: c.kind for c in columns}
+    for name in out:
+        if kinds.get(name) != kind:
+            raise ValueError(f"{option}: {name!r} is not a selected column of {what} "
+                             f"(those are {[n for n, k in kinds.items() if k == kind]})")
+    return out
+
+
 def check_collate(columns: tuple[Column, ...], collate: Mapping[str, str] | None) -> dict[str, str]:
     """``collate`` checked: each key a ragged column of numbers, each value one of ``COLLATES``."""
-    out = dict(collate or {})
-    kinds = {c.name: c.kind for c in columns}
+    out = _by_kind("collate", columns, collate, "list", "varying-length numbers")
     for name, how in out.items():
-        if kinds.get(name) != "list":
-            raise ValueError(f"collate: {name!r} is not a selected column of varying-length numbers "
-                             f"(those are {[n for n, k in kinds.items() if k == 'list']})")
         if how not in COLLATES:
             raise ValueError(f"collate[{name!r}] must be one of {', '.join(COLLATES)}, got {how!r}")
     return out
@@ -41,12 +49,8 @@ def check_decode(columns: tuple[Column, ...], decode: Mapping[str, Any] | None) 
     """``decode`` checked: each key a selected ``bytes`` column, each value a ``streambatch.Image``."""
     from ..decode import Image
 
-    out = dict(decode or {})
-    kinds = {c.name: c.kind for c in columns}
+    out = _by_kind("decode", columns, decode, "bytes", "encoded bytes")
     for name, spec in out.items():
-        if kinds.get(name) != "bytes":
-            raise ValueError(f"decode: {name!r} is not a selected column of encoded bytes "
-                             f"(those are {[n for n, k in kinds.items() if k == 'bytes']})")
         if not isinstance(spec, Image):
             raise TypeError(f"decode[{name!r}] must be a streambatch.Image, got {type(spec).__name__}")
     return out
