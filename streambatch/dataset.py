@@ -28,6 +28,8 @@ from ._sizes import parse_size
 from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
+from .loader.device import DeviceFeeder, check_on_device, resolve_device
+from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.tensors import make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
@@ -93,11 +95,20 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             depends on it, as on the budget.
         remote: for a URL (``s3://``, ``gs://``, ``https://``): ``RemoteOptions`` (fsspec
             options, a local disk cache, retries); the defaults when not given, unused for a local path.
+        device: serve batches on this device (``"cuda"``, ``"cuda:N"``, a ``torch.device``, ``"cpu"``;
+            ``"auto"``: the local rank's GPU under torch.distributed (``LOCAL_RANK``), else cuda:0,
+            else the CPU).  Batches are assembled into a ring of reused pinned buffers inside the
+            budget and copied by one thread on its own CUDA stream while the loop steps on the
+            previous batch; the loop's current stream waits for each copy.  In-process only
+            (``DataLoader(num_workers=0)``, no ``pin_memory``).  None: batches stay on the CPU.
+        on_device: steps run on the device after the copy: ``("normalize",)`` normalises there
+            (integers become float32 there), so the host moves the stored bytes (uint8 images).
 
     Raises:
         ManifestError: the dataset's manifest is missing or invalid.
         DataError: ``normalize`` needs a statistics file that is missing or damaged.
-        ValueError: an unknown column or a budget too small for one batch window.
+        ValueError: an unknown column, a budget too small for one batch window (or for the
+            device path's buffers), an unknown or unavailable device, or ``on_device`` without ``device``.
         TypeError: ``remote`` is not a ``RemoteOptions``.
     """
 
@@ -107,7 +118,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  rank: int | None = None, world_size: int | None = None,
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
                  timeout: float | None = None, remote: RemoteOptions | None = None,
-                 piece_rows: int | None = None) -> None:
+                 piece_rows: int | None = None, device: Any = None, on_device: tuple[str, ...] = ()) -> None:
         super().__init__()
         if remote is not None and not isinstance(remote, RemoteOptions):
             raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
@@ -137,6 +148,10 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             raise ValueError(f"piece_rows must be >= 0 (0: whole units), got {piece_rows}")
         self.piece_rows = piece_rows
         self.normalize = normalizers(self.manifest, self.columns, normalize, self._remote_files)
+        self._target = resolve_device(device)
+        self.device: torch.device | None = None if self._target is None else self._target.device
+        self.on_device = check_on_device(on_device, self._target, self.normalize)
+        self._rings: list[Ring] = []  # the device path's host buffers, kept between epochs (pinned once)
         self.epoch = 0
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
         self._run: Run | None = None  # this process's current (or last) iteration of the epoch
@@ -157,7 +172,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         partial = FORMATS[m.storage].partial_reads(m, [c.name for c in self.columns])
         return Sizing(self.memory_budget, self.batch_size, self.row_nbytes, m.rows, self.world_size,
                       self.drop_last, self.threads, self.remote is not None, m.root, int(m.unit_rows.max()),
-                      m.n_units, partial, label_icc_of(m), self.piece_rows if self.shuffle else 0)
+                      m.n_units, partial, label_icc_of(m), self.piece_rows if self.shuffle else 0,
+                      self._target is not None)
 
     def _remote_files(self) -> RemoteFiles | None:
         """A fresh ``RemoteFiles`` for a dataset at a URL (one per iteration: it holds a lock)."""
@@ -262,11 +278,15 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             make_batch=make_shared_batch if get_worker_info() is not None else make_batch,
             transform=self.transform, timeout=self.timeout,
             name=f"r{self.rank}w{run.worker}", buffers=self._buffers)
+        batches: Prefetcher | DeviceFeeder = pf
         try:
-            for batch in pf:
+            if self._target is not None:  # copied to the device by a thread; counted below when handed out
+                batches = DeviceFeeder(pf, self._target, self.on_device, lay, self._rings)
+            for batch in batches:
                 run.consumed += 1  # counted as delivered once handed out
                 yield batch
         finally:
+            batches.close()
             pf.close()
             reader.close()
             self.last_peak_accounted_bytes = pf.peak_accounted_bytes
@@ -274,10 +294,12 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     def release_buffers(self) -> None:
         """Free the window buffers kept for the next epoch (they are reused to avoid page faults)."""
         self._buffers.clear()
+        self._rings.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_buffers"] = []  # never ship buffers to DataLoader worker processes
+        state["_rings"] = []
         return state
 
     # ------------------------------------------------------------------ resume

@@ -30,7 +30,7 @@ from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
-from .pool import POLL, Pool, Task
+from .pool import POLL, Flag, Pool, Task
 from .windows import Buffers, Window, start_window
 
 __all__ = ["Prefetcher"]
@@ -79,8 +79,10 @@ class Prefetcher:
                  index_key: str | None = None, normalize: Normalizers | None = None,
                  make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
-                 name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None) -> None:
+                 name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None,
+                 alloc: Callable[[int], np.ndarray] | None = None) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
+        self.name = name
         self.unit_start = unit_start
         self.row_nbytes = sum(c.row_nbytes for c in columns)
         self.window_nbytes = plan.window_rows * self.row_nbytes
@@ -97,11 +99,13 @@ class Prefetcher:
         self.index_key = index_key
         self.normalize = normalize or {}
         self.make_batch, self.transform, self.timeout = make_batch, transform, timeout
+        self.alloc = alloc  # a batch's buffer (gather_batches); None: a new one each batch
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
         self._buffers = Buffers(columns, plan.window_rows, buffers)
         self._pool = Pool(max(1, threads), name)
         self._closed = False
+        self._cancelled = Flag()  # cancel(): asked from another thread to stop
         self._stuck = False  # a wait timed out: a pool thread may be stuck in a read
         self._finalizer = weakref.finalize(self, Pool.close, self._pool)
 
@@ -123,7 +127,7 @@ class Prefetcher:
     def _wait(self, task: Task) -> Any:
         t0 = time.monotonic()
         while not task.done.wait(POLL):
-            if self._closed:
+            if self._closed or self._cancelled.is_set():
                 raise RuntimeError("streambatch loader closed while waiting")
             if self.timeout is not None and time.monotonic() - t0 > self.timeout:
                 self._stuck = True  # close() then waits briefly for the stuck thread, not 5 s
@@ -183,7 +187,7 @@ class Prefetcher:
         self._acquire(nbytes)
         task = self._pool.submit(0, gather_batches, (
             cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.make_batch,
-            self.transform), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
+            self.transform, self.alloc), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
         cur.next_b = b1
         cur.in_flight += 1
         return task, cur, nbytes, b1 - b0
@@ -196,6 +200,11 @@ class Prefetcher:
                 raise t.error
         self._release(w.nbytes)
         self._buffers.give(w.buffers)
+
+    def cancel(self) -> None:
+        """Ask a prefetcher iterated by another thread (the device path's copy thread) to stop: its
+        waits raise within ``POLL`` seconds, and that thread's iteration then closes it."""
+        self._cancelled.set()
 
     def close(self) -> None:
         """Stop every thread and drop buffers; safe to call more than once."""
