@@ -18,7 +18,7 @@ import torch
 import streambatch
 from streambatch import StreamDataset
 from streambatch.errors import DataError
-from streambatch.loader.device import Target, auto_device
+from streambatch.loader.device import DONE, Target, auto_device
 
 from conftest import flip_byte, interrupt_epochs, streambatch_threads, unit_range, write_sorted_npy
 
@@ -104,7 +104,7 @@ def test_resume_mid_epoch_never_counts_a_copied_batch_not_taken(data):
     def counting_copy(dst: torch.Tensor, src: torch.Tensor) -> Any:
         dst.copy_(src)
         copies.append(1)
-        return FakeHandle.done()
+        return DONE
 
     kw = dict(batch_size=64, memory_budget="1MiB", return_index=True)
     full = epoch(StreamDataset(data["tab"], **kw))
@@ -129,12 +129,6 @@ class FakeHandle:
 
     def __init__(self) -> None:
         self.finished = threading.Event()
-
-    @classmethod
-    def done(cls) -> FakeHandle:
-        h = cls()
-        h.finished.set()
-        return h
 
     def query(self) -> bool:
         return self.finished.is_set()
@@ -225,7 +219,7 @@ def test_an_exception_of_the_copy_thread_reaches_the_consumer_with_its_type(data
         if len(n) == 5:
             raise CopyBroke("copy 5 failed")
         dst.copy_(src)
-        return FakeHandle.done()
+        return DONE
 
     ds = StreamDataset(data["tab"], batch_size=32, memory_budget="1MiB",
                        device=Target(torch.device("cpu"), copy=failing_copy))

@@ -40,7 +40,7 @@ from .prefetch import Prefetcher
 from .ring import Ring, ring_for
 from .sizing import Layout
 
-__all__ = ["ON_DEVICE", "Target", "DeviceFeeder", "auto_device", "resolve_device", "check_on_device"]
+__all__ = ["DONE", "ON_DEVICE", "Target", "DeviceFeeder", "auto_device", "resolve_device", "check_on_device"]
 
 ON_DEVICE = ("normalize",)  # steps that on_device= may move after the copy
 READY = 2  # device batches the copy thread may have waiting for the consumer
@@ -177,12 +177,12 @@ class _Done:
         pass
 
 
-_DONE = _Done()
+DONE = _Done()  # the handle of every plain CPU copy (also for a custom copy that finishes at once)
 
 
 def _cpu_copy(dst: torch.Tensor, src: torch.Tensor) -> _Done:
     dst.copy_(src)
-    return _DONE
+    return DONE
 
 
 def _cuda_copy(stream: Any, dst: torch.Tensor, src: torch.Tensor) -> Any:
