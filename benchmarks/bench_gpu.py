@@ -1,6 +1,23 @@
 #!/usr/bin/env python
 """GPU benchmark: what does the trip to the GPU cost, and does it hide behind a training step?
 
+By default it measures ``StreamDataset(device=...)`` (issue 18) on ``tab`` and ``img`` (Zarr,
+codec ``none``, warm cache, the throughput benchmark's budget, batch 256; ``--datasets``), epoch 2
+after a warm-up epoch, medians of ``--repeats``:
+
+* ``load_alone``: the same dataset with ``device=None``, consumed on the CPU (``_common.consume``);
+* ``device``: ``device=<gpu>`` with the copy function timed by CUDA events on the copy stream:
+  copy throughput = bytes / the copies' own time, against copies of one batch's size from one
+  pinned buffer measured in the same run (``batch_h2d``; target >= 0.8x) and one 256 MiB copy;
+* ``step_long`` / ``step_short``: ``device=<gpu>`` and a simulated step (``STEP_SHAPES``) taking at
+  least 1.5x / at most 0.5x a batch's load; targets: epoch <= 1.1x step alone (step x batches) /
+  <= 1.1x load alone.
+
+Every row checks every id once, the ``device=None`` order and the sum of ``x``.  Without CUDA the
+same rows run with ``device="cpu"`` as a smoke test (no copy bandwidth; not a GPU measurement).
+
+``--legacy`` adds the manual variants of the first GPU run, described below (tab only).
+
 On the label-sorted ``tab`` dataset stored as Zarr (codec ``none``), warm page cache, 256 MiB
 budget, batch 256 (the datasets and helpers of ``bench_throughput.py``), one ``StreamDataset``
 in this process serves a warm-up epoch (epoch 1 pays page faults on fresh window buffers) and
@@ -45,8 +62,8 @@ script (``--quick`` is meant for that), and the records and report say so.
 
 Usage::
 
-    python benchmarks/bench_gpu.py [--data DIR] [--quick] [--repeats N] [--workers 0,4]
-                                   [--records DIR] [--no-report]
+    python benchmarks/bench_gpu.py [--data DIR] [--quick] [--repeats N] [--datasets tab,img]
+                                   [--legacy] [--workers 0,4] [--records DIR] [--no-report]
 
 Records are appended to ``benchmarks/records/gpu.jsonl`` as each variant finishes (so a run
 stopped early keeps what it measured); ``--records DIR`` writes them elsewhere (tests) and
@@ -71,6 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 import bench_scaling as bs  # noqa: E402  (worker_budget)
 import bench_throughput as bt  # noqa: E402  (dataset helpers shared with the throughput benchmark)
+from streambatch.loader.device import DONE, Target  # noqa: E402
 
 NAME = "gpu"
 KIND = "tab"
@@ -244,7 +262,8 @@ def device_epoch(batches: Iterable[Mapping[str, torch.Tensor]], n_rows: int, dev
                  pinned: bool = False) -> dict[str, Any]:
     """One epoch moved to ``dev`` and consumed there; timed until the device has finished.
 
-    ``copy``: ``"blocking"`` (``.to(device)``), ``"default"`` (``non_blocking`` on the current
+    ``copy``: ``"none"`` (the batches arrive on the device: ``StreamDataset(device=...)``),
+    ``"blocking"`` (``.to(device)``), ``"default"`` (``non_blocking`` on the current
     stream) or ``"side"`` (``non_blocking`` on ``dev.side``; the current stream waits for it
     and the tensors are ``record_stream``-ed to it). ``pinned``: the batches come pinned
     (DataLoader ``pin_memory=True``), else each tensor is ``.pin_memory()``-ed here. Without
@@ -252,7 +271,7 @@ def device_epoch(batches: Iterable[Mapping[str, torch.Tensor]], n_rows: int, dev
     ``x.sum(dtype=float64)`` accumulated there and every ``id`` written into a device buffer
     of the epoch's order, read back once at the end.
     """
-    if copy not in ("blocking", "default", "side"):
+    if copy not in ("none", "blocking", "default", "side"):
         raise ValueError(f"unknown copy mode {copy!r}")
     device = dev.device
     order = torch.empty(n_rows, dtype=torch.int64, device=device)
@@ -266,7 +285,7 @@ def device_epoch(batches: Iterable[Mapping[str, torch.Tensor]], n_rows: int, dev
     it = iter(batches)
     try:
         for batch in it:
-            if dev.cuda:
+            if dev.cuda and copy != "none":
                 host = batch if pinned else {k: v.pin_memory() for k, v in batch.items()}
                 if copy == "side":
                     with torch.cuda.stream(dev.side):
@@ -373,16 +392,183 @@ def summarise(runs: list[dict[str, Any]], reference: Mapping[str, Any] | None, n
     return out
 
 
+# ---------------------------------------------------------------------------- the device= path
+STEP_SHAPES = ((64, 0), (64, 1), (128, 1), (128, 2), (128, 4), (256, 4), (512, 4), (1024, 4), (1536, 4),
+               (2048, 4), (3072, 4), (4096, 4), (6144, 4), (8192, 4))
+"""(width, hidden depth) of the simulated steps, cheapest first (depth 0: launch-bound, tens of us)."""
+LONG_STEP, SHORT_STEP = 1.5, 0.5
+"""The long step takes at least 1.5x a batch's load, the short one at most 0.5x."""
+OVERLAP_TARGET, COPY_TARGET = 1.1, 0.8
+
+
+def pick_step(target_s: float, x: torch.Tensor, dev: Device, quick: bool, above: bool
+              ) -> tuple[SimStep, float, list[dict[str, float]]]:
+    """The cheapest :data:`STEP_SHAPES` step taking at least ``target_s`` (``above``), or the
+    costliest taking at most ``target_s`` (else the cheapest of all)."""
+    tried: list[dict[str, float]] = []
+    chosen: tuple[SimStep, float] | None = None
+    for width, depth in STEP_SHAPES:
+        step = SimStep(x[0].numel(), width, depth, dev.device)
+        s = time_step(step, x, dev, min_seconds=0.05 if quick else 0.2)
+        tried.append({"width": width, "depth": depth, "step_s": s})
+        if above and s >= target_s:
+            return step, s, tried
+        if not above and s > target_s:
+            break
+        chosen = (step, s)
+    if chosen is None:  # not even the cheapest is short enough (or none is long enough): the nearest
+        chosen = (step, s)
+    return chosen[0], chosen[1], tried
+
+
+class TimedCopy:
+    """The device path's copy with its duration measured: CUDA events around each copy on the
+    copy stream (the returned end event is the copy's handle), wall time on the CPU stand-in."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.reset()
+
+    def reset(self) -> None:
+        self.events: list[tuple[Any, Any]] = []
+        self.cpu_s = 0.0
+        self.nbytes = 0
+
+    def __call__(self, dst: torch.Tensor, src: torch.Tensor) -> Any:
+        self.nbytes += int(dst.numel())
+        if not self.cuda:
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            self.cpu_s += time.perf_counter() - t0
+            return DONE
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()  # on the current stream: the copy stream
+        dst.copy_(src, non_blocking=True)
+        end.record()
+        self.events.append((start, end))
+        return end
+
+    def seconds(self) -> float:
+        if not self.cuda:
+            return self.cpu_s
+        return sum(a.elapsed_time(b) for a, b in self.events) / 1e3
+
+
+def batch_h2d(dev: Device, nbytes: int, copies: int = 200) -> float | None:
+    """GB/s of ``copies`` host-to-device copies of ``nbytes`` (one batch) from one pinned buffer,
+    each timed by CUDA events: the reference for the device path's copies (None without CUDA)."""
+    if not dev.cuda:
+        return None
+    host = torch.ones(nbytes, dtype=torch.uint8).pin_memory()
+    target = torch.empty(nbytes, dtype=torch.uint8, device=dev.device)
+    pairs = []
+    for i in range(copies + 10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        target.copy_(host, non_blocking=True)
+        b.record()
+        if i >= 10:
+            pairs.append((a, b))
+    dev.sync()
+    seconds = sum(a.elapsed_time(b) for a, b in pairs) / 1e3
+    return nbytes * copies / 1e9 / max(seconds, 1e-12)
+
+
+def device_path(kind: str, args: Any, dev: Device, common: dict[str, Any]) -> None:
+    """The ``StreamDataset(device=...)`` rows on dataset ``kind``: copy throughput against the pinned
+    bandwidth, and a step longer and shorter than loading against step alone and load alone."""
+    from streambatch import StreamDataset
+
+    root = bt.data_root(args.data, args.quick)
+    rows = bt.rows_for(kind, args.quick)
+    npy = bt.ensure_npy(root, kind, rows)
+    store = bt.ensure_store(npy, bt.store_path(root, kind, FMT, CODEC), FMT, CODEC, rows)
+    budget = bt.budget_for(kind, args.quick)
+    bt.warm(store)
+    kw = dict(batch_size=bt.BATCH, shuffle=True, seed=0, memory_budget=budget)
+    host = StreamDataset(store, **kw)
+    timed = TimedCopy(dev.cuda)
+    on_dev = StreamDataset(store, device=dev.device, **kw)
+    timed_ds = StreamDataset(store, device=Target(dev.device, copy=timed), **kw)
+    common = {**common, "dataset": kind, **bt.store_config(store, host)}
+    n = host.manifest.rows
+    torch.manual_seed(0)
+
+    def runs(ds: Any, fn: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(args.repeats):
+            ds.set_epoch(MEASURED_EPOCH)
+            out.append(fn(ds))
+        return out
+
+    def write(variant: str, label: str, res: Mapping[str, Any]) -> None:
+        _common.write_record(NAME, {**common, "role": "device", "variant": variant, "label": label, **res},
+                             args.records)
+        bt.log(f"  {kind} {variant}: {res.get('samples_per_s', 0):,.0f} samples/s, {res.get('seconds', 0):.2f} s, "
+               f"correct {res.get('correct')}")
+
+    bt.log(f"{kind}: warm-up epochs ({n:,} rows; host, then the device path on {dev.device})")
+    host.set_epoch(0)
+    cpu_epoch(host)
+    for ds in (on_dev, timed_ds):
+        ds.set_epoch(0)
+        device_epoch(ds, n, dev, copy="none")
+    ref_runs = runs(host, cpu_epoch)
+    ref = ref_runs[0]
+    load = summarise(ref_runs, ref, n, exact_order=True)
+    write("load_alone", "load alone: batches on the CPU (device=None)", load)
+    timed.reset()  # count the measured epochs only
+    copied = summarise(runs(timed_ds, lambda ds: device_epoch(ds, n, dev, copy="none")), ref, n, True)
+    batch_bytes = timed.nbytes / max(1, copied["batches"] * args.repeats)
+    copy_gbs = timed.nbytes / 1e9 / max(timed.seconds(), 1e-12)
+    same_size = batch_h2d(dev, int(batch_bytes))
+    copy = {"copy_gb_per_s": copy_gbs, "copy_batch_bytes": batch_bytes, "h2d_batch_pinned_gb_per_s": same_size,
+            "copy_vs_pinned": None if same_size is None else copy_gbs / same_size,
+            "copy_vs_pinned_256mib": (copy_gbs / common["h2d_pinned_gb_per_s"]
+                                      if common.get("h2d_pinned_gb_per_s") else None)}
+    write("device", f"device={dev.device} (copies timed), no step", {**copied, **copy})
+    it = iter(on_dev)
+    x0 = next(it)["x"].clone()
+    it.close()
+    load_batch_s = load["seconds"] / max(1, load["batches"])
+    summary: dict[str, Any] = {"load_epoch_s": load["seconds"], "load_batch_s": load_batch_s, **copy}
+    for name, factor, above in (("long", LONG_STEP, True), ("short", SHORT_STEP, False)):
+        step, step_s, tried = pick_step(factor * load_batch_s, x0, dev, args.quick, above)
+        step_epoch_s = step_s * load["batches"]
+        res = summarise(runs(on_dev, lambda ds: device_epoch(ds, n, dev, copy="none", step=step)), ref, n, True)
+        bound = step_epoch_s if name == "long" else load["seconds"]
+        fields = {"step_width": step.width, "step_depth": step.depth, "step_s": step_s, "step_epoch_s": step_epoch_s,
+                  "step_calibration": tried, "step_vs_load_batch": step_s / load_batch_s,
+                  "time_vs_bound": res["seconds"] / bound, "bound": "step alone" if name == "long" else "load alone",
+                  "time_vs_max_load_step": res["seconds"] / max(load["seconds"], step_epoch_s)}
+        write(f"step_{name}", f"device={dev.device} + {name} step ({step_s / load_batch_s:.2f}x a batch load)",
+              {**res, **fields})
+        summary[f"{name}_time_vs_bound"] = fields["time_vs_bound"]
+        summary[f"{name}_step_vs_load_batch"] = fields["step_vs_load_batch"]
+    summary["targets"] = {
+        "copy": None if copy["copy_vs_pinned"] is None else copy["copy_vs_pinned"] >= COPY_TARGET,
+        "long": summary["long_time_vs_bound"] <= OVERLAP_TARGET,
+        "short": summary["short_time_vs_bound"] <= OVERLAP_TARGET}
+    _common.write_record(NAME, {**common, "role": "device_summary", **summary}, args.records)
+    for ds in (host, on_dev, timed_ds):
+        ds.release_buffers()
+    bt.release_memory()
+
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the GPU benchmark, append its records and regenerate RESULTS.md."""
     p = bt.make_parser(__doc__ or "")
     p.add_argument("--workers", default="0,4", metavar="LIST",
-                   help="comma-separated DataLoader num_workers with pin_memory=True (default 0,4; '' for none)")
+                   help="with --legacy: comma-separated DataLoader num_workers with pin_memory=True (default 0,4)")
     p.add_argument("--records", default=None, metavar="DIR",
                    help="append the records to DIR/gpu.jsonl (default benchmarks/records/)")
     p.add_argument("--no-report", action="store_true", help="do not regenerate RESULTS.md")
     p.add_argument("--cpu", action="store_true", help="ignore CUDA: the smoke-test path on any machine")
+    p.add_argument("--datasets", default="tab,img", help="the device= path on these (comma-separated, tab,img)")
+    p.add_argument("--legacy", action="store_true",
+                   help="also the manual variants of the first run (pin+copy, serial, async, overlap, DataLoader)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -392,8 +578,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--workers: expected a comma-separated list of integers, got {args.workers!r}")
     if any(w < 0 for w in workers):
         p.error("--workers: values must be >= 0")
-
-    from streambatch import StreamDataset
 
     dev = Device(force_cpu=args.cpu)
     if not dev.cuda:
@@ -405,11 +589,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)
     dev.warm_up()
     run_id = bt.new_run_id()
-    common = {**bt.base_record(args, run_id, "bench_gpu.py"), "dataset": KIND, "cache": "warm",
+    common = {**bt.base_record(args, run_id, "bench_gpu.py"), "cache": "warm",
               **dev.info(), **h2d_bandwidth(dev)}
     if dev.cuda:
         bt.log(f"{common['gpu_name']}: host-to-device copy {common['h2d_pinned_gb_per_s']:.1f} GB/s pinned, "
                f"{common['h2d_pageable_gb_per_s']:.1f} GB/s pageable")
+    kinds = [k.strip() for k in args.datasets.split(",") if k.strip()]
+    for kind in kinds:
+        try:
+            device_path(kind, args, dev, common)
+        except Exception as exc:  # one dataset's failure must not cost the other's
+            bt.log(f"  FAILED device path on {kind}: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+            _common.write_record(NAME, {**common, "dataset": kind, "role": "failed", "variant": "device",
+                                        "error": f"{type(exc).__name__}: {exc}"}, args.records)
+    if args.legacy:
+        legacy(args, dev, common, workers)
+
+    if not args.no_report and args.records is None:
+        import report
+
+        report.main()
+    return 0
+
+
+def legacy(args: Any, dev: Device, common: dict[str, Any], workers: list[int]) -> None:
+    """The manual variants of the first GPU run (``--legacy``): pin+copy, serial, async and
+    side-stream overlap in the loop, DataLoader(pin_memory=True), on ``tab``."""
+    from streambatch import StreamDataset
+
+    common = {**common, "dataset": KIND}
     root = bt.data_root(args.data, args.quick)
     rows = bt.rows_for(KIND, args.quick)
     npy = bt.ensure_npy(root, KIND, rows)
@@ -567,12 +776,6 @@ def main(argv: Sequence[str] | None = None) -> int:
            f"{times(summary['async_time_vs_max_load_step'])}); all correct: {summary['all_correct']}"
            + (f"; FAILED: {', '.join(f['variant'] for f in failures)}" if failures else ""))
 
-    if not args.no_report and args.records is None:
-        import report
-
-        report.main()
-    return 0
-
 
 # ---------------------------------------------------------------------------- report
 def times(value: float | None, sign: str = "x") -> str:
@@ -581,10 +784,56 @@ def times(value: float | None, sign: str = "x") -> str:
 
 
 def render(records: list[dict[str, Any]]) -> str:
-    """Markdown section for the records of one run of this benchmark."""
+    """Markdown sections for the records of this benchmark: the device= path, then the manual variants."""
+    device = render_device(records)
     rows = [r for r in records if r.get("role") == "variant"]
     if not rows:
-        return "## GPU\n\nNo records in the latest run.\n"
+        return device or "## GPU\n\nNo records in the latest run.\n"
+    return (device + "\n" if device else "") + render_legacy(records, rows)
+
+
+def render_device(records: list[dict[str, Any]]) -> str:
+    """The ``StreamDataset(device=...)`` section ('' without its records)."""
+    rows = [r for r in records if r.get("role") == "device"]
+    if not rows:
+        return ""
+    first = rows[0]
+    quick = " (**--quick smoke run: tiny datasets, not a measurement**)" if first.get("quick") else ""
+    gpu = (f"{first.get('gpu_name')}, CUDA {first.get('cuda_version')}" if first.get("cuda")
+           else "**no CUDA: the copies ran on the CPU stand-in (device='cpu'); not a GPU measurement**")
+    lines = ["## GPU: the device= path (pinned ring, copy thread, overlap with the step)", "",
+             f"`StreamDataset(device=...)` on {gpu}{quick}: zarr/none, warm cache, budget as the throughput "
+             f"benchmark, batch {first.get('batch_size')}, epoch 2, medians of {first.get('repeats')} repeats. "
+             "Load alone = the same dataset with device=None; a long step takes >= "
+             f"{LONG_STEP}x a batch's load (bound: step alone = step x batches), a short one <= {SHORT_STEP}x "
+             f"(bound: load alone); target: epoch <= {OVERLAP_TARGET}x the bound. Copy throughput = bytes / "
+             "the copies' own time (CUDA events on the copy stream), against copies of the same size from "
+             f"one pinned buffer in the same run (target >= {COPY_TARGET}x) and against one 256 MiB copy.", ""]
+    table = []
+    for r in rows:
+        table.append({
+            "dataset": r["dataset"], "variant": r.get("label", r["variant"]),
+            "samples/s": bt._num(r.get("samples_per_s"), ",.0f"), "epoch s": bt._num(r.get("seconds"), ".2f"),
+            "step µs": "" if "step_s" not in r else bt._num(r["step_s"] * 1e6, ",.0f"),
+            "time ÷ bound": "" if "time_vs_bound" not in r else f"{bt._num(r['time_vs_bound'], '.2f')} ({r['bound']})",
+            "copy GB/s": "" if "copy_gb_per_s" not in r else bt._num(r["copy_gb_per_s"], ".1f"),
+            "÷ pinned same size": "" if r.get("copy_vs_pinned") is None else bt._num(r["copy_vs_pinned"], ".2f"),
+            "÷ pinned 256 MiB": "" if r.get("copy_vs_pinned_256mib") is None else bt._num(r["copy_vs_pinned_256mib"], ".2f"),
+            "correct": "yes" if r.get("correct") else "**no**",
+        })
+    lines.append(_common.format_table(table, list(table[0])))
+    for r in (r for r in records if r.get("role") == "device_summary"):
+        t = r.get("targets", {})
+        verdict = ", ".join(f"{k} {'met' if v else 'missed' if v is not None else 'n/a'}" for k, v in t.items())
+        lines += ["", f"{r['dataset']}: targets {verdict}."]
+    for r in (r for r in records if r.get("role") == "failed" and r.get("variant") == "device"):
+        lines += ["", f"**Failed** on {r.get('dataset')}: `{r['error']}`"]
+    lines += ["", f"Command: `{first['command']}`", "", bt.machine_line(first)]
+    return "\n".join(lines) + "\n"
+
+
+def render_legacy(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """The manual variants' section (``--legacy``)."""
     first = rows[0]
     summary = next((r for r in records if r.get("role") == "summary" and r.get("run_id") == first.get("run_id")),
                    None)

@@ -28,10 +28,12 @@ from ._sizes import parse_size
 from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
+from .loader.device import DeviceFeeder, check_on_device, resolve_device
+from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
-from .loader.packed import PACK_ROWS, check_pack_state, packed_position, serve_packed
+from .loader.packed import PACK_ROWS, check_pack_state, packed_state, serve_packed
 from .loader.rows import ragged_slack
-from .loader.options import check_collate, check_decode, check_pack, check_rows_fit, resolve_rank
+from .loader.options import check_collate, check_decode, check_pack, check_ragged, resolve_rank
 from .loader.tensors import RaggedOutput, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
@@ -79,11 +81,20 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             depends on it, as on the budget.
         remote: for a URL (``s3://``, ``gs://``, ``https://``): ``RemoteOptions`` (fsspec
             options, a local disk cache, retries); the defaults when not given, unused for a local path.
+        device: serve batches on this device (``"cuda"``, ``"cuda:N"``, a ``torch.device``, ``"cpu"``;
+            ``"auto"``: the local rank's GPU under torch.distributed (``LOCAL_RANK``), else cuda:0,
+            else the CPU).  Batches are assembled into a ring of reused pinned buffers inside the
+            budget and copied by one thread on its own CUDA stream while the loop steps on the
+            previous batch; the loop's current stream waits for each copy.  In-process only
+            (``DataLoader(num_workers=0)``, no ``pin_memory``).  None: batches stay on the CPU.
+        on_device: steps run on the device after the copy: ``("normalize",)`` normalises there
+            (integers become float32 there), so the host moves the stored bytes (uint8 images).
 
     Raises:
         ManifestError: the dataset's manifest is missing or invalid.
         DataError: ``normalize`` needs a statistics file that is missing or damaged.
-        ValueError: an unknown column or a budget too small for one batch window.
+        ValueError: an unknown column, a budget too small for one batch window (or for the
+            device path's buffers), an unknown or unavailable device, or ``on_device`` without ``device``.
         TypeError: ``remote`` is not a ``RemoteOptions``.
     """
 
@@ -94,7 +105,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                  normalize: bool | list[str] = False, return_index: bool = False, verify: bool = True,
                  timeout: float | None = None, remote: RemoteOptions | None = None,
                  piece_rows: int | None = None, collate: Mapping[str, str] | None = None, pack: Any = None,
-                 decode: Mapping[str, Any] | None = None) -> None:
+                 decode: Mapping[str, Any] | None = None, device: Any = None, on_device: tuple[str, ...] = ()) -> None:
         super().__init__()
         if remote is not None and not isinstance(remote, RemoteOptions):
             raise TypeError(f"remote must be a streambatch.RemoteOptions, got {type(remote).__name__}")
@@ -126,12 +137,14 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         if piece_rows is not None and piece_rows < 0:
             raise ValueError(f"piece_rows must be >= 0 (0: whole units), got {piece_rows}")
         self.piece_rows = piece_rows
-        if piece_rows and any(c.ragged for c in self.columns):
-            raise ValueError(f"{self.manifest.root}: piece_rows: variable-length columns are read in whole units")
         self.normalize = normalizers(self.manifest, self.columns, normalize, self._remote_files)
         self.collate = check_collate(self.columns, collate)
         self.decode = check_decode(self.columns, decode)
-        check_rows_fit(self.manifest, self.columns, self.memory_budget)
+        check_ragged(self.manifest, self.columns, self.memory_budget, piece_rows=piece_rows, device=device)
+        self._target = resolve_device(device)
+        self.device: torch.device | None = None if self._target is None else self._target.device
+        self.on_device = check_on_device(on_device, self._target, self.normalize)
+        self._rings: list[Ring] = []  # the device path's host buffers, kept between epochs (pinned once)
         self.epoch = 0
         self.skipped_rows = 0  # rows this process dropped: images that did not decode (on_error="skip")
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
@@ -153,10 +166,10 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         m = self.manifest
         partial = FORMATS[m.storage].partial_reads(m, [c.name for c in self.columns])
         return Sizing(self.memory_budget, self._row_batch, self.row_nbytes, m.rows, self.world_size,
-                      self.drop_last and self.pack is None, self.threads, self.remote is not None, m.root, int(m.unit_rows.max()),
-                      m.n_units, partial, label_icc_of(m),
+                      self.drop_last and self.pack is None, self.threads, self.remote is not None, m.root,
+                      int(m.unit_rows.max()), m.n_units, partial, label_icc_of(m),
                       self.piece_rows if self.shuffle and not any(c.ragged for c in self.columns) else 0,
-                      ragged_slack(m, self.columns))
+                      window_slack=ragged_slack(m, self.columns), device=self._target is not None)
 
     @property
     def _row_batch(self) -> int:
@@ -271,10 +284,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                                    INDEX_KEY, tensors, start, (start or {}).get("skip", 0),
                                    lambda st: setattr(run, "pack_state", st))
         try:
+            if self._target is not None:  # copied to the device by a thread; counted below when handed out
+                batches = DeviceFeeder(pf, self._target, self.on_device, lay, self._rings)
             for batch in batches:
                 run.consumed += 1  # counted as delivered once handed out
                 yield batch if not packed or self.transform is None else self.transform(batch)
         finally:
+            batches.close()
             pf.close()
             reader.close()
             self.last_peak_accounted_bytes = pf.peak_accounted_bytes
@@ -283,10 +299,12 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     def release_buffers(self) -> None:
         """Free the window buffers kept for the next epoch (they are reused to avoid page faults)."""
         self._buffers.clear()
+        self._rings.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_buffers"] = []  # never ship buffers to DataLoader worker processes
+        state["_rings"] = []
         return state
 
     # ------------------------------------------------------------------ resume
@@ -315,7 +333,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         """
         info = get_worker_info()
         if self.pack is not None:
-            return self._packed_state(info is not None or bool(self._shared.workers()) or bool(num_workers))
+            if info is not None or self._shared.workers() or num_workers:
+                raise StateError(f"{self.manifest.root}: packed batches resume only when served in this process "
+                                 "(num_workers=0)")
+            return packed_state(self._run, self._resume, self._pack_resume, self._sizing(), self.world_size,
+                                self._identity(), self.epoch)
         if info is not None:
             run = self._run or self._pending(info.id, info.num_workers, in_worker=True)
             pos = WorkerPosition(run.worker, run.num_workers, run.share, run.start + run.consumed)
@@ -337,23 +359,6 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             taken = run.consumed if batches is None else int(batches)
         phases = [*history, Phase(self.world_size, nw, window_rows, offset + taken, piece_rows)]
         return make_state(self._identity(), self.epoch, phases)
-
-    def _packed_state(self, workers: bool) -> dict[str, Any]:
-        """The state of a packed epoch served in this process: the row stream's position at the
-        document the last packed batch ended in, and the packer's state there."""
-        if workers:
-            raise StateError(f"{self.manifest.root}: packed batches resume only when served in this process "
-                             "(num_workers=0)")
-        run = self._run
-        if self._resume is not None or run is None:  # nothing served since the state was loaded
-            history, window_rows, piece_rows, offset = resolve(self._resume, self._sizing(), 1)
-            at, st = offset, self._pack_resume
-        else:
-            history, window_rows, piece_rows = run.history, run.window_rows, run.piece_rows
-            packed = run.pack_state is not None and "skip" not in run.pack_state  # the packer's, not the loaded one
-            at, st = packed_position(run.pack_state) if packed else (run.start, run.pack_state)
-        phases = [*history, Phase(self.world_size, 1, window_rows, at, piece_rows)]
-        return {**make_state(self._identity(), self.epoch, phases), **({"pack_state": st} if st else {})}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next iteration serves exactly the samples of the epoch not yet delivered.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,36 @@ from streambatch.manifest import MANIFEST_NAME
 # as ignored, and Python then leaves it ignored, so Ctrl-C would never reach the code under test;
 # a user at a terminal always has Python's handler, which this restores.
 SIGINT_HANDLER = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
+def interrupt_epochs(dataset_args: str) -> tuple[int, str, float]:
+    """Run a child that loops over ``StreamDataset(<dataset_args>)`` epochs (each batch through a
+    10 ms transform), Ctrl-C it after its first batch: (exit code, output, seconds to exit).  It
+    exits 0 and prints "interrupted []" when no streambatch thread outlived the KeyboardInterrupt."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = SIGINT_HANDLER + textwrap.dedent(f"""
+        import sys, threading, time
+        import streambatch
+        ds = streambatch.StreamDataset({dataset_args}, transform=lambda b: (time.sleep(0.01), b)[1])
+        try:
+            while True:
+                for b in ds:
+                    print("batch", flush=True)
+        except KeyboardInterrupt:
+            left = [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
+            print("interrupted", left, flush=True)
+            sys.exit(3 if left else 0)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "batch"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out, time.monotonic() - t0
 
 
 def streambatch_threads() -> list[threading.Thread]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import gc
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from streambatch import StateError, StreamDataset
 from streambatch.quality import label_sorted_kl, summarize
 from streambatch.storage import FORMATS
 
-from conftest import SIGINT_HANDLER, streambatch_threads, write_sorted_npy
+from conftest import interrupt_epochs, streambatch_threads, write_sorted_npy
 
 ROWS = 5003
 
@@ -277,28 +274,9 @@ def test_prefetcher_close_is_idempotent(datasets):
 
 
 def test_ctrl_c_stops_the_epoch_promptly(datasets, tmp_path):
-    script = SIGINT_HANDLER + textwrap.dedent(f"""
-        import sys, threading, time
-        import streambatch
-        ds = streambatch.StreamDataset({str(datasets['zarr'])!r}, batch_size=16, memory_budget=100_000,
-                                       transform=lambda b: (time.sleep(0.01), b)[1])
-        try:
-            while True:
-                for b in ds:
-                    print("batch", flush=True)
-        except KeyboardInterrupt:
-            left = [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
-            print("interrupted", left, flush=True)
-            sys.exit(3 if left else 0)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "batch"
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert time.monotonic() - t0 < 15.0, "promptly: benchmarks/bench_sigint.py measures how fast"
-    assert proc.returncode == 0, out
+    code, out, seconds = interrupt_epochs(f"{str(datasets['zarr'])!r}, batch_size=16, memory_budget=100_000")
+    assert seconds < 15.0, "promptly: benchmarks/bench_sigint.py measures how fast"
+    assert code == 0, out
     assert "interrupted []" in out
 
 

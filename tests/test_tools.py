@@ -301,11 +301,13 @@ def test_records_and_helpers(tmp_path: Path, tiny: Path) -> None:
 
 
 def test_bench_gpu_quick_on_cpu(tmp_path: Path) -> None:
-    """The GPU benchmark's smoke path (CUDA ignored): every variant runs, is correct and recorded."""
+    """The GPU benchmark's smoke path (CUDA ignored): the device= rows and every legacy variant run,
+    are correct and recorded."""
     records = tmp_path / "records"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--quick", "--cpu", "--repeats", "1",
-         "--workers", "0,2", "--data", str(tmp_path / "data"), "--records", str(records), "--no-report"],
+         "--datasets", "tab", "--legacy", "--workers", "0,2", "--data", str(tmp_path / "data"),
+         "--records", str(records), "--no-report"],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -326,10 +328,18 @@ def test_bench_gpu_quick_on_cpu(tmp_path: Path) -> None:
     assert variants["overlap"]["time_vs_max_load_step"] > 0
     [summary] = [r for r in lines if r["role"] == "summary"]
     assert summary["all_correct"] is True and summary["workers"] == [0, 2]
+    device = {r["variant"]: r for r in lines if r["role"] == "device"}
+    assert set(device) == {"load_alone", "device", "step_long", "step_short"}
+    assert all(r["correct"] and r["dataset"] == "tab" and r["order_equal_cpu"] for r in device.values())
+    assert device["device"]["copy_gb_per_s"] > 0 and device["device"]["copy_vs_pinned"] is None  # no CUDA
+    assert device["step_long"]["step_s"] > device["step_short"]["step_s"]
+    [dsum] = [r for r in lines if r["role"] == "device_summary"]
+    assert set(dsum["targets"]) == {"copy", "long", "short"} and dsum["targets"]["copy"] is None
 
     gpu = _load("_benchmarks_bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
     text = gpu.render(lines)
     assert "no CUDA" in text and "**holds**" in text and "--quick smoke run" in text
+    assert "the device= path" in text and "targets copy n/a" in text
 
 
 def test_bench_quality_fractions_plan_like_the_full_loader_and_judge_from_the_figures(tmp_path: Path) -> None:

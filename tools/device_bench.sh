@@ -6,26 +6,29 @@
 #
 # It writes machine facts, installs the wheels the device lacks (.whl/: zarr, numcodecs,
 # google-crc32c, donfig, PyYAML, packaging, typing_extensions; carried there as `carry: [".whl"]`)
-# into /tmp/site, makes the `tab` dataset (2,000,000 rows, ~1.05 GB, label-sorted) and its Zarr
-# copy under /tmp/sbdata, then runs, most important first, each under its own `timeout`:
+# into /tmp/site, makes the `tab` dataset (2,000,000 rows, ~1.05 GB, label-sorted) and the `img`
+# one (100,000 rows, ~1.2 GB) and their Zarr copies under /tmp/sbdata, then runs, most important
+# first, each under its own `timeout`:
 #
-#   1. bench_scaling.py --threads 1,2,4,8,16 --workers 0,2,4,8 --repeats 1
-#   2. bench_gpu.py --repeats 2 --workers 0,4
+#   1. bench_gpu.py --repeats 2 (the device= path on tab and img; --legacy adds the manual variants)
+#   2. bench_scaling.py --threads 1,2,4,8,16 --workers 0,2,4,8 --repeats 1
 #   3. bench_convert.py --only 'npy -> zarr (none)' --no-codec --repeats 3   (only if time is left)
 #
 # Budget (hard limit 420 s of wall time; this script aims at DEVICE_BENCH_BUDGET_S=390):
 #   facts + wheels + import check        ~10 s
 #   datasets (npy ~7 s, zarr ~2-3 s)      ~15 s   (measured on 2 cores: 7.0 s + 2.1 s)
-#   1. scaling                           ~100-200 s, timeout min(230, left - 110)
+#        + img (npy + zarr, ~1.2 GB)      ~15 s   (not yet measured on the device)
+#   1. gpu                               ~50-90 s, timeout min(150, left - 20)
+#        per dataset 3 warm-up + 4 x 2 epochs (~1-2 s each; the long step's ~1.5-2x),
+#        two step calibrations ~3-8 s, CUDA start-up; records written as each row ends
+#   2. scaling                           ~100-200 s, timeout min(230, left - 30)
 #        in process 5 x ~6 s; DataLoader w0 ~6 s, w2/w4/w8 2 epochs each at an unknown rate on
 #        16 cores (2 cores: 74k samples/s with 2 workers = 27 s per epoch: the worst case)
-#   2. gpu                               ~60-100 s, timeout min(150, left - 20)
-#        1 + 7 x 2 in-process epochs (~1-2 s each, serial ~2x), calibration ~3 s,
-#        DataLoader w4 2 epochs, CUDA start-up
 #   3. convert                           ~20-30 s, timeout min(120, left - 25), only with >= 45 s
 #   RESULTS.md regenerated from all records (~3 s, timeout <= 30 s within what is left)
-# Rehearsal on a 2-core CPU-only box at full size: 371 s in all (scaling stopped by its timeout
-# during num_workers=8 and wrote 7 configurations, gpu ended at 125 s of its 128, convert skipped);
+# Rehearsal on a 2-core CPU-only box at full size, before the gpu step moved first and gained img:
+# 371 s in all (scaling stopped by its timeout during num_workers=8 and wrote 7 configurations,
+# gpu ended at 125 s of its 128, convert skipped);
 # 16 cores should need far less. A step that hits its timeout gets SIGTERM (then SIGKILL 10 s
 # later): bench_scaling then writes the configurations it finished (marked partial); bench_gpu
 # writes each variant as it ends.
@@ -202,30 +205,32 @@ sys.path.insert(0, "benchmarks")
 from pathlib import Path
 import bench_throughput as bt
 data, quick = Path(sys.argv[1]), sys.argv[2] == "1"
-root, rows = bt.data_root(data, quick), bt.rows_for("tab", quick)
-t0 = time.perf_counter()
-npy = bt.ensure_npy(root, "tab", rows)
-t1 = time.perf_counter()
-bt.ensure_store(npy, bt.store_path(root, "tab", "zarr", "none"), "zarr", "none", rows)
-t2 = time.perf_counter()
-print(f"datasets under {root}: tab-npy {rows:,} rows {t1 - t0:.1f} s, tab.zarr {t2 - t1:.1f} s")
+root = bt.data_root(data, quick)
+for kind in ("tab", "img"):
+    rows = bt.rows_for(kind, quick)
+    t0 = time.perf_counter()
+    npy = bt.ensure_npy(root, kind, rows)
+    t1 = time.perf_counter()
+    bt.ensure_store(npy, bt.store_path(root, kind, "zarr", "none"), "zarr", "none", rows)
+    t2 = time.perf_counter()
+    print(f"datasets under {root}: {kind}-npy {rows:,} rows {t1 - t0:.1f} s, {kind}.zarr {t2 - t1:.1f} s")
 EOF
 # (its log is folded into facts.txt to keep $OUT at 8 files)
 [ -f "$OUT/datasets.log" ] && { cat "$OUT/datasets.log" >> "$FACTS"; rm -f "$OUT/datasets.log"; }
 
-# ------------------------------------------------------------------ 1. scaling
+# ------------------------------------------------------------------ 1. gpu (issue 18's rows: first)
+[[ " $STEPS " == *" gpu "* ]] && run_step gpu 150 20 45 "$PY" benchmarks/bench_gpu.py --data "$DATA" \
+    --repeats "$GPU_REPEATS" "${QFLAG[@]}"
+
+# ------------------------------------------------------------------ 2. scaling
 if [[ " $STEPS " == *" scaling "* ]]; then
     IFS=';' read -r -a SCALING_RUNS <<< "$SCALING_ARGS"
     for i in "${!SCALING_RUNS[@]}"; do
         read -r -a A <<< "${SCALING_RUNS[$i]}"
-        run_step "scaling$( [ "$i" -gt 0 ] && echo "$i")" "$SCALING_CAP" 110 60 "$PY" benchmarks/bench_scaling.py \
+        run_step "scaling$( [ "$i" -gt 0 ] && echo "$i")" "$SCALING_CAP" 30 60 "$PY" benchmarks/bench_scaling.py \
             --data "$DATA" --repeats 1 "${A[@]}" "${QFLAG[@]}"
     done
 fi
-
-# ------------------------------------------------------------------ 2. gpu
-[[ " $STEPS " == *" gpu "* ]] && run_step gpu 150 20 45 "$PY" benchmarks/bench_gpu.py --data "$DATA" \
-    --repeats "$GPU_REPEATS" --workers 0,4 "${QFLAG[@]}"
 
 # ------------------------------------------------------------------ 3. convert
 [[ " $STEPS " == *" convert "* ]] && run_step convert 120 25 45 "$PY" benchmarks/bench_convert.py --data "$DATA" \

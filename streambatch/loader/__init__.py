@@ -10,6 +10,9 @@
     batches   batch assembly on pool threads: gather into one buffer, normalise, transform
     tensors   a batch's tensors (per column in process; views of one tensor in a DataLoader worker)
     prefetch  the scheduler: windows ahead, batches in the plan's order, the memory bound
+    ring      the device path's reused host batch buffers (pinned for CUDA), inside the budget
+    device    device=: one copy thread moves each batch from the ring to the device (own CUDA
+              stream, events), overlapping the consumer's step; on-device normalisation
 
-Only ``tensors`` (and ``state``'s shared block) import torch; the dataset hands the tensor maker in.
+Only ``tensors``, ``ring``, ``device`` (and ``state``'s shared block) import torch; the dataset hands the tensor maker in.
 """

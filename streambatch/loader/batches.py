@@ -19,7 +19,7 @@ from ..ragged import Ragged
 from ..schema import Column
 from .rows import RaggedBuf, gather_ragged
 
-__all__ = ["Normalizers", "gather_batches", "normalizers"]
+__all__ = ["Normalizers", "batch_buffer_bytes", "gather_batches", "normalizers"]
 
 Normalizers = dict[str, tuple[np.ndarray, np.ndarray]]  # column -> (mean, 1/std) as float32
 
@@ -42,11 +42,19 @@ def _layout(buffers: dict[str, np.ndarray], rows: int, normalize: Normalizers, i
     return specs, pos
 
 
+def batch_buffer_bytes(shapes: dict[str, tuple[np.dtype, tuple[int, ...]]], rows: int, normalize: Normalizers,
+                       index_key: str | None) -> int:
+    """The bytes ``gather_batches`` asks ``alloc`` for, for a batch of ``rows`` rows of columns of
+    (dtype, row shape) ``shapes``."""
+    bufs = {n: np.empty((0, *shape), dt) for n, (dt, shape) in shapes.items()}
+    return _layout(bufs, rows, normalize, index_key)[1] + _ALIGN
+
+
 def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
                    row_ids: NDArray[np.int64] | None, index_key: str | None, normalize: Normalizers,
                    make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None,
                    transform: Callable[[Any], Any] | None, ragged: dict[str, RaggedBuf] | None = None,
-                   finish_ragged: Any = None) -> list[Any]:
+                   finish_ragged: Any = None, alloc: Callable[[int], np.ndarray] | None = None) -> list[Any]:
     """Assemble a group of batches (one task for several batches keeps thread hand-offs rare).
 
     A batch's columns are gathered into one buffer (one allocation; in a DataLoader worker, one
@@ -55,6 +63,7 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
     Ragged columns (``ragged``: their window buffers) are gathered each into a ``Ragged``, which
     ``finish_ragged(rows, row_ids)`` turns into what is served (nested or padded tensors, strings,
     decoded images) with the positions of rows to drop (images that did not decode, when skipped).
+    ``alloc(nbytes)`` gives that buffer (uint8; the device path's reused pinned buffers), else a new one.
     """
     out_list = []
     key = index_key if row_ids is not None and index_key is not None else None
@@ -64,7 +73,7 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
         if rows not in layouts:  # the batches of a group share one length but the last
             layouts[rows] = _layout(buffers, rows, normalize, key)
         specs, total = layouts[rows]
-        raw = np.empty(total + _ALIGN, np.uint8)
+        raw = np.empty(total + _ALIGN, np.uint8) if alloc is None else alloc(total + _ALIGN)
         skip = -raw.ctypes.data % _ALIGN
         flat = raw[skip:skip + total]
         out: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from ..manifest import Manifest
 from ..schema import Column
 from .tensors import COLLATES
 
-__all__ = ["check_collate", "check_decode", "check_pack", "check_rows_fit", "resolve_rank"]
+__all__ = ["check_collate", "check_decode", "check_pack", "check_ragged", "resolve_rank"]
 
 
 def _by_kind(option: str, columns: tuple[Column, ...], given: Mapping[str, Any] | None, kind: str,
@@ -35,11 +35,19 @@ def check_collate(columns: tuple[Column, ...], collate: Mapping[str, str] | None
     return out
 
 
-def check_rows_fit(m: Manifest, columns: tuple[Column, ...], budget: int) -> None:
+def check_ragged(m: Manifest, columns: tuple[Column, ...], budget: int, *, piece_rows: int | None,
+                 device: Any) -> None:
     """``ValueError`` naming the row, before anything is read, where one row of a ragged column
-    is larger than the memory budget."""
-    for c in columns:
-        st = m.stats.get(c.name) if c.ragged else None
+    is larger than the memory budget; and for the options ragged columns do not take yet:
+    pieces smaller than units (they are decoded whole) and ``device=``."""
+    ragged = [c for c in columns if c.ragged]
+    if ragged and piece_rows:
+        raise ValueError(f"{m.root}: piece_rows: variable-length columns are read in whole units")
+    if ragged and device is not None:
+        raise ValueError(f"{m.root}: device= copies fixed-size columns; leave it out with columns of varying "
+                         "length (and pack=), and move their batches yourself")
+    for c in ragged:
+        st = m.stats.get(c.name)
         if st and st["max_row_nbytes"] > budget:
             raise ValueError(f"{m.root}: row {st['max_row']} of column {c.name!r} holds {st['max_row_nbytes']} "
                              f"bytes, more than the memory budget of {budget} bytes: give a larger memory_budget")

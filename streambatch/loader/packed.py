@@ -15,8 +15,11 @@ import numpy as np
 
 from ..errors import StateError
 from ..packing import OUTPUTS, Pack, Packer, batch_nbytes, batch_views
+from ..plan import Phase
+from .sizing import Sizing
+from .state import Run, make_state, resolve
 
-__all__ = ["PACK_ROWS", "serve_packed", "check_pack_state", "packed_position"]
+__all__ = ["PACK_ROWS", "serve_packed", "check_pack_state", "packed_position", "packed_state"]
 
 PACK_ROWS = 64
 """Documents a row batch of a packed stream holds (the row stream's batch size)."""
@@ -72,3 +75,19 @@ def packed_position(packer_state: Mapping[str, Any] | None) -> tuple[int, dict[s
         return 0, None
     k = int(packer_state["index"])
     return k // PACK_ROWS, {**packer_state, "skip": k % PACK_ROWS}
+
+
+def packed_state(run: Run | None, resume: list[Phase] | None, pack_resume: dict[str, Any] | None, sizing: Sizing,
+                 world_size: int, identity: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """The state of a packed epoch served in this process (``run``; ``resume``, ``pack_resume``: a
+    state loaded and not yet served from): the row stream's position at the document the last
+    packed batch ended in, and the packer's state there (``pack_state``)."""
+    if resume is not None or run is None:  # nothing served since the state was loaded
+        history, window_rows, piece_rows, offset = resolve(resume, sizing, 1)
+        at, st = offset, pack_resume
+    else:
+        history, window_rows, piece_rows = run.history, run.window_rows, run.piece_rows
+        mine = run.pack_state is not None and "skip" not in run.pack_state  # the packer's, not the loaded one
+        at, st = packed_position(run.pack_state) if mine else (run.start, run.pack_state)
+    phases = [*history, Phase(world_size, 1, window_rows, at, piece_rows)]
+    return {**make_state(identity, epoch, phases), **({"pack_state": st} if st else {})}

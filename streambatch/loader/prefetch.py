@@ -30,7 +30,7 @@ from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
-from .pool import POLL, Pool, Task
+from .pool import POLL, Flag, Pool, Task
 from .rows import batch_values_nbytes, ragged_slack, window_nbytes
 from .windows import Buffers, Window, start_window
 
@@ -81,8 +81,10 @@ class Prefetcher:
                  make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None = None,
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
                  name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None,
-                 finish_ragged: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 finish_ragged: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 alloc: Callable[[int], np.ndarray] | None = None) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
+        self.name = name
         self.unit_start = unit_start
         self.ragged = tuple(c for c in columns if c.ragged)
         self.finish_ragged = finish_ragged
@@ -103,11 +105,13 @@ class Prefetcher:
         self.index_key = index_key
         self.normalize = normalize or {}
         self.make_batch, self.transform, self.timeout = make_batch, transform, timeout
+        self.alloc = alloc  # a batch's buffer (gather_batches); None: a new one each batch
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
         self._buffers = Buffers(tuple(c for c in columns if not c.ragged), plan.window_rows, buffers)
         self._pool = Pool(max(1, threads), name)
         self._closed = False
+        self._cancelled = Flag()  # cancel(): asked from another thread to stop
         self._stuck = False  # a wait timed out: a pool thread may be stuck in a read
         self._finalizer = weakref.finalize(self, Pool.close, self._pool)
 
@@ -134,7 +138,7 @@ class Prefetcher:
     def _wait(self, task: Task) -> Any:
         t0 = time.monotonic()
         while not task.done.wait(POLL):
-            if self._closed:
+            if self._closed or self._cancelled.is_set():
                 raise RuntimeError("streambatch loader closed while waiting")
             if self.timeout is not None and time.monotonic() - t0 > self.timeout:
                 self._stuck = True  # close() then waits briefly for the stuck thread, not 5 s
@@ -196,7 +200,8 @@ class Prefetcher:
         self._acquire(nbytes)
         task = self._pool.submit(0, gather_batches, (
             cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.make_batch,
-            self.transform, cur.ragged, self.finish_ragged), f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
+            self.transform, cur.ragged, self.finish_ragged, self.alloc),
+            f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
         cur.next_b = b1
         cur.in_flight += 1
         return task, cur, nbytes, b1 - b0
@@ -250,6 +255,11 @@ class Prefetcher:
                 raise t.error
         self._release(w.nbytes)
         self._buffers.give(w.buffers)
+
+    def cancel(self) -> None:
+        """Ask a prefetcher iterated by another thread (the device path's copy thread) to stop: its
+        waits raise within ``POLL`` seconds, and that thread's iteration then closes it."""
+        self._cancelled.set()
 
     def close(self) -> None:
         """Stop every thread and drop buffers; safe to call more than once."""

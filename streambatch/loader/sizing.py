@@ -11,6 +11,10 @@ batches assembled ahead::
     piece rows         = the largest piece whose predicted design effect at this window is at
                          most TARGET_DEFF (whole units when they already are), where the
                          storage reads rows of a unit alone
+    device ring        = with ``device=``, the reserved batches hold the ring of (pinned) host
+                         batch buffers instead: batches ahead + one group being served + the
+                         copies in flight (``device_layout``); the windows, so the plan, stay as
+                         they are without a device
 
 Quality is then a matter of the budget at load time, not of the unit size chosen at conversion:
 a window mixes ``window_rows / piece_rows`` places of the data.  Compressed units, and data at
@@ -19,6 +23,7 @@ a URL, are read whole (once an epoch), so their pieces are units.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -31,7 +36,7 @@ from ..manifest import Manifest
 from ..plan import window_bounds, window_rows_for
 from ..quality import predict_deff, predict_kl
 
-__all__ = ["BATCHES_AHEAD_MAX", "LOCAL_THREADS", "TARGET_DEFF", "Layout", "Sizing", "describe",
+__all__ = ["BATCHES_AHEAD_MAX", "LOCAL_THREADS", "TARGET_DEFF", "Layout", "Sizing", "describe", "device_layout",
            "label_icc_of"]
 
 # Batches assembled ahead of the consumer: 8 per thread (two groups of 4), at most this many.  The
@@ -58,6 +63,13 @@ class Layout:
     ahead: int  # batches assembled ahead of the consumer
     window_rows: int
     piece_rows: int = 0  # rows per shuffle piece; 0: whole units
+    ring: int = 0  # host batch buffers of the device path (loader/device.py); 0 without a device
+    copy_slots: int = 0  # of those, buffers the copy thread holds while their copies run
+
+    @property
+    def held_batches(self) -> int:
+        """Batches the budget holds besides the two windows."""
+        return max(self.ahead, self.ring)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class Sizing:
     icc: float = 1.0  # label correlation within units (the manifest's; 1, the worst case, when unknown)
     piece_rows_asked: int | None = None  # the caller's piece size; None: from the budget
     window_slack: int = 0  # bytes a window may hold beyond its rows (ragged columns: rows.ragged_slack)
+    device: bool = False  # batches are copied to a device through a ring of host buffers
 
     @property
     def rank_rows(self) -> int:
@@ -120,7 +133,8 @@ class Sizing:
                              f"batches of {self.batch_size} rows x {self.row_nbytes} bytes with {num_workers} "
                              f"worker(s); give at least {need * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
-        return Layout(budget, threads, ahead, rows, self.piece_rows(rows))
+        lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows))
+        return device_layout(lay, reserve, self.root) if self.device else lay
 
     def reserved_batches(self, budget: int) -> int:
         """Batches the budget keeps for assembling ahead: BATCHES_AHEAD_MAX, or a quarter of a
@@ -180,12 +194,33 @@ class Sizing:
     def fits(self, window_rows: int, num_workers: int) -> bool:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
         lay = self.layout(num_workers)
-        return (2 * (window_rows * self.row_nbytes + self.window_slack) + lay.ahead * self.batch_size * self.row_nbytes
-                <= lay.budget)
+        return (2 * (window_rows * self.row_nbytes + self.window_slack)
+                + lay.held_batches * self.batch_size * self.row_nbytes <= lay.budget)
 
     def peak_bytes(self, lay: Layout) -> int:
-        """The most bytes one process holds: two windows and the batches ahead."""
-        return (2 * lay.window_rows + lay.ahead * self.batch_size) * self.row_nbytes + 2 * self.window_slack
+        """The most bytes one process holds: two windows and the batches ahead (or the device ring)."""
+        return (2 * lay.window_rows + lay.held_batches * self.batch_size) * self.row_nbytes + 2 * self.window_slack
+
+
+def device_layout(lay: Layout, reserve: int, root: Any) -> Layout:
+    """``lay`` with the device path's ring of host batch buffers in the ``reserve`` batches.
+
+    The ring holds the batches assembled ahead, the rest of the group the scheduler is serving
+    (a group of ``ahead // 2`` batches leaves its task at once: Prefetcher) and the copy thread's
+    ``copy_slots`` (2, or 1 in a small budget); fewer batches ahead make room for it.  The window
+    rows do not change, so the order is the same as without a device.
+
+    Raises:
+        ValueError: the reserve cannot hold one batch ahead, one served and one being copied.
+    """
+    copy = 1 if reserve < 6 else 2
+    ahead = max(1, min(lay.ahead, 2 * (reserve - copy) // 3))
+    ring = ahead + max(1, ahead // 2) + copy
+    if ring > reserve:
+        raise ValueError(f"{root}: memory_budget {lay.budget} bytes per process is too small for device=: it "
+                         f"keeps {reserve} batches besides the windows and the device path needs {ring}; give "
+                         "a larger budget (about 16 batches' bytes more)")
+    return dataclasses.replace(lay, ahead=ahead, ring=ring, copy_slots=copy)
 
 
 @functools.lru_cache(maxsize=256)
@@ -240,6 +275,8 @@ def describe(s: Sizing, m: Manifest, num_workers: int, *, shuffle: bool, rank: i
         "plan_bytes": PLAN_BYTES_PER_PIECE * n_pieces, "plan_peak_bytes": PLAN_PEAK_BYTES_PER_PIECE * n_pieces,
         "threads": lay.threads, "budget_bytes": s.memory_budget,
         "budget_bytes_per_process": lay.budget, "predicted_peak_bytes": s.peak_bytes(lay) * max(1, num_workers),
+        # the device path's host batch buffers (pinned for CUDA), inside the budget: 0 without a device
+        "device_buffers": lay.ring, "device_buffer_bytes": lay.ring * s.batch_size * s.row_nbytes,
         "predicted_deff": deff, "predicted_kl": kl,
         "label_icc": s.icc, "rank": rank, "world_size": s.world_size,
     }
