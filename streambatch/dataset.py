@@ -377,8 +377,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         epoch, phases, pos = parse_state(state, self._identity(), root, self._row_batch)
         info = get_worker_info()
         self._pack_resume = check_pack_state(state, self.pack, root)
-        if self._pack_resume is not None and (info is not None or resolve(phases, self._sizing(), 1)[3] !=
-                                              phases[-1].batches):
+        if self._pack_resume is not None and (info is not None or  # the saved plan must continue as it was
+                                              len(resolve(phases, self._sizing(), 1)[0]) != len(phases) - 1):
             raise StateError(f"{root}: a packed epoch resumes in one process with the memory budget, world size "
                              "and workers it was saved with")
         if pos is None and info is not None:

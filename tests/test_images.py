@@ -83,3 +83,26 @@ def test_decode_needs_a_bytes_column(tmp_path: Path) -> None:
         StreamDataset(tmp_path / "ds", decode={"label": Image()})
     with pytest.raises(TypeError, match="must be a streambatch.Image"):
         StreamDataset(tmp_path / "ds", decode={"image": (224, 224)})
+
+
+def test_images_across_workers_and_resume(tmp_path: Path) -> None:
+    rows = _folder(tmp_path / "imgs")
+    streambatch.convert(tmp_path / "imgs", tmp_path / "ds", unit_bytes="4KiB", progress=False)
+
+    def make() -> StreamDataset:
+        return StreamDataset(tmp_path / "ds", batch_size=5, memory_budget="1MiB", return_index=True,
+                             decode={"image": Image(size=(8, 8))})
+
+    loader = torch.utils.data.DataLoader(make(), batch_size=None, num_workers=2)
+    served = [b for b in loader]
+    assert all(b["image"].shape[1:] == (3, 8, 8) for b in served)
+    assert np.array_equal(np.sort(np.concatenate([b["_row"].numpy() for b in served])), np.arange(len(rows)))
+    ds = make()
+    it = iter(ds)
+    head = [next(it)["_row"].numpy() for _ in range(3)]
+    state = ds.state_dict()
+    del it
+    again = make()
+    again.load_state_dict(state)
+    rest = [b["_row"].numpy() for b in again]
+    assert np.array_equal(np.sort(np.concatenate(head + rest)), np.arange(len(rows)))

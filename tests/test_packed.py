@@ -1,0 +1,121 @@
+"""Packed token batches from a StreamDataset (``pack=streambatch.Pack(...)``): every token of every
+document exactly once per epoch, each document's tokens contiguous and in order with true
+positions, across DataLoader workers, ranks and a resume at any batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import streambatch
+from streambatch import Pack, StreamDataset
+from streambatch.errors import StateError
+
+SEQ, BATCH = 64, 4
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    root = tmp_path_factory.mktemp("packed")
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(0, 60, 1200)
+    lengths[rng.random(1200) < 0.02] = 700  # documents of many sequences
+    docs = [rng.integers(1, 30_000, n, dtype=np.int32) for n in lengths]
+    pq.write_table(pa.table({"tokens": pa.array([d.tolist() for d in docs], pa.list_(pa.int32()))}),
+                   root / "docs.parquet", row_group_size=300)
+    streambatch.convert(root / "docs.parquet", root / "ds", unit_bytes="4KiB", progress=False)
+    return root / "ds", docs
+
+
+def _collect(batches: list[dict[str, torch.Tensor]]) -> dict[int, list[tuple[int, int]]]:
+    """Per document id, its (position, token) pairs in the order served; checks shapes and padding."""
+    got: dict[int, list[tuple[int, int]]] = {}
+    for b in batches:
+        tok, pos, doc = (b[k].numpy() for k in ("tokens", "position_ids", "document_ids"))
+        assert tok.shape[1] == SEQ and tok.shape == pos.shape == doc.shape and tok.shape[0] <= BATCH
+        for t, p, d in zip(tok.reshape(-1).tolist(), pos.reshape(-1).tolist(), doc.reshape(-1).tolist()):
+            if d < 0:
+                assert t == 0 and p == 0
+            else:
+                got.setdefault(d, []).append((p, t))
+    return got
+
+
+def _check_exactly_once(got: dict[int, list[tuple[int, int]]], docs: list[np.ndarray]) -> None:
+    want = {i for i, d in enumerate(docs) if len(d)}
+    assert set(got) == want
+    for i, pairs in got.items():  # in order, positions 0.. without a gap: contiguous and complete
+        assert pairs == list(enumerate(docs[i].tolist()))
+
+
+def test_every_token_once_in_order(corpus: tuple[Path, list[np.ndarray]]) -> None:
+    path, docs = corpus
+    ds = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ))
+    first = list(ds)
+    _check_exactly_once(_collect(first), docs)
+    padded = np.concatenate([b["document_ids"].numpy().reshape(-1) for b in first]) < 0
+    assert not padded[:-SEQ].any()  # padding only in the last sequence
+    ds.set_epoch(1)
+    second = list(ds)
+    assert not torch.equal(first[0]["document_ids"], second[0]["document_ids"])
+    drop = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ),
+                         drop_last=True)
+    kept = list(drop)
+    assert len(kept) == sum(len(d) for d in docs) // (SEQ * BATCH)
+    assert all(b["tokens"].shape == (BATCH, SEQ) and (b["document_ids"] >= 0).all() for b in kept)
+
+
+@pytest.mark.parametrize("stop", [1, 13, 40])
+def test_resume_at_a_batch_serves_exactly_the_rest(corpus: tuple[Path, list[np.ndarray]], stop: int) -> None:
+    path, docs = corpus
+    whole = list(StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ)))
+    ds = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ))
+    head = []
+    for b in ds:
+        head.append(b)
+        if len(head) == stop:
+            break
+    state = ds.state_dict()
+    again = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ))
+    again.load_state_dict(state)
+    rest = list(again)
+    assert len(head) + len(rest) == len(whole)
+    for a, b in zip(head + rest, whole):
+        assert all(torch.equal(a[k], b[k]) for k in ("tokens", "position_ids", "document_ids"))
+    other = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ),
+                          rank=0, world_size=2)  # another layout: the saved plan cannot continue
+    with pytest.raises(StateError, match="packed epoch resumes in one process with the memory budget"):
+        other.load_state_dict(state)
+
+
+def test_workers_and_ranks_share_the_documents(corpus: tuple[Path, list[np.ndarray]]) -> None:
+    path, docs = corpus
+    ds = StreamDataset(path, batch_size=BATCH, memory_budget="1MiB", pack=Pack("tokens", seq_len=SEQ))
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    _check_exactly_once(_collect(list(loader)), docs)
+    with pytest.raises(StateError, match="packed batches resume only when served in this process"):
+        ds.state_dict(batches=3)
+    assert len(docs) % 2 == 0  # ranks' shares are then disjoint and complete (no padding rows)
+    got: dict[int, list[tuple[int, int]]] = {}
+    for rank in range(2):
+        part = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ),
+                             rank=rank, world_size=2)
+        mine = _collect(list(part))
+        assert not set(mine) & set(got)
+        got.update(mine)
+    _check_exactly_once(got, docs)
+
+
+def test_pack_options_are_checked(corpus: tuple[Path, list[np.ndarray]]) -> None:
+    path, _ = corpus
+    with pytest.raises(ValueError, match="pack: 'words' is not a selected column of token lists"):
+        StreamDataset(path, pack=Pack("words", seq_len=8))
+    with pytest.raises(TypeError, match="pack must be a streambatch.Pack"):
+        StreamDataset(path, pack=("tokens", 8))
+    with pytest.raises(ValueError, match=r"pad_id \d+ does not fit column .tokens."):
+        StreamDataset(path, pack=Pack("tokens", seq_len=8, pad_id=2**40))
