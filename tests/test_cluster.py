@@ -53,7 +53,7 @@ def _assert_same(got: Path, want: Path) -> None:
     assert sa.keys() == sb.keys()
     for name in sa:
         for key in ("count", "mean", "std", "min", "max"):
-            np.testing.assert_allclose(sa[name][key], sb[name][key], rtol=1e-12)
+            np.testing.assert_allclose(sa[name][key], sb[name][key], rtol=1e-12, atol=1e-13)  # means near 0
         assert sa[name].get("histogram") == sb[name].get("histogram")
 
 
@@ -96,11 +96,14 @@ def _bad_labels(folder: Path) -> Path:
     return folder
 
 
-def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, client: Any) -> None:
-    """A bad row in a part on a worker: the local converter's error type and message (the first
-    bad row in source order), no target, no temporary folder."""
+@pytest.mark.parametrize("shuffle", [None, 1])
+def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, client: Any,
+                                                               shuffle: int | None) -> None:
+    """A bad row in a part (or a pre-shuffle's scatter task) on a worker: the local converter's
+    error type and message (the first bad row in source order), no target, no temporary folder."""
     src = _bad_labels(tmp_path / "src")
-    opts: dict[str, Any] = dict(unit_rows=100, shard_bytes=4000, label="y", progress=False)
+    opts: dict[str, Any] = dict(unit_rows=100, shard_bytes=4000, label="y", shuffle=shuffle, memory="64KiB",
+                                progress=False)
     with pytest.raises(InputError) as local:
         streambatch.convert(src, tmp_path / "local", **opts)
     with pytest.raises(InputError) as remote:
@@ -111,15 +114,31 @@ def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, c
 
 
 def test_cluster_refuses_what_it_cannot_split(tmp_path: Path, client: Any) -> None:
-    """An input read in order (CSV) or ``shuffle`` on a cluster: a one-line ``ValueError`` before
-    anything is written."""
+    """An input read in order (CSV) on a cluster: a one-line ``ValueError`` before anything is written."""
     (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
     with pytest.raises(ValueError, match=r"a\.csv: a csv input is read in order, not by parts on a Dask cluster"):
         streambatch.convert(tmp_path / "a.csv", tmp_path / "ds", client=client, progress=False)
-    npy = write_sorted_npy(tmp_path / "src", 500)
-    with pytest.raises(ValueError, match="--shuffle does not run on a Dask cluster yet"):
-        streambatch.convert(npy, tmp_path / "ds", client=client, shuffle=0, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+
+
+@pytest.mark.parametrize("src_kind,fmt,codec", [("npy", "zarr", "none"), ("parquet", "parquet", "zstd")])
+def test_cluster_shuffle_equals_the_local_shuffle(tmp_path: Path, client: Any, fmt: str, codec: str,
+                                                  src_kind: str) -> None:
+    """``shuffle`` on a cluster (scatter, permute and write tasks on two worker processes): the
+    local ``--shuffle``'s files, bytes and manifest, through many buckets and scatter tasks."""
+    n = 70_001  # beyond DRAW_ROWS: the buckets of two blocks, drawn in different scatter tasks
+    npy = write_sorted_npy(tmp_path / "src", n)
+    src = npy if src_kind == "npy" else _parquet(tmp_path, npy)
+    opts: dict[str, Any] = dict(format=fmt, codec=codec, unit_rows=499, shard_bytes=200_000, label="y", shuffle=5,
+                                memory="2MiB", progress=False)
+    streambatch.convert(src, tmp_path / "local", **opts)
+    m = streambatch.convert(src, tmp_path / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and len(m.files) >= 8 and m.options["shuffle"] == 5
+    _assert_same(tmp_path / "dask", tmp_path / "local")
+    ids = np.concatenate([np.asarray(b["id"]) for b in streambatch.StreamDataset(tmp_path / "dask", batch_size=4096,
+                                                                                  shuffle=False)])
+    assert sorted(ids.tolist()) == list(range(n)) and abs(np.corrcoef(ids, np.arange(n))[0, 1]) < 0.05
+    assert _leftovers(tmp_path) == []
 
 
 def _worker_pids(client: Any) -> dict[str, int]:
@@ -155,11 +174,14 @@ def _kill_a_worker_in_a_part(client: Any, parent: Path, convert: threading.Threa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_cluster_survives_a_worker_killed_in_a_part(tmp_path: Path, client: Any) -> None:
-    """SIGKILL of a worker process while it writes a part: Dask runs the part again elsewhere,
-    and the output is the local converter's, with no stray file of the killed attempt."""
+@pytest.mark.parametrize("shuffle", [None, 3])
+def test_cluster_survives_a_worker_killed_in_a_part(tmp_path: Path, client: Any, shuffle: int | None) -> None:
+    """SIGKILL of a worker process while it writes a part (or, with ``shuffle``, any of its
+    tasks): Dask runs the task again elsewhere, and the output is the local converter's, with no
+    stray file of the killed attempt."""
     src = write_sorted_npy(tmp_path / "src", 400_000, width=16)
-    opts: dict[str, Any] = dict(codec="zstd", unit_rows=1000, shard_bytes=1 << 20, progress=False)
+    opts: dict[str, Any] = dict(codec="zstd", unit_rows=1000, shard_bytes=1 << 20, shuffle=shuffle, memory="16MiB",
+                                progress=False)
     streambatch.convert(src, tmp_path / "local", **opts)
     errors: list[BaseException] = []
 
@@ -187,7 +209,7 @@ def _dask(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``streambatch convert --scheduler tcp://...`` on a ``dask scheduler`` and two ``dask
-    worker`` processes on loopback: the local converter's output."""
+    worker`` processes on loopback: the local converter's output, with ``--shuffle`` too."""
     src = write_sorted_npy(tmp_path / "src", 5003)
     info = tmp_path / "scheduler.json"
     procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
@@ -204,6 +226,9 @@ def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pyt
         opts = ["--format", "parquet", "--codec", "zstd", "--unit-rows", "97", "--shard-bytes", "20000", "-q"]
         assert main(["convert", str(src), str(tmp_path / "local"), *opts]) == 0
         assert main(["convert", str(src), str(tmp_path / "dask"), "--scheduler", address, *opts]) == 0
+        opts += ["--shuffle", "4", "--memory", "256KiB"]
+        assert main(["convert", str(src), str(tmp_path / "local-shuffled"), *opts]) == 0
+        assert main(["convert", str(src), str(tmp_path / "dask-shuffled"), "--scheduler", address, *opts]) == 0
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -214,4 +239,7 @@ def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pyt
                 p.kill()
                 p.wait()
     _assert_same(tmp_path / "dask", tmp_path / "local")
+    assert _leftovers(tmp_path) == []
+    _assert_same(tmp_path / "dask-shuffled", tmp_path / "local-shuffled")
+    assert load_manifest(tmp_path / "dask-shuffled").fingerprint != load_manifest(tmp_path / "dask").fingerprint
     assert _leftovers(tmp_path) == []

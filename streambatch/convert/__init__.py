@@ -35,10 +35,12 @@ from ..schema import Column
 from ..sources import Source, open_source
 from ..storage import DEFAULT_FORMAT, check_codec
 from .cluster import run_on_cluster
+from .cluster_shuffle import ClusterShuffle
 from .parallel import ParallelParts
 from .parts import PartOptions, PartResult, first_row_shifts, plan_parts
 from .plan import DEFAULT_CODEC, DEFAULT_MEMORY, DEFAULT_SHARD_BYTES, DEFAULT_UNIT_BYTES, Plan, make_plan
 from .sequential import write_sequential
+from .shuffle import bucket_count
 from .temp import clean_stale_temp, writing
 
 __all__ = ["convert", "clean_stale_temp", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC",
@@ -150,7 +152,7 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
     """Write the dataset into a temporary folder beside ``target`` and swap it in, manifest last;
     the temporary folder is removed whatever happens."""
     if client is not None:
-        _check_cluster(source, shuffle)
+        _check_cluster(source)
     check_target(src, target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(target)
@@ -158,8 +160,9 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
     with writing(target):
         tmp.mkdir()
     try:
-        with progress_bar(source.rows, f"convert {source.path.name}", progress) as bar:
-            result = _write_rows(source, cols, plan, label, shuffle, tmp, target, bar.update, client)
+        # on a cluster, a bar of the tasks done instead (convert.cluster)
+        with progress_bar(source.rows, f"convert {source.path.name}", progress if client is None else False) as bar:
+            result = _write_rows(source, cols, plan, label, shuffle, tmp, target, bar.update, client, progress)
         if result.rows != source.rows:
             raise InputError(f"{source.path}: read {result.rows} rows, expected {source.rows} (input changed?)")
         with writing(target):  # per-feature statistics of wide columns: files, written before the manifest
@@ -173,9 +176,10 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
 
 
 def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str | None, shuffle: int | None,
-                folder: Path, target: Path, progress: Callable[[int], None], client: Any = None) -> PartResult:
-    """Every row into ``folder``: by parts as tasks of ``client``'s Dask cluster, or on several
-    threads where the plan allows, else in order."""
+                folder: Path, target: Path, progress: Callable[[int], None], client: Any = None,
+                bar: bool | None = None) -> PartResult:
+    """Every row into ``folder``: by parts as tasks of ``client``'s Dask cluster (``bar``: its
+    progress bar of tasks), or on several threads where the plan allows, else in order."""
     assert source.spec is not None
     parallel = client is not None or plan.parallel(source, shuffle)
     piece_rows, stage_bytes = plan.piece_sizes(len(cols), parallel)
@@ -186,15 +190,15 @@ def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str
     if parallel:
         parts = plan_parts(source.rows, plan.unit_rows, plan.per_file)
         if client is not None:
-            return run_on_cluster(client, parts, opts, folder, target, progress)
+            pre = ClusterShuffle(parts, opts, folder, target, int(shuffle), bucket_count(source, cols, plan.work),
+                                 plan.work, len(client.nthreads())) if shuffle is not None else None
+            return run_on_cluster(client, parts, opts, folder, target, bar, pre)
         return ParallelParts(parts, opts, source, folder, target, plan.threads).run(progress)
     return write_sequential(source, opts, folder, target, shuffle, plan.work, progress)
 
 
-def _check_cluster(source: Source, shuffle: int | None) -> None:
+def _check_cluster(source: Source) -> None:
     """``ValueError`` where a conversion cannot run as parts on a cluster."""
-    if shuffle is not None:
-        raise ValueError(f"{source.path}: --shuffle does not run on a Dask cluster yet; convert without --scheduler")
     if not source.random_access:
         raise ValueError(f"{source.path}: a {source.format} input is read in order, not by parts on a Dask cluster "
                          "(use .npy or Parquet); convert it without --scheduler")
