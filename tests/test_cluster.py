@@ -23,6 +23,7 @@ from streambatch.manifest import MANIFEST_NAME, Manifest
 from streambatch.storage import load_manifest
 
 from conftest import write_sorted_npy
+from test_remote import local, s3  # noqa: F401 - fixtures: an S3-compatible server on loopback
 
 distributed = pytest.importorskip("distributed")
 
@@ -43,18 +44,25 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def _assert_same(got: Path, want: Path) -> None:
     """The same files, bytes and manifest; statistics to rounding (so the manifest's own checksum
     may differ), as threads' are: a local run of one thread sums in another order."""
+    da, db = _assert_same_data(got, want)
+    assert da == db
+
+
+def _assert_same_data(got: Path, want: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same files, bytes, fingerprint and statistics (to rounding); the rest of the two
+    manifests, for the caller to compare (their sources may differ: a path)."""
     a, b = load_manifest(got), load_manifest(want)
     assert a.fingerprint == b.fingerprint
     assert _tree(got) == _tree(want)
     da, db = (json.loads((p / MANIFEST_NAME).read_text()) for p in (got, want))
     sa, sb = da.pop("stats"), db.pop("stats")
     da.pop("checksum"), db.pop("checksum")
-    assert da == db
     assert sa.keys() == sb.keys()
     for name in sa:
         for key in ("count", "mean", "std", "min", "max"):
             np.testing.assert_allclose(sa[name][key], sb[name][key], rtol=1e-12, atol=1e-13)  # means near 0
         assert sa[name].get("histogram") == sb[name].get("histogram")
+    return da, db
 
 
 def _parquet(folder: Path, npy: Path) -> Path:
@@ -243,3 +251,51 @@ def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pyt
     _assert_same(tmp_path / "dask-shuffled", tmp_path / "local-shuffled")
     assert load_manifest(tmp_path / "dask-shuffled").fingerprint != load_manifest(tmp_path / "dask").fingerprint
     assert _leftovers(tmp_path) == []
+
+
+def test_cluster_converts_a_dask_dataframe_as_its_rows_from_parquet(tmp_path: Path, client: Any) -> None:
+    """A ``dask.dataframe.DataFrame`` (partitions of uneven length): the dataset converting its
+    rows from a Parquet file gives (files, bytes, fingerprint); nothing is left beside it."""
+    import dask.dataframe as dd
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 7919
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"id": np.arange(n, dtype=np.int64), "x": rng.standard_normal(n).astype(np.float32),
+                       "y": (np.arange(n) // 800).astype(np.float64)})
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "rows.parquet", row_group_size=1000)
+    frame = dd.from_pandas(df, npartitions=5).repartition(divisions=[0, 100, 3000, 3001, 7000, n - 1])
+    opts: dict[str, Any] = dict(format="parquet", codec="zstd", unit_rows=97, shard_bytes=20_000, label="y",
+                                progress=False)
+    streambatch.convert(tmp_path / "rows.parquet", tmp_path / "local", **opts)
+    m = streambatch.convert(frame, tmp_path / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and m.rows == n and len(m.files) >= 8
+    got, want = _assert_same_data(tmp_path / "dask", tmp_path / "local")
+    assert got.pop("source")["format"] == want.pop("source")["format"] == "parquet"
+    assert got == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask", "local", "rows.parquet"]
+
+
+def test_cluster_converts_a_url_prefix_copied_beside_the_target(tmp_path: Path, client: Any, s3: str) -> None:
+    """A source at a URL prefix (an S3-compatible server on loopback): copied beside the target,
+    where the workers see it, then converted by them: the local converter's dataset of the same
+    files; the copy is gone afterwards.  A URL target is refused before anything is written."""
+    import fsspec
+
+    src = write_sorted_npy(tmp_path / "src", 5003)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for p in src.iterdir():
+        fs.put_file(str(p), f"bucket/cluster-src/{p.name}")
+    opts: dict[str, Any] = dict(unit_rows=97, shard_bytes=20_000, label="y", progress=False)
+    streambatch.convert(src, tmp_path / "local", **opts)
+    m = streambatch.convert(f"{s3}/cluster-src", tmp_path / "out" / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and m.rows == 5003
+    got, want = _assert_same_data(tmp_path / "out" / "dask", tmp_path / "local")
+    assert got.pop("source")["format"] == want.pop("source")["format"] == "npy"
+    assert got == want
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dask"]
+    with pytest.raises(ValueError, match="a conversion on a Dask cluster writes to a local path"):
+        streambatch.convert(src, f"{s3}/cluster-out", client=client, **opts)
+    assert not fs.exists("bucket/cluster-out")

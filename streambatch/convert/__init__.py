@@ -34,7 +34,7 @@ from ..manifest import FORMAT_VERSION, Manifest, compute_fingerprint
 from ..schema import Column
 from ..sources import Source, open_source
 from ..storage import DEFAULT_FORMAT, check_codec
-from .cluster import run_on_cluster
+from .cluster import convert_frame, is_frame, run_on_cluster
 from .cluster_shuffle import ClusterShuffle
 from .parallel import ParallelParts
 from .parts import PartOptions, PartResult, first_row_shifts, plan_parts
@@ -60,7 +60,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     Args:
         src: an .npy file or folder of .npy files (one column each), .npz, Parquet file or
             folder (also Hive-partitioned: key=value/ folders), CSV, JSON Lines, Arrow IPC /
-            Feather, HDF5, or a Zarr v2/v3 store.
+            Feather, HDF5, or a Zarr v2/v3 store; with ``client``, also a ``dask.dataframe.DataFrame``
+            (its partitions written as Parquet beside ``dst`` first, by the cluster).
         dst: the dataset folder to create.
         format: a name in ``streambatch.storage.FORMATS``: ``"zarr"`` (sharded Zarr v3, the default),
             ``"parquet"`` or ``"arrow"`` (uncompressed Arrow IPC files, codec ``"none"`` only).
@@ -89,8 +90,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             JSON Lines inputs (NaN is a value); filling or dropping them reads the input in order.
         delimiter: a CSV's field separator (default ``,``).
         client: a ``distributed.Client``: each file is written by a task on its Dask cluster
-            (``convert.cluster``), the output the same as without it.  For .npy and Parquet
-            inputs at local paths that the workers see, without ``shuffle``.
+            (``convert.cluster``; with ``shuffle``, the pre-shuffle's passes too), the output the
+            same as without it.  For .npy and Parquet inputs that the workers see (local paths, or
+            a URL source: copied beside ``dst`` first), into a local ``dst``.
 
     Raises:
         InputError: the input is missing, empty, ragged, of different column lengths, of an
@@ -101,8 +103,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             is something ``overwrite`` may not replace (a file, a folder that is not a dataset).
         InputError: ``dst`` lies inside the input folder.
         WriteError: a write failed (disk full, file size limit); nothing is left at ``dst``.
-        ValueError: an unknown format or codec, or a bad size; a ``client`` with a URL, an
-            input read in order or ``shuffle``.
+        ValueError: an unknown format or codec, or a bad size; a ``client`` with a URL target
+            or an input read in order.
 
     ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``https://`` ...): a remote source
     is copied into a temporary folder first; a remote target is converted locally, then
@@ -112,12 +114,16 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     opts = dict(columns=columns, label=label, unit_rows=unit_rows, unit_bytes=unit_bytes, shard_bytes=shard_bytes,
                 codec=codec, shuffle=shuffle, memory=memory, dry_run=dry_run, source_format=source_format,
                 progress=progress, threads=threads, fill=fill, drop_nulls=drop_nulls, delimiter=delimiter)
-    if client is not None and (is_url(src) or is_url(dst)):
-        raise ValueError(f"{src} -> {dst}: a conversion on a Dask cluster takes local paths")
+    if client is not None and is_frame(src):
+        return convert_frame(src, dst, client, convert, format=format, overwrite=overwrite, **opts)
+    if client is not None and is_url(dst):
+        raise ValueError(f"{src} -> {dst}: a conversion on a Dask cluster writes to a local path its workers see")
     if is_url(src) or (is_url(dst) and not dry_run):
         from .remote import convert_remote  # here: a local conversion's start does without it (and tempfile)
 
-        return convert_remote(src, dst, format, overwrite, opts, convert)
+        # on a cluster, a remote source is copied beside the target: where the workers see files
+        work = temp_name(Path(dst)) if client is not None else None
+        return convert_remote(src, dst, format, overwrite, {**opts, "client": client}, convert, work)
     check_codec(format, codec)  # ValueError for an unknown format too
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")

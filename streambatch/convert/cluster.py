@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from .._progress import progress_bar
 from .parts import Abandoned, Part, PartOptions, PartResult, Summary
 
-__all__ = ["run_on_cluster", "run_part", "in_attempt", "Tasks", "open_client"]
+__all__ = ["run_on_cluster", "run_part", "in_attempt", "Tasks", "open_client", "is_frame", "convert_frame"]
 
 T = TypeVar("T")
 
@@ -150,6 +150,30 @@ def _stop(client: Any, futures: list[Any], staging: Path) -> None:
     except BaseException:  # a timeout, or a second Ctrl-C: stop waiting
         pass
     client.cancel(futures)
+
+
+def is_frame(src: Any) -> bool:
+    """Whether ``src`` is a ``dask.dataframe.DataFrame``."""
+    return type(src).__module__.startswith("dask") and hasattr(src, "to_parquet") and hasattr(src, "npartitions")
+
+
+def convert_frame(frame: Any, dst: Any, client: Any, convert: Callable[..., T], **opts: Any) -> T:
+    """``convert(folder, dst, client=client, **opts)`` of a Dask DataFrame: its partitions are
+    written first, by tasks of ``client``, as the Parquet files ``part-NNNNNN.parquet`` (without
+    the index) of a temporary folder beside ``dst``, removed afterwards.  The dataset is the one
+    converting those rows from Parquet gives.  Raises what ``convert`` and Dask raise."""
+    from .._target import temp_name
+
+    work = temp_name(Path(dst))
+    work.mkdir(parents=True)
+    try:
+        folder = work / "frame"
+        write = frame.to_parquet(str(folder), write_index=False, write_metadata_file=False, compute=False,
+                                 name_function=lambda i: f"part-{i:06d}.parquet")
+        client.compute(write).result()
+        return convert(folder, dst, client=client, **opts)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager
