@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from streambatch.errors import InputError
 from streambatch.manifest import MANIFEST_NAME, Manifest
 from streambatch.storage import load_manifest
 
-from conftest import write_sorted_npy
+from conftest import SIGINT_HANDLER, write_sorted_npy
 from test_remote import local, s3  # noqa: F401 - fixtures: an S3-compatible server on loopback
 
 distributed = pytest.importorskip("distributed")
@@ -299,3 +300,46 @@ def test_cluster_converts_a_url_prefix_copied_beside_the_target(tmp_path: Path, 
     with pytest.raises(ValueError, match="a conversion on a Dask cluster writes to a local path"):
         streambatch.convert(src, f"{s3}/cluster-out", client=client, **opts)
     assert not fs.exists("bucket/cluster-out")
+
+
+def test_cluster_progress_bar_counts_tasks_only_when_asked(tmp_path: Path, client: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The client's bar counts the tasks done (here one a file); none where stderr is not a terminal."""
+    src = write_sorted_npy(tmp_path / "src", 5003)
+    opts: dict[str, Any] = dict(format="parquet", unit_rows=97, shard_bytes=20_000)
+    m = streambatch.convert(src, tmp_path / "a", client=client, progress=True, **opts)
+    err = capsys.readouterr().err
+    assert f"{len(m.files)}/{len(m.files)}" in err and " tasks" in err and "rows" not in err
+    streambatch.convert(src, tmp_path / "b", client=client, **opts)  # stderr is pytest's capture: no bar
+    assert capsys.readouterr().err == ""
+
+
+def test_cluster_ctrl_c_cancels_the_tasks_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C on the client of ``convert --scheduler local:2 --shuffle`` while tasks write: the
+    conversion stops (exit 130, "interrupted"), its tasks are stopped, and no target, temporary
+    folder or attempt is left."""
+    src = write_sorted_npy(tmp_path / "src", 400_000, width=16)
+    out = tmp_path / "out"
+    script = SIGINT_HANDLER + textwrap.dedent(f"""
+        import sys
+        from streambatch.cli import main
+        if __name__ == "__main__":
+            sys.exit(main(["convert", {str(src)!r}, {str(out / 'ds')!r}, "--scheduler", "local:2", "--shuffle", "1",
+                           "--memory", "16MiB", "--codec", "zstd", "--unit-rows", "1000", "--shard-bytes", "1MiB",
+                           "-q"]))
+    """)
+    (tmp_path / "run.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not any(out.glob(".ds.sbtmp-*/.parts/*-*")):  # a task is writing
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "streambatch convert: interrupted" in err, (proc.returncode, err[-2000:])
+    assert list(out.iterdir()) == []
