@@ -28,8 +28,8 @@ Usage::
 With ``--scheduler local:N`` (repeatable) only the Dask table runs: ``npy -> zarr (zstd)``
 (CPU-bound) converted in this process with ``convert(..., client=)`` on a ``LocalCluster`` of N
 single-threaded worker processes, started before the clock and reused across repeats; each
-figure is the median of ``--repeats`` and its ratio to the first scheduler's (records of kind
-``cluster``).
+figure is the median of ``--repeats`` (the clusters take turns within each repeat) and its ratio
+to the first scheduler's (records of kind ``cluster``, in RESULTS.md's convert section).
 """
 
 from __future__ import annotations
@@ -380,36 +380,36 @@ def measure_ram_limit(npy: Path, repeats: int) -> dict[str, Any]:
     return best
 
 
-def measure_cluster(scheduler: str, npy: Path, scratch: Path, repeats: int) -> dict[str, Any]:
-    """Median seconds of converting ``npy`` to Zarr (zstd) on the Dask cluster ``scheduler``."""
+def run_clusters(schedulers: list[str], npy: Path, scratch: Path, repeats: int, base: dict[str, Any]) -> None:
+    """The Dask table: converting ``npy`` to Zarr (zstd) on each cluster, the clusters taking
+    turns within each repeat (every cluster started first: a load from elsewhere falls on all of
+    them alike); each scheduler's median and its speed-up over the first one's."""
+    from contextlib import ExitStack
+
     from streambatch.convert.cluster import open_client
 
     dst = scratch / "cluster.zarr"
-    times = []
-    with open_client(scheduler) as client:
+    times: dict[str, list[float]] = {s: [] for s in schedulers}
+    with ExitStack() as stack:
+        clients = {s: stack.enter_context(open_client(s)) for s in schedulers}
         for _ in range(repeats):
-            os.sync()
-            t0 = time.perf_counter()
-            streambatch.convert(npy, dst, codec="zstd", progress=False, client=client)
-            times.append(time.perf_counter() - t0)
-            shutil.rmtree(dst)
-    seconds = statistics.median(times)
-    return {"kind": "cluster", "scheduler": scheduler, "config": "npy -> zarr (zstd)", "repeats": repeats,
-            "seconds": seconds, "seconds_all": times, "input_mb_per_s": _size(npy) / 1e6 / seconds,
-            "command_line": f"streambatch convert {npy} DST --codec zstd --scheduler {scheduler}"}
-
-
-def run_clusters(schedulers: list[str], npy: Path, scratch: Path, repeats: int, base: dict[str, Any]) -> None:
-    """The Dask table: each scheduler's median and its speed-up over the first one's."""
-    first: float | None = None
+            for scheduler, client in clients.items():
+                os.sync()
+                t0 = time.perf_counter()
+                streambatch.convert(npy, dst, codec="zstd", progress=False, client=client)
+                times[scheduler].append(time.perf_counter() - t0)
+                shutil.rmtree(dst)
+    first = statistics.median(times[schedulers[0]])
     for scheduler in schedulers:
-        rec = measure_cluster(scheduler, npy, scratch, repeats)
-        first = first or rec["seconds"]
-        rec["speedup_to_first"] = first / rec["seconds"]
+        seconds = statistics.median(times[scheduler])
+        rec = {"kind": "cluster", "scheduler": scheduler, "config": "npy -> zarr (zstd)", "repeats": repeats,
+               "seconds": seconds, "seconds_all": times[scheduler], "input_mb_per_s": _size(npy) / 1e6 / seconds,
+               "speedup_to_first": first / seconds, "load_avg": os.getloadavg(),
+               "command_line": f"streambatch convert {npy} DST --codec zstd --scheduler {scheduler}"}
         _common.write_record(NAME, {**base, **rec})
-        print(f"{rec['config']} --scheduler {scheduler:<12} {rec['seconds']:6.2f} s {rec['input_mb_per_s']:7.0f} MB/s"
-              f" ({rec['speedup_to_first']:.2f}x {schedulers[0]}; all {', '.join(f'{t:.2f}' for t in rec['seconds_all'])})",
-              flush=True)
+        print(f"{rec['config']} --scheduler {scheduler:<12} {seconds:6.2f} s {rec['input_mb_per_s']:7.0f} MB/s"
+              f" ({rec['speedup_to_first']:.2f}x {schedulers[0]}; all {', '.join(f'{t:.2f}' for t in times[scheduler])};"
+              f" load average {', '.join(f'{x:.1f}' for x in rec['load_avg'])})", flush=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -533,7 +533,7 @@ def render(records: list[dict[str, Any]]) -> str:
     codec = [r for r in records if r.get("kind") == "codec"]
     base = next((r for r in records if r.get("kind") == "baseline"), {})
     if not conv and not codec:
-        return "## Convert\n\nNo records.\n"
+        return "## Convert\n\nNo records.\n" + _render_clusters(records)
     first = (conv or codec)[0]
     m = first.get("machine", {})
     quick = " **(quick run: small dataset, not a result)**" if first.get("quick") else ""
@@ -665,7 +665,26 @@ def render(records: list[dict[str, Any]]) -> str:
                 f" {shuf['seconds'] / plain_npy['seconds']:.1f}× the time of the plain npy -> zarr conversion."
             )
         out += ["".join(line), ""]
-    return "\n".join(out)
+    return "\n".join(out) + _render_clusters(records)
+
+
+def _render_clusters(records: list[dict[str, Any]]) -> str:
+    """The Dask table (``--scheduler``): one row a scheduler, a block a machine's CPU count."""
+    rows = [r for r in records if r.get("kind") == "cluster"]
+    if not rows:
+        return ""
+    out = ["", "### Convert on a Dask cluster (`--scheduler local:N`)", "",
+           "npy -> zarr (zstd, CPU-bound), `convert(..., client=)` on a LocalCluster of N single-threaded worker"
+           " processes; the clusters take turns within each repeat. Target: 2 workers ≥ 1.6× one worker on 2 cores,"
+           " 16 workers ≥ 8× one on 16.", "",
+           "| cores | scheduler | seconds (median) | all | input MB/s | × the first | load average | command |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        load = ", ".join(f"{x:.1f}" for x in r.get("load_avg", ())) or "–"
+        out.append(f"| {r.get('machine', {}).get('cpu_count', '?')} | `{r['scheduler']}` | {r['seconds']:.2f} |"
+                   f" {', '.join(f'{t:.2f}' for t in r['seconds_all'])} | {r['input_mb_per_s']:.0f} |"
+                   f" {r['speedup_to_first']:.2f}× | {load} | `{r['command']}` |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ class _Quiet:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool | None = None) -> Any:
-    """``with progress_bar(rows, "convert x") as bar: bar.update(n)``: a tqdm bar of rows on
-    stderr; ``enabled`` ``None`` draws it when stderr is a terminal."""
+def progress_bar(total: int, desc: str, enabled: bool | None = None, unit: str = " rows") -> Any:
+    """``with progress_bar(rows, "convert x") as bar: bar.update(n)``: a tqdm bar of rows (or
+    ``unit``) on stderr; ``enabled`` ``None`` draws it when stderr is a terminal."""
     if not (sys.stderr.isatty() if enabled is None else enabled):
         return _Quiet()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=" rows", unit_scale=True, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == " rows", file=sys.stderr)

@@ -215,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
                        f"{n} {f.default_threads(cores())}" for n, f in FORMATS.items()) + ")")
     c.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="write the files as tasks on a Dask cluster: tcp://HOST:PORT, or local:N for N worker "
-                        "processes here (needs streambatch[dask]; .npy and Parquet inputs)")
+                        "processes here (needs streambatch[dask]; .npy and Parquet inputs, --shuffle too)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace DST if it is a streambatch dataset or an empty folder (never the input)")
     c.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")

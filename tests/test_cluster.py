@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from streambatch.errors import InputError
 from streambatch.manifest import MANIFEST_NAME, Manifest
 from streambatch.storage import load_manifest
 
-from conftest import write_sorted_npy
+from conftest import SIGINT_HANDLER, write_sorted_npy
+from test_remote import local, s3  # noqa: F401 - fixtures: an S3-compatible server on loopback
 
 distributed = pytest.importorskip("distributed")
 
@@ -43,18 +45,25 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def _assert_same(got: Path, want: Path) -> None:
     """The same files, bytes and manifest; statistics to rounding (so the manifest's own checksum
     may differ), as threads' are: a local run of one thread sums in another order."""
+    da, db = _assert_same_data(got, want)
+    assert da == db
+
+
+def _assert_same_data(got: Path, want: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same files, bytes, fingerprint and statistics (to rounding); the rest of the two
+    manifests, for the caller to compare (their sources may differ: a path)."""
     a, b = load_manifest(got), load_manifest(want)
     assert a.fingerprint == b.fingerprint
     assert _tree(got) == _tree(want)
     da, db = (json.loads((p / MANIFEST_NAME).read_text()) for p in (got, want))
     sa, sb = da.pop("stats"), db.pop("stats")
     da.pop("checksum"), db.pop("checksum")
-    assert da == db
     assert sa.keys() == sb.keys()
     for name in sa:
         for key in ("count", "mean", "std", "min", "max"):
-            np.testing.assert_allclose(sa[name][key], sb[name][key], rtol=1e-12)
+            np.testing.assert_allclose(sa[name][key], sb[name][key], rtol=1e-12, atol=1e-13)  # means near 0
         assert sa[name].get("histogram") == sb[name].get("histogram")
+    return da, db
 
 
 def _parquet(folder: Path, npy: Path) -> Path:
@@ -96,11 +105,14 @@ def _bad_labels(folder: Path) -> Path:
     return folder
 
 
-def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, client: Any) -> None:
-    """A bad row in a part on a worker: the local converter's error type and message (the first
-    bad row in source order), no target, no temporary folder."""
+@pytest.mark.parametrize("shuffle", [None, 1])
+def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, client: Any,
+                                                               shuffle: int | None) -> None:
+    """A bad row in a part (or a pre-shuffle's scatter task) on a worker: the local converter's
+    error type and message (the first bad row in source order), no target, no temporary folder."""
     src = _bad_labels(tmp_path / "src")
-    opts: dict[str, Any] = dict(unit_rows=100, shard_bytes=4000, label="y", progress=False)
+    opts: dict[str, Any] = dict(unit_rows=100, shard_bytes=4000, label="y", shuffle=shuffle, memory="64KiB",
+                                progress=False)
     with pytest.raises(InputError) as local:
         streambatch.convert(src, tmp_path / "local", **opts)
     with pytest.raises(InputError) as remote:
@@ -111,15 +123,31 @@ def test_cluster_bad_input_fails_as_locally_and_leaves_nothing(tmp_path: Path, c
 
 
 def test_cluster_refuses_what_it_cannot_split(tmp_path: Path, client: Any) -> None:
-    """An input read in order (CSV) or ``shuffle`` on a cluster: a one-line ``ValueError`` before
-    anything is written."""
+    """An input read in order (CSV) on a cluster: a one-line ``ValueError`` before anything is written."""
     (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
     with pytest.raises(ValueError, match=r"a\.csv: a csv input is read in order, not by parts on a Dask cluster"):
         streambatch.convert(tmp_path / "a.csv", tmp_path / "ds", client=client, progress=False)
-    npy = write_sorted_npy(tmp_path / "src", 500)
-    with pytest.raises(ValueError, match="--shuffle does not run on a Dask cluster yet"):
-        streambatch.convert(npy, tmp_path / "ds", client=client, shuffle=0, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+
+
+@pytest.mark.parametrize("src_kind,fmt,codec", [("npy", "zarr", "none"), ("parquet", "parquet", "zstd")])
+def test_cluster_shuffle_equals_the_local_shuffle(tmp_path: Path, client: Any, fmt: str, codec: str,
+                                                  src_kind: str) -> None:
+    """``shuffle`` on a cluster (scatter, permute and write tasks on two worker processes): the
+    local ``--shuffle``'s files, bytes and manifest, through many buckets and scatter tasks."""
+    n = 70_001  # beyond DRAW_ROWS: the buckets of two blocks, drawn in different scatter tasks
+    npy = write_sorted_npy(tmp_path / "src", n)
+    src = npy if src_kind == "npy" else _parquet(tmp_path, npy)
+    opts: dict[str, Any] = dict(format=fmt, codec=codec, unit_rows=499, shard_bytes=200_000, label="y", shuffle=5,
+                                memory="2MiB", progress=False)
+    streambatch.convert(src, tmp_path / "local", **opts)
+    m = streambatch.convert(src, tmp_path / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and len(m.files) >= 8 and m.options["shuffle"] == 5
+    _assert_same(tmp_path / "dask", tmp_path / "local")
+    ids = np.concatenate([np.asarray(b["id"]) for b in streambatch.StreamDataset(tmp_path / "dask", batch_size=4096,
+                                                                                  shuffle=False)])
+    assert sorted(ids.tolist()) == list(range(n)) and abs(np.corrcoef(ids, np.arange(n))[0, 1]) < 0.05
+    assert _leftovers(tmp_path) == []
 
 
 def _worker_pids(client: Any) -> dict[str, int]:
@@ -155,11 +183,14 @@ def _kill_a_worker_in_a_part(client: Any, parent: Path, convert: threading.Threa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_cluster_survives_a_worker_killed_in_a_part(tmp_path: Path, client: Any) -> None:
-    """SIGKILL of a worker process while it writes a part: Dask runs the part again elsewhere,
-    and the output is the local converter's, with no stray file of the killed attempt."""
+@pytest.mark.parametrize("shuffle", [None, 3])
+def test_cluster_survives_a_worker_killed_in_a_part(tmp_path: Path, client: Any, shuffle: int | None) -> None:
+    """SIGKILL of a worker process while it writes a part (or, with ``shuffle``, any of its
+    tasks): Dask runs the task again elsewhere, and the output is the local converter's, with no
+    stray file of the killed attempt."""
     src = write_sorted_npy(tmp_path / "src", 400_000, width=16)
-    opts: dict[str, Any] = dict(codec="zstd", unit_rows=1000, shard_bytes=1 << 20, progress=False)
+    opts: dict[str, Any] = dict(codec="zstd", unit_rows=1000, shard_bytes=1 << 20, shuffle=shuffle, memory="16MiB",
+                                progress=False)
     streambatch.convert(src, tmp_path / "local", **opts)
     errors: list[BaseException] = []
 
@@ -187,7 +218,7 @@ def _dask(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``streambatch convert --scheduler tcp://...`` on a ``dask scheduler`` and two ``dask
-    worker`` processes on loopback: the local converter's output."""
+    worker`` processes on loopback: the local converter's output, with ``--shuffle`` too."""
     src = write_sorted_npy(tmp_path / "src", 5003)
     info = tmp_path / "scheduler.json"
     procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
@@ -204,6 +235,9 @@ def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pyt
         opts = ["--format", "parquet", "--codec", "zstd", "--unit-rows", "97", "--shard-bytes", "20000", "-q"]
         assert main(["convert", str(src), str(tmp_path / "local"), *opts]) == 0
         assert main(["convert", str(src), str(tmp_path / "dask"), "--scheduler", address, *opts]) == 0
+        opts += ["--shuffle", "4", "--memory", "256KiB"]
+        assert main(["convert", str(src), str(tmp_path / "local-shuffled"), *opts]) == 0
+        assert main(["convert", str(src), str(tmp_path / "dask-shuffled"), "--scheduler", address, *opts]) == 0
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -215,3 +249,97 @@ def test_cli_on_a_scheduler_and_two_worker_processes(tmp_path: Path, capsys: pyt
                 p.wait()
     _assert_same(tmp_path / "dask", tmp_path / "local")
     assert _leftovers(tmp_path) == []
+    _assert_same(tmp_path / "dask-shuffled", tmp_path / "local-shuffled")
+    assert load_manifest(tmp_path / "dask-shuffled").fingerprint != load_manifest(tmp_path / "dask").fingerprint
+    assert _leftovers(tmp_path) == []
+
+
+def test_cluster_converts_a_dask_dataframe_as_its_rows_from_parquet(tmp_path: Path, client: Any) -> None:
+    """A ``dask.dataframe.DataFrame`` (partitions of uneven length): the dataset converting its
+    rows from a Parquet file gives (files, bytes, fingerprint); nothing is left beside it."""
+    import dask.dataframe as dd
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 7919
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"id": np.arange(n, dtype=np.int64), "x": rng.standard_normal(n).astype(np.float32),
+                       "y": (np.arange(n) // 800).astype(np.float64)})
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "rows.parquet", row_group_size=1000)
+    frame = dd.from_pandas(df, npartitions=5).repartition(divisions=[0, 100, 3000, 3001, 7000, n - 1])
+    opts: dict[str, Any] = dict(format="parquet", codec="zstd", unit_rows=97, shard_bytes=20_000, label="y",
+                                progress=False)
+    streambatch.convert(tmp_path / "rows.parquet", tmp_path / "local", **opts)
+    m = streambatch.convert(frame, tmp_path / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and m.rows == n and len(m.files) >= 8
+    got, want = _assert_same_data(tmp_path / "dask", tmp_path / "local")
+    assert got.pop("source")["format"] == want.pop("source")["format"] == "parquet"
+    assert got == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask", "local", "rows.parquet"]
+
+
+def test_cluster_converts_a_url_prefix_copied_beside_the_target(tmp_path: Path, client: Any, s3: str) -> None:
+    """A source at a URL prefix (an S3-compatible server on loopback): copied beside the target,
+    where the workers see it, then converted by them: the local converter's dataset of the same
+    files; the copy is gone afterwards.  A URL target is refused before anything is written."""
+    import fsspec
+
+    src = write_sorted_npy(tmp_path / "src", 5003)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for p in src.iterdir():
+        fs.put_file(str(p), f"bucket/cluster-src/{p.name}")
+    opts: dict[str, Any] = dict(unit_rows=97, shard_bytes=20_000, label="y", progress=False)
+    streambatch.convert(src, tmp_path / "local", **opts)
+    m = streambatch.convert(f"{s3}/cluster-src", tmp_path / "out" / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and m.rows == 5003
+    got, want = _assert_same_data(tmp_path / "out" / "dask", tmp_path / "local")
+    assert got.pop("source")["format"] == want.pop("source")["format"] == "npy"
+    assert got == want
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dask"]
+    with pytest.raises(ValueError, match="a conversion on a Dask cluster writes to a local path"):
+        streambatch.convert(src, f"{s3}/cluster-out", client=client, **opts)
+    assert not fs.exists("bucket/cluster-out")
+
+
+def test_cluster_progress_bar_counts_tasks_only_when_asked(tmp_path: Path, client: Any,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The client's bar counts the tasks done (here one a file); none where stderr is not a terminal."""
+    src = write_sorted_npy(tmp_path / "src", 5003)
+    opts: dict[str, Any] = dict(format="parquet", unit_rows=97, shard_bytes=20_000)
+    m = streambatch.convert(src, tmp_path / "a", client=client, progress=True, **opts)
+    err = capsys.readouterr().err
+    assert f"{len(m.files)}/{len(m.files)}" in err and " tasks" in err and "rows" not in err
+    streambatch.convert(src, tmp_path / "b", client=client, **opts)  # stderr is pytest's capture: no bar
+    assert capsys.readouterr().err == ""
+
+
+def test_cluster_ctrl_c_cancels_the_tasks_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C on the client of ``convert --scheduler local:2 --shuffle`` while tasks write: the
+    conversion stops (exit 130, "interrupted"), its tasks are stopped, and no target, temporary
+    folder or attempt is left."""
+    src = write_sorted_npy(tmp_path / "src", 400_000, width=16)
+    out = tmp_path / "out"
+    script = SIGINT_HANDLER + textwrap.dedent(f"""
+        import sys
+        from streambatch.cli import main
+        if __name__ == "__main__":
+            sys.exit(main(["convert", {str(src)!r}, {str(out / 'ds')!r}, "--scheduler", "local:2", "--shuffle", "1",
+                           "--memory", "16MiB", "--codec", "zstd", "--unit-rows", "1000", "--shard-bytes", "1MiB",
+                           "-q"]))
+    """)
+    (tmp_path / "run.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and not any(out.glob(".ds.sbtmp-*/.parts/*-*")):  # a task is writing
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "streambatch convert: interrupted" in err, (proc.returncode, err[-2000:])
+    assert list(out.iterdir()) == []

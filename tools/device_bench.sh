@@ -13,6 +13,9 @@
 #   1. bench_gpu.py --repeats 2 (the device= path on tab and img; --legacy adds the manual variants)
 #   2. bench_scaling.py --threads 1,2,4,8,16 --workers 0,2,4,8 --repeats 1
 #   3. bench_convert.py --only 'npy -> zarr (none)' --no-codec --repeats 3   (only if time is left)
+#   4. bench_convert.py --scheduler local:1 --scheduler local:$(nproc) --repeats 1   (the Dask row:
+#      16 workers against one; only if time is left and dask + distributed import, i.e. their
+#      wheels were carried in .whl; its log is folded into convert.log)
 #
 # Budget (hard limit 420 s of wall time; this script aims at DEVICE_BENCH_BUDGET_S=390):
 #   facts + wheels + import check        ~10 s
@@ -25,6 +28,9 @@
 #        in process 5 x ~6 s; DataLoader w0 ~6 s, w2/w4/w8 2 epochs each at an unknown rate on
 #        16 cores (2 cores: 74k samples/s with 2 workers = 27 s per epoch: the worst case)
 #   3. convert                           ~20-30 s, timeout min(120, left - 25), only with >= 45 s
+#   4. cluster                           ~25-40 s (two LocalClusters start, ~5-10 s; one zstd
+#        conversion of 1.05 GB on 1 worker, ~10-15 s, then on 16), timeout min(90, left - 15),
+#        only with >= 40 s
 #   RESULTS.md regenerated from all records (~3 s, timeout <= 30 s within what is left)
 # Rehearsal on a 2-core CPU-only box at full size, before the gpu step moved first and gained img:
 # 371 s in all (scaling stopped by its timeout during num_workers=8 and wrote 7 configurations,
@@ -43,7 +49,7 @@
 #   git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C /tmp/copy
 #   cd /tmp/copy && DEVICE_BENCH_QUICK=1 DEVICE_BENCH_PY=/work/main/.venv/bin/python bash tools/device_bench.sh
 #
-# Environment: DEVICE_BENCH_STEPS (default "scaling gpu convert"), DEVICE_BENCH_SCALING_ARGS
+# Environment: DEVICE_BENCH_STEPS (default "scaling gpu convert cluster"), DEVICE_BENCH_SCALING_ARGS
 # (bench_scaling arguments; ';' separates several runs), DEVICE_BENCH_SCALING_CAP (seconds per
 # scaling run, 230), DEVICE_BENCH_QUICK=1 (every step --quick), DEVICE_BENCH_PY (default python3),
 # DEVICE_BENCH_WHEELS (default .whl), DEVICE_BENCH_SITE (default /tmp/site), DEVICE_BENCH_DATA
@@ -59,7 +65,7 @@ SITE=${DEVICE_BENCH_SITE:-/tmp/site}
 DATA=${DEVICE_BENCH_DATA:-/tmp/sbdata}
 BUDGET=${DEVICE_BENCH_BUDGET_S:-390}
 GPU_REPEATS=${DEVICE_BENCH_GPU_REPEATS:-2}
-STEPS=${DEVICE_BENCH_STEPS:-scaling gpu convert}
+STEPS=${DEVICE_BENCH_STEPS:-scaling gpu convert cluster}
 # bench_scaling arguments; a second run (with a ';' between) runs after the first in the same step
 SCALING_ARGS=${DEVICE_BENCH_SCALING_ARGS:---threads 1,2,4,8,16 --workers 0,2,4,8}
 SCALING_CAP=${DEVICE_BENCH_SCALING_CAP:-230}
@@ -235,6 +241,18 @@ fi
 # ------------------------------------------------------------------ 3. convert
 [[ " $STEPS " == *" convert "* ]] && run_step convert 120 25 45 "$PY" benchmarks/bench_convert.py --data "$DATA" \
     --only 'npy -> zarr (none)' --no-codec --repeats 3 "${QFLAG[@]}"
+
+# ------------------------------------------------------------------ 4. convert on a Dask cluster
+if [[ " $STEPS " == *" cluster "* ]]; then
+    if "$PY" -c "import distributed" > /dev/null 2>&1; then
+        run_step cluster 90 15 40 "$PY" benchmarks/bench_convert.py --data "$DATA" --scheduler local:1 \
+            --scheduler "local:$(nproc)" --repeats 1 "${QFLAG[@]}"
+        # $OUT keeps its 8 files: the records are in convert.jsonl, the log goes into convert.log
+        [ -f "$OUT/cluster.log" ] && { cat "$OUT/cluster.log" >> "$OUT/convert.log"; rm -f "$OUT/cluster.log"; }
+    else
+        note "SKIP cluster: $PY cannot import distributed (carry the dask and distributed wheels in $WHEELS)"
+    fi
+fi
 
 # RESULTS.md from every record (a step stopped by its timeout may not have regenerated it).
 T=$(left)

@@ -35,11 +35,13 @@ from ..manifest import FORMAT_VERSION, Manifest, compute_fingerprint
 from ..schema import Column
 from ..sources import Source, open_source
 from ..storage import DEFAULT_FORMAT, check_codec
-from .cluster import run_on_cluster
+from .cluster import convert_frame, is_frame, run_on_cluster
+from .cluster_shuffle import ClusterShuffle
 from .parallel import ParallelParts
 from .parts import PartOptions, PartResult, first_row_shifts, plan_parts
 from .plan import DEFAULT_CODEC, DEFAULT_MEMORY, DEFAULT_SHARD_BYTES, DEFAULT_UNIT_BYTES, Plan, make_plan
 from .sequential import write_sequential
+from .shuffle import bucket_count
 from .temp import clean_stale_temp, writing
 
 RAGGED_FORMAT = "parquet"
@@ -62,7 +64,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     Args:
         src: an .npy file or folder of .npy files (one column each), .npz, Parquet file or
             folder (also Hive-partitioned: key=value/ folders), CSV, JSON Lines, Arrow IPC /
-            Feather, HDF5, or a Zarr v2/v3 store.
+            Feather, HDF5, or a Zarr v2/v3 store; with ``client``, also a ``dask.dataframe.DataFrame``
+            (its partitions written as Parquet beside ``dst`` first, by the cluster).
         dst: the dataset folder to create.
         format: a name in ``streambatch.storage.FORMATS``: ``"zarr"`` (sharded Zarr v3, the default),
             ``"parquet"`` or ``"arrow"`` (uncompressed Arrow IPC files, codec ``"none"`` only).
@@ -93,8 +96,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             JSON Lines inputs (NaN is a value); filling or dropping them reads the input in order.
         delimiter: a CSV's field separator (default ``,``).
         client: a ``distributed.Client``: each file is written by a task on its Dask cluster
-            (``convert.cluster``), the output the same as without it.  For .npy and Parquet
-            inputs at local paths that the workers see, without ``shuffle``.
+            (``convert.cluster``; with ``shuffle``, the pre-shuffle's passes too), the output the
+            same as without it.  For .npy and Parquet inputs that the workers see (local paths, or
+            a URL source: copied beside ``dst`` first), into a local ``dst``.
 
     Raises:
         InputError: the input is missing, empty, ragged, of different column lengths, of an
@@ -105,8 +109,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             is something ``overwrite`` may not replace (a file, a folder that is not a dataset).
         InputError: ``dst`` lies inside the input folder.
         WriteError: a write failed (disk full, file size limit); nothing is left at ``dst``.
-        ValueError: an unknown format or codec, or a bad size; a ``client`` with a URL, an
-            input read in order or ``shuffle``.
+        ValueError: an unknown format or codec, or a bad size; a ``client`` with a URL target
+            or an input read in order.
 
     ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``https://`` ...): a remote source
     is copied into a temporary folder first; a remote target is converted locally, then
@@ -116,12 +120,16 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
     opts = dict(columns=columns, label=label, unit_rows=unit_rows, unit_bytes=unit_bytes, shard_bytes=shard_bytes,
                 codec=codec, shuffle=shuffle, memory=memory, dry_run=dry_run, source_format=source_format,
                 progress=progress, threads=threads, fill=fill, drop_nulls=drop_nulls, delimiter=delimiter)
-    if client is not None and (is_url(src) or is_url(dst)):
-        raise ValueError(f"{src} -> {dst}: a conversion on a Dask cluster takes local paths")
+    if client is not None and is_frame(src):
+        return convert_frame(src, dst, client, convert, format=format, overwrite=overwrite, **opts)
+    if client is not None and is_url(dst):
+        raise ValueError(f"{src} -> {dst}: a conversion on a Dask cluster writes to a local path its workers see")
     if is_url(src) or (is_url(dst) and not dry_run):
         from .remote import convert_remote  # here: a local conversion's start does without it (and tempfile)
 
-        return convert_remote(src, dst, format, overwrite, opts, convert)
+        # on a cluster, a remote source is copied beside the target: where the workers see files
+        work = temp_name(Path(dst)) if client is not None else None
+        return convert_remote(src, dst, format, overwrite, {**opts, "client": client}, convert, work)
     check_codec(format or DEFAULT_FORMAT, codec)  # ValueError for an unknown format too
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
@@ -186,7 +194,7 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
     """Write the dataset into a temporary folder beside ``target`` and swap it in, manifest last;
     the temporary folder is removed whatever happens."""
     if client is not None:
-        _check_cluster(source, shuffle)
+        _check_cluster(source)
     check_target(src, target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(target)
@@ -194,8 +202,9 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
     with writing(target):
         tmp.mkdir()
     try:
-        with progress_bar(source.rows, f"convert {source.path.name}", progress) as bar:
-            result = _write_rows(source, cols, plan, label, shuffle, tmp, target, bar.update, client)
+        # on a cluster, a bar of the tasks done instead (convert.cluster)
+        with progress_bar(source.rows, f"convert {source.path.name}", progress if client is None else False) as bar:
+            result = _write_rows(source, cols, plan, label, shuffle, tmp, target, bar.update, client, progress)
         if result.rows != source.rows:
             raise InputError(f"{source.path}: read {result.rows} rows, expected {source.rows} (input changed?)")
         with writing(target):  # per-feature statistics of wide columns: files, written before the manifest
@@ -209,9 +218,10 @@ def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: S
 
 
 def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str | None, shuffle: int | None,
-                folder: Path, target: Path, progress: Callable[[int], None], client: Any = None) -> PartResult:
-    """Every row into ``folder``: by parts as tasks of ``client``'s Dask cluster, or on several
-    threads where the plan allows, else in order."""
+                folder: Path, target: Path, progress: Callable[[int], None], client: Any = None,
+                bar: bool | None = None) -> PartResult:
+    """Every row into ``folder``: by parts as tasks of ``client``'s Dask cluster (``bar``: its
+    progress bar of tasks), or on several threads where the plan allows, else in order."""
     assert source.spec is not None
     parallel = client is not None or plan.parallel(source, shuffle)
     piece_rows, stage_bytes = plan.piece_sizes(len(cols), parallel)
@@ -222,15 +232,15 @@ def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str
     if parallel:
         parts = plan_parts(source.rows, plan.unit_rows, plan.per_file)
         if client is not None:
-            return run_on_cluster(client, parts, opts, folder, target, progress)
+            pre = ClusterShuffle(parts, opts, folder, target, int(shuffle), bucket_count(source, cols, plan.work),
+                                 plan.work, len(client.nthreads())) if shuffle is not None else None
+            return run_on_cluster(client, parts, opts, folder, target, bar, pre)
         return ParallelParts(parts, opts, source, folder, target, plan.threads).run(progress)
     return write_sequential(source, opts, folder, target, shuffle, plan.work, progress)
 
 
-def _check_cluster(source: Source, shuffle: int | None) -> None:
+def _check_cluster(source: Source) -> None:
     """``ValueError`` where a conversion cannot run as parts on a cluster."""
-    if shuffle is not None:
-        raise ValueError(f"{source.path}: --shuffle does not run on a Dask cluster yet; convert without --scheduler")
     if not source.random_access:
         raise ValueError(f"{source.path}: a {source.format} input is read in order, not by parts on a Dask cluster "
                          "(use .npy or Parquet); convert it without --scheduler")

@@ -19,11 +19,14 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
+from .._progress import progress_bar
 from .parts import Abandoned, Part, PartOptions, PartResult, Summary
 
-__all__ = ["run_on_cluster", "run_part", "open_client"]
+__all__ = ["run_on_cluster", "run_part", "in_attempt", "Tasks", "open_client", "is_frame", "convert_frame"]
+
+T = TypeVar("T")
 
 STAGING = ".parts"
 """The folder, in the temporary folder, of the parts' attempts."""
@@ -33,25 +36,33 @@ _WAIT_S = 60.0
 """How long a failed conversion waits for its running parts to stop before it removes their folder."""
 
 
-def run_part(part: Part, opts: PartOptions, folder: str, target: str) -> PartResult:
-    """The task: write ``part`` into an attempt folder of its own, then rename its files into
-    ``folder`` (the conversion's temporary folder).  Raises what :meth:`Part.run` raises, and
-    :class:`Abandoned` when the conversion stopped (its staging folder holds ``STOP`` or is gone)."""
+def in_attempt(folder: str, name: str, work: Callable[[Path, Callable[[], bool]], T]) -> T:
+    """Run a task's ``work(attempt, abandon)`` in an attempt folder of its own (``STAGING/NAME-XXXXXXXX``
+    in ``folder``, the conversion's temporary folder), then rename the files it wrote there to
+    the same paths in ``folder``.  ``abandon()`` is true once the conversion stopped.  Raises what
+    ``work`` raises, and :class:`Abandoned` when the conversion stopped (its staging folder holds
+    ``STOP`` or is gone)."""
     staging = Path(folder) / STAGING
     stop = staging / _STOP
     if stop.exists():
         raise Abandoned
-    attempt = staging / f"{part.index:05d}-{uuid.uuid4().hex[:8]}"
+    attempt = staging / f"{name}-{uuid.uuid4().hex[:8]}"
     try:
         attempt.mkdir()  # not parents: a conversion that is gone is not made again
     except FileNotFoundError:
         raise Abandoned from None
     try:
-        result = part.run(opts, attempt, Path(target), abandon=stop.exists)
+        result = work(attempt, stop.exists)
         _move_files(attempt, Path(folder))
         return result
     finally:
         shutil.rmtree(attempt, ignore_errors=True)
+
+
+def run_part(part: Part, opts: PartOptions, folder: str, target: str) -> PartResult:
+    """The task writing ``part`` (:func:`in_attempt`).  Raises what :meth:`Part.run` raises."""
+    return in_attempt(folder, f"{part.index:05d}",
+                      lambda attempt, abandon: part.run(opts, attempt, Path(target), abandon=abandon))
 
 
 def _move_files(src: Path, dst: Path) -> None:
@@ -65,28 +76,68 @@ def _move_files(src: Path, dst: Path) -> None:
 
 
 def run_on_cluster(client: Any, parts: list[Part], opts: PartOptions, folder: Path, target: Path,
-                   progress: Callable[[int], None]) -> PartResult:
+                   progress: bool | None, shuffle: Any = None) -> PartResult:
     """Write every part as a task of the Dask ``client``; return them joined as one part's result.
-    ``progress(rows)`` is told of each part's rows as it is joined, in part order.
+    With ``shuffle`` (a ``cluster_shuffle.ClusterShuffle``) the rows are pre-shuffled first, in
+    two passes of tasks.  ``progress`` draws a bar of the tasks done (``None``: on a terminal).
 
-    Raises the first failing part's error (in part order, as the threads do) with its original
-    type; the parts still running are stopped and waited for first, so that none writes into
+    Raises the first failing task's error (in part order, as the threads do) with its original
+    type; the tasks still running are stopped and waited for first, so that none writes into
     ``folder`` once this returns.  An interrupt does the same."""
     staging = folder / STAGING
     staging.mkdir()
-    futures = [client.submit(run_part, p, opts, str(folder), str(target), pure=False) for p in parts]
     summary = Summary(opts)
-    try:
-        for f in futures:
-            result = f.result()
-            summary.add(result)
-            progress(result.rows)
-            f.release()
-    except BaseException:
-        _stop(client, futures, staging)
-        raise
+    tasks = len(parts) + (shuffle.tasks if shuffle is not None else 0)
+    with Tasks(client, staging, progress, f"convert {Path(opts.source.path).name}", tasks) as run:
+        if shuffle is None:
+            run([(run_part, (p, opts, str(folder), str(target))) for p in parts], summary.add)
+        else:
+            shuffle.run(run, summary)
     shutil.rmtree(staging)
     return summary.result()
+
+
+class Tasks:
+    """Runs lists of tasks on a Dask client, one list after another, taking their results in
+    order; a bar of the tasks done, drawn as they finish.  A failure or an interrupt stops the
+    tasks still running (``_stop``)."""
+
+    def __init__(self, client: Any, staging: Path, progress: bool | None, desc: str, total: int) -> None:
+        self.client, self.staging = client, staging
+        self.bar = progress_bar(total, desc, progress, unit=" tasks")
+
+    def __enter__(self) -> Tasks:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]], take: Callable[[Any], None]) -> None:
+        """Run ``calls`` (function, arguments) as tasks; ``take(result)`` each in their order."""
+        from distributed import wait
+
+        futures = [self.client.submit(fn, *args, pure=False) for fn, args in calls]
+        pending = list(futures)  # not yet shown on the bar
+        try:
+            for f in futures:
+                while not f.done():
+                    try:
+                        wait(f, timeout=0.2)
+                    except TimeoutError:
+                        pending = self._show(pending)
+                pending = self._show(pending)
+                take(f.result())
+                f.release()
+        except BaseException:
+            _stop(self.client, futures, self.staging)
+            raise
+
+    def _show(self, pending: list[Any]) -> list[Any]:
+        """Count the tasks of ``pending`` that are done on the bar; return the others."""
+        left = [f for f in pending if not f.done()]
+        self.bar.update(len(pending) - len(left))
+        return left
 
 
 def _stop(client: Any, futures: list[Any], staging: Path) -> None:
@@ -99,6 +150,30 @@ def _stop(client: Any, futures: list[Any], staging: Path) -> None:
     except BaseException:  # a timeout, or a second Ctrl-C: stop waiting
         pass
     client.cancel(futures)
+
+
+def is_frame(src: Any) -> bool:
+    """Whether ``src`` is a ``dask.dataframe.DataFrame``."""
+    return type(src).__module__.startswith("dask") and hasattr(src, "to_parquet") and hasattr(src, "npartitions")
+
+
+def convert_frame(frame: Any, dst: Any, client: Any, convert: Callable[..., T], **opts: Any) -> T:
+    """``convert(folder, dst, client=client, **opts)`` of a Dask DataFrame: its partitions are
+    written first, by tasks of ``client``, as the Parquet files ``part-NNNNNN.parquet`` (without
+    the index) of a temporary folder beside ``dst``, removed afterwards.  The dataset is the one
+    converting those rows from Parquet gives.  Raises what ``convert`` and Dask raise."""
+    from .._target import temp_name
+
+    work = temp_name(Path(dst))
+    work.mkdir(parents=True)
+    try:
+        folder = work / "frame"
+        write = frame.to_parquet(str(folder), write_index=False, write_metadata_file=False, compute=False,
+                                 name_function=lambda i: f"part-{i:06d}.parquet")
+        client.compute(write).result()
+        return convert(folder, dst, client=client, **opts)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager

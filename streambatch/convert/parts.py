@@ -79,9 +79,10 @@ class PartResult:
 class PartWriter:
     """The units of one part into its file(s): the format's writer opened at ``first_unit``, the
     statistics of the rows (``summarised``, in source order) and the label statistics of each unit.
-    ``progress(rows)`` is told of the rows written."""
+    ``progress(rows)`` is told of the rows written.  Without a ``folder`` it only summarises (the
+    pre-shuffle's first pass on a cluster): :meth:`finish` then has nothing ``written``."""
 
-    def __init__(self, opts: PartOptions, folder: Path, target: Path, first_unit: int = 0,
+    def __init__(self, opts: PartOptions, folder: Path | None, target: Path, first_unit: int = 0,
                  progress: Callable[[int], None] | None = None) -> None:
         self.opts, self.target, self.progress = opts, target, progress
         shifts = opts.shifts or {}
@@ -89,6 +90,9 @@ class PartWriter:
         label = opts.label_column
         self.labels = LabelStats(label) if label is not None else None
         self.rows = 0
+        self.writer: Any = None
+        if folder is None:
+            return
         with writing(target):  # write errors only: a read error keeps its own type
             self.writer = open_writer(opts.fmt, folder, opts.columns, opts.rows, opts.unit_rows, opts.shard_bytes,
                                       opts.codec, first_unit=first_unit)
@@ -131,7 +135,7 @@ class PartWriter:
     def finish(self) -> PartResult:
         """Close the files; the part's result (statistics' staging buffers released)."""
         with writing(self.target):
-            written = self.writer.finish()
+            written = self.writer.finish() if self.writer is not None else None
         for st in self.stats.values():
             st.release()
         return PartResult(written, self.stats, self.labels, self.rows)
@@ -139,7 +143,8 @@ class PartWriter:
     def abort(self) -> None:
         """Close the files after a failure (the converter removes the folder)."""
         try:
-            self.writer.abort()
+            if self.writer is not None:
+                self.writer.abort()
         except OSError:  # closing a file on a full disk fails again; the first error is raised
             pass
 
@@ -211,15 +216,20 @@ class Summary:
 
     def add(self, part: PartResult) -> None:
         """Merge the part after the ones added so far."""
-        for name, st in part.stats.items():
-            self.stats[name].merge(st)
-        if part.labels is not None:
-            if self.labels is None:
-                self.labels = part.labels
-            else:
-                self.labels.merge(part.labels)
+        self.add_stats(part.stats, part.labels)
         self.written.append(part.written)
         self.rows += part.rows
+
+    def add_stats(self, stats: dict[str, ColumnStats], labels: LabelStats | None) -> None:
+        """Merge the statistics of rows after the ones added so far (a part's, or the rows a
+        pre-shuffle pass read, whose units are added later)."""
+        for name, st in stats.items():
+            self.stats[name].merge(st)
+        if labels is not None:
+            if self.labels is None:
+                self.labels = labels
+            else:
+                self.labels.merge(labels)
 
     def result(self) -> PartResult:
         """The whole as one part's result."""

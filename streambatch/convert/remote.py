@@ -24,16 +24,20 @@ __all__ = ["convert_remote", "check_target", "upload_dataset", "download"]
 
 
 def convert_remote(src: Any, dst: Any, fmt: str, overwrite: bool, opts: dict[str, Any],
-                   local: Callable[..., Manifest | dict[str, Any]]) -> Manifest | dict[str, Any]:
+                   local: Callable[..., Manifest | dict[str, Any]], work: Path | None = None) -> Manifest | dict[str, Any]:
     """``local(src, dst, fmt, overwrite=, **opts)`` (``convert``) where ``src`` or ``dst`` is a URL:
-    a remote source is downloaded into a temporary folder first; a remote target is checked
+    a remote source is downloaded into a temporary folder first (``work``, created and removed,
+    by default one in the system's temporary folder); a remote target is checked
     before anything is converted, converted locally, then uploaded (:func:`upload_dataset`).
     Raises what ``local`` raises, ``TargetExistsError`` for a remote target it may not replace."""
     if is_url(dst):
         if is_url(src):
             check_not_input(src, dst, {str(src).rstrip("/")}, {str(dst).rstrip("/")}, "/")
         check_target(str(dst), overwrite)  # fail before converting anything
-    work = Path(tempfile.mkdtemp(prefix="streambatch-convert-"))
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix="streambatch-convert-"))
+    else:
+        work.mkdir(parents=True)
     try:
         if is_url(src):
             src = download(str(src), work / "src")
