@@ -95,6 +95,9 @@ def read_rows_group(reader: Any, pieces: Table, first: int, keeps: Any, bufs: di
             rb.values[v0:v0 + b - a] = r.values[a:b]
             rb.starts[at:at + n] = r.offsets[:-1] + (v0 - a)
             rb.ends[at:at + n] = r.offsets[1:] + (v0 - a)
+    release = getattr(reader, "release_unused", None)
+    if release is not None:  # memory its decoder no longer uses (pyarrow's allocator keeps it otherwise)
+        release()
 
 
 def gather_ragged(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> dict[str, Ragged]:

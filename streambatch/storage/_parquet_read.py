@@ -269,6 +269,13 @@ class Reader:
                             f"{c.dtype}{list(c.shape)} (manifest and file disagree)")
         dst[...] = values.reshape(dst.shape)  # dst may be strided
 
+    def release_unused(self) -> None:
+        """Hand back to the system what pyarrow's allocator keeps from decoding (mimalloc holds
+        freed pages: under a 32 MiB budget, 12 MiB of peak RSS; about 2 us a call)."""
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+
     def read_rows(self, unit: int, lo: int, hi: int, names: list[str]) -> dict[str, Any]:
         """Rows ``lo:hi`` of columns ``names`` of ``unit``, decoded by pyarrow: numpy arrays, and a
         ``Ragged`` over pyarrow's buffers for a ragged column.  With ``verify``, the unit's bytes
