@@ -83,7 +83,7 @@ def read_rows_group(reader: Any, pieces: Table, first: int, keeps: Any, bufs: di
     for k, (u, lo, hi, at) in enumerate(pieces.tolist()):
         where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
         got = reader.read_rows(u, lo, hi, names)
-        keep = None if keeps is None else keeps[k] - lo
+        keep = None if keeps is None or keeps[k] is None else keeps[k] - lo  # None: all of the piece
         n = hi - lo if keep is None else keep.size
         for name, dst in bufs.items():
             src = got[name]
