@@ -4,9 +4,9 @@
 image is decoded, converted to RGB (grayscale, RGBA, palette, CMYK and 16-bit inputs too; alpha is
 dropped, as ``PIL.Image.convert("RGB")`` does), scaled so that it covers ``size`` (the shorter side
 fits, for a square size) and centre-cropped, in one antialiased bilinear resample of the crop box
-(``PIL.Image.resize(box=...)``): torchvision's ``Resize(min(size))`` + ``CenterCrop(size)`` on a
-PIL image, up to where the crop box falls (here in exact source coordinates, not after rounding the
-resized size to whole pixels).
+(``PIL.Image.resize(box=...)``): the same filter taps, and so within one level the same pixels, as
+torchvision's ``Resize(min(size))`` + ``CenterCrop(size)`` on a PIL image, without resampling the
+part that the crop throws away.
 
 Decoders (docs/PERFORMANCE.md, Image decoding): ``"simplejpeg"`` (libjpeg-turbo, the ``image``
 extra) decodes YCbCr and grayscale JPEGs, ``"pillow"`` everything else and every JPEG when
