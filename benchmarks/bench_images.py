@@ -2,7 +2,7 @@
 """Image decoding benchmark (issue 17): decode + resize + centre crop to uint8 [3, 224, 224].
 
     python benchmarks/bench_images.py [--data DIR] [--quick] [--repeats N] [--threads T]
-        [--decoders pillow,simplejpeg] [--sample S] [--no-dataloader]
+        [--decoders pillow,simplejpeg] [--sample S] [--no-dataloader] [--dl-batches N] [--stages]
 
 On the must-show dataset (``_images.py``: 20,000 generated JPEGs of 256-500 px a side in the
 ImageFolder layout, label-sorted; 2,000 with ``--quick``), under ``DIR/images/`` (default
@@ -16,7 +16,9 @@ ImageFolder layout, label-sorted; 2,000 with ``--quick``), under ``DIR/images/``
 * DataLoader baseline: a map-style ``Dataset`` over the files that does what a user writes with
   torchvision (read the file, ``PIL.Image.open(...).convert("RGB")``, ``Resize(224)`` of the whole
   image, ``CenterCrop(224)``, a uint8 CHW tensor), ``DataLoader(batch_size=256, shuffle=True,
-  num_workers=T)``, one epoch with the light consumer (``_common.consume(touch=True)``);
+  num_workers=T)``, one epoch (or its first ``--dl-batches``) with the light consumer
+  (``_common.consume(touch=True)``);
+* with ``--stages``: milliseconds an image of each stage (:func:`stage_times`);
 * streambatch: HOOK, not measured yet (see :func:`measure_streambatch`).
 
 1-thread and T-thread runs alternate within every repeat (the machine is shared: a slow moment
@@ -108,8 +110,52 @@ def measure_decoders(rows: Ragged, decoders: list[str], threads: int, repeats: i
         out.append({"kind": "decode", "decoder": d, "threads": t, "samples_per_s": rate,
                     "runs_samples_per_s": [r["samples_per_s"] for r in rs],
                     "cpu_per_wall": statistics.median(r["cpu_per_wall"] for r in rs),
+                    "images_per_cpu_s": statistics.median(r["samples_per_s"] / r["cpu_per_wall"] for r in rs),
                     "scaling": rate / (t * single), "images": len(rows),
                     "mean_bytes": float(np.mean(rows.lengths)), "default": d == default_decoder()})
+    return out
+
+
+def stage_times(rows: Ragged, n: int = 300) -> dict[str, float]:
+    """CPU milliseconds an image (``time.thread_time``: the load of a shared machine hardly
+    changes it) of the stages of one decode, one thread, best of 3 passes over ``n`` images:
+    where the time goes, and why the defaults are what they are (docs/PERFORMANCE.md)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    data = [bytes(rows.row(i)) for i in range(min(n, len(rows)))]
+    ims = [PILImage.open(io.BytesIO(b)).convert("RGB") for b in data]
+    box = [(0, 0, im.width, im.height) for im in ims]
+    small = [im.resize(SIZE) for im in ims]
+    stages: dict[str, Any] = {
+        "pillow decode + convert RGB": (lambda b: PILImage.open(io.BytesIO(b)).convert("RGB"), data),
+        "resize whole image to 224x224, bilinear (antialiased)": (lambda k: ims[k].resize(SIZE, PILImage.Resampling.BILINEAR, box=box[k]), range(len(ims))),
+        "the same, bicubic": (lambda k: ims[k].resize(SIZE, PILImage.Resampling.BICUBIC, box=box[k]), range(len(ims))),
+        "np.asarray of a 224x224 RGB image": (lambda k: np.asarray(small[k]), range(len(ims))),
+    }
+    try:
+        import simplejpeg
+
+        def scaled(b: bytes) -> Any:  # the N/8 factor nearest above 224 on the shorter side
+            h, w = simplejpeg.decode_jpeg_header(b)[:2]
+            k = max(SIZE[0] / h, SIZE[1] / w)
+            return simplejpeg.decode_jpeg(b, "RGB", min_height=int(np.ceil(h * k)), min_width=int(np.ceil(w * k)))
+
+        stages["simplejpeg decode"] = (lambda b: simplejpeg.decode_jpeg(b, "RGB"), data)
+        stages["simplejpeg decode at N/8 scale"] = (scaled, data)
+    except ImportError:
+        pass
+    out = {}
+    for name, (fn, items) in stages.items():
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.thread_time()
+            for x in items:
+                fn(x)
+            best = min(best, time.thread_time() - t0)
+        out[name] = best / len(items) * 1e3
+        log(f"stage {name}: {out[name]:.3f} CPU ms/image")
     return out
 
 
@@ -138,24 +184,27 @@ class FileImages(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return {"x": torch.from_numpy(arr.transpose(2, 0, 1).copy()), "y": int(self.labels[i]), "id": i}
 
 
-def measure_dataloader(files: list[Path], labels: np.ndarray, workers: int, repeats: int) -> dict[str, Any]:
-    """One shuffled epoch of :class:`FileImages` through ``DataLoader(num_workers=workers)``, median
-    of ``repeats``."""
+def measure_dataloader(files: list[Path], labels: np.ndarray, workers: int, repeats: int,
+                       max_batches: int | None = None) -> dict[str, Any]:
+    """One shuffled epoch of :class:`FileImages` through ``DataLoader(num_workers=workers)`` (its
+    first ``max_batches`` batches where given: a slow machine), median of ``repeats``."""
     runs = []
     for rep in range(repeats):
         loader = torch.utils.data.DataLoader(
             FileImages(files, labels), batch_size=BATCH, shuffle=True, num_workers=workers,
             generator=torch.Generator().manual_seed(rep))
         with _common.PeakRSS() as mem:
-            res = _common.consume(loader, touch=True)
+            res = _common.consume(loader, max_batches=max_batches, touch=True)
         res.pop("ids")
         rate = res["samples"] / res["seconds"]
+        cpu = res["cpu_seconds"] / res["wall_seconds"]
         runs.append({"samples_per_s": rate, "first_batch_s": res["first_batch_s"], "peak_rss_bytes": mem.peak,
-                     "cpu_per_wall": res["cpu_seconds"] / res["wall_seconds"]})
+                     "cpu_per_wall": cpu, "images_per_cpu_s": rate / cpu})
         log(f"repeat {rep + 1}: DataLoader(num_workers={workers}) {rate:7.0f} images/s")
     med = sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2]
     return {"kind": "dataloader", "decoder": "pillow (torchvision-style)", "threads": workers,
-            **med, "runs_samples_per_s": [r["samples_per_s"] for r in runs], "images": len(files)}
+            **med, "runs_samples_per_s": [r["samples_per_s"] for r in runs], "images": len(files),
+            "max_batches": max_batches}
 
 
 # ---------------------------------------------------------------------------- streambatch (hook)
@@ -185,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", default=",".join(d for d in DECODERS if _installed(d)))
     ap.add_argument("--sample", type=int, default=2_000, help="images held in RAM for the decode rates")
     ap.add_argument("--no-dataloader", action="store_true", help="decode rates only")
+    ap.add_argument("--dl-batches", type=int, default=None, help="time the DataLoader's first N batches only")
+    ap.add_argument("--stages", action="store_true", help="also time the stages of one decode")
     args = ap.parse_args(argv)
     n = QUICK_N if args.quick else FULL_N
     root = _images.ensure_images(Path(args.data) / "images" / f"jpeg-{n}", n=n)
@@ -193,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = sample_rows(files, args.sample)
     log(f"{len(files):,} JPEGs in {root}; decoding {len(rows):,} in RAM ({rows.nbytes / 1e6:.0f} MB)")
     records = measure_decoders(rows, args.decoders.split(","), args.threads, args.repeats)
+    if args.stages:
+        records.append({"kind": "stages", "ms_per_image": stage_times(rows)})
     if not args.no_dataloader:
         warm(root)
-        records.append(measure_dataloader(files, labels, args.threads, args.repeats))
+        records.append(measure_dataloader(files, labels, args.threads, args.repeats, args.dl_batches))
     sb = measure_streambatch(root, args.threads, args.repeats)
     if sb is None:
         log("streambatch row: not measured (hook measure_streambatch: the loader path for bytes columns)")
@@ -225,16 +278,22 @@ def render(records: list[dict[str, Any]]) -> str:
              "JPEGs of 256-500 px to uint8 [3, 224, 224]. Decode rows: images held in RAM, "
              "`Image.decode_into`; x single: rate / (threads x the decoder's 1-thread rate). "
              "DataLoader: files, PIL, torchvision-style Resize + CenterCrop, shuffle, "
-             "`num_workers` = threads.", "",
-             "| kind | decoder | threads | images/s | x single | CPU / wall | x DataLoader | runs |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in records:
+             "`num_workers` = threads. CPU / wall: process CPU (DataLoader: with its workers) over "
+             "wall time; images / CPU-s: the rate over that, which the machine's load changes "
+             "little (x single does: threads scale only onto free cores).", "",
+             "| kind | decoder | threads | images/s | x single | CPU / wall | images / CPU-s | x DataLoader | runs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    stages = next((r["ms_per_image"] for r in records if r["kind"] == "stages"), {})
+    for r in (r for r in records if r["kind"] in ("decode", "dataloader", "streambatch")):
         base = single.get(r["decoder"]) if r["kind"] == "decode" else None
         x_single = r["samples_per_s"] / (r["threads"] * base) if base else float("nan")
         runs = ", ".join(f"{v:.0f}" for v in r.get("runs_samples_per_s", []))
         lines.append(f"| {r['kind']} | {r['decoder']} | {r['threads']} | {r['samples_per_s']:,.0f} | "
                      f"{x_single:.2f} | {r.get('cpu_per_wall', float('nan')):.2f} | "
+                     f"{r.get('images_per_cpu_s', float('nan')):.0f} | "
                      f"{r['samples_per_s'] / dl:.2f} | {runs} |")
+    if stages:
+        lines += ["", "Stages, one thread, CPU ms an image: " + "; ".join(f"{k} {v:.2f}" for k, v in stages.items()) + "."]
     lines += ["", f"Command: `{records[0]['command']}` ({records[0].get('dataset_images', 0):,} images). "
               f"Machine: {m.get('cpu_count')} CPUs, Python {m.get('python')}, torch {m.get('torch')}. "
               "The streambatch row waits for the loader's bytes columns (hook in the script)."]
