@@ -208,20 +208,57 @@ def measure_dataloader(files: list[Path], labels: np.ndarray, workers: int, repe
 
 
 # ---------------------------------------------------------------------------- streambatch (hook)
-def measure_streambatch(root: Path, threads: int, repeats: int) -> dict[str, Any] | None:
-    """HOOK for the integrator (issue 17): the streambatch row, once the loader reads bytes columns.
+def measure_streambatch(root: Path, threads: int, repeats: int, budget: str | None = None) -> dict[str, Any]:
+    """One shuffled epoch of ``StreamDataset(DST, batch_size=BATCH, decode={"image": Image(SIZE)},
+    threads=threads)`` per repeat, DST the image folder ``root`` converted once beside it (the
+    files' bytes, an int64 label), warm; the consumer touches one element of each batch.  The
+    budget is a quarter of the dataset's bytes (at least 256 MiB: a batch of 256 decoded images is 38 MB) unless given.  Also: peak RSS above the start and
+    against the budget, the design effect and label KL of the served labels (the folder is
+    label-sorted), every image served once (checked)."""
+    import streambatch
+    from streambatch import StreamDataset
+    from streambatch.quality import design_effect, label_kl
+    from streambatch.storage import load_manifest
 
-    To fill in: convert the image folder ``root`` once (``streambatch.convert(root, DST)``: an
-    ``image`` bytes column and an int64 ``label``), then per repeat one shuffled epoch of
-    ``StreamDataset(DST, batch_size=BATCH, decode={"image": Image(SIZE)}, ...)`` consumed with
-    ``_common.consume(touch=True)`` under ``_common.PeakRSS``; return a record like
-    :func:`measure_dataloader`'s (``kind="streambatch"``, ``samples_per_s``, ``peak_rss_bytes``,
-    ``threads`` = the reader threads) plus the shuffle deff of the served labels. ``main`` then
-    writes it and ``render`` shows its ratio to the DataLoader row (target >= 1.5x) and its
-    scaling against the 1-thread decode rate (target >= 0.9x threads x single).
-    Returns ``None`` until then: no row is reported.
-    """
-    return None
+    dst = root.parent / f"{root.name}.sb"
+    if not (dst / "_streambatch.json").exists():
+        t0 = time.perf_counter()
+        streambatch.convert(root, dst, label="label", progress=False)
+        log(f"converted {root} in {time.perf_counter() - t0:.1f} s")
+    m = load_manifest(dst)
+    from streambatch._sizes import parse_size
+
+    budget_b = parse_size(budget, 'budget') if budget else max(256 << 20, m.decoded_nbytes // 4)
+    warm(dst)
+    runs = []
+    for rep in range(repeats):
+        ds = StreamDataset(dst, batch_size=BATCH, memory_budget=budget_b, threads=threads, seed=rep,
+                           return_index=True, decode={"image": Image(SIZE)})
+        rows, labels = [], []
+        cpu0, t0 = _common.process_cpu_seconds(), time.perf_counter()
+        with _common.PeakRSS() as mem:
+            first = None
+            for b in ds:
+                _ = int(b["image"][-1, -1, -1, -1])
+                first = first or time.perf_counter() - t0
+                rows.append(b["_row"].numpy())
+                labels.append(b["label"].numpy())
+        wall, cpu = time.perf_counter() - t0, _common.process_cpu_seconds() - cpu0
+        order = np.concatenate(rows)
+        if not np.array_equal(np.sort(order), np.arange(m.rows)):
+            raise SystemExit("streambatch: an epoch did not serve every image once")
+        rate = m.rows / wall
+        runs.append({"samples_per_s": rate, "first_batch_s": first, "peak_rss_bytes": mem.peak,
+                     "peak_rss_above_start": mem.peak - mem.start, "cpu_per_wall": cpu / wall,
+                     "images_per_cpu_s": m.rows / cpu,
+                     "deff": design_effect(order, m.unit_rows, BATCH)["deff"],
+                     "kl_ratio": label_kl(np.concatenate(labels), BATCH)["kl_ratio"],
+                     "predicted_deff": ds.describe()["predicted_deff"]})
+        log(f"repeat {rep + 1}: streambatch (threads={threads}) {rate:7.0f} images/s, deff {runs[-1]['deff']:.2f}")
+    med = sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2]
+    return {"kind": "streambatch", "decoder": default_decoder(), "threads": threads, **med,
+            "runs_samples_per_s": [r["samples_per_s"] for r in runs], "images": m.rows, "budget_bytes": budget_b,
+            "dataset_bytes": m.decoded_nbytes}
 
 
 # ---------------------------------------------------------------------------- main and report
@@ -236,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dataloader", action="store_true", help="decode rates only")
     ap.add_argument("--dl-batches", type=int, default=None, help="time the DataLoader's first N batches only")
     ap.add_argument("--stages", action="store_true", help="also time the stages of one decode")
+    ap.add_argument("--no-streambatch", action="store_true", help="leave out the streambatch row")
+    ap.add_argument("--budget", default=None, help="the loader's memory_budget (default: 1/4 of the dataset)")
     args = ap.parse_args(argv)
     n = QUICK_N if args.quick else FULL_N
     root = _images.ensure_images(Path(args.data) / "images" / f"jpeg-{n}", n=n)
@@ -249,11 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_dataloader:
         warm(root)
         records.append(measure_dataloader(files, labels, args.threads, args.repeats, args.dl_batches))
-    sb = measure_streambatch(root, args.threads, args.repeats)
-    if sb is None:
-        log("streambatch row: not measured (hook measure_streambatch: the loader path for bytes columns)")
-    else:
-        records.append(sb)
+    if not args.no_streambatch:
+        records.append(measure_streambatch(root, args.threads, args.repeats, args.budget))
     records = [{**base, "dataset_images": len(files), **r} for r in records]
     for rec in records:
         _common.write_record(NAME, rec)
@@ -292,11 +328,18 @@ def render(records: list[dict[str, Any]]) -> str:
                      f"{x_single:.2f} | {r.get('cpu_per_wall', float('nan')):.2f} | "
                      f"{r.get('images_per_cpu_s', float('nan')):.0f} | "
                      f"{r['samples_per_s'] / dl:.2f} | {runs} |")
+    sb = next((r for r in records if r["kind"] == "streambatch"), None)
+    if sb is not None:
+        lines += ["", f"streambatch: deff {sb['deff']:.2f} (predicted {sb['predicted_deff']:.2f}), label KL "
+                  f"{sb['kl_ratio']:.2f}x the ideal, peak RSS {sb['peak_rss_above_start'] / 2**20:.0f} MiB above its "
+                  f"start under a budget of {sb['budget_bytes'] / 2**20:.0f} MiB "
+                  f"({sb['dataset_bytes'] / 2**20:.0f} MiB of images), first batch {sb['first_batch_s']:.2f} s."]
     if stages:
         lines += ["", "Stages, one thread, CPU ms an image: " + "; ".join(f"{k} {v:.2f}" for k, v in stages.items()) + "."]
     lines += ["", f"Command: `{records[0]['command']}` ({records[0].get('dataset_images', 0):,} images). "
               f"Machine: {m.get('cpu_count')} CPUs, Python {m.get('python')}, torch {m.get('torch')}. "
-              "The streambatch row waits for the loader's bytes columns (hook in the script)."]
+              "streambatch: the folder converted (image bytes as they are), one shuffled epoch with "
+              "`decode={'image': Image((224, 224))}` under a budget of a quarter of its bytes."]
     return "\n".join(lines)
 
 
