@@ -45,7 +45,9 @@ from .shuffle import bucket_count
 from .temp import clean_stale_temp, writing
 
 RAGGED_FORMAT = "parquet"
-"""The storage format of datasets with variable-length columns (the only one that holds them yet)."""
+"""The default storage format of datasets with variable-length columns."""
+RAGGED_FORMATS = ("parquet", "zarr")
+"""The storage formats that hold variable-length columns."""
 
 __all__ = ["convert", "clean_stale_temp", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC",
            "DEFAULT_MEMORY"]
@@ -69,8 +71,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         dst: the dataset folder to create.
         format: a name in ``streambatch.storage.FORMATS``: ``"zarr"`` (sharded Zarr v3, the default),
             ``"parquet"`` or ``"arrow"`` (uncompressed Arrow IPC files, codec ``"none"`` only).
-            Variable-length columns (token lists, strings, bytes) are stored in Parquet, the
-            default for an input that has them.
+            Variable-length columns (token lists, strings, bytes) are stored in Parquet (the
+            default for an input that has them) or Zarr, not Arrow.
         columns: the columns to keep (all by default).
         label: an integer column to histogram; its intra-unit correlation predicts shuffle quality.
         unit_rows / unit_bytes: the shuffle unit size (rows, or decoded bytes; default 256 KiB).
@@ -164,16 +166,18 @@ def _open(src: str | os.PathLike[str], columns: list[str] | None, label: str | N
 
 def _format_for(source: Source, cols: tuple[Column, ...], format: str | None, shuffle: int | None) -> str:
     """The storage format: ``format``, or by default Zarr, Parquet for variable-length columns.
-    ``ValueError`` naming the column where a ragged one goes to a format that cannot store it."""
+    ``ValueError`` naming the column where a ragged one goes to a format that cannot store it
+    (Arrow IPC)."""
     ragged = [c for c in cols if c.ragged]
     if ragged and shuffle is not None:
         raise ValueError(f"{source.path}: --shuffle does not take columns of varying length yet (column "
                          f"{ragged[0].name!r}); convert without it: the loader's windows mix whole units")
     if format is None:
         return RAGGED_FORMAT if ragged else DEFAULT_FORMAT
-    if ragged and format != RAGGED_FORMAT:
+    if ragged and format not in RAGGED_FORMATS:
         raise ValueError(f"{source.path}: column {ragged[0].name!r} holds rows of varying length ({ragged[0].kind}), "
-                         f"which {format} storage does not hold yet; convert with --format {RAGGED_FORMAT}")
+                         f"which {format} storage does not hold yet; convert with --format "
+                         f"{' or '.join(RAGGED_FORMATS)}")
     return format
 
 

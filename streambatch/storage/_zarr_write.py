@@ -11,19 +11,10 @@ import numpy as np
 
 from ..io.checksum import DEFAULT_CHECKSUM, checksum_fn
 from ..schema import Column
-from ._zarr_meta import EMPTY, chunk_key, metadata_documents
+from ._zarr_meta import chunk_key, compressor, metadata_documents, shard_index
+from ._zarr_ragged import RaggedWriter
 
 __all__ = ["Writer", "units_per_shard", "compressor"]
-
-
-def compressor(codec: str, itemsize: int) -> Any:
-    import numcodecs
-
-    if codec == "lz4":
-        return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE, typesize=itemsize)
-    if codec == "zstd":
-        return numcodecs.Zstd(level=3)
-    return None
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> list[int]:
@@ -50,7 +41,8 @@ class Writer:
 
     A writer starting at ``first_unit`` (the first unit of a shard) writes that part of the
     dataset only: writers of different shards run in parallel, and :meth:`combine` joins what
-    they return.  The one starting at unit 0 writes the Zarr metadata.
+    they return.  The one starting at unit 0 writes the Zarr metadata.  A ragged column is two
+    arrays written by a ``RaggedWriter`` (``_zarr_ragged``), whose data takes one writer from unit 0.
     """
 
     def __init__(self, folder: Path, columns: tuple[Column, ...], rows: int, unit_rows: int,
@@ -60,8 +52,9 @@ class Writer:
         self.unit_rows = unit_rows
         self.codec = codec
         self.units_per_shard = units_per_shard(columns, rows, unit_rows, shard_bytes)
-        if first_unit % self.units_per_shard:
-            raise ValueError(f"a Zarr writer starts at a shard's first unit, not unit {first_unit}")
+        if first_unit % self.units_per_shard or (first_unit and any(c.ragged for c in columns)):
+            raise ValueError(f"a Zarr writer starts at a shard's first unit (at unit 0 for variable-length "
+                             f"columns), not unit {first_unit}")
         shard_rows = self.units_per_shard * unit_rows
         # Metadata written directly (tests/test_zarr_meta.py checks it against zarr-python's):
         # importing zarr costs 0.5-1 s, the bulk of converting a small dataset.
@@ -72,8 +65,10 @@ class Writer:
                 (self.folder / rel).parent.mkdir(exist_ok=True)
                 self.metadata[rel] = _write_json(self.folder / rel, doc)
         self.files: list[str] = []
-        self.loc: dict[str, dict[str, list[int]]] = {
+        self.loc: dict[str, dict[str, Any]] = {
             c.name: {"file": [], "offset": [], "size": [], "crc32": []} for c in columns}
+        self._ragged = {c.name: RaggedWriter(self.folder, c, unit_rows, self.units_per_shard, shard_bytes, codec,
+                                             self.files) for c in columns if c.ragged}
         self.compressors = {c.name: compressor(codec, c.np_dtype.itemsize) for c in columns}
         self.stored: list[int] = []
         self.checksums: list[int] = []
@@ -99,6 +94,11 @@ class Writer:
         total = 0
         crc = 0
         for c in self.columns:
+            if c.ragged:
+                size, c32 = self._ragged[c.name].write_unit(data[c.name])  # type: ignore[arg-type]
+                total += size
+                crc = zlib.crc32(c32.to_bytes(4, "little"), crc)
+                continue
             f = self._shard_file(c, shard, pos)
             arr = np.ascontiguousarray(data[c.name], dtype=c.np_dtype.newbyteorder("<"))
             n = arr.shape[0]
@@ -127,7 +127,7 @@ class Writer:
         n = len(data[self.columns[0].name])
         whole = n // ur
         lo = 0
-        if self.codec == "none":
+        if self.codec == "none" and not self._ragged:
             while lo < whole:
                 shard, pos = divmod(self._unit, self.units_per_shard)
                 k = min(whole - lo, self.units_per_shard - pos)
@@ -167,32 +167,37 @@ class Writer:
         self._index[col.name] += zip(offsets, sizes)
 
     def _close_shard(self, col: Column) -> None:
-        import google_crc32c
-
         f = self._handles.pop(col.name, None)
         if f is None:
             return
-        entries = self._index.pop(col.name)
-        index = np.full((self.units_per_shard, 2), EMPTY, dtype="<u8")
-        index[: len(entries)] = np.asarray(entries, dtype="<u8").reshape(-1, 2)
-        raw = index.tobytes()
-        f.write(raw)
-        f.write(google_crc32c.value(raw).to_bytes(4, "little"))
+        f.write(shard_index(self._index.pop(col.name), self.units_per_shard))
         f.close()
 
     def finish(self) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
         for c in self.columns:
             self._close_shard(c)
-        layout = {"unit_rows": self.unit_rows, "units_per_shard": self.units_per_shard, "checksum": DEFAULT_CHECKSUM,
-                  "columns": self.loc}
+        for name, rw in self._ragged.items():  # the last chunks, and the arrays' zarr.json documents
+            self.loc[name], docs, size, c32 = rw.finish()
+            for rel, doc in docs:
+                (self.folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                self.metadata[rel] = _write_json(self.folder / rel, doc)
+            if size:
+                self.stored[-1] += size
+                self.checksums[-1] = zlib.crc32(c32.to_bytes(4, "little"), self.checksums[-1])
+        layout: dict[str, Any] = {"unit_rows": self.unit_rows, "units_per_shard": self.units_per_shard,
+                                  "checksum": DEFAULT_CHECKSUM, "columns": self.loc}
         if self.metadata:  # the first part's writer (combine keeps its layout's fields)
             layout["metadata_crc32c"] = self.metadata
+        if self._ragged:
+            layout["ragged_nbytes"] = {name: rw.nbytes for name, rw in self._ragged.items()}
         return self.files, layout, self.stored, self.checksums
 
     @staticmethod
     def combine(parts: list[tuple[list[str], dict[str, Any], list[int], list[int]]]
                 ) -> tuple[list[str], dict[str, Any], list[int], list[int]]:
         """What :meth:`finish` returns for the whole dataset, from the parts' results in unit order."""
+        if len(parts) == 1:  # also every dataset with ragged columns (one writer)
+            return parts[0]
         files: list[str] = []
         stored: list[int] = []
         checksums: list[int] = []
@@ -209,6 +214,8 @@ class Writer:
         return files, layout, stored, checksums
 
     def abort(self) -> None:
+        for rw in self._ragged.values():
+            rw.abort()
         for f in self._handles.values():
             try:
                 f.close()

@@ -6,6 +6,9 @@ Layout of a dataset folder::
       zarr.json                 the Zarr group
       x/zarr.json               array (rows, 128) float32, shards of S rows, inner chunks of C rows
       x/c/0/0  x/c/1/0 ...      shard files: C-row inner chunks back to back, index at the end
+      tokens/zarr.json          a variable-length column: a group of two arrays,
+      tokens/offsets/...        int64 (rows + 1,) and
+      tokens/values/...         the values of every row, one after another (``_zarr_ragged``)
       _streambatch.json         the manifest (written last)
 
 An inner chunk is the shuffle unit.  Any Zarr v3 reader (``zarr.open_group``) reads the
@@ -23,11 +26,14 @@ import numpy as np
 
 from .._fields import int_array, safe_relpath
 from ..errors import DataError, ManifestError
+from ..ragged import Ragged
 from ..io.checksum import CHECKSUMS, checksum_fn
 from ..io.files import ByteRanges
 from ..manifest import Manifest
 from ..schema import Column
 from ._zarr_check import check_zarr_files
+from ._zarr_meta import chunk_locations
+from ._zarr_ragged import RaggedReader, validate_ragged
 from ._zarr_write import Writer, compressor, units_per_shard
 from .base import StorageFormat
 
@@ -63,16 +69,8 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
     for c in columns:
         loc = cols.get(c.name)
         cw = f"{where}: layout of column {c.name!r}"
-        if not isinstance(loc, dict):
-            raise ManifestError(f"{cw}: missing")
-        chunk_bytes = chunk_rows * c.row_nbytes
-        lo, hi = (chunk_bytes, chunk_bytes) if codec == "none" else (1, max(chunk_bytes + (1 << 16), 2 * chunk_bytes))
-        out["columns"][c.name] = {
-            "file": int_array(loc.get("file"), n_units, f"{cw}.file", hi=max(0, n_files - 1)),
-            "offset": int_array(loc.get("offset"), n_units, f"{cw}.offset", hi=1 << 50),
-            "size": int_array(loc.get("size"), n_units, f"{cw}.size", lo=lo, hi=hi),
-            "crc32": int_array(loc.get("crc32"), n_units, f"{cw}.crc32", hi=2**32 - 1),
-        }
+        out["columns"][c.name] = validate_ragged(loc, layout, n_units, n_files, c, unit_rows, codec, cw) if c.ragged \
+            else chunk_locations(loc, n_units, n_files, chunk_rows * c.row_nbytes, codec, cw)
     return out
 
 
@@ -101,6 +99,7 @@ class Reader:
         self._decoders = {c.name: compressor(manifest.codec, c.np_dtype.itemsize) for c in manifest.columns}
         self._unit_rows = manifest.layout["unit_rows"]
         self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
+        self._ragged = RaggedReader(manifest, self._files, verify)
 
     def _where(self, col: Column, unit: int, file_index: int) -> str:
         return (f"dataset {self.manifest.root}, column {col.name!r}, unit {unit}, "
@@ -124,6 +123,8 @@ class Reader:
         ranges: list[tuple[int, int, int]] = []
         for name in names:
             col = self.manifest.column(name)
+            if col.ragged:  # read whole by read_rows, in a few ranges
+                continue
             loc = self.manifest.layout["columns"][name]
             fi, off = loc["file"][units], loc["offset"][units]
             if self._decoders[name] is not None:  # compressed: the whole chunk
@@ -224,8 +225,25 @@ class Reader:
             self._files.read_ranges(fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, out, at * rb, name_it)
         return True
 
+    def read_rows(self, unit: int, lo: int, hi: int, names: list[str]) -> dict[str, Any]:
+        """Rows ``lo:hi`` of columns ``names`` of ``unit``: numpy arrays, and a ``Ragged`` for a
+        ragged column (its offsets and values read as byte ranges, checked with ``verify``).
+        Raises ``DataError`` naming the column, unit and file."""
+        rows = int(self.manifest.unit_rows[unit])
+        if not 0 <= lo < hi <= rows:
+            raise ValueError(f"rows {lo}:{hi} outside unit {unit} of {rows} rows")
+        cols = [self.manifest.column(n) for n in names]
+        out: dict[str, Any] = {c.name: np.empty((hi - lo, *c.shape), c.np_dtype) for c in cols if not c.ragged}
+        if out:
+            self.read_into(unit, lo, hi, out)
+        ragged: dict[str, Ragged] = {c.name: self._ragged.read(c, unit, lo, hi) for c in cols if c.ragged}
+        return {n: out[n] if n in out else ragged[n] for n in names}
+
     def verify_unit(self, unit: int) -> None:
         for col in self.manifest.columns:
+            if col.ragged:  # every chunk the unit's rows touch, checked and decoded
+                self._ragged.read(col, unit, 0, int(self.manifest.unit_rows[unit]))
+                continue
             fi, off, size = self._stored_range(col, unit)
             raw = self._bytes(fi, off, size, col, unit)
             self._check(raw, col, unit, fi)
@@ -263,9 +281,12 @@ class ZarrFormat(StorageFormat):
         return min(8, cores)  # a shard per thread: reads, statistics and writes on every core
 
     def partial_reads(self, manifest: Manifest, names: list[str]) -> bool:
-        return manifest.codec == "none"  # an uncompressed chunk's rows are byte ranges
+        # an uncompressed chunk's rows are byte ranges; a ragged column's unit is read whole
+        return manifest.codec == "none" and not any(manifest.column(n).ragged for n in names)
 
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
+        if any(c.ragged for c in columns):  # one writer: a unit's values start where the last one's end
+            return max(1, -(-rows // unit_rows))
         return units_per_shard(columns, rows, unit_rows, shard_bytes)
 
     def validate_layout(self, layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
