@@ -191,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--format", choices=list(FORMATS), default=None,
-                   help=f"storage format (default: {DEFAULT_FORMAT}; parquet for variable-length columns)")
+                   help=f"storage format (default: {DEFAULT_FORMAT})")
     c.add_argument("--from", dest="source_format", choices=SOURCE_FORMATS, default=None,
                    help="input format (default: from the path)")
     c.add_argument("--columns", nargs="+", default=None,

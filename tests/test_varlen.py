@@ -47,7 +47,7 @@ def varlen(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     root = tmp_path_factory.mktemp("varlen")
     docs, labels = _docs(3000, 1)
     _write_input(root / "in.parquet", docs, labels)
-    fmt = None if request.param == "parquet" else request.param  # Parquet: the default for ragged inputs
+    fmt = None if request.param == "zarr" else request.param  # Zarr: the default, for ragged inputs too
     streambatch.convert(root / "in.parquet", root / "ds", fmt, label="label", unit_bytes="8KiB", progress=False)
     return root / "ds", docs, labels
 
@@ -184,8 +184,8 @@ def test_refusals_name_the_column(tmp_path: Path, varlen: tuple[Path, list[np.nd
 def test_a_damaged_unit_is_named(tmp_path: Path) -> None:
     docs, labels = _docs(400, 4, heavy=False)
     _write_input(tmp_path / "in.parquet", docs, labels)
-    m = streambatch.convert(tmp_path / "in.parquet", tmp_path / "ds", unit_bytes="4KiB", progress=False)
-    unit = 3
+    m = streambatch.convert(tmp_path / "in.parquet", tmp_path / "ds", "parquet", unit_bytes="4KiB", progress=False)
+    unit = 3  # (Zarr: tests/test_zarr_ragged.py)
     f = tmp_path / "ds" / m.files[int(m.layout["file"][unit])]
     raw = bytearray(f.read_bytes())
     raw[int(m.layout["offset"][unit]) + 40] ^= 0xFF

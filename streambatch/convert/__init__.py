@@ -44,8 +44,6 @@ from .sequential import write_sequential
 from .shuffle import bucket_count
 from .temp import clean_stale_temp, writing
 
-RAGGED_FORMAT = "parquet"
-"""The default storage format of datasets with variable-length columns."""
 RAGGED_FORMATS = ("parquet", "zarr")
 """The storage formats that hold variable-length columns."""
 
@@ -71,8 +69,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         dst: the dataset folder to create.
         format: a name in ``streambatch.storage.FORMATS``: ``"zarr"`` (sharded Zarr v3, the default),
             ``"parquet"`` or ``"arrow"`` (uncompressed Arrow IPC files, codec ``"none"`` only).
-            Variable-length columns (token lists, strings, bytes) are stored in Parquet (the
-            default for an input that has them) or Zarr, not Arrow.
+            Variable-length columns (token lists, strings, bytes) are stored in Zarr (the
+            default) or Parquet, not Arrow.
         columns: the columns to keep (all by default).
         label: an integer column to histogram; its intra-unit correlation predicts shuffle quality.
         unit_rows / unit_bytes: the shuffle unit size (rows, or decoded bytes; default 256 KiB).
@@ -165,7 +163,8 @@ def _open(src: str | os.PathLike[str], columns: list[str] | None, label: str | N
 
 
 def _format_for(source: Source, cols: tuple[Column, ...], format: str | None, shuffle: int | None) -> str:
-    """The storage format: ``format``, or by default Zarr, Parquet for variable-length columns.
+    """The storage format: ``format``, or by default Zarr (variable-length columns too: their
+    packed token epochs ran at 2x the Parquet rate, 47 against 24 M tokens/s, docs/PERFORMANCE.md).
     ``ValueError`` naming the column where a ragged one goes to a format that cannot store it
     (Arrow IPC)."""
     ragged = [c for c in cols if c.ragged]
@@ -173,7 +172,7 @@ def _format_for(source: Source, cols: tuple[Column, ...], format: str | None, sh
         raise ValueError(f"{source.path}: --shuffle does not take columns of varying length yet (column "
                          f"{ragged[0].name!r}); convert without it: the loader's windows mix whole units")
     if format is None:
-        return RAGGED_FORMAT if ragged else DEFAULT_FORMAT
+        return DEFAULT_FORMAT
     if ragged and format not in RAGGED_FORMATS:
         raise ValueError(f"{source.path}: column {ragged[0].name!r} holds rows of varying length ({ragged[0].kind}), "
                          f"which {format} storage does not hold yet; convert with --format "
