@@ -160,7 +160,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     # ------------------------------------------------------------------ sizing
     @property
     def row_nbytes(self) -> int:
-        return sum(c.row_nbytes for c in self.columns) + sum(int(np.prod(d.shape)) for d in self.decode.values())
+        return sum(c.row_nbytes for c in self.columns)
 
     def _sizing(self) -> Sizing:
         m = self.manifest
@@ -169,7 +169,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                       self.drop_last and self.pack is None, self.threads, self.remote is not None, m.root,
                       int(m.unit_rows.max()), m.n_units, partial, label_icc_of(m),
                       self.piece_rows if self.shuffle and not any(c.ragged for c in self.columns) else 0,
-                      window_slack=ragged_slack(m, self.columns), device=self._target is not None)
+                      window_slack=ragged_slack(m, self.columns), device=self._target is not None,
+                      batch_extra=sum(int(np.prod(d.shape)) for d in self.decode.values()))
 
     @property
     def _row_batch(self) -> int:

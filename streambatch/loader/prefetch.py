@@ -92,7 +92,7 @@ class Prefetcher:
         # ragged columns: a window may also hold the unused part of the two units it cuts (rows.py)
         self.window_nbytes = plan.window_rows * self.row_nbytes + (ragged_slack(reader.manifest, columns)
                                                                    if self.ragged else 0)
-        self.batch_nbytes = plan.batch_size * self.row_nbytes
+        self.batch_nbytes = plan.batch_size * (self.row_nbytes + getattr(finish_ragged, "extra_row_nbytes", 0))
         self.budget_bytes = budget_bytes
         self.batches_ahead = max(1, batches_ahead)
         if group is None:  # batches per task: at least 4, up to about TASK_BYTES of small batches

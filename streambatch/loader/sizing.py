@@ -91,7 +91,13 @@ class Sizing:
     icc: float = 1.0  # label correlation within units (the manifest's; 1, the worst case, when unknown)
     piece_rows_asked: int | None = None  # the caller's piece size; None: from the budget
     window_slack: int = 0  # bytes a window may hold beyond its rows (ragged columns: rows.ragged_slack)
+    batch_extra: int = 0  # bytes a row adds in a batch, not in a window (images decoded as batches are made)
     device: bool = False  # batches are copied to a device through a ring of host buffers
+
+    @property
+    def batch_row_nbytes(self) -> int:
+        """Bytes of a row in a batch: its stored bytes and what decoding adds."""
+        return self.row_nbytes + self.batch_extra
 
     @property
     def rank_rows(self) -> int:
@@ -123,14 +129,14 @@ class Sizing:
         """
         budget = self.memory_budget // max(1, num_workers)
         threads = self.threads(num_workers)
-        batch_bytes = self.batch_size * self.row_nbytes
+        batch_bytes = self.batch_size * self.batch_row_nbytes
         reserve = self.reserved_batches(budget)
         ahead = min(reserve, 8 * threads)
         window_bytes = (budget - reserve * batch_bytes) // 2 - self.window_slack
         if window_bytes < batch_bytes:
             need = (2 + 2) * batch_bytes + 2 * self.window_slack
             raise ValueError(f"{self.root}: memory_budget {self.memory_budget} bytes is too small for "
-                             f"batches of {self.batch_size} rows x {self.row_nbytes} bytes with {num_workers} "
+                             f"batches of {self.batch_size} rows x {self.batch_row_nbytes} bytes with {num_workers} "
                              f"worker(s); give at least {need * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
         lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows))
@@ -140,7 +146,7 @@ class Sizing:
         """Batches the budget keeps for assembling ahead: BATCHES_AHEAD_MAX, or a quarter of a
         small budget (at least 2), so that windows keep most of it (what mixes).  It depends on
         the budget only, never on the thread count, so neither does the plan."""
-        batch_bytes = max(1, self.batch_size * self.row_nbytes)
+        batch_bytes = max(1, self.batch_size * self.batch_row_nbytes)
         return max(2, min(BATCHES_AHEAD_MAX, budget // (4 * batch_bytes)))
 
     def piece_rows(self, window_rows: int) -> int:
@@ -195,11 +201,12 @@ class Sizing:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
         lay = self.layout(num_workers)
         return (2 * (window_rows * self.row_nbytes + self.window_slack)
-                + lay.held_batches * self.batch_size * self.row_nbytes <= lay.budget)
+                + lay.held_batches * self.batch_size * self.batch_row_nbytes <= lay.budget)
 
     def peak_bytes(self, lay: Layout) -> int:
         """The most bytes one process holds: two windows and the batches ahead (or the device ring)."""
-        return (2 * lay.window_rows + lay.held_batches * self.batch_size) * self.row_nbytes + 2 * self.window_slack
+        return (2 * lay.window_rows * self.row_nbytes + lay.held_batches * self.batch_size * self.batch_row_nbytes
+                + 2 * self.window_slack)
 
 
 def device_layout(lay: Layout, reserve: int, root: Any) -> Layout:
@@ -276,7 +283,7 @@ def describe(s: Sizing, m: Manifest, num_workers: int, *, shuffle: bool, rank: i
         "threads": lay.threads, "budget_bytes": s.memory_budget,
         "budget_bytes_per_process": lay.budget, "predicted_peak_bytes": s.peak_bytes(lay) * max(1, num_workers),
         # the device path's host batch buffers (pinned for CUDA), inside the budget: 0 without a device
-        "device_buffers": lay.ring, "device_buffer_bytes": lay.ring * s.batch_size * s.row_nbytes,
+        "device_buffers": lay.ring, "device_buffer_bytes": lay.ring * s.batch_size * s.batch_row_nbytes,
         "predicted_deff": deff, "predicted_kl": kl,
         "label_icc": s.icc, "rank": rank, "world_size": s.world_size,
     }
