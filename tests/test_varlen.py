@@ -227,3 +227,12 @@ def test_elastic_resume_under_two_ranks(varlen: tuple[Path, list[np.ndarray], np
     served = np.concatenate([head, *rest])
     assert set(served.tolist()) == set(range(len(docs)))  # every row; the ranks' padding may repeat a few
     assert len(served) - len(docs) < 2
+
+
+def test_ragged_inputs_get_small_units_by_default(tmp_path: Path) -> None:
+    docs, labels = _docs(3000, 6, heavy=False)
+    _write_input(tmp_path / "in.parquet", docs, labels)
+    m = streambatch.convert(tmp_path / "in.parquet", tmp_path / "ds", progress=False)
+    per_row = m.decoded_nbytes / m.rows
+    # 64 KiB units (load-time pieces do not split them), not the 256 KiB of fixed-size rows
+    assert 0.5 * 65536 < int(m.unit_rows[0]) * per_row < 2 * 65536

@@ -18,6 +18,11 @@ from ..storage import FORMATS, units_per_file
 __all__ = ["Plan", "make_plan", "cores", "DEFAULT_UNIT_BYTES", "DEFAULT_SHARD_BYTES", "DEFAULT_CODEC", "DEFAULT_MEMORY"]
 
 DEFAULT_UNIT_BYTES = 256 * 1024
+DEFAULT_RAGGED_UNIT_BYTES = 64 * 1024
+"""Units of datasets with variable-length columns: they are read whole (no load-time pieces), so
+smaller units mix better (20,000 label-sorted JPEGs of ~45 KB under a 256 MiB budget: predicted
+deff 1.69 with 5 images a unit, 256 KiB; 1.0 with one, 64 KiB).  Inputs over 16 GB get larger
+units, so that the manifest (about 180 bytes a unit in Zarr) stays under ~45 MB."""
 DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
 DEFAULT_CODEC = "none"
 DEFAULT_MEMORY = 1024 * 1024 * 1024
@@ -95,7 +100,10 @@ def make_plan(source: Source, cols: tuple[Column, ...], fmt: str, codec: str, un
     """
     row_bytes = sum(c.row_nbytes for c in cols)
     if unit_rows is None:
-        ub = parse_size(unit_bytes, "unit bytes") if unit_bytes is not None else DEFAULT_UNIT_BYTES
+        # ragged: small units, but at most about 250,000 of them (the manifest holds ~180 bytes a unit)
+        default = max(DEFAULT_RAGGED_UNIT_BYTES, source.nbytes // 250_000) if any(c.ragged for c in cols) \
+            else DEFAULT_UNIT_BYTES
+        ub = parse_size(unit_bytes, "unit bytes") if unit_bytes is not None else default
         unit_rows = max(1, ub // max(1, row_bytes))
     if unit_rows <= 0:
         raise ValueError(f"unit rows must be positive, got {unit_rows}")
