@@ -90,7 +90,7 @@ class Manifest:
     def decoded_nbytes(self) -> int:
         """Decoded bytes of every row (a ragged column's values as recorded per unit)."""
         ragged = self.layout.get("ragged_nbytes", {})
-        return sum(int(ragged[c.name].sum()) if c.ragged else self.rows * c.row_nbytes for c in self.columns)
+        return sum(int(np.sum(ragged[c.name])) if c.ragged else self.rows * c.row_nbytes for c in self.columns)
 
     def column(self, name: str) -> Column:
         for c in self.columns:
