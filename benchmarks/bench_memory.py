@@ -236,9 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--varlen", action="store_true", help="only the variable-length rows (_varlen_budget.py)")
     parser.add_argument("--child-varlen", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--collate", default="nested", help=argparse.SUPPRESS)
+    parser.add_argument("--arrow-pool", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child_varlen:
+        if args.arrow_pool:  # read once, when pyarrow is first imported (below)
+            os.environ["ARROW_DEFAULT_MEMORY_POOL"] = args.arrow_pool
         import _varlen_budget  # noqa: PLC0415
 
         print(json.dumps(_varlen_budget.memory_child(args.child_varlen, args.budget_bytes, args.collate)), flush=True)

@@ -624,9 +624,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def measure_varlen(args: argparse.Namespace, common: Mapping[str, Any]) -> None:
     """The ``varlen`` dataset (``_varlen.py``: label-sorted token documents, heavy-tailed lengths)
     with the touch consumer, at a budget of a quarter of its decoded bytes (as 256 MiB is of the
-    1 GB datasets; at least 8 MiB): the loader serving jagged nested tensors, and padded ones
-    (``collate={"tokens": "pad"}``), each against the in-RAM baseline of the same collate, alternated
-    within every repeat (``_varlen.throughput``); one record per path (``kind`` varlen)."""
+    1 GB datasets; at least 8 MiB): the loader serving jagged nested tensors against the in-RAM
+    baseline making the same tensors, alternated within every repeat (``_varlen.throughput``); one
+    record per path (``kind`` varlen)."""
     import _varlen
 
     src, dst = _varlen.ensure(data_root(args.data, args.quick), args.quick)  # --fraction: not scaled
