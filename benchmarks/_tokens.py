@@ -54,13 +54,17 @@ def doc_lengths(total_tokens: int, seed: int, median: int = 256, tail: float = 1
 
 
 def write_token_parquet(path: str | Path, total_tokens: int, seed: int, median: int = 256,
-                        group_bytes: int = 64 * 2**20) -> Path:
-    """Write the documents of :func:`doc_lengths` (tokens uniform in ``[0, VOCAB)``) to ``path``."""
+                        group_bytes: int = 64 * 2**20, classes: int = 0, cap: int = 2**20) -> Path:
+    """Write the documents of :func:`doc_lengths` (tokens uniform in ``[0, VOCAB)``, at most ``cap``
+    a document) to ``path``; with ``classes`` > 0 also an int64 column ``label`` sorted ascending,
+    ``label = row * classes // rows`` (the rule of ``tools/make_datasets.labels_for`` and of
+    ``streambatch.quality``'s label-sorted worst case), lengths independent of the label."""
     path = Path(path)
-    lengths = doc_lengths(total_tokens, seed, median)
+    lengths = doc_lengths(total_tokens, seed, median, cap=cap)
     rng = np.random.default_rng(seed + 1)
     cum = np.concatenate([[0], np.cumsum(lengths)])
-    schema = pa.schema([pa.field("tokens", pa.large_list(pa.int32()), nullable=False)])
+    fields = [pa.field("tokens", pa.large_list(pa.int32()), nullable=False)]
+    schema = pa.schema(fields + ([pa.field("label", pa.int64(), nullable=False)] if classes else []))
     per_group = group_bytes // 4
     tmp = path.with_name(path.name + ".tmp")
     with pq.ParquetWriter(tmp, schema, compression="none") as w:
@@ -70,7 +74,10 @@ def write_token_parquet(path: str | Path, total_tokens: int, seed: int, median: 
             b = min(b, lengths.size)
             values = rng.integers(0, VOCAB, int(cum[b] - cum[a]), dtype=np.int32)
             lists = pa.LargeListArray.from_arrays(pa.array(cum[a:b + 1] - cum[a], pa.int64()), pa.array(values))
-            w.write_table(pa.table({"tokens": lists}, schema=schema))
+            cols = {"tokens": lists}
+            if classes:
+                cols["label"] = pa.array(np.arange(a, b, dtype=np.int64) * classes // lengths.size)
+            w.write_table(pa.table(cols, schema=schema))
             a = b
     tmp.replace(path)
     return path

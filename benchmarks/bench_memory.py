@@ -17,6 +17,7 @@ Usage::
     python benchmarks/bench_memory.py --sizes 1,4,8,16 # + 16x (about 4.3 GB, slow)
     python benchmarks/bench_memory.py --quick          # 16 MiB budget, tiny datasets
     python benchmarks/bench_memory.py --wide           # only 3 rows x float32[2,000,000] (_wide.py)
+    python benchmarks/bench_memory.py --varlen         # only the token documents (_varlen_budget.py)
 
 Datasets go to ``DATA/memory/tab-x{k}.zarr`` (``DATA/quick/memory/`` with ``--quick``); the
 intermediate ``.npy`` folders are deleted after conversion unless ``--keep-npy``.
@@ -232,7 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child-wide-load", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--shuffle", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--normalize", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--varlen", action="store_true", help="only the variable-length rows (_varlen_budget.py)")
+    parser.add_argument("--child-varlen", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--collate", default="nested", help=argparse.SUPPRESS)
+    parser.add_argument("--arrow-pool", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.child_varlen:
+        if args.arrow_pool:  # read once, when pyarrow is first imported (below)
+            os.environ["ARROW_DEFAULT_MEMORY_POOL"] = args.arrow_pool
+        import _varlen_budget  # noqa: PLC0415
+
+        print(json.dumps(_varlen_budget.memory_child(args.child_varlen, args.budget_bytes, args.collate)), flush=True)
+        return 0
 
     if args.child_wide_convert or args.child_wide_load:
         out = (_wide.convert_child(*args.child_wide_convert, args.shuffle) if args.child_wide_convert
@@ -271,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.wide:
         return _run_wide(folder, args.repeats, common)
+    if args.varlen:
+        return _run_varlen(args, common, report=True)
     print(f"bare `import torch, numpy` RSS ({args.repeats} runs)", flush=True)
     bare = [_bare_imports_rss(timeout) for _ in range(args.repeats)]
     _common.write_record(NAME, {**common, "kind": "reference", "config": "python -c 'import torch, numpy'",
@@ -313,7 +328,24 @@ def main(argv: Sequence[str] | None = None) -> int:
               f" accounted {med['peak_accounted_bytes'] / MiB:.0f} MiB), epoch {med['seconds']:.1f}s,"
               f" complete={rec['complete_all']}", flush=True)
 
+    _run_varlen(args, common, report=False)
     return _run_wide(folder, args.repeats, common)
+
+
+def _run_varlen(args: argparse.Namespace, common: dict[str, Any], report: bool) -> int:
+    """The variable-length rows (benchmarks/_varlen_budget.py), then RESULTS.md regenerated if ``report``."""
+    import _common  # noqa: PLC0415
+    import _varlen_budget  # noqa: PLC0415
+
+    print(f"varlen rows ({args.repeats} fresh processes each)", flush=True)
+    _varlen_budget.memory_run(args.data / "quick" if args.quick else args.data, args.quick, args.repeats,
+                              {k: v for k, v in common.items() if k not in ("dataset", "budget_bytes", "format")},
+                              lambda rec: _common.write_record(NAME, rec), MARGIN)
+    if report:
+        import report as _report  # noqa: PLC0415
+
+        _report.main()
+    return 0
 
 
 def _run_wide(folder: Path, repeats: int, common: dict[str, Any]) -> int:
@@ -433,8 +465,15 @@ def render(records: list[dict[str, Any]]) -> str:
         *[f"- {line}" for line in _targets(loaders)],
         "",
         *_wide.render(records),
+        *_varlen_render(records),
     ]
     return "\n".join(parts) + "\n"
+
+
+def _varlen_render(records: list[dict[str, Any]]) -> list[str]:
+    import _varlen_budget  # noqa: PLC0415 - imports torch and streambatch
+
+    return _varlen_budget.render_memory(records)
 
 
 def _machine_line(rec: dict[str, Any]) -> str:

@@ -29,7 +29,10 @@ piece size its state records) if the piece sizes differed (recorded as ``piece_r
 Usage::
 
     python benchmarks/bench_quality.py [--data DIR] [--quick] [--repeats N]
-                                       [--fraction-rows N [N ...]] [--only-fractions]
+                                       [--fraction-rows N [N ...]] [--only-fractions] [--varlen]
+
+``--varlen``: only the variable-length rows (``_varlen_budget.py``: token documents at 1/4, 1/16
+and 1/64 of their bytes, whole units).
 
 ``--repeats N`` measures epochs 0..N-1 of every configuration (median reported).
 """
@@ -380,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: 400000 2000000; quick: 250000)")
     parser.add_argument("--only-fractions", action="store_true",
                         help="measure only the fractions of the data (RESULTS.md keeps the sweeps of the last full run)")
+    parser.add_argument("--varlen", action="store_true", help="measure only the variable-length rows (_varlen_budget.py)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -392,20 +396,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = {"run_id": run_id, "command": command, "quick": bool(args.quick), "dataset": "tab",
               "batch_size": BATCH_SIZE, "n_labels": N_LABELS, "ideal_kl": IDEAL_KL,
               "cache": "warm (order only: timing is not a result here)"}
-    paths = prepare(args.data, args.quick, fraction_rows, sweeps=not args.only_fractions)
+    paths = None if args.varlen else prepare(args.data, args.quick, fraction_rows, sweeps=not args.only_fractions)
     t_start = time.perf_counter()
 
     def emit(group: str, config: str, rec: Mapping[str, Any]) -> None:
         _common.write_record(NAME, {**common, "group": group, "config": config, **rec})
+        if "refused" in rec:
+            print(f"{config:32s} refused: {rec['refused']}", flush=True)
+            return
         deff_p = rec.get("predicted_deff")
         print(f"{config:32s} deff {rec['deff']:8.2f}" + (f" (pred {deff_p:7.2f})" if deff_p else " " * 14)
               + f"  KL/ideal {rec['kl_ratio']:7.2f}  missing-class {rec['frac_missing_class']:.3f}"
               f"  spearman {rec['spearman']:+.4f}  missing/dup {rec['ids_missing']}/{rec['ids_duplicated']}",
               flush=True)
 
-    if not args.only_fractions:
+    if paths is not None and not args.only_fractions:
         _sweeps(paths, cfg, args, emit)
-    _fractions(paths, args, emit)
+    if paths is not None:
+        _fractions(paths, args, emit)
+    import _varlen_budget  # noqa: PLC0415
+
+    _varlen_budget.quality_run(args.data / "quick" if args.quick else args.data, args.quick, args.repeats,
+                               lambda group, config, rec: emit(group, config, {**rec, "dataset": "varlen"}))
     print(f"measured in {time.perf_counter() - t_start:.0f}s", flush=True)
 
     import report  # noqa: PLC0415
@@ -476,11 +488,16 @@ def _targets(records: list[dict[str, Any]]) -> list[str]:
 def render(records: list[dict[str, Any]]) -> str:
     """Markdown section for the records of the latest run of this benchmark (the fractions of the
     data and the sweeps each from the latest run that measured them)."""
-    sweeps = _ordered([r for r in records if r.get("kind") != "fraction"])
+    sweeps = _ordered([r for r in records if r.get("kind") not in ("fraction", "varlen")])
     fractions = [r for r in records if r.get("kind") == "fraction"]
+    varlen = [r for r in records if r.get("kind") == "varlen"]
     parts = ["## Quality: shuffle quality per memory budget and unit size", ""]
     if fractions:
         parts += [_quality_fractions.render(fractions), ""]
+    if varlen:
+        import _varlen_budget  # noqa: PLC0415
+
+        parts += [_varlen_budget.render_quality(varlen, IDEAL_KL), ""]
     if sweeps:
         parts += _render_sweeps(sweeps)
     return "\n".join(parts).rstrip("\n") + "\n"

@@ -23,9 +23,19 @@ loader, time to first batch, peak RSS (sampled around the run) next to ``describ
 ``0..N-1``) and the shuffle quality of the served order (``streambatch.quality.summarize``:
 deff, KL / ideal, fraction of batches missing a class, Spearman) next to ``predicted_deff``.
 
+``--datasets varlen`` (alone or with the others): label-sorted token documents of heavy-tailed
+length (``_varlen.py``: 3 x 2**25 int32 tokens in 119,541 documents, median 128 tokens, 1% of them
+over 100x that), stored as Parquet, with the light consumer only, at a budget of a quarter of its
+decoded bytes.  Its in-RAM baseline for ragged rows: the documents in RAM as one ``Ragged``, one
+``np.random.permutation``, each batch's documents gathered with ``Ragged.take`` and made into the
+same jagged nested tensors by the loader's own ``RaggedOutput``, with ``label`` and ``_row``;
+streambatch: epoch 2 of ``StreamDataset(..., return_index=True)``; the two alternated within each
+repeat, the ratio paired per repeat; samples/s, MB/s of token bytes, CPU s per GB of token bytes
+(``_varlen.throughput``).
+
 Usage::
 
-    python benchmarks/bench_throughput.py [--data DIR] [--quick | --fraction F] [--repeats N] [--datasets tab,img]
+    python benchmarks/bench_throughput.py [--data DIR] [--quick | --fraction F] [--repeats N] [--datasets tab,img,varlen]
 
 Datasets are generated (``tools/make_datasets.py``) and converted (``streambatch.convert``) only
 when missing, under ``DIR`` (default ``data/`` in the repository root; ``DIR/quick/loaders/`` for
@@ -491,7 +501,7 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the throughput benchmark, append its records and regenerate RESULTS.md."""
     p = make_parser(__doc__ or "")
-    p.add_argument("--datasets", default="tab,img", help="comma-separated subset of tab,img")
+    p.add_argument("--datasets", default="tab,img", help="comma-separated subset of tab,img,varlen")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="rows (and budget) as a fraction of the full datasets, e.g. 0.25 on a busy machine")
     p.add_argument("--consumer", choices=("sum", "touch"), default="sum",
@@ -507,9 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.fraction <= 1 or (args.quick and args.fraction != 1.0):
         p.error("--fraction must lie in (0, 1], and not with --quick")
     kinds = [k.strip() for k in args.datasets.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in FULL_ROWS]
+    bad = [k for k in kinds if k not in FULL_ROWS and k != "varlen"]
     if bad:
-        p.error(f"unknown dataset(s) {bad}; choose from tab, img")
+        p.error(f"unknown dataset(s) {bad}; choose from tab, img, varlen")
     touch = args.consumer == "touch"
     variants = [v.strip() for v in (args.variants or ",".join(VARIANTS if touch else ["default"])).split(",")]
     formats = None if args.formats is None else {f.strip() for f in args.formats.split(",")}
@@ -524,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
 
     for kind in kinds:
+        if kind == "varlen":
+            measure_varlen(args, common)
+            continue
         rows = rows_for(kind, args.quick, args.fraction)
         npy = ensure_npy(root, kind, rows)
         configs = [(fmt, codec) for k, fmt, codec in CONFIGS if k == kind and (not formats or fmt in formats)]
@@ -608,6 +621,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def measure_varlen(args: argparse.Namespace, common: Mapping[str, Any]) -> None:
+    """The ``varlen`` dataset (``_varlen.py``: label-sorted token documents, heavy-tailed lengths)
+    with the touch consumer, at a budget of a quarter of its decoded bytes (as 256 MiB is of the
+    1 GB datasets; at least 8 MiB): the loader serving jagged nested tensors against the in-RAM
+    baseline making the same tensors, alternated within every repeat (``_varlen.throughput``); one
+    record per path (``kind`` varlen)."""
+    import _varlen
+
+    src, dst = _varlen.ensure(data_root(args.data, args.quick), args.quick)  # --fraction: not scaled
+    facts = _varlen.dataset_facts(dst)
+    budget = max(facts["decoded_bytes"] // 4, 8 * MIB)
+    load_before = os.getloadavg()[0]
+    log(f"varlen: {facts['rows']:,} documents, {facts['token_bytes'] / 1e6:.0f} MB of tokens, budget "
+        f"{budget / MIB:.0f} MiB")
+    results = _varlen.throughput(src, dst, budget, args.repeats)
+    for res in results:
+        _common.write_record(NAME, {**common, "consumer": "touch", **facts, **res, "kind": "varlen",
+                                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0]})
+
+
 # ---------------------------------------------------------------------------- report
 def check_targets(rec: Mapping[str, Any]) -> dict[str, bool]:
     """The issue's targets for one configuration record (steady state, epoch-1 first batch)."""
@@ -648,11 +681,15 @@ def machine_line(rec: Mapping[str, Any]) -> str:
 def render(records: list[dict[str, Any]]) -> str:
     """Markdown section for the records of the latest run of this benchmark, and the section of
     the latest ``--consumer touch`` run (:func:`render_touch`) after it."""
+    import _varlen
+
     touch = [r for r in records if r.get("kind") == "touch"]
-    summing = [r for r in records if r.get("kind") != "touch"]
+    varlen = [r for r in records if r.get("kind") == "varlen"]
+    summing = [r for r in records if r.get("kind") not in ("touch", "varlen")]
+    tail = "\n" + _varlen.render_throughput(varlen) if varlen else ""
     if not touch:
-        return render_summing(summing)
-    return (render_summing(summing) + "\n" if summing else "") + render_touch(touch)
+        return render_summing(summing) + tail
+    return (render_summing(summing) + "\n" if summing else "") + render_touch(touch) + tail
 
 
 def render_summing(records: list[dict[str, Any]]) -> str:

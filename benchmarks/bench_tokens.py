@@ -137,8 +137,43 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {res['length_p99']:.0f}, max {res['length_max']}; loader peak RSS +{format_size(peak)} "
           f"under a budget of {format_size(res['budget_bytes'])}; target >= {TARGET}x")
     if not args.no_record:
-        _common.write_record(NAME, res)
+        _common.write_record(NAME, {**res, "quick": bool(args.quick),
+                                    "command": " ".join(["python", "benchmarks/bench_tokens.py", *sys.argv[1:]])})
     return 0
+
+
+def render(records: list[dict[str, Any]]) -> str:
+    """The markdown section for the latest record (``python benchmarks/report.py``)."""
+    r = records[-1]
+    quick = " (**--quick: 2**24 tokens, not the real figures**)" if r.get("quick") else ""
+    rows = [{"path": name, "M tokens/s": f"{v['tokens_per_s'] / 1e6:.1f}", "CPU s/GB": f"{v['cpu_s_per_gb']:.2f}",
+             "× in-RAM": f"{v['ratio_to_in_ram']:.2f}",
+             "peak RSS above start MiB": f"{v['peak_rss_above_start'] / 2**20:.0f}" if "peak_rss_above_start" in v else "–"}
+            for name, v in r["paths"].items()]
+    ratio = r["paths"]["streambatch"]["ratio_to_in_ram"]
+    peak = r["paths"]["streambatch"].get("peak_rss_above_start", 0)
+    m = r.get("machine", {})
+    return "\n".join([
+        "## Tokens: packed sequences against an in-RAM packing" + quick,
+        "",
+        f"{r['documents']:,} documents ({r['gb']:.2f} GB of int32 tokens; lengths p50 {r['length_p50']:.0f}, p99 "
+        f"{r['length_p99']:.0f}, max {r['length_max']:,}) packed into [{r['batch_size']}, {r['seq_len']}] batches: "
+        "`StreamDataset(ds, batch_size, pack=Pack(\"tokens\", seq_len), memory_budget)` against the same documents "
+        "in RAM, taken in a random order, concatenated and cut (`_tokens.pack_in_ram`), alternated within each of "
+        f"{r['repeats']} repeats (× in-RAM: the median of the paired ratios); every token delivered once by both.",
+        "",
+        _common.format_table(rows, list(rows[0])),
+        "",
+        ("holds" if ratio >= r["target"] else "FAILS") + f": packed sequences at >= {r['target']}x the in-RAM "
+        f"packing ({ratio:.2f}x); " + ("holds" if peak <= r["budget_bytes"] else "FAILS")
+        + f": the loader's peak RSS above its epoch's start ({format_size(peak)}) within its budget "
+        f"({format_size(r['budget_bytes'])}).",
+        "",
+        f"Command: `{r.get('command', 'python benchmarks/bench_tokens.py')}`",
+        "",
+        f"Machine: {m.get('cpu_count')} CPUs, Python {m.get('python')}, numpy {m.get('numpy')}, pyarrow "
+        f"{m.get('pyarrow')}, torch {m.get('torch')}, streambatch {m.get('streambatch')}.",
+    ]) + "\n"
 
 
 if __name__ == "__main__":

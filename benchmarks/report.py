@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ["convert", "throughput", "ceiling", "contention", "memory", "quality", "cold", "scaling", "gpu", "training", "remote", "faults", "images",
+SECTIONS = ["convert", "throughput", "tokens", "ceiling", "contention", "memory", "quality", "cold", "scaling", "gpu", "training", "remote", "faults", "images",
             "parquet_codec", "refactor_issue15"]
 
 _HEADER = """# Benchmark results

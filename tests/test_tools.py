@@ -424,6 +424,37 @@ def test_bench_contention_wait_policies_and_child_arguments(monkeypatch: pytest.
     assert cont.wait_policy() == "passive"
 
 
+def test_varlen_benchmark_rows_baseline_and_quality(tmp_path: Path) -> None:
+    """The benchmarks' varlen dataset: labels sorted by the rule the quality metrics assume, the 99th
+    percentile of lengths far above the median; the in-RAM baseline and the loader serve every
+    document once with its length and label; the quality rows carry the prediction and the
+    loader's refusal of a budget too small for batches of 256 documents."""
+    _load("_benchmarks_bench_throughput", ROOT / "benchmarks" / "bench_throughput.py")
+    import _varlen
+    import _varlen_budget
+
+    from streambatch import StreamDataset
+
+    src, dst = _varlen.ensure(tmp_path, quick=True)
+    docs, labels = _varlen.read_rows(src)
+    lengths = docs.lengths
+    assert np.array_equal(labels, np.arange(len(docs)) * 10 // len(docs))
+    assert np.percentile(lengths, 99) >= 50 * np.median(lengths)
+    ram = _varlen.consume(_varlen.in_ram_batches(docs, labels, 0, "nested"), lengths)
+    sb = _varlen.consume(StreamDataset(dst, batch_size=256, memory_budget="8MiB", return_index=True), lengths)
+    for r in (ram, sb):
+        assert r["wrong_lengths"] == r["wrong_labels"] == 0 and r["tokens"] == int(lengths.sum())
+        assert np.array_equal(np.sort(r["ids"]), np.arange(len(docs)))
+    recs: list[dict[str, Any]] = []
+    _varlen_budget.quality_run(tmp_path, True, 1, lambda g, c, rec: recs.append(rec), fractions=(2, 64))
+    good, small = recs
+    assert good["ids_missing"] == good["ids_duplicated"] == good["wrong_labels"] == 0 and good["deff"] > 1
+    assert not good["pieces_split_units"] and good["predicted_deff"] > 1
+    assert "is too small for batches of 256 rows" in small["refused"]
+    text = _varlen_budget.render_quality(recs, 9 / 512)
+    assert "| 1/2 (" in text and "refused: " in text
+
+
 def test_bench_throughput_measures_every_registered_format_and_reduced_datasets(tmp_path: Path) -> None:
     """The throughput benchmark takes its formats from the storage registry (every format
     uncompressed on tab and img, the default format with lz4 on tab too), and ``--fraction``

@@ -5,6 +5,7 @@ and bytes."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,9 @@ def test_convert_records_ragged_columns(varlen: tuple[Path, list[np.ndarray], np
 def test_every_row_exactly_once_each_epoch(varlen: tuple[Path, list[np.ndarray], np.ndarray],
                                            collate: dict[str, str] | None) -> None:
     path, docs, labels = varlen
-    ds = StreamDataset(path, batch_size=64, memory_budget="600KiB", collate=collate, return_index=True)
+    # a padded batch holding a 2000-token document is [64, 2000]: 640 KB with its mask, counted in the budget
+    budget = "2MiB" if collate else "600KiB"
+    ds = StreamDataset(path, batch_size=64, memory_budget=budget, collate=collate, return_index=True)
     orders = []
     for epoch in range(2):
         ds.set_epoch(epoch)
@@ -161,6 +164,31 @@ def test_heavy_rows_stay_in_budget_and_a_huge_row_is_named(tmp_path: Path, fmt: 
     ds = StreamDataset(tmp_path / "ds", batch_size=32, memory_budget="4MiB", return_index=True, columns=["tokens"])
     seen = [b["_row"].numpy() for b in ds]
     assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(2000))
+    assert ds.last_peak_accounted_bytes <= ds.memory_budget
+
+
+def test_padded_batches_count_their_padding_in_the_budget(tmp_path: Path) -> None:
+    # 1% of the documents hold 2000 tokens, the rest 0-40: most padded batches of 64 rows are
+    # [64, 2000] int32 (512 KB) where their values take ~13 KB; the batches read ahead must be
+    # counted by the padded bytes, or they hold several times the budget
+    docs, labels = _docs(3000, 5)
+    _write_input(tmp_path / "in.parquet", docs, labels)
+    streambatch.convert(tmp_path / "in.parquet", tmp_path / "ds", unit_bytes="8KiB", progress=False)
+    ds = StreamDataset(tmp_path / "ds", batch_size=64, memory_budget="2MiB", collate={"tokens": "pad"},
+                       columns=["tokens"], return_index=True)
+    seen, biggest = [], 0
+    tracemalloc.start()  # numpy's (and so these tensors') buffers are traced, from every thread
+    try:
+        for b in ds:
+            biggest = max(biggest, b["tokens"].nbytes)
+            seen.append(b["_row"].numpy().copy())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(docs)))
+    assert biggest == 64 * 2000 * 4
+    # the loader's budget, plus the batch the consumer holds and the one it just dropped
+    assert peak <= ds.memory_budget + 2 * biggest + 256 * 1024
     assert ds.last_peak_accounted_bytes <= ds.memory_budget
 
 

@@ -88,6 +88,8 @@ class Prefetcher:
         self.unit_start = unit_start
         self.ragged = tuple(c for c in columns if c.ragged)
         self.finish_ragged = finish_ragged
+        # padded columns: a batch also holds its [rows, longest] copy (counted by batch_values_nbytes)
+        self._padded = frozenset(n for n, how in getattr(finish_ragged, "collate", {}).items() if how == "pad")
         self.row_nbytes = sum(c.row_nbytes for c in columns)
         # ragged columns: a window may also hold the unused part of the two units it cuts (rows.py)
         self.window_nbytes = plan.window_rows * self.row_nbytes + (ragged_slack(reader.manifest, columns)
@@ -211,7 +213,7 @@ class Prefetcher:
         if not self.ragged:
             return sum(len(i) for i in idx_list) * self.row_nbytes
         fixed = sum(b[:1].nbytes for b in cur.buffers.values()) + getattr(self.finish_ragged, "extra_row_nbytes", 0)
-        return sum(len(i) * fixed + batch_values_nbytes(cur.ragged, i) for i in idx_list)
+        return sum(len(i) * fixed + batch_values_nbytes(cur.ragged, i, self._padded) for i in idx_list)
 
     def _window_fits(self, j: int, held: bool) -> bool:
         """Ragged columns: whether window ``j``'s real bytes fit the budget now, beside the batches

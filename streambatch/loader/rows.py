@@ -105,10 +105,19 @@ def gather_ragged(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> dict[s
     return {name: concat_slices(rb.values, rb.starts[idx], rb.ends[idx]) for name, rb in rbufs.items()}
 
 
-def batch_values_nbytes(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> int:
-    """Bytes of the ragged rows at window positions ``idx`` (their values and offsets)."""
-    return sum(int((rb.ends[idx] - rb.starts[idx]).sum()) * rb.values.itemsize * _items(rb.values)
-               + 8 * (idx.size + 1) for rb in rbufs.values())
+def batch_values_nbytes(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64],
+                        padded: frozenset[str] = frozenset()) -> int:
+    """Bytes of the ragged rows at window positions ``idx`` (their values and offsets); a column in
+    ``padded`` (``collate="pad"``) also holds its ``[rows, longest]`` padded copy (and, while it is
+    made, a boolean mask of that shape)."""
+    total = 0
+    for name, rb in rbufs.items():
+        lengths = rb.ends[idx] - rb.starts[idx]
+        row = rb.values.itemsize * _items(rb.values)
+        total += int(lengths.sum()) * row + 8 * (idx.size + 1)
+        if name in padded and idx.size:
+            total += idx.size * int(lengths.max()) * (row + 1)
+    return total
 
 
 def _items(values: np.ndarray) -> int:
