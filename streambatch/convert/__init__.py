@@ -164,7 +164,7 @@ def _open(src: str | os.PathLike[str], columns: list[str] | None, label: str | N
 
 def _format_for(source: Source, cols: tuple[Column, ...], format: str | None, shuffle: int | None) -> str:
     """The storage format: ``format``, or by default Zarr (variable-length columns too: their
-    packed token epochs ran at 2x the Parquet rate, 47 against 24 M tokens/s, docs/PERFORMANCE.md).
+    packed token epochs ran at 1.3-2x the Parquet rate, docs/PERFORMANCE.md).
     ``ValueError`` naming the column where a ragged one goes to a format that cannot store it
     (Arrow IPC)."""
     ragged = [c for c in cols if c.ragged]
