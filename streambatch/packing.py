@@ -180,12 +180,13 @@ class _Chunk:
             return base + i, None, 0
         return base + i - 1, int(self.rows[i - 1]), self.pos - int(self.cum[i - 1])
 
-    def own(self) -> tuple[_Chunk, int]:
+    def own(self, first: bool) -> tuple[_Chunk, int]:
         """The documents not yet wholly written, in arrays of their own (copies), and how many
-        documents before them were left out."""
+        documents before them were left out (only from the ``first`` chunk held: the stream
+        positions of the others follow from the documents before them)."""
         if self.owned:
             return self, 0
-        j = self.doc()
+        j = self.doc() if first else 0
         cum = self.cum[j:] - self.cum[j]
         return _Chunk(self.values[int(self.cum[j]):int(self.cum[-1])].copy(), cum, self.rows[j:].copy(),
                       self.pos - int(self.cum[j]), True), j
@@ -316,7 +317,7 @@ class Packer:
                               self.seq_len, self.dtype)
             self.write_batch(out)
             yield {k: out[k] for k in OUTPUTS}
-        owned = [c.own() for c in self._chunks]
+        owned = [c.own(k == 0) for k, c in enumerate(self._chunks)]
         self._chunks = deque(c for c, _ in owned)
         if owned:
             self._base += owned[0][1]  # only the first chunk has documents written

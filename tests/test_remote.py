@@ -62,6 +62,9 @@ def s3(local):
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir("bucket")
     yield "s3://bucket"
+    # moto keeps its buckets in process-wide state: leave none for the next module that starts a server
+    fs.rm("bucket", recursive=True)
+    type(fs).clear_instance_cache()  # and no cached filesystem that still points at this server
     server.stop()
     for k, v in saved.items():
         if v is None:
