@@ -108,6 +108,7 @@ class Prefetcher:
         self.normalize = normalize or {}
         self.make_batch, self.transform, self.timeout = make_batch, transform, timeout
         self.alloc = alloc  # a batch's buffer (gather_batches); None: a new one each batch
+        self._window_need: dict[int, int] = {}  # ragged columns: each window's bytes (_window_fits)
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
         self._buffers = Buffers(tuple(c for c in columns if not c.ragged), plan.window_rows, buffers)
@@ -192,13 +193,14 @@ class Prefetcher:
         while not cur.ready():
             self._wait(cur.reads[cur.reads_done])
         b0 = cur.next_b
-        b1 = min(cur.n_batches, b0 + self.group) if cur.group_end is None else cur.group_end
-        cur.group_end = None
+        b1, nbytes = cur.next_group if cur.next_group is not None else (min(cur.n_batches, b0 + self.group), None)
+        cur.next_group = None
         assert cur.perm is not None
         perm = self._wait(cur.perm)
         bs = self.plan.batch_size
         idx_list = [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]
-        nbytes = self._batches_nbytes(cur, idx_list)
+        if nbytes is None:
+            nbytes = self._batches_nbytes(cur, idx_list)
         self._acquire(nbytes)
         task = self._pool.submit(0, gather_batches, (
             cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.make_batch,
@@ -219,7 +221,11 @@ class Prefetcher:
         """Ragged columns: whether window ``j``'s real bytes fit the budget now, beside the batches
         ahead when another window is ``held`` (else it starts when that one is done).
         ``ValueError`` for a window that never fits."""
-        need = window_nbytes(self.reader.manifest, self.columns, self.plan.window_table(j)[0], self.plan.window_rows)
+        need = self._window_need.get(j)
+        if need is None:  # asked on every pass of the scheduler while the window waits: once is enough
+            table = self.plan.window_table(j)[0]
+            need = self._window_need[j] = window_nbytes(self.reader.manifest, self.columns, table,
+                                                        self.plan.window_rows)
         # a window read ahead leaves the batches ahead their share of the budget
         room = self.budget_bytes - (self.batches_ahead * self.batch_nbytes if held else 0)
         if self.accounted_bytes + need <= room or held:
@@ -237,15 +243,16 @@ class Prefetcher:
         perm, bs, b0 = self._wait(cur.perm), self.plan.batch_size, cur.next_b
         free = self.budget_bytes - self.accounted_bytes
         b1 = min(cur.n_batches, b0 + self.group)
-        while b1 > b0 and self._batches_nbytes(cur, [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)]) > free:
+        while b1 > b0:
+            need = self._batches_nbytes(cur, [perm[b * bs:(b + 1) * bs] for b in range(b0, b1)])
+            if need <= free:
+                cur.next_group = (b1, need)  # what _submit_batches submits and acquires
+                return True
             b1 = b0 + 1 if b1 > b0 + 1 else b0
-        if b1 > b0:
-            cur.group_end = b1
-            return True
         if waiting:
             return False
         raise ValueError(f"{self.reader.manifest.root}: batch {b0} of window {cur.j} holds "
-                         f"{self._batches_nbytes(cur, [perm[b0 * bs:(b0 + 1) * bs]])} bytes, more than the memory "
+                         f"{need} bytes, more than the memory "
                          f"budget leaves beside the windows ({free} of {self.budget_bytes} bytes): give a larger "
                          "memory_budget or a smaller batch_size")
 

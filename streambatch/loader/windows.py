@@ -68,12 +68,12 @@ class Window:
     """One window in flight: its buffer, its read tasks and the global row id of each position."""
 
     __slots__ = ("j", "rows", "buffers", "ragged", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches",
-                 "in_flight", "reads_done", "touch", "group_end")
+                 "in_flight", "reads_done", "touch", "next_group")
 
     def __init__(self, j: int, rows: int, buffers: Bufs, nbytes: int) -> None:
         self.j, self.rows, self.buffers, self.nbytes = j, rows, buffers, nbytes
         self.ragged: dict[str, RaggedBuf] = {}  # the ragged columns' buffers (rows.py)
-        self.group_end: int | None = None  # where the next batch group ends, when cut to fit the budget
+        self.next_group: tuple[int, int] | None = None  # the next batch group's end and bytes, cut to fit
         self.reads: list[Task] = []
         self.touch: Task | None = None  # zero-fills the rows a fresh buffer's first window leaves unused
         self.row_ids: NDArray[np.int64] | None = None
