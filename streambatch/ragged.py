@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Ragged", "RAGGED_KINDS"]
+__all__ = ["Ragged", "RAGGED_KINDS", "row_items", "concat_slices"]
 
 RAGGED_KINDS = ("list", "bytes", "string")
 """Column kinds whose rows vary in length (``schema.Column.kind``)."""
@@ -44,7 +44,7 @@ class Ragged:
     def nbytes(self) -> int:
         """The bytes of this rows' values (not of any parent's) plus their offsets."""
         n = int(self.offsets[-1] - self.offsets[0])
-        return n * self.values.itemsize * _row_items(self.values) + 8 * self.offsets.size
+        return n * self.values.itemsize * row_items(self.values) + 8 * self.offsets.size
 
     def row(self, i: int) -> np.ndarray:
         return self.values[self.offsets[i]:self.offsets[i + 1]]
@@ -92,7 +92,8 @@ class Ragged:
         return Ragged(values, offsets)
 
 
-def _row_items(values: np.ndarray) -> int:
+def row_items(values: np.ndarray) -> int:
+    """The numbers in one element of ``values`` (1 for a flat array; the element shape's product)."""
     return int(np.prod(values.shape[1:], dtype=np.int64)) if values.ndim > 1 else 1
 
 

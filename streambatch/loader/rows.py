@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..manifest import Manifest
-from ..ragged import Ragged, concat_slices
+from ..ragged import Ragged, concat_slices, row_items
 from ..schema import Column
 from .pool import Where
 
@@ -113,12 +113,9 @@ def batch_values_nbytes(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64],
     total = 0
     for name, rb in rbufs.items():
         lengths = rb.ends[idx] - rb.starts[idx]
-        row = rb.values.itemsize * _items(rb.values)
+        row = rb.values.itemsize * row_items(rb.values)
         total += int(lengths.sum()) * row + 8 * (idx.size + 1)
         if name in padded and idx.size:
             total += idx.size * int(lengths.max()) * (row + 1)
     return total
 
-
-def _items(values: np.ndarray) -> int:
-    return int(np.prod(values.shape[1:], dtype=np.int64)) if values.ndim > 1 else 1
