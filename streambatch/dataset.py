@@ -34,7 +34,7 @@ from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_state, serve_packed
 from .loader.rows import ragged_slack
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, resolve_rank
-from .loader.tensors import RaggedOutput, make_batch, make_shared_batch
+from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
@@ -170,7 +170,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                       int(m.unit_rows.max()), m.n_units, partial, label_icc_of(m),
                       self.piece_rows if self.shuffle and not any(c.ragged for c in self.columns) else 0,
                       window_slack=ragged_slack(m, self.columns), device=self._target is not None,
-                      batch_extra=sum(int(np.prod(d.shape)) for d in self.decode.values()))
+                      batch_extra=decoded_row_nbytes(self.decode))
 
     @property
     def _row_batch(self) -> int:
@@ -251,7 +251,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             self._shared.set_workers(num_workers)
         else:
             self._resume = None  # served from here on; state_dict() counts from the run
-            run.pack_state, self._pack_resume = self._pack_resume, None
+            run.pack_start, self._pack_resume = self._pack_resume, None
             self._shared.publish(self.epoch, None)
             self._shared.set_workers(0)
         return self._serve(run)
@@ -279,8 +279,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
             if ragged and not packed else None)
         batches: Iterator[Any] = pf
-        if packed:  # run.pack_state: the loaded state's, then the packer's after each batch
-            start = run.pack_state
+        if packed:
+            start = run.pack_start
             batches = serve_packed(pf, self.pack, self.batch_size, self.drop_last, self.columns[0].np_dtype,
                                    INDEX_KEY, tensors, start, (start or {}).get("skip", 0),
                                    lambda st: setattr(run, "pack_state", st))

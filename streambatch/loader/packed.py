@@ -87,7 +87,6 @@ def packed_state(run: Run | None, resume: list[Phase] | None, pack_resume: dict[
         at, st = offset, pack_resume
     else:
         history, window_rows, piece_rows = run.history, run.window_rows, run.piece_rows
-        mine = run.pack_state is not None and "skip" not in run.pack_state  # the packer's, not the loaded one
-        at, st = packed_position(run.pack_state) if mine else (run.start, run.pack_state)
+        at, st = packed_position(run.pack_state) if run.pack_state is not None else (run.start, run.pack_start)
     phases = [*history, Phase(world_size, 1, window_rows, at, piece_rows)]
     return {**make_state(identity, epoch, phases), **({"pack_state": st} if st else {})}

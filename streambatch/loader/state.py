@@ -62,7 +62,8 @@ class Run:
     share: int  # the worker share of the epoch this process serves
     start: int  # batches of that share served before this iteration (a resume)
     consumed: int = 0  # batches handed out by this iteration
-    pack_state: dict[str, Any] | None = None  # packed batches: the packer's state after the last one
+    pack_start: dict[str, Any] | None = None  # packed batches: the loaded state's packer part, resumed from
+    pack_state: dict[str, Any] | None = None  # packed batches: the packer's state after the last one served
 
 
 class Shared:

@@ -20,7 +20,7 @@ from ..ragged import Ragged
 
 _log = logging.getLogger("streambatch")
 
-__all__ = ["make_batch", "make_shared_batch", "COLLATES", "RaggedOutput", "drop_rows"]
+__all__ = ["make_batch", "make_shared_batch", "COLLATES", "RaggedOutput", "decoded_row_nbytes", "drop_rows"]
 
 
 _DTYPES: dict[np.dtype, torch.dtype] = {}
@@ -56,6 +56,29 @@ COLLATES = ("nested", "pad", "list")
 (``NAME_len``), or a list of 1-D tensors."""
 
 
+def decoded_row_nbytes(decoders: dict[str, Any]) -> int:
+    """Bytes the decoded images of one row take in a batch (uint8 [3, H, W] each)."""
+    return sum(int(np.prod(spec.shape)) for spec in decoders.values())
+
+
+def drop_rows(batch: dict[str, Any], failed: np.ndarray) -> dict[str, Any]:
+    """``batch`` without the rows at positions ``failed`` (tensors, nested tensors and lists)."""
+    if failed.size == 0:
+        return batch
+    n = next(len(v) if isinstance(v, list) else int(v.size(0)) for v in batch.values())
+    keep = np.setdiff1d(np.arange(n), failed)
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, list):
+            out[k] = [v[i] for i in keep.tolist()]
+        elif v.is_nested:
+            parts = v.unbind()
+            out[k] = torch.nested.nested_tensor([parts[i] for i in keep.tolist()], layout=torch.jagged)
+        else:
+            out[k] = v[torch.from_numpy(keep)]
+    return out
+
+
 class RaggedOutput:
     """Turns a batch's ragged columns (``Ragged``) into what is served: for a ``list`` column a
     jagged nested tensor (``torch.nested``, ``layout=torch.jagged``; ``"nested"``, the default),
@@ -71,12 +94,12 @@ class RaggedOutput:
         self.needs_ids = bool(self.decoders)  # decoding errors name the row
         self.skipped = 0  # rows dropped because they did not decode (on_error="skip")
 
-    drop = staticmethod(lambda batch, failed: drop_rows(batch, failed))
+    drop = staticmethod(drop_rows)
 
     @property
     def extra_row_nbytes(self) -> int:
         """Bytes a row's decoded columns add to a batch."""
-        return sum(int(np.prod(spec.shape)) for spec in self.decoders.values())
+        return decoded_row_nbytes(self.decoders)
 
     def __call__(self, rows: dict[str, Ragged], ids: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
         """The served columns, and the batch positions of rows that did not decode (to drop)."""
@@ -108,24 +131,6 @@ class RaggedOutput:
             _log.warning("streambatch: skipped %s", message)
         self.skipped += len(got.failed)
         return torch.from_numpy(dst), got.failed
-
-
-def drop_rows(batch: dict[str, Any], failed: np.ndarray) -> dict[str, Any]:
-    """``batch`` without the rows at positions ``failed`` (tensors, nested tensors and lists)."""
-    if failed.size == 0:
-        return batch
-    n = next(len(v) if isinstance(v, list) else int(v.size(0)) for v in batch.values())
-    keep = np.setdiff1d(np.arange(n), failed)
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if isinstance(v, list):
-            out[k] = [v[i] for i in keep.tolist()]
-        elif v.is_nested:
-            parts = v.unbind()
-            out[k] = torch.nested.nested_tensor([parts[i] for i in keep.tolist()], layout=torch.jagged)
-        else:
-            out[k] = v[torch.from_numpy(keep)]
-    return out
 
 
 def _bounds(r: Ragged) -> list[tuple[int, int]]:
