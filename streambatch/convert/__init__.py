@@ -180,16 +180,14 @@ def _format_for(source: Source, cols: tuple[Column, ...], format: str | None, sh
     return format
 
 
-def size_ragged(source: Source, cols: tuple[Column, ...], sample: int = 4096) -> tuple[Column, ...]:
-    """``cols``, each ragged one sized (``Column.nbytes_hint``) by the mean bytes of the first
-    ``sample`` rows' values plus an 8-byte offset: what units and files are sized by."""
+def size_ragged(source: Source, cols: tuple[Column, ...]) -> tuple[Column, ...]:
+    """``cols``, each ragged one sized (``Column.nbytes_hint``) by the mean bytes of the values of
+    the first rows (``Source.ragged_sample``) plus an 8-byte offset: what units and files are sized by."""
     names = tuple(c.name for c in cols if c.ragged)
     if not names:
         return cols
-    piece = next(source.pieces(sample, names, 0, sample))
-    hints = {n: -(-int(piece[n].lengths.sum()) * c.item_nbytes // max(1, len(piece[n]))) + 8
-             for n, c in ((c.name, c) for c in cols if c.ragged)}
-    return tuple(replace(c, nbytes_hint=hints[c.name]) if c.ragged else c for c in cols)
+    values, seen = source.ragged_sample(names)
+    return tuple(replace(c, nbytes_hint=-(-values[c.name] // max(1, seen)) + 8) if c.ragged else c for c in cols)
 
 
 def _write(src: str | os.PathLike[str], target: Path, overwrite: bool, source: Source, cols: tuple[Column, ...],

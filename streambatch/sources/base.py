@@ -85,16 +85,23 @@ class Source(ABC):
         default an estimate, their values in the first rows (up to 4096; all of them, exactly,
         in a smaller input) scaled to ``rows``; a source that knows its sizes (ImageFolder: the
         file sizes) gives them exactly."""
+        values, seen = self.ragged_sample(names)
+        return -(-sum(values.values()) * self.rows // max(1, seen)) + 8 * (self.rows + 1) * len(names)
+
+    def ragged_sample(self, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
+        """The bytes of the values of each ragged column ``names`` in the first rows (up to 4096),
+        and how many rows that was; the null counts of a conversion's pass are left as they were."""
         nulls, first = self.nulls, min(self.rows, 4096)
         counts = (dict(nulls.filled), nulls.dropped)  # a pass's counts: not this look's
-        values = seen = 0
+        values, seen = dict.fromkeys(names, 0), 0
         try:
             for piece in self.pieces(first, names, 0, first):
-                values += sum(int(v.nbytes) - 8 * v.offsets.size for v in piece.values())
+                for name in names:
+                    values[name] += int(piece[name].nbytes) - 8 * piece[name].offsets.size
                 seen += len(piece[names[0]])
         finally:
             nulls.filled, nulls.dropped = counts
-        return -(-values * self.rows // max(1, seen)) + 8 * (self.rows + 1) * len(names)
+        return values, seen
 
     @property
     def random_access(self) -> bool:
