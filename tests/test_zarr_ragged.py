@@ -221,3 +221,24 @@ def test_units_of_whole_rows_end_with_an_offsets_chunk_of_their_own(tmp_path: Pa
     assert o[-1] == sum(i % 3 for i in range(64)) and o.shape == (65,)
     verify_dataset(m)
     shutil.rmtree(tmp_path / "ds")
+
+
+def test_a_damaged_chunk_read_in_place_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A values chunk wholly inside one long row is read straight into the row's buffer (no codec)
+    and checked there: a flipped byte in it is a checksum error naming the heavy row's unit."""
+    ds = _convert(tmp_path, "none")
+    m = load_manifest(ds)
+    loc = m.layout["columns"]["tokens"]
+    chunk = int(loc["values"]["chunk"])
+    middle = sum(len(t) for t in _data()["tokens"][:HEAVY]) + 4500  # a value in the middle of the heavy row
+    k = middle // chunk
+    assert 9000 >= 3 * chunk  # chunk k lies wholly inside the heavy row
+    rel = m.files[int(loc["values"]["file"][k])]
+    unit = int(np.searchsorted(m.unit_start, HEAVY, "right")) - 1
+    heavy = _data()["tokens"][HEAVY].tolist()
+    assert read_all(m, verify=True)["tokens"].row(HEAVY).tolist() == heavy
+    flip_byte(ds / rel, int(loc["values"]["offset"][k]) + 5)
+    with pytest.raises(DataError, match=f"column 'tokens', unit {unit}, file {rel}: checksum mismatch"):
+        read_all(m, verify=True)
+    assert f"unit {unit}, file {rel}: checksum mismatch" in _fail_line(capsys, ds)
+    assert read_all(m, verify=False)["tokens"].row(HEAVY).tolist() != heavy

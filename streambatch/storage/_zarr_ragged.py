@@ -210,13 +210,18 @@ class RaggedReader:
     def _where(self, col: Column, unit: int, fi: int) -> str:
         return f"dataset {self.m.root}, column {col.name!r}, unit {unit}, file {self.m.files[fi]}"
 
+    def _check(self, col: Column, unit: int, loc: dict[str, Any], k: int, raw: Any) -> None:
+        """``DataError`` where the stored bytes ``raw`` of inner chunk ``k`` do not match their checksum."""
+        if self._checksum(raw) != int(loc["crc32"][k]):
+            raise DataError(f"{self._where(col, unit, int(loc['file'][k]))}: checksum mismatch (data corrupt)")
+
     def _chunk(self, col: Column, unit: int, loc: dict[str, Any], k: int, dec: Any, nbytes: int) -> memoryview:
         """Inner chunk ``k`` of one of ``col``'s arrays (``loc``), checked (with ``verify``) and
         decoded: ``nbytes`` bytes, valid until this thread's next read."""
         fi, off, size = int(loc["file"][k]), int(loc["offset"][k]), int(loc["size"][k])
         raw = self.files.read_scratch(fi, off, size, lambda: self._where(col, unit, fi))
-        if self.verify and self._checksum(raw) != int(loc["crc32"][k]):
-            raise DataError(f"{self._where(col, unit, fi)}: checksum mismatch (data corrupt)")
+        if self.verify:
+            self._check(col, unit, loc, k, raw)
         try:
             data = memoryview(raw if dec is None else dec.decode(raw)).cast("B")
         except Exception as e:  # numcodecs raises RuntimeError/ValueError on corrupt frames
@@ -243,27 +248,35 @@ class RaggedReader:
         return out
 
     def values(self, col: Column, unit: int, a: int, b: int) -> np.ndarray:
-        """Values ``a:b`` of ``col`` (the rows of ``unit`` they belong to name it in errors)."""
+        """Values ``a:b`` of ``col`` (the rows of ``unit`` they belong to name it in errors).
+
+        Uncompressed chunks wanted whole are read straight into place (adjacent ones in one read)
+        and checked there; the others go through the scratch buffer, as compressed ones must."""
         loc = self.m.layout["columns"][col.name]["values"]
         chunk, isz = int(loc["chunk"]), col.item_nbytes
         out = np.empty((b - a, *col.shape), col.np_dtype.newbyteorder("<"))
-        flat = memoryview(out.reshape(-1).view(np.uint8))
+        flat = out.reshape(-1).view(np.uint8)
         dec = self._values_dec[col.name]
-        direct = dec is None and not self.verify  # just the bytes wanted, straight into place
         runs: list[list[int]] = []  # [file, offset, where in out, bytes]: ranges of adjacent chunks merged
+        placed: list[tuple[int, int, int]] = []  # (chunk, where in out, bytes): read in place, checked after
         for k in range(a // chunk, -(-b // chunk)):
             lo, hi = max(a, k * chunk), min(b, (k + 1) * chunk)  # values of chunk k wanted
             at, n, skip = (lo - a) * isz, (hi - lo) * isz, (lo - k * chunk) * isz
-            if not direct:
-                flat[at:at + n] = self._chunk(col, unit, loc, k, dec, chunk * isz)[skip:skip + n]
+            if dec is not None or (self.verify and n != chunk * isz):  # a copy out of the decoded chunk
+                flat[at:at + n] = np.frombuffer(self._chunk(col, unit, loc, k, dec, chunk * isz), np.uint8, n, skip)
                 continue
+            if self.verify:
+                placed.append((k, at, n))
             fi, off = int(loc["file"][k]), int(loc["offset"][k]) + skip
             if runs and runs[-1][0] == fi and runs[-1][1] + runs[-1][3] == off:
                 runs[-1][3] += n
             else:
                 runs.append([fi, off, at, n])
         for fi, off, at, n in runs:
-            self.files.read_into(flat[at:at + n], fi, off, lambda fi=fi: self._where(col, unit, fi))  # type: ignore[misc]
+            self.files.read_into(memoryview(flat[at:at + n]), fi, off,
+                                 lambda fi=fi: self._where(col, unit, fi))  # type: ignore[misc]
+        for k, at, n in placed:
+            self._check(col, unit, loc, k, flat[at:at + n])
         return out if out.dtype == col.np_dtype else out.astype(col.np_dtype)
 
     def read(self, col: Column, unit: int, lo: int, hi: int) -> Ragged:
