@@ -163,6 +163,7 @@ def _pool_worker(heap: list[tuple[int, int, Task]], cond: threading.Condition, s
         finally:
             task.args = ()
             task.done.set()
+            del task  # not kept while this thread waits for the next: its value belongs to the consumer
 
 
 def _shutdown(heap: list[Any], lock: Any, cond: threading.Condition, stop: Flag,

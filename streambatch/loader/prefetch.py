@@ -138,7 +138,7 @@ class Prefetcher:
             self._acquire(w.nbytes)
         return w
 
-    def _wait(self, task: Task) -> Any:
+    def _wait(self, task: Task, take: bool = False) -> Any:
         t0 = time.monotonic()
         while not task.done.wait(POLL):
             if self._closed or self._cancelled.is_set():
@@ -148,7 +148,20 @@ class Prefetcher:
                 raise TimeoutError(f"streambatch: no progress for {self.timeout:.1f}s {task.where}")
         if task.error is not None:
             raise task.error
-        return task.value
+        value = task.value
+        if take:  # the consumer's now: not held by whoever still holds the task
+            task.value = None
+        return value
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], where: str) -> Task:
+        """Run ``fn(*args)`` on the pool ahead of its reads and batches (the consumer waits for it
+        first): work of a stage after this one, such as packing (loader/packed.py)."""
+        return self._pool.submit(-1, fn, args, where)
+
+    def wait(self, task: Task) -> Any:
+        """``task``'s value once done (taken from it: wait once), or its exception; ``TimeoutError``
+        after ``timeout`` without progress, ``RuntimeError`` once closed."""
+        return self._wait(task, take=True)
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -156,12 +169,19 @@ class Prefetcher:
         finally:
             self.close()
 
+    def open_batches(self) -> Iterator[Any]:
+        """The batches, without closing at their end: a later stage still submits to the pool
+        (:meth:`submit`); the caller closes."""
+        return self._serve()
+
     def _serve(self) -> Iterator[Any]:
         todo, first_offset = _windows_to_serve(self.plan, self.start_batch)
         held: deque[Window] = deque()
         pending: deque[_Pending] = deque()
         in_flight = 0  # batches submitted and not yet taken
         started = 0
+        head: Window | None = None
+        cur: Window | None = None
         while True:
             while todo and len(held) < 2 and (not self.ragged or self._window_fits(todo[0], bool(held))):
                 w = self._start_window(todo.popleft())
@@ -171,6 +191,7 @@ class Prefetcher:
             head = held[0] if held else None
             if head is not None and head.next_b >= head.n_batches and head.in_flight == 0:
                 self._finish_window(held.popleft())
+                head = cur = None  # its buffers go now, before the next window's are allocated
                 continue
             cur = next((w for w in held if w.next_b < w.n_batches), None)
             if cur is not None and in_flight + self.group <= self.batches_ahead and (not pending or cur.ready()) \
@@ -182,11 +203,13 @@ class Prefetcher:
                 assert not held and not todo, "streambatch: prefetcher stalled"
                 return
             task, w, nbytes, count = pending.popleft()
-            batches = self._wait(task)
-            self._release(nbytes)
+            batches = self._wait(task, take=True)
             in_flight -= count
             w.in_flight -= 1
+            del w  # a suspended generator keeps its locals: a finished window's buffers must not outlive its bytes
             yield from batches
+            del batches  # the group's batches count until the last is taken (the consumer holds that one)
+            self._release(nbytes)
 
     def _submit_batches(self, cur: Window) -> _Pending:
         """Submit the next group of ``cur``'s batches, once its reads are done."""

@@ -52,6 +52,13 @@ TARGET_DEFF = 1.2
 # pieces 32.8 and 149.7 MB).  Each process (each DataLoader worker) plans its epoch.
 PLAN_BYTES_PER_PIECE = 34
 PLAN_PEAK_BYTES_PER_PIECE = 151
+# With ragged columns, what a process holds outside the bytes it accounts (the batch the consumer
+# holds, the documents the packer still writes from, each thread's unit as read, the allocator's
+# own): measured 11-14 MiB (median) and 17-20 MiB (at the peak) above the accounted bytes at
+# budgets of 64 and 256 MiB on heavy-tailed token documents (docs/PERFORMANCE.md, "Memory: the
+# allocator").  The budget keeps a quarter of itself for it, at most this, so that the process
+# stays within the budget.
+OUTSIDE_MAX = 24 << 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class Layout:
     piece_rows: int = 0  # rows per shuffle piece; 0: whole units
     ring: int = 0  # host batch buffers of the device path (loader/device.py); 0 without a device
     copy_slots: int = 0  # of those, buffers the copy thread holds while their copies run
+    outside: int = 0  # bytes of the budget kept for what the process holds outside its accounting
 
     @property
     def held_batches(self) -> int:
@@ -93,6 +101,7 @@ class Sizing:
     window_slack: int = 0  # bytes a window may hold beyond its rows (ragged columns: rows.ragged_slack)
     batch_extra: int = 0  # bytes a row adds in a batch, not in a window (images decoded as batches are made)
     device: bool = False  # batches are copied to a device through a ring of host buffers
+    ragged: bool = False  # ragged columns: the budget keeps room for what is held outside it (OUTSIDE_MAX)
 
     @property
     def batch_row_nbytes(self) -> int:
@@ -132,14 +141,15 @@ class Sizing:
         batch_bytes = self.batch_size * self.batch_row_nbytes
         reserve = self.reserved_batches(budget)
         ahead = min(reserve, 8 * threads)
-        window_bytes = (budget - reserve * batch_bytes) // 2 - self.window_slack
+        outside = min(budget // 4, OUTSIDE_MAX) if self.ragged else 0
+        window_bytes = (budget - outside - reserve * batch_bytes) // 2 - self.window_slack
         if window_bytes < batch_bytes:
-            need = (2 + 2) * batch_bytes + 2 * self.window_slack
+            need = (2 + 2) * batch_bytes + 2 * self.window_slack + outside
             raise ValueError(f"{self.root}: memory_budget {self.memory_budget} bytes is too small for "
                              f"batches of {self.batch_size} rows x {self.batch_row_nbytes} bytes with {num_workers} "
                              f"worker(s); give at least {need * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
-        lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows))
+        lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside)
         return device_layout(lay, reserve, self.root) if self.device else lay
 
     def reserved_batches(self, budget: int) -> int:
@@ -201,12 +211,12 @@ class Sizing:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
         lay = self.layout(num_workers)
         return (2 * (window_rows * self.row_nbytes + self.window_slack)
-                + lay.held_batches * self.batch_size * self.batch_row_nbytes <= lay.budget)
+                + lay.held_batches * self.batch_size * self.batch_row_nbytes + lay.outside <= lay.budget)
 
     def peak_bytes(self, lay: Layout) -> int:
         """The most bytes one process holds: two windows and the batches ahead (or the device ring)."""
         return (2 * lay.window_rows * self.row_nbytes + lay.held_batches * self.batch_size * self.batch_row_nbytes
-                + 2 * self.window_slack)
+                + 2 * self.window_slack + lay.outside)
 
 
 def device_layout(lay: Layout, reserve: int, root: Any) -> Layout:

@@ -1,0 +1,43 @@
+"""Keeping the C allocator from holding freed buffers: glibc's dynamic mmap threshold, capped.
+
+glibc serves an allocation of at least ``M_MMAP_THRESHOLD`` bytes (128 KiB at start) with its own
+memory map, returned to the system when freed.  But each time such a buffer is freed, glibc raises
+the threshold to its size (up to 32 MiB), so after the loader frees its first window buffer, the
+buffers of a few MiB it allocates and frees all the time (row batches, packed batches, a heavy
+document) come from the heap instead, and the heap keeps what they leave: measured on 1 GB of
+heavy-tailed token documents under a 64 MiB budget, resident memory stood 49-61 MiB above the bytes
+the loader held (p50), against 9-11 MiB with the threshold fixed at 4 MiB, at the same speed
+(docs/PERFORMANCE.md, "Memory: the allocator").
+
+:func:`cap_mmap_threshold` fixes it at :data:`MMAP_THRESHOLD` (``mallopt``; fixing it also stops
+glibc's adjusting) the first time a process iterates a dataset.  An ``MALLOC_MMAP_THRESHOLD_``
+set in the environment is the user's choice and is left alone; other C libraries are left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+__all__ = ["MMAP_THRESHOLD", "cap_mmap_threshold"]
+
+MMAP_THRESHOLD = 4 << 20
+"""Allocations of at least this many bytes get memory maps of their own (returned when freed)."""
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_done: bool | None = None  # None: not tried in this process; else whether the cap is set
+
+
+def cap_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD`, once per process; whether it is set
+    (False: not glibc, or ``MALLOC_MMAP_THRESHOLD_`` set by the user)."""
+    global _done
+    if _done is None:
+        _done = False
+        if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            try:
+                libc = ctypes.CDLL(None)  # the symbols the process has loaded, the C library's among them
+                _done = hasattr(libc, "gnu_get_libc_version") and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            except OSError:  # no dynamic loading: leave the allocator as it is
+                pass
+    return _done
