@@ -150,10 +150,10 @@ def _pandas_jsonl(path: Path, n: int) -> Path:
 def test_cluster_jsonl_equals_the_local_conversion(tmp_path: Path, client: Any, monkeypatch: pytest.MonkeyPatch,
                                                    kind: str, shuffle: int | None) -> None:
     """A JSON Lines file written by pandas, or by hand (CRLF, blank and whitespace-only lines,
-    two records on a line, unicode, nested lists; a blank line at the end, or no final line
-    break), converted by parts on two worker processes, with ``shuffle`` too: the local
-    converter's files, bytes and manifest.  The client indexes the file in chunks of ~2 KiB,
-    which its parts start and stop inside; the local run reads it as one."""
+    two records on a line, unicode, nested and ragged lists; a blank line at the end, or no
+    final line break), converted by parts on two worker processes, with ``shuffle`` too: the
+    local converter's files, bytes and manifest.  The client indexes the file in chunks of
+    ~2 KiB, which its parts start and stop inside; the local run reads it as one."""
     n = 3001
     src = (_pandas_jsonl(tmp_path / "a.jsonl", n) if kind == "pandas"
            else write_awkward_jsonl(tmp_path / "a.jsonl", n, "" if kind == "unterminated" else "\n\n"))

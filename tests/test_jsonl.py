@@ -20,12 +20,12 @@ from streambatch.sources import jsonl, open_source
 def write_awkward_jsonl(path: Path, n: int, end: str = "\n\n") -> Path:
     """``n`` records as JSON Lines written by hand: LF and CRLF line ends, blank and
     whitespace-only lines (a run of 600 in the middle), two records on one line, unicode text
-    raw and escaped (some empty), a list and a list of lists of numbers; ``end`` after the last
-    record (``""``: no final line break)."""
+    raw and escaped (some empty), a list and a list of lists of numbers, lists of varying
+    length (some empty); ``end`` after the last record (``""``: no final line break)."""
     out = []
     for i in range(n):
         rec = {"id": i, "x": round(i * 0.37 - 50, 3), "y": i * 10 // n, "v": [i % 7, -i, 0.5 * i],
-               "m": [[i, i + 1], [i + 2, -i]], "s": "é✓"[: i % 3] + "ß" * (i % 4)}
+               "m": [[i, i + 1], [i + 2, -i]], "s": "é✓"[: i % 3] + "ß" * (i % 4), "t": list(range(i % 6))}
         sep = "\r\n" if i % 5 == 0 else "\n"
         sep += "\n" * (i % 11 == 3) + "  \t \n" * (i % 13 == 4) + "\n" * 600 * (i == n // 2)
         out.append(json.dumps(rec, ensure_ascii=i % 2 == 0) + (" " if i % 17 == 6 else sep))
@@ -93,7 +93,8 @@ def test_a_source_opened_from_its_spec_reads_only_the_chunks_of_its_rows(tmp_pat
     again = open_source(**vars(source.spec))
     assert again.rows == 2000
     assert _rows(list(again.pieces(64, ("id",), 10, 300)), "id") == list(range(10, 300))
-    with pytest.raises(InputError, match=rf"a\.jsonl: line {line}: cannot parse JSONL: JSON parse error: Invalid value\.$"):
+    with pytest.raises(InputError, match=rf"a\.jsonl: line {line}: cannot parse JSONL: JSON parse error: "
+                                         r"Invalid value\.$"):
         list(again.pieces(64, ("id",), 1990))
     with pytest.raises(InputError, match=rf"a\.jsonl: line {line}: cannot parse JSONL"):
         open_source(src)
@@ -106,7 +107,7 @@ def test_a_file_changed_since_its_first_open_is_refused(tmp_path: Path) -> None:
     spec = open_source(src).spec
     assert spec is not None
     with open(src, "a") as f:
-        f.write('{"id": 100, "x": 1.0, "y": 9, "v": [1, 2, 3.5], "m": [[1, 2], [3, 4]], "s": ""}\n')
+        f.write('{"id": 100, "x": 1.0, "y": 9, "v": [1, 2, 3.5], "m": [[1, 2], [3, 4]], "s": "", "t": []}\n')
     with pytest.raises(InputError, match=r"a\.jsonl: changed since it was opened \(\d+ bytes then, \d+ now"):
         open_source(**vars(spec))
 
@@ -133,5 +134,5 @@ def test_a_compressed_file_is_read_in_order(tmp_path: Path) -> None:
     plain, packed = open_source(src), open_source(tmp_path / "a.jsonl.gz", "jsonl")
     assert plain.random_access and not packed.random_access and packed.index is None
     assert packed.in_order == "a compressed JSON Lines file is read in order"
-    for name in ("id", "v", "m", "s"):
+    for name in ("id", "v", "m", "s", "t"):
         assert _rows(list(packed.pieces(50)), name) == _rows(list(plain.pieces(50)), name)
