@@ -1,8 +1,8 @@
 """JSON Lines input: one JSON object a line, its keys the columns.
 
-A plain file has random access by row range.  A raw line break cannot occur inside a JSON
-string, so the file is cut after line breaks into chunks of about 1 MiB of whole lines (more in
-a file over 4 GiB, up to 8 MiB: at most about 4,096 chunks), and the pass at open parses each
+A plain file has random access by row range.  A raw line break cannot occur inside a JSON string,
+so the file is cut after line breaks into chunks of about 1 MiB of whole lines (more in a file
+over 4 GiB, up to 8 MiB: about 4,096 chunks up to 32 GiB), and the pass at open parses each
 chunk on its own with the schema pyarrow infers from the file's first 8 MiB, as its streaming
 read of the whole file would: every chunk gives the types the whole file gives, and the rows
 pyarrow finds (a blank line is none, two objects on a line are two).  Where each chunk starts
