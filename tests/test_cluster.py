@@ -21,9 +21,11 @@ import streambatch
 from streambatch.cli import main
 from streambatch.errors import InputError
 from streambatch.manifest import MANIFEST_NAME, Manifest
+from streambatch.sources import jsonl
 from streambatch.storage import load_manifest
 
 from conftest import SIGINT_HANDLER, write_sorted_npy
+from test_jsonl import write_awkward_jsonl
 from test_remote import local, s3  # noqa: F401 - fixtures: an S3-compatible server on loopback
 
 distributed = pytest.importorskip("distributed")
@@ -60,6 +62,9 @@ def _assert_same_data(got: Path, want: Path) -> tuple[dict[str, Any], dict[str, 
     da.pop("checksum"), db.pop("checksum")
     assert sa.keys() == sb.keys()
     for name in sa:
+        if "lengths" in sa[name]:  # a ragged column's: counts of rows and values, exact
+            assert sa[name] == sb[name]
+            continue
         for key in ("count", "mean", "std", "min", "max"):
             np.testing.assert_allclose(sa[name][key], sb[name][key], rtol=1e-12, atol=1e-13)  # means near 0
         assert sa[name].get("histogram") == sb[name].get("histogram")
@@ -128,6 +133,86 @@ def test_cluster_refuses_what_it_cannot_split(tmp_path: Path, client: Any) -> No
     with pytest.raises(ValueError, match=r"a\.csv: a csv input is read in order, not by parts on a Dask cluster"):
         streambatch.convert(tmp_path / "a.csv", tmp_path / "ds", client=client, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+
+
+def _pandas_jsonl(path: Path, n: int) -> Path:
+    """JSON Lines as pandas writes them: numbers, a list of numbers a row, text (unicode escaped)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"id": np.arange(n), "x": rng.standard_normal(n), "y": np.arange(n) * 10 // n,
+                       "v": rng.integers(-9, 10, (n, 3)).tolist(), "s": ["é" * (i % 4) + str(i) for i in range(n)]})
+    df.to_json(path, orient="records", lines=True)
+    return path
+
+
+@pytest.mark.parametrize("kind,shuffle", [("pandas", None), ("awkward", None), ("unterminated", 5)])
+def test_cluster_jsonl_equals_the_local_conversion(tmp_path: Path, client: Any, monkeypatch: pytest.MonkeyPatch,
+                                                   kind: str, shuffle: int | None) -> None:
+    """A JSON Lines file written by pandas, or by hand (CRLF, blank and whitespace-only lines,
+    two records on a line, unicode, nested and ragged lists; a blank line at the end, or no
+    final line break), converted by parts on two worker processes, with ``shuffle`` too: the
+    local converter's files, bytes and manifest.  The client indexes the file in chunks of
+    ~2 KiB, which its parts start and stop inside; the local run reads it as one."""
+    n = 3001
+    src = (_pandas_jsonl(tmp_path / "a.jsonl", n) if kind == "pandas"
+           else write_awkward_jsonl(tmp_path / "a.jsonl", n, "" if kind == "unterminated" else "\n\n"))
+    opts: dict[str, Any] = dict(format="parquet" if kind == "pandas" else "zarr", codec="zstd", unit_rows=97,
+                                shard_bytes=20_000, label="y", shuffle=shuffle, memory="1MiB", progress=False)
+    if shuffle is not None:  # text is of varying length: not pre-shuffled
+        opts["columns"] = ["id", "x", "y", "v", "m"]
+    streambatch.convert(src, tmp_path / "local", **opts)
+    monkeypatch.setattr(jsonl, "CHUNK_BYTES", 2048)
+    m = streambatch.convert(src, tmp_path / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and m.rows == n and len(m.files) >= 8
+    _assert_same(tmp_path / "dask", tmp_path / "local")
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("bad,message", [(None, "column 'x': missing value at row 2500"),
+                                         ("oops", "line 2501: cannot parse JSONL: JSON parse error: Column(/x) "
+                                                  "changed from number to string")])
+def test_cluster_bad_jsonl_line_fails_as_locally_and_leaves_nothing(tmp_path: Path, client: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch, bad: Any,
+                                                                    message: str) -> None:
+    """A bad line in the middle of a JSON Lines file: a null where numbers are (found by the task
+    of its part, on a worker) or a string (found by the client's pass at open, beyond the first
+    block that gives the types): the local converter's error type and message, naming the file
+    and the row or line; no target, no temporary folder."""
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 4096)
+    lines = [json.dumps({"id": i, "x": i * 0.5, "y": i // 500}) for i in range(5000)]
+    lines[2500] = json.dumps({"id": 2500, "x": bad, "y": 5})
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    opts: dict[str, Any] = dict(unit_rows=100, shard_bytes=4000, label="y", progress=False)
+    with pytest.raises(InputError) as local:
+        streambatch.convert(tmp_path / "a.jsonl", tmp_path / "local", **opts)
+    monkeypatch.setattr(jsonl, "CHUNK_BYTES", 2048)
+    with pytest.raises(InputError) as remote:
+        streambatch.convert(tmp_path / "a.jsonl", tmp_path / "dask", client=client, **opts)
+    assert "a.jsonl: " in str(local.value) and message in str(local.value)
+    assert type(remote.value) is type(local.value) and str(remote.value) == str(local.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_cluster_refuses_null_options_and_compressed_jsonl(tmp_path: Path, client: Any) -> None:
+    """``fill`` and ``drop_nulls`` (their counts, or the rows dropped, need the rows in order) and
+    a compressed JSON Lines file on a cluster: a one-line ``ValueError`` naming the option or
+    the file, before anything is written."""
+    import gzip
+
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"x": 1, "y": null}\n{"x": 2, "y": 3}\n')
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(src.read_bytes()))
+    for option, value in (("fill", {"y": 0}), ("drop_nulls", True)):
+        flag = "--" + option.replace("_", "-")
+        with pytest.raises(ValueError, match=rf"a\.jsonl: {flag} reads the input in order, not by parts on a Dask "
+                                             rf"cluster; convert without --scheduler or without {flag}$"):
+            streambatch.convert(src, tmp_path / "ds", client=client, progress=False, **{option: value})
+    with pytest.raises(ValueError, match=r"b\.jsonl\.gz: a compressed JSON Lines file is read in order, not by parts "
+                                         r"on a Dask cluster \(use \.npy, Parquet or uncompressed JSON Lines\)"):
+        streambatch.convert(tmp_path / "b.jsonl.gz", tmp_path / "ds", client=client, source_format="jsonl",
+                            progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl.gz"]
 
 
 @pytest.mark.parametrize("src_kind,fmt,codec", [("npy", "zarr", "none"), ("parquet", "parquet", "zstd")])

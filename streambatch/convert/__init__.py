@@ -97,8 +97,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         delimiter: a CSV's field separator (default ``,``).
         client: a ``distributed.Client``: each file is written by a task on its Dask cluster
             (``convert.cluster``; with ``shuffle``, the pre-shuffle's passes too), the output the
-            same as without it.  For .npy and Parquet inputs that the workers see (local paths, or
-            a URL source: copied beside ``dst`` first), into a local ``dst``.
+            same as without it.  For .npy, Parquet and (uncompressed) JSON Lines inputs that the
+            workers see (local paths, or a URL source: copied beside ``dst`` first), into a local
+            ``dst``, without ``fill`` or ``drop_nulls``.
 
     Raises:
         InputError: the input is missing, empty, ragged, of different column lengths, of an
@@ -109,8 +110,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
             is something ``overwrite`` may not replace (a file, a folder that is not a dataset).
         InputError: ``dst`` lies inside the input folder.
         WriteError: a write failed (disk full, file size limit); nothing is left at ``dst``.
-        ValueError: an unknown format or codec, or a bad size; a ``client`` with a URL target
-            or an input read in order.
+        ValueError: an unknown format or codec, or a bad size; a ``client`` with a URL target,
+            an input read in order, ``fill`` or ``drop_nulls``.
 
     ``src`` and ``dst`` may be URLs (``s3://``, ``gs://``, ``https://`` ...): a remote source
     is copied into a temporary folder first; a remote target is converted locally, then
@@ -241,10 +242,15 @@ def _write_rows(source: Source, cols: tuple[Column, ...], plan: Plan, label: str
 
 
 def _check_cluster(source: Source) -> None:
-    """``ValueError`` where a conversion cannot run as parts on a cluster."""
+    """``ValueError`` where a conversion cannot run as parts on a cluster: an option or an input
+    that needs the rows in order (naming it)."""
+    if source.nulls.active:
+        option = "--fill" if source.nulls.fill else "--drop-nulls"
+        raise ValueError(f"{source.path}: {option} reads the input in order, not by parts on a Dask cluster; "
+                         f"convert without --scheduler or without {option}")
     if not source.random_access:
-        raise ValueError(f"{source.path}: a {source.format} input is read in order, not by parts on a Dask cluster "
-                         "(use .npy or Parquet); convert it without --scheduler")
+        raise ValueError(f"{source.path}: {source.in_order}, not by parts on a Dask cluster (use .npy, Parquet "
+                         "or uncompressed JSON Lines); convert it without --scheduler")
 
 
 def _manifest(src: str | os.PathLike[str], target: Path, tmp: Path, source: Source, cols: tuple[Column, ...],

@@ -58,14 +58,15 @@ def detect_format(path: Path) -> str:
 
 def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ...] | None = None, *,
                 fill: dict[str, Any] | None = None, drop_nulls: bool = False, delimiter: str | None = None,
-                ragged: tuple[str, ...] | None = None) -> Source:
+                ragged: tuple[str, ...] | None = None, index: Any = None) -> Source:
     """Open ``path`` as an input of format ``fmt`` (detected when ``None``); only ``columns``
     (all when ``None``) are checked and read.  ``fill`` (column -> value) and ``drop_nulls``
     say what becomes of nulls (only Arrow-based inputs have them: see ``_mapped.Nulls``);
     ``delimiter`` is a CSV's field separator (default ``,``); ``ragged`` names the
     variable-length list columns to read as ragged rows (``None``: those whose rows vary in
-    length, which may take a pass over them).  The source's ``spec`` opens it again, its
-    ``ragged`` as found.  Raises ``InputError``."""
+    length, which may take a pass over them); ``index``: an earlier open's ``Source.index`` of
+    this input.  The source's ``spec`` opens it again, its ``ragged`` and ``index`` as found.
+    Raises ``InputError``."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -76,12 +77,13 @@ def open_source(path: str | Path, fmt: str | None = None, columns: tuple[str, ..
         raise InputError(f"{p}: --delimiter {delimiter!r}: " + ("one character other than a quote or line break"
                                                               if fmt == "csv" else f"applies to CSV input, not {fmt}"))
     keep = tuple(columns) if columns is not None else None
-    opts = ReadOptions(Nulls(dict(fill or {}), drop_nulls), delimiter, tuple(ragged) if ragged is not None else None)
+    opts = ReadOptions(Nulls(dict(fill or {}), drop_nulls), delimiter, tuple(ragged) if ragged is not None else None,
+                       index)
     source = dataset._open_dataset(p, fmt, keep) if fmt in FORMATS and p.is_dir() else None
     if source is None:
         source = SOURCES[fmt].open(p, keep, opts)
     opts.nulls.check(source.columns, str(p))
     source.nulls = opts.nulls
     source.spec = SourceSpec(str(p), fmt, keep, dict(fill or {}), drop_nulls, delimiter,
-                             tuple(c.name for c in source.columns if c.kind == "list"))
+                             tuple(c.name for c in source.columns if c.kind == "list"), source.index)
     return source

@@ -1,5 +1,6 @@
 """The base of the text inputs (CSV, JSON Lines): parsed by pyarrow in blocks, in order; a
-counting pass at open finds the row count (text does not know its length)."""
+counting pass at open finds the row count (text does not know its length).  An uncompressed
+JSON Lines file is read by chunks instead (``jsonl``)."""
 
 from __future__ import annotations
 

@@ -38,16 +38,21 @@ class SourceSpec:
     ragged: tuple[str, ...] | None = None
     """The variable-length list columns read as ragged rows, as the first open found them (a
     later open then need not look at their lengths again)."""
+    index: Any = None
+    """Where the first open found the rows (``Source.index``: a JSON Lines file's chunks), so
+    that a later open need not read the input again; ``None`` for most formats."""
 
 
 @dataclass
 class ReadOptions:
-    """How to read an input beyond its columns: its nulls, a CSV's delimiter, and which
-    variable-length list columns are ragged (``None``: those whose rows vary in length)."""
+    """How to read an input beyond its columns: its nulls, a CSV's delimiter, which
+    variable-length list columns are ragged (``None``: those whose rows vary in length), and
+    an earlier open's ``index`` of the input (``SourceSpec.index``)."""
 
     nulls: Nulls = field(default_factory=Nulls)
     delimiter: str | None = None
     ragged: tuple[str, ...] | None = None
+    index: Any = None
 
 
 class Source(ABC):
@@ -71,6 +76,8 @@ class Source(ABC):
         self.nulls = nulls if nulls is not None else Nulls()
         """The null options and, after a pass over ``pieces``, the values filled and rows dropped."""
         self.spec: SourceSpec | None = None  # set by open_source
+        self.index: Any = None
+        """What a later open may take instead of reading the input again (``SourceSpec.index``)."""
 
     @property
     def nbytes(self) -> int:
@@ -107,6 +114,11 @@ class Source(ABC):
     def random_access(self) -> bool:
         """Whether ``pieces(start=...)`` skips to its rows and is safe to call from several threads."""
         return False
+
+    @property
+    def in_order(self) -> str:
+        """Why the source is read in order (without ``random_access``), for errors."""
+        return f"a {self.format} input is read in order"
 
     @classmethod
     @abstractmethod
