@@ -32,7 +32,7 @@ from .loader.device import DeviceFeeder, check_on_device, resolve_device
 from .loader.malloc import cap_mmap_threshold
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
-from .loader.packed import PACK_ROWS, check_pack_state, pack_ahead, packed_state, serve_packed
+from .loader.packed import PACK_ROWS, check_pack_state, packed_state, serve_packed
 from .loader.rows import ragged_slack
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_shared_batch
@@ -41,7 +41,6 @@ from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
                            make_state, parse_state, resolve)
 from .manifest import Manifest
-from .packing import batch_nbytes
 from .plan import EpochPlan, Phase, plan_epoch, worker_batch_counts
 from .schema import Column
 from .storage import FORMATS, load_manifest, open_reader
@@ -273,12 +272,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             reader = VerifyOnce(reader, open_reader(self.manifest, verify=False, remote=self._remote_files()))
         packed = self.pack is not None
         tensors = make_shared_batch if get_worker_info() is not None else make_batch
-        ahead, packed_ahead = (lay.ahead, 0) if not packed else pack_ahead(
-            lay.ahead, lay.threads, sizing.batch_size * sizing.batch_row_nbytes,
-            batch_nbytes(self.batch_size, self.pack.seq_len, self.columns[0].np_dtype))
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
-            budget_bytes=lay.budget - lay.outside, batches_ahead=ahead, start_batch=run.start,
+            budget_bytes=lay.budget - lay.outside, batches_ahead=lay.ahead, start_batch=run.start,
             index_key=INDEX_KEY if self.return_index or packed else None, normalize=self.normalize,
             make_batch=None if packed else tensors, transform=None if packed else self.transform,
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
@@ -289,7 +285,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             start = run.pack_start
             batches = serve_packed(pf, self.pack, self.batch_size, self.drop_last, self.columns[0].np_dtype,
                                    INDEX_KEY, tensors, start, (start or {}).get("skip", 0),
-                                   lambda st: setattr(run, "pack_state", st), packed_ahead)
+                                   lambda st: setattr(run, "pack_state", st))
         try:
             if self._target is not None:  # copied to the device by a thread; counted below when handed out
                 batches = DeviceFeeder(pf, self._target, self.on_device, lay, self._rings)

@@ -12,13 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 import streambatch
 from streambatch import Pack, StreamDataset
 from streambatch.errors import StateError
-from streambatch.loader.packed import pack_ahead
 
 SEQ, BATCH = 64, 4
 
@@ -74,20 +71,10 @@ def test_every_token_once_in_order(corpus: tuple[Path, list[np.ndarray]]) -> Non
     assert all(b["tokens"].shape == (BATCH, SEQ) and (b["document_ids"] >= 0).all() for b in kept)
 
 
-@given(st.integers(1, 64), st.integers(1, 32), st.integers(1, 1 << 24), st.integers(1, 1 << 24))
-def test_packed_batches_ahead_take_their_bytes_from_the_row_batches(ahead: int, threads: int, row: int,
-                                                                    packed: int) -> None:
-    rows, n = pack_ahead(ahead, threads, row, packed)
-    assert rows >= 1 and 1 <= n <= 8 * threads
-    if ahead * row >= 2 * (packed + row):  # room for one of each: the two share the row batches' bytes
-        assert rows * row + n * packed <= ahead * row
-
-
 def test_a_packed_epoch_holds_no_more_than_its_budget(tmp_path: Path) -> None:
-    """Packed batches written ahead share the budget's batches ahead with the row batches; the
-    budget keeps room for what is held outside its accounting (the documents the packer still
-    writes from, the batch the consumer holds); a finished window's buffers are gone before the
-    next window's are allocated.  So numpy's buffers, traced from every thread, stay within the
+    """The budget keeps room for what is held outside its accounting (the documents the packer
+    still writes from, the batch the consumer holds); a finished window's buffers are gone before
+    the next window's are allocated.  So numpy's buffers, traced from every thread, stay within the
     budget (before: 5.5 MB under 4 MiB)."""
     rng = np.random.default_rng(7)
     lengths = np.minimum(rng.lognormal(np.log(60), 1.2, 12_000).astype(np.int64), 6000)  # 5.8 MB of tokens

@@ -153,26 +153,11 @@ class Prefetcher:
             task.value = None
         return value
 
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], where: str) -> Task:
-        """Run ``fn(*args)`` on the pool ahead of its reads and batches (the consumer waits for it
-        first): work of a stage after this one, such as packing (loader/packed.py)."""
-        return self._pool.submit(-1, fn, args, where)
-
-    def wait(self, task: Task) -> Any:
-        """``task``'s value once done (taken from it: wait once), or its exception; ``TimeoutError``
-        after ``timeout`` without progress, ``RuntimeError`` once closed."""
-        return self._wait(task, take=True)
-
     def __iter__(self) -> Iterator[Any]:
         try:
             yield from self._serve()
         finally:
             self.close()
-
-    def open_batches(self) -> Iterator[Any]:
-        """The batches, without closing at their end: a later stage still submits to the pool
-        (:meth:`submit`); the caller closes."""
-        return self._serve()
 
     def _serve(self) -> Iterator[Any]:
         todo, first_offset = _windows_to_serve(self.plan, self.start_batch)
