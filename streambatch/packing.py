@@ -197,7 +197,7 @@ def _write_span(values: np.ndarray, cum: NDArray[np.int64], rows: NDArray[np.int
 class Planned:
     """One batch the packer has taken (its cursor moved past it) and not yet written: the spans of
     the chunks it holds.  :meth:`write` fills the outputs; it touches no packer state, so batches
-    taken in order may be written by other threads, in any order (the loader's pool threads)."""
+    taken in order may be written later, by any thread, in any order."""
 
     __slots__ = ("rows", "spans", "seq_len", "pad_id", "dtype", "_ramp")
 
