@@ -56,8 +56,9 @@ PLAN_PEAK_BYTES_PER_PIECE = 151
 # holds, the documents the packer still writes from, each thread's unit as read, the allocator's
 # own): measured 11-14 MiB (median) and 17-20 MiB (at the peak) above the accounted bytes at
 # budgets of 64 and 256 MiB on heavy-tailed token documents (docs/PERFORMANCE.md, "Memory: the
-# allocator").  The budget keeps a quarter of itself for it, at most this, so that the process
-# stays within the budget.
+# allocator").  The budget keeps a quarter of itself for it, at most this plus the batch the
+# consumer holds (a batch of 256 decoded 224 x 224 images is 38.5 MB), so that the process stays
+# within the budget.
 OUTSIDE_MAX = 24 << 20
 
 
@@ -141,7 +142,7 @@ class Sizing:
         batch_bytes = self.batch_size * self.batch_row_nbytes
         reserve = self.reserved_batches(budget)
         ahead = min(reserve, 8 * threads)
-        outside = min(budget // 4, OUTSIDE_MAX) if self.ragged else 0
+        outside = min(budget // 4, OUTSIDE_MAX + batch_bytes) if self.ragged else 0  # and the batch in hand
         window_bytes = (budget - outside - reserve * batch_bytes) // 2 - self.window_slack
         if window_bytes < batch_bytes:
             need = (2 + 2) * batch_bytes + 2 * self.window_slack + outside
