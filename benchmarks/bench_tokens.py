@@ -43,12 +43,15 @@ TARGET = 0.7
 
 
 def _touch(batches: Iterable[dict[str, Any]]) -> int:
-    """Consume ``batches``, one element of each output read; the real tokens delivered."""
+    """Consume ``batches``, one element of each output read; the real tokens delivered.  The same
+    numpy code for both paths: the loader's tensors are looked at through their numpy views (no
+    copy), since a torch op in the consumer waits for the reader threads' interpreter lock where
+    the in-RAM path's numpy op does not (docs/PERFORMANCE.md, "Packed tokens")."""
     tokens = 0
     for b in batches:
-        _ = [int(b[k][-1, -1]) for k in ("tokens", "position_ids", "document_ids")]
-        ids = b["document_ids"]
-        tokens += int((ids >= 0).sum())
+        arrays = {k: np.asarray(b[k]) for k in ("tokens", "position_ids", "document_ids")}
+        _ = [int(a[-1, -1]) for a in arrays.values()]
+        tokens += int((arrays["document_ids"] >= 0).sum())
     return tokens
 
 
