@@ -29,7 +29,6 @@ from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.device import DeviceFeeder, check_on_device, resolve_device
-from .loader.malloc import cap_mmap_threshold
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_state, serve_packed
@@ -258,7 +257,6 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return self._serve(run)
 
     def _serve(self, run: Run) -> Iterator[dict[str, torch.Tensor]]:
-        cap_mmap_threshold()  # freed buffers of a few MiB go back to the system (loader/malloc.py)
         sizing = self._sizing()
         lay = sizing.layout(run.num_workers)
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,

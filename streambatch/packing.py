@@ -58,7 +58,7 @@ from numpy.typing import DTypeLike, NDArray
 from .errors import StateError
 from .ragged import Ragged
 
-__all__ = ["OUTPUTS", "Pack", "Packer", "Planned", "batch_nbytes", "batch_views"]
+__all__ = ["OUTPUTS", "Pack", "Packer", "batch_nbytes", "batch_views"]
 
 OUTPUTS = ("tokens", "position_ids", "document_ids")
 """The arrays of a packed batch, by name."""
@@ -155,6 +155,23 @@ class _Chunk:
         """The document the cursor is in (past any empty documents at the cursor)."""
         return int(np.searchsorted(self.cum, self.pos, "right")) - 1
 
+    def write(self, k: int, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray, ramp: np.ndarray) -> None:
+        """Write the next ``k`` tokens into flat ``tok``, ``pos``, ``doc`` and move the cursor
+        (``ramp``: ``arange`` of at least ``k`` int64, kept by the packer)."""
+        a, b = self.pos, self.pos + k
+        tok[...] = self.values[a:b]
+        j0, j1 = self.doc(), int(np.searchsorted(self.cum, b, "left"))
+        if j1 - j0 == 1:  # one document: fills, no repeat
+            doc.fill(self.rows[j0])
+            np.add(ramp[:k], a - self.cum[j0], out=pos)
+        else:
+            spans = np.diff(self.cum[j0:j1 + 1])  # each document's tokens in [a, b)
+            spans[0] -= a - self.cum[j0]
+            spans[-1] -= self.cum[j1] - b
+            doc[...] = np.repeat(self.rows[j0:j1], spans)
+            np.subtract(ramp[:k], np.repeat(self.cum[j0:j1] - a, spans), out=pos)
+        self.pos = b
+
     def after(self, base: int) -> tuple[int, int | None, int]:
         """(stream position, row, tokens done) just after the last token written, this chunk's first
         document at stream position ``base``: a finished document counts as the next one, not done."""
@@ -173,49 +190,6 @@ class _Chunk:
         cum = self.cum[j:] - self.cum[j]
         return _Chunk(self.values[int(self.cum[j]):int(self.cum[-1])].copy(), cum, self.rows[j:].copy(),
                       self.pos - int(self.cum[j]), True), j
-
-
-def _write_span(values: np.ndarray, cum: NDArray[np.int64], rows: NDArray[np.int64], a: int, tok: np.ndarray,
-                pos: np.ndarray, doc: np.ndarray, ramp: np.ndarray) -> None:
-    """Write tokens ``a`` to ``a + len(tok)`` of a chunk (flat ``values``, ``cum`` offsets from 0,
-    ``rows`` ids) into ``tok``, ``pos`` and ``doc`` (``ramp``: ``arange`` of at least that many int64)."""
-    k = len(tok)
-    b = a + k
-    tok[...] = values[a:b]
-    j0, j1 = int(np.searchsorted(cum, a, "right")) - 1, int(np.searchsorted(cum, b, "left"))
-    if j1 - j0 == 1:  # one document: fills, no repeat
-        doc.fill(rows[j0])
-        np.add(ramp[:k], a - cum[j0], out=pos)
-    else:
-        spans = np.diff(cum[j0:j1 + 1])  # each document's tokens in [a, b)
-        spans[0] -= a - cum[j0]
-        spans[-1] -= cum[j1] - b
-        doc[...] = np.repeat(rows[j0:j1], spans)
-        np.subtract(ramp[:k], np.repeat(cum[j0:j1] - a, spans), out=pos)
-
-
-class Planned:
-    """One batch the packer has taken (its cursor moved past it) and not yet written: the spans of
-    the chunks it holds.  :meth:`write` fills the outputs; it touches no packer state, so batches
-    taken in order may be written later, by any thread, in any order."""
-
-    __slots__ = ("rows", "spans", "seq_len", "pad_id", "dtype", "_ramp")
-
-    def __init__(self, rows: int, spans: list[tuple[np.ndarray, NDArray[np.int64], NDArray[np.int64],
-                                                                 int, int]], packer: Packer) -> None:
-        self.rows, self.spans = rows, spans
-        self.seq_len, self.pad_id, self.dtype, self._ramp = packer.seq_len, packer.pad_id, packer.dtype, packer._ramp
-
-    def write(self, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray) -> None:
-        """Fill flat ``tok``, ``pos`` and ``doc`` (``rows * seq_len`` items each): the tokens, then padding."""
-        o = 0
-        for values, cum, rows, a, k in self.spans:
-            _write_span(values, cum, rows, a, tok[o:o + k], pos[o:o + k], doc[o:o + k], self._ramp)
-            o += k
-        if o < len(tok):
-            tok[o:] = self.pad_id
-            pos[o:] = 0
-            doc[o:] = -1
 
 
 class Packer:
@@ -310,31 +284,25 @@ class Packer:
         if rows == 0:
             return 0
         flat = _flat_outputs(self, out, rows)
-        planned = self.take_batch()
-        assert planned is not None
-        planned.write(*flat)
+        n = min(self._left, rows * self.seq_len)
+        self._take(n, *flat)
+        if n < rows * self.seq_len:
+            flat[0][n:] = self.pad_id
+            flat[1][n:] = 0
+            flat[2][n:] = -1
+        self._batches += 1
         return rows
 
-    def take_batch(self) -> Planned | None:
-        """Take the next batch (None: none ready) without writing it: the cursor and :meth:`state`
-        move past it, and the :class:`Planned` it returns writes it later, from any thread.  Its
-        spans are views of the chunks fed, as :meth:`feed` keeps them."""
-        rows = self.rows_ready()
-        if rows == 0:
-            return None
-        n = min(self._left, rows * self.seq_len)
-        spans, o = [], 0
+    def _take(self, n: int, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray) -> None:
+        o = 0
         while o < n:
             c, base = self._chunks[0], self._base
             k = min(n - o, c.left)
-            spans.append((c.values, c.cum, c.rows, c.pos, k))
-            c.pos += k
+            c.write(k, tok[o:o + k], pos[o:o + k], doc[o:o + k], self._ramp)
             o += k
             self._drop_spent()
         self._left -= n
         self._at = c.after(base)
-        self._batches += 1
-        return Planned(rows, spans, self)
 
     def _drop_spent(self) -> None:
         """Forget the chunks at the front whose tokens were all written (or that had none)."""

@@ -10,8 +10,9 @@ the loader held (p50), against 9-11 MiB with the threshold fixed at 4 MiB, at th
 (docs/PERFORMANCE.md, "Memory: the allocator").
 
 :func:`cap_mmap_threshold` fixes it at :data:`MMAP_THRESHOLD` (``mallopt``; fixing it also stops
-glibc's adjusting) the first time a process iterates a dataset.  An ``MALLOC_MMAP_THRESHOLD_``
-set in the environment is the user's choice and is left alone; other C libraries are left alone.
+glibc's adjusting) the first time a process starts a loader (``Prefetcher``).  An
+``MALLOC_MMAP_THRESHOLD_`` set in the environment is the user's choice and is left alone; other C
+libraries are left alone.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
+from .malloc import cap_mmap_threshold
 from .pool import POLL, Flag, Pool, Task
 from .rows import batch_values_nbytes, ragged_slack, window_nbytes
 from .windows import Buffers, Window, start_window
@@ -112,6 +113,7 @@ class Prefetcher:
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
         self._buffers = Buffers(tuple(c for c in columns if not c.ragged), plan.window_rows, buffers)
+        cap_mmap_threshold()  # freed buffers of a few MiB go back to the system (malloc.py)
         self._pool = Pool(max(1, threads), name)
         self._closed = False
         self._cancelled = Flag()  # cancel(): asked from another thread to stop
