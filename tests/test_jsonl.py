@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streambatch.errors import InputError
 from streambatch.ragged import Ragged
-from streambatch.sources import jsonl, open_source
+from streambatch.sources import Source, detect_format, jsonl, open_source
 
 
 def write_awkward_jsonl(path: Path, n: int, end: str = "\n\n") -> Path:
@@ -42,6 +43,23 @@ def _rows(pieces: list[dict[str, np.ndarray]], name: str) -> list[object]:
     return out
 
 
+def _check_every_range(source: Source, full: dict[str, list[object]]) -> None:
+    """Any rows ``start`` to ``stop`` of ``source``, in pieces of any size: exactly those rows of
+    ``full`` (a read of every row, by column)."""
+    n, names = source.rows, tuple(full)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, n), st.integers(0, n), st.integers(1, 60))
+    def check(a: int, b: int, max_rows: int) -> None:
+        start, stop = min(a, b), max(a, b)
+        pieces = list(source.pieces(max_rows, names, start, stop))
+        assert all(0 < len(p["id"]) <= max_rows for p in pieces)
+        for name in names:
+            assert _rows(pieces, name) == full[name][start:stop]
+
+    check()
+
+
 @pytest.mark.parametrize("end", ["\n\n", ""])
 def test_every_row_range_is_the_rows_of_a_full_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     end: str) -> None:
@@ -55,17 +73,7 @@ def test_every_row_range_is_the_rows_of_a_full_read(tmp_path: Path, monkeypatch:
     names = tuple(c.name for c in source.columns)
     full = {name: _rows(list(source.pieces(n)), name) for name in names}
     assert full["id"] == list(range(n)) and full["s"][1] == "éß".encode()
-
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(st.integers(0, n), st.integers(0, n), st.integers(1, 60))
-    def check(a: int, b: int, max_rows: int) -> None:
-        start, stop = min(a, b), max(a, b)
-        pieces = list(source.pieces(max_rows, names, start, stop))
-        assert all(0 < len(p["id"]) <= max_rows for p in pieces)
-        for name in names:
-            assert _rows(pieces, name) == full[name][start:stop]
-
-    check()
+    _check_every_range(source, full)
 
 
 def _damage_last_record(path: Path) -> int:
@@ -136,3 +144,117 @@ def test_a_compressed_file_is_read_in_order(tmp_path: Path) -> None:
     assert packed.in_order == "a compressed JSON Lines file is read in order"
     for name in ("id", "v", "m", "s", "t"):
         assert _rows(list(packed.pieces(50)), name) == _rows(list(plain.pieces(50)), name)
+
+
+def split_lines(src: Path, folder: Path, names: tuple[str, ...], cuts: tuple[int, ...]) -> Path:
+    """The lines of ``src`` into the files ``names`` of a new ``folder``, cut before the lines
+    ``cuts`` (from 0); the files are written last to first, so that only their names give their order."""
+    folder.mkdir()
+    lines = src.read_bytes().splitlines(keepends=True)
+    bounds = (0, *cuts, len(lines))
+    for name, lo, hi in reversed(list(zip(names, bounds, bounds[1:]))):
+        (folder / name).write_bytes(b"".join(lines[lo:hi]))
+    return folder
+
+
+def _awkward_folder(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """An awkward file (``write_awkward_jsonl``, no final line break) and a folder of its lines in
+    three files, whose name order is the rows' order (one .ndjson; the first and last without a
+    final line break), beside stray files that are not JSON Lines."""
+    src = write_awkward_jsonl(tmp_path / "all.jsonl", n, "")
+    folder = split_lines(src, tmp_path / "folder", ("part-10.jsonl", "part-11.ndjson", "part-9.jsonl"),
+                         (n // 3, 2 * n // 3))
+    first = folder / "part-10.jsonl"
+    first.write_bytes(first.read_bytes().rstrip(b"\r\n"))
+    for stray in ("_SUCCESS", "notes.txt", "part-10.jsonl.crc"):
+        (folder / stray).write_text("not JSON\n")
+    return src, folder
+
+
+def test_a_folder_reads_as_its_files_one_after_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of JSON Lines files (files of no input format ignored, as in a Parquet folder): the
+    rows and types of the files in name order, those of one file of their lines; any rows ``start`` to ``stop``,
+    across files, read by the chunks holding them, are exactly those rows."""
+    monkeypatch.setattr(jsonl, "CHUNK_BYTES", 512)
+    n = 400
+    src, folder = _awkward_folder(tmp_path, n)
+    one, source = open_source(src), open_source(folder)
+    assert source.format == "jsonl" and source.rows == n and source.random_access
+    assert source.index.names == ("part-10.jsonl", "part-11.ndjson", "part-9.jsonl") and len(source.index.lines) > 50
+    assert source.columns == one.columns
+    names = tuple(c.name for c in source.columns)
+    full = {name: _rows(list(source.pieces(n)), name) for name in names}
+    assert full == {name: _rows(list(one.pieces(n)), name) for name in names} and full["id"] == list(range(n))
+    _check_every_range(source, full)
+
+
+@pytest.mark.parametrize("block,bad,message", [(1 << 20, {"x": "oops"}, "Column(/x) changed from number to string"),
+                                               (4096, {"x": "oops"}, "Column(/x) changed from number to string"),
+                                               (4096, {"z": 1.5}, "unexpected field")])
+def test_a_bad_line_in_a_folder_is_named_by_its_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              block: int, bad: dict[str, object],
+                                                              message: str) -> None:
+    """A line of the second file that the types do not take (a string where numbers are; beyond
+    the first block, a key the types lack): its file and its line there (from 1), whether the
+    types are settled by a first block holding it (the lines before it, of both files, parse
+    together; those up to it do not) or by one before it (its chunk does not parse with them)."""
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", block)
+    lines = [json.dumps({"id": i, "x": i * 0.5}) for i in range(1500)]
+    lines[1234] = json.dumps({"id": 1234, **({"x": 1.0} if "z" in bad else {}), **bad})
+    split_lines(_write_lines(tmp_path / "all.jsonl", lines), tmp_path / "folder", ("a.jsonl", "b.jsonl"), (1000,))
+    with pytest.raises(InputError) as e:
+        open_source(tmp_path / "folder")
+    bad_file = tmp_path / "folder" / "b.jsonl"
+    assert str(e.value) == f"{bad_file}: line 235: cannot parse JSONL: JSON parse error: {message}"
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_what_a_folder_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:
+    """A folder without JSON Lines files (read with ``--from jsonl``), JSON Lines beside another
+    format's files (detected), a file gone or added since the folder was indexed: one-line
+    ``InputError``s naming the folder and the file."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("{}\n")
+    with pytest.raises(InputError, match=r"empty: folder holds no JSON Lines files \(\.jsonl, \.ndjson, compressed"):
+        open_source(empty, "jsonl")
+    mixed = split_lines(write_awkward_jsonl(tmp_path / "all.jsonl", 30), tmp_path / "mixed", ("a.jsonl", "b.jsonl"),
+                        (10,))
+    np.save(mixed / "c.npy", np.arange(30))
+    with pytest.raises(InputError, match=r"mixed: holds files of several input formats \(a\.jsonl, c\.npy\); keep one "
+                                         r"format in the folder \(--from npy, parquet or jsonl reads only"):
+        open_source(mixed)
+    spec = open_source(mixed, "jsonl").spec
+    assert spec is not None and spec.index.names == ("a.jsonl", "b.jsonl")
+    (mixed / "b.jsonl").rename(mixed / "d.jsonl")
+    with pytest.raises(InputError, match=r"mixed: b\.jsonl is gone since it was opened; convert it again$"):
+        open_source(**vars(spec))
+    (mixed / "b.jsonl").write_bytes((mixed / "d.jsonl").read_bytes())
+    with pytest.raises(InputError, match=r"mixed: d\.jsonl appeared since it was opened; convert it again$"):
+        open_source(**vars(spec))
+
+
+def test_a_folder_with_a_compressed_file_is_read_in_order(tmp_path: Path) -> None:
+    """A folder holding a compressed JSON Lines file (detected, if it holds only such files):
+    read in order, as a whole, the rows of the plain files; why names the file."""
+    import gzip
+
+    src, folder = _awkward_folder(tmp_path, 300)
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for p in folder.glob("part-*"):
+        shutil.copy(p, packed / p.name)
+    (packed / "part-11.ndjson.gz").write_bytes(gzip.compress((packed / "part-11.ndjson").read_bytes()))
+    (packed / "part-11.ndjson").unlink()
+    plain, source = open_source(folder), open_source(packed)
+    assert source.rows == 300 and not source.random_access and source.index is None
+    assert source.in_order == "part-11.ndjson.gz is compressed: a compressed JSON Lines file is read in order"
+    for name in ("id", "v", "m", "s", "t"):
+        assert _rows(list(source.pieces(50)), name) == _rows(list(plain.pieces(50)), name)
+    for p in packed.glob("*.jsonl"):
+        p.unlink()
+    assert detect_format(packed) == "jsonl" and open_source(packed).rows == open_source(folder / "part-11.ndjson").rows

@@ -63,9 +63,10 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
 
     Args:
         src: an .npy file or folder of .npy files (one column each), .npz, Parquet file or
-            folder (also Hive-partitioned: key=value/ folders), CSV, JSON Lines, Arrow IPC /
-            Feather, HDF5, or a Zarr v2/v3 store; with ``client``, also a ``dask.dataframe.DataFrame``
-            (its partitions written as Parquet beside ``dst`` first, by the cluster).
+            folder (also Hive-partitioned: key=value/ folders), CSV, JSON Lines file or folder
+            (its files in name order, as one file), Arrow IPC / Feather, HDF5, or a Zarr v2/v3
+            store; with ``client``, also a ``dask.dataframe.DataFrame`` (its partitions written
+            as Parquet beside ``dst`` first, by the cluster).
         dst: the dataset folder to create.
         format: a name in ``streambatch.storage.FORMATS``: ``"zarr"`` (sharded Zarr v3, the default),
             ``"parquet"`` or ``"arrow"`` (uncompressed Arrow IPC files, codec ``"none"`` only).
@@ -97,8 +98,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], format: st
         delimiter: a CSV's field separator (default ``,``).
         client: a ``distributed.Client``: each file is written by a task on its Dask cluster
             (``convert.cluster``; with ``shuffle``, the pre-shuffle's passes too), the output the
-            same as without it.  For .npy, Parquet and (uncompressed) JSON Lines inputs that the
-            workers see (local paths, or a URL source: copied beside ``dst`` first), into a local
+            same as without it.  For .npy, Parquet and (uncompressed) JSON Lines files or
+            folders that the workers see (local paths, or a URL source: copied beside ``dst`` first), into a local
             ``dst``, without ``fill`` or ``drop_nulls``.
 
     Raises:

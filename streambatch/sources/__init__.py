@@ -43,14 +43,19 @@ def detect_format(path: Path) -> str:
         raise InputError(f"{path}: no such file or folder")
     ext = path.suffix.lower()
     if path.is_dir():
-        kinds = {_EXT.get(p.suffix.lower()) for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
-        kinds.discard(None)
+        first: dict[str, str] = {}  # a file of each format, by extension
+        for p in sorted(path.iterdir()):
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _EXT:
+                first.setdefault(_EXT[p.suffix.lower()], p.name)
         for c in sorted(SOURCES.values(), key=lambda c: c.detect_rank):
-            if c.claims_folder(path, kinds):  # type: ignore[arg-type]
+            if c.claims_folder(path, set(first)):
                 return c.name
+        if len(first) > 1:
+            raise InputError(f"{path}: holds files of several input formats ({', '.join(first.values())}); keep "
+                             "one format in the folder (--from npy, parquet or jsonl reads only that format's files)")
         raise InputError(f"{path}: cannot tell the input format of this folder (expected .npy files, "
-                         "Parquet files, key=value partition folders, a Zarr store, class folders of "
-                         "images or a streambatch dataset); pass --from")
+                         "Parquet files, JSON Lines files, key=value partition folders, a Zarr store, class "
+                         "folders of images or a streambatch dataset); pass --from")
     if ext in _EXT:
         return _EXT[ext]
     raise InputError(f"{path}: unknown file extension {ext!r}; pass --from with one of {', '.join(SOURCE_FORMATS)}")
