@@ -25,7 +25,7 @@ from streambatch.sources import jsonl
 from streambatch.storage import load_manifest
 
 from conftest import SIGINT_HANDLER, write_sorted_npy
-from test_jsonl import write_awkward_jsonl
+from test_jsonl import split_lines, write_awkward_jsonl
 from test_remote import local, s3  # noqa: F401 - fixtures: an S3-compatible server on loopback
 
 distributed = pytest.importorskip("distributed")
@@ -169,6 +169,41 @@ def test_cluster_jsonl_equals_the_local_conversion(tmp_path: Path, client: Any, 
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("where,shuffle", [("local", None), ("local", 5), ("s3", None)])
+def test_cluster_jsonl_folder_equals_the_local_conversion(tmp_path: Path, client: Any, request: pytest.FixtureRequest,
+                                                          monkeypatch: pytest.MonkeyPatch, where: str,
+                                                          shuffle: int | None) -> None:
+    """A folder of JSON Lines files (pandas' lines in three files), local or at a URL prefix (an
+    S3-compatible server on loopback, copied beside the target), converted by parts on two worker
+    processes, with ``shuffle`` too: the files, bytes and manifest of the local converter, which
+    are those of the one file of the same lines.  The client indexes the files in chunks of
+    ~2 KiB, which its parts start and stop inside and which the files end."""
+    n = 3001
+    whole = _pandas_jsonl(tmp_path / "all.jsonl", n)
+    folder = split_lines(whole, tmp_path / "src", ("part-0.jsonl", "part-1.jsonl", "part-2.jsonl"), (1000, 2200))
+    opts: dict[str, Any] = dict(format="parquet", codec="zstd", unit_rows=97, shard_bytes=20_000, label="y",
+                                shuffle=shuffle, memory="1MiB", progress=False,
+                                columns=["id", "x", "y", "v"] if shuffle is not None else None)
+    streambatch.convert(whole, tmp_path / "one", **opts)
+    streambatch.convert(folder, tmp_path / "local", **opts)
+    src: Any = folder
+    if where == "s3":
+        import fsspec
+
+        src = f"{request.getfixturevalue('s3')}/jsonl-src"
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        for p in folder.iterdir():
+            fs.put_file(str(p), f"{src.removeprefix('s3://')}/{p.name}")
+    monkeypatch.setattr(jsonl, "CHUNK_BYTES", 2048)
+    m = streambatch.convert(src, tmp_path / "out" / "dask", client=client, **opts)
+    assert isinstance(m, Manifest) and m.rows == n and len(m.files) >= 8
+    got, want = _assert_same_data(tmp_path / "out" / "dask", tmp_path / "local")
+    assert got.pop("source")["format"] == want.pop("source")["format"] == "jsonl"
+    assert got == want
+    _assert_same_data(tmp_path / "local", tmp_path / "one")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dask"] and _leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("bad,message", [(None, "column 'x': missing value at row 2500"),
                                          ("oops", "line 2501: cannot parse JSONL: JSON parse error: Column(/x) "
                                                   "changed from number to string")])
@@ -196,8 +231,8 @@ def test_cluster_bad_jsonl_line_fails_as_locally_and_leaves_nothing(tmp_path: Pa
 
 def test_cluster_refuses_null_options_and_compressed_jsonl(tmp_path: Path, client: Any) -> None:
     """``fill`` and ``drop_nulls`` (their counts, or the rows dropped, need the rows in order) and
-    a compressed JSON Lines file on a cluster: a one-line ``ValueError`` naming the option or
-    the file, before anything is written."""
+    a compressed JSON Lines file (or a folder holding one) on a cluster: a one-line ``ValueError``
+    naming the option or the file, before anything is written."""
     import gzip
 
     src = tmp_path / "a.jsonl"
@@ -212,7 +247,14 @@ def test_cluster_refuses_null_options_and_compressed_jsonl(tmp_path: Path, clien
                                          r"on a Dask cluster \(use \.npy, Parquet or uncompressed JSON Lines\)"):
         streambatch.convert(tmp_path / "b.jsonl.gz", tmp_path / "ds", client=client, source_format="jsonl",
                             progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl.gz"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for p in (src, tmp_path / "b.jsonl.gz"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(ValueError, match=r"folder: b\.jsonl\.gz is compressed: a compressed JSON Lines file is read in "
+                                         r"order, not by parts on a Dask cluster"):
+        streambatch.convert(folder, tmp_path / "ds", client=client, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl.gz", "folder"]
 
 
 @pytest.mark.parametrize("src_kind,fmt,codec", [("npy", "zarr", "none"), ("parquet", "parquet", "zstd")])
