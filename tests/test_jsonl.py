@@ -236,6 +236,9 @@ def test_what_a_folder_cannot_hold_is_refused_by_name(tmp_path: Path) -> None:
     (mixed / "b.jsonl").write_bytes((mixed / "d.jsonl").read_bytes())
     with pytest.raises(InputError, match=r"mixed: d\.jsonl appeared since it was opened; convert it again$"):
         open_source(**vars(spec))
+    (mixed / "d.jsonl").rename(mixed / "e.jsonl.gz")  # not read in order instead
+    with pytest.raises(InputError, match=r"mixed: e\.jsonl\.gz appeared since it was opened; convert it again$"):
+        open_source(**vars(spec))
 
 
 def test_a_folder_with_a_compressed_file_is_read_in_order(tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ class JsonlSource(TextSource):
         import pyarrow as pa
 
         out = cls(path, opts)
-        if any(_compressed(p) for p in out._files):
+        if opts.index is None and any(_compressed(p) for p in out._files):  # with an index: a file added is refused
             return super().open(path, keep, opts)
         index = opts.index if opts.index is not None else _build(out._files, out._first_schema())
         _check_unchanged(path, out._files, index)
