@@ -130,3 +130,27 @@ def test_decoded_batches_stay_within_the_budget(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert rows == 300
     assert peak <= ds.memory_budget
+
+
+def test_a_batch_is_decoded_in_parts_by_several_threads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A batch of 60 rows is decoded in parts (the assembling thread and the decoding pool's):
+    every row lands at its place with its colour, and a broken image in a later part is named,
+    or skipped and counted, as with one part."""
+    rows = _folder(tmp_path / "imgs", per_class=40, broken=101)
+    m = streambatch.convert(tmp_path / "imgs", tmp_path / "ds", unit_bytes="4KiB", progress=False)
+    unit = int(np.searchsorted(m.unit_start, 101, "right")) - 1
+    with pytest.raises(DataError, match=f"column 'image', row 101 \\(unit {unit}\\): not a decodable image"):
+        for _ in StreamDataset(tmp_path / "ds", batch_size=60, threads=2, decode={"image": Image(size=(16, 24))}):
+            pass
+    ds = StreamDataset(tmp_path / "ds", batch_size=60, threads=2, return_index=True,
+                       decode={"image": Image(size=(16, 24), on_error="skip")})
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="streambatch"):
+        for b in ds:
+            idx = b["_row"].numpy()
+            for k, i in enumerate(idx):
+                got = b["image"][k].float().mean(dim=(1, 2)).numpy()
+                assert np.abs(got - np.array(rows[i][1])).max() < 6
+            seen.append(idx)
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.setdiff1d(np.arange(len(rows)), [101]))
+    assert ds.skipped_rows == 1 and "row 101" in caplog.text

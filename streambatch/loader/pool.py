@@ -123,6 +123,16 @@ class Pool:
             self._cond.notify()
         return task
 
+    def wait(self, task: Task) -> Any:
+        """``task``'s value once done, or its exception (with its type); ``RuntimeError`` once
+        the pool is closed, so that a thread waiting here is never left waiting."""
+        while not task.done.wait(POLL):
+            if self._stop.is_set():
+                raise RuntimeError("streambatch loader closed while waiting")
+        if task.error is not None:
+            raise task.error
+        return task.value
+
     def close(self, timeout: float = 5.0) -> None:
         _shutdown(self._heap, self._lock, self._cond, self._stop, self.threads, timeout)
 

@@ -115,10 +115,15 @@ class Prefetcher:
         self._buffers = Buffers(tuple(c for c in columns if not c.ragged), plan.window_rows, buffers)
         cap_mmap_threshold()  # freed buffers of a few MiB go back to the system (malloc.py)
         self._pool = Pool(max(1, threads), name)
+        # decoded columns: as many threads again decode parts of a batch (loader/tensors.py, _decode_parts)
+        decoding = getattr(finish_ragged, "decoders", None)
+        self._pools = [self._pool, *([Pool(max(1, threads), f"{name}-decode")] if decoding else [])]
+        if decoding:
+            finish_ragged.pool = self._pools[1]
         self._closed = False
         self._cancelled = Flag()  # cancel(): asked from another thread to stop
         self._stuck = False  # a wait timed out: a pool thread may be stuck in a read
-        self._finalizer = weakref.finalize(self, Pool.close, self._pool)
+        self._finalizer = weakref.finalize(self, _close_pools, self._pools)
 
     # -- accounting
     def _acquire(self, n: int) -> None:
@@ -286,7 +291,13 @@ class Prefetcher:
             return
         self._closed = True
         if self._stuck and self._finalizer.detach() is not None:
-            self._pool.close(timeout=0.2)  # logs the stuck thread; it exits when its read returns
+            _close_pools(self._pools, timeout=0.2)  # logs the stuck thread; it exits when its read returns
         else:
             self._finalizer()
         self._buffers.close()
+
+
+def _close_pools(pools: list[Pool], timeout: float = 5.0) -> None:
+    """Close the decoding pool first: a batch task of the reader pool may be waiting for it."""
+    for p in reversed(pools):
+        p.close(timeout=timeout)
