@@ -19,7 +19,11 @@ alternating the paths within every repeat:
 * ``crc32c``: CRC-32C (``streambatch.io.checksum``, as the loader verifies) of every unit and
   column, the bytes already in RAM: the price of ``verify``;
 * ``streambatch``: the loader itself, default settings and ``piece_rows=0`` (whole units), a
-  warm-up epoch first.
+  warm-up epoch first;
+* ``DataLoader IPC w2``: the ceiling of ``num_workers=2`` (issue 16): batches of the dataset's
+  shapes made in the workers by one copy of a template (no reads, no gathers) and handed through
+  ``DataLoader(num_workers=2, persistent_workers=True)``: what crossing the process boundary
+  alone allows; ``streambatch w2``: the loader through that same DataLoader.
 
 Figures per path: samples/s, process CPU seconds (user+sys) per GB served, CPU / wall, and the
 ratio to the in-RAM gather of the same repeat (median of the paired ratios).  Usage::
@@ -43,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
@@ -169,6 +174,38 @@ def crc_all(store: Store, data: Mapping[int, bytes]) -> dict[str, Any]:
             "cpu_seconds": _common.process_cpu_seconds() - cpu0, "ids": np.arange(store.m.rows)}
 
 
+class Prebuilt(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Batches of ``template``'s columns (one batch's tensors) for rows ``0..n-1``, each one copy of
+    the template into one fresh buffer, its columns and ``id`` views of it (one shared-memory block
+    crosses to the main process, as the loader's batches do): what a DataLoader worker serves when
+    reading and gathering cost nothing.  Workers split the batches round-robin."""
+
+    def __init__(self, template: Mapping[str, torch.Tensor], n: int) -> None:
+        cols = {**{k: v.contiguous() for k, v in template.items()}, "id": torch.zeros(BATCH, dtype=torch.int64)}
+        self.spec, at = [], 0
+        for name, t in cols.items():
+            self.spec.append((name, at, t.dtype, tuple(t.shape)))
+            at += -(-t.numel() * t.element_size() // 64) * 64
+        self.flat = torch.zeros(at, dtype=torch.uint8)
+        for name, a, _, _ in self.spec:
+            raw = cols[name].reshape(-1).view(torch.uint8)
+            self.flat[a:a + raw.numel()] = raw
+        self.n = n
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        w, k = (info.id, info.num_workers) if info is not None else (0, 1)
+        for b in range(w, -(-self.n // BATCH), k):
+            a0, rows = b * BATCH, min(BATCH, self.n - b * BATCH)
+            flat = self.flat.clone()
+            out = {}
+            for name, a, dtype, shape in self.spec:
+                size = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+                out[name] = flat[a:a + size].view(dtype).reshape(shape)[:rows]
+            out["id"].copy_(torch.arange(a0, a0 + rows))
+            yield out
+
+
 def touch_run(batches: Iterator[Mapping[str, torch.Tensor]] | None, n: int, result: dict[str, Any] | None = None
               ) -> dict[str, Any]:
     """An epoch through the touching consumer (or a ready ``result``): rates, CPU, completeness."""
@@ -205,6 +242,14 @@ def paths_for(kind: str, npy: Path, store_dir: Path, budget: int) -> tuple[dict[
 
     for v in sbs:  # a warm-up epoch: steady state, as the design paths reuse their buffers
         sb(v)
+    template = {k: torch.from_numpy(np.ascontiguousarray(c[:BATCH])) for k, c in columns.items() if k != "id"}
+    loaders = {"ipc": DataLoader(Prebuilt(template, n), batch_size=None, num_workers=2, persistent_workers=True),
+               "sb": DataLoader(sbs["default"], batch_size=None, num_workers=2, persistent_workers=True)}
+
+    def sb_w2(s: int) -> Any:
+        sbs["default"].set_epoch(1000 + s)  # workers take the epoch when their iterator is made
+        return touch_run(iter(loaders["sb"]), n)
+
     paths: dict[str, Callable[[int], Any]] = {
         "in-RAM gather": lambda s: touch_run(None, n, _common.ram_limit(columns, BATCH, s, keep_ids=True, touch=True)),
         "units 1T": lambda s: touch_run(design_path(store, 0, window_rows, 1, sets, s), n),
@@ -214,6 +259,8 @@ def paths_for(kind: str, npy: Path, store_dir: Path, budget: int) -> tuple[dict[
         "crc32c alone": lambda s: touch_run(None, n, crc_all(store, data)),
         "streambatch default": lambda s: sb("default"),
         "streambatch piece_rows=0": lambda s: sb("piece_rows=0"),
+        "DataLoader IPC w2": lambda s: touch_run(iter(loaders["ipc"]), n),
+        "streambatch w2": sb_w2,
     }
     config = {"dataset": kind, "rows": n, "row_bytes": store.row_nbytes, "budget_bytes": budget,
               "window_rows": window_rows, "unit_rows": int(store.m.unit_rows.max()), "piece_rows": piece,
@@ -221,6 +268,7 @@ def paths_for(kind: str, npy: Path, store_dir: Path, budget: int) -> tuple[dict[
               "format": "zarr", "codec": "none", "batch_size": BATCH}
 
     def free() -> None:
+        loaders.clear()  # persistent workers stop with their DataLoader
         store.close()
         for ds in sbs.values():
             ds.release_buffers()
@@ -292,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------- report
+WORKERS_TARGET = 0.6  # issue 16: num_workers=2 at least 0.6x of num_workers=0
+
+
 def _f(v: Any, fmt: str) -> str:
     return bt._num(v, fmt)
 
@@ -314,7 +365,20 @@ def verdicts(recs: Sequence[Mapping[str, Any]]) -> str:
             f"the gather's is {'allowed' if cpu_ok else '**ruled out**'} (cheapest: {cheap}, "
             f"{_f(by[cheap]['cpu_vs_ram'], '.2f')}×; pieces 1T plus a CRC-32C of every byte, what verify adds: "
             f"{_f(verify_ratio, '.2f')}×); streambatch default reaches {_f(by['streambatch default']['vs_ram'], '.2f')}× "
-            f"at {_f(by['streambatch default']['cpu_vs_ram'], '.2f')}× the gather's CPU/GB.")
+            f"at {_f(by['streambatch default']['cpu_vs_ram'], '.2f')}× the gather's CPU/GB." + _workers_verdict(by))
+
+
+def _workers_verdict(by: Mapping[str, Mapping[str, Any]]) -> str:
+    """Whether ``num_workers=2`` at 0.6x of the loader in process is within what the DataLoader's
+    process boundary alone allows (issue 16)."""
+    if "DataLoader IPC w2" not in by:
+        return ""
+    ipc, inproc = by["DataLoader IPC w2"]["samples_per_s"], by["streambatch default"]["samples_per_s"]
+    ok = ipc >= WORKERS_TARGET * inproc
+    w2 = by["streambatch w2"]["samples_per_s"] / ipc if "streambatch w2" in by else float("nan")
+    return (f" num_workers=2 at ≥ {WORKERS_TARGET}× the loader in process is {'allowed' if ok else '**ruled out**'}: "
+            f"batches made for free cross the DataLoader's process boundary at {_f(ipc / inproc, '.2f')}× the "
+            f"loader's in-process rate, and streambatch through it reaches {_f(w2, '.2f')}× that ceiling.")
 
 
 def render(records: list[dict[str, Any]]) -> str:

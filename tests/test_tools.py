@@ -511,6 +511,18 @@ def test_touch_consumer_reads_every_tensor_and_counts_process_cpu() -> None:
     assert bc.consume(iter(batches))["x_sum"] == 3 * 24.0
 
 
+def test_bench_ceiling_ipc_path_serves_every_row_once_through_two_workers() -> None:
+    """The DataLoader IPC ceiling's batches (a template copied, ids set) cross two real worker
+    processes: every id once, each batch with the template's values, in one shared block."""
+    bce = _load("_benchmarks_bench_ceiling", ROOT / "benchmarks" / "bench_ceiling.py")
+    template = {"x": torch.arange(256 * 3, dtype=torch.float32).reshape(256, 3)}
+    got = list(torch.utils.data.DataLoader(bce.Prebuilt(template, 1000), batch_size=None, num_workers=2))
+    ids = np.concatenate([b["id"].numpy() for b in got])
+    assert sorted(ids.tolist()) == list(range(1000)) and len(got) == 4
+    assert all(torch.equal(b["x"], template["x"][:len(b["id"])]) for b in got)
+    assert all(len({t.untyped_storage().data_ptr() for t in b.values()}) == 1 for b in got)  # one block a batch
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bench_ceiling_design_paths_serve_every_row_once_with_its_bytes(tmp_path: Path, threads: int) -> None:
     """The ceiling's design paths (units or pieces read with preadv into window buffers, gathered
