@@ -396,7 +396,8 @@ def render(records: list[dict[str, Any]]) -> str:
              "1T/2T: one thread (read a window, then gather it) or two (one reads the next window while the other "
              "gathers); one `os.preadv` per unit (or piece) and column, no Python per row. crc32c alone: "
              "CRC-32C of every unit and column already in RAM (samples/s = rows checksummed per second). "
-             "CPU s/GB: process user+sys per GB served.", ""]
+             "CPU s/GB: process user+sys per GB served (the w2 rows count the main process only: their "
+             "persistent workers are not reaped within the run, so their CPU columns are too low).", ""]
     if first.get("quick"):
         lines += ["**--quick smoke run: tiny datasets, not a measurement.**", ""]
     for kind in dict.fromkeys(r["dataset"] for r in rows):
