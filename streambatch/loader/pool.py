@@ -96,6 +96,15 @@ class Task:
         self.value: Any = None
         self.error: BaseException | None = None
 
+    def result(self, check: Callable[[], None]) -> Any:
+        """The value once done, or the exception with its type; ``check()`` runs every ``POLL``
+        seconds while waiting and raises to stop the wait (closed, cancelled, timed out)."""
+        while not self.done.wait(POLL):
+            check()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
 
 class Pool:
     """Fixed threads taking the lowest (priority, sequence) task first."""
@@ -126,12 +135,11 @@ class Pool:
     def wait(self, task: Task) -> Any:
         """``task``'s value once done, or its exception (with its type); ``RuntimeError`` once
         the pool is closed, so that a thread waiting here is never left waiting."""
-        while not task.done.wait(POLL):
-            if self._stop.is_set():
-                raise RuntimeError("streambatch loader closed while waiting")
-        if task.error is not None:
-            raise task.error
-        return task.value
+        return task.result(self._check_open)
+
+    def _check_open(self) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("streambatch loader closed while waiting")
 
     def close(self, timeout: float = 5.0) -> None:
         _shutdown(self._heap, self._lock, self._cond, self._stop, self.threads, timeout)

@@ -31,7 +31,7 @@ from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
 from .malloc import cap_mmap_threshold
-from .pool import POLL, Flag, Pool, Task
+from .pool import Flag, Pool, Task
 from .rows import batch_values_nbytes, ragged_slack, window_nbytes
 from .windows import Buffers, Window, start_window
 
@@ -147,15 +147,15 @@ class Prefetcher:
 
     def _wait(self, task: Task, take: bool = False) -> Any:
         t0 = time.monotonic()
-        while not task.done.wait(POLL):
+
+        def check() -> None:
             if self._closed or self._cancelled.is_set():
                 raise RuntimeError("streambatch loader closed while waiting")
             if self.timeout is not None and time.monotonic() - t0 > self.timeout:
                 self._stuck = True  # close() then waits briefly for the stuck thread, not 5 s
                 raise TimeoutError(f"streambatch: no progress for {self.timeout:.1f}s {task.where}")
-        if task.error is not None:
-            raise task.error
-        value = task.value
+
+        value = task.result(check)
         if take:  # the consumer's now: not held by whoever still holds the task
             task.value = None
         return value
