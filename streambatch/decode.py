@@ -2,18 +2,18 @@
 
 ``Image(size=(224, 224))`` is the spec a user passes as ``decode={"image": Image(...)}``.  Each
 image is decoded, converted to RGB (grayscale, RGBA, palette, CMYK and 16-bit inputs too; alpha is
-dropped, as ``PIL.Image.convert("RGB")`` does), scaled so that it covers ``size`` (the shorter side
-fits, for a square size) and centre-cropped, in one antialiased bilinear resample of the crop box
-(``PIL.Image.resize(box=...)``): the same filter taps, and so within one level the same pixels, as
-torchvision's ``Resize(min(size))`` + ``CenterCrop(size)`` on a PIL image, without resampling the
-part that the crop throws away.
+dropped, as ``PIL.Image.convert("RGB")`` does), resized so that it covers ``size`` (the shorter side
+fits, for a square size) and centre-cropped: torchvision's ``Resize(min(size))`` + ``CenterCrop(size)``
+on a PIL image, within one level.  The resample is torch's antialiased bilinear kernel for uint8
+(Pillow's filter, vectorised; 2-3x faster than Pillow's own, docs/PERFORMANCE.md), imported on
+first use.
 
 Decoders (docs/PERFORMANCE.md, Image decoding): ``"simplejpeg"`` (libjpeg-turbo, the ``image``
 extra) decodes YCbCr and grayscale JPEGs, ``"pillow"`` everything else and every JPEG when
 simplejpeg is not installed.  A JPEG at least twice the size it is scaled to is decoded at 1/2,
 1/4 or 1/8 of its size in the DCT domain (libjpeg's power-of-two scaling: faster, and a low-pass
-before the resample).  Both libraries release the GIL while they decode and resample, so reader
-threads decode in parallel.  This module imports numpy and the decoders only (no torch).
+before the resample).  The decoders and torch's resample release the GIL, so reader threads
+decode in parallel; the resample runs on the calling thread only (no intra-op threads).
 """
 
 from __future__ import annotations
@@ -154,32 +154,34 @@ def decode_one(data: NDArray[np.uint8] | bytes, out: NDArray[np.uint8], size: tu
     found = None
     if decoder == "simplejpeg" and bytes(buf[:3]) == _JPEG_MAGIC:
         found = _simplejpeg_image(buf, size)
-    im, w, h = found or _pillow_image(buf, size)
-    try:
-        box = _crop_box(w, h, size, im.size)
-        arr = np.asarray(im.resize((size[1], size[0]), _pil().Resampling.BILINEAR, box=box))
-    except (OSError, ValueError, MemoryError) as e:
-        raise _Undecodable(_reason(e, buf)) from e
-    out[...] = arr.transpose(2, 0, 1)
-
-
-def _crop_box(w: int, h: int, size: tuple[int, int], reduced: tuple[int, int]) -> tuple[float, ...]:
-    """The box of a ``w`` x ``h`` image that torchvision's ``Resize`` + ``CenterCrop`` keep, in the
-    pixels of the image as decoded (``reduced`` = its width and height: ``w`` x ``h`` shrunk by a
-    power of two in the DCT domain, or not).
-
-    Resizing exactly this box to ``size`` computes the same filter taps as resizing the whole image
-    to torchvision's rounded size and cropping, without resampling the part cropped away.
-    """
-    (oh, ow), (rw, rh) = size, reduced
-    if oh / h >= ow / w:  # the height binds: it becomes oh, the width int(w * oh / h) >= ow
-        nh, nw = oh, max(ow, int(w * oh / h))
-    else:
-        nw, nh = ow, max(oh, int(h * ow / w))
+    pixels, w, h = found or _pillow_image(buf, size)
+    (oh, ow), (nh, nw) = size, _resized_size(w, h, size)
     top, left = int(round((nh - oh) / 2.0)), int(round((nw - ow) / 2.0))
-    s = 2.0 ** round(math.log2(w / rw)) if rw != w else 1.0  # libjpeg's scaled size is ceil(w / s)
-    sx, sy = w / nw / s, h / nh / s
-    return (left * sx, top * sy, min(rw, (left + ow) * sx), min(rh, (top + oh) * sy))
+    try:
+        scaled = _resample(pixels, nh, nw)
+    except (RuntimeError, MemoryError) as e:
+        raise _Undecodable(_reason(e, buf)) from e
+    out[...] = scaled[0, :, top:top + oh, left:left + ow].numpy()
+
+
+def _resized_size(w: int, h: int, size: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` that torchvision's ``Resize(min(size))`` gives a ``w`` x ``h`` image:
+    the binding side to its target, the other ``int(...)`` of the scaled side (never below it)."""
+    oh, ow = size
+    if oh / h >= ow / w:
+        return oh, max(ow, int(w * oh / h))
+    return max(oh, int(h * ow / w)), ow
+
+
+def _resample(pixels: NDArray[np.uint8], nh: int, nw: int) -> Any:
+    """``pixels`` (uint8 [H, W, 3]) resampled to ``nh`` x ``nw`` as uint8 [1, 3, nh, nw], antialiased
+    bilinear: torch's uint8 kernel of Pillow's filter (the same taps, within a level), on the
+    channels-last view, 2-3x faster than Pillow's and free of the GIL (docs/PERFORMANCE.md).
+    A JPEG shrunk in the DCT domain is resampled from its reduced size to the same target."""
+    torch = _torch()
+    x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    return torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True,
+                                           align_corners=False)
 
 
 def _dct_scale(w: int, h: int, size: tuple[int, int]) -> int:
@@ -193,13 +195,10 @@ def _dct_scale(w: int, h: int, size: tuple[int, int]) -> int:
     return 1
 
 
-def _simplejpeg_image(buf: Any, size: tuple[int, int]) -> tuple[Any, int, int] | None:
-    """The JPEG decoded by simplejpeg as an RGB PIL image and the JPEG's full width and height, or
-    ``None`` when simplejpeg declines it (a colour space it does not convert, a header it cannot
-    read): Pillow then decodes it or says why not.
-
-    RGB and a copy into Pillow, not RGBX shared with it: Pillow resamples 3 bands faster than 4,
-    which saves more than the copy costs (docs/PERFORMANCE.md, Image decoding)."""
+def _simplejpeg_image(buf: Any, size: tuple[int, int]) -> tuple[NDArray[np.uint8], int, int] | None:
+    """The JPEG decoded by simplejpeg, uint8 [H, W, 3] RGB, and the JPEG's full width and height,
+    or ``None`` when simplejpeg declines it (a colour space it does not convert, a header it cannot
+    read): Pillow then decodes it or says why not."""
     try:
         h, w, space, _ = _simplejpeg.decode_jpeg_header(buf)
         if space not in _SIMPLEJPEG_SPACES:
@@ -208,12 +207,12 @@ def _simplejpeg_image(buf: Any, size: tuple[int, int]) -> tuple[Any, int, int] |
         pixels = _simplejpeg.decode_jpeg(buf, "RGB", min_height=-(-h // s), min_width=-(-w // s))
     except (ValueError, MemoryError):
         return None
-    return _pil().fromarray(pixels), w, h
+    return pixels, w, h
 
 
-def _pillow_image(buf: Any, size: tuple[int, int]) -> tuple[Any, int, int]:
-    """The image decoded by Pillow in RGB (a JPEG shrunk in the DCT domain where it may be) and
-    its full width and height.
+def _pillow_image(buf: Any, size: tuple[int, int]) -> tuple[NDArray[np.uint8], int, int]:
+    """The image decoded by Pillow, uint8 [H, W, 3] RGB (a JPEG shrunk in the DCT domain where it
+    may be), and its full width and height.
 
     Raises:
         _Undecodable: Pillow cannot identify or decode it.
@@ -224,7 +223,7 @@ def _pillow_image(buf: Any, size: tuple[int, int]) -> tuple[Any, int, int]:
         if im.format == "JPEG" and (s := _dct_scale(w, h, size)) > 1:
             im.draft("RGB", (w // s, h // s))
         im.load()
-        return _to_rgb(im), w, h
+        return np.array(_to_rgb(im)), w, h  # a writable copy: torch.from_numpy shares it
     except (OSError, ValueError, SyntaxError, MemoryError, _pil().DecompressionBombError) as e:
         raise _Undecodable(_reason(e, buf)) from e
 
@@ -259,3 +258,11 @@ def _pil() -> Any:
         raise ImportError("decoding images needs Pillow: pip install 'streambatch[image]'") from e
     PILImage.init()  # register every format plugin now, not in racing reader threads
     return PILImage
+
+
+@functools.cache
+def _torch() -> Any:
+    """``torch``, imported on first use (converting images does not need it)."""
+    import torch
+
+    return torch
