@@ -145,3 +145,27 @@ def test_crc32_is_zlibs_crc32_for_every_buffer_kind() -> None:
     for p in parts:
         ext = extend_fn("crc32")(ext, p)
     assert ext == zlib.crc32(raw) and crc32(b"") == 0
+
+
+def test_crc32c_with_the_gil_released_gives_google_crc32c_values() -> None:
+    """Large buffers are summed by the library inside google_crc32c's wheel through ctypes (the
+    GIL released); bytes, read-only memoryviews, numpy arrays of any dtype and chained extends
+    give google_crc32c's own values on both sides of the size where the path changes."""
+    import google_crc32c
+
+    from streambatch.io import checksum
+    from streambatch.io.checksum import NATIVE_MIN, checksum_fn, extend_fn
+
+    assert checksum._native_crc32c() is not None, "the wheel's libcrc32c was not found"
+    data = np.random.default_rng(4).integers(0, 256, 3 * NATIVE_MIN + 5, dtype=np.uint8)
+    raw = data.tobytes()
+    for n in (0, 1, NATIVE_MIN - 1, NATIVE_MIN, len(raw)):
+        want = google_crc32c.value(raw[:n])
+        assert checksum_fn("crc32c")(raw[:n]) == checksum_fn("crc32c")(data[:n]) == want
+        assert checksum_fn("crc32c")(memoryview(raw)[:n]) == want
+    assert checksum_fn("crc32c")(data[:4 * (len(data) // 4)].view(np.int32)) == google_crc32c.value(raw[:4 * (len(raw) // 4)])
+    cuts = [0, 10, NATIVE_MIN + 10, 2 * NATIVE_MIN + 20, len(raw)]
+    crc = 0
+    for a, b in zip(cuts, cuts[1:]):
+        crc = extend_fn("crc32c")(crc, memoryview(raw)[a:b] if a % 2 else data[a:b])
+    assert crc == google_crc32c.value(raw)
