@@ -31,7 +31,7 @@ from .loader.batches import normalizers
 from .loader.device import DeviceFeeder, check_on_device, resolve_device
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
-from .loader.packed import PACK_ROWS, check_pack_state, packed_state, serve_packed
+from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
 from .loader.rows import ragged_slack
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_shared_batch
@@ -283,7 +283,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             start = run.pack_start
             batches = serve_packed(pf, self.pack, self.batch_size, self.drop_last, self.columns[0].np_dtype,
                                    INDEX_KEY, tensors, start, (start or {}).get("skip", 0),
-                                   lambda st: setattr(run, "pack_state", st))
+                                   lambda st: setattr(run, "pack_state", st), packed_group(lay.outside, tensors is make_batch))
         try:
             if self._target is not None:  # copied to the device by a thread; counted below when handed out
                 batches = DeviceFeeder(pf, self._target, self.on_device, lay, self._rings)
@@ -310,7 +310,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     # ------------------------------------------------------------------ resume
     def _identity(self) -> dict[str, Any]:
-        pack = {} if self.pack is None else {"pack": [self.pack.column, self.pack.seq_len, self.pack.pad_id]}
+        pack = {} if self.pack is None else {"pack": [self.pack.column, self.pack.seq_len, self.pack.pad_id, PACK_ROWS]}
         return {"fingerprint": self.manifest.fingerprint, "seed": self.seed, "batch_size": self.batch_size,
                 "shuffle": self.shuffle, "drop_last": self.drop_last, "rank": self.rank, **pack}
 

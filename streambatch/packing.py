@@ -172,13 +172,14 @@ class _Chunk:
             np.subtract(ramp[:k], np.repeat(self.cum[j0:j1] - a, spans), out=pos)
         self.pos = b
 
-    def after(self, base: int) -> tuple[int, int | None, int]:
-        """(stream position, row, tokens done) just after the last token written, this chunk's first
-        document at stream position ``base``: a finished document counts as the next one, not done."""
-        i = int(np.searchsorted(self.cum, self.pos, "left"))
-        if self.cum[i] == self.pos:
-            return base + i, None, 0
-        return base + i - 1, int(self.rows[i - 1]), self.pos - int(self.cum[i - 1])
+    def after(self, base: int, at: NDArray[np.int64]) -> list[tuple[int, int | None, int]]:
+        """(stream position, row, tokens done) just after each cursor position ``at`` of this chunk,
+        its first document at stream position ``base``: a finished document counts as the next
+        one, not done."""
+        i = np.searchsorted(self.cum, at, "left")
+        prev = np.maximum(i - 1, 0)
+        return [(base + int(k), None, 0) if e else (base + int(k) - 1, int(r), int(d)) for k, e, r, d
+                in zip(i, self.cum[i] == at, self.rows[prev], at - self.cum[prev])]
 
     def own(self, first: bool) -> tuple[_Chunk, int]:
         """The documents not yet wholly written, in arrays of their own (copies), and how many
@@ -285,7 +286,7 @@ class Packer:
             return 0
         flat = _flat_outputs(self, out, rows)
         n = min(self._left, rows * self.seq_len)
-        self._take(n, *flat)
+        self._at = self._take(n, *flat, np.array([n]))[-1]
         if n < rows * self.seq_len:
             flat[0][n:] = self.pad_id
             flat[1][n:] = 0
@@ -293,16 +294,43 @@ class Packer:
         self._batches += 1
         return rows
 
-    def _take(self, n: int, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray) -> None:
-        o = 0
+    def write_batches(self, out: Mapping[str, np.ndarray], count: int) -> list[dict[str, Any]]:
+        """Write the next ``count`` full batches into ``out`` at once (batch ``i`` in rows ``i * B``
+        to ``(i + 1) * B`` of each array); the :meth:`state` after each.  What ``count`` calls of
+        :meth:`write_batch` write, with the per-call work done once.  ``ValueError``: fewer than
+        ``count`` full batches fed (:meth:`full_batches`), or ``out`` too small."""
+        per = self.batch_size * self.seq_len
+        if count < 1 or self._left < count * per:
+            raise ValueError(f"Packer.write_batches(): {count} full batches asked, {self._left // per} fed")
+        ats = self._take(count * per, *_flat_outputs(self, out, count * self.batch_size),
+                         np.arange(1, count + 1, dtype=np.int64) * per)
+        self._at = ats[-1]
+        states = [{"index": k, "row": r, "done": d, "batches": self._batches + j + 1}
+                  for j, (k, r, d) in enumerate(ats)]
+        self._batches += count
+        return states
+
+    def full_batches(self) -> int:
+        """Full batches fed and not yet written."""
+        return self._left // (self.batch_size * self.seq_len)
+
+    def _take(self, n: int, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray,
+              ends: NDArray[np.int64]) -> list[tuple[int, int | None, int]]:
+        """Write the next ``n`` tokens; the stream position after each of ``ends`` (ascending, in (0, n])."""
+        if len(self._ramp) < n:
+            self._ramp = np.arange(n, dtype=np.int64)
+        o, ats = 0, []
         while o < n:
-            c, base = self._chunks[0], self._base
+            c, base, a = self._chunks[0], self._base, self._chunks[0].pos
             k = min(n - o, c.left)
             c.write(k, tok[o:o + k], pos[o:o + k], doc[o:o + k], self._ramp)
+            inside = ends[(ends > o) & (ends <= o + k)]
+            if len(inside):
+                ats += c.after(base, a + inside - o)
             o += k
             self._drop_spent()
         self._left -= n
-        self._at = c.after(base)
+        return ats
 
     def _drop_spent(self) -> None:
         """Forget the chunks at the front whose tokens were all written (or that had none)."""

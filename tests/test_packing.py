@@ -137,6 +137,33 @@ def test_a_state_at_every_batch_boundary_resumes_exactly_the_rest(lengths, shape
         _same(rest, whole[i + 1:])
 
 
+@settings(max_examples=60, deadline=None)
+@given(lengths_st, shape_st, st.lists(st.integers(0, 40), max_size=6), st.integers(1, 5), st.integers(0, 99))
+def test_batches_written_in_groups_equal_batches_written_one_by_one(lengths, shape, cuts, group, seed) -> None:
+    """``write_batches(out, n)`` (what the loader does for small batches) writes the tokens and
+    gives the states that ``n`` calls of ``write_batch`` do, whatever the chunking."""
+    docs, rows = _docs(lengths, seed)
+    whole, states = _run(Packer(*shape, pad_id=PAD), docs, rows, cuts)
+    p, got, got_states = Packer(*shape, pad_id=PAD), [], []
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(docs)), len(docs)]
+    for a, b in zip(bounds, bounds[1:]):
+        p.feed(docs[a:b], rows[a:b])
+        while (n := min(group, p.full_batches())) > 0:
+            big = batch_views(np.empty(n * batch_nbytes(shape[1], shape[0], np.int32), np.uint8),
+                              n * shape[1], shape[0], np.int32)
+            got_states += p.write_batches(big, n)
+            got += [{k: v[i * shape[1]:(i + 1) * shape[1]] for k, v in big.items()} for i in range(n)]
+            assert p.state() == got_states[-1]
+    with pytest.raises(ValueError, match="full batches asked"):
+        p.write_batches(big if got else {}, p.full_batches() + 1)
+    p.finish()
+    for batch in p.batches():
+        got.append(batch)
+        got_states.append(p.state())
+    _same(got, whole)
+    assert got_states == states
+
+
 def test_drop_last_drops_only_what_follows_the_last_full_batch() -> None:
     docs, rows = _docs([5, 40, 0, 3, 17, 2], 1)  # 67 tokens; batches of 2 x 8 = 16
     kept, _ = _run(Packer(8, 2, pad_id=PAD, drop_last=True), docs, rows, [2, 3])

@@ -19,34 +19,58 @@ from ..plan import Phase
 from .sizing import Sizing
 from .state import Run, make_state, resolve
 
-__all__ = ["PACK_ROWS", "serve_packed", "check_pack_state", "packed_position", "packed_state"]
+__all__ = ["PACK_ROWS", "packed_group", "serve_packed", "check_pack_state", "packed_position", "packed_state"]
 
-PACK_ROWS = 64
+PACK_ROWS = 256
 """Documents a row batch of a packed stream holds (the row stream's batch size)."""
+GROUP_BYTES = 4 << 20
+"""Bytes of small packed batches written at once (one buffer; a batch held keeps its group's)."""
 
 
 def serve_packed(row_batches: Iterator[dict[str, Any]], pack: Pack, batch_size: int, drop_last: bool, dtype: Any,
                  index_key: str, make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any],
                  start: Mapping[str, Any] | None = None, skip: int = 0,
-                 on_state: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Any]:
+                 on_state: Callable[[dict[str, Any]], None] | None = None, group_bytes: int = 0) -> Iterator[Any]:
     """Pack the documents of ``row_batches`` (column ``pack.column`` and the row ids
     ``index_key``) into batches of ``batch_size`` sequences; ``make_batch(buffer, arrays)`` makes
     what is served.  ``start`` and ``skip``: a resume (the packer's state, and the rows of the
-    first row batch already packed before it)."""
+    first row batch already packed before it).  ``group_bytes``: :func:`packed_group`."""
     packer = pack.packer(batch_size, dtype, drop_last, start=start)
     for b in row_batches:
         docs, rows = b[pack.column], b[index_key]
         if skip:
             docs, rows, skip = docs[min(skip, len(rows)):], rows[min(skip, len(rows)):], max(0, skip - len(rows))
         packer.feed(docs, rows)
-        yield from _written(packer, make_batch, on_state)
+        yield from _written(packer, make_batch, on_state, group_bytes)
     packer.finish()
-    yield from _written(packer, make_batch, on_state)
+    yield from _written(packer, make_batch, on_state, group_bytes)
+
+
+def packed_group(outside: int, in_process: bool) -> int:
+    """Bytes of small batches to write at once: ``GROUP_BYTES``, at most an eighth of the room the
+    budget keeps outside its accounting (``outside``: the consumer's batch pins its group while
+    the next is written); 0 in a DataLoader worker, where a batch's buffer moves to shared memory
+    whole."""
+    return min(GROUP_BYTES, outside // 8) if in_process else 0
 
 
 def _written(packer: Packer, make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any],
-             on_state: Callable[[dict[str, Any]], None] | None) -> Iterator[Any]:
+             on_state: Callable[[dict[str, Any]], None] | None, group_bytes: int) -> Iterator[Any]:
+    """Every batch the packer can write now.  Full batches are written up to ``group_bytes`` at a
+    time into one buffer (``Packer.write_batches``) and served as row slices of it: the per-batch
+    work of a small batch ([8, 2048] int32: 320 kB) done once for the group."""
+    full = batch_nbytes(packer.batch_size, packer.seq_len, packer.dtype)
     while rows := packer.rows_ready():
+        count = min(packer.full_batches(), max(1, group_bytes // full))
+        if count > 1:
+            flat = np.empty(count * full, np.uint8)
+            big = batch_views(flat, count * rows, packer.seq_len, packer.dtype)
+            states = packer.write_batches(big, count)
+            for i, st in enumerate(states):
+                if on_state is not None:
+                    on_state(st)
+                yield make_batch(flat, {k: big[k][i * rows:(i + 1) * rows] for k in OUTPUTS})
+            continue
         flat = np.empty(batch_nbytes(rows, packer.seq_len, packer.dtype), np.uint8)
         out = batch_views(flat, rows, packer.seq_len, packer.dtype)
         packer.write_batch(out)
