@@ -67,6 +67,20 @@ class Pieces:
         a, b = int(self.keep_ptr[i]), int(self.keep_ptr[i + 1])
         return self.keep[a:b] if b > a else np.arange(int(self.lo[i]), int(self.hi[i]), dtype=_I64)
 
+    def global_rows(self, start: int, stop: int, unit_start: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The global row numbers of pieces ``start:stop``, in order: ``unit_start[unit[i]] +
+        rows(i)`` for each, concatenated, without a Python step per piece."""
+        ptr, base = self.keep_ptr, unit_start[self.unit[start:stop]]
+        nkeep = ptr[start + 1:stop + 1] - ptr[start:stop]
+        n = np.where(nkeep > 0, nkeep, self.hi[start:stop] - self.lo[start:stop])
+        first = np.cumsum(n) - n  # each piece's place in the output
+        out = np.arange(int(n.sum()), dtype=_I64) + np.repeat(base + self.lo[start:stop] - first, n)
+        if ptr[stop] > ptr[start]:  # sparse pieces: their kept rows, which lie in keep in piece order
+            k = nkeep[nkeep > 0]
+            at = np.arange(int(k.sum()), dtype=_I64) + np.repeat(first[nkeep > 0] - (np.cumsum(k) - k), k)
+            out[at] = np.repeat(base[nkeep > 0], k) + self.keep[int(ptr[start]):int(ptr[stop])]
+        return out
+
     def sub(self, src: NDArray[np.int64], off: NDArray[np.int64], length: NDArray[np.int64]) -> "Pieces":
         """New pieces: ``length[k]`` rows of piece ``src[k]`` starting at its ``off[k]``-th row."""
         sp = self.sparse[src]

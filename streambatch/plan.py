@@ -157,9 +157,7 @@ class EpochPlan:
 
     def window_row_ids(self, j: int, unit_start: NDArray[np.int64]) -> NDArray[np.int64]:
         """The global row number at each buffer position of window ``j``."""
-        p = self.pieces
-        rows = [unit_start[p.unit[i]] + p.rows(i) for i in range(int(self.win_seg[j]), int(self.win_seg[j + 1]))]
-        return np.concatenate(rows) if rows else np.zeros(0, _I64)
+        return self.pieces.global_rows(int(self.win_seg[j]), int(self.win_seg[j + 1]), unit_start)
 
     def window_perm(self, j: int) -> NDArray[np.int64]:
         """The serving order of window ``j``'s buffer positions (identity when not shuffling)."""

@@ -300,3 +300,29 @@ def test_an_epoch_keeps_its_first_phase_piece_size():
     assert np.array_equal(np.concatenate(served(a, ur)), np.concatenate(served(b, ur)))
     with pytest.raises(ValueError, match="piece_rows"):
         plan_epoch(ur, seed=1, epoch=0, batch_size=10, window_rows=60, piece_rows=-1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=12), st.integers(0, 50), st.integers(0, 10**6))
+def test_global_rows_of_a_piece_range_are_its_pieces_rows_in_order(unit_rows: list[int], piece_rows: int,
+                                                                   seed: int) -> None:
+    """``Pieces.global_rows`` (a window's row ids, computed without a step per piece) equals the
+    rows of each piece plus its unit's first row, concatenated: dense pieces, sparse ones (rows
+    left out after a resume) and pieces of units served out of order, for any range of pieces."""
+    from streambatch._pieces import Pieces, rows_to_pieces, without_rows
+    from streambatch.plan import split_units
+
+    rng = np.random.default_rng(seed)
+    rows = np.asarray(unit_rows, np.int64)
+    start = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+    dense = split_units(rows, piece_rows)
+    drop = np.sort(rng.choice(int(rows.sum()), size=min(3, int(rows.sum())), replace=False)).astype(np.int64)
+    units = rng.integers(0, len(rows), 5)
+    picked = rows_to_pieces(units, np.asarray([rng.integers(0, rows[u]) for u in units], np.int64))
+    pieces = Pieces.concat([without_rows(dense, drop, start), picked])
+    pieces = pieces.take(rng.permutation(pieces.n))
+    a, b = sorted(rng.integers(0, pieces.n + 1, 2).tolist())
+    want = [start[pieces.unit[i]] + pieces.rows(i) for i in range(a, b)]
+    got = pieces.global_rows(a, b, start)
+    assert got.dtype == np.int64
+    assert np.array_equal(got, np.concatenate(want) if want else np.zeros(0, np.int64))
