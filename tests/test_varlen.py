@@ -264,3 +264,33 @@ def test_ragged_inputs_get_small_units_by_default(tmp_path: Path) -> None:
     per_row = m.decoded_nbytes / m.rows
     # 64 KiB units (load-time pieces do not split them), not the 256 KiB of fixed-size rows
     assert 0.5 * 65536 < int(m.unit_rows[0]) * per_row < 2 * 65536
+
+
+def test_batches_in_flight_count_once_against_the_share_kept_for_batches(
+        varlen: tuple[Path, list[np.ndarray], np.ndarray]) -> None:
+    """A ragged window is read ahead when it fits beside the window being served and the share
+    of the budget kept for batches ahead; batches already assembled count towards that share, not
+    on top of it (counted twice, a window read ahead had waited while the batches it could have
+    sat beside were in flight: 0.54 s of a packed 1 GB epoch, docs/PERFORMANCE.md)."""
+    from collections import deque
+
+    from streambatch.loader.prefetch import Prefetcher
+    from streambatch.storage import open_reader
+
+    ds = StreamDataset(varlen[0], batch_size=8, memory_budget="1MiB")
+    reader = open_reader(ds.manifest)
+    pf = Prefetcher(reader, ds.plan(), ds.columns, ds.manifest.unit_start, threads=1, budget_bytes=1 << 40,
+                    batches_ahead=4)
+    try:
+        held = deque([pf._start_window(0)])
+        assert pf._window_fits(1, deque())  # alone, it fits: its bytes are now known
+        need, reserve = pf._window_need[1], pf.batches_ahead * pf.batch_nbytes
+        pf.budget_bytes = held[0].nbytes + need + reserve  # the two windows and the share, exactly
+        assert pf._window_fits(1, held)
+        pf._acquire(reserve // 2)  # batches assembled from window 0: inside the share
+        assert pf._window_fits(1, held)
+        pf._acquire(reserve // 2 + 1)  # more than the share in flight: no room for window 1 yet
+        assert not pf._window_fits(1, held)
+    finally:
+        pf.close()
+        reader.close()

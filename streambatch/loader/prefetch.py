@@ -175,7 +175,7 @@ class Prefetcher:
         head: Window | None = None
         cur: Window | None = None
         while True:
-            while todo and len(held) < 2 and (not self.ragged or self._window_fits(todo[0], bool(held))):
+            while todo and len(held) < 2 and (not self.ragged or self._window_fits(todo[0], held)):
                 w = self._start_window(todo.popleft())
                 w.next_b = first_offset if started == 0 else 0
                 started += 1
@@ -232,17 +232,20 @@ class Prefetcher:
         fixed = sum(b[:1].nbytes for b in cur.buffers.values()) + getattr(self.finish_ragged, "extra_row_nbytes", 0)
         return sum(len(i) * fixed + batch_values_nbytes(cur.ragged, i, self._padded) for i in idx_list)
 
-    def _window_fits(self, j: int, held: bool) -> bool:
+    def _window_fits(self, j: int, held: deque[Window]) -> bool:
         """Ragged columns: whether window ``j``'s real bytes fit the budget now, beside the batches
-        ahead when another window is ``held`` (else it starts when that one is done).
-        ``ValueError`` for a window that never fits."""
+        ahead when another window is ``held`` (else it starts when that one is done).  The batches
+        already assembled count towards that share: they are in ``accounted_bytes`` too (counted
+        twice, a window was read later than it could be and the consumer waited for its reads:
+        docs/PERFORMANCE.md, "Packed tokens").  ``ValueError`` for a window that never fits."""
         need = self._window_need.get(j)
         if need is None:  # asked on every pass of the scheduler while the window waits: once is enough
             table = self.plan.window_table(j)[0]
             need = self._window_need[j] = window_nbytes(self.reader.manifest, self.columns, table,
                                                         self.plan.window_rows)
         # a window read ahead leaves the batches ahead their share of the budget
-        room = self.budget_bytes - (self.batches_ahead * self.batch_nbytes if held else 0)
+        batches = self.accounted_bytes - sum(w.nbytes for w in held)
+        room = self.budget_bytes - (max(0, self.batches_ahead * self.batch_nbytes - batches) if held else 0)
         if self.accounted_bytes + need <= room or held:
             return self.accounted_bytes + need <= room
         raise ValueError(f"{self.reader.manifest.root}: window {j} holds {need} bytes, more than the memory budget "
