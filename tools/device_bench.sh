@@ -16,6 +16,10 @@
 #   4. bench_convert.py --scheduler local:1 --scheduler local:$(nproc) --repeats 1   (the Dask row:
 #      16 workers against one; only if time is left and dask + distributed import, i.e. their
 #      wheels were carried in .whl; its log is folded into convert.log)
+#   5. bench_images.py --quick --threads $(nproc) (decoding 2,000 JPEGs on every core against one,
+#      the DataLoader and the loader; only if time is left and Pillow + simplejpeg import, i.e.
+#      their wheels were carried in .whl; its log is folded into facts.txt, its table is in
+#      RESULTS.md)
 #
 # Budget (hard limit 420 s of wall time; this script aims at DEVICE_BENCH_BUDGET_S=390):
 #   facts + wheels + import check        ~10 s
@@ -49,7 +53,7 @@
 #   git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -xf - -C /tmp/copy
 #   cd /tmp/copy && DEVICE_BENCH_QUICK=1 DEVICE_BENCH_PY=/work/main/.venv/bin/python bash tools/device_bench.sh
 #
-# Environment: DEVICE_BENCH_STEPS (default "scaling gpu convert cluster"), DEVICE_BENCH_SCALING_ARGS
+# Environment: DEVICE_BENCH_STEPS (default "scaling gpu convert cluster images"), DEVICE_BENCH_SCALING_ARGS
 # (bench_scaling arguments; ';' separates several runs), DEVICE_BENCH_SCALING_CAP (seconds per
 # scaling run, 230), DEVICE_BENCH_QUICK=1 (every step --quick), DEVICE_BENCH_PY (default python3),
 # DEVICE_BENCH_WHEELS (default .whl), DEVICE_BENCH_SITE (default /tmp/site), DEVICE_BENCH_DATA
@@ -65,7 +69,7 @@ SITE=${DEVICE_BENCH_SITE:-/tmp/site}
 DATA=${DEVICE_BENCH_DATA:-/tmp/sbdata}
 BUDGET=${DEVICE_BENCH_BUDGET_S:-390}
 GPU_REPEATS=${DEVICE_BENCH_GPU_REPEATS:-2}
-STEPS=${DEVICE_BENCH_STEPS:-scaling gpu convert cluster}
+STEPS=${DEVICE_BENCH_STEPS:-scaling gpu convert cluster images}
 # bench_scaling arguments; a second run (with a ';' between) runs after the first in the same step
 SCALING_ARGS=${DEVICE_BENCH_SCALING_ARGS:---threads 1,2,4,8,16 --workers 0,2,4,8}
 SCALING_CAP=${DEVICE_BENCH_SCALING_CAP:-230}
@@ -251,6 +255,23 @@ if [[ " $STEPS " == *" cluster "* ]]; then
         [ -f "$OUT/cluster.log" ] && { cat "$OUT/cluster.log" >> "$OUT/convert.log"; rm -f "$OUT/cluster.log"; }
     else
         note "SKIP cluster: $PY cannot import distributed (carry the dask and distributed wheels in $WHEELS)"
+    fi
+fi
+
+# ------------------------------------------------------------------ 5. images (issue 17's 16-core row)
+if [[ " $STEPS " == *" images "* ]]; then
+    if "$PY" -c "import PIL, simplejpeg" > /dev/null 2>&1; then
+        IMAGES_BEFORE=$( [ -f "$RECORDS/images.jsonl" ] && wc -l < "$RECORDS/images.jsonl" || echo 0 )
+        # 2,000 generated JPEGs (--quick; the full 20,000 take minutes to make); decode rates on 1 and
+        # $(nproc) threads, the DataLoader with $(nproc) workers, the loader with $(nproc) threads
+        run_step images 100 10 60 "$PY" benchmarks/bench_images.py --data "$DATA" --quick --repeats 1 \
+            --threads "$(nproc)" --sample 1000 --dl-batches 4
+        # $OUT keeps its 8 files: the log and the new records go into facts.txt, the table into RESULTS.md
+        [ -f "$OUT/images.log" ] && { cat "$OUT/images.log" >> "$FACTS"; rm -f "$OUT/images.log"; }
+        { echo "== images.jsonl records appended by this run"
+          tail -n +"$(( IMAGES_BEFORE + 1 ))" "$RECORDS/images.jsonl" 2>/dev/null; } >> "$FACTS"
+    else
+        note "SKIP images: $PY cannot import PIL and simplejpeg (carry the pillow and simplejpeg wheels in $WHEELS)"
     fi
 fi
 
