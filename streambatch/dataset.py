@@ -283,7 +283,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             start = run.pack_start
             batches = serve_packed(pf, self.pack, self.batch_size, self.drop_last, self.columns[0].np_dtype,
                                    INDEX_KEY, tensors, start, (start or {}).get("skip", 0),
-                                   lambda st: setattr(run, "pack_state", st), packed_group(lay.outside, tensors is make_batch))
+                                   lambda st: setattr(run, "pack_state", st),
+                                   packed_group(lay.outside, tensors is make_batch))
         try:
             if self._target is not None:  # copied to the device by a thread; counted below when handed out
                 batches = DeviceFeeder(pf, self._target, self.on_device, lay, self._rings)
