@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from .ragged import runs
+
 __all__ = ["Pieces", "rows_to_pieces", "without_rows"]
 
 _I64 = np.int64
@@ -67,19 +69,23 @@ class Pieces:
         a, b = int(self.keep_ptr[i]), int(self.keep_ptr[i + 1])
         return self.keep[a:b] if b > a else np.arange(int(self.lo[i]), int(self.hi[i]), dtype=_I64)
 
-    def global_rows(self, start: int, stop: int, unit_start: NDArray[np.int64]) -> NDArray[np.int64]:
-        """The global row numbers of pieces ``start:stop``, in order: ``unit_start[unit[i]] +
-        rows(i)`` for each, concatenated, without a Python step per piece."""
-        ptr, base = self.keep_ptr, unit_start[self.unit[start:stop]]
+    def rows_of(self, start: int, stop: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The rows (within their units) of pieces ``start:stop``: ``rows(i)`` for each,
+        concatenated without a Python step per piece, and each piece's row count."""
+        ptr = self.keep_ptr
         nkeep = ptr[start + 1:stop + 1] - ptr[start:stop]
-        n = np.where(nkeep > 0, nkeep, self.hi[start:stop] - self.lo[start:stop])
-        first = np.cumsum(n) - n  # each piece's place in the output
-        out = np.arange(int(n.sum()), dtype=_I64) + np.repeat(base + self.lo[start:stop] - first, n)
+        sparse = nkeep > 0
+        n = np.where(sparse, nkeep, self.hi[start:stop] - self.lo[start:stop])
+        out = runs(self.lo[start:stop], n)
         if ptr[stop] > ptr[start]:  # sparse pieces: their kept rows, which lie in keep in piece order
-            k = nkeep[nkeep > 0]
-            at = np.arange(int(k.sum()), dtype=_I64) + np.repeat(first[nkeep > 0] - (np.cumsum(k) - k), k)
-            out[at] = np.repeat(base[nkeep > 0], k) + self.keep[int(ptr[start]):int(ptr[stop])]
-        return out
+            first = np.cumsum(n) - n  # each piece's place in the output
+            out[runs(first[sparse], nkeep[sparse])] = self.keep[int(ptr[start]):int(ptr[stop])]
+        return out, n
+
+    def global_rows(self, start: int, stop: int, unit_start: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The global row numbers of pieces ``start:stop``, in order: ``unit_start[unit[i]] + rows(i)``."""
+        rows, n = self.rows_of(start, stop)
+        return rows + np.repeat(unit_start[self.unit[start:stop]], n)
 
     def sub(self, src: NDArray[np.int64], off: NDArray[np.int64], length: NDArray[np.int64]) -> "Pieces":
         """New pieces: ``length[k]`` rows of piece ``src[k]`` starting at its ``off[k]``-th row."""

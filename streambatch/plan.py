@@ -41,6 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._pieces import Pieces, rows_to_pieces, without_rows
+from .ragged import runs
 
 __all__ = ["Pieces", "Phase", "EpochPlan", "plan_epoch", "leftover", "split_units", "window_bounds", "window_rows_for",
            "worker_batch_counts", "split_consumed", "next_worker"]
@@ -176,8 +177,7 @@ def split_units(unit_rows: NDArray[np.int64], piece_rows: int) -> Pieces:
         return Pieces.dense(np.arange(m, dtype=_I64), np.zeros(m, _I64), unit_rows.copy())
     per = -(-unit_rows // piece_rows)
     unit = np.repeat(np.arange(m, dtype=_I64), per)
-    k = np.arange(int(per.sum()), dtype=_I64) - np.repeat(np.cumsum(per) - per, per)
-    lo = k * piece_rows
+    lo = runs(np.zeros(m, _I64), per) * piece_rows  # each piece's number within its unit, times its rows
     return Pieces.dense(unit, lo, np.minimum(lo + piece_rows, unit_rows[unit]))
 
 
@@ -273,9 +273,8 @@ def leftover(stream: Pieces, phase: Phase, *, unit_start: NDArray[np.int64], see
                 if served_n >= size and not has_pad:
                     continue  # all delivered
                 perm = plan.window_perm(j)
-                lengths = pcs.lengths()[a:b]
+                row_of, lengths = pcs.rows_of(a, b)
                 piece_of = np.repeat(np.arange(a, b, dtype=_I64), lengths)
-                row_of = np.concatenate([pcs.rows(i) for i in range(a, b)])
                 unit_of = pcs.unit[piece_of]
                 served = perm[:served_n]
                 if has_pad:

@@ -97,6 +97,13 @@ def row_items(values: np.ndarray) -> int:
     return int(np.prod(values.shape[1:], dtype=np.int64)) if values.ndim > 1 else 1
 
 
+def runs(starts: NDArray[np.int64], lengths: NDArray[np.int64]) -> NDArray[np.int64]:
+    """``starts[k], starts[k] + 1, ..., starts[k] + lengths[k] - 1`` for every ``k``, one run after
+    another (int64): the indices of many slices at once, without a Python step per slice."""
+    first = np.cumsum(lengths) - lengths  # each run's place in the output
+    return np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
 def concat_slices(values: np.ndarray, starts: NDArray[np.int64], stops: NDArray[np.int64]) -> Ragged:
     """``values[starts[i]:stops[i]]`` for each ``i``, one after another, as a compact ``Ragged``."""
     lengths = stops - starts
@@ -104,8 +111,7 @@ def concat_slices(values: np.ndarray, starts: NDArray[np.int64], stops: NDArray[
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
     if lengths.size and total < 64 * lengths.size:  # short rows: one vectorised gather
-        index = np.repeat(starts - offsets[:-1], lengths) + np.arange(total)
-        return Ragged(values[index], offsets)
+        return Ragged(values[runs(starts, lengths)], offsets)
     if not lengths.size:
         return Ragged(values[:0].copy(), offsets)
     # long rows: one concatenate of the slices (a third faster than assigning them one by one)

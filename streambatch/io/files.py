@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
+from ..ragged import runs
 
 __all__ = ["ByteRanges", "Files"]
 
@@ -103,12 +104,6 @@ def _spans(fis: NDArray[np.int64], starts: NDArray[np.int64], ends: NDArray[np.i
     return first, last
 
 
-def _granules(sizes: NDArray[np.int64], offs: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Granule numbers of the ranges ``offs[k]:offs[k] + sizes[k]`` (in granules), in order."""
-    n = int(sizes.sum())
-    return np.repeat(offs - (np.cumsum(sizes) - sizes), sizes) + np.arange(n, dtype=np.int64)
-
-
 def _scatter(src: NDArray[np.uint8], offs: NDArray[np.int64], sizes: NDArray[np.int64], out: NDArray[np.uint8],
              dst: NDArray[np.int64]) -> None:
     """``out[dst[k]:dst[k] + sizes[k]] = src[offs[k]:offs[k] + sizes[k]]`` for every ``k``: one
@@ -122,7 +117,7 @@ def _scatter(src: NDArray[np.uint8], offs: NDArray[np.int64], sizes: NDArray[np.
         return
     whole = src[:src.shape[0] // g * g].reshape(-1, g)
     target = out[:out.shape[0] // g * g].reshape(-1, g)
-    target[_granules(sizes // g, dst // g)] = whole[_granules(sizes // g, offs // g)]
+    target[runs(dst // g, sizes // g)] = whole[runs(offs // g, sizes // g)]  # granule numbers of the ranges
 
 
 class ByteRanges:
