@@ -169,3 +169,19 @@ def test_crc32c_with_the_gil_released_gives_google_crc32c_values() -> None:
     for a, b in zip(cuts, cuts[1:]):
         crc = extend_fn("crc32c")(crc, memoryview(raw)[a:b] if a % 2 else data[a:b])
     assert crc == google_crc32c.value(raw)
+
+
+@pytest.mark.parametrize("name", ["crc32c", "crc32"])
+def test_chunk_checksums_are_each_chunks_own(name: str) -> None:
+    """``chunk_checksums`` (one call for a run of stored chunks) gives each chunk's checksum as
+    ``checksum_fn`` does, a shorter last piece included, for bytes and numpy arrays of any dtype."""
+    from streambatch.io.checksum import checksum_fn, chunk_checksums
+
+    raw = np.random.default_rng(7).integers(0, 256, 5 * 4036 * 4 + 12, dtype=np.uint8).tobytes()
+    one = checksum_fn(name)
+    for cb in (4036 * 4, 80, len(raw), len(raw) + 1):
+        want = [one(raw[i:i + cb]) for i in range(0, len(raw), cb)]
+        assert chunk_checksums(name, raw, cb) == want
+        assert chunk_checksums(name, np.frombuffer(raw, np.uint8)[:len(raw) // 4 * 4].view(np.int32), cb) == [
+            one(raw[:len(raw) // 4 * 4][i:i + cb]) for i in range(0, len(raw) // 4 * 4, cb)]
+    assert chunk_checksums(name, b"", 16) == []

@@ -21,7 +21,7 @@ from streambatch import StreamDataset
 from streambatch.cli import main
 from streambatch.errors import DataError, ManifestError
 from streambatch.manifest import MANIFEST_NAME
-from streambatch.storage import load_manifest, read_all, verify_dataset
+from streambatch.storage import load_manifest, open_reader, read_all, verify_dataset
 
 from conftest import flip_byte, write_manifest
 
@@ -242,3 +242,32 @@ def test_a_damaged_chunk_read_in_place_is_named(tmp_path: Path, capsys: pytest.C
         read_all(m, verify=True)
     assert f"unit {unit}, file {rel}: checksum mismatch" in _fail_line(capsys, ds)
     assert read_all(m, verify=False)["tokens"].row(HEAVY).tolist() != heavy
+
+
+def test_checked_reads_within_and_across_shard_files(tmp_path: Path) -> None:
+    """A checked, uncompressed unit's values chunks are read at once where they follow each other
+    in one shard file, chunk by chunk where they cross into the next file: both give the stored
+    rows, and a damaged chunk of a unit that crosses is named with the file that holds it."""
+    ds = _convert(tmp_path, "none")
+    m = load_manifest(ds)
+    loc = m.layout["columns"]["tokens"]
+    start, chunk, files = loc["start"], int(loc["values"]["chunk"]), loc["values"]["file"]
+    first, last = start[:-1] // chunk, (np.maximum(start[1:], 1) - 1) // chunk
+    has = start[1:] > start[:-1]
+    crossing = np.flatnonzero(has & (files[first] != files[last]))
+    within = np.flatnonzero(has & (last > first) & (files[first] == files[last]))
+    assert crossing.size and within.size
+    data, reader = _data(), open_reader(m, verify=True)
+    try:
+        for u in [*crossing.tolist(), *within.tolist()]:
+            lo, hi = int(m.unit_start[u]), int(m.unit_start[u + 1])
+            got = reader.read_rows(u, 0, hi - lo, ["tokens"])["tokens"]
+            assert all(np.array_equal(got.row(i), data["tokens"][lo + i]) for i in range(hi - lo))
+        u = int(crossing[0])
+        k = int(last[u])
+        rel = m.files[int(files[k])]
+        flip_byte(ds / rel, int(loc["values"]["offset"][k]) + 1)
+        with pytest.raises(DataError, match=f"column 'tokens', unit {u}, file {rel}: checksum mismatch"):
+            reader.read_rows(u, 0, int(m.unit_rows[u]), ["tokens"])
+    finally:
+        reader.close()

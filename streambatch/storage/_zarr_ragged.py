@@ -31,7 +31,7 @@ import numpy as np
 
 from .._fields import int_array
 from ..errors import DataError, ManifestError
-from ..io.checksum import DEFAULT_CHECKSUM, checksum_fn
+from ..io.checksum import DEFAULT_CHECKSUM, checksum_fn, chunk_checksums
 from ..io.files import ByteRanges
 from ..manifest import Manifest
 from ..ragged import Ragged
@@ -197,13 +197,19 @@ def validate_ragged(loc: Any, layout: dict[str, Any], n_units: int, n_files: int
             "offsets": chunk_locations(loc.get("offsets"), n_offsets, n_files, ur * 8, codec, f"{cw}.offsets")}
 
 
+SMALL = 1 << 16
+"""Stored chunks up to this size are read as ``bytes`` (one ``pread``), larger ones into the
+thread's scratch buffer (a fresh buffer per read costs page faults)."""
+
+
 class RaggedReader:
     """Reads units of a dataset's ragged columns as byte ranges of their two arrays, through the
     Zarr reader's files (see the module docstring)."""
 
     def __init__(self, manifest: Manifest, files: ByteRanges, verify: bool) -> None:
         self.m, self.files, self.verify = manifest, files, verify
-        self._checksum = checksum_fn(manifest.layout.get("checksum", "crc32"))
+        self._checksum_name = manifest.layout.get("checksum", "crc32")
+        self._checksum = checksum_fn(self._checksum_name)
         self._values_dec = {c.name: compressor(manifest.codec, c.np_dtype.itemsize) for c in manifest.columns}
         self._offsets_dec = compressor(manifest.codec, 8)
 
@@ -219,7 +225,9 @@ class RaggedReader:
         """Inner chunk ``k`` of one of ``col``'s arrays (``loc``), checked (with ``verify``) and
         decoded: ``nbytes`` bytes, valid until this thread's next read."""
         fi, off, size = int(loc["file"][k]), int(loc["offset"][k]), int(loc["size"][k])
-        raw = self.files.read_scratch(fi, off, size, lambda: self._where(col, unit, fi))
+        where = lambda: self._where(col, unit, fi)  # noqa: E731
+        raw = self.files.read_small(fi, off, size, where) if size <= SMALL else self.files.read_scratch(fi, off, size,
+                                                                                                       where)
         if self.verify:
             self._check(col, unit, loc, k, raw)
         try:
@@ -241,7 +249,7 @@ class RaggedReader:
         tail = got[n] if n < ur else b
         if unit + 2 == len(loc["start"]) and n == ur and len(loc["offsets"]["file"]) > unit + 1:
             tail = np.frombuffer(self._chunk(col, unit, loc["offsets"], unit + 1, self._offsets_dec, ur * 8), "<i8")[0]
-        if out[0] != a or tail != b or (np.diff(out) < 0).any():
+        if out[0] != a or tail != b or (out[1:] < out[:-1]).any():
             fi = int(loc["offsets"]["file"][unit])
             raise DataError(f"{self._where(col, unit, fi)}: offsets do not lie within the unit's values "
                             f"{a}:{b} (data corrupt)")
@@ -254,9 +262,14 @@ class RaggedReader:
         and checked there; the others go through the scratch buffer, as compressed ones must."""
         loc = self.m.layout["columns"][col.name]["values"]
         chunk, isz = int(loc["chunk"]), col.item_nbytes
+        dec = self._values_dec[col.name]
+        if dec is None and self.verify and b > a:
+            whole = self._whole_chunks(col, unit, loc, a // chunk, -(-b // chunk))
+            if whole is not None:
+                out = whole[a - a // chunk * chunk:b - a // chunk * chunk]
+                return out if out.dtype == col.np_dtype else out.astype(col.np_dtype)
         out = np.empty((b - a, *col.shape), col.np_dtype.newbyteorder("<"))
         flat = out.reshape(-1).view(np.uint8)
-        dec = self._values_dec[col.name]
         runs: list[list[int]] = []  # [file, offset, where in out, bytes]: ranges of adjacent chunks merged
         placed: list[tuple[int, int, int]] = []  # (chunk, where in out, bytes): read in place, checked after
         for k in range(a // chunk, -(-b // chunk)):
@@ -278,6 +291,23 @@ class RaggedReader:
         for k, at, n in placed:
             self._check(col, unit, loc, k, flat[at:at + n])
         return out if out.dtype == col.np_dtype else out.astype(col.np_dtype)
+
+    def _whole_chunks(self, col: Column, unit: int, loc: dict[str, Any], k0: int, k1: int) -> np.ndarray | None:
+        """Uncompressed inner chunks ``k0:k1`` of ``col``'s values, read with one ``pread`` and
+        checked with one call (``chunk_checksums``), where they follow each other in one file (as
+        a unit's do, but at a shard's end); None where they do not.  Checked values must be read
+        as whole chunks anyway: this reads the two a unit shares with its neighbours once each,
+        into place, not through the scratch buffer, and pays the Python of a chunk once a unit."""
+        fis, offs = loc["file"][k0:k1], loc["offset"][k0:k1]
+        fi, cb = int(fis[0]), int(loc["chunk"]) * col.item_nbytes
+        if k1 - k0 > 1 and ((fis[1:] != fi).any() or (offs[1:] - offs[:-1] != cb).any()):
+            return None
+        whole = np.empty(((k1 - k0) * int(loc["chunk"]), *col.shape), col.np_dtype.newbyteorder("<"))
+        flat = whole.reshape(-1).view(np.uint8)
+        self.files.read_into(memoryview(flat), fi, int(offs[0]), lambda: self._where(col, unit, fi))
+        if chunk_checksums(self._checksum_name, flat, cb) != loc["crc32"][k0:k1].tolist():
+            raise DataError(f"{self._where(col, unit, fi)}: checksum mismatch (data corrupt)")
+        return whole
 
     def read(self, col: Column, unit: int, lo: int, hi: int) -> Ragged:
         """Rows ``lo:hi`` of ``unit`` of ragged column ``col``."""
