@@ -32,7 +32,7 @@ from .loader.device import DeviceFeeder, check_on_device, resolve_device
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
-from .loader.rows import ragged_slack
+from .loader.rows import group_read_bytes, ragged_slack
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
@@ -277,7 +277,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             make_batch=None if packed else tensors, transform=None if packed else self.transform,
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
             finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
-            if ragged and not packed else None)
+            if ragged and not packed else None, read_scratch=group_read_bytes(lay.outside, lay.threads))
         batches: Iterator[Any] = pf
         if packed:
             start = run.pack_start

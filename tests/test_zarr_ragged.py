@@ -271,3 +271,75 @@ def test_checked_reads_within_and_across_shard_files(tmp_path: Path) -> None:
             reader.read_rows(u, 0, int(m.unit_rows[u]), ["tokens"])
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("scratch", [0, 3000, 1 << 20])
+def test_a_group_read_of_pieces_is_what_reading_them_one_by_one_gives(tmp_path_factory: pytest.TempPathFactory,
+                                                                      verify: bool, scratch: int) -> None:
+    """``read_ragged_pieces`` (a window's pieces read as one group: offsets at once, values whole
+    chunks checked in buffers of ``scratch`` bytes or straight into place) fills the window's
+    buffers with each row where ``read_rows`` puts it, for random pieces of random units, whole
+    and cut, including units that cross shard files and empty rows; the last unit is left to
+    ``read_rows``."""
+    ds = _convert(tmp_path_factory.mktemp("group"), "none")
+    m = load_manifest(ds)
+    data, rng = _data(), np.random.default_rng(11)
+    reader = open_reader(m, verify=verify)
+    try:
+        for trial in range(12):
+            units = rng.permutation(m.n_units)[:int(rng.integers(1, 40))]
+            pieces, pos = [], 0
+            for u in units.tolist():
+                n = int(m.unit_rows[u])
+                lo = int(rng.integers(0, n)) if trial % 2 else 0
+                hi = int(rng.integers(lo + 1, n + 1)) if trial % 2 else n
+                pieces.append((u, lo, hi, pos))
+                pos += hi - lo
+            table = np.array(pieces, np.int64)
+            bufs = {}
+            for name in ("tokens", "text", "blob"):
+                col = m.column(name)
+                sizes = m.layout["ragged_nbytes"][name][table[:, 0]] // col.item_nbytes
+                first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+                bufs[name] = (np.zeros(int(sizes.sum()), col.np_dtype), np.full(pos, -1, np.int64),
+                              np.full(pos, -1, np.int64), first)
+            done = reader.read_ragged_pieces(table, bufs, lambda k: None, scratch)
+            assert np.array_equal(done, table[:, 0] != m.n_units - 1)
+            for (u, lo, hi, at), ok in zip(pieces, done.tolist()):
+                if not ok:
+                    continue
+                for name, (values, starts, ends, _) in bufs.items():
+                    want = reader.read_rows(u, lo, hi, [name])[name]
+                    got = [values[s:e] for s, e in zip(starts[at:at + hi - lo], ends[at:at + hi - lo])]
+                    assert [g.tobytes() for g in got] == [want.row(i).tobytes() for i in range(hi - lo)]
+                    row0 = int(m.unit_start[u]) + lo
+                    if name == "tokens":
+                        assert all(np.array_equal(g, data["tokens"][row0 + i]) for i, g in enumerate(got))
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("where", ["values", "offsets"])
+def test_a_damaged_chunk_read_in_a_group_stops_the_loader_naming_it(tmp_path: Path, where: str) -> None:
+    """The loader reads a window's pieces as groups: a flipped byte in a values chunk in the
+    middle of a unit, or in a unit's offsets chunk, is an error naming that unit and file."""
+    ds = _convert(tmp_path, "none")
+    m = load_manifest(ds)
+    loc = m.layout["columns"]["tokens"]
+    chunk = int(loc["values"]["chunk"])
+    unit = int(np.searchsorted(m.unit_start, HEAVY, "right")) - 1
+    if where == "values":
+        k = int(loc["start"][unit]) // chunk + 2  # wholly inside the heavy row's unit
+        fi, off = int(loc["values"]["file"][k]), int(loc["values"]["offset"][k]) + 3
+    else:
+        fi, off = int(loc["offsets"]["file"][unit]), int(loc["offsets"]["offset"][unit]) + 8
+    rel = m.files[fi]
+    flip_byte(ds / rel, off)
+    with pytest.raises(DataError, match=f"column 'tokens', unit {unit}, file {rel}: checksum mismatch"):
+        for _ in StreamDataset(ds, batch_size=16, memory_budget="1MiB", columns=["tokens", "label"]):
+            pass
+    if where == "offsets":  # unchecked, the damaged start is still caught
+        with pytest.raises(DataError, match=f"column 'tokens', unit {unit}, file {rel}: offsets do not lie within"):
+            for _ in StreamDataset(ds, batch_size=16, memory_budget="1MiB", verify=False):
+                pass

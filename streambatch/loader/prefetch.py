@@ -83,8 +83,9 @@ class Prefetcher:
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
                  name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None,
                  finish_ragged: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 alloc: Callable[[int], np.ndarray] | None = None) -> None:
+                 alloc: Callable[[int], np.ndarray] | None = None, read_scratch: int = 0) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
+        self.read_scratch = read_scratch  # ragged pieces: bytes a read task holds beside the window (rows.py)
         self.name = name
         self.unit_start = unit_start
         self.ragged = tuple(c for c in columns if c.ragged)
@@ -140,7 +141,8 @@ class Prefetcher:
         ids = self.unit_start if needs else None
         if not self.ragged:
             self._acquire(self.window_nbytes)
-        w = start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.row_nbytes, ids, self.ragged)
+        w = start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.row_nbytes, ids, self.ragged,
+                         self.read_scratch)
         if self.ragged:  # the bytes of its buffers, at most window_nbytes
             self._acquire(w.nbytes)
         return w

@@ -23,9 +23,11 @@ from ..schema import Column
 from .pool import Where
 
 __all__ = ["RaggedBuf", "ragged_buffers", "window_nbytes", "read_rows_group", "gather_ragged", "ragged_slack",
-           "batch_values_nbytes"]
+           "batch_values_nbytes", "group_read_bytes"]
 
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row)
+GROUP_READ_BYTES = 1 << 20
+"""At most this many bytes of stored chunks held by a reader thread reading a group of ragged pieces."""
 
 
 @dataclass
@@ -74,13 +76,21 @@ def ragged_slack(manifest: Manifest, columns: tuple[Column, ...]) -> int:
     return 2 * -(-int(np.sum(sizes)) // manifest.n_units) if sizes else 0
 
 
+def group_read_bytes(outside: int, threads: int) -> int:
+    """Bytes of stored chunks a reader thread may hold while it reads and checks a group of
+    ragged pieces (``read_ragged_pieces``): ``GROUP_READ_BYTES``, at most an eighth of the room
+    the budget keeps outside its accounting (``outside``), shared among the ``threads``."""
+    return min(GROUP_READ_BYTES, outside // (8 * max(1, threads)))
+
+
 def read_rows_group(reader: Any, pieces: Table, first: int, keeps: Any, bufs: dict[str, np.ndarray],
-                    rbufs: dict[str, RaggedBuf], root: Any, where: Where) -> None:
+                    rbufs: dict[str, RaggedBuf], root: Any, where: Where, scratch: int = 0) -> None:
     """Read pieces (rows ``(unit, lo, hi, buffer row)``, the window's pieces ``first`` on) with the
     reader's ``read_rows``: fixed columns into ``bufs``, ragged ones into their slice of ``rbufs``.
-    ``keeps``: each piece's kept rows (an elastic resume), or None."""
+    ``keeps``: each piece's kept rows (an elastic resume), or None; ``scratch``: ``group_read_bytes``."""
     names = [*bufs, *rbufs]
-    for k, (u, lo, hi, at) in enumerate(pieces.tolist()):
+    todo = _read_group_at_once(reader, pieces, first, keeps, bufs, rbufs, root, where, scratch)
+    for k, (u, lo, hi, at) in zip(todo, pieces[todo].tolist()):
         where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
         got = reader.read_rows(u, lo, hi, names)
         keep = None if keeps is None or keeps[k] is None else keeps[k] - lo  # None: all of the piece
@@ -98,6 +108,35 @@ def read_rows_group(reader: Any, pieces: Table, first: int, keeps: Any, bufs: di
     release = getattr(reader, "release_unused", None)
     if release is not None:  # memory its decoder no longer uses (pyarrow's allocator keeps it otherwise)
         release()
+
+
+def _read_group_at_once(reader: Any, pieces: Table, first: int, keeps: Any, bufs: dict[str, np.ndarray],
+                        rbufs: dict[str, RaggedBuf], root: Any, where: Where, scratch: int) -> list[int]:
+    """The pieces the reader reads as one group (``read_ragged_pieces``: the Python of a read paid
+    once a group, not once a unit), read; the others' indices, to read one by one."""
+    fast = getattr(reader, "read_ragged_pieces", None)
+    if fast is None or keeps is not None or not rbufs:
+        return list(range(len(pieces)))
+
+    def say(u: int, lo: int, hi: int) -> None:
+        where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+
+    def name(k: int) -> None:
+        say(*pieces[k, :3].tolist())
+
+    if len(pieces) > 1:  # until a piece is named (a failure)
+        where.text = (f"while reading {len(pieces)} pieces of units {int(pieces[:, 0].min())}.."
+                      f"{int(pieces[:, 0].max())} of {root}")
+    n = len(pieces)
+    done = fast(pieces, {c: (rb.values, rb.starts, rb.ends, rb.first[first:first + n]) for c, rb in rbufs.items()},
+                name, scratch)
+    if bufs and done.any():
+        fixed = pieces[done]
+        if not reader.read_pieces(fixed, bufs, say):
+            for u, lo, hi, at in fixed.tolist():
+                say(u, lo, hi)
+                reader.read_into(u, lo, hi, {c: b[at:at + hi - lo] for c, b in bufs.items()})
+    return np.flatnonzero(~done).tolist()
 
 
 def gather_ragged(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> dict[str, Ragged]:

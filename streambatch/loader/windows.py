@@ -124,11 +124,12 @@ class Buffers:
 
 
 def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs, fresh: bool, row_nbytes: int,
-                 unit_start: NDArray[np.int64] | None, ragged: tuple[Column, ...] = ()) -> Window:
+                 unit_start: NDArray[np.int64] | None, ragged: tuple[Column, ...] = (), scratch: int = 0) -> Window:
     """Submit window ``j``'s hints, shuffle and reads into ``bufs``; row ids when ``unit_start`` is
     given.  With ``ragged`` columns, the window's ragged buffers are made for its pieces and
     every piece is read whole by the reader's ``read_rows`` (``rows.read_rows_group``); the
-    window's ``nbytes`` are then its fixed columns' plus those buffers'."""
+    window's ``nbytes`` are then its fixed columns' plus those buffers' (``scratch``: what a read
+    task may hold beside them, ``rows.group_read_bytes``)."""
     table, keeps = plan.window_table(j)
     rows = plan.window_size(j)
     w = Window(j, rows, bufs, plan.window_rows * row_nbytes)
@@ -157,7 +158,8 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
             u, lo, hi = table[a, :3].tolist()
             where = Where(f"while reading unit {u} (rows {lo}:{hi}) of {root}")
             w.reads.append(workers.submit(1, read_rows_group, (reader, table[a:b], a, None if keeps is None else
-                                                               keeps[a:b], bufs, w.ragged, root, where), where))
+                                                               keeps[a:b], bufs, w.ragged, root, where, scratch),
+                                              where))
             continue
         w.reads.append(_submit_reads(workers, reader, table[a:b], None if keeps is None else keeps[a:b], bufs,
                                      root))

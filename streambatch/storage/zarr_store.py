@@ -20,9 +20,10 @@ zarr-python API and scales across threads (../shared/STORAGE.md).  The writer is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .._fields import int_array, safe_relpath
 from ..errors import DataError, ManifestError
@@ -34,6 +35,7 @@ from ..schema import Column
 from ._zarr_check import check_zarr_files
 from ._zarr_meta import chunk_locations
 from ._zarr_ragged import RaggedReader, validate_ragged
+from ._zarr_ragged_group import pieces_ok, read_pieces
 from ._zarr_write import Writer, compressor, units_per_shard
 from .base import StorageFormat
 
@@ -224,6 +226,24 @@ class Reader:
             out = buf.reshape(-1).view(np.uint8)
             self._files.read_ranges(fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, out, at * rb, name_it)
         return True
+
+    def read_ragged_pieces(self, pieces: np.ndarray, bufs: dict[str, tuple[np.ndarray, ...]],
+                           name: Callable[[int], None], scratch: int = 0) -> NDArray[np.bool_]:
+        """Pieces (rows ``(unit, lo, hi, window position)``) of ragged columns into a window's
+        buffers (``bufs``: column -> its values, starts, ends and where each piece's values
+        begin), those of them that ``_zarr_ragged_group.read_pieces`` reads, as one group; which pieces
+        were read (the others are left to ``read_rows``).  ``name(k)``, ``scratch``: see there."""
+        cols = [self.manifest.column(n) for n in bufs]
+        ok = np.ones(pieces.shape[0], bool)
+        for c in cols:
+            ok &= pieces_ok(self._ragged, c, pieces[:, 0])
+        if ok.any():
+            idx = np.flatnonzero(ok)
+            for c in cols:
+                values, starts, ends, first = bufs[c.name]
+                read_pieces(self._ragged, c, pieces[idx], first[idx], values, starts, ends,
+                            lambda k: name(int(idx[k])), scratch)
+        return ok
 
     def read_rows(self, unit: int, lo: int, hi: int, names: list[str]) -> dict[str, Any]:
         """Rows ``lo:hi`` of columns ``names`` of ``unit``: numpy arrays, and a ``Ragged`` for a
