@@ -11,6 +11,13 @@ median of 256 tokens; 2**28 int32 tokens = 1 GiB, 2**24 with ``--quick``) are wr
 * ``streambatch``: one epoch of ``StreamDataset(ds, batch_size=B, pack=Pack("tokens", L),
   memory_budget=--budget)``, warm page cache, served as tensors.
 
+Each timed epoch follows an untimed epoch of the same path (:func:`_time`; the loader's peak RSS
+is sampled in that one), as in a training run, which runs one of them.  The in-RAM packing's time
+depends on what ran before it in the process: 2.5-4.4 s as a process's first epoch and 2-3x its
+usual time right after a loader epoch (the page faults of its 1 GB gather), against 1.1-1.6 s
+after one of its own; timed after whatever ran before, it made the loader look 1.3-2x closer
+than it is.
+
 The consumer touches one element of each output.  Figures: tokens/s of each path, the loader's
 ratio to the in-RAM packing of the same repeat (target >= 0.7x), process CPU seconds per GB of
 tokens, and the loader's peak RSS above the RSS before its epoch (the in-RAM documents stay
@@ -56,13 +63,17 @@ def _touch(batches: Iterable[dict[str, Any]]) -> int:
 
 
 def _time(fn: Callable[[], Iterable[dict[str, Any]]], rss: bool) -> dict[str, Any]:
-    cpu0, t0 = _common.process_cpu_seconds(), time.perf_counter()
+    """An untimed epoch of ``fn`` (its peak RSS above its start sampled, with ``rss``), then a
+    timed one with nothing else running: the sampler's thread takes the GIL every 20 ms."""
+    extra = {}
     if rss:
         with _common.PeakRSS() as mem:
-            tokens = _touch(fn())
+            _touch(fn())
         extra = {"peak_rss_above_start": mem.peak - mem.start}
     else:
-        tokens, extra = _touch(fn()), {}
+        _touch(fn())
+    cpu0, t0 = _common.process_cpu_seconds(), time.perf_counter()
+    tokens = _touch(fn())
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": _common.process_cpu_seconds() - cpu0,
             "tokens": tokens, **extra}
 
@@ -163,7 +174,8 @@ def render(records: list[dict[str, Any]]) -> str:
         f"{r['length_p99']:.0f}, max {r['length_max']:,}) packed into [{r['batch_size']}, {r['seq_len']}] batches: "
         "`StreamDataset(ds, batch_size, pack=Pack(\"tokens\", seq_len), memory_budget)` against the same documents "
         "in RAM, taken in a random order, concatenated and cut (`_tokens.pack_in_ram`), alternated within each of "
-        f"{r['repeats']} repeats (× in-RAM: the median of the paired ratios); every token delivered once by both.",
+        f"{r['repeats']} repeats (× in-RAM: the median of the paired ratios), each timed epoch after an untimed one "
+        "of the same path (the loader's peak RSS sampled in that one); every token delivered once by both.",
         "",
         _common.format_table(rows, list(rows[0])),
         "",
