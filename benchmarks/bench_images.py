@@ -240,7 +240,7 @@ def measure_streambatch(root: Path, threads: int, repeats: int, budget: str | No
                            return_index=True, decode={"image": Image(SIZE)})
         rows, labels = [], []
         cpu0, t0 = _common.process_cpu_seconds(), time.perf_counter()
-        with _common.PeakRSS() as mem:
+        with _common.PeakRSS(children=False) as mem:  # threads only: no children to scan
             first = None
             for b in ds:
                 _ = int(b["image"][-1, -1, -1, -1])
@@ -325,7 +325,7 @@ def render(records: list[dict[str, Any]]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     stages = next((r["ms_per_image"] for r in records if r["kind"] == "stages"), {})
     for r in (r for r in records if r["kind"] in ("decode", "dataloader", "streambatch")):
-        base = single.get(r["decoder"]) if r["kind"] == "decode" else None
+        base = single.get(r["decoder"]) if r["kind"] in ("decode", "streambatch") else None
         x_single = r["samples_per_s"] / (r["threads"] * base) if base else float("nan")
         runs = ", ".join(f"{v:.0f}" for v in r.get("runs_samples_per_s", []))
         lines.append(f"| {r['kind']} | {r['decoder']} | {r['threads']} | {r['samples_per_s']:,.0f} | "
@@ -338,6 +338,16 @@ def render(records: list[dict[str, Any]]) -> str:
                   f"{sb['kl_ratio']:.2f}x the ideal, peak RSS {sb['peak_rss_above_start'] / 2**20:.0f} MiB above its "
                   f"start under a budget of {sb['budget_bytes'] / 2**20:.0f} MiB "
                   f"({sb['dataset_bytes'] / 2**20:.0f} MiB of images), first batch {sb['first_batch_s']:.2f} s."]
+    if sb is not None and single.get(sb["decoder"]):
+        base = single[sb["decoder"]]
+        alone = next((r["samples_per_s"] for r in records if r["kind"] == "decode" and r["decoder"] == sb["decoder"]
+                      and r["threads"] == sb["threads"]), float("nan"))
+        x = sb["samples_per_s"] / (sb["threads"] * base)
+        lines += ["", ("holds" if x >= 0.9 else "FAILS") + f": the loader at >= 0.9x its decoder's 1-thread rate x "
+                  f"{sb['threads']} threads ({x:.2f}x; decoding alone on {sb['threads']} threads, nothing else: "
+                  f"{alone / (sb['threads'] * base):.2f}x); "
+                  + ("holds" if sb["samples_per_s"] >= 1.5 * dl else "FAILS")
+                  + f": >= 1.5x the DataLoader ({sb['samples_per_s'] / dl:.2f}x)."]
     if stages:
         lines += ["", "Stages, one thread, CPU ms an image: " + "; ".join(f"{k} {v:.2f}" for k, v in stages.items()) + "."]
     lines += ["", f"Command: `{records[0]['command']}` ({records[0].get('dataset_images', 0):,} images). "

@@ -255,19 +255,23 @@ def test_peak_rss_sees_this_process_and_children() -> None:
     assert not any(t.name == "PeakRSS" for t in threading.enumerate()), "thread not joined"
     # the child holds 96 MiB until the thread has sampled it (its stdin closes)
     code = "import sys; b = b'1' * (96 << 20); print('held', flush=True); sys.stdin.read()"
-    with bc.PeakRSS() as mem:
-        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
-        try:
-            assert child.stdout is not None and child.stdout.readline().strip() == "held"
-            _two_more_samples(mem)
-            child.communicate("", timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    assert child.returncode == 0
-    assert mem.peak - mem.start >= 80 * 2**20, "child process memory not counted"
+    for children in (True, False):  # children=False: this process alone (no scan of the machine's processes)
+        with bc.PeakRSS(children=children) as mem:
+            child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+            try:
+                assert child.stdout is not None and child.stdout.readline().strip() == "held"
+                _two_more_samples(mem)
+                child.communicate("", timeout=60)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        assert child.returncode == 0
+        if children:
+            assert mem.peak - mem.start >= 80 * 2**20, "child process memory not counted"
+        else:
+            assert mem.peak - mem.start < 40 * 2**20, "children counted with children=False"
     with pytest.raises(RuntimeError), bc.PeakRSS() as twice:
         twice.__enter__()
 
