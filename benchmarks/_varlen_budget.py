@@ -93,10 +93,12 @@ def memory_run(data: Path, quick: bool, repeats: int, common: dict[str, Any], wr
 
 def render_memory(records: list[dict[str, Any]]) -> list[str]:
     """Markdown lines for the varlen-loader records (none if there are none)."""
-    recs = sorted((r for r in records if r.get("kind") == "varlen-loader"),
-                  key=lambda r: (r["collate"] != "nested", -r["budget_bytes"], r.get("arrow_pool", "")))
-    if not recs:
+    mine = [r for r in records if r.get("kind") == "varlen-loader"]
+    if not mine:
         return []
+    latest = mine[-1].get("run_id")  # a --varlen run after the full one replaces its varlen rows
+    recs = sorted((r for r in mine if r.get("run_id") == latest),
+                  key=lambda r: (r["collate"] != "nested", -r["budget_bytes"], r.get("arrow_pool", "")))
     rows = []
     for r in recs:
         own = r["peak_rss"] - r["rss_after_imports"]

@@ -33,7 +33,7 @@ from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
 from .loader.rows import group_read_bytes, ragged_slack
-from .loader.options import check_collate, check_decode, check_pack, check_ragged, resolve_rank
+from .loader.options import check_collate, check_decode, check_pack, check_ragged, padded_batch_nbytes, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
@@ -163,14 +163,14 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return sum(c.row_nbytes for c in self.columns)
 
     def _sizing(self) -> Sizing:
-        m = self.manifest
+        m, ragged = self.manifest, any(c.ragged for c in self.columns)
         partial = FORMATS[m.storage].partial_reads(m, [c.name for c in self.columns])
         return Sizing(self.memory_budget, self._row_batch, self.row_nbytes, m.rows, self.world_size,
                       self.drop_last and self.pack is None, self.threads, self.remote is not None, m.root,
                       int(m.unit_rows.max()), m.n_units, partial, label_icc_of(m),
-                      self.piece_rows if self.shuffle and not any(c.ragged for c in self.columns) else 0,
-                      window_slack=ragged_slack(m, self.columns), device=self._target is not None,
-                      batch_extra=decoded_row_nbytes(self.decode), ragged=any(c.ragged for c in self.columns))
+                      self.piece_rows if self.shuffle and not ragged else 0, window_slack=ragged_slack(m, self.columns),
+                      device=self._target is not None, batch_extra=decoded_row_nbytes(self.decode), ragged=ragged,
+                      padded_batch=padded_batch_nbytes(m, self.columns, self.collate, self._row_batch))
 
     @property
     def _row_batch(self) -> int:

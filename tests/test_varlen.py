@@ -294,3 +294,27 @@ def test_batches_in_flight_count_once_against_the_share_kept_for_batches(
     finally:
         pf.close()
         reader.close()
+
+
+def test_a_padded_batch_holding_the_longest_row_fits_beside_the_windows(tmp_path: Path) -> None:
+    """With ``collate="pad"``, the windows leave room for a batch padded to the longest row (the
+    manifest's statistics): such a batch is served, not refused mid-epoch, and a budget too small
+    for it is refused before anything is read, saying what a padded batch may hold."""
+    docs, labels = _docs(4000, 9)
+    docs[1234] = np.arange(20_000, dtype=np.int32)  # 80 kB: a padded batch of 64 rows holding it is 6.4 MB
+    _write_input(tmp_path / "in.parquet", docs, labels)
+    streambatch.convert(tmp_path / "in.parquet", tmp_path / "ds", unit_bytes="8KiB", progress=False)
+    for seed in (0, 1):  # at 9 MiB the windows used to leave 6.4 MB free: these orders were refused mid-epoch
+        ds = StreamDataset(tmp_path / "ds", batch_size=64, memory_budget="9MiB", collate={"tokens": "pad"},
+                           columns=["tokens"], return_index=True, seed=seed)
+        seen, widest = [], 0
+        for b in ds:
+            widest = max(widest, b["tokens"].shape[1])
+            seen.append(b["_row"].numpy())
+        assert widest == 20_000
+        assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(docs)))
+        assert ds.last_peak_accounted_bytes <= ds.memory_budget
+    with pytest.raises(ValueError, match=r"8388608 bytes is too small .*padded to the longest row, a batch may "
+                                         r"hold 6400000 bytes"):
+        StreamDataset(tmp_path / "ds", batch_size=64, memory_budget="8MiB", collate={"tokens": "pad"},
+                      columns=["tokens"])

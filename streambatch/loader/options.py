@@ -11,7 +11,7 @@ from ..manifest import Manifest
 from ..schema import Column
 from .tensors import COLLATES
 
-__all__ = ["check_collate", "check_decode", "check_pack", "check_ragged", "resolve_rank"]
+__all__ = ["check_collate", "check_decode", "check_pack", "check_ragged", "padded_batch_nbytes", "resolve_rank"]
 
 
 def _by_kind(option: str, columns: tuple[Column, ...], given: Mapping[str, Any] | None, kind: str,
@@ -33,6 +33,20 @@ def check_collate(columns: tuple[Column, ...], collate: Mapping[str, str] | None
         if how not in COLLATES:
             raise ValueError(f"collate[{name!r}] must be one of {', '.join(COLLATES)}, got {how!r}")
     return out
+
+
+def padded_batch_nbytes(m: Manifest, columns: tuple[Column, ...], collate: Mapping[str, str], batch_size: int) -> int:
+    """Bytes a batch of ``batch_size`` rows holds at most in its padded copies (``collate="pad"``):
+    every row padded to the column's longest (the manifest's statistics), and the boolean mask of
+    that shape made with it (``rows.batch_values_nbytes`` counts the same); 0 where no column is
+    padded or the statistics are missing (a dataset written before they were kept)."""
+    total = 0
+    for c in columns:
+        st = m.stats.get(c.name) if collate.get(c.name) == "pad" else None
+        if st:
+            longest = st["max_row_nbytes"] // max(1, c.item_nbytes)
+            total += batch_size * longest * (c.item_nbytes + 1)
+    return total
 
 
 def check_ragged(m: Manifest, columns: tuple[Column, ...], budget: int, *, piece_rows: int | None,

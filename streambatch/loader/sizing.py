@@ -103,6 +103,7 @@ class Sizing:
     batch_extra: int = 0  # bytes a row adds in a batch, not in a window (images decoded as batches are made)
     device: bool = False  # batches are copied to a device through a ring of host buffers
     ragged: bool = False  # ragged columns: the budget keeps room for what is held outside it (OUTSIDE_MAX)
+    padded_batch: int = 0  # collate="pad": bytes of a batch padded to the longest row, with its mask (the worst case)
 
     @property
     def batch_row_nbytes(self) -> int:
@@ -143,12 +144,15 @@ class Sizing:
         reserve = self.reserved_batches(budget)
         ahead = min(reserve, 8 * threads)
         outside = min(budget // 4, OUTSIDE_MAX + batch_bytes) if self.ragged else 0  # and the batch in hand
-        window_bytes = (budget - outside - reserve * batch_bytes) // 2 - self.window_slack
+        # a padded batch that holds the longest row must fit beside the windows (else it is refused mid-epoch)
+        window_bytes = (budget - outside - reserve * batch_bytes - self.padded_batch) // 2 - self.window_slack
         if window_bytes < batch_bytes:
-            need = (2 + 2) * batch_bytes + 2 * self.window_slack + outside
+            need = (2 + 2) * batch_bytes + 2 * self.window_slack + outside + self.padded_batch
+            padded = (f" (padded to the longest row, a batch may hold {self.padded_batch} bytes)"
+                      if self.padded_batch else "")
             raise ValueError(f"{self.root}: memory_budget {self.memory_budget} bytes is too small for "
-                             f"batches of {self.batch_size} rows x {self.batch_row_nbytes} bytes with {num_workers} "
-                             f"worker(s); give at least {need * max(1, num_workers)} bytes")
+                             f"batches of {self.batch_size} rows x {self.batch_row_nbytes} bytes{padded} with "
+                             f"{num_workers} worker(s); give at least {need * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
         lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside)
         return device_layout(lay, reserve, self.root) if self.device else lay
@@ -212,12 +216,14 @@ class Sizing:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
         lay = self.layout(num_workers)
         return (2 * (window_rows * self.row_nbytes + self.window_slack)
-                + lay.held_batches * self.batch_size * self.batch_row_nbytes + lay.outside <= lay.budget)
+                + lay.held_batches * self.batch_size * self.batch_row_nbytes + lay.outside + self.padded_batch
+                <= lay.budget)
 
     def peak_bytes(self, lay: Layout) -> int:
-        """The most bytes one process holds: two windows and the batches ahead (or the device ring)."""
+        """The most bytes one process holds: two windows and the batches ahead (or the device ring),
+        and a batch padded to the longest row (``padded_batch``)."""
         return (2 * lay.window_rows * self.row_nbytes + lay.held_batches * self.batch_size * self.batch_row_nbytes
-                + 2 * self.window_slack + lay.outside)
+                + 2 * self.window_slack + lay.outside + self.padded_batch)
 
 
 def device_layout(lay: Layout, reserve: int, root: Any) -> Layout:
