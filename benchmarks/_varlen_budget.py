@@ -147,13 +147,17 @@ def _accounted_line(recs: list[dict[str, Any]]) -> str:
     over = [r["role"] for r in ran if r["accounted"] > r["budget_bytes"]]
     return (("holds" if ran and not over else "FAILS") + ": the loader's accounted bytes (window buffers and batches "
             "in flight, `last_peak_accounted_bytes`) within the budget in every run"
-            + (f" (over: {', '.join(over)})" if over else "") + "; the RSS above them is what the allocators keep: "
-            "pyarrow's default pool (mimalloc), in which the reader threads decode each unit's lists (compare the "
-            "`system` row, same run otherwise), glibc's per-thread arenas (by hand, at 24 MiB: MALLOC_ARENA_MAX=1 "
-            "and fixed mmap/trim thresholds of 128 KiB with the system pool left +47 MiB above the imports), the "
-            "Parquet reader's code pages (about 21 MiB of file-backed RSS at the first read) and, with padding, the "
-            "batches the consumer holds. A fixed-column Parquet dataset (tab, 200,000 rows) peaks at +35 MiB at "
-            "24 MiB and +107 MiB at 96 MiB the same way (by hand).")
+            + (f" (over: {', '.join(over)})" if over else "") + "; the RSS above them is what the allocators keep"
+            + (": pyarrow's default pool (mimalloc), in which the reader threads decode each unit's lists (compare "
+               "the `system` row, same run otherwise), glibc's per-thread arenas (by hand, at 24 MiB: "
+               "MALLOC_ARENA_MAX=1 and fixed mmap/trim thresholds of 128 KiB with the system pool left +47 MiB above "
+               "the imports), the Parquet reader's code pages (about 21 MiB of file-backed RSS at the first read) "
+               "and, with padding, the batches the consumer holds. A fixed-column Parquet dataset (tab, 200,000 "
+               "rows) peaks at +35 MiB at 24 MiB and +107 MiB at 96 MiB the same way (by hand)."
+               if recs[0].get("format") == "parquet" else
+               " (glibc's heap and per-thread arenas), the reader threads' chunk buffers, and, with padding, the "
+               "batches the consumer holds; the pyarrow pool column does not apply to Zarr, which pyarrow does not "
+               "read."))
 
 
 def quality_run(data: Path, quick: bool, epochs: int, emit: Callable[[str, str, dict[str, Any]], Any],
