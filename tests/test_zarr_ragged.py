@@ -320,23 +320,32 @@ def test_a_group_read_of_pieces_is_what_reading_them_one_by_one_gives(tmp_path_f
         reader.close()
 
 
-@pytest.mark.parametrize("where", ["values", "offsets"])
+@pytest.mark.parametrize("where", ["values", "shared values", "offsets"])
 def test_a_damaged_chunk_read_in_a_group_stops_the_loader_naming_it(tmp_path: Path, where: str) -> None:
     """The loader reads a window's pieces as groups: a flipped byte in a values chunk in the
-    middle of a unit, or in a unit's offsets chunk, is an error naming that unit and file."""
+    middle of a unit (read into place), in one a unit shares with the unit before it (read
+    through a buffer), or in a unit's offsets chunk, is an error naming a unit that holds it."""
     ds = _convert(tmp_path, "none")
     m = load_manifest(ds)
     loc = m.layout["columns"]["tokens"]
     chunk = int(loc["values"]["chunk"])
     unit = int(np.searchsorted(m.unit_start, HEAVY, "right")) - 1
+    units = {unit}
     if where == "values":
         k = int(loc["start"][unit]) // chunk + 2  # wholly inside the heavy row's unit
         fi, off = int(loc["values"]["file"][k]), int(loc["values"]["offset"][k]) + 3
+    elif where == "shared values":
+        k = int(loc["start"][unit]) // chunk  # the heavy unit's first chunk: the units before end in it
+        assert loc["start"][unit] % chunk
+        start = loc["start"]
+        units = {u for u in range(m.n_units) if start[u] < (k + 1) * chunk and start[u + 1] > k * chunk}
+        fi, off = int(loc["values"]["file"][k]), int(loc["values"]["offset"][k]) + 1
     else:
         fi, off = int(loc["offsets"]["file"][unit]), int(loc["offsets"]["offset"][unit]) + 8
     rel = m.files[fi]
     flip_byte(ds / rel, off)
-    with pytest.raises(DataError, match=f"column 'tokens', unit {unit}, file {rel}: checksum mismatch"):
+    with pytest.raises(DataError, match=f"column 'tokens', unit ({'|'.join(map(str, units))}), file {rel}: "
+                                        "checksum mismatch"):
         for _ in StreamDataset(ds, batch_size=16, memory_budget="1MiB", columns=["tokens", "label"]):
             pass
     if where == "offsets":  # unchecked, the damaged start is still caught
