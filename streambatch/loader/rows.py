@@ -12,7 +12,7 @@ holds exactly the bytes it reserved: its rows' fixed columns plus its units' val
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,7 +23,7 @@ from ..schema import Column
 from .pool import Where
 
 __all__ = ["RaggedBuf", "ragged_buffers", "window_nbytes", "read_rows_group", "gather_ragged", "ragged_slack",
-           "batch_values_nbytes", "group_read_bytes"]
+           "batch_values_nbytes", "group_read_bytes", "naming_pieces"]
 
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row)
 GROUP_READ_BYTES = 1 << 20
@@ -110,6 +110,19 @@ def read_rows_group(reader: Any, pieces: Table, first: int, keeps: Any, bufs: di
         release()
 
 
+def naming_pieces(where: Where, pieces: Table, root: Any) -> Callable[[int, int, int], None]:
+    """``say(unit, lo, hi)``, which names in ``where`` the piece a read task of several ``pieces``
+    reads (called before a failure, or as a piece is read alone); until then ``where`` names the
+    task's pieces."""
+    def say(u: int, lo: int, hi: int) -> None:
+        where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+
+    if len(pieces) > 1:
+        where.text = (f"while reading {len(pieces)} pieces of units {int(pieces[:, 0].min())}.."
+                      f"{int(pieces[:, 0].max())} of {root}")
+    return say
+
+
 def _read_group_at_once(reader: Any, pieces: Table, first: int, keeps: Any, bufs: dict[str, np.ndarray],
                         rbufs: dict[str, RaggedBuf], root: Any, where: Where, scratch: int) -> list[int]:
     """The pieces the reader reads as one group (``read_ragged_pieces``: the Python of a read paid
@@ -117,16 +130,11 @@ def _read_group_at_once(reader: Any, pieces: Table, first: int, keeps: Any, bufs
     fast = getattr(reader, "read_ragged_pieces", None)
     if fast is None or keeps is not None or not rbufs:
         return list(range(len(pieces)))
-
-    def say(u: int, lo: int, hi: int) -> None:
-        where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
+    say = naming_pieces(where, pieces, root)
 
     def name(k: int) -> None:
         say(*pieces[k, :3].tolist())
 
-    if len(pieces) > 1:  # until a piece is named (a failure)
-        where.text = (f"while reading {len(pieces)} pieces of units {int(pieces[:, 0].min())}.."
-                      f"{int(pieces[:, 0].max())} of {root}")
     n = len(pieces)
     done = fast(pieces, {c: (rb.values, rb.starts, rb.ends, rb.first[first:first + n]) for c, rb in rbufs.items()},
                 name, scratch)

@@ -17,7 +17,7 @@ from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
 from .pool import Pool, Task, Where
-from .rows import RaggedBuf, ragged_buffers, read_rows_group
+from .rows import RaggedBuf, naming_pieces, ragged_buffers, read_rows_group
 
 __all__ = ["Window", "Buffers", "start_window", "read_group"]
 
@@ -39,15 +39,8 @@ def read_group(reader: Any, pieces: Table, keeps: Keeps, bufs: Bufs, root: Any, 
     None when every piece is all of its rows) into the window buffer ``bufs``.  A reader with
     ``read_pieces`` takes them all in one call (one system call per piece and column)."""
     fast = getattr(reader, "read_pieces", None)
-    if fast is not None and keeps is None:
-        def name(u: int, lo: int, hi: int) -> None:
-            where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
-
-        if len(pieces) > 1:  # until a piece is named (a failure, or a piece read alone)
-            where.text = (f"while reading {len(pieces)} pieces of units {int(pieces[:, 0].min())}.."
-                          f"{int(pieces[:, 0].max())} of {root}")
-        if fast(pieces, bufs, name):
-            return
+    if fast is not None and keeps is None and fast(pieces, bufs, naming_pieces(where, pieces, root)):
+        return
     for k, (u, lo, hi, at) in enumerate(pieces.tolist()):
         keep = None if keeps is None else keeps[k]
         where.text = f"while reading unit {u} (rows {lo}:{hi}) of {root}"
