@@ -32,7 +32,7 @@ from .loader.device import DeviceFeeder, check_on_device, resolve_device
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
-from .loader.rows import group_read_bytes, ragged_slack
+from .loader.rows import group_read_bytes, ragged_sizing
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, padded_batch_nbytes, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
@@ -168,7 +168,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         return Sizing(self.memory_budget, self._row_batch, self.row_nbytes, m.rows, self.world_size,
                       self.drop_last and self.pack is None, self.threads, self.remote is not None, m.root,
                       int(m.unit_rows.max()), m.n_units, partial, label_icc_of(m),
-                      self.piece_rows if self.shuffle and not ragged else 0, window_slack=ragged_slack(m, self.columns),
+                      self.piece_rows if self.shuffle and not ragged else 0, **ragged_sizing(m, self.columns),
                       device=self._target is not None, batch_extra=decoded_row_nbytes(self.decode), ragged=ragged,
                       padded_batch=padded_batch_nbytes(m, self.columns, self.collate, self._row_batch))
 
@@ -274,7 +274,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
             budget_bytes=lay.budget - lay.outside, batches_ahead=lay.ahead, start_batch=run.start,
             index_key=INDEX_KEY if self.return_index or packed else None, normalize=self.normalize,
-            make_batch=None if packed else tensors, transform=None if packed else self.transform,
+            make_batch=None if packed else tensors, transform=None if packed else self.transform, ragged_views=packed,
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
             finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
             if ragged and not packed else None, read_scratch=group_read_bytes(lay.outside, lay.threads))

@@ -40,9 +40,8 @@ state for a packed epoch is "rows: k" (instead of batches * batch_size) plus thi
 prefetching, take the state right after writing each batch and carry it with that batch: it
 belongs to the batch the consumer took, not to how far the packer has run ahead.
 
-Memory: :meth:`Packer.feed` keeps views of the arrays it is given (no copy).  When
-:meth:`Packer.batches` has written every full batch, the packer copies what is left (fewer than
-``B * L`` tokens), so the caller may reuse its buffers once that generator is exhausted.
+Memory: :meth:`Packer.feed` keeps views of the arrays it is given (no copy); :meth:`Packer.detach`
+(also run when :meth:`Packer.batches` is exhausted) copies what is left, so the caller may reuse them.
 """
 
 from __future__ import annotations
@@ -55,8 +54,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ._kernels import pack as pack_tokens
 from .errors import StateError
-from .ragged import Ragged
+from .ragged import Ragged, RowSlices, concat_slices
 
 __all__ = ["OUTPUTS", "Pack", "Packer", "batch_nbytes", "batch_views"]
 
@@ -139,13 +139,15 @@ def batch_views(buffer: NDArray[np.uint8], rows: int, seq_len: int, dtype: DType
 
 
 class _Chunk:
-    """Fed documents not yet wholly written: flat values, offsets from 0, row ids, a token cursor."""
+    """Fed documents not yet wholly written: document ``j`` is ``values[starts[j]:starts[j] +
+    cum[j + 1] - cum[j]]`` (anywhere in ``values``: a window's buffer, or a copy), its tokens are
+    ``cum[j]:cum[j + 1]`` of the chunk (``cum`` from 0); row ids, a token cursor."""
 
-    __slots__ = ("values", "cum", "rows", "pos", "owned")
+    __slots__ = ("values", "starts", "cum", "rows", "pos", "owned")
 
-    def __init__(self, values: np.ndarray, cum: NDArray[np.int64], rows: NDArray[np.int64], pos: int,
-                 owned: bool) -> None:
-        self.values, self.cum, self.rows, self.pos, self.owned = values, cum, rows, pos, owned
+    def __init__(self, values: np.ndarray, starts: NDArray[np.int64], cum: NDArray[np.int64],
+                 rows: NDArray[np.int64], pos: int, owned: bool) -> None:
+        self.values, self.starts, self.cum, self.rows, self.pos, self.owned = values, starts, cum, rows, pos, owned
 
     @property
     def left(self) -> int:
@@ -158,19 +160,8 @@ class _Chunk:
     def write(self, k: int, tok: np.ndarray, pos: np.ndarray, doc: np.ndarray, ramp: np.ndarray) -> None:
         """Write the next ``k`` tokens into flat ``tok``, ``pos``, ``doc`` and move the cursor
         (``ramp``: ``arange`` of at least ``k`` int64, kept by the packer)."""
-        a, b = self.pos, self.pos + k
-        tok[...] = self.values[a:b]
-        j0, j1 = self.doc(), int(np.searchsorted(self.cum, b, "left"))
-        if j1 - j0 == 1:  # one document: fills, no repeat
-            doc.fill(self.rows[j0])
-            np.add(ramp[:k], a - self.cum[j0], out=pos)
-        else:
-            spans = np.diff(self.cum[j0:j1 + 1])  # each document's tokens in [a, b)
-            spans[0] -= a - self.cum[j0]
-            spans[-1] -= self.cum[j1] - b
-            doc[...] = np.repeat(self.rows[j0:j1], spans)
-            np.subtract(ramp[:k], np.repeat(self.cum[j0:j1] - a, spans), out=pos)
-        self.pos = b
+        pack_tokens(self.values, self.starts, self.cum, self.rows, self.pos, k, tok, pos, doc, ramp)
+        self.pos += k
 
     def after(self, base: int, at: NDArray[np.int64]) -> list[tuple[int, int | None, int]]:
         """(stream position, row, tokens done) just after each cursor position ``at`` of this chunk,
@@ -189,8 +180,8 @@ class _Chunk:
             return self, 0
         j = self.doc() if first else 0
         cum = self.cum[j:] - self.cum[j]
-        return _Chunk(self.values[int(self.cum[j]):int(self.cum[-1])].copy(), cum, self.rows[j:].copy(),
-                      self.pos - int(self.cum[j]), True), j
+        values = concat_slices(self.values, self.starts[j:], self.starts[j:] + np.diff(cum)).values
+        return _Chunk(values, cum[:-1].copy(), cum, self.rows[j:].copy(), self.pos - int(self.cum[j]), True), j
 
 
 class Packer:
@@ -228,11 +219,12 @@ class Packer:
         self._base = index  # stream position of the first document of the first chunk held
         self._fed = index  # stream position of the next document to be fed
 
-    def feed(self, docs: Ragged, row_ids: NDArray[np.int64]) -> None:
-        """Append ``docs`` (the next documents of the stream) with their row ids; keeps views.
+    def feed(self, docs: Ragged | RowSlices, row_ids: NDArray[np.int64]) -> None:
+        """Append ``docs`` (the next documents of the stream) with their row ids; keeps views
+        (:meth:`detach` copies what is left of them).
 
         Raises:
-            TypeError: ``docs`` is not a 1-D ``Ragged`` of the packer's dtype.
+            TypeError: ``docs`` is not a ``Ragged`` (or ``RowSlices``) of 1-D rows of the packer's dtype.
             ValueError: ``row_ids`` does not hold one int64 id per document, or after ``finish()``.
             StateError: resuming, and the first document is not the state's row, or is too short.
         """
@@ -240,12 +232,16 @@ class Packer:
         _check_feed(self, docs, rows)
         if len(docs) == 0:
             return
-        cum = docs.offsets - docs.offsets[0]
+        if isinstance(docs, RowSlices):
+            starts = np.ascontiguousarray(docs.starts, np.int64)
+            cum = np.zeros(len(docs) + 1, np.int64)
+            np.cumsum(docs.ends - docs.starts, out=cum[1:])
+        else:
+            starts, cum = docs.offsets[:-1], docs.offsets - docs.offsets[0]
         pos = 0
         if self._fed == self._base and not self._chunks and (self._expect is not None or self._skip):
             pos = self._check_start(cum, rows)
-        values = docs.values[int(docs.offsets[0]):int(docs.offsets[-1])]
-        chunk = _Chunk(values, cum, rows.astype(np.int64, copy=False), pos, False)
+        chunk = _Chunk(docs.values, starts, cum, np.ascontiguousarray(rows, np.int64), pos, False)
         self._chunks.append(chunk)
         self._left += chunk.left
         self._fed += len(docs)
@@ -345,6 +341,10 @@ class Packer:
                               self.seq_len, self.dtype)
             self.write_batch(out)
             yield {k: out[k] for k in OUTPUTS}
+        self.detach()
+
+    def detach(self) -> None:
+        """Copy what is left of the documents fed, so that the arrays fed may be reused or freed."""
         owned = [c.own(k == 0) for k, c in enumerate(self._chunks)]
         self._chunks = deque(c for c, _ in owned)
         if owned:
@@ -377,7 +377,7 @@ def _parse_start(start: Mapping[str, Any] | None) -> tuple[int, int | None, int,
 def _check_feed(p: Packer, docs: Ragged, rows: np.ndarray) -> None:
     if p._finished:
         raise ValueError("Packer.feed() after finish(): the stream has ended")
-    if not isinstance(docs, Ragged) or docs.values.ndim != 1:
+    if not isinstance(docs, (Ragged, RowSlices)) or docs.values.ndim != 1:
         raise TypeError(f"Packer.feed() takes a Ragged of 1-D rows (a list column), got {type(docs).__name__}")
     if docs.values.dtype != p.dtype:
         raise TypeError(f"Packer.feed(): documents of dtype {docs.values.dtype}, the packer packs {p.dtype}")

@@ -151,3 +151,30 @@ def test_pack_options_are_checked(corpus: tuple[Path, list[np.ndarray]]) -> None
         StreamDataset(path, pack=("tokens", 8))
     with pytest.raises(ValueError, match=r"pad_id \d+ does not fit column .tokens."):
         StreamDataset(path, pack=Pack("tokens", seq_len=8, pad_id=2**40))
+
+
+def test_a_group_buffer_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
+    import weakref
+
+    from streambatch.loader.packed import Recycled
+
+    r = Recycled(2)
+    a = r.take(1000)
+    first, view = weakref.ref(a), a[:10]  # a batch made from it, still held by the consumer
+    del a
+    b = r.take(1000)
+    assert b is not first()  # held through its batch: another buffer (kept too)
+    second = weakref.ref(b)
+    del b
+    assert r.take(1000) is second()  # the free one
+    del view
+    assert r.take(1000) is first()  # nothing refers to it any more: handed out again
+    assert r.take(999) is not first() and first() is not None  # another size: a new one
+
+
+def test_batches_dropped_as_they_are_served_keep_their_tokens(corpus: tuple[Path, list[np.ndarray]]) -> None:
+    # a consumer that keeps copies and lets the batches go: their group buffers are written again
+    path, docs = corpus
+    ds = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ))
+    copies = [{k: v.clone() for k, v in b.items()} for b in ds]
+    _check_exactly_once(_collect(copies), docs)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streambatch.errors import StateError
 from streambatch.packing import Pack, Packer, batch_nbytes, batch_views
-from streambatch.ragged import Ragged
+from streambatch.ragged import Ragged, RowSlices
 
 PAD = 7  # also a real token: documents draw tokens from 0..9
 Batch = dict[str, np.ndarray]
@@ -120,6 +120,48 @@ def test_how_the_stream_is_chunked_does_not_change_the_output(lengths, shape, cu
     b, states_b = _run(Packer(*shape, pad_id=PAD), docs, rows, cuts_b)
     _same(a, b)
     assert states_a == states_b
+
+
+def _scattered(docs: Ragged, seed: int) -> RowSlices:
+    """The same documents as slices of a larger buffer, in a shuffled order with gaps between them
+    (as a window holds them): what a packed stream's row batches are."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(docs))
+    values = np.full(int(docs.offsets[-1]) + 5 * len(docs) + 5, -1, np.int32)
+    starts = np.zeros(len(docs), np.int64)
+    at = int(rng.integers(0, 5))
+    for i in order.tolist():
+        row = docs.row(i)
+        starts[i] = at
+        values[at:at + len(row)] = row
+        at += len(row) + int(rng.integers(0, 5))
+    return RowSlices(values, starts, starts + docs.lengths)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths_st, shape_st, st.lists(st.integers(0, 40), max_size=8), st.booleans(), st.integers(0, 99))
+def test_documents_fed_as_slices_of_a_window_pack_as_copies_do(lengths, shape, cuts, drop_last, seed) -> None:
+    docs, rows = _docs(lengths, seed)
+    want, want_states = _run(Packer(*shape, pad_id=PAD, drop_last=drop_last), docs, rows, cuts)
+    slices = _scattered(docs, seed)
+    p = Packer(*shape, pad_id=PAD, drop_last=drop_last)
+    got, states = [], []
+    bounds = [0, *sorted(c for c in set(cuts) if 0 < c < len(docs)), len(docs)]
+    for a, b in zip(bounds, bounds[1:]):
+        p.feed(slices[a:b], rows[a:b])
+        while rows_ready := p.rows_ready():
+            out = batch_views(np.empty(batch_nbytes(rows_ready, shape[0], np.int32), np.uint8), rows_ready, shape[0],
+                              np.int32)
+            p.write_batch(out)
+            got.append(out)
+            states.append(p.state())
+        p.detach()
+        slices.values[:] = -2  # the window's buffer reused: what the packer kept must be its own copy
+        slices = _scattered(docs, seed)
+    p.finish()
+    got += list(p.batches())
+    _same(got, want)
+    assert states == want_states[:len(states)]
 
 
 @settings(max_examples=60, deadline=None)

@@ -318,3 +318,28 @@ def test_a_padded_batch_holding_the_longest_row_fits_beside_the_windows(tmp_path
                                          r"hold 6400000 bytes"):
         StreamDataset(tmp_path / "ds", batch_size=64, memory_budget="8MiB", collate={"tokens": "pad"},
                       columns=["tokens"])
+
+
+def test_windows_are_sized_so_that_two_fit_beside_each_other(varlen: tuple[Path, list[np.ndarray], np.ndarray],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ragged window holds the bytes of the units it draws, which vary around its rows' share
+    (heavy tails: 1% of rows 50x the median).  Windows are sized below that share by
+    ``WINDOW_SPREAD_SDS`` standard deviations of a window's bytes, so that the next window fits
+    beside the one being served and is read meanwhile (sized at the share, about half the pairs
+    did not, and the consumer waited for each such window's reads: docs/PERFORMANCE.md)."""
+    from streambatch.loader import sizing
+    from streambatch.loader.rows import window_nbytes
+
+    def pairs_fitting(ds: StreamDataset) -> float:
+        lay, plan = ds._sizing().layout(0), ds.plan()
+        room = lay.budget - lay.outside - lay.ahead * ds.batch_size * ds.row_nbytes
+        need = [window_nbytes(ds.manifest, ds.columns, plan.window_table(j)[0], plan.window_rows)
+                for j in plan.windows.tolist()]
+        assert len(need) > 20
+        return float(np.mean([a + b <= room for a, b in zip(need, need[1:])]))
+
+    path = varlen[0]
+    spread = pairs_fitting(StreamDataset(path, batch_size=8, memory_budget="96KiB", columns=["tokens"]))
+    monkeypatch.setattr(sizing, "WINDOW_SPREAD_SDS", 0.0)
+    at_share = pairs_fitting(StreamDataset(path, batch_size=8, memory_budget="96KiB", columns=["tokens"]))
+    assert spread >= 0.95 and at_share < 0.9

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from .._kernels import NATIVE, pread_ranges
 from ..errors import DataError
 from ..ragged import runs
 
@@ -206,6 +207,10 @@ class ByteRanges:
             return
         ends = starts + sizes
         first, last = _spans(fis, starts, ends, gap)
+        if self.remote is None and NATIVE:
+            first, last = self._read_alone(fis, starts, sizes, dst, at, first, last, where)
+            if first.size == 0:
+                return
         span_end = np.maximum.reduceat(ends, first)
         flat = memoryview(dst)
         fds, fi_l, start_l, size_l, at_l = self._fds, fis.tolist(), starts.tolist(), sizes.tolist(), at.tolist()
@@ -231,6 +236,28 @@ class ByteRanges:
                 k = a + int(np.argmax(ends[a:b + 1] > self.fd(fi, lambda: where(a))[1]))
                 raise DataError(f"{where(k)}: {str(err).split(': ', 1)[-1]}") from None
             _scatter(span, starts[a:b + 1] - s0, sizes[a:b + 1], dst, at[a:b + 1])
+
+    def _read_alone(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
+                    dst: NDArray[np.uint8], at: NDArray[np.int64], first: NDArray[np.int64], last: NDArray[np.int64],
+                    where: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Read the ranges of ``read_ranges`` that are read alone (spans of one range, within
+        their files) with one native call, no Python between the reads; the spans left, for
+        ``read_ranges``' own loop: the others, and from a range the call could not read on
+        (that loop reads it again and says why)."""
+        alone = np.flatnonzero(first == last)
+        if alone.size == 0:
+            return first, last
+        ks = first[alone]
+        files, inverse = np.unique(fis[ks], return_inverse=True)
+        table = np.array([self.fd(f, lambda f=f: where(int(ks[np.argmax(fis[ks] == f)]))) for f in files.tolist()],
+                         np.int64).reshape(-1, 2)
+        inside = starts[ks] + sizes[ks] <= table[inverse, 1]  # a range past its file's end: the loop names it
+        take = alone[inside]
+        got = pread_ranges(table[inverse[inside], 0], starts[first[take]], sizes[first[take]], dst, at[first[take]])
+        done = take if got < 0 else take[:got]
+        keep = np.ones(first.size, bool)
+        keep[done] = False
+        return first[keep], last[keep]
 
     def cached(self, fi: int, offset: int) -> bool:
         """Whether the page holding byte ``offset`` of local file ``fi`` is in the page cache

@@ -17,7 +17,7 @@ from ..errors import ManifestError
 from ..manifest import Manifest
 from ..ragged import Ragged
 from ..schema import Column
-from .rows import RaggedBuf, gather_ragged
+from .rows import RaggedBuf, gather_ragged, slice_ragged
 
 __all__ = ["Normalizers", "batch_buffer_bytes", "gather_batches", "normalizers"]
 
@@ -54,7 +54,8 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
                    row_ids: NDArray[np.int64] | None, index_key: str | None, normalize: Normalizers,
                    make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None,
                    transform: Callable[[Any], Any] | None, ragged: dict[str, RaggedBuf] | None = None,
-                   finish_ragged: Any = None, alloc: Callable[[int], np.ndarray] | None = None) -> list[Any]:
+                   finish_ragged: Any = None, alloc: Callable[[int], np.ndarray] | None = None,
+                   views: bool = False) -> list[Any]:
     """Assemble a group of batches (one task for several batches keeps thread hand-offs rare).
 
     A batch's columns are gathered into one buffer (one allocation; in a DataLoader worker, one
@@ -64,6 +65,7 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
     ``finish_ragged(rows, row_ids)`` turns into what is served (nested or padded tensors, strings,
     decoded images) with the positions of rows to drop (images that did not decode, when skipped).
     ``alloc(nbytes)`` gives that buffer (uint8; the device path's reused pinned buffers), else a new one.
+    ``views``: ragged columns as ``RowSlices`` of their window buffers instead (a packed stream's).
     """
     out_list = []
     key = index_key if row_ids is not None and index_key is not None else None
@@ -92,7 +94,7 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
             out[name] = view
         batch = make_batch(flat, out) if make_batch is not None else out
         if ragged:
-            rows_r = gather_ragged(ragged, idx)
+            rows_r = slice_ragged(ragged, idx) if views else gather_ragged(ragged, idx)
             if finish_ragged is None:
                 batch.update(rows_r)
             else:

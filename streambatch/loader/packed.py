@@ -9,6 +9,7 @@ after each batch is handed to ``on_state``: a resume restarts the row stream at 
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -25,6 +26,9 @@ PACK_ROWS = 256
 """Documents a row batch of a packed stream holds (the row stream's batch size)."""
 GROUP_BYTES = 4 << 20
 """Bytes of small packed batches written at once (one buffer; a batch held keeps its group's)."""
+GROUP_BUFFERS = 3
+"""Group buffers kept for reuse: the one being written, the one whose batch the consumer holds,
+and one spare (a buffer given back to the system and asked for again is paid in page faults)."""
 
 
 def serve_packed(row_batches: Iterator[dict[str, Any]], pack: Pack, batch_size: int, drop_last: bool, dtype: Any,
@@ -36,14 +40,37 @@ def serve_packed(row_batches: Iterator[dict[str, Any]], pack: Pack, batch_size: 
     what is served.  ``start`` and ``skip``: a resume (the packer's state, and the rows of the
     first row batch already packed before it).  ``group_bytes``: :func:`packed_group`."""
     packer = pack.packer(batch_size, dtype, drop_last, start=start)
+    recycled = Recycled(GROUP_BUFFERS) if group_bytes else None
     for b in row_batches:
         docs, rows = b[pack.column], b[index_key]
         if skip:
             docs, rows, skip = docs[min(skip, len(rows)):], rows[min(skip, len(rows)):], max(0, skip - len(rows))
         packer.feed(docs, rows)
-        yield from _written(packer, make_batch, on_state, group_bytes)
+        yield from _written(packer, make_batch, on_state, group_bytes, recycled)
+        packer.detach()  # row batches are slices of a window: let go of it before the next is taken
     packer.finish()
-    yield from _written(packer, make_batch, on_state, group_bytes)
+    yield from _written(packer, make_batch, on_state, group_bytes, recycled)
+
+
+class Recycled:
+    """Buffers handed out again once nothing but this keeps them: the batches made from a buffer
+    are views of it, so it is free when its reference count (CPython's) is back to this list's.
+    At most ``keep`` are kept; where reference counts are not there (not CPython), none."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep if hasattr(sys, "getrefcount") else 0
+        self._bufs: list[np.ndarray] = []
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 buffer of ``nbytes``: a kept one that nothing else refers to, or a new one."""
+        for buf in self._bufs:  # (not enumerate: its result tuple would hold a reference too)
+            # referred to by the list, ``buf`` and getrefcount's argument: nothing outside
+            if buf.nbytes == nbytes and sys.getrefcount(buf) == 3:
+                return buf
+        buf = np.empty(nbytes, np.uint8)
+        if len(self._bufs) < self.keep:
+            self._bufs.append(buf)
+        return buf
 
 
 def packed_group(outside: int, in_process: bool) -> int:
@@ -55,21 +82,25 @@ def packed_group(outside: int, in_process: bool) -> int:
 
 
 def _written(packer: Packer, make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any],
-             on_state: Callable[[dict[str, Any]], None] | None, group_bytes: int) -> Iterator[Any]:
+             on_state: Callable[[dict[str, Any]], None] | None, group_bytes: int,
+             recycled: Recycled | None) -> Iterator[Any]:
     """Every batch the packer can write now.  Full batches are written up to ``group_bytes`` at a
-    time into one buffer (``Packer.write_batches``) and served as row slices of it: the per-batch
-    work of a small batch ([8, 2048] int32: 320 kB) done once for the group."""
+    time into one buffer (``Packer.write_batches``, from ``recycled``) and served as row slices of
+    it: the per-batch work of a small batch ([8, 2048] int32: 320 kB) done once for the group."""
     full = batch_nbytes(packer.batch_size, packer.seq_len, packer.dtype)
     while rows := packer.rows_ready():
         count = min(packer.full_batches(), max(1, group_bytes // full))
         if count > 1:
-            flat = np.empty(count * full, np.uint8)
+            # one size for every group buffer, so that each can be reused for the next group
+            flat = recycled.take(group_bytes // full * full) if recycled is not None else np.empty(count * full,
+                                                                                                   np.uint8)
             big = batch_views(flat, count * rows, packer.seq_len, packer.dtype)
             states = packer.write_batches(big, count)
             for i, st in enumerate(states):
                 if on_state is not None:
                     on_state(st)
                 yield make_batch(flat, {k: big[k][i * rows:(i + 1) * rows] for k in OUTPUTS})
+            del flat, big  # the group's buffer is free again once the consumer lets go of its batches
             continue
         flat = np.empty(batch_nbytes(rows, packer.seq_len, packer.dtype), np.uint8)
         out = batch_views(flat, rows, packer.seq_len, packer.dtype)

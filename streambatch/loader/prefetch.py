@@ -83,9 +83,13 @@ class Prefetcher:
                  transform: Callable[[Any], Any] | None = None, timeout: float | None = None,
                  name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None,
                  finish_ragged: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 alloc: Callable[[int], np.ndarray] | None = None, read_scratch: int = 0) -> None:
+                 alloc: Callable[[int], np.ndarray] | None = None, read_scratch: int = 0,
+                 ragged_views: bool = False) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
         self.read_scratch = read_scratch  # ragged pieces: bytes a read task holds beside the window (rows.py)
+        # ragged columns served as slices of the window (a packed stream: the packer copies them
+        # once, and lets go of them before the next batch is taken, when the window may be freed)
+        self.ragged_views = ragged_views
         self.name = name
         self.unit_start = unit_start
         self.ragged = tuple(c for c in columns if c.ragged)
@@ -221,7 +225,7 @@ class Prefetcher:
         self._acquire(nbytes)
         task = self._pool.submit(0, gather_batches, (
             cur.buffers, idx_list, cur.row_ids, self.index_key, self.normalize, self.make_batch,
-            self.transform, cur.ragged, self.finish_ragged, self.alloc),
+            self.transform, cur.ragged, self.finish_ragged, self.alloc, self.ragged_views),
             f"while assembling batches {b0}..{b1 - 1} of window {cur.j}")
         cur.next_b = b1
         cur.in_flight += 1

@@ -18,12 +18,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..manifest import Manifest
-from ..ragged import Ragged, concat_slices, row_items
+from ..ragged import Ragged, RowSlices, concat_slices, row_items
 from ..schema import Column
 from .pool import Where
 
-__all__ = ["RaggedBuf", "ragged_buffers", "window_nbytes", "read_rows_group", "gather_ragged", "ragged_slack",
-           "batch_values_nbytes", "group_read_bytes", "naming_pieces"]
+__all__ = ["RaggedBuf", "ragged_buffers", "window_nbytes", "read_rows_group", "gather_ragged", "slice_ragged",
+           "ragged_slack", "ragged_sizing", "batch_values_nbytes", "group_read_bytes", "naming_pieces"]
 
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row)
 GROUP_READ_BYTES = 1 << 20
@@ -74,6 +74,15 @@ def ragged_slack(manifest: Manifest, columns: tuple[Column, ...]) -> int:
     may cut, of mean size (the prefetcher admits each window by its real bytes: ``window_nbytes``)."""
     sizes = [manifest.layout["ragged_nbytes"][c.name] for c in columns if c.ragged]
     return 2 * -(-int(np.sum(sizes)) // manifest.n_units) if sizes else 0
+
+
+def ragged_sizing(manifest: Manifest, columns: tuple[Column, ...]) -> dict[str, Any]:
+    """What ``Sizing`` needs to know of the ragged ``columns``' windows: ``window_slack``
+    (:func:`ragged_slack`) and ``unit_nbytes_sd``, the standard deviation of a unit's bytes (0
+    without ragged columns): how much the bytes of a window, a sum of units, vary."""
+    sizes = [np.asarray(manifest.layout["ragged_nbytes"][c.name], np.float64) for c in columns if c.ragged]
+    return {"window_slack": ragged_slack(manifest, columns),
+            "unit_nbytes_sd": float(np.sum(sizes, axis=0).std()) if sizes else 0.0}
 
 
 def group_read_bytes(outside: int, threads: int) -> int:
@@ -150,6 +159,12 @@ def _read_group_at_once(reader: Any, pieces: Table, first: int, keeps: Any, bufs
 def gather_ragged(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> dict[str, Ragged]:
     """The rows at window positions ``idx`` of each ragged column, as one compact ``Ragged`` each."""
     return {name: concat_slices(rb.values, rb.starts[idx], rb.ends[idx]) for name, rb in rbufs.items()}
+
+
+def slice_ragged(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64]) -> dict[str, RowSlices]:
+    """The rows at window positions ``idx`` of each ragged column, as slices of the window's
+    buffer (no copy: a packed stream's, which the packer copies once)."""
+    return {name: RowSlices(rb.values, rb.starts[idx], rb.ends[idx]) for name, rb in rbufs.items()}
 
 
 def batch_values_nbytes(rbufs: dict[str, RaggedBuf], idx: NDArray[np.int64],

@@ -60,6 +60,12 @@ PLAN_PEAK_BYTES_PER_PIECE = 151
 # consumer holds (a batch of 256 decoded 224 x 224 images is 38.5 MB), so that the process stays
 # within the budget.
 OUTSIDE_MAX = 24 << 20
+# With ragged columns, a window's bytes are those of the units it draws, which vary around the
+# rows' share: windows are sized this many standard deviations of a window's bytes below their
+# share, so that two windows fit beside each other nearly always and the next window is read while
+# the one before is served (sized at the mean, half the windows did not fit beside the one before:
+# its reads waited for it, and the consumer for them; docs/PERFORMANCE.md, "Packed tokens").
+WINDOW_SPREAD_SDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class Sizing:
     device: bool = False  # batches are copied to a device through a ring of host buffers
     ragged: bool = False  # ragged columns: the budget keeps room for what is held outside it (OUTSIDE_MAX)
     padded_batch: int = 0  # collate="pad": bytes of a batch padded to the longest row, with its mask (the worst case)
+    unit_nbytes_sd: float = 0.0  # ragged columns: the standard deviation of a unit's bytes (rows.ragged_sizing)
 
     @property
     def batch_row_nbytes(self) -> int:
@@ -154,6 +161,10 @@ class Sizing:
                              f"batches of {self.batch_size} rows x {self.batch_row_nbytes} bytes{padded} with "
                              f"{num_workers} worker(s); give at least {need * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
+        if self.unit_nbytes_sd:  # a window's units vary in bytes: keep two windows fitting (WINDOW_SPREAD_SDS)
+            sd = self.unit_nbytes_sd * math.sqrt(max(1.0, rows * self.n_units / max(1, self.rows)))
+            rows = window_rows_for(max(batch_bytes, window_bytes - int(WINDOW_SPREAD_SDS * sd)), self.row_nbytes,
+                                   self.batch_size, self.rank_rows)
         lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside)
         return device_layout(lay, reserve, self.root) if self.device else lay
 

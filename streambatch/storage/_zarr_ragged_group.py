@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from .._kernels import copy_ranges
 from ..errors import DataError
 from ..io.checksum import chunk_checksums
 from ..ragged import runs
@@ -138,12 +139,8 @@ def _values_checked(r: RaggedReader, col: Column, vloc: dict[str, Any], a: NDArr
         _read_runs(r, fis, vloc["offset"][ids], np.full(ids.shape[0], cb, np.int64),
                    np.arange(ids.shape[0], dtype=np.int64) * cb, buf, lambda j: where(int(piece[j]), int(fis[j])))
         _check_group(r, buf, cb, vloc["crc32"][ids], lambda j: where(int(piece[j]), int(fis[j])))
-        at = 0
-        for k in range(p, q):
-            s, n = at + (int(a[k]) - int(k0[k]) * chunk) * isz, (int(b[k]) - int(a[k])) * isz
-            d = int(first[k]) * isz
-            out[d:d + n] = buf[s:s + n]
-            at += int(count[k]) * cb
+        at = np.cumsum(count[p:q]) * cb - count[p:q] * cb  # each piece's first chunk in buf
+        copy_ranges(buf, at + (a[p:q] - k0[p:q] * chunk) * isz, (b[p:q] - a[p:q]) * isz, out, first[p:q] * isz)
         p = q
 
 

@@ -1,0 +1,152 @@
+"""The loader's byte loops: one call each, the C module's (``_native.c``, the GIL released) where it
+was built, else numpy's, with the same results.
+
+Numpy does these loops with one call per chunk, per slice or per document, each taking the
+interpreter lock back; with the reader threads and the consuming thread all doing such loops,
+they take turns on the lock more than they run (docs/PERFORMANCE.md, "Native loops").
+
+* :func:`crc_chunks`: the checksum of each fixed-size chunk of a buffer, by a C checksum function;
+* :func:`copy_ranges`: byte ranges of one buffer into places of another (:func:`gather`: slices
+  of an array, one after another, into a new one);
+* :func:`pread_ranges`: byte ranges of files read into places of a buffer;
+* :func:`pack`: the next tokens of a stream of documents, with their positions and row ids.
+
+``NATIVE`` tells which is used; ``numpy_*`` and ``python_*`` are the versions without it (the
+tests compare both).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+try:
+    from ._native import copy_ranges as _c_copy_ranges
+    from ._native import crc_chunks as _c_crc_chunks
+    from ._native import pack as _c_pack
+    from ._native import pread_ranges as _c_pread_ranges
+except ImportError:  # not compiled (no C compiler at install): numpy does the same
+    _c_copy_ranges = _c_crc_chunks = _c_pack = _c_pread_ranges = None
+
+__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "gather", "pack", "pread_ranges", "numpy_copy_ranges",
+           "numpy_crc_chunks", "numpy_pack", "python_pread_ranges"]
+
+NATIVE = _c_pack is not None
+"""Whether the C module is used."""
+
+
+def numpy_crc_chunks(fn: Callable[[int, int, int], int], data: np.ndarray, chunk_bytes: int) -> NDArray[np.uint32]:
+    """Checksum of each ``chunk_bytes`` of the contiguous uint8 array ``data`` in turn (a shorter
+    last one as it is): ``fn(0, address, size)`` for each, from Python."""
+    base, n = data.ctypes.data, data.nbytes
+    return np.array([fn(0, base + i, min(chunk_bytes, n - i)) for i in range(0, n, chunk_bytes)], np.uint32)
+
+
+def crc_chunks(fn: Callable[[int, int, int], int], address: int, data: np.ndarray,
+               chunk_bytes: int) -> NDArray[np.uint32]:
+    """:func:`numpy_crc_chunks` in one C call, ``fn`` called at ``address`` (its C function's)."""
+    if not NATIVE:
+        return numpy_crc_chunks(fn, data, chunk_bytes)
+    out = np.empty(-(-data.nbytes // chunk_bytes), np.uint32)
+    _c_crc_chunks(address, data, chunk_bytes, out)
+    return out
+
+
+def numpy_copy_ranges(src: np.ndarray, src_at: NDArray[np.int64], sizes: NDArray[np.int64], dst: np.ndarray,
+                      dst_at: NDArray[np.int64]) -> None:
+    """``dst[dst_at[i]:dst_at[i] + sizes[i]] = src[src_at[i]:...]`` for each ``i`` (flat uint8 arrays)."""
+    for s, n, d in zip(src_at.tolist(), sizes.tolist(), dst_at.tolist()):
+        dst[d:d + n] = src[s:s + n]
+
+
+def copy_ranges(src: np.ndarray, src_at: NDArray[np.int64], sizes: NDArray[np.int64], dst: np.ndarray,
+                dst_at: NDArray[np.int64]) -> None:
+    """:func:`numpy_copy_ranges` in one C call."""
+    if not NATIVE:
+        numpy_copy_ranges(src, src_at, sizes, dst, dst_at)
+        return
+    _c_copy_ranges(src, *(np.ascontiguousarray(x, np.int64) for x in (src_at, sizes)), dst,
+                        np.ascontiguousarray(dst_at, np.int64))
+
+
+def gather(values: np.ndarray, starts: NDArray[np.int64], stops: NDArray[np.int64], total: int) -> np.ndarray:
+    """``values[starts[i]:stops[i]]`` for each ``i``, one after another along the first axis, in a
+    new array (``total``: the rows that makes, ``sum(stops - starts)``)."""
+    out = np.empty((total, *values.shape[1:]), values.dtype)
+    if not values.flags.c_contiguous:
+        if starts.size:
+            np.concatenate([values[a:b] for a, b in zip(starts.tolist(), stops.tolist())], out=out)
+        return out
+    item = values.itemsize * (int(np.prod(values.shape[1:], dtype=np.int64)) if values.ndim > 1 else 1)
+    sizes = (stops - starts) * item
+    at = np.cumsum(sizes) - sizes
+    copy_ranges(values.reshape(-1).view(np.uint8), starts * item, sizes, out.reshape(-1).view(np.uint8), at)
+    return out
+
+
+def python_pread_ranges(fds: NDArray[np.int64], offsets: NDArray[np.int64], sizes: NDArray[np.int64],
+                        dst: np.ndarray, dst_at: NDArray[np.int64]) -> int:
+    """``sizes[i]`` bytes at ``offsets[i]`` of descriptor ``fds[i]`` into the flat uint8 ``dst`` at
+    ``dst_at[i]``, for each ``i``; -1, or the first ``i`` that could not be read whole (an error or
+    the file's end: the caller reads it again to say which)."""
+    view = memoryview(dst)
+    for i, (fd, off, n, d) in enumerate(zip(fds.tolist(), offsets.tolist(), sizes.tolist(), dst_at.tolist())):
+        got = 0
+        while got < n:
+            try:
+                k = os.preadv(fd, [view[d + got:d + n]], off + got)
+            except OSError:
+                return i
+            if k <= 0:
+                return i
+            got += k
+    return -1
+
+
+def pread_ranges(fds: NDArray[np.int64], offsets: NDArray[np.int64], sizes: NDArray[np.int64], dst: np.ndarray,
+                 dst_at: NDArray[np.int64]) -> int:
+    """:func:`python_pread_ranges` in one C call (no Python between the reads)."""
+    if not NATIVE or not hasattr(os, "pread"):
+        return python_pread_ranges(fds, offsets, sizes, dst, dst_at)
+    return int(_c_pread_ranges(*(np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes)), dst,
+                                    np.ascontiguousarray(dst_at, np.int64)))
+
+
+def numpy_pack(values: np.ndarray, starts: NDArray[np.int64], cum: NDArray[np.int64], rows: NDArray[np.int64],
+               at: int, count: int, tok: np.ndarray, pos: NDArray[np.int64], doc: NDArray[np.int64],
+               ramp: NDArray[np.int64]) -> None:
+    """Tokens ``[at, at + count)`` of a stream of documents into ``tok``, each one's place in its
+    document into ``pos`` and its row id into ``doc``.  Document ``j`` is
+    ``values[starts[j]:starts[j] + cum[j + 1] - cum[j]]`` and tokens ``cum[j]:cum[j + 1]`` of the
+    stream (``cum`` from 0; the documents may lie anywhere in ``values``, a window's buffer);
+    ``ramp``: ``arange`` of at least ``count`` int64."""
+    if count == 0:
+        return
+    a, b = at, at + count
+    j0 = int(np.searchsorted(cum, a, "right")) - 1
+    j1 = int(np.searchsorted(cum, b, "left"))
+    spans = np.diff(cum[j0:j1 + 1])  # each document's tokens in [a, b)
+    spans[0] -= a - cum[j0]
+    spans[-1] -= cum[j1] - b
+    src = starts[j0:j1] + np.maximum(a - cum[j0:j1], 0)  # where each document's part begins in values
+    if j1 - j0 == 1:  # one document: a slice and fills, no repeat
+        tok[...] = values[int(src[0]):int(src[0]) + count]
+        doc.fill(rows[j0])
+        np.add(ramp[:count], a - cum[j0], out=pos)
+        return
+    np.concatenate([values[x:x + n] for x, n in zip(src.tolist(), spans.tolist())], out=tok)
+    doc[...] = np.repeat(rows[j0:j1], spans)
+    np.subtract(ramp[:count], np.repeat(cum[j0:j1] - a, spans), out=pos)
+
+
+def pack(values: np.ndarray, starts: NDArray[np.int64], cum: NDArray[np.int64], rows: NDArray[np.int64], at: int,
+         count: int, tok: np.ndarray, pos: NDArray[np.int64], doc: NDArray[np.int64],
+         ramp: NDArray[np.int64]) -> None:
+    """:func:`numpy_pack` in one C call (flat contiguous arrays; ``tok`` of ``values``' dtype)."""
+    if not NATIVE or not (values.flags.c_contiguous and tok.flags.c_contiguous):
+        numpy_pack(values, starts, cum, rows, at, count, tok, pos, doc, ramp)
+        return
+    _c_pack(values.view(np.uint8), values.itemsize, starts, cum, rows, at, count, tok.view(np.uint8), pos, doc)

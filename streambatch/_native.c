@@ -1,0 +1,244 @@
+/* streambatch._native: the loader's byte loops, in C, with the GIL released.
+ *
+ * Each function does in one call what numpy would do in many (one call per chunk, per slice or
+ * per document), so that the reader threads and the consuming thread run their byte work in
+ * parallel instead of taking turns on the interpreter lock.  Arguments are checked here (bounds,
+ * sizes) before any byte is touched; streambatch/_kernels.py holds the numpy equivalents used
+ * where this module was not built, and the tests compare the two.
+ *
+ *   crc_chunks(fn, data, chunk_bytes, out)   the checksum of each chunk_bytes of data in turn,
+ *       computed by the C function at address fn (uint32 fn(uint32 crc, const void *p, size_t n):
+ *       google-crc32c's crc32c_extend), written to out (uint32, one per chunk).
+ *   copy_ranges(src, src_at, sizes, dst, dst_at)  sizes[i] bytes from src at src_at[i] to dst at
+ *       dst_at[i], for each i (int64 arrays; src and dst must not overlap; an empty range is skipped,
+ *       wherever it points).
+ *   pread_ranges(fds, offsets, sizes, dst, dst_at)  sizes[i] bytes at offsets[i] of descriptor fds[i]
+ *       into dst at dst_at[i], for each i (int64 arrays), with pread; returns -1, or the first i
+ *       that failed (an error or the file's end: the caller reads it again to say which).
+ *   pack(values, item_bytes, starts, cum, rows, at, count, tok, pos, doc)  tokens [at, at + count)
+ *       of a stream of documents into tok, each token's place in its document into pos and its
+ *       document's row id into doc (int64).  Document j is values[starts[j]:starts[j] + cum[j + 1]
+ *       - cum[j]] (in items) and its tokens are tokens [cum[j], cum[j + 1]) of the stream (cum:
+ *       int64 from 0, one more than rows and starts): the documents may lie anywhere in values.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+
+typedef uint32_t (*crc_fn)(uint32_t, const void *, size_t);
+
+static int int64_buffer(Py_buffer *b, Py_ssize_t count, const char *name) {
+    if (b->len < count * 8 || ((uintptr_t)b->buf & 7) != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: an aligned int64 buffer of at least %zd items is needed, got %zd bytes",
+                     name, count, b->len);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *crc_chunks(PyObject *self, PyObject *args) {
+    unsigned long long address;
+    Py_buffer data, out;
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTuple(args, "Ky*nw*", &address, &data, &chunk, &out))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = data.len, count = chunk > 0 ? (n + chunk - 1) / chunk : 0;
+    if (chunk <= 0 || address == 0) {
+        PyErr_SetString(PyExc_ValueError, "crc_chunks: chunk_bytes must be > 0 and fn a function address");
+    } else if (out.len < count * 4) {
+        PyErr_Format(PyExc_ValueError, "crc_chunks: %zd chunks need %zd bytes of output, got %zd", count, count * 4,
+                     out.len);
+    } else {
+        crc_fn fn = (crc_fn)(uintptr_t)address;
+        const char *p = (const char *)data.buf;
+        char *o = (char *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < count; k++) {
+            Py_ssize_t a = k * chunk, len = n - a < chunk ? n - a : chunk;
+            uint32_t v = fn(0, p + a, (size_t)len);
+            memcpy(o + 4 * k, &v, 4);
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *copy_ranges(PyObject *self, PyObject *args) {
+    Py_buffer src, src_at, sizes, dst, dst_at;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*y*", &src, &src_at, &sizes, &dst, &dst_at))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = sizes.len / 8;
+    if (sizes.len % 8 || src_at.len != sizes.len || dst_at.len != sizes.len) {
+        PyErr_SetString(PyExc_ValueError, "copy_ranges: src_at, sizes and dst_at must be int64 of one length");
+        goto done;
+    }
+    if (!int64_buffer(&src_at, n, "copy_ranges: src_at") || !int64_buffer(&sizes, n, "copy_ranges: sizes") ||
+        !int64_buffer(&dst_at, n, "copy_ranges: dst_at"))
+        goto done;
+    const int64_t *s = (const int64_t *)src_at.buf, *z = (const int64_t *)sizes.buf, *d = (const int64_t *)dst_at.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (z[i] != 0 && (s[i] < 0 || z[i] < 0 || d[i] < 0 || s[i] + z[i] > src.len || d[i] + z[i] > dst.len)) {
+            PyErr_Format(PyExc_IndexError, "copy_ranges: range %zd (%lld bytes from %lld to %lld) outside %zd -> %zd bytes",
+                         i, (long long)z[i], (long long)s[i], (long long)d[i], src.len, dst.len);
+            goto done;
+        }
+    }
+    {
+        const char *from = (const char *)src.buf;
+        char *to = (char *)dst.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (z[i] > 0)  /* an empty range may point anywhere */
+                memcpy(to + d[i], from + s[i], (size_t)z[i]);
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&src_at);
+    PyBuffer_Release(&sizes);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&dst_at);
+    return result;
+}
+
+static PyObject *pread_ranges(PyObject *self, PyObject *args) {
+    Py_buffer fds, offsets, sizes, dst, dst_at;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*y*", &fds, &offsets, &sizes, &dst, &dst_at))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = sizes.len / 8, failed = -1;
+    if (sizes.len % 8 || fds.len != sizes.len || offsets.len != sizes.len || dst_at.len != sizes.len) {
+        PyErr_SetString(PyExc_ValueError, "pread_ranges: fds, offsets, sizes and dst_at must be int64 of one length");
+        goto done;
+    }
+    if (!int64_buffer(&fds, n, "pread_ranges: fds") || !int64_buffer(&offsets, n, "pread_ranges: offsets") ||
+        !int64_buffer(&sizes, n, "pread_ranges: sizes") || !int64_buffer(&dst_at, n, "pread_ranges: dst_at"))
+        goto done;
+    const int64_t *f = (const int64_t *)fds.buf, *o = (const int64_t *)offsets.buf, *z = (const int64_t *)sizes.buf,
+                  *d = (const int64_t *)dst_at.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (z[i] < 0 || o[i] < 0 || f[i] < 0 || (z[i] > 0 && (d[i] < 0 || d[i] + z[i] > dst.len))) {
+            PyErr_Format(PyExc_IndexError, "pread_ranges: range %zd (%lld bytes at %lld of fd %lld, to %lld) is not "
+                         "a range of a %zd-byte output", i, (long long)z[i], (long long)o[i], (long long)f[i],
+                         (long long)d[i], dst.len);
+            goto done;
+        }
+    }
+    {
+        char *to = (char *)dst.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n && failed < 0; i++) {
+            int64_t done_bytes = 0;
+            while (done_bytes < z[i]) {
+                ssize_t got = pread((int)f[i], to + d[i] + done_bytes, (size_t)(z[i] - done_bytes),
+                                    (off_t)(o[i] + done_bytes));
+                if (got < 0 && errno == EINTR)
+                    continue;
+                if (got <= 0) {  /* an error or the file's end: the caller reads it again to say which */
+                    failed = i;
+                    break;
+                }
+                done_bytes += got;
+            }
+        }
+        Py_END_ALLOW_THREADS
+    }
+    result = PyLong_FromSsize_t(failed);
+done:
+    PyBuffer_Release(&fds);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&sizes);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&dst_at);
+    return result;
+}
+
+static PyObject *pack(PyObject *self, PyObject *args) {
+    Py_buffer values, starts, cum, rows, tok, pos, doc;
+    Py_ssize_t item, at, count;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*nnw*w*w*", &values, &item, &starts, &cum, &rows, &at, &count, &tok, &pos,
+                          &doc))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t docs = rows.len / 8, have = item > 0 ? values.len / item : 0;
+    if (item <= 0 || rows.len % 8 || cum.len != rows.len + 8 || starts.len != rows.len) {
+        PyErr_SetString(PyExc_ValueError, "pack: item_bytes must be > 0, starts and rows int64 of one length, cum "
+                                          "one longer");
+        goto done;
+    }
+    if (!int64_buffer(&starts, docs, "pack: starts") || !int64_buffer(&cum, docs + 1, "pack: cum") ||
+        !int64_buffer(&rows, docs, "pack: rows") || !int64_buffer(&pos, count, "pack: pos") ||
+        !int64_buffer(&doc, count, "pack: doc"))
+        goto done;
+    const int64_t *c = (const int64_t *)cum.buf, *r = (const int64_t *)rows.buf, *s = (const int64_t *)starts.buf;
+    if (c[0] != 0 || at < 0 || count < 0 || at + count > c[docs] || count * item > tok.len) {
+        PyErr_Format(PyExc_ValueError, "pack: tokens [%zd, %zd) of %lld, an output of %zd bytes", at, at + count,
+                     (long long)c[docs], tok.len);
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < docs; j++) {
+        if (c[j + 1] < c[j] || s[j] < 0 || s[j] + (c[j + 1] - c[j]) > have) {
+            PyErr_Format(PyExc_ValueError, "pack: document %zd ([%lld, +%lld) of %zd values) out of range", j,
+                         (long long)s[j], (long long)(c[j + 1] - c[j]), have);
+            goto done;
+        }
+    }
+    if (count > 0) {
+        Py_ssize_t lo = 0, hi = docs;  /* the document holding token at: c[lo] <= at < c[lo + 1] */
+        while (hi - lo > 1) {
+            Py_ssize_t mid = lo + (hi - lo) / 2;
+            if (c[mid] <= at) lo = mid; else hi = mid;
+        }
+        const char *from = (const char *)values.buf;
+        char *t = (char *)tok.buf;
+        int64_t *p = (int64_t *)pos.buf, *d = (int64_t *)doc.buf;
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t o = 0, j = lo, here = at;
+        while (o < count) {
+            while (c[j + 1] <= here) j++;  /* past empty documents */
+            Py_ssize_t end = c[j + 1] < at + count ? c[j + 1] : at + count, n = end - here;
+            int64_t first = here - c[j], id = r[j];
+            memcpy(t + o * item, from + (s[j] + first) * item, (size_t)(n * item));
+            for (Py_ssize_t i = 0; i < n; i++) {
+                p[o + i] = first + i;
+                d[o + i] = id;
+            }
+            o += n;
+            here = end;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&cum);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&tok);
+    PyBuffer_Release(&pos);
+    PyBuffer_Release(&doc);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"crc_chunks", crc_chunks, METH_VARARGS, "crc_chunks(fn, data, chunk_bytes, out): each chunk's checksum"},
+    {"copy_ranges", copy_ranges, METH_VARARGS, "copy_ranges(src, src_at, sizes, dst, dst_at): byte ranges copied"},
+    {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at): -1, or the "
+                                                  "first range that could not be read whole"},
+    {"pack", pack, METH_VARARGS, "pack(values, item_bytes, starts, cum, rows, at, count, tok, pos, doc): packed tokens"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "streambatch's byte loops, GIL released.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }

@@ -1,0 +1,151 @@
+"""The loader's byte loops (``streambatch._kernels``): the C module's and the numpy/Python versions
+give the same bytes, and the C module refuses arguments out of bounds instead of touching memory
+it was not given."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streambatch import _kernels
+from streambatch.io.checksum import _native_crc32c, checksum_fn
+
+native = pytest.mark.skipif(not _kernels.NATIVE, reason="streambatch._native was not built")
+
+
+@st.composite
+def _ranges(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Source offsets, sizes and non-overlapping destination offsets (some empty ranges, some at
+    odd places), and the destination's size."""
+    sizes = np.array(draw(st.lists(st.integers(0, 300), min_size=0, max_size=30)), np.int64)
+    src_at = np.array([draw(st.integers(0, 700)) for _ in sizes], np.int64)
+    gaps = np.array([draw(st.integers(0, 9)) for _ in sizes], np.int64)
+    dst_at = np.cumsum(gaps + sizes) - sizes
+    return src_at, sizes, dst_at, int((gaps + sizes).sum()) + 3
+
+
+@settings(max_examples=80, deadline=None)
+@given(_ranges())
+def test_copy_ranges_copies_what_the_numpy_loop_copies(r: tuple[np.ndarray, np.ndarray, np.ndarray, int]) -> None:
+    src_at, sizes, dst_at, n = r
+    src = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8)
+    got, want = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+    _kernels.copy_ranges(src, src_at, sizes, got, dst_at)
+    _kernels.numpy_copy_ranges(src, src_at, sizes, want, dst_at)
+    assert np.array_equal(got, want)
+    for s, z, d in zip(src_at.tolist(), sizes.tolist(), dst_at.tolist()):
+        assert np.array_equal(got[d:d + z], src[s:s + z])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 20)), max_size=20), st.sampled_from([1, 3]))
+def test_gather_is_the_slices_one_after_another(slices: list[tuple[int, int]], width: int) -> None:
+    values = np.arange(70 * width, dtype=np.int32).reshape(70, width) if width > 1 else np.arange(70, dtype=np.int32)
+    starts = np.array([a for a, _ in slices], np.int64)
+    stops = np.array([a + n for a, n in slices], np.int64)
+    got = _kernels.gather(values, starts, stops, int((stops - starts).sum()))
+    want = np.concatenate([values[a:a + n] for a, n in slices]) if slices else values[:0]
+    assert got.dtype == values.dtype and got.shape == want.shape and np.array_equal(got, want)
+    strided = values[::2]  # not contiguous: numpy's way, the same rows
+    s2, e2 = starts // 2, np.minimum(stops // 2, len(strided))
+    e2 = np.maximum(e2, s2)
+    want2 = np.concatenate([strided[a:b] for a, b in zip(s2, e2)]) if slices else strided[:0]
+    assert np.array_equal(_kernels.gather(strided, s2, e2, int((e2 - s2).sum())), want2)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 16_144, 1 << 20])
+def test_crc_chunks_gives_each_chunks_crc32c(chunk: int) -> None:
+    fn = _native_crc32c()
+    if fn is None:
+        pytest.skip("google_crc32c's library was not found")
+    import ctypes
+
+    data = np.random.default_rng(chunk).integers(0, 256, 100_003, dtype=np.uint8)
+    got = _kernels.crc_chunks(fn, ctypes.cast(fn, ctypes.c_void_p).value, data, chunk)
+    one = checksum_fn("crc32c")
+    want = [one(data[i:i + chunk]) for i in range(0, data.nbytes, chunk)]
+    assert got.tolist() == want == _kernels.numpy_crc_chunks(fn, data, chunk).tolist()
+
+
+@st.composite
+def _stream(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Documents (some empty) placed anywhere in a values buffer, their row ids, and a token range."""
+    lengths = draw(st.lists(st.integers(0, 40), min_size=1, max_size=12))
+    cum = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=cum[1:])
+    values = np.random.default_rng(len(lengths)).integers(0, 1000, 600, dtype=np.int32)
+    starts = np.array([draw(st.integers(0, 600 - n)) for n in lengths], np.int64)
+    rows = np.array(draw(st.permutations(range(100, 100 + len(lengths)))), np.int64)
+    at = draw(st.integers(0, int(cum[-1])))
+    count = draw(st.integers(0, int(cum[-1]) - at))
+    return values, starts, cum, rows, at, count
+
+
+@settings(max_examples=150, deadline=None)
+@given(_stream())
+def test_pack_writes_what_the_token_by_token_packing_writes(s: tuple) -> None:
+    values, starts, cum, rows, at, count = s
+    tokens = [int(values[st_ + i]) for st_, n in zip(starts.tolist(), np.diff(cum).tolist()) for i in range(n)]
+    places = [i for n in np.diff(cum).tolist() for i in range(n)]
+    ids = [int(r) for r, n in zip(rows.tolist(), np.diff(cum).tolist()) for _ in range(n)]
+    ramp = np.arange(max(1, count), dtype=np.int64)
+    for fn in (_kernels.pack, _kernels.numpy_pack):
+        tok, pos, doc = np.full(count, -5, np.int32), np.full(count, -5, np.int64), np.full(count, -5, np.int64)
+        fn(values, starts, cum, rows, at, count, tok, pos, doc, ramp)
+        assert tok.tolist() == tokens[at:at + count]
+        assert pos.tolist() == places[at:at + count]
+        assert doc.tolist() == ids[at:at + count]
+
+
+@native
+def test_the_c_module_refuses_ranges_outside_its_buffers() -> None:
+    from streambatch import _native
+
+    src, dst = np.zeros(100, np.uint8), np.zeros(100, np.uint8)
+    one = np.ones(1, np.int64)
+    with pytest.raises(IndexError, match="range 0"):
+        _native.copy_ranges(src, one * 90, one * 20, dst, one * 0)  # past the source's end
+    with pytest.raises(IndexError, match="range 0"):
+        _native.copy_ranges(src, one * 0, one * 20, dst, one * 85)  # past the output's end
+    _native.copy_ranges(src, one * 500, one * 0, dst, one * 500)  # an empty range may point anywhere
+    values, cum, rows = np.zeros(10, np.int32), np.array([0, 8], np.int64), np.array([3], np.int64)
+    tok, pos, doc = np.zeros(8, np.int32), np.zeros(8, np.int64), np.zeros(8, np.int64)
+    with pytest.raises(ValueError, match="document 0"):  # its 8 tokens from 5 pass the 10 values
+        _native.pack(values.view(np.uint8), 4, np.array([5], np.int64), cum, rows, 0, 8, tok.view(np.uint8), pos, doc)
+    with pytest.raises(ValueError, match="tokens"):  # more tokens than the documents hold
+        _native.pack(values.view(np.uint8), 4, np.array([0], np.int64), cum, rows, 4, 5, tok.view(np.uint8), pos, doc)
+    with pytest.raises(ValueError, match="pos"):  # an output too small
+        _native.pack(values.view(np.uint8), 4, np.array([0], np.int64), cum, rows, 0, 8, tok.view(np.uint8), pos[:4],
+                     doc)
+    with pytest.raises(IndexError, match="range 0"):
+        _native.pread_ranges(one * 0, one * 0, one * 50, dst, one * 60)
+
+
+def test_pread_ranges_reads_the_ranges_and_names_the_first_it_cannot(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)
+    (tmp_path / "f").write_bytes(data.tobytes())
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        offs, sizes = np.array([4000, 0, 1234, 4999], np.int64), np.array([1000, 10, 0, 1], np.int64)
+        at = np.array([0, 1000, 1010, 1010], np.int64)
+        fds = np.full(4, fd, np.int64)
+        for fn in (_kernels.pread_ranges, _kernels.python_pread_ranges):
+            out = np.zeros(1011, np.uint8)
+            assert fn(fds, offs, sizes, out, at) == -1
+            assert np.array_equal(out[:1000], data[4000:]) and np.array_equal(out[1000:1010], data[:10])
+            assert out[1010] == data[4999]
+            # the third range passes the file's end: it is the one named, the ones before it read
+            out = np.zeros(1011, np.uint8)
+            bad = np.array([10, 20, 4990, 0], np.int64)
+            assert fn(fds, bad, np.array([10, 10, 20, 1], np.int64), out, np.array([0, 10, 20, 40], np.int64)) == 2
+            assert np.array_equal(out[:10], data[10:20])
+    finally:
+        os.close(fd)
+    closed = np.full(1, fd, np.int64)  # a descriptor no longer open
+    assert _kernels.pread_ranges(closed, np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.uint8),
+                                 np.zeros(1, np.int64)) == 0
