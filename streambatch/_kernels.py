@@ -9,6 +9,7 @@ they take turns on the lock more than they run (docs/PERFORMANCE.md, "Native loo
 * :func:`copy_ranges`: byte ranges of one buffer into places of another (:func:`gather`: slices
   of an array, one after another, into a new one);
 * :func:`pread_ranges`: byte ranges of files read into places of a buffer;
+* :func:`read_checked`: chunks of files read, checked and copied on in one go;
 * :func:`pack`: the next tokens of a stream of documents, with their positions and row ids.
 
 ``NATIVE`` tells which is used; ``numpy_*`` and ``python_*`` are the versions without it (the
@@ -28,11 +29,12 @@ try:
     from ._native import crc_chunks as _c_crc_chunks
     from ._native import pack as _c_pack
     from ._native import pread_ranges as _c_pread_ranges
+    from ._native import read_checked as _c_read_checked
 except ImportError:  # not compiled (no C compiler at install): numpy does the same
-    _c_copy_ranges = _c_crc_chunks = _c_pack = _c_pread_ranges = None
+    _c_copy_ranges = _c_crc_chunks = _c_pack = _c_pread_ranges = _c_read_checked = None
 
-__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "gather", "pack", "pread_ranges", "numpy_copy_ranges",
-           "numpy_crc_chunks", "numpy_pack", "python_pread_ranges"]
+__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "gather", "pack", "pread_ranges", "read_checked",
+           "numpy_copy_ranges", "numpy_crc_chunks", "numpy_pack", "python_pread_ranges", "python_read_checked"]
 
 NATIVE = _c_pack is not None
 """Whether the C module is used."""
@@ -113,6 +115,36 @@ def pread_ranges(fds: NDArray[np.int64], offsets: NDArray[np.int64], sizes: NDAr
         return python_pread_ranges(fds, offsets, sizes, dst, dst_at)
     return int(_c_pread_ranges(*(np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes)), dst,
                                     np.ascontiguousarray(dst_at, np.int64)))
+
+
+def python_read_checked(fn: Callable[[int, int, int], int], fds: NDArray[np.int64], offsets: NDArray[np.int64],
+                        chunk_bytes: int, want: NDArray[np.int64], buf: np.ndarray, src_at: NDArray[np.int64],
+                        sizes: NDArray[np.int64], out: np.ndarray, dst_at: NDArray[np.int64]) -> int:
+    """Chunk ``i`` (``chunk_bytes`` at ``offsets[i]`` of descriptor ``fds[i]``) into the flat uint8
+    ``buf`` at ``i * chunk_bytes``, its checksum by ``fn`` checked against ``want[i]``; then
+    :func:`numpy_copy_ranges` from ``buf`` into ``out``.  -1, or the first chunk that could not be
+    read whole or whose checksum differs (nothing copied then)."""
+    n = fds.shape[0]
+    got = python_pread_ranges(fds, offsets, np.full(n, chunk_bytes, np.int64), buf,
+                              np.arange(n, dtype=np.int64) * chunk_bytes)
+    if got >= 0:
+        return got
+    bad = np.flatnonzero(numpy_crc_chunks(fn, buf[:n * chunk_bytes], chunk_bytes) != want)
+    if bad.size:
+        return int(bad[0])
+    numpy_copy_ranges(buf, src_at, sizes, out, dst_at)
+    return -1
+
+
+def read_checked(fn: Callable[[int, int, int], int], address: int, fds: NDArray[np.int64], offsets: NDArray[np.int64],
+                 chunk_bytes: int, want: NDArray[np.int64], buf: np.ndarray, src_at: NDArray[np.int64],
+                 sizes: NDArray[np.int64], out: np.ndarray, dst_at: NDArray[np.int64]) -> int:
+    """:func:`python_read_checked` in one C call (``fn`` called at ``address``), chunks that follow
+    each other in one file read with one ``pread``."""
+    if not NATIVE or not hasattr(os, "pread"):
+        return python_read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, out, dst_at)
+    i64 = [np.ascontiguousarray(x, np.int64) for x in (fds, offsets, want, src_at, sizes, dst_at)]
+    return int(_c_read_checked(address, i64[0], i64[1], chunk_bytes, i64[2], buf, i64[3], i64[4], out, i64[5]))
 
 
 def numpy_pack(values: np.ndarray, starts: NDArray[np.int64], cum: NDArray[np.int64], rows: NDArray[np.int64],

@@ -15,6 +15,12 @@
  *   pread_ranges(fds, offsets, sizes, dst, dst_at)  sizes[i] bytes at offsets[i] of descriptor fds[i]
  *       into dst at dst_at[i], for each i (int64 arrays), with pread; returns -1, or the first i
  *       that failed (an error or the file's end: the caller reads it again to say which).
+ *   read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, out, dst_at)  chunk i,
+ *       chunk_bytes bytes at offsets[i] of descriptor fds[i], into buf at i * chunk_bytes (chunks
+ *       that follow each other in one file: one pread), its checksum by fn (as crc_chunks) checked
+ *       against want[i]; then buf's ranges (src_at, sizes) into out at dst_at, as copy_ranges.
+ *       Returns -1, or the first chunk that could not be read whole or whose checksum differs
+ *       (nothing is copied then: the caller reads them again to say what is wrong).
  *   pack(values, item_bytes, starts, cum, rows, at, count, tok, pos, doc)  tokens [at, at + count)
  *       of a stream of documents into tok, each token's place in its document into pos and its
  *       document's row id into doc (int64).  Document j is values[starts[j]:starts[j] + cum[j + 1]
@@ -162,6 +168,91 @@ done:
     return result;
 }
 
+static PyObject *read_checked(PyObject *self, PyObject *args) {
+    unsigned long long address;
+    Py_buffer fds, offsets, want, buf, src_at, sizes, out, dst_at;
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTuple(args, "Ky*y*ny*w*y*y*w*y*", &address, &fds, &offsets, &chunk, &want, &buf, &src_at, &sizes,
+                          &out, &dst_at))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = fds.len / 8, m = sizes.len / 8, failed = -1;
+    if (address == 0 || chunk <= 0 || fds.len % 8 || offsets.len != fds.len || want.len != fds.len ||
+        sizes.len % 8 || src_at.len != sizes.len || dst_at.len != sizes.len || buf.len < n * chunk) {
+        PyErr_SetString(PyExc_ValueError, "read_checked: a checksum function, chunk_bytes > 0, fds, offsets and want "
+                                          "int64 of one length, a buffer of their chunks, src_at, sizes and dst_at "
+                                          "int64 of one length");
+        goto done;
+    }
+    if (!int64_buffer(&fds, n, "read_checked: fds") || !int64_buffer(&offsets, n, "read_checked: offsets") ||
+        !int64_buffer(&want, n, "read_checked: want") || !int64_buffer(&src_at, m, "read_checked: src_at") ||
+        !int64_buffer(&sizes, m, "read_checked: sizes") || !int64_buffer(&dst_at, m, "read_checked: dst_at"))
+        goto done;
+    const int64_t *f = (const int64_t *)fds.buf, *o = (const int64_t *)offsets.buf, *w = (const int64_t *)want.buf,
+                  *s = (const int64_t *)src_at.buf, *z = (const int64_t *)sizes.buf, *d = (const int64_t *)dst_at.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (f[i] < 0 || o[i] < 0) {
+            PyErr_Format(PyExc_ValueError, "read_checked: chunk %zd: descriptor %lld, offset %lld", i, (long long)f[i],
+                         (long long)o[i]);
+            goto done;
+        }
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        if (z[k] != 0 && (z[k] < 0 || s[k] < 0 || d[k] < 0 || s[k] + z[k] > n * chunk || d[k] + z[k] > out.len)) {
+            PyErr_Format(PyExc_IndexError, "read_checked: range %zd (%lld bytes from %lld to %lld) outside %zd -> %zd "
+                         "bytes", k, (long long)z[k], (long long)s[k], (long long)d[k], n * chunk, out.len);
+            goto done;
+        }
+    }
+    {
+        crc_fn fn = (crc_fn)(uintptr_t)address;
+        char *b = (char *)buf.buf, *to = (char *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t i = 0;
+        while (i < n && failed < 0) {  /* chunks that follow each other in one file: one pread */
+            Py_ssize_t j = i + 1;
+            while (j < n && f[j] == f[i] && o[j] == o[j - 1] + chunk)
+                j++;
+            int64_t want_bytes = (int64_t)(j - i) * chunk, got = 0;
+            while (got < want_bytes) {
+                ssize_t r = pread((int)f[i], b + i * chunk + got, (size_t)(want_bytes - got), (off_t)(o[i] + got));
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    break;
+                got += r;
+            }
+            if (got < want_bytes) {
+                failed = i + (Py_ssize_t)(got / chunk);
+                break;
+            }
+            for (Py_ssize_t k = i; k < j; k++) {
+                if ((int64_t)fn(0, b + k * chunk, (size_t)chunk) != w[k]) {
+                    failed = k;
+                    break;
+                }
+            }
+            i = j;
+        }
+        if (failed < 0)
+            for (Py_ssize_t k = 0; k < m; k++)
+                if (z[k] > 0)
+                    memcpy(to + d[k], b + s[k], (size_t)z[k]);
+        Py_END_ALLOW_THREADS
+    }
+    result = PyLong_FromSsize_t(failed);
+done:
+    PyBuffer_Release(&fds);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&want);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&src_at);
+    PyBuffer_Release(&sizes);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&dst_at);
+    return result;
+}
+
 static PyObject *pack(PyObject *self, PyObject *args) {
     Py_buffer values, starts, cum, rows, tok, pos, doc;
     Py_ssize_t item, at, count;
@@ -234,6 +325,8 @@ static PyMethodDef methods[] = {
     {"copy_ranges", copy_ranges, METH_VARARGS, "copy_ranges(src, src_at, sizes, dst, dst_at): byte ranges copied"},
     {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at): -1, or the "
                                                   "first range that could not be read whole"},
+    {"read_checked", read_checked, METH_VARARGS, "read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, "
+                                                  "out, dst_at): -1, or the first chunk not read whole or not as summed"},
     {"pack", pack, METH_VARARGS, "pack(values, item_bytes, starts, cum, rows, at, count, tok, pos, doc): packed tokens"},
     {NULL, NULL, 0, NULL},
 };

@@ -34,7 +34,7 @@ from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
 from .loader.rows import group_read_bytes, ragged_sizing
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, padded_batch_nbytes, resolve_rank
-from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_shared_batch
+from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_batches, make_shared_batch
 from .loader.readers import VerifyOnce, WholeUnits
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
@@ -284,7 +284,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             batches = serve_packed(pf, self.pack, self.batch_size, self.drop_last, self.columns[0].np_dtype,
                                    INDEX_KEY, tensors, start, (start or {}).get("skip", 0),
                                    lambda st: setattr(run, "pack_state", st),
-                                   packed_group(lay.outside, tensors is make_batch))
+                                   packed_group(lay.outside, tensors is make_batch), make_batches)
         try:
             if self._target is not None:  # copied to the device by a thread; counted below when handed out
                 batches = DeviceFeeder(pf, self._target, self.on_device, lay, self._rings)

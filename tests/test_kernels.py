@@ -149,3 +149,36 @@ def test_pread_ranges_reads_the_ranges_and_names_the_first_it_cannot(tmp_path: P
     closed = np.full(1, fd, np.int64)  # a descriptor no longer open
     assert _kernels.pread_ranges(closed, np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.uint8),
                                  np.zeros(1, np.int64)) == 0
+
+
+def test_read_checked_reads_checks_and_copies_or_names_the_first_bad_chunk(tmp_path: Path) -> None:
+    from streambatch.io.checksum import native_crc32c
+
+    native = native_crc32c()
+    if native is None:
+        pytest.skip("google_crc32c's library was not found")
+    chunk = 100
+    data = np.random.default_rng(2).integers(0, 256, 1000, dtype=np.uint8)
+    (tmp_path / "f").write_bytes(data.tobytes())
+    one = checksum_fn("crc32c")
+    sums = np.array([one(data[i:i + chunk]) for i in range(0, 1000, chunk)], np.int64)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        ids = np.array([3, 4, 5, 8, 0], np.int64)  # 3-5 follow each other in the file: one read
+        fds, offs = np.full(5, fd, np.int64), ids * chunk
+        src, size, dst = np.array([50, 220, 400], np.int64), np.array([120, 0, 100], np.int64), np.array(
+            [0, 500, 120], np.int64)
+        for fn in (_kernels.read_checked, lambda f, a, *rest: _kernels.python_read_checked(f, *rest)):
+            buf, out = np.zeros(5 * chunk, np.uint8), np.zeros(300, np.uint8)
+            assert fn(*native, fds, offs, chunk, sums[ids], buf, src, size, out, dst) == -1
+            assert np.array_equal(buf, np.concatenate([data[i * chunk:(i + 1) * chunk] for i in ids]))
+            assert np.array_equal(out[:120], buf[50:170]) and np.array_equal(out[120:220], buf[400:500])
+            wrong = sums[ids].copy()
+            wrong[3] ^= 1  # the fourth chunk's checksum does not match: named, nothing copied
+            out = np.zeros(300, np.uint8)
+            assert fn(*native, fds, offs, chunk, wrong, buf, src, size, out, dst) == 3 and not out.any()
+            past = offs.copy()
+            past[1] = 950  # the second chunk passes the file's end
+            assert fn(*native, fds, past, chunk, sums[ids], buf, src, size, out, dst) == 1
+    finally:
+        os.close(fd)

@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - PyPy, or an install without the wheel
     from zlib import crc32
 
-__all__ = ["CHECKSUMS", "DEFAULT_CHECKSUM", "checksum_fn", "chunk_checksums", "crc32", "extend_fn"]
+__all__ = ["CHECKSUMS", "DEFAULT_CHECKSUM", "checksum_fn", "chunk_checksums", "crc32", "extend_fn", "native_crc32c"]
 
 CHECKSUMS = ("crc32", "crc32c")
 DEFAULT_CHECKSUM = "crc32c"
@@ -96,11 +96,19 @@ def chunk_checksums(name: str, data: Any, chunk_bytes: int) -> list[int]:
     CRC-32C goes to the native library, all chunks in one call of streambatch's C module with
     the GIL released (``crc_chunks``; without it, a ctypes call of about 1 us a chunk)."""
     view = np.frombuffer(data, np.uint8)
-    native = _native_crc32c() if name == "crc32c" and view.nbytes else None
+    native = native_crc32c() if name == "crc32c" and view.nbytes else None
     if native is not None:
-        return crc_chunks(native, ctypes.cast(native, ctypes.c_void_p).value or 0, view, chunk_bytes).tolist()
+        return crc_chunks(*native, view, chunk_bytes).tolist()
     one = checksum_fn(name)
     return [one(view[i:i + chunk_bytes]) for i in range(0, view.nbytes, chunk_bytes)]
+
+
+@functools.cache
+def native_crc32c() -> tuple[Callable[[int, int, int], int], int] | None:
+    """The native CRC-32C (:func:`chunk_checksums`' ``crc32c_extend``) and its C address, for
+    streambatch's C module to call; None where it is not found."""
+    fn = _native_crc32c()
+    return None if fn is None else (fn, ctypes.cast(fn, ctypes.c_void_p).value or 0)
 
 
 def checksum_fn(name: str) -> Callable[[Any], int]:

@@ -237,6 +237,15 @@ class ByteRanges:
                 raise DataError(f"{where(k)}: {str(err).split(': ', 1)[-1]}") from None
             _scatter(span, starts[a:b + 1] - s0, sizes[a:b + 1], dst, at[a:b + 1])
 
+    def descriptors(self, fis: NDArray[np.int64], where: Callable[[int], str]
+                    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The descriptor and size of local file ``fis[k]`` for each ``k`` (files opened as
+        :meth:`fd` opens them; ``where(k)`` names the ``k``-th should one fail to open)."""
+        files, inverse = np.unique(fis, return_inverse=True)
+        table = np.array([self.fd(f, lambda f=f: where(int(np.argmax(fis == f)))) for f in files.tolist()],
+                         np.int64).reshape(-1, 2)
+        return table[inverse, 0], table[inverse, 1]
+
     def _read_alone(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
                     dst: NDArray[np.uint8], at: NDArray[np.int64], first: NDArray[np.int64], last: NDArray[np.int64],
                     where: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -248,12 +257,10 @@ class ByteRanges:
         if alone.size == 0:
             return first, last
         ks = first[alone]
-        files, inverse = np.unique(fis[ks], return_inverse=True)
-        table = np.array([self.fd(f, lambda f=f: where(int(ks[np.argmax(fis[ks] == f)]))) for f in files.tolist()],
-                         np.int64).reshape(-1, 2)
-        inside = starts[ks] + sizes[ks] <= table[inverse, 1]  # a range past its file's end: the loop names it
+        fds, fsize = self.descriptors(fis[ks], lambda j: where(int(ks[j])))
+        inside = starts[ks] + sizes[ks] <= fsize  # a range past its file's end: the loop names it
         take = alone[inside]
-        got = pread_ranges(table[inverse[inside], 0], starts[first[take]], sizes[first[take]], dst, at[first[take]])
+        got = pread_ranges(fds[inside], starts[first[take]], sizes[first[take]], dst, at[first[take]])
         done = take if got < 0 else take[:got]
         keep = np.ones(first.size, bool)
         keep[done] = False

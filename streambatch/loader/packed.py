@@ -26,6 +26,7 @@ PACK_ROWS = 256
 """Documents a row batch of a packed stream holds (the row stream's batch size)."""
 GROUP_BYTES = 4 << 20
 """Bytes of small packed batches written at once (one buffer; a batch held keeps its group's)."""
+MakeGroup = Callable[[dict[str, np.ndarray], int], list[Any]]
 GROUP_BUFFERS = 3
 """Group buffers kept for reuse: the one being written, the one whose batch the consumer holds,
 and one spare (a buffer given back to the system and asked for again is paid in page faults)."""
@@ -34,11 +35,14 @@ and one spare (a buffer given back to the system and asked for again is paid in 
 def serve_packed(row_batches: Iterator[dict[str, Any]], pack: Pack, batch_size: int, drop_last: bool, dtype: Any,
                  index_key: str, make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any],
                  start: Mapping[str, Any] | None = None, skip: int = 0,
-                 on_state: Callable[[dict[str, Any]], None] | None = None, group_bytes: int = 0) -> Iterator[Any]:
+                 on_state: Callable[[dict[str, Any]], None] | None = None, group_bytes: int = 0,
+                 make_group: MakeGroup | None = None) -> Iterator[Any]:
     """Pack the documents of ``row_batches`` (column ``pack.column`` and the row ids
     ``index_key``) into batches of ``batch_size`` sequences; ``make_batch(buffer, arrays)`` makes
-    what is served.  ``start`` and ``skip``: a resume (the packer's state, and the rows of the
-    first row batch already packed before it).  ``group_bytes``: :func:`packed_group`."""
+    what is served, ``make_group(arrays, rows)`` the batches of a group at once (each ``rows`` rows
+    of the arrays; None: ``make_batch`` for each).  ``start`` and ``skip``: a resume (the packer's
+    state, and the rows of the first row batch already packed before it).  ``group_bytes``:
+    :func:`packed_group`."""
     packer = pack.packer(batch_size, dtype, drop_last, start=start)
     recycled = Recycled(GROUP_BUFFERS) if group_bytes else None
     for b in row_batches:
@@ -46,10 +50,10 @@ def serve_packed(row_batches: Iterator[dict[str, Any]], pack: Pack, batch_size: 
         if skip:
             docs, rows, skip = docs[min(skip, len(rows)):], rows[min(skip, len(rows)):], max(0, skip - len(rows))
         packer.feed(docs, rows)
-        yield from _written(packer, make_batch, on_state, group_bytes, recycled)
+        yield from _written(packer, make_batch, make_group, on_state, group_bytes, recycled)
         packer.detach()  # row batches are slices of a window: let go of it before the next is taken
     packer.finish()
-    yield from _written(packer, make_batch, on_state, group_bytes, recycled)
+    yield from _written(packer, make_batch, make_group, on_state, group_bytes, recycled)
 
 
 class Recycled:
@@ -82,7 +86,7 @@ def packed_group(outside: int, in_process: bool) -> int:
 
 
 def _written(packer: Packer, make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any],
-             on_state: Callable[[dict[str, Any]], None] | None, group_bytes: int,
+             make_group: MakeGroup | None, on_state: Callable[[dict[str, Any]], None] | None, group_bytes: int,
              recycled: Recycled | None) -> Iterator[Any]:
     """Every batch the packer can write now.  Full batches are written up to ``group_bytes`` at a
     time into one buffer (``Packer.write_batches``, from ``recycled``) and served as row slices of
@@ -96,11 +100,14 @@ def _written(packer: Packer, make_batch: Callable[[np.ndarray, dict[str, np.ndar
                                                                                                    np.uint8)
             big = batch_views(flat, count * rows, packer.seq_len, packer.dtype)
             states = packer.write_batches(big, count)
-            for i, st in enumerate(states):
+            made = (make_group(big, rows) if make_group is not None
+                    else [make_batch(flat, {k: big[k][i * rows:(i + 1) * rows] for k in OUTPUTS}) for i in range(count)])
+            del flat, big  # the group's buffer is free again once the consumer lets go of its batches
+            for st, batch in zip(states, made):
                 if on_state is not None:
                     on_state(st)
-                yield make_batch(flat, {k: big[k][i * rows:(i + 1) * rows] for k in OUTPUTS})
-            del flat, big  # the group's buffer is free again once the consumer lets go of its batches
+                yield batch
+            del made, batch
             continue
         flat = np.empty(batch_nbytes(rows, packer.seq_len, packer.dtype), np.uint8)
         out = batch_views(flat, rows, packer.seq_len, packer.dtype)

@@ -20,9 +20,9 @@ from typing import Any, Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from .._kernels import copy_ranges
+from .._kernels import NATIVE, copy_ranges, read_checked
 from ..errors import DataError
-from ..io.checksum import chunk_checksums
+from ..io.checksum import chunk_checksums, native_crc32c
 from ..ragged import runs
 from ..schema import Column
 from ._zarr_ragged import RaggedReader
@@ -129,18 +129,30 @@ def _values_checked(r: RaggedReader, col: Column, vloc: dict[str, Any], a: NDArr
     k0, k1 = a // chunk, np.where(b > a, -(-b // chunk), a // chunk)
     count = k1 - k0
     ends = np.cumsum(count) * cb
+    # the reads, checks and copies of a buffer in one native call where it can (local files,
+    # CRC-32C); anything wrong, and the steps below read it again one by one and say what
+    native = native_crc32c() if r._checksum_name == "crc32c" and r.files.remote is None and NATIVE else None
     p = 0
     while p < a.shape[0]:
         q = max(p + 1, int(np.searchsorted(ends, ends[p] - count[p] * cb + scratch, "right")))
         ids = runs(k0[p:q], count[p:q])
-        piece = p + np.repeat(np.arange(q - p), count[p:q])
         fis = vloc["file"][ids]
         buf = np.empty(ids.shape[0] * cb, np.uint8)
-        _read_runs(r, fis, vloc["offset"][ids], np.full(ids.shape[0], cb, np.int64),
-                   np.arange(ids.shape[0], dtype=np.int64) * cb, buf, lambda j: where(int(piece[j]), int(fis[j])))
-        _check_group(r, buf, cb, vloc["crc32"][ids], lambda j: where(int(piece[j]), int(fis[j])))
         at = np.cumsum(count[p:q]) * cb - count[p:q] * cb  # each piece's first chunk in buf
-        copy_ranges(buf, at + (a[p:q] - k0[p:q] * chunk) * isz, (b[p:q] - a[p:q]) * isz, out, first[p:q] * isz)
+        src, size, dst = at + (a[p:q] - k0[p:q] * chunk) * isz, (b[p:q] - a[p:q]) * isz, first[p:q] * isz
+
+        def piece(j: int, p: int = p, q: int = q) -> int:  # the piece chunk j of the buffer belongs to
+            return p + int(np.searchsorted(np.cumsum(count[p:q]), j, "right"))
+
+        if native is not None:
+            fds = r.files.descriptors(fis, lambda j: where(piece(j), int(fis[j])))[0]
+            if read_checked(*native, fds, vloc["offset"][ids], cb, vloc["crc32"][ids], buf, src, size, out, dst) < 0:
+                p = q
+                continue
+        _read_runs(r, fis, vloc["offset"][ids], np.full(ids.shape[0], cb, np.int64),
+                   np.arange(ids.shape[0], dtype=np.int64) * cb, buf, lambda j: where(piece(j), int(fis[j])))
+        _check_group(r, buf, cb, vloc["crc32"][ids], lambda j: where(piece(j), int(fis[j])))
+        copy_ranges(buf, src, size, out, dst)
         p = q
 
 
