@@ -45,6 +45,42 @@ static int int64_buffer(Py_buffer *b, Py_ssize_t count, const char *name) {
     return 1;
 }
 
+/* The ranges (src_at, sizes, dst_at) all lie within src_len and dst_len bytes; an empty one may
+ * point anywhere.  Else an IndexError naming the first that does not, and 0. */
+static int ranges_ok(const int64_t *s, const int64_t *z, const int64_t *d, Py_ssize_t n, Py_ssize_t src_len,
+                     Py_ssize_t dst_len, const char *name) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (z[i] != 0 && (s[i] < 0 || z[i] < 0 || d[i] < 0 || s[i] + z[i] > src_len || d[i] + z[i] > dst_len)) {
+            PyErr_Format(PyExc_IndexError, "%s: range %zd (%lld bytes from %lld to %lld) outside %zd -> %zd bytes",
+                         name, i, (long long)z[i], (long long)s[i], (long long)d[i], src_len, dst_len);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Copy the ranges (checked by ranges_ok); called with the GIL released. */
+static void copy_all(const char *from, const int64_t *s, const int64_t *z, char *to, const int64_t *d, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (z[i] > 0)
+            memcpy(to + d[i], from + s[i], (size_t)z[i]);
+}
+
+/* Read size bytes at offset of fd into dst (pread, again after a short read or EINTR); the bytes
+ * read, fewer at an error or the file's end.  Called with the GIL released. */
+static int64_t pread_all(int fd, char *dst, int64_t size, int64_t offset) {
+    int64_t got = 0;
+    while (got < size) {
+        ssize_t r = pread(fd, dst + got, (size_t)(size - got), (off_t)(offset + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += r;
+    }
+    return got;
+}
+
 static PyObject *crc_chunks(PyObject *self, PyObject *args) {
     unsigned long long address;
     Py_buffer data, out;
@@ -90,22 +126,11 @@ static PyObject *copy_ranges(PyObject *self, PyObject *args) {
         !int64_buffer(&dst_at, n, "copy_ranges: dst_at"))
         goto done;
     const int64_t *s = (const int64_t *)src_at.buf, *z = (const int64_t *)sizes.buf, *d = (const int64_t *)dst_at.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (z[i] != 0 && (s[i] < 0 || z[i] < 0 || d[i] < 0 || s[i] + z[i] > src.len || d[i] + z[i] > dst.len)) {
-            PyErr_Format(PyExc_IndexError, "copy_ranges: range %zd (%lld bytes from %lld to %lld) outside %zd -> %zd bytes",
-                         i, (long long)z[i], (long long)s[i], (long long)d[i], src.len, dst.len);
-            goto done;
-        }
-    }
-    {
-        const char *from = (const char *)src.buf;
-        char *to = (char *)dst.buf;
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (z[i] > 0)  /* an empty range may point anywhere */
-                memcpy(to + d[i], from + s[i], (size_t)z[i]);
-        Py_END_ALLOW_THREADS
-    }
+    if (!ranges_ok(s, z, d, n, src.len, dst.len, "copy_ranges"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    copy_all((const char *)src.buf, s, z, (char *)dst.buf, d, n);
+    Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&src);
@@ -142,20 +167,9 @@ static PyObject *pread_ranges(PyObject *self, PyObject *args) {
     {
         char *to = (char *)dst.buf;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n && failed < 0; i++) {
-            int64_t done_bytes = 0;
-            while (done_bytes < z[i]) {
-                ssize_t got = pread((int)f[i], to + d[i] + done_bytes, (size_t)(z[i] - done_bytes),
-                                    (off_t)(o[i] + done_bytes));
-                if (got < 0 && errno == EINTR)
-                    continue;
-                if (got <= 0) {  /* an error or the file's end: the caller reads it again to say which */
-                    failed = i;
-                    break;
-                }
-                done_bytes += got;
-            }
-        }
+        for (Py_ssize_t i = 0; i < n && failed < 0; i++)
+            if (pread_all((int)f[i], to + d[i], z[i], o[i]) < z[i])
+                failed = i;  /* an error or the file's end: the caller reads it again to say which */
         Py_END_ALLOW_THREADS
     }
     result = PyLong_FromSsize_t(failed);
@@ -197,13 +211,8 @@ static PyObject *read_checked(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    for (Py_ssize_t k = 0; k < m; k++) {
-        if (z[k] != 0 && (z[k] < 0 || s[k] < 0 || d[k] < 0 || s[k] + z[k] > n * chunk || d[k] + z[k] > out.len)) {
-            PyErr_Format(PyExc_IndexError, "read_checked: range %zd (%lld bytes from %lld to %lld) outside %zd -> %zd "
-                         "bytes", k, (long long)z[k], (long long)s[k], (long long)d[k], n * chunk, out.len);
-            goto done;
-        }
-    }
+    if (!ranges_ok(s, z, d, m, n * chunk, out.len, "read_checked"))
+        goto done;
     {
         crc_fn fn = (crc_fn)(uintptr_t)address;
         char *b = (char *)buf.buf, *to = (char *)out.buf;
@@ -213,15 +222,7 @@ static PyObject *read_checked(PyObject *self, PyObject *args) {
             Py_ssize_t j = i + 1;
             while (j < n && f[j] == f[i] && o[j] == o[j - 1] + chunk)
                 j++;
-            int64_t want_bytes = (int64_t)(j - i) * chunk, got = 0;
-            while (got < want_bytes) {
-                ssize_t r = pread((int)f[i], b + i * chunk + got, (size_t)(want_bytes - got), (off_t)(o[i] + got));
-                if (r < 0 && errno == EINTR)
-                    continue;
-                if (r <= 0)
-                    break;
-                got += r;
-            }
+            int64_t want_bytes = (int64_t)(j - i) * chunk, got = pread_all((int)f[i], b + i * chunk, want_bytes, o[i]);
             if (got < want_bytes) {
                 failed = i + (Py_ssize_t)(got / chunk);
                 break;
@@ -235,9 +236,7 @@ static PyObject *read_checked(PyObject *self, PyObject *args) {
             i = j;
         }
         if (failed < 0)
-            for (Py_ssize_t k = 0; k < m; k++)
-                if (z[k] > 0)
-                    memcpy(to + d[k], b + s[k], (size_t)z[k]);
+            copy_all(b, s, z, to, d, m);
         Py_END_ALLOW_THREADS
     }
     result = PyLong_FromSsize_t(failed);
