@@ -169,8 +169,8 @@ class _Chunk:
         one, not done."""
         i = np.searchsorted(self.cum, at, "left")
         prev = np.maximum(i - 1, 0)
-        return [(base + k, None, 0) if e else (base + k - 1, r, d) for k, e, r, d
-                in zip(i.tolist(), (self.cum[i] == at).tolist(), self.rows[prev].tolist(), (at - self.cum[prev]).tolist())]
+        ends, rows, done = (self.cum[i] == at).tolist(), self.rows[prev].tolist(), (at - self.cum[prev]).tolist()
+        return [(base + k, None, 0) if e else (base + k - 1, r, d) for k, e, r, d in zip(i.tolist(), ends, rows, done)]
 
     def own(self, first: bool) -> tuple[_Chunk, int]:
         """The documents not yet wholly written, in arrays of their own (copies), and how many

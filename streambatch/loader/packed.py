@@ -94,14 +94,14 @@ def _written(packer: Packer, make_batch: Callable[[np.ndarray, dict[str, np.ndar
     full = batch_nbytes(packer.batch_size, packer.seq_len, packer.dtype)
     while rows := packer.rows_ready():
         count = min(packer.full_batches(), max(1, group_bytes // full))
-        if count > 1:
-            # one size for every group buffer, so that each can be reused for the next group
-            flat = recycled.take(group_bytes // full * full) if recycled is not None else np.empty(count * full,
-                                                                                                   np.uint8)
+        if count > 1 and recycled is not None:
+            flat = recycled.take(group_bytes // full * full)  # one size for all: each is reused for the next
             big = batch_views(flat, count * rows, packer.seq_len, packer.dtype)
             states = packer.write_batches(big, count)
-            made = (make_group(big, rows) if make_group is not None
-                    else [make_batch(flat, {k: big[k][i * rows:(i + 1) * rows] for k in OUTPUTS}) for i in range(count)])
+            if make_group is not None:
+                made = make_group(big, rows)
+            else:
+                made = [make_batch(flat, {k: big[k][i * rows:(i + 1) * rows] for k in OUTPUTS}) for i in range(count)]
             del flat, big  # the group's buffer is free again once the consumer lets go of its batches
             for st, batch in zip(states, made):
                 if on_state is not None:
