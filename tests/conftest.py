@@ -159,3 +159,15 @@ def arrow_column_numpy(field: Any, arr: Any) -> np.ndarray:
         shape = json.loads(meta[b"streambatch.shape"])
         return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), *shape)
     return arr.to_numpy(zero_copy_only=False)
+
+
+@pytest.fixture(params=["native", "numpy"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with the C module's byte loops and again with their numpy/Python versions
+    (``streambatch._kernels``: what an install without a C compiler uses)."""
+    from streambatch import _kernels
+
+    if request.param == "native" and not _kernels.NATIVE:
+        pytest.skip("streambatch._native was not built")
+    monkeypatch.setattr(_kernels, "NATIVE", request.param == "native")
+    return str(request.param)

@@ -54,7 +54,7 @@ def _check_exactly_once(got: dict[int, list[tuple[int, int]]], docs: list[np.nda
         assert pairs == list(enumerate(docs[i].tolist()))
 
 
-def test_every_token_once_in_order(corpus: tuple[Path, list[np.ndarray]]) -> None:
+def test_every_token_once_in_order(corpus: tuple[Path, list[np.ndarray]], kernels: str) -> None:
     path, docs = corpus
     ds = StreamDataset(path, batch_size=BATCH, memory_budget="512KiB", pack=Pack("tokens", seq_len=SEQ))
     first = list(ds)

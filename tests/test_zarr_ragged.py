@@ -276,7 +276,7 @@ def test_checked_reads_within_and_across_shard_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("verify", [True, False])
 @pytest.mark.parametrize("scratch", [0, 3000, 1 << 20])
 def test_a_group_read_of_pieces_is_what_reading_them_one_by_one_gives(tmp_path_factory: pytest.TempPathFactory,
-                                                                      verify: bool, scratch: int) -> None:
+                                                                      verify: bool, scratch: int, kernels: str) -> None:
     """``read_ragged_pieces`` (a window's pieces read as one group: offsets at once, values whole
     chunks checked in buffers of ``scratch`` bytes or straight into place) fills the window's
     buffers with each row where ``read_rows`` puts it, for random pieces of random units, whole
@@ -321,7 +321,7 @@ def test_a_group_read_of_pieces_is_what_reading_them_one_by_one_gives(tmp_path_f
 
 
 @pytest.mark.parametrize("where", ["values", "shared values", "offsets"])
-def test_a_damaged_chunk_read_in_a_group_stops_the_loader_naming_it(tmp_path: Path, where: str) -> None:
+def test_a_damaged_chunk_read_in_a_group_stops_the_loader_naming_it(tmp_path: Path, where: str, kernels: str) -> None:
     """The loader reads a window's pieces as groups: a flipped byte in a values chunk in the
     middle of a unit (read into place), in one a unit shares with the unit before it (read
     through a buffer), or in a unit's offsets chunk, is an error naming a unit that holds it."""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .._kernels import NATIVE, pread_ranges
+from .._kernels import pread_ranges
 from ..errors import DataError
 from ..ragged import runs
 
@@ -207,7 +207,7 @@ class ByteRanges:
             return
         ends = starts + sizes
         first, last = _spans(fis, starts, ends, gap)
-        if self.remote is None and NATIVE:
+        if self.remote is None:
             first, last = self._read_alone(fis, starts, sizes, dst, at, first, last, where)
             if first.size == 0:
                 return
@@ -250,7 +250,7 @@ class ByteRanges:
                     dst: NDArray[np.uint8], at: NDArray[np.int64], first: NDArray[np.int64], last: NDArray[np.int64],
                     where: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Read the ranges of ``read_ranges`` that are read alone (spans of one range, within
-        their files) with one native call, no Python between the reads; the spans left, for
+        their files) with one native call (``_kernels.pread_ranges``); the spans left, for
         ``read_ranges``' own loop: the others, and from a range the call could not read on
         (that loop reads it again and says why)."""
         alone = np.flatnonzero(first == last)

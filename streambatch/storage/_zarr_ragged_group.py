@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from .._kernels import NATIVE, copy_ranges, read_checked
+from .._kernels import copy_ranges, read_checked
 from ..errors import DataError
 from ..io.checksum import chunk_checksums, native_crc32c
 from ..ragged import runs
@@ -129,9 +129,10 @@ def _values_checked(r: RaggedReader, col: Column, vloc: dict[str, Any], a: NDArr
     k0, k1 = a // chunk, np.where(b > a, -(-b // chunk), a // chunk)
     count = k1 - k0
     ends = np.cumsum(count) * cb
-    # the reads, checks and copies of a buffer in one native call where it can (local files,
-    # CRC-32C); anything wrong, and the steps below read it again one by one and say what
-    native = native_crc32c() if r._checksum_name == "crc32c" and r.files.remote is None and NATIVE else None
+    # the reads, checks and copies of a buffer in one native call (local files, CRC-32C;
+    # _kernels' Python where the C module was not built); anything wrong, and the steps below
+    # read it again one by one and say what
+    native = native_crc32c() if r._checksum_name == "crc32c" and r.files.remote is None else None
     p = 0
     while p < a.shape[0]:
         q = max(p + 1, int(np.searchsorted(ends, ends[p] - count[p] * cb + scratch, "right")))
