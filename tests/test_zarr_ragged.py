@@ -352,3 +352,18 @@ def test_a_damaged_chunk_read_in_a_group_stops_the_loader_naming_it(tmp_path: Pa
         with pytest.raises(DataError, match=f"column 'tokens', unit {unit}, file {rel}: offsets do not lie within"):
             for _ in StreamDataset(ds, batch_size=16, memory_budget="1MiB", verify=False):
                 pass
+
+
+def test_a_damaged_fixed_column_beside_a_ragged_one_is_named(tmp_path: Path, kernels: str) -> None:
+    """A ragged window's fixed columns (the label) are read a unit at a time beside its group
+    reads, each unit's chunk checked: a flipped byte in one is an error naming the column, the
+    unit and the file."""
+    ds = _convert(tmp_path, "none")
+    m = load_manifest(ds)
+    loc = m.layout["columns"]["label"]
+    unit = m.n_units // 2
+    fi = int(loc["file"][unit])
+    flip_byte(ds / m.files[fi], int(loc["offset"][unit]) + 5)
+    with pytest.raises(DataError, match=f"column 'label', unit {unit}, file {m.files[fi]}: checksum mismatch"):
+        for _ in StreamDataset(ds, batch_size=16, memory_budget="1MiB", columns=["tokens", "label"]):
+            pass
