@@ -154,22 +154,25 @@ def test_pack_options_are_checked(corpus: tuple[Path, list[np.ndarray]]) -> None
 
 
 def test_a_group_buffer_is_handed_out_again_only_once_nothing_refers_to_it() -> None:
-    import weakref
-
     from streambatch.loader.packed import Recycled
 
     r = Recycled(2)
     a = r.take(1000)
-    first, view = weakref.ref(a), a[:10]  # a batch made from it, still held by the consumer
+    first = a.ctypes.data
+    a[:] = 1
+    batch = torch.from_numpy(a[:16].view(np.int64)).split(1)[1]  # what a batch holds of it
     del a
     b = r.take(1000)
-    assert b is not first()  # held through its batch: another buffer (kept too)
-    second = weakref.ref(b)
+    assert b.ctypes.data != first  # held through the batch: another buffer (kept too)
+    second = b.ctypes.data
     del b
-    assert r.take(1000) is second()  # the free one
-    del view
-    assert r.take(1000) is first()  # nothing refers to it any more: handed out again
-    assert r.take(999) is not first() and first() is not None  # another size: a new one
+    assert r.take(1000).ctypes.data == second  # nothing refers to the second: handed out again
+    assert int(batch) == int(np.ones(8, np.uint8).view(np.int64)[0])  # the batch's bytes untouched
+    c = r.take(1000)  # the first still held, the second free again (the array above is gone)
+    assert c.ctypes.data == second
+    del batch
+    assert r.take(1000).ctypes.data == first  # the batch is gone: the first is free
+    assert r.take(999).ctypes.data not in (first, second)  # another size: a new one
 
 
 def test_batches_dropped_as_they_are_served_keep_their_tokens(corpus: tuple[Path, list[np.ndarray]]) -> None:

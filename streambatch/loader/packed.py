@@ -9,7 +9,7 @@ after each batch is handed to ``on_state``: a resume restarts the row stream at 
 
 from __future__ import annotations
 
-import sys
+import weakref
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -57,24 +57,31 @@ def serve_packed(row_batches: Iterator[dict[str, Any]], pack: Pack, batch_size: 
 
 
 class Recycled:
-    """Buffers handed out again once nothing but this keeps them: the batches made from a buffer
-    are views of it, so it is free when its reference count (CPython's) is back to this list's.
-    At most ``keep`` are kept; where reference counts are not there (not CPython), none."""
+    """Buffers handed out again once nothing refers to what was made of them.  Each is handed
+    out as a new array over a memoryview of it, which every view made from that array (the
+    batches' tensors) keeps alive: a weak reference to the memoryview tells when the last of
+    them is gone (no reference counting, whose figures vary between Python versions).  At most
+    ``keep`` buffers are kept."""
 
     def __init__(self, keep: int) -> None:
-        self.keep = keep if hasattr(sys, "getrefcount") else 0
-        self._bufs: list[np.ndarray] = []
+        self.keep = keep
+        self._bufs: list[tuple[np.ndarray, weakref.ref[Any] | None]] = []
 
     def take(self, nbytes: int) -> np.ndarray:
-        """A uint8 buffer of ``nbytes``: a kept one that nothing else refers to, or a new one."""
-        for buf in self._bufs:  # (not enumerate: its result tuple would hold a reference too)
-            # referred to by the list, ``buf`` and getrefcount's argument: nothing outside
-            if buf.nbytes == nbytes and sys.getrefcount(buf) == 3:
-                return buf
-        buf = np.empty(nbytes, np.uint8)
-        if len(self._bufs) < self.keep:
-            self._bufs.append(buf)
-        return buf
+        """A uint8 array of ``nbytes``: over a kept buffer nothing refers to now, or a new one."""
+        for k, (raw, handed) in enumerate(self._bufs):
+            if raw.nbytes == nbytes and (handed is None or handed() is None):
+                return self._hand(k, raw)
+        raw = np.empty(nbytes, np.uint8)
+        if len(self._bufs) >= self.keep:
+            return raw
+        self._bufs.append((raw, None))
+        return self._hand(len(self._bufs) - 1, raw)
+
+    def _hand(self, k: int, raw: np.ndarray) -> np.ndarray:
+        out = np.frombuffer(memoryview(raw), np.uint8)
+        self._bufs[k] = (raw, weakref.ref(out.base))
+        return out
 
 
 def packed_group(outside: int, in_process: bool) -> int:
