@@ -202,8 +202,10 @@ def _median(values: list[float]) -> float:
 
 
 def render_quality(records: list[dict[str, Any]], ideal_kl: float) -> str:
-    """The markdown subsection for the varlen quality records of one run."""
-    recs = sorted(records, key=lambda r: r["fraction"])
+    """The markdown subsection for the varlen quality records of the latest run among
+    ``records`` (older runs, of another store, are kept beside it by ``report.load_records``)."""
+    latest = records[-1].get("run_id")
+    recs = sorted((r for r in records if r.get("run_id") == latest), key=lambda r: r["fraction"])
     rows = []
     for r in recs:
         if "refused" in r:
