@@ -62,33 +62,3 @@ def test_a_freed_buffer_of_a_few_mib_is_returned_once_a_dataset_was_iterated(dat
 def test_a_threshold_set_in_the_environment_is_left_alone(dataset: Path) -> None:
     keep = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}  # heap, kept
     assert _returned_mib(dataset, "iterate", keep) == 0
-
-
-_FAULTS = """
-import resource, sys, numpy as np
-from streambatch import StreamDataset
-for _ in StreamDataset(sys.argv[1], batch_size=64):
-    pass
-faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-live = [np.ones(1 << 20, np.uint8) for _ in range(8)]  # the heap's top above any hole left before
-x = np.ones(3 << 20, np.uint8)  # below the capped mmap threshold: from the heap's top
-del x
-before = faults()
-for _ in range(50):  # a consumer's temporaries: allocated, touched, freed, batch after batch
-    x = np.ones(3 << 20, np.uint8)
-    del x
-print(faults() - before)
-"""
-
-
-def _faults(ds: Path, env: dict[str, str] | None = None) -> int:
-    out = subprocess.run([sys.executable, "-c", _FAULTS, str(ds)], capture_output=True, text=True, timeout=120,
-                         env=_env(env), check=True)
-    return int(out.stdout.strip().splitlines()[-1])
-
-
-def test_the_heap_keeps_a_few_freed_mib_at_its_top_instead_of_faulting_them_in_again(dataset: Path) -> None:
-    # 50 x 3 MiB touched: 38,400 pages; kept by the heap (TRIM_THRESHOLD), they fault once at most
-    assert _faults(dataset) < 2000
-    # a trim threshold the user set stays: at 0 every free gives the pages back
-    assert _faults(dataset, {"MALLOC_TRIM_THRESHOLD_": "0"}) > 10_000

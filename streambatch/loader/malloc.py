@@ -10,9 +10,9 @@ the loader held (p50), against 9-11 MiB with the threshold fixed at 4 MiB, at th
 (docs/PERFORMANCE.md, "Memory: the allocator").
 
 :func:`cap_mmap_threshold` fixes it at :data:`MMAP_THRESHOLD` (``mallopt``; fixing it also stops
-glibc's adjusting) the first time a process starts a loader (``Prefetcher``), and the heap's trim
-threshold at :data:`TRIM_THRESHOLD`.  A ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` set
-in the environment is the user's choice and is left alone; other C libraries are left alone.
+glibc's adjusting) the first time a process starts a loader (``Prefetcher``).  An
+``MALLOC_MMAP_THRESHOLD_`` set in the environment is the user's choice and is left alone; other C
+libraries are left alone.
 """
 
 from __future__ import annotations
@@ -21,17 +21,10 @@ import ctypes
 import os
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "cap_mmap_threshold"]
+__all__ = ["MMAP_THRESHOLD", "cap_mmap_threshold"]
 
 MMAP_THRESHOLD = 4 << 20
 """Allocations of at least this many bytes get memory maps of their own (returned when freed)."""
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
-"""Free bytes the heap's top keeps before it is given back: glibc's own rule (twice the mmap
-threshold), which fixing the threshold stops.  Left at its 128 KiB start, the consumer's
-temporaries of a few hundred KiB went back to the system and were faulted in again batch after
-batch (packed tokens: 100k page faults an epoch, in the consumer's thread; docs/PERFORMANCE.md,
-"Native loops")."""
-_M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 _done: bool | None = None  # None: not tried in this process; else whether the cap is set
 
@@ -46,8 +39,6 @@ def cap_mmap_threshold() -> bool:
             try:
                 libc = ctypes.CDLL(None)  # the symbols the process has loaded, the C library's among them
                 _done = hasattr(libc, "gnu_get_libc_version") and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                if _done and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-                    libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
             except OSError:  # no dynamic loading: leave the allocator as it is
                 pass
     return _done

@@ -138,7 +138,7 @@ def _values_checked(r: RaggedReader, col: Column, vloc: dict[str, Any], a: NDArr
         q = max(p + 1, int(np.searchsorted(ends, ends[p] - count[p] * cb + scratch, "right")))
         ids = runs(k0[p:q], count[p:q])
         fis = vloc["file"][ids]
-        buf = np.empty(ids.shape[0] * cb, np.uint8)
+        buf = np.frombuffer(r.files.scratch(ids.shape[0] * cb), np.uint8)  # this thread's, reused
         at = np.cumsum(count[p:q]) * cb - count[p:q] * cb  # each piece's first chunk in buf
         src, size, dst = at + (a[p:q] - k0[p:q] * chunk) * isz, (b[p:q] - a[p:q]) * isz, first[p:q] * isz
 
