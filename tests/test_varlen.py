@@ -343,3 +343,21 @@ def test_windows_are_sized_so_that_two_fit_beside_each_other(varlen: tuple[Path,
     monkeypatch.setattr(sizing, "WINDOW_SPREAD_SDS", 0.0)
     at_share = pairs_fitting(StreamDataset(path, batch_size=8, memory_budget="96KiB", columns=["tokens"]))
     assert spread >= 0.95 and at_share < 0.9
+
+
+def test_a_budget_too_small_is_refused_with_the_least_budget_that_fits(
+        varlen: tuple[Path, list[np.ndarray], np.ndarray]) -> None:
+    """The refusal of a budget too small for two windows of a batch names the least budget that
+    is taken (with ragged columns the room kept outside the accounting grows with the budget:
+    the advice used to be computed at the refused budget, and could be below it)."""
+    import re
+
+    path = varlen[0]
+    for asked in (20_000, 48 << 10):
+        with pytest.raises(ValueError, match=f"memory_budget {asked} bytes is too small") as e:
+            StreamDataset(path, batch_size=8, memory_budget=asked, columns=["tokens"])
+        least = int(re.search(r"give at least (\d+) bytes", str(e.value)).group(1))
+        assert least > asked
+        StreamDataset(path, batch_size=8, memory_budget=least, columns=["tokens"])  # taken
+        with pytest.raises(ValueError, match="too small"):
+            StreamDataset(path, batch_size=8, memory_budget=least - 1, columns=["tokens"])

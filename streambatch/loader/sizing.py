@@ -150,16 +150,15 @@ class Sizing:
         batch_bytes = self.batch_size * self.batch_row_nbytes
         reserve = self.reserved_batches(budget)
         ahead = min(reserve, 8 * threads)
-        outside = min(budget // 4, OUTSIDE_MAX + batch_bytes) if self.ragged else 0  # and the batch in hand
-        # a padded batch that holds the longest row must fit beside the windows (else it is refused mid-epoch)
-        window_bytes = (budget - outside - reserve * batch_bytes - self.padded_batch) // 2 - self.window_slack
+        outside = self._outside(budget)
+        window_bytes = self._window_bytes(budget)
         if window_bytes < batch_bytes:
-            need = (2 + 2) * batch_bytes + 2 * self.window_slack + outside + self.padded_batch
             padded = (f" (padded to the longest row, a batch may hold {self.padded_batch} bytes)"
                       if self.padded_batch else "")
             raise ValueError(f"{self.root}: memory_budget {self.memory_budget} bytes is too small for "
                              f"batches of {self.batch_size} rows x {self.batch_row_nbytes} bytes{padded} with "
-                             f"{num_workers} worker(s); give at least {need * max(1, num_workers)} bytes")
+                             f"{num_workers} worker(s); give at least "
+                             f"{self._least_budget(budget) * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
         if self.unit_nbytes_sd:  # a window's units vary in bytes: keep two windows fitting (WINDOW_SPREAD_SDS)
             sd = self.unit_nbytes_sd * math.sqrt(max(1.0, rows * self.n_units / max(1, self.rows)))
@@ -167,6 +166,32 @@ class Sizing:
                                    self.batch_size, self.rank_rows)
         lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside)
         return device_layout(lay, reserve, self.root) if self.device else lay
+
+    def _outside(self, budget: int) -> int:
+        """Bytes of a process's ``budget`` kept for what it holds outside its accounting (ragged
+        columns: ``OUTSIDE_MAX`` and the batch in the consumer's hands, at most a quarter)."""
+        return min(budget // 4, OUTSIDE_MAX + self.batch_size * self.batch_row_nbytes) if self.ragged else 0
+
+    def _window_bytes(self, budget: int) -> int:
+        """Bytes each of the two windows gets of a process's ``budget``: what the outside room, the
+        batches ahead and a padded batch holding the longest row (which must fit beside the
+        windows, else it is refused mid-epoch) leave."""
+        batch_bytes = self.batch_size * self.batch_row_nbytes
+        return (budget - self._outside(budget) - self.reserved_batches(budget) * batch_bytes
+                - self.padded_batch) // 2 - self.window_slack
+
+    def _least_budget(self, budget: int) -> int:
+        """The smallest process budget above ``budget`` whose windows hold a batch: what a refusal
+        advises (the outside room and the batches ahead grow with the budget, so it is searched)."""
+        batch_bytes = self.batch_size * self.batch_row_nbytes
+        step = max(1, (batch_bytes + self.padded_batch + self.window_slack) // 8)
+        hi = budget + step
+        while self._window_bytes(hi) < batch_bytes:
+            budget, hi = hi, hi + step
+        while hi - budget > 1:  # the smallest that fits within the last step (budget: refused, hi: fits)
+            mid = (budget + hi) // 2
+            budget, hi = (budget, mid) if self._window_bytes(mid) >= batch_bytes else (mid, hi)
+        return hi
 
     def reserved_batches(self, budget: int) -> int:
         """Batches the budget keeps for assembling ahead: BATCHES_AHEAD_MAX, or a quarter of a
