@@ -128,6 +128,9 @@ class ByteRanges:
         self.manifest = manifest
         self.remote = remote  # RemoteFiles for a dataset at a URL
         self._fds: dict[int, tuple[int, int]] = {}  # file index -> (descriptor or -1 for remote, size)
+        # the same for local files as an array (row: descriptor, size; -1 until opened), so that
+        # :meth:`descriptors` looks up a read buffer's files at once, on every group read
+        self._table = np.full((len(manifest.files), 2), -1, np.int64)
         self._lock = threading.Lock()
         self._closed = False
         self._local = threading.local()  # per thread: its scratch buffer
@@ -241,10 +244,13 @@ class ByteRanges:
                     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """The descriptor and size of local file ``fis[k]`` for each ``k`` (files opened as
         :meth:`fd` opens them; ``where(k)`` names the ``k``-th should one fail to open)."""
-        files, inverse = np.unique(fis, return_inverse=True)
-        table = np.array([self.fd(f, lambda f=f: where(int(np.argmax(fis == f)))) for f in files.tolist()],
-                         np.int64).reshape(-1, 2)
-        return table[inverse, 0], table[inverse, 1]
+        got = self._table[fis]
+        missing = got[:, 0] < 0
+        if missing.any():
+            for f in np.unique(fis[missing]).tolist():
+                self._table[f] = self.fd(f, lambda f=f: where(int(np.argmax(fis == f))))
+            got = self._table[fis]
+        return got[:, 0], got[:, 1]
 
     def _read_alone(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
                     dst: NDArray[np.uint8], at: NDArray[np.int64], first: NDArray[np.int64], last: NDArray[np.int64],
@@ -349,6 +355,7 @@ class ByteRanges:
         with self._lock:
             self._closed = True
             fds, self._fds = self._fds, {}
+            self._table[:] = -1
         for fd, _ in fds.values():
             if fd >= 0:
                 os.close(fd)
