@@ -235,7 +235,7 @@ class Packer:
         if isinstance(docs, RowSlices):
             starts = np.ascontiguousarray(docs.starts, np.int64)
             cum = np.zeros(len(docs) + 1, np.int64)
-            np.cumsum(docs.ends - docs.starts, out=cum[1:])
+            np.cumsum(docs.lengths, out=cum[1:])
         else:
             starts, cum = docs.offsets[:-1], docs.offsets - docs.offsets[0]
         pos = 0

@@ -118,10 +118,6 @@ class RowSlices:
             raise TypeError("RowSlices supports contiguous slices")
         return RowSlices(self.values, self.starts[key], self.ends[key])
 
-    def compact(self) -> Ragged:
-        """The rows, one after another, in a new compact ``Ragged``."""
-        return concat_slices(self.values, self.starts, self.ends)
-
 
 def row_items(values: np.ndarray) -> int:
     """The numbers in one element of ``values`` (1 for a flat array; the element shape's product)."""
