@@ -14,6 +14,7 @@ one being served and the next being read) plus a few batches, and each window mi
 many shuffle units as fit: ``describe()`` tells the window, the read-ahead, the predicted
 peak bytes and the predicted shuffle quality before any data is read.
 """
+# long module: the one class users hold, with its resume logic (its stages live in loader/)
 
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.device import DeviceFeeder, check_on_device, resolve_device
+from .loader.handoff import forget_done, worker_ring
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
 from .loader.rows import group_read_bytes, ragged_sizing
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, padded_batch_nbytes, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_batches, make_shared_batch
-from .loader.readers import VerifyOnce, WholeUnits
+from .loader.readers import epoch_reader
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
                            make_state, parse_state, resolve)
@@ -261,23 +263,25 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         lay = sizing.layout(run.num_workers)
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
                          history=run.history, piece_rows=run.piece_rows)
-        reader = open_reader(self.manifest, verify=self.verify, remote=self._remote_files())
         ragged = {c.name: c.kind for c in self.columns if c.ragged}
-        # with ragged columns, each piece's unit is decoded whole by read_rows (rows.py) and checked as read
-        if not ragged and not sizing.partial:
-            reader = WholeUnits(reader, keep=2 * lay.threads)  # a unit cut by a window: decoded once
-        elif not ragged and self.verify and run.piece_rows:  # pieces smaller than units: check each unit once an epoch
-            reader = VerifyOnce(reader, open_reader(self.manifest, verify=False, remote=self._remote_files()))
-        packed = self.pack is not None
-        tensors = make_shared_batch if get_worker_info() is not None else make_batch
+        reader = epoch_reader(lambda verify: open_reader(self.manifest, verify=verify, remote=self._remote_files()),
+                              ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
+                              pieces=bool(run.piece_rows), threads=lay.threads)
+        packed, in_worker = self.pack is not None, get_worker_info() is not None
+        tensors = make_shared_batch if in_worker else make_batch
+        index_key = INDEX_KEY if self.return_index or packed else None
+        lay, ring = worker_ring(sizing, lay, self.columns, self.normalize, index_key) if in_worker and not packed \
+            else (lay, None)
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
             budget_bytes=lay.budget - lay.outside, batches_ahead=lay.ahead, start_batch=run.start,
-            index_key=INDEX_KEY if self.return_index or packed else None, normalize=self.normalize,
-            make_batch=None if packed else tensors, transform=None if packed else self.transform, ragged_views=packed,
+            index_key=index_key, normalize=self.normalize,
+            make_batch=None if packed else tensors if ring is None else ring.make_batch,
+            transform=None if packed else self.transform, ragged_views=packed,
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
             finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
-            if ragged and not packed else None, read_scratch=group_read_bytes(lay.outside, lay.threads))
+            if ragged and not packed else None, read_scratch=group_read_bytes(lay.outside, lay.threads),
+            alloc=None if ring is None else ring.take)
         batches: Iterator[Any] = pf
         if packed:
             start = run.pack_start
@@ -295,13 +299,17 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             batches.close()
             pf.close()
             reader.close()
+            if ring is not None:
+                ring.close()
             self.last_peak_accounted_bytes = pf.peak_accounted_bytes
             self.skipped_rows += getattr(pf.finish_ragged, "skipped", 0)
 
     def release_buffers(self) -> None:
-        """Free the window buffers kept for the next epoch (they are reused to avoid page faults)."""
+        """Free the window buffers kept for the next epoch (they are reused to avoid page faults),
+        and the shared memory of DataLoader workers that are done."""
         self._buffers.clear()
         self._rings.clear()
+        forget_done()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

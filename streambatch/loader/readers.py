@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["VerifyOnce", "WholeUnits"]
+__all__ = ["VerifyOnce", "WholeUnits", "epoch_reader"]
 
 Bufs = dict[str, np.ndarray]
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row): pieces of a window
@@ -194,3 +194,18 @@ class WholeUnits:
     def close(self) -> None:
         self._units.clear()
         self._reader.close()
+
+
+def epoch_reader(open_reader: Callable[[bool], Any], *, ragged: bool, partial: bool, verify: bool, pieces: bool,
+                 threads: int) -> Any:
+    """The reader an epoch's windows are read with (``open_reader(verify)`` opens the storage's).
+
+    With ragged columns each piece's unit is decoded whole by ``rows.read_rows`` and checked as
+    read; storage that reads units whole reads a unit cut by a window once (``WholeUnits``); and
+    pieces smaller than units (``pieces``) check each unit once an epoch (``VerifyOnce``)."""
+    reader = open_reader(verify)
+    if ragged:
+        return reader
+    if not partial:
+        return WholeUnits(reader, keep=2 * threads)
+    return VerifyOnce(reader, open_reader(False)) if verify and pieces else reader

@@ -36,8 +36,8 @@ from ..manifest import Manifest
 from ..plan import window_bounds, window_rows_for
 from ..quality import predict_deff, predict_kl
 
-__all__ = ["BATCHES_AHEAD_MAX", "LOCAL_THREADS", "TARGET_DEFF", "Layout", "Sizing", "describe", "device_layout",
-           "label_icc_of"]
+__all__ = ["BATCHES_AHEAD_MAX", "HANDOFF_IN_FLIGHT", "LOCAL_THREADS", "TARGET_DEFF", "Layout", "Sizing", "describe",
+           "device_layout", "label_icc_of", "worker_layout"]
 
 # Batches assembled ahead of the consumer: 8 per thread (two groups of 4), at most this many.  The
 # budget always reserves room for the maximum, so the plan (and every batch) does not depend on
@@ -66,6 +66,11 @@ OUTSIDE_MAX = 24 << 20
 # the one before is served (sized at the mean, half the windows did not fit beside the one before:
 # its reads waited for it, and the consumer for them; docs/PERFORMANCE.md, "Packed tokens").
 WINDOW_SPREAD_SDS = 2.0
+# In a DataLoader worker, batches are assembled in slots of shared memory that the main process
+# maps (loader/handoff.py): the batches ahead, the rest of a group being served, and this many on
+# their way or held by the main process (the DataLoader's prefetch_factor, 2 by default, the batch
+# the loop holds, and the one it held while it asked for the next).
+HANDOFF_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,12 @@ class Layout:
     ring: int = 0  # host batch buffers of the device path (loader/device.py); 0 without a device
     copy_slots: int = 0  # of those, buffers the copy thread holds while their copies run
     outside: int = 0  # bytes of the budget kept for what the process holds outside its accounting
+    handoff: int = 0  # a DataLoader worker's slots of shared memory its batches cross in (worker_layout)
 
     @property
     def held_batches(self) -> int:
         """Batches the budget holds besides the two windows."""
-        return max(self.ahead, self.ring)
+        return max(self.ahead, self.ring, self.handoff)
 
 
 @dataclass(frozen=True)
@@ -283,6 +289,15 @@ def device_layout(lay: Layout, reserve: int, root: Any) -> Layout:
     return dataclasses.replace(lay, ahead=ahead, ring=ring, copy_slots=copy)
 
 
+def worker_layout(lay: Layout, reserve: int) -> Layout:
+    """``lay`` in a DataLoader worker: the slots its batches cross to the main process in, within
+    the ``reserve`` batches the budget keeps besides the windows (so the windows, and the plan,
+    stay as they are).  Fewer slots than batches in flight only make some batches cross as torch
+    sends them (a copy), never wait."""
+    slots = max(lay.ahead, min(reserve, lay.ahead + max(1, lay.ahead // 2) + HANDOFF_IN_FLIGHT))
+    return dataclasses.replace(lay, handoff=slots)
+
+
 @functools.lru_cache(maxsize=256)
 def _piece_rows(s: Sizing, window_rows: int) -> int:
     """``Sizing.piece_rows``, remembered: the search asks for a few dozen predictions, and an
@@ -312,9 +327,13 @@ def describe(s: Sizing, m: Manifest, num_workers: int, *, shuffle: bool, rank: i
     per window), read_ahead_windows, read_ahead_units, threads, budget_bytes,
     predicted_peak_bytes, predicted_deff, predicted_kl (label-sorted KL, SHUFFLE.md M2),
     label_icc (from the manifest when a label was given, else the worst case 1), batches, units,
-    unit_rows.  With variable-length columns, byte figures use their mean row.
+    unit_rows, worker_batch_slots and worker_batch_slot_bytes (with ``num_workers``: the slots of
+    shared memory each worker's batches cross to the main process in, inside its budget).  With
+    variable-length columns, byte figures use their mean row.
     """
     lay = s.layout(max(1, num_workers))
+    if num_workers:
+        lay = worker_layout(lay, s.reserved_batches(lay.budget))
     mean_unit = m.rows / m.n_units
     k = lay.window_rows / mean_unit
     piece = lay.piece_rows or s.unit_rows
@@ -337,6 +356,8 @@ def describe(s: Sizing, m: Manifest, num_workers: int, *, shuffle: bool, rank: i
         "budget_bytes_per_process": lay.budget, "predicted_peak_bytes": s.peak_bytes(lay) * max(1, num_workers),
         # the device path's host batch buffers (pinned for CUDA), inside the budget: 0 without a device
         "device_buffers": lay.ring, "device_buffer_bytes": lay.ring * s.batch_size * s.batch_row_nbytes,
+        # each DataLoader worker's slots of shared memory its batches cross in, inside its budget
+        "worker_batch_slots": lay.handoff, "worker_batch_slot_bytes": lay.handoff * s.batch_size * s.batch_row_nbytes,
         "predicted_deff": deff, "predicted_kl": kl,
         "label_icc": s.icc, "rank": rank, "world_size": s.world_size,
     }

@@ -1,0 +1,282 @@
+"""Batches handed from a DataLoader worker to the main process through slots of shared memory.
+
+torch sends a tensor out of a worker by moving its storage into a new block of shared memory,
+passing that block's file descriptor over a socket (a connection per storage) and mapping it in
+the main process: three system calls and fresh pages on both sides for every batch, which held a
+pair of workers to ~400 ``tab`` batches a second whatever the loader did (docs/PERFORMANCE.md,
+DataLoader workers).  Here a worker assembles its batches straight into the slots of one block of
+shared memory (a ``memfd``) that it makes once; a batch crosses as a few numbers (ring, slot,
+each column's offset, dtype and shape), and the main process maps the block once and serves
+views of the slot::
+
+    worker: Prefetcher -> gather_batches(alloc=ring.take) -> SlotBatch (columns view slot i)
+            pickled by the DataLoader's queue: (ring token, slot i, layout[, the fd, until mapped])
+    main:   _rebuild -> the block mapped once (cached by token) -> dict of views of slot i;
+            when the last of them is gone, slot i is marked free in the block's header
+
+Each slot has one owner at a time: the worker takes a free slot (state 0 -> 1); once a batch in
+it has been pickled, only the main process frees it (when its views are garbage); a batch never
+pickled this way (a transform that returned something else) frees its slot when the worker's
+views of it are gone (a generation number keeps a late finaliser off a slot taken again).
+Taking never blocks: with no slot free, or a batch larger than a slot, the batch gets plain
+memory and crosses as torch sends it (counted in ``spilled``).  Columns a transform replaced,
+and columns not in the slot (ragged ones), cross as torch sends them, beside the slot's.
+
+Linux only (``os.memfd_create``); elsewhere batches cross as torch sends them.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import weakref
+from multiprocessing import util as mp_util
+from multiprocessing.reduction import DupFd
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batches import Normalizers, batch_buffer_bytes
+from .sizing import Layout, Sizing, worker_layout
+from .tensors import _torch_dtype, make_shared_batch
+
+__all__ = ["SlotBatch", "WorkerRing", "available", "forget_done", "mapped_rings", "worker_ring"]
+
+_PAGE = 4096
+_MAPPED, _CLOSED = 0, 1  # header bytes: the main process has mapped the block; the worker closed it
+_STATES = 64  # the slots' states start here (0 free, 1 taken)
+_FREE, _TAKEN = 0, 1
+
+
+def available() -> bool:
+    """Whether this system has anonymous shared memory files (Linux)."""
+    return hasattr(os, "memfd_create")
+
+
+class WorkerRing:
+    """``slots`` buffers of ``slot_bytes`` (rounded to pages) in one shared-memory block of a
+    DataLoader worker, for one iteration: closed at its end (or at the worker's exit), the main
+    process unmaps it once no batch of it is on its way or alive there.  Its batches are
+    :class:`SlotBatch` es (``make_batch``)."""
+
+    def __init__(self, slots: int, slot_bytes: int) -> None:
+        self.slots, self.slot_bytes = slots, -(-slot_bytes // _PAGE) * _PAGE
+        self.data_at = -(-(_STATES + slots) // _PAGE) * _PAGE
+        self.nbytes = self.data_at + slots * self.slot_bytes
+        self.fd = os.memfd_create("streambatch-batches", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.nbytes)
+            self.mm = mmap.mmap(self.fd, self.nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.block = np.frombuffer(self.mm, np.uint8)
+        self.header = self.block[:_STATES]
+        self.state = self.block[_STATES:_STATES + slots]
+        self.base = self.block.ctypes.data + self.data_at
+        self.token = os.urandom(16)
+        self.pid = os.getpid()
+        self.gen = [0] * slots  # taken how many times (finalisers of an earlier take leave the slot alone)
+        self.shipped = [False] * slots  # pickled for the main process, which frees it
+        self.spilled = 0  # batches that got plain memory (no slot free, or larger than a slot)
+        self._lock = threading.Lock()  # pool threads take slots; finalisers free them
+        self._closer = mp_util.Finalize(self, _close, (self.header, self.mm, self.fd), exitpriority=10)
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.still_active()
+
+    def close(self) -> None:
+        """No more batches go out in slots (a batch pickled later crosses as torch sends it)."""
+        with self._lock:
+            self._closer()
+
+    def free_slots(self) -> int:
+        return int(np.count_nonzero(self.state == _FREE))
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A free slot's first ``nbytes`` (never blocks: plain memory when none is free)."""
+        i = None
+        if nbytes <= self.slot_bytes and not self.closed:
+            with self._lock:
+                free = np.flatnonzero(self.state == _FREE)
+                if free.size:
+                    i = int(free[0])
+                    self.state[i] = _TAKEN
+                    self.gen[i] += 1
+                    self.shipped[i] = False
+        if i is None:
+            self.spilled += 1
+            return np.empty(nbytes, np.uint8)
+        # an array of its own over the block (not a view of ``block``: numpy points views of a view
+        # at the first array, so the finaliser would fire while the batch still views the slot)
+        arr = np.frombuffer(self.mm, np.uint8, nbytes, self.data_at + i * self.slot_bytes)
+        weakref.finalize(arr, self._dropped, i, self.gen[i])
+        return arr
+
+    def _dropped(self, i: int, gen: int) -> None:
+        """The worker's views of slot ``i`` are gone: free it unless the main process has it."""
+        with self._lock:
+            if self.gen[i] == gen and not self.shipped[i]:
+                self.state[i] = _FREE
+
+    def slot_of(self, arr: np.ndarray) -> int | None:
+        at = arr.ctypes.data - self.base
+        return at // self.slot_bytes if 0 <= at < self.slots * self.slot_bytes else None
+
+    def make_batch(self, flat: np.ndarray, columns: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """``make_shared_batch``'s tensors, as a :class:`SlotBatch` where ``flat`` lies in a slot."""
+        batch = make_shared_batch(flat, columns)
+        i = self.slot_of(flat)
+        if i is None:
+            return batch
+        start = self.data_at + i * self.slot_bytes
+        layout = tuple((name, view.ctypes.data - self.block.ctypes.data - start, view.dtype.str, view.shape)
+                       for name, view in columns.items())
+        return SlotBatch(batch, self, i, self.gen[i], layout)
+
+    def ship(self, i: int, gen: int) -> tuple[Any, ...] | None:
+        """What the main process needs to map slot ``i`` (taken as ``gen``), or None if it cannot
+        cross as a slot (taken again since, or already sent)."""
+        with self._lock:
+            if self.closed or self.gen[i] != gen or self.shipped[i]:
+                return None
+            self.shipped[i] = True
+            fd = None if self.header[_MAPPED] else DupFd(self.fd)  # until the main process has mapped it
+        return (self.token, self.pid, fd, self.nbytes, self.slots, self.data_at + i * self.slot_bytes,
+                self.slot_bytes, i)
+
+
+def _close(header: np.ndarray, mm: mmap.mmap, fd: int) -> None:
+    """The worker is done with the block (the main process unmaps it once its batches are gone)."""
+    header[_CLOSED] = 1
+    os.close(fd)
+    del header
+    try:
+        mm.close()
+    except BufferError:  # views still exported (slots a batch holds): unmapped when they go
+        pass
+
+
+class SlotBatch(dict):
+    """A batch (column name -> tensor) whose columns view one slot of a :class:`WorkerRing`.
+    Pickled, it crosses as the slot's place and its columns' layout; columns that are no longer
+    the slot's views (replaced by a transform) or were never in it cross as torch sends them."""
+
+    def __init__(self, batch: dict[str, Any], ring: WorkerRing, slot: int, gen: int,
+                 layout: tuple[tuple[str, int, str, tuple[int, ...]], ...]) -> None:
+        super().__init__(batch)
+        self._ring, self._slot, self._gen, self._layout = ring, slot, gen, layout
+        self._views = dict(batch)  # the slot's tensors, to see which a transform replaced
+
+    def __copy__(self) -> SlotBatch:  # default_convert copies mappings: the copy keeps the slot
+        out = SlotBatch.__new__(SlotBatch)
+        dict.update(out, self)
+        out._ring, out._slot, out._gen, out._layout, out._views = (self._ring, self._slot, self._gen, self._layout,
+                                                                    self._views)
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        kept = {name for name, t in self.items() if self._views.get(name) is t}
+        place = self._ring.ship(self._slot, self._gen) if kept else None
+        if place is None:
+            return (dict, (dict(self),))
+        layout = tuple(c for c in self._layout if c[0] in kept)
+        others = {name: t for name, t in self.items() if name not in kept}
+        return (_rebuild, (place, layout, others, tuple(self)))
+
+
+class _Mapped:
+    """A worker's block as the main process maps it."""
+
+    def __init__(self, pid: int, fd: int, nbytes: int, slots: int) -> None:
+        self.pid = pid
+        self.mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.block = np.frombuffer(self.mm, np.uint8)
+        self.state = self.block[_STATES:_STATES + slots]
+        self.block[_MAPPED] = 1
+
+    @property
+    def done(self) -> bool:
+        """The worker closed its block and every slot is free (no batch of it is on its way
+        here: a slot sent is taken until its batch here is gone), or the worker is gone."""
+        if self.block[_CLOSED] and not self.state.any():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+_mapped: dict[bytes, _Mapped] = {}  # the main process's maps of workers' blocks, by token
+_mapped_lock = threading.Lock()  # rebuilt by the DataLoader's thread or its pin_memory thread
+
+
+def mapped_rings() -> int:
+    """Workers' blocks this process holds mapped (tests: none once their workers are done)."""
+    with _mapped_lock:
+        return len(_mapped)
+
+
+def forget_done() -> None:
+    """Drop this process's maps of blocks whose workers are done (each is unmapped once no batch
+    views it); also done whenever a new block is mapped."""
+    with _mapped_lock:
+        _forget_done()
+
+
+def _forget_done() -> None:
+    for token in [t for t, m in _mapped.items() if m.done]:
+        del _mapped[token]  # unmapped when the last batch viewing it is gone
+
+
+def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[int, ...]], ...],
+             others: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
+    """The batch in the main process: views of its slot (and the columns that crossed apart)."""
+    token, pid, df, nbytes, slots, start, slot_bytes, i = place
+    fd = df.detach() if df is not None else None
+    try:
+        with _mapped_lock:
+            m = _mapped.get(token)
+            if m is None:
+                if fd is None:
+                    raise RuntimeError("streambatch: a batch from a DataLoader worker arrived before its shared "
+                                       "memory did (an earlier batch of that worker was lost)")
+                _forget_done()
+                m = _mapped[token] = _Mapped(pid, fd, nbytes, slots)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    base = np.frombuffer(m.mm, np.uint8, slot_bytes, start)  # its own array: what torch holds (see take)
+    weakref.finalize(base, _free, token, m, i)
+    t = torch.from_numpy(base)
+    views = {name: t[at:at + int(np.prod(shape)) * np.dtype(dt).itemsize].view(_torch_dtype(np.dtype(dt))).view(shape)
+             for name, at, dt, shape in layout}
+    return {name: views[name] if name in views else others[name] for name in order}
+
+
+def _free(token: bytes, m: _Mapped, i: int) -> None:
+    """The main process's views of slot ``i`` are gone: the worker may take it again."""
+    m.state[i] = _FREE
+    if m.block[_CLOSED] and not m.state.any():
+        with _mapped_lock:
+            if _mapped.get(token) is m:
+                del _mapped[token]
+
+
+
+def worker_ring(sizing: Sizing, lay: Layout, columns: Any, normalize: Normalizers, index_key: str | None
+                ) -> tuple[Layout, WorkerRing | None]:
+    """In a DataLoader worker: the layout with the slots its batches are assembled in and cross to
+    the main process in (``sizing.worker_layout``), and those slots (None where there is no shared
+    memory to make them: the batches then cross as torch sends them)."""
+    if not available():
+        return lay, None
+    lay = worker_layout(lay, sizing.reserved_batches(lay.budget))
+    fixed = {c.name: (c.np_dtype, c.shape) for c in columns if not c.ragged}
+    return lay, WorkerRing(lay.handoff, batch_buffer_bytes(fixed, sizing.batch_size, normalize, index_key))

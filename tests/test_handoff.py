@@ -1,0 +1,192 @@
+"""Batches that DataLoader workers assemble in slots of shared memory (loader/handoff.py): they
+reach the main process whole and right, a slot is never reused while a batch in the main process
+still views it, whatever the loop keeps, transforms do, or the DataLoader's habits are
+(``pin_memory``, ``persistent_workers``, ``spawn``), and the main process lets the memory go."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import streambatch
+from streambatch import StreamDataset
+from streambatch.loader import handoff
+from streambatch.loader.handoff import SlotBatch, WorkerRing
+
+from conftest import write_sorted_npy
+
+ROWS = 3001
+BATCH = 32
+
+pytestmark = pytest.mark.skipif(not handoff.available(), reason="shared memory files are Linux only")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("handoff")
+    src = write_sorted_npy(root / "src", ROWS, width=6)
+    streambatch.convert(src, root / "d.zarr", unit_rows=101, label="y")
+    return root / "d.zarr", np.load(src / "x.npy")
+
+
+def loader(path: Path, num_workers: int = 2, **kw: Any) -> torch.utils.data.DataLoader:
+    dl_kw = {k: kw.pop(k) for k in ("pin_memory", "persistent_workers", "multiprocessing_context") if k in kw}
+    ds = StreamDataset(path, batch_size=BATCH, memory_budget=200_000, return_index=True, **kw)
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, **dl_kw)
+
+
+def check_batch(batch: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
+    rows = batch["_row"].numpy()
+    assert np.array_equal(batch["x"].numpy(), x[rows])
+    assert np.array_equal(batch["id"].numpy(), rows)
+    assert np.array_equal(batch["y"].numpy(), rows * 10 // ROWS)
+    return rows
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_batches_arrive_as_views_of_shared_slots(data: tuple[Path, np.ndarray], context: str) -> None:
+    path, x = data
+    served, mapped = [], 0
+    for batch in loader(path, multiprocessing_context=context):
+        served.append(check_batch(batch, x))
+        mapped = max(mapped, handoff.mapped_rings())
+    assert mapped >= 1  # the batches crossed in slots, not as torch's own shared-memory copies
+    assert np.array_equal(np.sort(np.concatenate(served)), np.arange(ROWS))
+
+
+def test_batches_the_loop_keeps_are_never_overwritten(data: tuple[Path, np.ndarray]) -> None:
+    """Keeping every batch (far more than the slots): the workers run out of free slots and
+    send the rest as torch does; every kept batch still holds its own rows at the end."""
+    path, x = data
+    kept = list(loader(path))
+    assert len(kept) == -(-ROWS // BATCH)
+    assert np.array_equal(np.sort(np.concatenate([check_batch(b, x) for b in kept])), np.arange(ROWS))
+
+
+def _scale_in_place(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    batch["x"] = batch["x"] * 2  # a new tensor for one column; the others still view the slot
+    batch["twice_id"] = batch["id"] * 2
+    return batch
+
+
+def _new_dict(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"x": batch["x"], "_row": batch["_row"]}  # views of the slot in a dict of the transform's own
+
+
+@pytest.mark.parametrize("transform", [_scale_in_place, _new_dict])
+def test_transforms_that_replace_columns_or_the_batch(data: tuple[Path, np.ndarray], transform: Any) -> None:
+    path, x = data
+    served = []
+    for batch in loader(path, transform=transform, multiprocessing_context="fork"):
+        rows = batch["_row"].numpy()
+        scale = 2 if transform is _scale_in_place else 1
+        assert np.array_equal(batch["x"].numpy(), scale * x[rows])
+        if transform is _scale_in_place:
+            assert list(batch) == ["id", "x", "y", "_row", "twice_id"]
+            assert np.array_equal(batch["twice_id"].numpy(), 2 * rows)
+            assert np.array_equal(batch["id"].numpy(), rows)
+        served.append(rows)
+    assert np.array_equal(np.sort(np.concatenate(served)), np.arange(ROWS))
+
+
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*")  # no accelerator on CI machines: torch then does not pin
+def test_pin_memory_persistent_workers_and_a_loop_left_early(data: tuple[Path, np.ndarray]) -> None:
+    path, x = data
+    dl = loader(path, pin_memory=True, persistent_workers=True, multiprocessing_context="fork")
+    ds = dl.dataset
+    for i, batch in enumerate(dl):  # left after a few batches: the next epoch still starts clean
+        check_batch(batch, x)
+        if i == 5:
+            break
+    orders = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        orders.append(np.concatenate([check_batch(b, x) for b in dl]))
+        assert np.array_equal(np.sort(orders[-1]), np.arange(ROWS))
+    assert not np.array_equal(orders[0], orders[1])
+    del dl, batch
+    gc.collect()
+    ds.release_buffers()  # the workers are gone: their slots are unmapped here once no batch views them
+    assert handoff.mapped_rings() == 0
+
+
+def test_describe_keeps_the_slots_inside_each_workers_budget(data: tuple[Path, np.ndarray]) -> None:
+    path, _ = data
+    ds = StreamDataset(path, batch_size=BATCH, memory_budget=200_000, return_index=True)
+    alone, two = ds.describe(), ds.describe(num_workers=2)
+    assert alone["worker_batch_slots"] == 0
+    assert two["worker_batch_slots"] >= 1
+    assert two["predicted_peak_bytes"] <= 200_000
+    assert two["window_rows"] == ds.describe(num_workers=2)["window_rows"]
+
+
+def _slot_batch(ring: WorkerRing, rows: int, fill: int) -> dict[str, torch.Tensor]:
+    raw = ring.take(rows * 16 + 64)
+    flat = raw[:rows * 16]
+    cols = {"a": flat[:rows * 8].view(np.int64), "b": flat[rows * 8:].view(np.float64)}
+    cols["a"][:] = np.arange(rows) + fill
+    cols["b"][:] = fill
+    return ring.make_batch(flat, cols)
+
+
+def test_a_slot_is_free_again_only_once_the_receivers_views_are_gone() -> None:
+    """In one process: pickled as the DataLoader's queue pickles, a slot batch arrives as views
+    of the slot; the slot stays taken while they live, and a late finaliser of the sender's
+    views never frees the slot once it is taken again."""
+    ring = WorkerRing(2, 1000)
+    try:
+        sent = _slot_batch(ring, 8, 100)
+        assert isinstance(sent, SlotBatch) and ring.free_slots() == 1
+        got = pickle.loads(ForkingPickler.dumps(sent))
+        assert type(got) is dict and np.array_equal(got["a"].numpy(), np.arange(8) + 100)
+        slot = ring.slot_of(sent["a"].numpy())
+        del sent
+        gc.collect()
+        assert ring.free_slots() == 1  # sent: the receiver frees it
+        b = got["b"]
+        del got
+        gc.collect()
+        assert ring.free_slots() == 1 and float(b[0]) == 100.0  # one view is enough to keep it
+        del b
+        gc.collect()
+        assert ring.free_slots() == 2
+        # a batch never sent frees its slot when it goes; a second send of one batch is a copy
+        kept = _slot_batch(ring, 8, 7)
+        assert ring.slot_of(kept["a"].numpy()) == slot and ring.free_slots() == 1
+        again = pickle.loads(ForkingPickler.dumps(kept))
+        copy = pickle.loads(ForkingPickler.dumps(kept))
+        again["a"][0] = -1  # the slot; the copy does not follow it
+        assert int(copy["a"][0]) == 7 and np.array_equal(copy["b"].numpy(), np.full(8, 7.0))
+        del again
+        gc.collect()
+        assert ring.free_slots() == 2
+        unsent = _slot_batch(ring, 8, 9)
+        assert ring.free_slots() == 1
+        del unsent
+        gc.collect()
+        assert ring.free_slots() == 2
+    finally:
+        ring.close()
+
+
+def test_a_full_ring_and_a_batch_larger_than_a_slot_get_plain_memory() -> None:
+    ring = WorkerRing(1, 4096)
+    try:
+        first = _slot_batch(ring, 8, 1)
+        second = _slot_batch(ring, 8, 2)  # no slot free
+        assert isinstance(first, SlotBatch) and not isinstance(second, SlotBatch)
+        big = ring.take(8192)
+        assert ring.slot_of(big) is None and ring.spilled == 2
+        del first
+        gc.collect()
+        assert isinstance(_slot_batch(ring, 8, 3), SlotBatch)
+    finally:
+        ring.close()
+    assert ring.closed and not isinstance(_slot_batch(ring, 8, 4), SlotBatch)  # closed: no more slots
