@@ -40,7 +40,7 @@ import torch
 
 from .batches import Normalizers, batch_buffer_bytes
 from .sizing import Layout, Sizing, worker_layout
-from .tensors import _torch_dtype, make_shared_batch
+from .tensors import make_shared_batch
 
 __all__ = ["SlotBatch", "WorkerRing", "available", "forget_done", "mapped_rings", "worker_ring"]
 
@@ -127,15 +127,16 @@ class WorkerRing:
         return at // self.slot_bytes if 0 <= at < self.slots * self.slot_bytes else None
 
     def make_batch(self, flat: np.ndarray, columns: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """``make_shared_batch``'s tensors, as a :class:`SlotBatch` where ``flat`` lies in a slot."""
-        batch = make_shared_batch(flat, columns)
+        """The batch's tensors (``torch.from_numpy`` of each column, the cheapest), as a
+        :class:`SlotBatch` where ``flat`` lies in a slot; ``make_shared_batch``'s otherwise."""
         i = self.slot_of(flat)
         if i is None:
-            return batch
-        start = self.data_at + i * self.slot_bytes
-        layout = tuple((name, view.ctypes.data - self.block.ctypes.data - start, view.dtype.str, view.shape)
+            return make_shared_batch(flat, columns)
+        start = self.base + i * self.slot_bytes
+        layout = tuple((name, view.ctypes.data - start, view.dtype.str, view.shape, view.nbytes)
                        for name, view in columns.items())
-        return SlotBatch(batch, self, i, self.gen[i], layout)
+        return SlotBatch({name: torch.from_numpy(view) for name, view in columns.items()}, self, i, self.gen[i],
+                         layout)
 
     def ship(self, i: int, gen: int) -> tuple[Any, ...] | None:
         """What the main process needs to map slot ``i`` (taken as ``gen``), or None if it cannot
@@ -153,7 +154,6 @@ def _close(header: np.ndarray, mm: mmap.mmap, fd: int) -> None:
     """The worker is done with the block (the main process unmaps it once its batches are gone)."""
     header[_CLOSED] = 1
     os.close(fd)
-    del header
     try:
         mm.close()
     except BufferError:  # views still exported (slots a batch holds): unmapped when they go
@@ -166,7 +166,7 @@ class SlotBatch(dict):
     the slot's views (replaced by a transform) or were never in it cross as torch sends them."""
 
     def __init__(self, batch: dict[str, Any], ring: WorkerRing, slot: int, gen: int,
-                 layout: tuple[tuple[str, int, str, tuple[int, ...]], ...]) -> None:
+                 layout: tuple[tuple[str, int, str, tuple[int, ...], int], ...]) -> None:
         super().__init__(batch)
         self._ring, self._slot, self._gen, self._layout = ring, slot, gen, layout
         self._views = dict(batch)  # the slot's tensors, to see which a transform replaced
@@ -235,7 +235,7 @@ def _forget_done() -> None:
         del _mapped[token]  # unmapped when the last batch viewing it is gone
 
 
-def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[int, ...]], ...],
+def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[int, ...], int], ...],
              others: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
     """The batch in the main process: views of its slot (and the columns that crossed apart)."""
     token, pid, df, nbytes, slots, start, slot_bytes, i = place
@@ -252,11 +252,10 @@ def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[in
     finally:
         if fd is not None:
             os.close(fd)
-    base = np.frombuffer(m.mm, np.uint8, slot_bytes, start)  # its own array: what torch holds (see take)
+    # an array of its own over the slot (see take), which every column's array keeps alive
+    base = np.frombuffer(m.mm, np.uint8, slot_bytes, start)
     weakref.finalize(base, _free, token, m, i)
-    t = torch.from_numpy(base)
-    views = {name: t[at:at + int(np.prod(shape)) * np.dtype(dt).itemsize].view(_torch_dtype(np.dtype(dt))).view(shape)
-             for name, at, dt, shape in layout}
+    views = {name: torch.from_numpy(base[at:at + n].view(dt).reshape(shape)) for name, at, dt, shape, n in layout}
     return {name: views[name] if name in views else others[name] for name in order}
 
 
