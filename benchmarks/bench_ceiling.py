@@ -184,7 +184,7 @@ class Prebuilt(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     the template into one fresh buffer, its columns and ``id`` views of it (one shared-memory block
     crosses to the main process, as the loader's batches do): what a DataLoader worker serves when
     reading and gathering cost nothing.  Workers split the batches round-robin.  ``slots``: each
-    buffer is a slot of a worker's ``handoff.WorkerRing`` (what crosses is its place)."""
+    buffer is a slot of a worker's ``handoff.BatchRing`` (what crosses is its place)."""
 
     def __init__(self, template: Mapping[str, torch.Tensor], n: int, slots: bool = False) -> None:
         cols = {**{k: v.contiguous() for k, v in template.items()}, "id": torch.zeros(BATCH, dtype=torch.int64)}
@@ -201,7 +201,7 @@ class Prebuilt(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         w, k = (info.id, info.num_workers) if info is not None else (0, 1)
-        ring = handoff.WorkerRing(16, self.flat.numel()) if self.slots else None
+        ring = handoff.BatchRing(16, self.flat.numel()) if self.slots else None
         try:
             for b in range(w, -(-self.n // BATCH), k):
                 a0, rows = b * BATCH, min(BATCH, self.n - b * BATCH)

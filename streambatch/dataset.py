@@ -30,7 +30,7 @@ from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.device import DeviceFeeder, check_on_device, resolve_device
-from .loader.handoff import forget_done, worker_ring
+from .loader.handoff import batch_ring, forget_done
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
@@ -270,8 +270,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
         index_key = INDEX_KEY if self.return_index or packed else None
-        lay, ring = worker_ring(sizing, lay, self.columns, self.normalize, index_key) if in_worker and not packed \
-            else (lay, None)
+        lay, ring = batch_ring(sizing, lay, self.columns, self.normalize, index_key, in_worker) \
+            if not packed and self._target is None else (lay, None)
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
             budget_bytes=lay.budget - lay.outside, batches_ahead=lay.ahead, start_batch=run.start,

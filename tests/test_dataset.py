@@ -386,18 +386,19 @@ def test_threads_stop_at_interpreter_exit_without_close(datasets: dict[str, Path
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_batch_is_one_buffer_that_crosses_a_worker_boundary_whole(datasets, workers):
-    """Every column of a batch is 64-byte aligned and, after a DataLoader worker sent it, views
-    one storage (one shared-memory block per batch, not one per column); the values are the
-    rows it names, normalised columns too."""
+    """Every column of a batch is 64-byte aligned and, after a DataLoader worker sent it, lies in
+    one buffer (a slot of the worker's shared memory, or one shared-memory block per batch: not
+    one per column); the values are the rows it names, normalised columns too."""
     ds = small(datasets["zarr"], normalize=["x"])
     data = np.load(datasets["zarr"].parent / "src" / "x.npy").astype(np.float64)
     mean, std = data.mean(axis=0), data.std(axis=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
     n = 0
     for b in loader:
-        if workers:
-            ptrs = {t.untyped_storage().data_ptr() for t in b.values()}
-            assert len(ptrs) == 1, {k: t.untyped_storage().data_ptr() for k, t in b.items()}
+        if workers:  # side by side in one span, each column's bytes rounded up to 64
+            lo = min(t.data_ptr() for t in b.values())
+            hi = max(t.data_ptr() + t.nbytes for t in b.values())
+            assert hi - lo <= sum(-(-t.nbytes // 64) * 64 for t in b.values()), {k: t.data_ptr() for k, t in b.items()}
         assert all(t.data_ptr() % 64 == 0 and t.is_contiguous() for t in b.values())
         rows = b["_row"].numpy()
         np.testing.assert_array_equal(b["id"].numpy(), rows)

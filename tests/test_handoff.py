@@ -18,7 +18,7 @@ import torch
 import streambatch
 from streambatch import StreamDataset
 from streambatch.loader import handoff
-from streambatch.loader.handoff import SlotBatch, WorkerRing
+from streambatch.loader.handoff import SlotBatch, BatchRing
 
 from conftest import write_sorted_npy
 
@@ -42,11 +42,11 @@ def loader(path: Path, num_workers: int = 2, **kw: Any) -> torch.utils.data.Data
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, **dl_kw)
 
 
-def check_batch(batch: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
+def check_batch(batch: dict[str, torch.Tensor], x: np.ndarray, n: int = ROWS) -> np.ndarray:
     rows = batch["_row"].numpy()
     assert np.array_equal(batch["x"].numpy(), x[rows])
     assert np.array_equal(batch["id"].numpy(), rows)
-    assert np.array_equal(batch["y"].numpy(), rows * 10 // ROWS)
+    assert np.array_equal(batch["y"].numpy(), rows * 10 // n)
     return rows
 
 
@@ -127,7 +127,7 @@ def test_describe_keeps_the_slots_inside_each_workers_budget(data: tuple[Path, n
     assert two["window_rows"] == ds.describe(num_workers=2)["window_rows"]
 
 
-def _slot_batch(ring: WorkerRing, rows: int, fill: int) -> dict[str, torch.Tensor]:
+def _slot_batch(ring: BatchRing, rows: int, fill: int) -> dict[str, torch.Tensor]:
     raw = ring.take(rows * 16 + 64)
     flat = raw[:rows * 16]
     cols = {"a": flat[:rows * 8].view(np.int64), "b": flat[rows * 8:].view(np.float64)}
@@ -140,7 +140,7 @@ def test_a_slot_is_free_again_only_once_the_receivers_views_are_gone() -> None:
     """In one process: pickled as the DataLoader's queue pickles, a slot batch arrives as views
     of the slot; the slot stays taken while they live, and a late finaliser of the sender's
     views never frees the slot once it is taken again."""
-    ring = WorkerRing(2, 1000)
+    ring = BatchRing(2, 1000)
     try:
         sent = _slot_batch(ring, 8, 100)
         assert isinstance(sent, SlotBatch) and ring.free_slots() == 1
@@ -177,7 +177,7 @@ def test_a_slot_is_free_again_only_once_the_receivers_views_are_gone() -> None:
 
 
 def test_a_full_ring_and_a_batch_larger_than_a_slot_get_plain_memory() -> None:
-    ring = WorkerRing(1, 4096)
+    ring = BatchRing(1, 4096)
     try:
         first = _slot_batch(ring, 8, 1)
         second = _slot_batch(ring, 8, 2)  # no slot free
@@ -190,3 +190,40 @@ def test_a_full_ring_and_a_batch_larger_than_a_slot_get_plain_memory() -> None:
     finally:
         ring.close()
     assert ring.closed and not isinstance(_slot_batch(ring, 8, 4), SlotBatch)  # closed: no more slots
+
+
+def test_batches_served_here_from_a_private_ring_are_never_overwritten(tmp_path: Path) -> None:
+    """Batches of 1 MiB or more served in this process are assembled in a private ring (reused,
+    already-faulted pages): a loop that keeps every one still has each batch's own rows."""
+    src = write_sorted_npy(tmp_path / "src", 700, width=4096)  # 16 KiB rows: batches of 64 are 1 MiB
+    streambatch.convert(src, tmp_path / "d.zarr", unit_rows=10, label="y")
+    x = np.load(src / "x.npy")
+    ds = StreamDataset(tmp_path / "d.zarr", batch_size=64, memory_budget=12 << 20, return_index=True)
+    fixed = {c.name: c for c in ds.columns}
+    lay = ds._sizing().layout(1)
+    _, ring = handoff.batch_ring(ds._sizing(), lay, fixed.values(), ds.normalize, "_row", in_worker=False)
+    assert ring is not None and not ring.shared and ring.slots >= 2
+    ring.close()
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        kept = list(ds)
+        assert len(kept) == 11
+        rows = np.concatenate([check_batch(b, x, 700) for b in kept])
+        assert np.array_equal(np.sort(rows), np.arange(700))
+        del kept
+
+
+def test_small_batches_served_here_need_no_ring(data: tuple[Path, np.ndarray]) -> None:
+    path, _ = data
+    ds = StreamDataset(path, batch_size=BATCH, memory_budget=200_000, return_index=True)
+    lay = ds._sizing().layout(1)
+    assert handoff.batch_ring(ds._sizing(), lay, ds.columns, ds.normalize, "_row", in_worker=False) == (lay, None)
+    ring = BatchRing(2, 4096, shared=False)
+    try:
+        batch = _slot_batch(ring, 8, 5)
+        assert type(batch) is dict and ring.free_slots() == 1  # served here: never pickled as a slot
+        del batch
+        gc.collect()
+        assert ring.free_slots() == 2
+    finally:
+        ring.close()

@@ -23,6 +23,10 @@ memory and crosses as torch sends it (counted in ``spilled``).  Columns a transf
 and columns not in the slot (ragged ones), cross as torch sends them, beside the slot's.
 
 Linux only (``os.memfd_create``); elsewhere batches cross as torch sends them.
+
+Batches served in this process, from ``PRIVATE_MIN_BATCH_BYTES`` up, are assembled in the same
+kind of ring in private memory (plain dicts, freed as above): fresh buffers of a few MiB cost a
+page fault per 4 KiB every batch, as glibc trims its heap after each.
 """
 
 from __future__ import annotations
@@ -40,14 +44,18 @@ import torch
 
 from .batches import Normalizers, batch_buffer_bytes
 from .sizing import Layout, Sizing, worker_layout
-from .tensors import make_shared_batch
+from .tensors import make_batch, make_shared_batch
 
-__all__ = ["SlotBatch", "WorkerRing", "available", "forget_done", "mapped_rings", "worker_ring"]
+__all__ = ["SlotBatch", "BatchRing", "available", "forget_done", "batch_ring", "mapped_rings"]
 
 _PAGE = 4096
 _MAPPED, _CLOSED = 0, 1  # header bytes: the main process has mapped the block; the worker closed it
 _STATES = 64  # the slots' states start here (0 free, 1 taken)
 _FREE, _TAKEN = 0, 1
+PRIVATE_MIN_BATCH_BYTES = 1 << 20
+"""Batches served in this process are assembled in a private ring from this size: smaller ones
+come from glibc's heap without page faults (``tab``'s 135 KB batches: a few hundred faults an
+epoch), larger ones (``img``'s 3 MB) faulted in ~30k pages an epoch (docs/PERFORMANCE.md)."""
 
 
 def available() -> bool:
@@ -55,22 +63,28 @@ def available() -> bool:
     return hasattr(os, "memfd_create")
 
 
-class WorkerRing:
-    """``slots`` buffers of ``slot_bytes`` (rounded to pages) in one shared-memory block of a
-    DataLoader worker, for one iteration: closed at its end (or at the worker's exit), the main
-    process unmaps it once no batch of it is on its way or alive there.  Its batches are
-    :class:`SlotBatch` es (``make_batch``)."""
+class BatchRing:
+    """``slots`` batch buffers of ``slot_bytes`` (rounded to pages) in one block, for one
+    iteration, each free again once nothing refers to what was made of it: batches assembled
+    into reused, already-faulted pages instead of fresh allocations (which cost glibc's heap
+    trims and a page fault per 4 KiB every batch).  ``shared``: a shared-memory block of a
+    DataLoader worker, whose batches are :class:`SlotBatch` es (``make_batch``), closed at the
+    iteration's end (or the worker's exit); the main process unmaps it once no batch of it is on
+    its way or alive there.  Else private memory, for batches served in this process."""
 
-    def __init__(self, slots: int, slot_bytes: int) -> None:
-        self.slots, self.slot_bytes = slots, -(-slot_bytes // _PAGE) * _PAGE
+    def __init__(self, slots: int, slot_bytes: int, shared: bool = True) -> None:
+        self.slots, self.slot_bytes, self.shared = slots, -(-slot_bytes // _PAGE) * _PAGE, shared
         self.data_at = -(-(_STATES + slots) // _PAGE) * _PAGE
         self.nbytes = self.data_at + slots * self.slot_bytes
-        self.fd = os.memfd_create("streambatch-batches", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create("streambatch-batches", os.MFD_CLOEXEC) if shared else -1
         try:
-            os.ftruncate(self.fd, self.nbytes)
-            self.mm = mmap.mmap(self.fd, self.nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            if shared:
+                os.ftruncate(self.fd, self.nbytes)
+            self.mm = (mmap.mmap(self.fd, self.nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                       if shared else mmap.mmap(-1, self.nbytes, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
         except BaseException:
-            os.close(self.fd)
+            if shared:
+                os.close(self.fd)
             raise
         self.block = np.frombuffer(self.mm, np.uint8)
         self.header = self.block[:_STATES]
@@ -130,8 +144,8 @@ class WorkerRing:
         """The batch's tensors (``torch.from_numpy`` of each column, the cheapest), as a
         :class:`SlotBatch` where ``flat`` lies in a slot; ``make_shared_batch``'s otherwise."""
         i = self.slot_of(flat)
-        if i is None:
-            return make_shared_batch(flat, columns)
+        if i is None or not self.shared:
+            return make_shared_batch(flat, columns) if self.shared else make_batch(flat, columns)
         start = self.base + i * self.slot_bytes
         layout = tuple((name, view.ctypes.data - start, view.dtype.str, view.shape, view.nbytes)
                        for name, view in columns.items())
@@ -153,7 +167,8 @@ class WorkerRing:
 def _close(header: np.ndarray, mm: mmap.mmap, fd: int) -> None:
     """The worker is done with the block (the main process unmaps it once its batches are gone)."""
     header[_CLOSED] = 1
-    os.close(fd)
+    if fd >= 0:
+        os.close(fd)
     try:
         mm.close()
     except BufferError:  # views still exported (slots a batch holds): unmapped when they go
@@ -161,11 +176,11 @@ def _close(header: np.ndarray, mm: mmap.mmap, fd: int) -> None:
 
 
 class SlotBatch(dict):
-    """A batch (column name -> tensor) whose columns view one slot of a :class:`WorkerRing`.
+    """A batch (column name -> tensor) whose columns view one slot of a :class:`BatchRing`.
     Pickled, it crosses as the slot's place and its columns' layout; columns that are no longer
     the slot's views (replaced by a transform) or were never in it cross as torch sends them."""
 
-    def __init__(self, batch: dict[str, Any], ring: WorkerRing, slot: int, gen: int,
+    def __init__(self, batch: dict[str, Any], ring: BatchRing, slot: int, gen: int,
                  layout: tuple[tuple[str, int, str, tuple[int, ...], int], ...]) -> None:
         super().__init__(batch)
         self._ring, self._slot, self._gen, self._layout = ring, slot, gen, layout
@@ -269,13 +284,15 @@ def _free(token: bytes, m: _Mapped, i: int) -> None:
 
 
 
-def worker_ring(sizing: Sizing, lay: Layout, columns: Any, normalize: Normalizers, index_key: str | None
-                ) -> tuple[Layout, WorkerRing | None]:
-    """In a DataLoader worker: the layout with the slots its batches are assembled in and cross to
-    the main process in (``sizing.worker_layout``), and those slots (None where there is no shared
-    memory to make them: the batches then cross as torch sends them)."""
-    if not available():
+def batch_ring(sizing: Sizing, lay: Layout, columns: Any, normalize: Normalizers, index_key: str | None,
+               in_worker: bool) -> tuple[Layout, BatchRing | None]:
+    """The layout with the slots an iteration's batches are assembled in (``sizing.worker_layout``),
+    and those slots: in a DataLoader worker shared memory its batches cross to the main process in
+    (None where there is none to make: the batches then cross as torch sends them), else private
+    memory for batches of at least ``PRIVATE_MIN_BATCH_BYTES`` (None for smaller ones)."""
+    fixed = {c.name: (c.np_dtype, c.shape) for c in columns if not c.ragged}
+    nbytes = batch_buffer_bytes(fixed, sizing.batch_size, normalize, index_key)
+    if not available() if in_worker else nbytes < PRIVATE_MIN_BATCH_BYTES:
         return lay, None
     lay = worker_layout(lay, sizing.reserved_batches(lay.budget))
-    fixed = {c.name: (c.np_dtype, c.shape) for c in columns if not c.ragged}
-    return lay, WorkerRing(lay.handoff, batch_buffer_bytes(fixed, sizing.batch_size, normalize, index_key))
+    return lay, BatchRing(lay.handoff, nbytes, shared=in_worker)
