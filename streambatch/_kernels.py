@@ -6,6 +6,7 @@ interpreter lock back; with the reader threads and the consuming thread all doin
 they take turns on the lock more than they run (docs/PERFORMANCE.md, "Native loops").
 
 * :func:`crc_chunks`: the checksum of each fixed-size chunk of a buffer, by a C checksum function;
+  :func:`crc_ranges`: of each of some byte ranges of a buffer;
 * :func:`copy_ranges`: byte ranges of one buffer into places of another (:func:`gather`: slices
   of an array, one after another, into a new one);
 * :func:`pread_ranges`: byte ranges of files read into places of a buffer;
@@ -27,14 +28,16 @@ from numpy.typing import NDArray
 try:
     from ._native import copy_ranges as _c_copy_ranges
     from ._native import crc_chunks as _c_crc_chunks
+    from ._native import crc_ranges as _c_crc_ranges
     from ._native import pack as _c_pack
     from ._native import pread_ranges as _c_pread_ranges
     from ._native import read_checked as _c_read_checked
 except ImportError:  # not compiled (no C compiler at install): numpy does the same
-    _c_copy_ranges = _c_crc_chunks = _c_pack = _c_pread_ranges = _c_read_checked = None
+    _c_copy_ranges = _c_crc_chunks = _c_crc_ranges = _c_pack = _c_pread_ranges = _c_read_checked = None
 
-__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "gather", "pack", "pread_ranges", "read_checked",
-           "numpy_copy_ranges", "numpy_crc_chunks", "numpy_pack", "python_pread_ranges", "python_read_checked"]
+__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "pack", "pread_ranges", "read_checked",
+           "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack", "python_pread_ranges",
+           "python_read_checked"]
 
 NATIVE = _c_pack is not None
 """Whether the C module is used."""
@@ -54,6 +57,27 @@ def crc_chunks(fn: Callable[[int, int, int], int], address: int, data: np.ndarra
         return numpy_crc_chunks(fn, data, chunk_bytes)
     out = np.empty(-(-data.nbytes // chunk_bytes), np.uint32)
     _c_crc_chunks(address, data, chunk_bytes, out)
+    return out
+
+
+def numpy_crc_ranges(fn: Callable[[int, int, int], int], data: np.ndarray, starts: NDArray[np.int64],
+                     sizes: NDArray[np.int64]) -> NDArray[np.uint32]:
+    """``fn(0, address, n)`` of each range ``data[starts[i]:starts[i] + sizes[i]]`` (flat uint8; 0 for an
+    empty one), as a uint32 array."""
+    base = data.ctypes.data
+    return np.array([fn(0, base + a, n) if n > 0 else 0 for a, n in zip(starts.tolist(), sizes.tolist())], np.uint32)
+
+
+def crc_ranges(fn: Callable[[int, int, int], int], address: int, data: np.ndarray, starts: NDArray[np.int64],
+               sizes: NDArray[np.int64]) -> NDArray[np.uint32]:
+    """:func:`numpy_crc_ranges` in one C call, ``fn`` called at ``address`` (its C function's)."""
+    starts, sizes = (np.ascontiguousarray(x, np.int64) for x in (starts, sizes))
+    if not NATIVE:
+        if len(starts) and (starts.min() < 0 or sizes.min() < 0 or (starts + sizes).max() > data.nbytes):
+            raise IndexError(f"crc_ranges: a range outside {data.nbytes} bytes")
+        return numpy_crc_ranges(fn, data, starts, sizes)
+    out = np.empty(len(starts), np.uint32)
+    _c_crc_ranges(address, data, starts, sizes, out)
     return out
 
 

@@ -9,6 +9,8 @@
  *   crc_chunks(fn, data, chunk_bytes, out)   the checksum of each chunk_bytes of data in turn,
  *       computed by the C function at address fn (uint32 fn(uint32 crc, const void *p, size_t n):
  *       google-crc32c's crc32c_extend), written to out (uint32, one per chunk).
+ *   crc_ranges(fn, data, starts, sizes, out)  the checksum (by fn, as crc_chunks) of sizes[i] bytes of
+ *       data at starts[i], for each i (int64 arrays), into out (uint32, one per range).
  *   copy_ranges(src, src_at, sizes, dst, dst_at)  sizes[i] bytes from src at src_at[i] to dst at
  *       dst_at[i], for each i (int64 arrays; src and dst must not overlap; an empty range is skipped,
  *       wherever it points).
@@ -108,6 +110,40 @@ static PyObject *crc_chunks(PyObject *self, PyObject *args) {
         result = Py_NewRef(Py_None);
     }
     PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *crc_ranges(PyObject *self, PyObject *args) {
+    unsigned long long address;
+    Py_buffer data, starts, sizes, out;
+    if (!PyArg_ParseTuple(args, "Ky*y*y*w*", &address, &data, &starts, &sizes, &out))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = starts.len / 8;
+    if (address == 0) {
+        PyErr_SetString(PyExc_ValueError, "crc_ranges: fn must be a function address");
+    } else if (int64_buffer(&starts, n, "crc_ranges: starts") && int64_buffer(&sizes, n, "crc_ranges: sizes")) {
+        const int64_t *s = (const int64_t *)starts.buf, *z = (const int64_t *)sizes.buf;
+        if (out.len < n * 4) {
+            PyErr_Format(PyExc_ValueError, "crc_ranges: %zd ranges need %zd bytes of output, got %zd", n, n * 4,
+                         out.len);
+        } else if (ranges_ok(s, z, s, n, data.len, data.len, "crc_ranges")) {
+            crc_fn fn = (crc_fn)(uintptr_t)address;
+            const char *p = (const char *)data.buf;
+            char *o = (char *)out.buf;
+            Py_BEGIN_ALLOW_THREADS
+            for (Py_ssize_t k = 0; k < n; k++) {
+                uint32_t v = z[k] > 0 ? fn(0, p + s[k], (size_t)z[k]) : 0;
+                memcpy(o + 4 * k, &v, 4);
+            }
+            Py_END_ALLOW_THREADS
+            result = Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&sizes);
     PyBuffer_Release(&out);
     return result;
 }
@@ -321,6 +357,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"crc_chunks", crc_chunks, METH_VARARGS, "crc_chunks(fn, data, chunk_bytes, out): each chunk's checksum"},
+    {"crc_ranges", crc_ranges, METH_VARARGS, "crc_ranges(fn, data, starts, sizes, out): each range's checksum"},
     {"copy_ranges", copy_ranges, METH_VARARGS, "copy_ranges(src, src_at, sizes, dst, dst_at): byte ranges copied"},
     {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at): -1, or the "
                                                   "first range that could not be read whole"},

@@ -37,7 +37,7 @@ from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_sta
 from .loader.rows import group_read_bytes, ragged_sizing
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, padded_batch_nbytes, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_batches, make_shared_batch
-from .loader.readers import epoch_reader
+from .loader.readers import PieceSums, epoch_reader, piece_sums
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
                            make_state, parse_state, resolve)
@@ -157,6 +157,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._shared = Shared()  # epoch and resume state as DataLoader workers see them
         self.last_peak_accounted_bytes = 0
         self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
+        self._sums: list[PieceSums] = []  # with verify: each piece's checksum, kept between epochs
         self._sizing().layout(1)  # fail now, not in a worker, if the budget is too small
 
     # ------------------------------------------------------------------ sizing
@@ -266,7 +267,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         ragged = {c.name: c.kind for c in self.columns if c.ragged}
         reader = epoch_reader(lambda verify: open_reader(self.manifest, verify=verify, remote=self._remote_files()),
                               ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
-                              pieces=bool(run.piece_rows), threads=lay.threads)
+                              pieces=bool(run.piece_rows), threads=lay.threads,
+                              sums=piece_sums(self._sums, self.manifest.unit_rows, run.piece_rows,
+                                              tuple(c.name for c in self.columns)) if run.piece_rows else None)
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
         index_key = INDEX_KEY if self.return_index or packed else None
@@ -309,12 +312,14 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         and the shared memory of DataLoader workers that are done."""
         self._buffers.clear()
         self._rings.clear()
+        self._sums.clear()
         forget_done()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_buffers"] = []  # never ship buffers to DataLoader worker processes
         state["_rings"] = []
+        state["_sums"] = []
         return state
 
     # ------------------------------------------------------------------ resume

@@ -72,6 +72,26 @@ def test_crc_chunks_gives_each_chunks_crc32c(chunk: int) -> None:
     assert got.tolist() == want == _kernels.numpy_crc_chunks(fn, data, chunk).tolist()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 3000)), max_size=20))
+def test_crc_ranges_gives_each_ranges_crc32c_and_refuses_ranges_outside(ranges: list[tuple[int, int]]) -> None:
+    fn = _native_crc32c()
+    if fn is None:
+        pytest.skip("google_crc32c's library was not found")
+    import ctypes
+
+    address = ctypes.cast(fn, ctypes.c_void_p).value
+    data = np.random.default_rng(len(ranges)).integers(0, 256, 8000, dtype=np.uint8)
+    starts = np.array([a for a, _ in ranges], np.int64)
+    sizes = np.array([n for _, n in ranges], np.int64)
+    one = checksum_fn("crc32c")
+    want = [one(data[a:a + n]) if n else 0 for a, n in ranges]
+    assert _kernels.crc_ranges(fn, address, data, starts, sizes).tolist() == want
+    assert _kernels.numpy_crc_ranges(fn, data, starts, sizes).tolist() == want
+    with pytest.raises(IndexError):
+        _kernels.crc_ranges(fn, address, data, np.array([7990], np.int64), np.array([11], np.int64))
+
+
 @st.composite
 def _stream(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Documents (some empty) placed anywhere in a values buffer, their row ids, and a token range."""

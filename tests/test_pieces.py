@@ -110,10 +110,12 @@ def test_compressed_units_are_read_whole_and_decoded_once_an_epoch(datasets: dic
     every_unit_once_an_epoch(ds, reads)
 
 
-def test_checksums_are_checked_once_per_unit_and_epoch(datasets: dict[str, Path],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """With pieces, a unit's checksum is checked at its first piece of the epoch (the whole unit),
-    then its other pieces read only their rows: each unit is checked exactly once an epoch."""
+def test_checksums_are_checked_once_per_unit_then_per_piece(datasets: dict[str, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pieces, a unit's checksum is checked at its first piece of the first epoch (the whole
+    unit), then its other pieces read only their rows: each unit is checked exactly once.  That
+    check leaves each piece's CRC-32C, so the next epoch reads no unit whole but where a window
+    boundary cut one of its pieces, and still serves every row once."""
     reader = FORMATS["zarr"].reader_class
     original = reader.read_into
     checked: list[int] = []
@@ -126,7 +128,55 @@ def test_checksums_are_checked_once_per_unit_and_epoch(datasets: dict[str, Path]
 
     monkeypatch.setattr(reader, "read_into", counting)
     ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
-    every_unit_once_an_epoch(ds, checked)
+    ids, _, _ = epoch(ds)
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+    assert sorted(checked) == list(range(ds.manifest.n_units))
+    checked.clear()
+    ds.set_epoch(1)
+    ids, _, _ = epoch(ds)
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+    cut, rows = ds._sizing().layout(1).piece_rows, ds.manifest.unit_rows
+    plan = ds.plan(epoch=1)
+    split = {int(u) for j in plan.windows.tolist() for u, lo, hi, _ in plan.window_pieces(j)
+             if lo % cut or (hi % cut and hi != rows[u])}
+    assert len(checked) == len(set(checked)) and set(checked) <= split
+    assert len(checked) < ds.manifest.n_units // 4
+
+
+def test_a_piece_damaged_after_its_unit_was_checked_is_an_error(datasets: dict[str, Path], tmp_path: Path,
+                                                                kernels: str) -> None:
+    """A byte flipped once the first epoch has checked every unit: the next epoch checks each
+    piece against the sum its unit's check left, and the damaged piece's window fails, naming the
+    unit (read whole again to say what is wrong); no row of that piece is served."""
+    import shutil
+
+    path = tmp_path / "d"
+    shutil.copytree(datasets["zarr"], path)
+    ds = streambatch.StreamDataset(path, batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    epoch(ds)
+    m = ds.manifest
+    f, off, size = unit_range(m, 7, "x")
+    flip_byte(f, off + size // 2)
+    row = int(m.unit_start[7]) + (size // 2) // (4 * WIDTH)
+    ds.set_epoch(1)
+    seen = []
+    with pytest.raises(DataError, match=r"unit 7, .*checksum mismatch"):
+        for b in ds:
+            seen.append(b["id"].numpy())
+    assert row not in set(np.concatenate(seen).tolist()) if seen else True
+
+
+def test_a_piece_that_differs_from_its_sum_while_its_unit_checks_is_an_error(datasets: dict[str, Path]) -> None:
+    """Rows that read otherwise than when their unit was checked (here: the kept sum altered), in a
+    unit whose checksums still pass, are an error naming the unit and rows, not served rows."""
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    epoch(ds)
+    sums = ds._sums[0]
+    k = int(sums.first[3])
+    sums.sums["y"][k] ^= 1
+    ds.set_epoch(1)
+    with pytest.raises(DataError, match=rf"column 'y', unit 3: rows 0:{sums.cut} differ from what the unit held"):
+        epoch(ds)
 
 
 def test_a_damaged_unit_fails_at_its_first_piece(datasets: dict[str, Path], tmp_path: Path) -> None:
