@@ -269,7 +269,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                               ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
                               pieces=bool(run.piece_rows), threads=lay.threads,
                               sums=piece_sums(self._sums, self.manifest.unit_rows, run.piece_rows,
-                                              tuple(c.name for c in self.columns)) if run.piece_rows else None)
+                                              tuple(c.name for c in self.columns))
+                              if run.piece_rows and self.verify and sizing.partial and not ragged else None)
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
         index_key = INDEX_KEY if self.return_index or packed else None
