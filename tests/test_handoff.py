@@ -5,6 +5,7 @@ still views it, whatever the loop keeps, transforms do, or the DataLoader's habi
 
 from __future__ import annotations
 
+import copy
 import gc
 import pickle
 from multiprocessing.reduction import ForkingPickler
@@ -157,13 +158,17 @@ def test_a_slot_is_free_again_only_once_the_receivers_views_are_gone() -> None:
         del b
         gc.collect()
         assert ring.free_slots() == 2
-        # a batch never sent frees its slot when it goes; a second send of one batch is a copy
+        # a deep copy is a plain dict of its own; a batch never sent frees its slot when it goes;
+        # a second send of one batch is a copy
         kept = _slot_batch(ring, 8, 7)
+        deep = copy.deepcopy(kept)
+        deep["a"][0] = 99
+        assert type(deep) is dict and int(kept["a"][0]) == 7 and ring.free_slots() == 1
         assert ring.slot_of(kept["a"].numpy()) == slot and ring.free_slots() == 1
         again = pickle.loads(ForkingPickler.dumps(kept))
-        copy = pickle.loads(ForkingPickler.dumps(kept))
+        copied = pickle.loads(ForkingPickler.dumps(kept))
         again["a"][0] = -1  # the slot; the copy does not follow it
-        assert int(copy["a"][0]) == 7 and np.array_equal(copy["b"].numpy(), np.full(8, 7.0))
+        assert int(copied["a"][0]) == 7 and np.array_equal(copied["b"].numpy(), np.full(8, 7.0))
         del again
         gc.collect()
         assert ring.free_slots() == 2

@@ -31,6 +31,7 @@ page fault per 4 KiB every batch, as glibc trims its heap after each.
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 import threading
@@ -192,6 +193,9 @@ class SlotBatch(dict):
         out._ring, out._slot, out._gen, out._layout, out._views = (self._ring, self._slot, self._gen, self._layout,
                                                                     self._views)
         return out
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:  # a copy of its own, not views of the slot
+        return copy.deepcopy(dict(self), memo)
 
     def __reduce__(self) -> tuple[Any, ...]:
         kept = {name for name, t in self.items() if self._views.get(name) is t}
