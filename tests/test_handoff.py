@@ -232,3 +232,24 @@ def test_small_batches_served_here_need_no_ring(data: tuple[Path, np.ndarray]) -
         assert ring.free_slots() == 2
     finally:
         ring.close()
+
+
+def test_a_slot_freed_inside_the_rings_own_locked_section_does_not_hang() -> None:
+    """A batch may be collected while its thread holds the ring's lock (a garbage collection on an
+    allocation in ``take``): its finaliser frees the slot there and then, without a deadlock."""
+    import threading
+
+    ring = BatchRing(2, 4096, shared=False)
+    holder = {"batch": _slot_batch(ring, 8, 1)}
+
+    def drop_under_lock() -> None:
+        with ring._lock:
+            holder.clear()
+            gc.collect()
+
+    t = threading.Thread(target=drop_under_lock, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive(), "freeing a slot under the ring's lock hung"  # (its lock stays held: no close)
+    assert ring.free_slots() == 2
+    ring.close()

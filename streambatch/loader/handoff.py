@@ -96,7 +96,9 @@ class BatchRing:
         self.gen = [0] * slots  # taken how many times (finalisers of an earlier take leave the slot alone)
         self.shipped = [False] * slots  # pickled for the main process, which frees it
         self.spilled = 0  # batches that got plain memory (no slot free, or larger than a slot)
-        self._lock = threading.Lock()  # pool threads take slots; finalisers free them
+        # pool threads take slots; finalisers free them, and a finaliser may run inside a locked
+        # section of the same thread (a collection on an allocation there): reentrant
+        self._lock = threading.RLock()
         self._closer = mp_util.Finalize(self, _close, (self.header, self.mm, self.fd), exitpriority=10)
 
     @property
@@ -233,7 +235,7 @@ class _Mapped:
 
 
 _mapped: dict[bytes, _Mapped] = {}  # the main process's maps of workers' blocks, by token
-_mapped_lock = threading.Lock()  # rebuilt by the DataLoader's thread or its pin_memory thread
+_mapped_lock = threading.RLock()  # rebuilt by the DataLoader's thread or its pin_memory thread; reentrant as above
 
 
 def mapped_rings() -> int:
