@@ -253,3 +253,15 @@ def test_a_slot_freed_inside_the_rings_own_locked_section_does_not_hang() -> Non
     assert not t.is_alive(), "freeing a slot under the ring's lock hung"  # (its lock stays held: no close)
     assert ring.free_slots() == 2
     ring.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pin_memory pins only with one)")
+def test_pin_memory_rebuilds_slot_batches_in_its_thread_and_pins_them(data: tuple[Path, np.ndarray]) -> None:
+    """With an accelerator, torch's pin_memory thread takes the workers' batches off the queue (so
+    the slots are mapped and freed there) and hands on pinned copies: every row once, right."""
+    path, x = data
+    served = []
+    for batch in loader(path, pin_memory=True, multiprocessing_context="fork"):
+        assert all(t.is_pinned() for t in batch.values())
+        served.append(check_batch(batch, x))
+    assert np.array_equal(np.sort(np.concatenate(served)), np.arange(ROWS))
