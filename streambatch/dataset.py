@@ -37,7 +37,8 @@ from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_sta
 from .loader.rows import group_read_bytes, ragged_sizing
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, padded_batch_nbytes, resolve_rank
 from .loader.tensors import RaggedOutput, decoded_row_nbytes, make_batch, make_batches, make_shared_batch
-from .loader.readers import PieceSums, epoch_reader, piece_sums
+from .loader.readers import epoch_reader
+from .loader.sums import PieceSums, SharedSums, piece_sums
 from .loader.sizing import Sizing, describe, label_icc_of
 from .loader.state import (STATE_VERSION, Run, Shared, WorkerPosition, check_worker_state, continue_share,
                            make_state, parse_state, resolve)
@@ -157,7 +158,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._shared = Shared()  # epoch and resume state as DataLoader workers see them
         self.last_peak_accounted_bytes = 0
         self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
-        self._sums: list[PieceSums] = []  # with verify: each piece's checksum, kept between epochs
+        self._sums: list[PieceSums] = []  # with verify: each piece's checksum, kept between epochs,
+        self._shared_sums = SharedSums() if verify and SharedSums.available() else None  # ... workers' too
         self._sizing().layout(1)  # fail now, not in a worker, if the budget is too small
 
     # ------------------------------------------------------------------ sizing
@@ -269,7 +271,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                               ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
                               pieces=bool(run.piece_rows), threads=lay.threads,
                               sums=piece_sums(self._sums, self.manifest.unit_rows, run.piece_rows,
-                                              tuple(c.name for c in self.columns))
+                                              tuple(c.name for c in self.columns), self._shared_sums)
                               if run.piece_rows and self.verify and sizing.partial and not ragged else None)
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
@@ -310,10 +312,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     def release_buffers(self) -> None:
         """Free the window buffers kept for the next epoch (they are reused to avoid page faults),
-        and the shared memory of DataLoader workers that are done."""
+        the piece sums kept for verify (the next epoch checks its units whole again), and the shared
+        memory of DataLoader workers that are done."""
         self._buffers.clear()
         self._rings.clear()
         self._sums.clear()
+        if self._shared_sums is not None:
+            self._shared_sums.forget()
         forget_done()
 
     def __getstate__(self) -> dict[str, Any]:

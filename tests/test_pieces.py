@@ -14,6 +14,7 @@ import pytest
 import streambatch
 from streambatch import quality
 from streambatch.errors import DataError
+from streambatch.loader.sums import PieceSums, SharedSums
 from streambatch.storage import FORMATS
 
 from conftest import flip_byte, unit_range, write_sorted_npy
@@ -143,6 +144,47 @@ def test_checksums_are_checked_once_per_unit_then_per_piece(datasets: dict[str, 
     assert len(checked) < ds.manifest.n_units // 4
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_fresh_dataloader_workers_keep_the_sums_for_the_next_epochs(datasets: dict[str, Path], tmp_path: Path,
+                                                                     context: str) -> None:
+    """DataLoader workers that live one epoch (torch's default) leave the pieces' sums in memory
+    that the dataset shares with them (forked or spawned), so the next epoch's workers read
+    pieces alone; every row is still served once an epoch.  Units checked whole are logged
+    (forked workers) to a file; the sums are read back in the main process."""
+    from torch.utils.data import DataLoader
+
+    if not SharedSums.available():
+        pytest.skip("no memfd on this system: each process keeps its own sums")
+    log = tmp_path / "checked"
+    reader = FORMATS["zarr"].reader_class
+    original = reader.read_into
+
+    def logging(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        if self.verify:
+            with open(log, "a") as f:
+                f.write(f"{unit}\n")
+        original(self, unit, lo, hi, out)
+
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    names = tuple(c.name for c in ds.columns)
+    checked = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "read_into", logging)
+        for e in range(2):
+            log.write_text("")
+            ds.set_epoch(e)
+            dl = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+            ids = np.concatenate([b["id"].numpy() for b in dl])
+            assert np.array_equal(np.sort(ids), np.arange(ROWS))
+            checked.append(len(log.read_text().split()))
+            cut = ds._sizing().layout(2).piece_rows
+            assert cut and PieceSums(ds.manifest.unit_rows, cut, names, ds._shared_sums).known.all()
+    if context == "fork":  # the patched reader runs in the workers
+        assert checked[0] >= ds.manifest.n_units and checked[1] < ds.manifest.n_units // 4, checked
+    ds.release_buffers()
+    assert not PieceSums(ds.manifest.unit_rows, cut, names, ds._shared_sums).known.any()
+
+
 def test_a_piece_damaged_after_its_unit_was_checked_is_an_error(datasets: dict[str, Path], tmp_path: Path,
                                                                 kernels: str) -> None:
     """A byte flipped once the first epoch has checked every unit: the next epoch checks each
@@ -166,16 +208,42 @@ def test_a_piece_damaged_after_its_unit_was_checked_is_an_error(datasets: dict[s
     assert row not in set(np.concatenate(seen).tolist()) if seen else True
 
 
-def test_a_piece_that_differs_from_its_sum_while_its_unit_checks_is_an_error(datasets: dict[str, Path]) -> None:
-    """Rows that read otherwise than when their unit was checked (here: the kept sum altered), in a
-    unit whose checksums still pass, are an error naming the unit and rows, not served rows."""
+def test_a_sum_that_is_wrong_while_its_rows_are_right_is_taken_again(datasets: dict[str, Path]) -> None:
+    """A kept sum that does not match rows that are right (one not written yet by another
+    process, or altered here): the piece's unit is read whole and checked, the rows equal the
+    unit's, so they are served and the unit's sums are taken again."""
     ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
     epoch(ds)
     sums = ds._sums[0]
     k = int(sums.first[3])
+    right = int(sums.sums["y"][k])
     sums.sums["y"][k] ^= 1
     ds.set_epoch(1)
-    with pytest.raises(DataError, match=rf"column 'y', unit 3: rows 0:{sums.cut} differ from what the unit held"):
+    ids, _, _ = epoch(ds)
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+    assert int(sums.sums["y"][k]) == right
+
+
+def test_rows_that_read_otherwise_than_their_checked_unit_are_an_error(datasets: dict[str, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of a piece read alone that differ from its sum, in a unit whose checksums pass and
+    whose bytes are not those rows (a read that went wrong once), are an error naming the
+    column, unit and rows, not served rows."""
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    epoch(ds)
+    reader = FORMATS["zarr"].reader_class
+    original = reader.read_pieces
+
+    def flipping(self: Any, pieces: np.ndarray, bufs: Any, where: Any) -> bool:
+        done = original(self, pieces, bufs, where)
+        for u, lo, hi, at in pieces.tolist():
+            if u == 3 and not self.verify:
+                bufs["x"][at].view(np.uint8)[0] ^= 1
+        return done
+
+    monkeypatch.setattr(reader, "read_pieces", flipping)
+    ds.set_epoch(1)
+    with pytest.raises(DataError, match=r"column 'x', unit 3: rows \d+:\d+ differ from what the unit held"):
         epoch(ds)
 
 

@@ -13,11 +13,10 @@ from typing import Any, Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from .._kernels import crc_chunks, crc_ranges
 from ..errors import DataError
-from ..io.checksum import native_crc32c
+from .sums import PieceSums
 
-__all__ = ["PieceSums", "VerifyOnce", "WholeUnits", "epoch_reader", "piece_sums"]
+__all__ = ["VerifyOnce", "WholeUnits", "epoch_reader"]
 
 Bufs = dict[str, np.ndarray]
 Table = NDArray[np.int64]  # rows (unit, lo, hi, buffer row): pieces of a window
@@ -28,6 +27,10 @@ def _advise(reader: Any, pieces: list[Any], names: list[str]) -> None:
     advise = getattr(reader, "advise", None)
     if advise is not None:
         advise(pieces, names)
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
 
 
 class _Claim:
@@ -90,71 +93,6 @@ class _Claims:
         self._claims.clear()
 
 
-class PieceSums:
-    """The CRC-32C of every piece (a unit's rows ``k * cut`` to ``(k + 1) * cut``) of each column
-    read, taken from a read of its unit whose checksums were checked; kept across epochs (the
-    dataset's), so that a later epoch checks a piece's bytes as it reads them, without reading
-    its unit again.  4 bytes a piece and column, and a flag a piece, outside the budget."""
-
-    def __init__(self, unit_rows: NDArray[np.int64], cut: int, names: tuple[str, ...]) -> None:
-        self.cut, self.names = cut, names
-        self.unit_rows = np.asarray(unit_rows, np.int64)
-        self.first = np.zeros(len(self.unit_rows) + 1, np.int64)
-        np.cumsum(-(-self.unit_rows // cut), out=self.first[1:])
-        self.sums = {n: np.zeros(int(self.first[-1]), np.uint32) for n in names}
-        self.known = np.zeros(int(self.first[-1]), bool)
-        self.crc = native_crc32c()  # (function, its C address); None: not found, nothing is kept
-
-    def fits(self, unit_rows: NDArray[np.int64], cut: int, names: tuple[str, ...]) -> bool:
-        return (cut, names) == (self.cut, self.names) and np.array_equal(unit_rows, self.unit_rows)
-
-    def record(self, unit: int, bufs: Bufs) -> None:
-        """The sums of ``unit``'s pieces, from ``bufs`` (its rows, just checked)."""
-        if self.crc is None or bufs.keys() != set(self.names):
-            return
-        a, b = int(self.first[unit]), int(self.first[unit + 1])
-        for name, arr in bufs.items():
-            flat = arr.reshape(-1).view(np.uint8)
-            self.sums[name][a:b] = crc_chunks(*self.crc, flat, self.cut * arr[0].nbytes)
-        self.known[a:b] = True
-
-    def _expand(self, pieces: Table) -> tuple[NDArray[np.int64], ...]:
-        """Each range of ``pieces`` (unit, lo, hi, buffer row) cut at multiples of ``cut`` (a window
-        reads a unit's pieces that fall in it side by side as one range): for every part, its range's
-        row in ``pieces``, its place in the sums, its buffer row and its rows."""
-        u, lo, hi, at = (pieces[:, i] for i in range(4))
-        k0 = lo // self.cut
-        n = -(-hi // self.cut) - k0
-        rep = np.repeat(np.arange(len(pieces)), n)
-        j = np.arange(len(rep)) - np.repeat(np.cumsum(n) - n, n)
-        row = lo[rep] + j * self.cut
-        return rep, self.first[u[rep]] + k0[rep] + j, at[rep] + j * self.cut, np.minimum(self.cut, hi[rep] - row)
-
-    def covered(self, pieces: Table) -> NDArray[np.bool_]:
-        """Whether each range of ``pieces`` is whole pieces whose sums are all known (not one cut
-        otherwise, by a window boundary, nor one of a unit not checked yet)."""
-        u, lo, hi = pieces[:, 0], pieces[:, 1], pieces[:, 2]
-        ok = (lo % self.cut == 0) & ((hi % self.cut == 0) | (hi == self.unit_rows[u])) & (hi > lo)
-        if ok.any():
-            rep, at, _, _ = self._expand(pieces[ok])
-            missing = np.bincount(rep, weights=~self.known[at], minlength=int(ok.sum()))
-            ok[np.flatnonzero(ok)[missing > 0]] = False
-        return ok
-
-    def differing(self, pieces: Table, bufs: Bufs) -> tuple[int, str] | None:
-        """The first range of ``pieces`` (its row) and column whose bytes, read into ``bufs`` at the
-        ranges' buffer rows, differ from their pieces' sums; None if none does."""
-        assert self.crc is not None
-        rep, at, row, rows = self._expand(pieces)
-        for name, arr in bufs.items():
-            size = arr[0].nbytes
-            got = crc_ranges(*self.crc, arr.reshape(-1).view(np.uint8), row * size, rows * size)
-            bad = np.flatnonzero(got != self.sums[name][at])
-            if bad.size:
-                return int(rep[bad[0]]), name
-        return None
-
-
 class VerifyOnce:
     """A reader of pieces smaller than units that checks each unit's checksums once an epoch, or
     each piece's own bytes once their sums are known (``sums``).
@@ -210,19 +148,24 @@ class VerifyOnce:
         return True
 
     def _check_summed(self, pieces: Table, bufs: Bufs) -> None:
-        """The pieces read without their unit, checked against their sums.  A piece that differs:
+        """The pieces read without their unit, checked against their sums.  A range that differs:
         its unit is read whole and checked again, which names what is wrong; if that passes, the
-        piece's rows changed since its unit was checked."""
+        range's rows are compared with the unit's.  Rows equal to them are right (their sum was
+        not there yet: another process was writing it, or the sums were freed), and the unit's
+        sums are taken again; rows that differ changed since their unit was checked: an error."""
         if self._sums is None or not len(pieces):
             return
-        bad = self._sums.differing(pieces, bufs)
-        if bad is None:
-            return
-        u, lo, hi = (int(v) for v in pieces[bad[0], :3])
-        rows = int(self.manifest.unit_rows[u])
-        self._checked.read_into(u, 0, rows, self._scratch(rows, bufs))
-        raise DataError(f"dataset {self.manifest.root}, column {bad[1]!r}, unit {u}: rows {lo}:{hi} differ from "
-                        "what the unit held when its checksums were checked (data corrupt or changed)")
+        retaken: set[int] = set()
+        while (bad := self._sums.differing(pieces, bufs)) is not None:
+            u, lo, hi, at = (int(v) for v in pieces[bad[0]])
+            rows = int(self.manifest.unit_rows[u])
+            unit = self._scratch(rows, bufs)
+            self._checked.read_into(u, 0, rows, unit)
+            if u in retaken or not all(_same_bytes(b[at:at + hi - lo], unit[n][lo:hi]) for n, b in bufs.items()):
+                raise DataError(f"dataset {self.manifest.root}, column {bad[1]!r}, unit {u}: rows {lo}:{hi} differ "
+                                "from what the unit held when its checksums were checked (data corrupt or changed)")
+            self._sums.record(u, unit)
+            retaken.add(u)
 
     def read_into(self, unit: int, lo: int, hi: int, out: Bufs) -> None:
         check, mine = self._checks.claim(unit)
@@ -309,11 +252,3 @@ def epoch_reader(open_reader: Callable[[bool], Any], *, ragged: bool, partial: b
     if not partial:
         return WholeUnits(reader, keep=2 * threads)
     return VerifyOnce(reader, open_reader(False), sums) if verify and pieces else reader
-
-
-def piece_sums(keep: list[PieceSums], unit_rows: NDArray[np.int64], cut: int, names: tuple[str, ...]) -> PieceSums:
-    """The pieces' sums from ``keep`` (the dataset's, across epochs) when they are for these
-    pieces and columns, else new ones (kept in their place)."""
-    if not (keep and keep[0].fits(unit_rows, cut, names)):
-        keep[:] = [PieceSums(unit_rows, cut, names)]
-    return keep[0]
