@@ -2,7 +2,7 @@
 """Epoch throughput of two source trees of streambatch, paired in one process (for refactors).
 
     python benchmarks/bench_paired.py --a OLD_TREE --b NEW_TREE --data DIR [--repeats 7]
-           [--budget 64MiB] [--datasets tab.zarr,tab.parquet,img.zarr,img.parquet]
+           [--budget 64MiB] [--datasets tab.zarr,tab.parquet,img.zarr,img.parquet] [--num-workers 2]
 
 ``DIR`` holds converted datasets (e.g. ``tools/make_datasets.py tab DIR/tab-npy --rows 400000``,
 then ``streambatch convert DIR/tab-npy DIR/tab.zarr --label y``); ``--data-a`` gives tree A datasets
@@ -13,7 +13,8 @@ relatively), so that on a shared, loaded machine both see the same conditions: p
 buffers and warms the page cache; its served ids and ``x`` sum must match between the trees),
 then epochs alternate A B B A A B ... (``--repeats`` each) with a light consumer that touches every
 batch.  The table gives the median samples/s per tree, B / A, and the median of the per-pair
-ratios; samples per CPU-second (all threads) vary less than wall-clock rates on a busy machine.
+ratios; samples per CPU-second (all threads, and DataLoader workers once reaped) vary less than
+wall-clock rates on a busy machine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import hashlib
 import importlib
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -39,38 +41,53 @@ def _import_tree(tree: Path, alias: str, links: Path) -> ModuleType:
     return importlib.import_module(alias)
 
 
-def _warm_up(ds: Any) -> tuple[str, float]:
+def _batches(ds: Any, workers: int) -> Any:
+    """The dataset itself, or a DataLoader of ``workers`` fresh (not persistent) worker processes."""
+    if not workers:
+        return ds
+    import torch
+
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+
+
+def _cpu_seconds() -> float:
+    """User+sys CPU of this process and of its children reaped so far (DataLoader workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _warm_up(ds: Any, workers: int) -> tuple[str, float]:
     import numpy as np
     import torch
 
     ids, x_sum = [], 0.0
-    for b in ds:
+    for b in _batches(ds, workers):
         ids.append(b["id"].numpy().copy())
         x_sum += float(b["x"].sum(dtype=torch.float64))
     return hashlib.sha1(np.concatenate(ids).tobytes()).hexdigest(), x_sum
 
 
-def _epoch(ds: Any, epoch: int) -> tuple[float, float]:
+def _epoch(ds: Any, epoch: int, workers: int) -> tuple[float, float]:
     """(samples per second, samples per CPU-second) of one epoch with a light consumer."""
     ds.set_epoch(epoch)
     n, touched = 0, 0.0
-    t0, c0 = time.perf_counter(), time.process_time()
-    for b in ds:
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    for b in _batches(ds, workers):
         n += b["id"].shape[0]
         touched += float(b["x"].reshape(-1)[-1])
-    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+    return n / (time.perf_counter() - t0), n / (_cpu_seconds() - c0)
 
 
 def _measure(packages: dict[str, ModuleType], paths: dict[str, Path], args: argparse.Namespace) -> str:
     sets = {k: p.StreamDataset(paths[k], batch_size=256, memory_budget=args.budget, seed=0)
             for k, p in packages.items()}
     path = paths["B"]
-    same = len({_warm_up(ds) for ds in sets.values()}) == 1
+    same = len({_warm_up(ds, args.num_workers) for ds in sets.values()}) == 1
     wall: dict[str, list[float]] = {"A": [], "B": []}
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     for r in range(args.repeats):
         for key in ("A", "B") if r % 2 == 0 else ("B", "A"):  # A B B A ...: neither always goes first
-            w, c = _epoch(sets[key], r + 1)
+            w, c = _epoch(sets[key], r + 1, args.num_workers)
             wall[key].append(w)
             cpu[key].append(c)
     med = {k: statistics.median(v) for k, v in wall.items()}
@@ -90,12 +107,15 @@ def main() -> int:
     ap.add_argument("--datasets", default=DATASETS)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--budget", default="64MiB")
+    ap.add_argument("--num-workers", type=int, default=0,
+                    help="serve every epoch through a DataLoader with this many fresh (forked) worker processes")
     args = ap.parse_args()
     links = Path(tempfile.mkdtemp(prefix="sb-paired-"))
     sys.path.insert(0, str(links))
     packages = {"A": _import_tree(args.a, "streambatch_a", links), "B": _import_tree(args.b, "streambatch_b", links)}
     print(f"A = {args.a.resolve()}\nB = {args.b.resolve()}\nbudget {args.budget}, batch 256, epochs alternated "
-          f"A B B A ..., {args.repeats} each, after a warm-up epoch each; {os.cpu_count()} CPUs\n")
+          f"A B B A ..., {args.repeats} each, after a warm-up epoch each; num_workers {args.num_workers}; "
+          f"{os.cpu_count()} CPUs\n")
     print("| dataset | A samples/s | B samples/s | B / A | median pair B / A | A per CPU-s | B per CPU-s "
           "| B / A (CPU) | same batches |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")

@@ -14,8 +14,9 @@ this script measures in one run:
   (``_common.naive_loader``), ``num_workers`` 0 and 2, timed over a prefix of ``max_batches``
   batches (it is slow) and reported at its measured rate;
 * streambatch in process for 3 epochs on one ``StreamDataset`` (epoch 1 pays the page faults of
-  fresh window buffers; the median of epochs 2-3 is the steady state), and through
-  ``DataLoader(num_workers=2)`` for one epoch.
+  fresh window buffers; the median of epochs 2-3 is the steady state), and the same through
+  ``DataLoader(num_workers=2)`` (torch's default: fresh workers every epoch), steady state
+  again epochs 2-3 (epoch 1 of both checks every unit whole: see ``verify``).
 
 Per configuration it reports samples/s, decoded MB/s, the ratios to ram-limit and to the naive
 loader, time to first batch, peak RSS (sampled around the run) next to ``describe()``'s
@@ -368,8 +369,8 @@ at load time, each unit's checksum checked once an epoch), verify off, whole uni
 
 
 def _streambatch_repeat(store: Path, budget: int, settings: Mapping[str, Any], touch: bool) -> dict[str, Any]:
-    """One repeat of one variant: ``EPOCHS`` in-process epochs of one StreamDataset, then one
-    DataLoader(num_workers=2) epoch of a fresh one."""
+    """One repeat of one variant: ``EPOCHS`` in-process epochs of one StreamDataset, then
+    ``EPOCHS`` epochs of a fresh one through DataLoader(num_workers=2)."""
     from streambatch import StreamDataset
 
     warm(store)
@@ -388,7 +389,11 @@ def _streambatch_repeat(store: Path, budget: int, settings: Mapping[str, Any], t
     ds = StreamDataset(store, batch_size=BATCH, shuffle=True, seed=0, memory_budget=budget, **settings)
     out["dl_predicted"] = ds.describe(num_workers=DL_WORKERS)["predicted_peak_bytes"]
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=DL_WORKERS)
-    out.update(epoch1=runs[0], steady=runs[1:], peak_accounted=peak_accounted, dl=run_epoch(loader, n, units, touch=touch))
+    dl = []
+    for e in range(EPOCHS):
+        ds.set_epoch(e)
+        dl.append(run_epoch(loader, n, units, touch=touch))
+    out.update(epoch1=runs[0], steady=runs[1:], peak_accounted=peak_accounted, dl_epoch1=dl[0], dl=dl[1:])
     del loader, ds
     release_memory()
     return out
@@ -416,12 +421,13 @@ def summarize_streambatch(reps: list[dict[str, Any]]) -> dict[str, Any]:
     """The record of one variant from its repeats (:func:`_streambatch_repeat`)."""
     epoch1 = [r["epoch1"] for r in reps]
     steady = [s for r in reps for s in r["steady"]]
-    dl_runs = [r["dl"] for r in reps]
+    dl_runs = [s for r in reps for s in r["dl"]]
+    dl_epoch1 = [r["dl_epoch1"] for r in reps]
 
     def med(runs: list[dict[str, Any]], key: str) -> float:
         return median([r[key] for r in runs])
 
-    all_runs = epoch1 + steady + dl_runs
+    all_runs = epoch1 + steady + dl_epoch1 + dl_runs
     out = dict(reps[0]["config"])
     out.update(
         epochs=EPOCHS,
@@ -440,12 +446,13 @@ def summarize_streambatch(reps: list[dict[str, Any]]) -> dict[str, Any]:
         rss_start_bytes=min(r["rss_start_bytes"] for r in epoch1 + steady),
         peak_accounted_bytes=max(r["peak_accounted"] for r in reps),
         dl_workers=DL_WORKERS,
-        dl_samples_per_s=med(dl_runs, "samples_per_s"),
+        dl_samples_per_s=median([med(r["dl"], "samples_per_s") for r in reps]),
+        dl_epoch1_samples_per_s=med(dl_epoch1, "samples_per_s"),
         dl_mb_per_s=med(dl_runs, "mb_per_s"),
         dl_first_batch_s=med(dl_runs, "first_batch_s"),
         **_cpu_figures(dl_runs, "dl_"),
-        dl_peak_rss_bytes=max(r["peak_rss_bytes"] for r in dl_runs),
-        dl_peak_rss_delta_bytes=max(r["peak_rss_delta_bytes"] for r in dl_runs),
+        dl_peak_rss_bytes=max(r["peak_rss_bytes"] for r in dl_epoch1 + dl_runs),
+        dl_peak_rss_delta_bytes=max(r["peak_rss_delta_bytes"] for r in dl_epoch1 + dl_runs),
         dl_predicted_peak_bytes=reps[0]["dl_predicted"],
         missing=sum(r["missing"] for r in all_runs),
         duplicated=sum(r["duplicated"] for r in all_runs),
@@ -457,8 +464,8 @@ def summarize_streambatch(reps: list[dict[str, Any]]) -> dict[str, Any]:
         frac_missing_class=med(epoch1 + steady, "frac_missing_class"),
         spearman=med(epoch1 + steady, "spearman"),
         deff_max=max((r["deff"] for r in epoch1 + steady if np.isfinite(r["deff"])), default=float("nan")),
-        dl_deff=med(dl_runs, "deff"),
-        dl_kl_ratio=med(dl_runs, "kl_ratio"),
+        dl_deff=med(dl_epoch1 + dl_runs, "deff"),
+        dl_kl_ratio=med(dl_epoch1 + dl_runs, "kl_ratio"),
     )
     return out
 
@@ -863,8 +870,8 @@ def render_touch(records: list[dict[str, Any]]) -> str:
         f"what is measured (warm page cache, batch {first.get('batch_size', BATCH)}, medians of "
         f"{first.get('repeats')} repeats, streambatch variants alternated within each repeat). CPU s/GB: process "
         "user+sys CPU (DataLoader workers included, counted once they are shut down) per GB of batches served; "
-        "CPU / wall over the same span. streambatch rows are the steady state (epochs 2-3) in process, and one "
-        "epoch through `DataLoader(num_workers=2)`; the in-RAM gather is the mean of the medians before and "
+        "CPU / wall over the same span. streambatch rows are the steady state (epochs 2-3) in process, and "
+        "through `DataLoader(num_workers=2)` with fresh workers every epoch (torch's default); the in-RAM gather is the mean of the medians before and "
         "after the loaders; naive: a prefix of the epoch.",
         "",
     ]
