@@ -35,8 +35,8 @@ try:
 except ImportError:  # not compiled (no C compiler at install): numpy does the same
     _c_copy_ranges = _c_crc_chunks = _c_crc_ranges = _c_pack = _c_pread_ranges = _c_read_checked = None
 
-__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "pack", "pread_ranges", "read_checked",
-           "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack", "python_pread_ranges",
+__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
+           "read_checked", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack", "python_pread_ranges",
            "python_read_checked"]
 
 NATIVE = _c_pack is not None
@@ -79,6 +79,11 @@ def crc_ranges(fn: Callable[[int, int, int], int], address: int, data: np.ndarra
     out = np.empty(len(starts), np.uint32)
     _c_crc_ranges(address, data, starts, sizes, out)
     return out
+
+
+def native() -> bool:
+    """Whether the byte loops run in the C module (read at call time: the tests switch it off)."""
+    return NATIVE
 
 
 def numpy_copy_ranges(src: np.ndarray, src_at: NDArray[np.int64], sizes: NDArray[np.int64], dst: np.ndarray,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .._kernels import pread_ranges
+from .._kernels import copy_ranges, native, pread_ranges
 from ..errors import DataError
 from ..ragged import runs
 
@@ -107,9 +107,13 @@ def _spans(fis: NDArray[np.int64], starts: NDArray[np.int64], ends: NDArray[np.i
 
 def _scatter(src: NDArray[np.uint8], offs: NDArray[np.int64], sizes: NDArray[np.int64], out: NDArray[np.uint8],
              dst: NDArray[np.int64]) -> None:
-    """``out[dst[k]:dst[k] + sizes[k]] = src[offs[k]:offs[k] + sizes[k]]`` for every ``k``: one
-    vectorised copy of granules (the largest power of two dividing every offset and size, up to
-    4 KiB), or a copy per range where the bytes are not aligned."""
+    """``out[dst[k]:dst[k] + sizes[k]] = src[offs[k]:offs[k] + sizes[k]]`` for every ``k``: one C
+    call with the GIL released; without the C module, one vectorised copy of granules (the largest
+    power of two dividing every offset and size, up to 4 KiB), or a copy per range where the bytes
+    are not aligned."""
+    if native():
+        copy_ranges(src, offs, sizes, out, dst)
+        return
     common = int(np.gcd.reduce(np.concatenate([offs, sizes, dst])))
     g = min(4096, common & -common) if common else 4096
     if g < 4:
