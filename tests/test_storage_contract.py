@@ -262,7 +262,7 @@ class StorageContract:
             for path, off in where:
                 files.fd(index[path], str)
                 assert not files.cached(index[path], off)
-            pieces = [(u, 0, int(manifest.unit_rows[u]), None) for u in range(manifest.n_units)]
+            pieces = [(u, 0, int(manifest.unit_rows[u]), 0) for u in range(manifest.n_units)]
             reader.advise(pieces, [c.name for c in manifest.columns])  # type: ignore[attr-defined]
             deadline = time.monotonic() + 60
             while not all(_resident(path, o) for path, o in where) and time.monotonic() < deadline:

@@ -297,26 +297,33 @@ class ByteRanges:
             self._probe_ok[fi] = ok
         return ok
 
-    def advise(self, ranges: list[tuple[int, int, int]], where: Where) -> None:
-        """Ask the kernel to start reading ``(file, offset, size)`` ranges now (``POSIX_FADV_WILLNEED``),
-        so that a cold disk sees a whole window's requests at once, not one per reader thread.
+    def advise(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
+               where: Where) -> None:
+        """Ask the kernel to start reading the ranges ``(fis[k], starts[k], sizes[k])`` now
+        (``POSIX_FADV_WILLNEED``), so that a cold disk sees a whole window's requests at once, not
+        one per reader thread.
 
         Skipped when a sample of the ranges is already cached: on a warm page cache the hint buys
         nothing and its thousand system calls per window cost throughput (docs/PERFORMANCE.md,
         Read-ahead hints).  Only a hint: every error is left to the reads (the loader runs this as a
         pool task nobody waits for).  A no-op for remote datasets.
         """
-        if self.remote is not None or not ranges or not hasattr(os, "posix_fadvise"):
+        if self.remote is not None or not len(fis) or not hasattr(os, "posix_fadvise"):
             return
         try:
-            fds = {fi: self.fd(fi, where)[0] for fi in {r[0] for r in ranges}}
-            step = max(1, len(ranges) // _PROBES)
-            if all(self.cached(fi, off) for fi, off, _ in ranges[::step]):
+            fds = {fi: self.fd(fi, where)[0] for fi in np.unique(fis).tolist()}
+            step = max(1, len(fis) // _PROBES)
+            if all(self.cached(fi, off) for fi, off in zip(fis[::step].tolist(), starts[::step].tolist())):
                 return
-            for fi, off, size in ranges:
+            for fi, off, size in zip(fis.tolist(), starts.tolist(), sizes.tolist()):
                 os.posix_fadvise(fds[fi], off, size, os.POSIX_FADV_WILLNEED)
         except Exception:  # noqa: BLE001 - a hint; a closed reader or a failed probe only loses it
             return
+
+    def advise_ranges(self, ranges: list[tuple[int, int, int]], where: Where) -> None:
+        """:meth:`advise` of ``(file, offset, size)`` tuples."""
+        arr = np.asarray(ranges, np.int64).reshape(-1, 3)
+        self.advise(arr[:, 0], arr[:, 1], arr[:, 2], where)
 
     def scratch(self, size: int) -> memoryview:
         """``size`` bytes of this thread's scratch buffer, valid until the thread's next call: a

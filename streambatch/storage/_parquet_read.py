@@ -138,14 +138,15 @@ class Reader:
                     bad.append(c.name)
         return bad
 
-    def advise(self, pieces: list[tuple[int, int, int, Any]], names: list[str]) -> None:
-        """Hint the kernel to read the row groups of a window's ``(unit, lo, hi, _)`` pieces
+    def advise(self, pieces: Any, names: list[str]) -> None:
+        """Hint the kernel to read the row groups of a window's ``(unit, lo, hi, buffer row)`` pieces
         (``ByteRanges.advise``: only where they are not cached).  Only when the requested
         columns are most of a row: a few columns are read on their own, and hinting whole
         row groups would read the others from disk too."""
         if not self._mostly(dict.fromkeys(names)):
             return
-        self._files.advise([self._stored_range(u) for u, _, _, _ in pieces], lambda: f"dataset {self.manifest.root}")
+        units = dict.fromkeys(np.asarray(pieces, np.int64).reshape(-1, 4)[:, 0].tolist())  # a unit's pieces: one hint
+        self._files.advise_ranges([self._stored_range(u) for u in units], lambda: f"dataset {self.manifest.root}")
 
     def _mostly(self, out: dict[str, Any]) -> bool:
         """Whether the columns of ``out`` hold at least half of a row's bytes (then reading the

@@ -182,16 +182,17 @@ class Reader:
             return bits.view(np.bool_).reshape(rows, *c.shape)
         return np.frombuffer(raw, c.np_dtype.newbyteorder("<")).reshape(rows, *c.shape)
 
-    def advise(self, pieces: list[tuple[int, int, int, Any]], names: list[str]) -> None:
-        """Hint the kernel to read the batches of a window's ``(unit, lo, hi, _)`` pieces
+    def advise(self, pieces: Any, names: list[str]) -> None:
+        """Hint the kernel to read the batches of a window's ``(unit, lo, hi, buffer row)`` pieces
         (``ByteRanges.advise``), or only the requested columns' values when they are a small part of a row."""
+        units = dict.fromkeys(np.asarray(pieces, np.int64).reshape(-1, 4)[:, 0].tolist())  # a unit's pieces: one hint
         if self._mostly(names):
-            ranges = [self._range(u) for u, _, _, _ in pieces]
+            ranges = [self._range(u) for u in units]
         else:
             at = {c.name: a for c, a in self._columns}
             ranges = [(fi, off + int(at[n][u]), _nbytes(self.manifest.column(n), int(self.manifest.unit_rows[u])))
-                      for u, _, _, _ in pieces for fi, off, _ in [self._range(u)] for n in names]
-        self._files.advise(ranges, lambda: f"dataset {self.manifest.root}")
+                      for u in units for fi, off, _ in [self._range(u)] for n in names]
+        self._files.advise_ranges(ranges, lambda: f"dataset {self.manifest.root}")
 
     def verify_unit(self, unit: int) -> None:
         """Check the whole record batch against its checksum (naming the damaged column when its

@@ -114,27 +114,30 @@ class Reader:
         """The bytes, in this thread's scratch buffer (valid until its next read)."""
         return self._files.read_scratch(file_index, offset, size, lambda: self._where(col, unit, file_index))
 
-    def advise(self, pieces: list[Any], names: list[str]) -> None:
-        """Hint the kernel to read the rows ``lo:hi`` of each ``(unit, lo, hi, ...)`` piece of a window
-        (``ByteRanges.advise``: only where they are not cached).  Called before the window's reads
-        are queued."""
-        if not pieces:
+    def advise(self, pieces: Any, names: list[str]) -> None:
+        """Hint the kernel to read the rows ``lo:hi`` of each ``(unit, lo, hi, buffer row)`` piece of a
+        window, an int64 table (``ByteRanges.advise``: only where they are not cached).  Called
+        before the window's reads are queued."""
+        if not len(pieces):
             return
-        arr = np.asarray([p[:3] for p in pieces], dtype=np.int64)
+        arr = np.asarray(pieces, dtype=np.int64)
         units, lo, hi = arr[:, 0], arr[:, 1], arr[:, 2]
-        ranges: list[tuple[int, int, int]] = []
+        fis, starts, sizes = [], [], []
         for name in names:
             col = self.manifest.column(name)
             if col.ragged:  # read whole by read_rows, in a few ranges
                 continue
             loc = self.manifest.layout["columns"][name]
-            fi, off = loc["file"][units], loc["offset"][units]
+            fis.append(loc["file"][units])
             if self._decoders[name] is not None:  # compressed: the whole chunk
-                start, size = off, loc["size"][units]
+                starts.append(loc["offset"][units])
+                sizes.append(loc["size"][units])
             else:
-                start, size = off + lo * col.row_nbytes, (hi - lo) * col.row_nbytes
-            ranges.extend(zip(fi.tolist(), start.tolist(), size.tolist()))
-        self._files.advise(ranges, lambda: f"dataset {self.manifest.root}")
+                starts.append(loc["offset"][units] + lo * col.row_nbytes)
+                sizes.append((hi - lo) * col.row_nbytes)
+        if fis:
+            self._files.advise(*(np.concatenate(x).astype(np.int64, copy=False) for x in (fis, starts, sizes)),
+                               lambda: f"dataset {self.manifest.root}")
 
     def _stored_range(self, col: Column, unit: int) -> tuple[int, int, int]:
         loc = self.manifest.layout["columns"][col.name]
