@@ -21,7 +21,8 @@ MODULES = ["streambatch.convert", "streambatch.dataset", "streambatch.decode", "
            "streambatch.plan", "streambatch.quality", "streambatch.io.remote", "streambatch.sources",
            "streambatch.packing", "streambatch.stats", "streambatch.storage", "streambatch.cli", "streambatch.cli_run",
            "streambatch.loader.sizing", "streambatch.loader.state", "streambatch.loader.pool",
-           "streambatch.loader.windows", "streambatch.loader.batches", "streambatch.loader.prefetch"]
+           "streambatch.loader.windows", "streambatch.loader.batches", "streambatch.loader.prefetch",
+           "streambatch.loader.sums"]
 
 
 def test_top_level_exports_are_pinned():

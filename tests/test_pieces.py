@@ -185,6 +185,34 @@ def test_fresh_dataloader_workers_keep_the_sums_for_the_next_epochs(datasets: di
     assert not PieceSums(ds.manifest.unit_rows, cut, names, ds._shared_sums).known.any()
 
 
+def test_shared_sums_keep_one_region_per_piece_layout(tmp_path: Path) -> None:
+    """Each piece layout (cut, columns) gets its own region of the shared file, found again by
+    any process holding the file (here: a second object over the same descriptor); a region
+    another layout appends later does not move it or touch its sums, and a full directory gives
+    private sums instead of none."""
+    import os
+
+    if not SharedSums.available():
+        pytest.skip("no memfd on this system")
+    shared = SharedSums()
+    rows = np.array([100, 100, 37], np.int64)
+    a = PieceSums(rows, 10, ("x", "y"), shared)
+    if a.crc is None:
+        pytest.skip("no native CRC-32C: nothing is kept")
+    a.sums["y"][:] = np.arange(len(a.known), dtype=np.uint32) + 7
+    a.known[:] = True
+    b = PieceSums(rows, 16, ("x", "y"), shared)  # another cut: a region of its own
+    assert not b.known.any()
+    other = SharedSums(os.dup(shared.fd))
+    again = PieceSums(rows, 10, ("x", "y"), other)
+    assert again.known.all() and np.array_equal(again.sums["y"], a.sums["y"]) and not again.sums["x"].any()
+    for cut in range(20, 20 + 200):  # fill the directory: later layouts keep their sums privately
+        last = PieceSums(rows, cut, ("x",), shared)
+    last.known[:] = True
+    assert PieceSums(rows, 10, ("x", "y"), shared).known.all()
+    assert not PieceSums(rows, 219, ("x",), other).known.any()
+
+
 def test_a_piece_damaged_after_its_unit_was_checked_is_an_error(datasets: dict[str, Path], tmp_path: Path,
                                                                 kernels: str) -> None:
     """A byte flipped once the first epoch has checked every unit: the next epoch checks each
