@@ -871,8 +871,8 @@ def render_touch(records: list[dict[str, Any]]) -> str:
         f"{first.get('repeats')} repeats, streambatch variants alternated within each repeat). CPU s/GB: process "
         "user+sys CPU (DataLoader workers included, counted once they are shut down) per GB of batches served; "
         "CPU / wall over the same span. streambatch rows are the steady state (epochs 2-3) in process, and "
-        "through `DataLoader(num_workers=2)` with fresh workers every epoch (torch's default); the in-RAM gather is the mean of the medians before and "
-        "after the loaders; naive: a prefix of the epoch.",
+        "through `DataLoader(num_workers=2)` with fresh workers every epoch (torch's default); the in-RAM gather "
+        "is the mean of the medians before and after the loaders; naive: a prefix of the epoch.",
         "",
     ]
     for kind in dict.fromkeys(r["dataset"] for r in rows):
