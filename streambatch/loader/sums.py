@@ -21,7 +21,6 @@ elsewhere each process keeps its own sums.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import mmap
 import os
@@ -36,6 +35,11 @@ from numpy.typing import NDArray
 
 from .._kernels import crc_chunks, crc_ranges
 from ..io.checksum import native_crc32c
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no shared sums (SharedSums.available)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["PieceSums", "SharedSums", "piece_sums"]
 
@@ -59,14 +63,16 @@ class SharedSums:
 
     def __init__(self, fd: int | None = None) -> None:
         self.fd = os.memfd_create("streambatch-sums", os.MFD_CLOEXEC) if fd is None else fd
-        self._lock = threading.Lock()  # lockf excludes other processes, not this one's threads
+        self._lock, self._pid = threading.Lock(), os.getpid()  # lockf excludes other processes, not threads
         self._closer = weakref.finalize(self, os.close, self.fd)
 
     @staticmethod
     def available() -> bool:
-        return hasattr(os, "memfd_create")
+        return hasattr(os, "memfd_create") and fcntl is not None
 
     def region(self, key: bytes, nbytes: int) -> mmap.mmap | None:
+        if self._pid != os.getpid():  # a forked child: the parent's lock may have been held at the fork
+            self._lock, self._pid = threading.Lock(), os.getpid()
         with self._lock:
             fcntl.lockf(self.fd, fcntl.LOCK_EX)
             try:
