@@ -131,23 +131,25 @@ class VerifyOnce:
         fast = getattr(self._plain, "read_pieces", None)
         if fast is None:
             return False
-        summed = self._sums.covered(pieces) if self._sums is not None and bufs.keys() == set(self._sums.names) \
-            else np.zeros(len(pieces), bool)
-        later = []
-        for (u, lo, hi, at), known in zip(pieces.tolist(), summed.tolist()):
-            if known or self._checks.passed(u):
-                later.append((u, lo, hi, at))
+        summed, parts = self._sums.covered_parts(pieces) if self._sums is not None \
+            and bufs.keys() == set(self._sums.names) else (np.zeros(len(pieces), bool), None)
+        alone = summed.copy()  # read alone: summed, or of a unit checked this epoch
+        for k in np.flatnonzero(~summed).tolist():
+            u, lo, hi, at = pieces[k].tolist()
+            if self._checks.passed(u):
+                alone[k] = True
                 continue
             where(u, lo, hi)  # named while it runs: a check that hangs names its unit
             self.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
-        if later and not fast(np.asarray(later, np.int64), bufs, where):
-            for u, lo, hi, at in later:
+        later = pieces[alone]
+        if len(later) and not fast(later, bufs, where):
+            for u, lo, hi, at in later.tolist():
                 where(u, lo, hi)
                 self._plain.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
-        self._check_summed(pieces[summed], bufs)
+        self._check_summed(pieces[summed], bufs, parts)
         return True
 
-    def _check_summed(self, pieces: Table, bufs: Bufs) -> None:
+    def _check_summed(self, pieces: Table, bufs: Bufs, parts: Any = None) -> None:
         """The pieces read without their unit, checked against their sums.  A range that differs:
         its unit is read whole and checked again, which names what is wrong; if that passes, the
         range's rows are compared with the unit's.  Rows equal to them are right (their sum was
@@ -156,7 +158,7 @@ class VerifyOnce:
         if self._sums is None or not len(pieces):
             return
         retaken: set[int] = set()
-        while (bad := self._sums.differing(pieces, bufs)) is not None:
+        while (bad := self._sums.differing(pieces, bufs, parts)) is not None:
             u, lo, hi, at = (int(v) for v in pieces[bad[0]])
             rows = int(self.manifest.unit_rows[u])
             unit = self._scratch(rows, bufs)

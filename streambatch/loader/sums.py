@@ -176,19 +176,28 @@ class PieceSums:
     def covered(self, pieces: Table) -> NDArray[np.bool_]:
         """Whether each range of ``pieces`` is whole pieces whose sums are all known (not one cut
         otherwise, by a window boundary, nor one of a unit not checked yet)."""
+        return self.covered_parts(pieces)[0]
+
+    def covered_parts(self, pieces: Table) -> tuple[NDArray[np.bool_], Any]:
+        """:meth:`covered`, and the parts (``_expand``) of the covered ranges for :meth:`differing`
+        when they are already known (every whole-piece range covered), else None."""
         u, lo, hi = pieces[:, 0], pieces[:, 1], pieces[:, 2]
         ok = (lo % self.cut == 0) & ((hi % self.cut == 0) | (hi == self.unit_rows[u])) & (hi > lo)
-        if ok.any():
-            rep, at, _, _ = self._expand(pieces[ok])
-            missing = np.bincount(rep, weights=~self.known[at], minlength=int(ok.sum()))
-            ok[np.flatnonzero(ok)[missing > 0]] = False
-        return ok
+        if not ok.any():
+            return ok, None
+        parts = self._expand(pieces[ok])
+        missing = np.bincount(parts[0], weights=~self.known[parts[1]], minlength=int(ok.sum()))
+        if not missing.any():
+            return ok, parts
+        ok[np.flatnonzero(ok)[missing > 0]] = False
+        return ok, None
 
-    def differing(self, pieces: Table, bufs: Bufs) -> tuple[int, str] | None:
+    def differing(self, pieces: Table, bufs: Bufs, parts: Any = None) -> tuple[int, str] | None:
         """The first range of ``pieces`` (its row) and column whose bytes, read into ``bufs`` at the
-        ranges' buffer rows, differ from their pieces' sums; None if none does."""
+        ranges' buffer rows, differ from their pieces' sums; None if none does.  ``parts``: the
+        ranges' ``_expand``, where :meth:`covered_parts` gave it."""
         assert self.crc is not None
-        rep, at, row, rows = self._expand(pieces)
+        rep, at, row, rows = self._expand(pieces) if parts is None else parts
         for name, arr in bufs.items():
             size = arr[0].nbytes
             got = crc_ranges(*self.crc, arr.reshape(-1).view(np.uint8), row * size, rows * size)
