@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import importlib
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 DATASETS = "tab.zarr,tab.parquet,img.zarr,img.parquet"
 
@@ -50,12 +52,6 @@ def _batches(ds: Any, workers: int) -> Any:
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
 
 
-def _cpu_seconds() -> float:
-    """User+sys CPU of this process and of its children reaped so far (DataLoader workers)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def _warm_up(ds: Any, workers: int) -> tuple[str, float]:
     import numpy as np
     import torch
@@ -71,11 +67,11 @@ def _epoch(ds: Any, epoch: int, workers: int) -> tuple[float, float]:
     """(samples per second, samples per CPU-second) of one epoch with a light consumer."""
     ds.set_epoch(epoch)
     n, touched = 0, 0.0
-    t0, c0 = time.perf_counter(), _cpu_seconds()
+    t0, c0 = time.perf_counter(), _common.process_cpu_seconds()
     for b in _batches(ds, workers):
         n += b["id"].shape[0]
         touched += float(b["x"].reshape(-1)[-1])
-    return n / (time.perf_counter() - t0), n / (_cpu_seconds() - c0)
+    return n / (time.perf_counter() - t0), n / (_common.process_cpu_seconds() - c0)
 
 
 def _measure(packages: dict[str, ModuleType], paths: dict[str, Path], args: argparse.Namespace) -> str:
