@@ -30,6 +30,7 @@ from ..manifest import Manifest
 from ..schema import Column
 from ._arrow_schema import binary_values, ragged_rows
 from ._parquet_layout import RAW, decode, stored_as, stored_nbytes, value_range
+from .base import piece_units
 
 __all__ = ["Reader"]
 
@@ -145,7 +146,7 @@ class Reader:
         row groups would read the others from disk too."""
         if not self._mostly(dict.fromkeys(names)):
             return
-        units = dict.fromkeys(np.asarray(pieces, np.int64).reshape(-1, 4)[:, 0].tolist())  # a unit's pieces: one hint
+        units = piece_units(pieces)
         self._files.advise_ranges([self._stored_range(u) for u in units], lambda: f"dataset {self.manifest.root}")
 
     def _mostly(self, out: dict[str, Any]) -> bool:

@@ -42,7 +42,7 @@ from ..schema import Column
 from ._arrow_check import check_arrow_files
 from ._arrow_schema import arrow_schema
 from ._arrow_write import Writer, units_per_file
-from .base import StorageFormat
+from .base import StorageFormat, piece_units
 
 __all__ = ["Reader", "Writer", "validate_layout", "FORMAT"]
 
@@ -185,7 +185,7 @@ class Reader:
     def advise(self, pieces: Any, names: list[str]) -> None:
         """Hint the kernel to read the batches of a window's ``(unit, lo, hi, buffer row)`` pieces
         (``ByteRanges.advise``), or only the requested columns' values when they are a small part of a row."""
-        units = dict.fromkeys(np.asarray(pieces, np.int64).reshape(-1, 4)[:, 0].tolist())  # a unit's pieces: one hint
+        units = piece_units(pieces)
         if self._mostly(names):
             ranges = [self._range(u) for u in units]
         else:

@@ -18,12 +18,18 @@ import numpy as np
 from ..manifest import Manifest
 from ..schema import Column
 
-__all__ = ["StorageFormat", "UnitReader", "UnitWriter", "WriteResult", "CODECS"]
+__all__ = ["StorageFormat", "UnitReader", "UnitWriter", "WriteResult", "CODECS", "piece_units"]
 
 CODECS = ("none", "lz4", "zstd")
 
 WriteResult = tuple[list[str], dict[str, Any], list[int], list[int]]
 """What a writer's ``finish`` returns: (files, layout, stored bytes per unit, checksum per unit)."""
+
+
+def piece_units(pieces: Any) -> list[int]:
+    """The units of a window's ``(unit, lo, hi, buffer row)`` pieces (an int64 table, or rows of
+    one), each once, in order: a reader that hints whole units hints each once."""
+    return list(dict.fromkeys(np.asarray(pieces, np.int64).reshape(-1, 4)[:, 0].tolist()))
 
 
 class UnitReader(Protocol):
