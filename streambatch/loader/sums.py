@@ -173,14 +173,11 @@ class PieceSums:
         row = lo[rep] + j * self.cut
         return rep, self.first[u[rep]] + k0[rep] + j, at[rep] + j * self.cut, np.minimum(self.cut, hi[rep] - row)
 
-    def covered(self, pieces: Table) -> NDArray[np.bool_]:
-        """Whether each range of ``pieces`` is whole pieces whose sums are all known (not one cut
-        otherwise, by a window boundary, nor one of a unit not checked yet)."""
-        return self.covered_parts(pieces)[0]
-
     def covered_parts(self, pieces: Table) -> tuple[NDArray[np.bool_], Any]:
-        """:meth:`covered`, and the parts (``_expand``) of the covered ranges for :meth:`differing`
-        when they are already known (every whole-piece range covered), else None."""
+        """Whether each range of ``pieces`` is whole pieces whose sums are all known (not one cut
+        otherwise, by a window boundary, nor one of a unit not checked yet); and the parts
+        (``_expand``) of the covered ranges for :meth:`differing` when they are all of the
+        whole-piece ranges, else None."""
         u, lo, hi = pieces[:, 0], pieces[:, 1], pieces[:, 2]
         ok = (lo % self.cut == 0) & ((hi % self.cut == 0) | (hi == self.unit_rows[u])) & (hi > lo)
         if not ok.any():
