@@ -34,10 +34,14 @@ try:
     from ._native import read_checked as _c_read_checked
 except ImportError:  # not compiled (no C compiler at install): numpy does the same
     _c_copy_ranges = _c_crc_chunks = _c_crc_ranges = _c_pack = _c_pread_ranges = _c_read_checked = None
+try:
+    from ._native import SlotView as _c_SlotView
+except ImportError:  # not compiled, or built before it: the slots are looked at instead (loader/handoff.py)
+    _c_SlotView = None
 
 __all__ = ["NATIVE", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
-           "read_checked", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack", "python_pread_ranges",
-           "python_read_checked"]
+           "read_checked", "slot_view", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
+           "python_pread_ranges", "python_read_checked"]
 
 NATIVE = _c_pack is not None
 """Whether the C module is used."""
@@ -84,6 +88,15 @@ def crc_ranges(fn: Callable[[int, int, int], int], address: int, data: np.ndarra
 def native() -> bool:
     """Whether the byte loops run in the C module (read at call time: the tests switch it off)."""
     return NATIVE
+
+
+def slot_view(owner: object, offset: int, length: int, flag_at: int) -> object | None:
+    """A writable buffer of ``length`` bytes at ``offset`` of ``owner``'s whose death sets byte
+    ``flag_at`` of ``owner`` to 0, in C: no Python code runs as it dies.  None where the C module
+    is not used (the caller then looks at a weak reference instead)."""
+    if not NATIVE or _c_SlotView is None:
+        return None
+    return _c_SlotView(owner, offset, length, flag_at)
 
 
 def numpy_copy_ranges(src: np.ndarray, src_at: NDArray[np.int64], sizes: NDArray[np.int64], dst: np.ndarray,

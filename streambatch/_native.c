@@ -28,6 +28,10 @@
  *       document's row id into doc (int64).  Document j is values[starts[j]:starts[j] + cum[j + 1]
  *       - cum[j]] (in items) and its tokens are tokens [cum[j], cum[j + 1]) of the stream (cum:
  *       int64 from 0, one more than rows and starts): the documents may lie anywhere in values.
+ *   SlotView(owner, offset, length, flag_at)  a writable buffer of length bytes at offset of owner's
+ *       buffer; when the last reference to it goes, the byte at flag_at of owner's buffer is set to 0,
+ *       here in C: no Python code runs as it dies (a Ctrl-C taken in a finaliser is dropped by
+ *       CPython), and the slot it marks free is free at once (loader/handoff.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -355,6 +359,69 @@ done:
     return result;
 }
 
+typedef struct {
+    PyObject_HEAD
+    Py_buffer owner;
+    Py_ssize_t offset, length, flag_at;
+    int armed; /* built whole: its death frees the slot */
+} SlotView;
+
+static PyObject *slotview_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *owner;
+    Py_ssize_t offset, length, flag_at;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "SlotView takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "Onnn", &owner, &offset, &length, &flag_at))
+        return NULL;
+    SlotView *self = (SlotView *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(owner, &self->owner, PyBUF_WRITABLE) < 0) {
+        self->owner.obj = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (offset < 0 || length < 0 || offset > self->owner.len - length || flag_at < 0 || flag_at >= self->owner.len) {
+        PyErr_Format(PyExc_IndexError, "SlotView: %zd bytes at %zd, flag at %zd: outside the owner's %zd bytes",
+                     length, offset, flag_at, self->owner.len);
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->offset = offset;
+    self->length = length;
+    self->flag_at = flag_at;
+    self->armed = 1;
+    return (PyObject *)self;
+}
+
+static void slotview_dealloc(SlotView *self) {
+    if (self->owner.obj != NULL) {
+        if (self->armed)
+            __atomic_store_n((unsigned char *)self->owner.buf + self->flag_at, (unsigned char)0, __ATOMIC_RELEASE);
+        PyBuffer_Release(&self->owner);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int slotview_getbuffer(SlotView *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, (char *)self->owner.buf + self->offset, self->length, 0, flags);
+}
+
+static PyBufferProcs slotview_as_buffer = {(getbufferproc)slotview_getbuffer, NULL};
+
+static PyTypeObject SlotViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "streambatch._native.SlotView",
+    .tp_basicsize = sizeof(SlotView),
+    .tp_dealloc = (destructor)slotview_dealloc,
+    .tp_as_buffer = &slotview_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SlotView(owner, offset, length, flag_at): bytes of owner; its death sets owner[flag_at] = 0",
+    .tp_new = slotview_new,
+};
+
 static PyMethodDef methods[] = {
     {"crc_chunks", crc_chunks, METH_VARARGS, "crc_chunks(fn, data, chunk_bytes, out): each chunk's checksum"},
     {"crc_ranges", crc_ranges, METH_VARARGS, "crc_ranges(fn, data, starts, sizes, out): each range's checksum"},
@@ -370,4 +437,15 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "streambatch's byte loops, GIL released.", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&SlotViewType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "SlotView", (PyObject *)&SlotViewType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

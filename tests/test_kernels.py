@@ -202,3 +202,30 @@ def test_read_checked_reads_checks_and_copies_or_names_the_first_bad_chunk(tmp_p
             assert fn(*native, fds, past, chunk, sums[ids], buf, src, size, out, dst) == 1
     finally:
         os.close(fd)
+
+
+@native
+def test_slot_view_marks_its_flag_free_in_c_when_the_last_view_goes() -> None:
+    """``slot_view``: views of the owner's bytes; the flag byte goes to 0 only when the last array
+    over it is gone, never while one lives, and a view refused for its bounds never touches it."""
+    owner = bytearray(4096)
+    owner[10] = owner[11] = 1
+    arr = np.frombuffer(_kernels.slot_view(owner, 100, 50, 10), np.uint8)
+    arr[:] = 7
+    assert owner[100:150] == bytearray([7] * 50) and owner[150] == 0
+    part = arr[3:5]
+    del arr
+    assert owner[10] == 1  # a view of it still lives
+    del part
+    assert owner[10] == 0 and owner[11] == 1
+    for offset, length, flag in ((4090, 10, 11), (-1, 10, 11), (0, 10, 4096)):
+        with pytest.raises(IndexError, match="outside the owner's 4096 bytes"):
+            _kernels.slot_view(owner, offset, length, flag)
+    assert owner[11] == 1
+    with pytest.raises(BufferError):
+        _kernels.slot_view(bytes(16), 0, 4, 0)  # read-only bytes: no writable view
+
+
+def test_slot_view_is_none_without_the_c_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_kernels, "NATIVE", False)
+    assert _kernels.slot_view(bytearray(16), 0, 4, 0) is None

@@ -12,12 +12,19 @@ views of the slot::
     worker: Prefetcher -> gather_batches(alloc=ring.take) -> SlotBatch (columns view slot i)
             pickled by the DataLoader's queue: (ring token, slot i, layout[, the fd, until mapped])
     main:   _rebuild -> the block mapped once (cached by token) -> dict of views of slot i;
-            when the last of them is gone, slot i is marked free in the block's header
+            when the last of them is gone, slot i is marked free in the block's header (in C;
+            without the C module, by the next batch to arrive)
 
 Each slot has one owner at a time: the worker takes a free slot (state 0 -> 1); once a batch in
 it has been pickled, only the main process frees it (when its views are garbage); a batch never
 pickled this way (a transform that returned something else) frees its slot when the worker's
-views of it are gone (a generation number keeps a late finaliser off a slot taken again).
+views of it are gone.  No Python code frees a slot as its views die: Python code run then (a
+``weakref.finalize``) can take a Ctrl-C, and CPython prints and drops an exception raised there,
+so a worker, or the training loop, that took its ``KeyboardInterrupt`` inside one served on
+(docs/FAULTS.md).  In the main process the views hang on a buffer of the C module
+(``_kernels.slot_view``) that marks the slot free in C as it dies; the worker (and the main
+process without the C module) keeps a weak reference to the array its views hang on and looks
+at it later: the worker when it takes a slot, the main process when a batch arrives.
 Taking never blocks: with no slot free, or a batch larger than a slot, the batch gets plain
 memory and crosses as torch sends it (counted in ``spilled``).  Columns a transform replaced,
 and columns not in the slot (ragged ones), cross as torch sends them, beside the slot's.
@@ -43,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._kernels import slot_view
 from .batches import Normalizers, batch_buffer_bytes
 from .sizing import Layout, Sizing, worker_layout
 from .tensors import make_batch, make_shared_batch
@@ -93,12 +101,11 @@ class BatchRing:
         self.base = self.block.ctypes.data + self.data_at
         self.token = os.urandom(16)
         self.pid = os.getpid()
-        self.gen = [0] * slots  # taken how many times (finalisers of an earlier take leave the slot alone)
+        self.gen = [0] * slots  # taken how many times (a batch of an earlier take is not sent as the slot's)
         self.shipped = [False] * slots  # pickled for the main process, which frees it
         self.spilled = 0  # batches that got plain memory (no slot free, or larger than a slot)
-        # pool threads take slots; finalisers free them, and a finaliser may run inside a locked
-        # section of the same thread (a collection on an allocation there): reentrant
-        self._lock = threading.RLock()
+        self._held: list[weakref.ref[np.ndarray] | None] = [None] * slots  # what this process's views hang on
+        self._lock = threading.Lock()  # pool threads take slots, the queue's thread sends them
         self._closer = mp_util.Finalize(self, _close, (self.header, self.mm, self.fd), exitpriority=10)
 
     @property
@@ -111,33 +118,40 @@ class BatchRing:
             self._closer()
 
     def free_slots(self) -> int:
+        """Slots free now, as this process sees them (after freeing those whose views are gone)."""
+        with self._lock:
+            self._sweep()
         return int(np.count_nonzero(self.state == _FREE))
 
     def take(self, nbytes: int) -> np.ndarray:
         """A free slot's first ``nbytes`` (never blocks: plain memory when none is free)."""
-        i = None
+        arr = None
         if nbytes <= self.slot_bytes and not self.closed:
             with self._lock:
+                self._sweep()
                 free = np.flatnonzero(self.state == _FREE)
                 if free.size:
                     i = int(free[0])
                     self.state[i] = _TAKEN
                     self.gen[i] += 1
                     self.shipped[i] = False
-        if i is None:
+                    # an array of its own over the block (not a view of ``block``: numpy points views
+                    # of a view at the first array, so its weak reference would outlive the batch)
+                    arr = np.frombuffer(self.mm, np.uint8, nbytes, self.data_at + i * self.slot_bytes)
+                    self._held[i] = weakref.ref(arr)
+        if arr is None:
             self.spilled += 1
             return np.empty(nbytes, np.uint8)
-        # an array of its own over the block (not a view of ``block``: numpy points views of a view
-        # at the first array, so the finaliser would fire while the batch still views the slot)
-        arr = np.frombuffer(self.mm, np.uint8, nbytes, self.data_at + i * self.slot_bytes)
-        weakref.finalize(arr, self._dropped, i, self.gen[i])
         return arr
 
-    def _dropped(self, i: int, gen: int) -> None:
-        """The worker's views of slot ``i`` are gone: free it unless the main process has it."""
-        with self._lock:
-            if self.gen[i] == gen and not self.shipped[i]:
-                self.state[i] = _FREE
+    def _sweep(self) -> None:
+        """Free the slots whose views here are gone, unless the main process has them (it frees
+        those).  Under ``_lock``."""
+        for i, held in enumerate(self._held):
+            if held is not None and held() is None:
+                self._held[i] = None
+                if not self.shipped[i]:
+                    self.state[i] = _FREE
 
     def slot_of(self, arr: np.ndarray) -> int | None:
         at = arr.ctypes.data - self.base
@@ -235,25 +249,55 @@ class _Mapped:
 
 
 _mapped: dict[bytes, _Mapped] = {}  # the main process's maps of workers' blocks, by token
-_mapped_lock = threading.RLock()  # rebuilt by the DataLoader's thread or its pin_memory thread; reentrant as above
+# the slots whose batches arrived here: what their views hang on, the block, the slot
+_received: list[tuple[weakref.ref[np.ndarray], bytes, _Mapped, int]] = []
+_mapped_lock = threading.Lock()  # rebuilt by the DataLoader's thread or its pin_memory thread
+
+
+def _forget_received() -> None:
+    """A forked child does not own the slots its parent received (it must never free them)."""
+    global _received
+    _received = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_received)
 
 
 def mapped_rings() -> int:
     """Workers' blocks this process holds mapped (tests: none once their workers are done)."""
     with _mapped_lock:
+        _sweep_received()
         return len(_mapped)
 
 
 def forget_done() -> None:
-    """Drop this process's maps of blocks whose workers are done (each is unmapped once no batch
-    views it); also done whenever a new block is mapped."""
+    """Free the slots whose batches here are gone and drop this process's maps of blocks whose
+    workers are done (each is unmapped once no batch views it); the first is also done whenever
+    a batch arrives, the second whenever a new block is mapped."""
     with _mapped_lock:
+        _sweep_received()
         _forget_done()
 
 
 def _forget_done() -> None:
     for token in [t for t, m in _mapped.items() if m.done]:
         del _mapped[token]  # unmapped when the last batch viewing it is gone
+
+
+def _sweep_received() -> None:
+    """The slots whose views here are gone are free for their worker again; a block its worker
+    closed with no slot taken any more is let go.  Under ``_mapped_lock``."""
+    if not _received:
+        return
+    gone = [r for r in _received if r[0]() is None]
+    if not gone:
+        return
+    _received[:] = [r for r in _received if r[0]() is not None]
+    for _, token, m, i in gone:
+        m.state[i] = _FREE
+        if m.block[_CLOSED] and not m.state.any() and _mapped.get(token) is m:
+            del _mapped[token]
 
 
 def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[int, ...], int], ...],
@@ -263,6 +307,7 @@ def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[in
     fd = df.detach() if df is not None else None
     try:
         with _mapped_lock:
+            _sweep_received()
             m = _mapped.get(token)
             if m is None:
                 if fd is None:
@@ -270,23 +315,20 @@ def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[in
                                        "memory did (an earlier batch of that worker was lost)")
                 _forget_done()
                 m = _mapped[token] = _Mapped(pid, fd, nbytes, slots)
+            # an array of its own over the slot (see take), which every column's array keeps alive;
+            # with the C module, the buffer under it frees the slot as it dies, else the next
+            # arrival looks at a weak reference to it
+            held = slot_view(m.mm, start, slot_bytes, _STATES + i)
+            if held is not None:
+                base = np.frombuffer(held, np.uint8)
+            else:
+                base = np.frombuffer(m.mm, np.uint8, slot_bytes, start)
+                _received.append((weakref.ref(base), token, m, i))
     finally:
         if fd is not None:
             os.close(fd)
-    # an array of its own over the slot (see take), which every column's array keeps alive
-    base = np.frombuffer(m.mm, np.uint8, slot_bytes, start)
-    weakref.finalize(base, _free, token, m, i)
     views = {name: torch.from_numpy(base[at:at + n].view(dt).reshape(shape)) for name, at, dt, shape, n in layout}
     return {name: views[name] if name in views else others[name] for name in order}
-
-
-def _free(token: bytes, m: _Mapped, i: int) -> None:
-    """The main process's views of slot ``i`` are gone: the worker may take it again."""
-    m.state[i] = _FREE
-    if m.block[_CLOSED] and not m.state.any():
-        with _mapped_lock:
-            if _mapped.get(token) is m:
-                del _mapped[token]
 
 
 
