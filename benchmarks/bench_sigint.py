@@ -15,6 +15,7 @@ behind; the times are measured here, not in the tests.  Records go to
 Usage::
 
     python benchmarks/bench_sigint.py --runs 20
+    python benchmarks/bench_sigint.py --workers 2 --lose   # workers that lose their KeyboardInterrupt
 """
 
 from __future__ import annotations
@@ -40,10 +41,19 @@ import signal; signal.signal(signal.SIGINT, signal.default_int_handler)
 import sys, threading, time
 import psutil, torch
 import streambatch
-path, workers, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+path, workers, wait, lose = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "lose"
+
+def losing(batch):  # a worker's main thread that loses its KeyboardInterrupt, as a finaliser does
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    return batch
+
 ds = streambatch.StreamDataset(path, batch_size=16, memory_budget=200_000, threads=2,
                                transform=lambda b: (time.sleep(0.01), b)[1])
-loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+loader = ds if workers == 0 else torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                                             **({"collate_fn": losing} if lose else {}))
 
 def left_behind():
     threads = [t.name for t in threading.enumerate() if t.name.startswith("streambatch-")]
@@ -72,9 +82,11 @@ except KeyboardInterrupt:
 
 
 def run_sigint(dataset: Path, workers: int, tmpdir: Path, *, batches: int = 3, wait: float = 60.0,
-               timeout: float = 120.0) -> dict[str, Any]:
+               timeout: float = 120.0, lose: bool = False) -> dict[str, Any]:
     """Start the child on ``dataset`` with ``workers`` DataLoader workers (0: in-process) and
     temporary folder ``tmpdir``, send SIGINT to its process group after ``batches`` batches.
+    ``lose``: the workers' main threads spend most of their time in a ``collate_fn`` that catches
+    and drops ``KeyboardInterrupt``, as CPython does with one raised in a finaliser.
 
     Returns ``stopped`` and ``exited`` (seconds after the signal; ``inf`` where the child was
     still serving batches, or still running, ``timeout`` seconds after it), ``returncode``,
@@ -84,7 +96,8 @@ def run_sigint(dataset: Path, workers: int, tmpdir: Path, *, batches: int = 3, w
         RuntimeError: the child failed before it served ``batches`` batches.
     """
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(dataset), str(workers), str(wait)],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(dataset), str(workers), str(wait),
+                             "lose" if lose else "keep"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     assert proc.stdout is not None
@@ -131,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=10, help="runs per worker count")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--wait", type=float, default=60.0, help="the child's limit for its threads and workers to go")
+    p.add_argument("--lose", action="store_true",
+                   help="workers whose main thread loses its KeyboardInterrupt (as in a finaliser)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         dataset = _dataset(Path(d))
@@ -138,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for _ in range(args.runs):
                 tmp = Path(tempfile.mkdtemp(dir=d))
-                r = run_sigint(dataset, workers, tmp, wait=args.wait)
+                r = run_sigint(dataset, workers, tmp, wait=args.wait, lose=args.lose)
                 runs.append(r)
                 print(f"workers={workers}: stopped {r['stopped']:.2f} s, exited {r['exited']:.2f} s, "
                       f"exit code {r['returncode']}, {r['out'].strip().splitlines()[0] if r['out'].strip() else ''}",
                       flush=True)
             stopped = sorted(r["stopped"] for r in runs)
             exited = sorted(r["exited"] for r in runs)
-            rec = {"workers": workers, "runs": len(runs), "stopped_median_s": statistics.median(stopped),
+            rec = {"workers": workers, "lose": args.lose, "runs": len(runs), "stopped_median_s": statistics.median(stopped),
                    "stopped_max_s": stopped[-1], "exited_median_s": statistics.median(exited),
                    "exited_max_s": exited[-1], "clean": sum(r["returncode"] == 0 for r in runs)}
             print(rec, flush=True)

@@ -33,6 +33,7 @@ from .loader.device import DeviceFeeder, check_on_device, resolve_device
 from .loader.handoff import batch_ring, forget_done
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
+from .loader.pool import end_worker_on_ctrl_c
 from .loader.packed import PACK_ROWS, check_pack_state, packed_group, packed_state, serve_packed
 from .loader.rows import group_read_bytes, ragged_sizing
 from .loader.options import check_collate, check_decode, check_pack, check_ragged, padded_batch_nbytes, resolve_rank
@@ -252,6 +253,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         run = self._run = self._pending(worker, num_workers, info is not None)
         self.epoch = run.epoch
         if info is not None:
+            end_worker_on_ctrl_c()
             self._worker_resume = None
             self._shared.set_workers(num_workers)
         else:

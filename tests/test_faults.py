@@ -441,6 +441,88 @@ def test_sigint_mid_epoch_exits_promptly_leaving_nothing(built: dict[str, Path],
     assert sorted(p.relative_to(built["zarr-none"]) for p in built["zarr-none"].rglob("*")) == before
 
 
+def test_sigint_ends_workers_that_lost_their_keyboard_interrupt(built: dict[str, Path], tmp_path: Path) -> None:
+    """Python can lose a worker's KeyboardInterrupt (raised in a finaliser, or hang on it inside
+    a queue's or an event's lock: FAULTS.md); such a worker lived on while the loop's
+    ``except KeyboardInterrupt:`` held the DataLoader.  Made to happen every time here (a
+    ``collate_fn`` that drops it): streambatch's watch ends each worker ``CTRL_C_GRACE`` seconds
+    after the signal, says so, and leaves no temporary folder."""
+    from streambatch.loader.pool import CTRL_C_GRACE
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    run = _bench("bench_sigint").run_sigint(built["zarr-none"], 2, tmpdir, lose=True, wait=30.0)
+    assert run["returncode"] == 0 and "interrupted [] 0" in run["out"], run
+    assert CTRL_C_GRACE <= run["stopped"] < 15.0, run  # the workers did not end by themselves
+    assert run["err"].count("after Ctrl-C (its KeyboardInterrupt was caught or lost): ending it") == 2, run["err"]
+    assert list(tmpdir.iterdir()) == []
+
+
+def test_ctrl_c_is_put_off_where_python_would_lose_it_or_leave_a_lock_held() -> None:
+    """A worker's Ctrl-C is raised later (CTRL_C_RETRY) when the main thread is inside a lock's
+    or a queue's own code, a finaliser or ``__del__``; anywhere else at once."""
+    import weakref
+
+    from streambatch.loader.pool import fragile
+
+    seen: dict[str, bool] = {"plain": fragile(sys._getframe())}
+
+    class Dying:
+        def __del__(self) -> None:
+            seen["__del__"] = fragile(sys._getframe())
+
+    class Target:
+        pass
+
+    Dying()
+    t = Target()
+    weakref.finalize(t, lambda: seen.__setitem__("finaliser", fragile(sys._getframe())))
+    del t
+    cond, entered = threading.Condition(), threading.Event()
+
+    def wait() -> None:
+        with cond:
+            entered.set()
+            cond.wait(10)
+
+    th = threading.Thread(target=wait, daemon=True)
+    th.start()
+    entered.wait(10)
+    time.sleep(0.05)
+    seen["waiting on a Condition"] = fragile(sys._current_frames()[th.ident])
+    with cond:
+        cond.notify()
+    th.join(10)
+    assert seen == {"plain": False, "__del__": True, "finaliser": True, "waiting on a Condition": True}
+
+
+def test_a_ctrl_c_another_thread_took_interrupts_the_workers_main_thread_at_once(tmp_path: Path) -> None:
+    """The kernel may hand Ctrl-C to any thread that does not block it (PyTorch's queue thread in
+    a worker); Python then only sets a flag, and a main thread asleep in a system call (PyTorch
+    waits 5 s for the next index) took it once the call returned.  With the worker's watch
+    (``end_worker_on_ctrl_c``, here in a plain process's main thread) it is interrupted at once."""
+    script = textwrap.dedent("""
+        import os, select, signal, threading, time
+        from streambatch.loader.pool import end_worker_on_ctrl_c
+        end_worker_on_ctrl_c()
+        r, w = os.pipe()
+        def other():
+            time.sleep(0.3)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # this thread takes it
+        threading.Thread(target=other, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            select.select([r], [], [], 20)
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.monotonic() - t0:.2f}")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("interrupted after"), out.stdout
+    assert float(out.stdout.split()[-1]) < 3.0, out.stdout  # not the select's 20 s
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the threads' signal masks in /proc (Linux)")
 def test_reader_threads_leave_signals_to_the_main_thread(built: dict[str, Path]) -> None:
     """The kernel hands a signal sent to the process to any thread that does not block it, and

@@ -1,5 +1,6 @@
 """Every thread the loader starts lives here: a small pool of threads that takes the lowest
-(priority, sequence) task first.
+(priority, sequence) task first, and in a DataLoader worker a thread that makes sure Ctrl-C ends
+the worker (:func:`end_worker_on_ctrl_c`).
 
 A task is a module-level function and its arguments; its outcome (value, or the exception with
 a note saying what it was doing) waits in the :class:`Task` for the consumer.  Completion flags
@@ -9,15 +10,20 @@ that a pool thread then waits for (see :class:`Done`).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
+import multiprocessing
+import os
+import shutil
 import signal
 import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["THREAD_PREFIX", "POLL", "TASK_BYTES", "Done", "Flag", "Task", "Where", "Pool"]
+__all__ = ["THREAD_PREFIX", "POLL", "TASK_BYTES", "CTRL_C_GRACE", "CTRL_C_RETRY", "Done", "Flag", "Task", "Where",
+           "Pool", "end_worker_on_ctrl_c", "fragile"]
 
 THREAD_PREFIX = "streambatch-"
 _log = logging.getLogger("streambatch")
@@ -197,3 +203,133 @@ def _shutdown(heap: list[Any], lock: Any, cond: threading.Condition, stop: Flag,
         t.join(max(0.0, deadline - time.monotonic()))
         if t.is_alive():
             _log.warning("streambatch: thread %s did not stop within %.1fs (stuck in a read?)", t.name, timeout)
+
+
+# ---------------------------------------------------------------- Ctrl-C in a DataLoader worker
+CTRL_C_GRACE = 3.0
+"""Seconds a DataLoader worker has, after its Ctrl-C, to end by itself (ending takes 0.0-0.1 s:
+docs/FAULTS.md) before :func:`end_worker_on_ctrl_c`'s watch ends it."""
+CTRL_C_RETRY = 0.01
+"""Seconds until a Ctrl-C put off (taken inside code that cannot take it) is raised again."""
+_watched_pid: int | None = None
+# Code that Python's KeyboardInterrupt breaks when raised there: a lock taken but not yet inside
+# its ``with``, a waiter woken but not yet forgotten, an exception dropped by a finaliser.
+_FRAGILE_FILES = tuple(os.path.join(*p) for p in (("threading.py",), ("multiprocessing", "synchronize.py"),
+                                                    ("multiprocessing", "queues.py"), ("multiprocessing", "util.py"),
+                                                    ("weakref.py",)))
+_FINALISERS = {("weakref.py", "__call__"), ("util.py", "__call__"), ("util.py", "_run_finalizers")}
+_RAISED, _LATER = b"r"[0], b"l"[0]  # the handler's answers to the watch: raised, put off
+
+
+def _read_now(r: int) -> bytes:
+    try:
+        return os.read(r, 4096)
+    except BlockingIOError:
+        return b""
+
+
+def _last_answer(got: bytes, last: int | None) -> int | None:
+    """The handler's latest answer in ``got`` (raised or put off), else ``last``."""
+    return next((b for b in reversed(got) if b in (_RAISED, _LATER)), last)
+
+
+def end_worker_on_ctrl_c() -> None:
+    """In a DataLoader worker's main thread (once per process, and only where SIGINT has
+    Python's own handler): make sure Ctrl-C ends the worker.
+
+    Ctrl-C sends SIGINT to every process of the terminal's group, and PyTorch's worker loop ends
+    on the ``KeyboardInterrupt`` it raises there.  Python raises it at whatever bytecode the
+    worker's main thread runs next, and some places lose it or hang on it (benchmarks/bench_sigint.py
+    under load, 5 runs in 60 with 2 workers): a finaliser (CPython prints and drops an exception
+    raised there: the worker serves on); ``Condition.notify`` of the worker's result queue, between
+    waking the queue's thread and forgetting it (the queue's last wake-up at exit goes to that stale
+    waiter, and the exit waits for the thread forever); ``Condition.__enter__`` of PyTorch's
+    ``done_event`` right after it took the event's lock, which the worker then never releases: it
+    waits on it itself, and the main process waits on it when it shuts the DataLoader down.
+
+    A Ctrl-C that a thread other than the main one takes (PyTorch's queue thread, say) waited until
+    the main thread's system call returned: up to 5 s in PyTorch's wait for the next index.
+
+    So the worker's SIGINT handler looks at where the main thread is: inside such code (the
+    innermost frame in ``threading``, ``multiprocessing``'s locks, queues or finalisers, or
+    ``weakref``; any frame of a finaliser or ``__del__``) it puts the interrupt off, and a watching
+    thread sends SIGINT to the main thread again ``CTRL_C_RETRY`` seconds later; elsewhere it raises
+    ``KeyboardInterrupt`` as Python's handler does.  The watching thread also learns of a Ctrl-C
+    from Python's wakeup descriptor (``signal.set_wakeup_fd``, unless something else has it),
+    whichever thread took it, and sends SIGINT to the main thread until its handler has run.  A
+    worker still running ``CTRL_C_GRACE`` seconds after its first Ctrl-C (a user's code that
+    caught it, say) says so on stderr and ends with ``os._exit(0)``, as its loop would have (after
+    removing the folder of Python's multiprocessing, which an exit that skips its finalisers would
+    leave behind).
+    """
+    global _watched_pid
+    if (_watched_pid == os.getpid() or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    # Python's C handler writes the signal's number here from whichever thread took it: the watch
+    # learns of a Ctrl-C that a thread other than the main one took (the main thread runs the
+    # handler only once its system call returns: up to 5 s in PyTorch's wait for the next index)
+    before = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    if before != -1:  # someone else's (an event loop's): leave it
+        signal.set_wakeup_fd(before)
+    threading.Thread(target=_watch, args=(r, threading.get_ident()), name=f"{THREAD_PREFIX}ctrl-c",
+                     daemon=True).start()
+    signal.signal(signal.SIGINT, functools.partial(_on_ctrl_c, w))
+    _watched_pid = os.getpid()
+
+
+def fragile(frame: Any) -> bool:
+    """Whether a ``KeyboardInterrupt`` raised in ``frame`` (the innermost frame of the main
+    thread) could be lost or leave a lock held (see :func:`end_worker_on_ctrl_c`)."""
+    if frame is not None and frame.f_code.co_filename.endswith(_FRAGILE_FILES):
+        return True
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (os.path.basename(code.co_filename), code.co_name) in _FINALISERS:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_ctrl_c(w: int, signum: int, frame: Any) -> None:
+    later = fragile(frame)
+    try:
+        os.write(w, b"l" if later else b"r")
+    except OSError:  # the pipe is full: the watch has plenty to read already
+        pass
+    if not later:
+        signal.default_int_handler(signum, frame)
+
+
+def _watch(r: int, main: int) -> None:
+    """Bytes on ``r``: a signal's number (Python's C handler, from any thread), then ``r`` or
+    ``l`` from the main thread's handler (raised, or put off).  Until the handler has raised,
+    SIGINT goes to the main thread again every ``CTRL_C_RETRY`` seconds (it interrupts a system
+    call the main thread sleeps in); never after (a second ``KeyboardInterrupt`` would break the
+    worker's own clean-up)."""
+    _leave_signals_to_the_main_thread()
+    got = b""
+    while not any(b in (signal.SIGINT, _RAISED, _LATER) for b in got):  # other signals' numbers: not ours
+        got = os.read(r, 4096)
+    os.set_blocking(r, False)
+    deadline, last = time.monotonic() + CTRL_C_GRACE, None
+    while time.monotonic() < deadline:
+        last = _last_answer(got, last)
+        if last != _RAISED:
+            time.sleep(CTRL_C_RETRY)
+            last = _last_answer(_read_now(r), last)
+            if last != _RAISED:
+                signal.pthread_kill(main, signal.SIGINT)
+        else:
+            time.sleep(0.1)
+        got = _read_now(r)
+    os.write(2, f"streambatch: DataLoader worker {os.getpid()} still running {CTRL_C_GRACE:g} s after Ctrl-C "
+                "(its KeyboardInterrupt was caught or lost): ending it\n".encode())
+    try:
+        tempdir = multiprocessing.current_process()._config.get("tempdir")  # noqa: SLF001 - util.get_temp_dir's
+        if tempdir:
+            shutil.rmtree(tempdir, ignore_errors=True)
+    finally:
+        os._exit(0)
