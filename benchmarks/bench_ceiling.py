@@ -16,6 +16,11 @@ alternating the paths within every repeat:
   (one ``preadv`` per piece and column, a window's pieces in storage order);
 * ``units 2T`` / ``pieces 2T``: the same with 2 threads, one reading the next window while the
   other gathers (two windows of half the budget: the budget);
+* ``mapped pieces 1T`` / ``2T``: a one-copy design: the same windows of pieces, each batch
+  gathered (numpy fancy indexing) straight from the shard files memory-mapped read-only (an
+  uncompressed shard's units lie back to back, so a file is an array of rows), the pages a window
+  touched unmapped after it (``MADV_DONTNEED``: RSS stays near a window); 2T: two threads each
+  gathering every other batch;
 * ``crc32c``: CRC-32C (``streambatch.io.checksum``, as the loader verifies) of every unit and
   column, the bytes already in RAM: the price of ``verify``;
 * ``streambatch``: the loader itself, default settings and ``piece_rows=0`` (whole units), a
@@ -38,6 +43,7 @@ Datasets are made under ``DIR/ceiling/`` (default ``data/``) when missing.
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import sys
@@ -161,6 +167,104 @@ def design_path(store: Store, piece_rows: int, window_rows: int, threads: int,
     t.join()
 
 
+class Mapped:
+    """The same dataset's shard files memory-mapped read-only: an uncompressed shard's units lie
+    back to back from byte 0, so each file is an array of one column's rows."""
+
+    def __init__(self, store: Store) -> None:
+        self.maps = [mmap.mmap(fd, 0, prot=mmap.PROT_READ) for fd in store.fds]
+        self.starts = np.concatenate([[0], np.cumsum(store.m.unit_rows)]).astype(np.int64)
+        self.cols = []  # (name, dtype, shape, file of each unit, first row of each unit in its file, {file: rows})
+        for name, dt, shape, rb in store.cols:
+            fis, offs = store.file[name], store.offset[name]
+            rows = {}
+            for f in np.unique(fis).tolist():
+                n = int((offs[fis == f] // rb + store.m.unit_rows[fis == f]).max())
+                rows[f] = np.frombuffer(self.maps[f], dt, n * int(np.prod(shape, dtype=np.int64)), 0).reshape(n, *shape)
+            self.cols.append((name, dt, shape, fis, offs // rb, rows))
+        # columns whose units lie in the same files at the same rows share one lookup
+        self.group = [next(j for j, c in enumerate(self.cols) if np.array_equal(c[3], col[3])
+                           and np.array_equal(c[4], col[4])) for col in self.cols]
+
+    def locate(self, rows: NDArray[np.int64], u: NDArray[np.int64]) -> list[Any]:
+        """Per column group: each row's file and its row within that file (``u``: each row's unit)."""
+        return [(fis[u], first[u] + rows - self.starts[u]) if self.group[j] == j else None
+                for j, (_, _, _, fis, first, _) in enumerate(self.cols)]
+
+    def batch(self, where: list[Any], idx: NDArray[np.int64]) -> dict[str, torch.Tensor]:
+        """The rows ``idx`` of a window (``where`` from :meth:`locate`) gathered from the maps: one copy."""
+        out, picked = {}, {}
+        for j, (name, dt, shape, _, _, rows) in enumerate(self.cols):
+            g = self.group[j]
+            if g not in picked:
+                f, loc = where[g]
+                fi, li = f[idx], loc[idx]
+                picked[g] = (fi, li, {k: fi == k for k in rows} if len(rows) > 1 else None)
+            fi, li, masks = picked[g]
+            if masks is None:
+                out[name] = torch.from_numpy(next(iter(rows.values()))[li])
+                continue
+            o = np.empty((len(idx), *shape), dt)
+            for k, arr in rows.items():
+                m = masks[k]
+                o[m] = arr[li[m]]
+            out[name] = torch.from_numpy(o)
+        return out
+
+    def drop(self) -> None:
+        """Unmap the pages touched so far (they stay in the page cache): RSS stays near a window."""
+        for m in self.maps:
+            m.madvise(mmap.MADV_DONTNEED)
+
+
+def mapped_path(store: Store, mapped: Mapped, piece_rows: int, window_rows: int, threads: int,
+                seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """An epoch of a one-copy design: the same windows of pieces, each batch gathered straight
+    from the memory-mapped files (no window buffer); the pages a window touched are unmapped
+    after it.  With 2 threads, each gathers every other batch."""
+    rng = np.random.default_rng(seed)
+    plan = []
+    for w in windows(store.pieces(piece_rows, rng), window_rows):
+        first, lens = mapped.starts[w[:, 0]] + w[:, 1], w[:, 2] - w[:, 1]
+        rows = np.repeat(first - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+        order = rng.permutation(len(rows))
+        plan.append((rows[order], np.repeat(w[:, 0], lens)[order]))
+
+    def batches(part: int, parts: int) -> Iterator[dict[str, torch.Tensor]]:
+        k = 0
+        for rows, units in plan:
+            where = mapped.locate(rows, units)
+            for i in range(0, len(rows), BATCH):
+                if k % parts == part:
+                    yield mapped.batch(where, np.arange(i, min(i + BATCH, len(rows))))
+                k += 1
+            if part == 0:
+                mapped.drop()
+
+    if threads == 1:
+        yield from batches(0, 1)
+        return
+    qs: list[queue.Queue[Any]] = [queue.Queue(4) for _ in range(threads)]
+
+    def run(t: int) -> None:
+        for b in batches(t, threads):
+            qs[t].put(b)
+        qs[t].put(None)
+
+    ts = [threading.Thread(target=run, args=(t,), name=f"ceiling-mapped-{t}", daemon=True) for t in range(threads)]
+    for t in ts:
+        t.start()
+    k = 0
+    while True:
+        b = qs[k % threads].get()
+        if b is None:
+            break
+        yield b
+        k += 1
+    for t in ts:
+        t.join()
+
+
 def crc_all(store: Store, data: Mapping[int, bytes]) -> dict[str, Any]:
     """CRC-32C of every unit and column of ``data`` (file bytes in RAM), timed alone."""
     from streambatch.io.checksum import checksum_fn
@@ -237,6 +341,7 @@ def paths_for(kind: str, npy: Path, store_dir: Path, budget: int) -> tuple[dict[
 
     columns = _common.load_columns(npy)
     store = Store(store_dir)
+    mapped = Mapped(store)
     n = store.m.rows
     sbs = {v: StreamDataset(store_dir, batch_size=BATCH, seed=0, memory_budget=budget, **kw)
            for v, kw in (("default", {}), ("piece_rows=0", {"piece_rows": 0}))}
@@ -271,6 +376,8 @@ def paths_for(kind: str, npy: Path, store_dir: Path, budget: int) -> tuple[dict[
         "pieces 1T": lambda s: touch_run(design_path(store, piece, window_rows, 1, sets, s), n),
         "units 2T": lambda s: touch_run(design_path(store, 0, window_rows, 2, sets, s), n),
         "pieces 2T": lambda s: touch_run(design_path(store, piece, window_rows, 2, sets, s), n),
+        "mapped pieces 1T": lambda s: touch_run(mapped_path(store, mapped, piece, window_rows, 1, s), n),
+        "mapped pieces 2T": lambda s: touch_run(mapped_path(store, mapped, piece, window_rows, 2, s), n),
         "crc32c alone": lambda s: touch_run(None, n, crc_all(store, data)),
         "streambatch default": lambda s: sb("default"),
         "streambatch piece_rows=0": lambda s: sb("piece_rows=0"),
@@ -377,11 +484,24 @@ def verdicts(recs: Sequence[Mapping[str, Any]]) -> str:
     speed_ok = by[fast]["vs_ram"] >= SPEED_TARGET
     cpu_ok = by[cheap]["cpu_vs_ram"] <= CPU_TARGET
     return (f"**{kind}**: speed ≥ {SPEED_TARGET}× the gather is {'allowed' if speed_ok else '**ruled out**'} on "
-            f"this machine (best design path: {fast}, {_f(by[fast]['vs_ram'], '.2f')}×); CPU/GB ≤ {CPU_TARGET}× "
+            f"this machine for the design (best design path: {fast}, {_f(by[fast]['vs_ram'], '.2f')}×)"
+            + _mapped_verdict(by) + f"; CPU/GB ≤ {CPU_TARGET}× "
             f"the gather's is {'allowed' if cpu_ok else '**ruled out**'} (cheapest: {cheap}, "
             f"{_f(by[cheap]['cpu_vs_ram'], '.2f')}×; pieces 1T plus a CRC-32C of every byte, what verify adds: "
             f"{_f(verify_ratio, '.2f')}×); streambatch default reaches {_f(by['streambatch default']['vs_ram'], '.2f')}× "
             f"at {_f(by['streambatch default']['cpu_vs_ram'], '.2f')}× the gather's CPU/GB." + _workers_verdict(by))
+
+
+def _mapped_verdict(by: Mapping[str, Mapping[str, Any]]) -> str:
+    """What a one-copy design (batches gathered straight from memory-mapped files) allows."""
+    mapped = [p for p in ("mapped pieces 1T", "mapped pieces 2T") if p in by]
+    if not mapped:
+        return ""
+    best = max(mapped, key=lambda p: by[p]["vs_ram"])
+    ok = by[best]["vs_ram"] >= SPEED_TARGET
+    return (f", and {'allowed' if ok else '**ruled out**'} for a one-copy design that gathers batches straight from "
+            f"memory-mapped files ({best}, {_f(by[best]['vs_ram'], '.2f')}× at "
+            f"{_f(by[best]['cpu_vs_ram'], '.2f')}× the gather's CPU/GB)")
 
 
 def _workers_verdict(by: Mapping[str, Mapping[str, Any]]) -> str:
@@ -411,7 +531,10 @@ def render(records: list[dict[str, Any]]) -> str:
              f"tensor (ids kept: every path served each row once), medians of {first['repeats']} repeats with the "
              "paths alternated within each repeat; × gather = median of the ratios paired within a repeat. "
              "1T/2T: one thread (read a window, then gather it) or two (one reads the next window while the other "
-             "gathers); one `os.preadv` per unit (or piece) and column, no Python per row. crc32c alone: "
+             "gathers); one `os.preadv` per unit (or piece) and column, no Python per row. mapped pieces: the "
+             "same windows of pieces, each batch gathered straight from the memory-mapped shard files (one copy, "
+             "no window buffer; a window's pages unmapped after it), 2T: two threads each gathering every other "
+             "batch. crc32c alone: "
              "CRC-32C of every unit and column already in RAM (samples/s = rows checksummed per second). "
              "CPU s/GB: process user+sys per GB served (the w2 rows count the main process only: their "
              "persistent workers are not reaped within the run, so their CPU columns are too low).", ""]

@@ -548,3 +548,28 @@ def test_bench_ceiling_design_paths_serve_every_row_once_with_its_bytes(tmp_path
             assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_ceiling_mapped_path_serves_every_row_once_with_its_bytes(tmp_path: Path, threads: int) -> None:
+    """The ceiling's one-copy path (batches gathered straight from the memory-mapped shard files,
+    1 or 2 threads) serves every row of a real Zarr dataset of several shard files once, with its
+    stored bytes."""
+    import streambatch as sb
+
+    bce = _load("_benchmarks_bench_ceiling", ROOT / "benchmarks" / "bench_ceiling.py")
+    npy = md.make_dataset("tab", tmp_path / "npy", rows=3000, seed=2)
+    sb.convert(npy, tmp_path / "t.zarr", label="y", codec="none", unit_bytes=64 * 528, shard_bytes=256 * 1024)
+    x, y = np.load(npy / "x.npy"), np.load(npy / "y.npy")
+    store = bce.Store(tmp_path / "t.zarr")
+    try:
+        assert len(set(store.file["x"].tolist())) > 1  # rows come from several files
+        mapped = bce.Mapped(store)
+        for piece in (0, 7):
+            got = list(bce.mapped_path(store, mapped, piece, 500, threads, seed=3))
+            ids = np.concatenate([b["id"].numpy() for b in got])
+            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
+            assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
+            assert all(np.array_equal(b["y"].numpy(), y[b["id"].numpy()]) for b in got)
+    finally:
+        store.close()
