@@ -44,10 +44,12 @@ import streambatch
 path, workers, wait, lose = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "lose"
 
 def losing(batch):  # a worker's main thread that loses its KeyboardInterrupt, as a finaliser does
-    try:
-        time.sleep(0.05)
-    except KeyboardInterrupt:
-        pass
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            print("lost a KeyboardInterrupt", file=sys.stderr, flush=True)
     return batch
 
 ds = streambatch.StreamDataset(path, batch_size=16, memory_budget=200_000, threads=2,
@@ -68,9 +70,16 @@ def left_behind():
 
 try:
     while True:
-        for b in loader:
+        # lose: the DataLoader's iterator is held through the except block below (as a notebook's
+        # last traceback holds it), so that its workers never get shut down by the main process
+        held = it = iter(loader)
+        for b in it:
             print("batch", flush=True)
+        if not lose:
+            del held
 except KeyboardInterrupt:
+    if not lose:
+        held = it = None
     deadline = time.monotonic() + wait
     threads, kids = left_behind()
     while (threads or kids) and time.monotonic() < deadline:

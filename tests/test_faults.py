@@ -453,8 +453,11 @@ def test_sigint_ends_workers_that_lost_their_keyboard_interrupt(built: dict[str,
     tmpdir.mkdir()
     run = _bench("bench_sigint").run_sigint(built["zarr-none"], 2, tmpdir, lose=True, wait=30.0)
     assert run["returncode"] == 0 and "interrupted [] 0" in run["out"], run
-    assert CTRL_C_GRACE <= run["stopped"] < 15.0, run  # the workers did not end by themselves
-    assert run["err"].count("after Ctrl-C (its KeyboardInterrupt was caught or lost): ending it") == 2, run["err"]
+    # a worker whose main thread was not in the collate_fn when the signal came ended by itself
+    lost = run["err"].count("lost a KeyboardInterrupt")
+    assert lost >= 1, run["err"]  # the collate_fn is 0.3 s of a worker's every batch
+    assert run["err"].count("after Ctrl-C (its KeyboardInterrupt was caught or lost): ending it") == lost, run["err"]
+    assert CTRL_C_GRACE <= run["stopped"] < 15.0, run  # a worker that lost it did not end by itself
     assert list(tmpdir.iterdir()) == []
 
 
@@ -653,14 +656,27 @@ def test_soak_kills_and_restarts_lose_and_repeat_nothing(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_rss_growth_sees_a_leak_and_not_the_allocators_moves() -> None:
+    """The RSS check compares medians of 5 epochs: 0.5 MiB leaked an epoch shows, a single
+    epoch's RSS moving by 2.7 MiB either way (as measured at a 2 MiB budget) does not."""
+    bench = _bench("bench_faults")
+    base, mib = 190 * 2**20, 2**20
+    moves = [0, 0, 1.6, -0.2, -1.4, 0, 0.1, -0.1, 0, 0, 1.5, -1.6, 0, 2.7, 0, 0, 0, 0, 0, 2.7]
+    jittery = [int(base + mib * sum(moves[:k + 1])) for k in range(20)]
+    leaking = [int(base + k * mib // 2) for k in range(20)]
+    assert bench.rss_growth(jittery) <= bench.RSS_GROWTH_BOUND < jittery[19] - jittery[1]
+    assert bench.rss_growth(leaking) > bench.RSS_GROWTH_BOUND
+
+
 def test_rss_is_flat_over_20_epochs(tmp_path: Path) -> None:
     bench = _bench("bench_faults")
     ds = bench.make_soak_dataset(tmp_path / "rss", rows=20_000, width=64)
     result = bench.run_rss(ds, epochs=20, batch_size=256, budget=2 * 2**20)
     rss = result["rss"]
     assert len(rss) == 20
-    growth = rss[19] - rss[1]
-    assert growth <= bench.RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB from epoch 2 to 20: {rss}"
+    growth = bench.rss_growth(rss)
+    assert growth == result["growth_2_to_last"]
+    assert growth <= bench.RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB from epochs 2-6 to 16-20: {rss}"
 
 
 # --------------------------------------------------------------------------- no bad row is ever served

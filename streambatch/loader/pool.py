@@ -212,6 +212,7 @@ docs/FAULTS.md) before :func:`end_worker_on_ctrl_c`'s watch ends it."""
 CTRL_C_RETRY = 0.01
 """Seconds until a Ctrl-C put off (taken inside code that cannot take it) is raised again."""
 _watched_pid: int | None = None
+_raised = False  # this worker's handler has raised its KeyboardInterrupt
 # Code that Python's KeyboardInterrupt breaks when raised there: a lock taken but not yet inside
 # its ``with``, a waiter woken but not yet forgotten, an exception dropped by a finaliser.
 _FRAGILE_FILES = tuple(os.path.join(*p) for p in (("threading.py",), ("multiprocessing", "synchronize.py"),
@@ -294,12 +295,16 @@ def fragile(frame: Any) -> bool:
 
 
 def _on_ctrl_c(w: int, signum: int, frame: Any) -> None:
+    global _raised
+    if _raised:  # raised once already: a second one (the watch's, or a second Ctrl-C) would only
+        return   # break the worker's clean-up, and the watch ends a worker that outlives the first
     later = fragile(frame)
     try:
         os.write(w, b"l" if later else b"r")
     except OSError:  # the pipe is full: the watch has plenty to read already
         pass
     if not later:
+        _raised = True
         signal.default_int_handler(signum, frame)
 
 
@@ -307,8 +312,8 @@ def _watch(r: int, main: int) -> None:
     """Bytes on ``r``: a signal's number (Python's C handler, from any thread), then ``r`` or
     ``l`` from the main thread's handler (raised, or put off).  Until the handler has raised,
     SIGINT goes to the main thread again every ``CTRL_C_RETRY`` seconds (it interrupts a system
-    call the main thread sleeps in); never after (a second ``KeyboardInterrupt`` would break the
-    worker's own clean-up)."""
+    call the main thread sleeps in).  One sent just as the handler raised finds it raised already
+    and is ignored (a second ``KeyboardInterrupt`` would break the worker's own clean-up)."""
     _leave_signals_to_the_main_thread()
     got = b""
     while not any(b in (signal.SIGINT, _RAISED, _LATER) for b in got):  # other signals' numbers: not ours
