@@ -72,14 +72,12 @@ try:
     while True:
         # lose: the DataLoader's iterator is held through the except block below (as a notebook's
         # last traceback holds it), so that its workers never get shut down by the main process
-        held = it = iter(loader)
+        it = iter(loader)
         for b in it:
             print("batch", flush=True)
-        if not lose:
-            del held
 except KeyboardInterrupt:
     if not lose:
-        held = it = None
+        it = None
     deadline = time.monotonic() + wait
     threads, kids = left_behind()
     while (threads or kids) and time.monotonic() < deadline:

@@ -234,10 +234,15 @@ class _Mapped:
         self.block[_MAPPED] = 1
 
     @property
+    def drained(self) -> bool:
+        """The worker closed its block and every slot is free: no batch of it is on its way
+        here (a slot sent is taken until its batch here is gone)."""
+        return bool(self.block[_CLOSED]) and not self.state.any()
+
+    @property
     def done(self) -> bool:
-        """The worker closed its block and every slot is free (no batch of it is on its way
-        here: a slot sent is taken until its batch here is gone), or the worker is gone."""
-        if self.block[_CLOSED] and not self.state.any():
+        """Drained, or the worker is gone."""
+        if self.drained:
             return True
         try:
             os.kill(self.pid, 0)
@@ -296,7 +301,7 @@ def _sweep_received() -> None:
     _received[:] = [r for r in _received if r[0]() is not None]
     for _, token, m, i in gone:
         m.state[i] = _FREE
-        if m.block[_CLOSED] and not m.state.any() and _mapped.get(token) is m:
+        if m.drained and _mapped.get(token) is m:
             del _mapped[token]
 
 

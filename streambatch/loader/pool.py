@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -219,19 +220,6 @@ _FRAGILE_FILES = tuple(os.path.join(*p) for p in (("threading.py",), ("multiproc
                                                     ("multiprocessing", "queues.py"), ("multiprocessing", "util.py"),
                                                     ("weakref.py",)))
 _FINALISERS = {("weakref.py", "__call__"), ("util.py", "__call__"), ("util.py", "_run_finalizers")}
-_RAISED, _LATER = b"r"[0], b"l"[0]  # the handler's answers to the watch: raised, put off
-
-
-def _read_now(r: int) -> bytes:
-    try:
-        return os.read(r, 4096)
-    except BlockingIOError:
-        return b""
-
-
-def _last_answer(got: bytes, last: int | None) -> int | None:
-    """The handler's latest answer in ``got`` (raised or put off), else ``last``."""
-    return next((b for b in reversed(got) if b in (_RAISED, _LATER)), last)
 
 
 def end_worker_on_ctrl_c() -> None:
@@ -298,38 +286,33 @@ def _on_ctrl_c(w: int, signum: int, frame: Any) -> None:
     global _raised
     if _raised:  # raised once already: a second one (the watch's, or a second Ctrl-C) would only
         return   # break the worker's clean-up, and the watch ends a worker that outlives the first
-    later = fragile(frame)
     try:
-        os.write(w, b"l" if later else b"r")
+        os.write(w, bytes([signal.SIGINT]))  # wakes the watch where the wakeup descriptor is not ours
     except OSError:  # the pipe is full: the watch has plenty to read already
         pass
-    if not later:
+    if not fragile(frame):
         _raised = True
         signal.default_int_handler(signum, frame)
 
 
 def _watch(r: int, main: int) -> None:
-    """Bytes on ``r``: a signal's number (Python's C handler, from any thread), then ``r`` or
-    ``l`` from the main thread's handler (raised, or put off).  Until the handler has raised,
-    SIGINT goes to the main thread again every ``CTRL_C_RETRY`` seconds (it interrupts a system
-    call the main thread sleeps in).  One sent just as the handler raised finds it raised already
-    and is ignored (a second ``KeyboardInterrupt`` would break the worker's own clean-up)."""
+    """Waits for a SIGINT's number on ``r`` (from Python's C handler, whichever thread took it,
+    or from the main thread's handler).  Until the handler has raised (``_raised``), SIGINT goes
+    to the main thread again every ``CTRL_C_RETRY`` seconds (it interrupts a system call the main
+    thread sleeps in); one sent just as the handler raised finds it raised and is ignored (a
+    second ``KeyboardInterrupt`` would break the worker's own clean-up)."""
     _leave_signals_to_the_main_thread()
-    got = b""
-    while not any(b in (signal.SIGINT, _RAISED, _LATER) for b in got):  # other signals' numbers: not ours
-        got = os.read(r, 4096)
-    os.set_blocking(r, False)
-    deadline, last = time.monotonic() + CTRL_C_GRACE, None
+    while signal.SIGINT not in os.read(r, 4096):  # other signals' numbers: not ours
+        pass
+    deadline = time.monotonic() + CTRL_C_GRACE
     while time.monotonic() < deadline:
-        last = _last_answer(got, last)
-        if last != _RAISED:
-            time.sleep(CTRL_C_RETRY)
-            last = _last_answer(_read_now(r), last)
-            if last != _RAISED:
-                signal.pthread_kill(main, signal.SIGINT)
-        else:
-            time.sleep(0.1)
-        got = _read_now(r)
+        time.sleep(0.1 if _raised else CTRL_C_RETRY)
+        if not _raised:
+            signal.pthread_kill(main, signal.SIGINT)
+    # not while the main thread is inside a lock's own code: a lock it holds (PyTorch's done_event's
+    # is shared with the main process) would stay taken, and the main process would wait on it
+    while fragile(sys._current_frames().get(main)) and time.monotonic() < deadline + 1.0:
+        time.sleep(CTRL_C_RETRY)
     os.write(2, f"streambatch: DataLoader worker {os.getpid()} still running {CTRL_C_GRACE:g} s after Ctrl-C "
                 "(its KeyboardInterrupt was caught or lost): ending it\n".encode())
     try:
