@@ -9,6 +9,8 @@ they take turns on the lock more than they run (docs/PERFORMANCE.md, "Native loo
   :func:`crc_ranges`: of each of some byte ranges of a buffer;
 * :func:`copy_ranges`: byte ranges of one buffer into places of another (:func:`gather`: slices
   of an array, one after another, into a new one);
+* :func:`copy_from`: byte ranges of several buffers (memory-mapped files) into places of another,
+  where a file cut short since it was mapped stops the copy, not the process (the C module's);
 * :func:`pread_ranges`: byte ranges of files read into places of a buffer;
 * :func:`read_checked`: chunks of files read, checked and copied on in one go;
 * :func:`pack`: the next tokens of a stream of documents, with their positions and row ids.
@@ -35,12 +37,16 @@ try:
 except ImportError:  # not compiled (no C compiler at install): numpy does the same
     _c_copy_ranges = _c_crc_chunks = _c_crc_ranges = _c_pack = _c_pread_ranges = _c_read_checked = None
 try:
+    from ._native import copy_from as _c_copy_from
+except ImportError:  # not compiled, or built before it
+    _c_copy_from = None
+try:
     from ._native import SlotView as _c_SlotView
 except ImportError:  # not compiled, or built before it: the slots are looked at instead (loader/handoff.py)
     _c_SlotView = None
 
-__all__ = ["NATIVE", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
-           "read_checked", "slot_view", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
+__all__ = ["NATIVE", "copy_from", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
+           "read_checked", "slot_view", "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
            "python_pread_ranges", "python_read_checked"]
 
 NATIVE = _c_pack is not None
@@ -114,6 +120,28 @@ def copy_ranges(src: np.ndarray, src_at: NDArray[np.int64], sizes: NDArray[np.in
         return
     _c_copy_ranges(src, *(np.ascontiguousarray(x, np.int64) for x in (src_at, sizes)), dst,
                         np.ascontiguousarray(dst_at, np.int64))
+
+
+def numpy_copy_from(srcs: list[object], which: NDArray[np.int64], src_at: NDArray[np.int64], sizes: NDArray[np.int64],
+                    dst: np.ndarray, dst_at: NDArray[np.int64]) -> int:
+    """``dst[dst_at[i]:dst_at[i] + sizes[i]] = srcs[which[i]][src_at[i]:...]`` for each ``i`` (``dst`` flat
+    uint8, ``srcs`` buffers); -1.  A SIGBUS here ends the process: only the C module catches it."""
+    views = [np.frombuffer(s, np.uint8) for s in srcs]  # type: ignore[call-overload]
+    for w, s, n, d in zip(which.tolist(), src_at.tolist(), sizes.tolist(), dst_at.tolist()):
+        if n and not (0 <= w < len(views) and 0 <= s and s + n <= views[w].size and 0 <= d and d + n <= dst.size):
+            raise IndexError(f"copy_from: {n} bytes from {s} of source {w} to {d}: outside the buffers")
+        dst[d:d + n] = views[w][s:s + n]
+    return -1
+
+
+def copy_from(srcs: list[object], which: NDArray[np.int64], src_at: NDArray[np.int64], sizes: NDArray[np.int64],
+              dst: np.ndarray, dst_at: NDArray[np.int64]) -> int:
+    """:func:`numpy_copy_from` in one C call, the GIL released; -1, or the range at which a SIGBUS
+    stopped it (a memory-mapped file shorter than when it was mapped: the caller names it)."""
+    if not NATIVE or _c_copy_from is None:
+        return numpy_copy_from(srcs, which, src_at, sizes, dst, dst_at)
+    return int(_c_copy_from(srcs, *(np.ascontiguousarray(x, np.int64) for x in (which, src_at, sizes)), dst,
+                            np.ascontiguousarray(dst_at, np.int64)))
 
 
 def gather(values: np.ndarray, starts: NDArray[np.int64], stops: NDArray[np.int64], total: int) -> np.ndarray:

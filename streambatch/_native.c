@@ -14,6 +14,9 @@
  *   copy_ranges(src, src_at, sizes, dst, dst_at)  sizes[i] bytes from src at src_at[i] to dst at
  *       dst_at[i], for each i (int64 arrays; src and dst must not overlap; an empty range is skipped,
  *       wherever it points).
+ *   copy_from(srcs, which, src_at, sizes, dst, dst_at)  as copy_ranges, range i taken from the buffer
+ *       srcs[which[i]] (a sequence of buffers: memory-mapped files); returns -1, or the range at which
+ *       a SIGBUS stopped it (a mapped file truncated since it was mapped: see bus_guard_ready).
  *   pread_ranges(fds, offsets, sizes, dst, dst_at)  sizes[i] bytes at offsets[i] of descriptor fds[i]
  *       into dst at dst_at[i], for each i (int64 arrays), with pread; returns -1, or the first i
  *       that failed (an error or the file's end: the caller reads it again to say which).
@@ -39,8 +42,51 @@
 #include <string.h>
 #include <errno.h>
 #include <unistd.h>
+#include <signal.h>
+#include <setjmp.h>
 
 typedef uint32_t (*crc_fn)(uint32_t, const void *, size_t);
+
+/* SIGBUS while copying from memory-mapped files (copy_from) (a file truncated after it was mapped):
+ * the thread's loop jumps out and the call returns where it stopped, where the kernel would otherwise
+ * end the process.  The handler is installed at the first guarded call (again if someone replaced
+ * it since: faulthandler); a SIGBUS outside a guarded loop goes to the handler it replaced, or
+ * kills the process as before. */
+static __thread sigjmp_buf *bus_jump = NULL;
+static struct sigaction bus_previous;
+
+static void on_bus(int sig, siginfo_t *info, void *ctx) {
+    sigjmp_buf *jb = bus_jump;
+    if (jb != NULL) {
+        bus_jump = NULL;
+        siglongjmp(*jb, 1);
+    }
+    if (bus_previous.sa_flags & SA_SIGINFO) {
+        if (bus_previous.sa_sigaction != NULL) {
+            bus_previous.sa_sigaction(sig, info, ctx);
+            return;
+        }
+    } else if (bus_previous.sa_handler != SIG_DFL && bus_previous.sa_handler != SIG_IGN) {
+        bus_previous.sa_handler(sig);
+        return;
+    }
+    sigaction(SIGBUS, &bus_previous, NULL); /* the default: the faulting access runs again and ends the process */
+}
+
+/* Our handler in place (called with the GIL held: installs are serialised). */
+static int bus_guard_ready(void) {
+    struct sigaction now;
+    if (sigaction(SIGBUS, NULL, &now) != 0)
+        return 0;
+    if ((now.sa_flags & SA_SIGINFO) && now.sa_sigaction == on_bus)
+        return 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_bus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGBUS, &sa, &bus_previous) == 0;
+}
 
 static int int64_buffer(Py_buffer *b, Py_ssize_t count, const char *name) {
     if (b->len < count * 8 || ((uintptr_t)b->buf & 7) != 0) {
@@ -174,6 +220,78 @@ static PyObject *copy_ranges(PyObject *self, PyObject *args) {
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&src);
+    PyBuffer_Release(&src_at);
+    PyBuffer_Release(&sizes);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&dst_at);
+    return result;
+}
+
+static PyObject *copy_from(PyObject *self, PyObject *args) {
+    PyObject *seq;
+    Py_buffer which, src_at, sizes, dst, dst_at;
+    if (!PyArg_ParseTuple(args, "Oy*y*y*w*y*", &seq, &which, &src_at, &sizes, &dst, &dst_at))
+        return NULL;
+    PyObject *result = NULL, *fast = NULL;
+    Py_buffer *srcs = NULL;
+    Py_ssize_t k = 0, got = 0, n = sizes.len / 8;
+    if (sizes.len % 8 || which.len != sizes.len || src_at.len != sizes.len || dst_at.len != sizes.len) {
+        PyErr_SetString(PyExc_ValueError, "copy_from: which, src_at, sizes and dst_at must be int64 of one length");
+        goto done;
+    }
+    if (!int64_buffer(&which, n, "copy_from: which") || !int64_buffer(&src_at, n, "copy_from: src_at") ||
+        !int64_buffer(&sizes, n, "copy_from: sizes") || !int64_buffer(&dst_at, n, "copy_from: dst_at"))
+        goto done;
+    if ((fast = PySequence_Fast(seq, "copy_from: srcs must be a sequence of buffers")) == NULL)
+        goto done;
+    k = PySequence_Fast_GET_SIZE(fast);
+    if ((srcs = PyMem_Calloc(k > 0 ? (size_t)k : 1, sizeof(Py_buffer))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < k; got++)
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &srcs[got], PyBUF_SIMPLE) < 0)
+            goto done;
+    const int64_t *w = (const int64_t *)which.buf, *s = (const int64_t *)src_at.buf, *z = (const int64_t *)sizes.buf,
+                  *d = (const int64_t *)dst_at.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (z[i] == 0)
+            continue;
+        if (w[i] < 0 || w[i] >= k) {
+            PyErr_Format(PyExc_IndexError, "copy_from: range %zd names source %lld of %zd", i, (long long)w[i], k);
+            goto done;
+        }
+        if (!ranges_ok(s + i, z + i, d + i, 1, srcs[w[i]].len, dst.len, "copy_from"))
+            goto done;
+    }
+    if (!bus_guard_ready()) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    {
+        char *to = (char *)dst.buf;
+        volatile Py_ssize_t at = -1;
+        Py_BEGIN_ALLOW_THREADS
+        sigjmp_buf jb;
+        if (sigsetjmp(jb, 0) == 0) {
+            bus_jump = &jb;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                at = i;
+                if (z[i] > 0)
+                    memcpy(to + d[i], (const char *)srcs[w[i]].buf + s[i], (size_t)z[i]);
+            }
+            at = -1;
+        }
+        bus_jump = NULL;
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromSsize_t(at);
+    }
+done:
+    for (Py_ssize_t j = 0; j < got; j++)
+        PyBuffer_Release(&srcs[j]);
+    PyMem_Free(srcs);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&which);
     PyBuffer_Release(&src_at);
     PyBuffer_Release(&sizes);
     PyBuffer_Release(&dst);
@@ -426,6 +544,8 @@ static PyMethodDef methods[] = {
     {"crc_chunks", crc_chunks, METH_VARARGS, "crc_chunks(fn, data, chunk_bytes, out): each chunk's checksum"},
     {"crc_ranges", crc_ranges, METH_VARARGS, "crc_ranges(fn, data, starts, sizes, out): each range's checksum"},
     {"copy_ranges", copy_ranges, METH_VARARGS, "copy_ranges(src, src_at, sizes, dst, dst_at): byte ranges copied"},
+    {"copy_from", copy_from, METH_VARARGS, "copy_from(srcs, which, src_at, sizes, dst, dst_at): byte ranges of several "
+                                            "buffers copied; -1, or the range a SIGBUS stopped"},
     {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at): -1, or the "
                                                   "first range that could not be read whole"},
     {"read_checked", read_checked, METH_VARARGS, "read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, "

@@ -123,6 +123,71 @@ def test_pack_writes_what_the_token_by_token_packing_writes(s: tuple) -> None:
 
 
 @native
+@settings(max_examples=60, deadline=None)
+@given(_ranges(), st.integers(1, 3))
+def test_copy_from_copies_each_range_from_its_own_source(r: tuple[np.ndarray, np.ndarray, np.ndarray, int],
+                                                         k: int) -> None:
+    src_at, sizes, dst_at, n = r
+    srcs = [np.random.default_rng(i).integers(0, 256, 1000, dtype=np.uint8) for i in range(k)]
+    which = np.arange(len(sizes), dtype=np.int64) % k
+    got, want = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+    assert _kernels.copy_from(srcs, which, src_at, sizes, got, dst_at) == -1
+    assert _kernels.numpy_copy_from(srcs, which, src_at, sizes, want, dst_at) == -1
+    assert np.array_equal(got, want)
+    for w, s, z, d in zip(which.tolist(), src_at.tolist(), sizes.tolist(), dst_at.tolist()):
+        assert np.array_equal(got[d:d + z], srcs[w][s:s + z])
+
+
+@native
+def test_copy_from_refuses_ranges_outside_its_sources() -> None:
+    srcs, dst, one = [np.zeros(100, np.uint8), np.zeros(10, np.uint8)], np.zeros(100, np.uint8), np.ones(1, np.int64)
+    for fn in (_kernels.copy_from, _kernels.numpy_copy_from):
+        with pytest.raises(IndexError):
+            fn(srcs, one, one * 5, one * 10, dst, one * 0)  # 10 bytes from 5 of the 10-byte source
+        with pytest.raises(IndexError):
+            fn(srcs, one * 2, one * 0, one, dst, one * 0)  # a third source: there are two
+        with pytest.raises(IndexError):
+            fn(srcs, one * 0, one * 0, one * 20, dst, one * 90)  # past the output's end
+
+
+_TRUNCATED = """
+import mmap, os, sys
+import numpy as np
+from streambatch import _kernels
+path = sys.argv[1]
+fd = os.open(path, os.O_RDONLY)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+i = lambda *v: np.array(v, np.int64)
+out = np.zeros(30, np.uint8)
+print(_kernels.copy_from([m], i(0, 0, 0), i(0, 5000, 9000), i(10, 10, 10), out, i(0, 10, 20)), flush=True)
+os.truncate(path, 4096)
+print(_kernels.copy_from([m], i(0, 0, 0), i(0, 5000, 9000), i(10, 10, 10), out, i(0, 10, 20)), flush=True)
+print(bytes(out[:10]) == bytes(range(10)), flush=True)
+if len(sys.argv) > 2:
+    print(m[9000], flush=True)  # outside a copy: the SIGBUS ends the process, as without streambatch
+"""
+
+
+@native
+@pytest.mark.parametrize("outside", [False, True])
+def test_copy_from_a_file_cut_short_since_it_was_mapped_stops_there_not_the_process(tmp_path: Path,
+                                                                                    outside: bool) -> None:
+    """A mapped file truncated under the copy raises SIGBUS; the copy returns the range it stopped at
+    (the first past the new end) and the process goes on.  A SIGBUS outside a copy still ends it."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "f").write_bytes(bytes(range(256)) * 64)  # 16 KiB
+    args = [sys.executable, "-X", "faulthandler", "-c", _TRUNCATED, str(tmp_path / "f"), *(["outside"] if outside else [])]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.stdout.split()[:3] == ["-1", "1", "True"], r.stdout + r.stderr
+    if outside:
+        assert r.returncode == -signal.SIGBUS and "Bus error" in r.stderr  # faulthandler's report, then the end
+    else:
+        assert r.returncode == 0, r.stderr
+
+
 def test_the_c_module_refuses_ranges_outside_its_buffers() -> None:
     from streambatch import _native
 
