@@ -550,23 +550,50 @@ def test_bench_ceiling_design_paths_serve_every_row_once_with_its_bytes(tmp_path
         store.close()
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_bench_ceiling_mapped_path_serves_every_row_once_with_its_bytes(tmp_path: Path, threads: int) -> None:
-    """The ceiling's one-copy path (batches gathered straight from the memory-mapped shard files,
-    1 or 2 threads) serves every row of a real Zarr dataset of several shard files once, with its
-    stored bytes."""
+def _sharded_tab(tmp_path: Path) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """bench_ceiling, the ``Store`` of a real uncompressed Zarr ``tab`` dataset of 3,000 rows whose
+    columns lie in several shard files, and its ``x`` and ``y``."""
     import streambatch as sb
 
     bce = _load("_benchmarks_bench_ceiling", ROOT / "benchmarks" / "bench_ceiling.py")
     npy = md.make_dataset("tab", tmp_path / "npy", rows=3000, seed=2)
     sb.convert(npy, tmp_path / "t.zarr", label="y", codec="none", unit_bytes=64 * 528, shard_bytes=256 * 1024)
-    x, y = np.load(npy / "x.npy"), np.load(npy / "y.npy")
     store = bce.Store(tmp_path / "t.zarr")
+    assert len(set(store.file["x"].tolist())) > 1  # rows come from several files
+    return bce, store, np.load(npy / "x.npy"), np.load(npy / "y.npy")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_ceiling_mapped_path_serves_every_row_once_with_its_bytes(tmp_path: Path, threads: int) -> None:
+    """The ceiling's one-copy path (batches gathered straight from the memory-mapped shard files,
+    1 or 2 threads) serves every row of a real Zarr dataset of several shard files once, with its
+    stored bytes."""
+    bce, store, x, y = _sharded_tab(tmp_path)
     try:
-        assert len(set(store.file["x"].tolist())) > 1  # rows come from several files
         mapped = bce.Mapped(store)
+        for piece, native in ((0, False), (7, False), (7, True)):  # numpy gathers per file, or a C copy per column
+            got = list(bce.mapped_path(store, mapped, piece, 500, threads, seed=3, native=native))
+            ids = np.concatenate([b["id"].numpy() for b in got])
+            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
+            assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
+            assert all(np.array_equal(b["y"].numpy(), y[b["id"].numpy()]) for b in got)
+        assert mapped.peak_file_mib > 0  # the mapped pages were sampled at the windows' ends
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_ceiling_direct_path_serves_every_row_once_with_its_bytes(tmp_path: Path, threads: int,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling's one-copy path without mappings (large rows read row by row into the batches,
+    the small columns by pieces into a window buffer, 1 or 2 threads) serves every row of a real
+    Zarr dataset of several shard files once, with its stored bytes."""
+    bce, store, x, y = _sharded_tab(tmp_path)
+    monkeypatch.setattr(bce, "DIRECT_BYTES", 256)  # tab's 512-byte rows of x count as large here
+    try:
         for piece in (0, 7):
-            got = list(bce.mapped_path(store, mapped, piece, 500, threads, seed=3))
+            sets = [store.buffers(500 + int(store.m.unit_rows.max())) for _ in range(2)]
+            got = list(bce.direct_path(store, piece, 500, threads, sets, seed=3))
             ids = np.concatenate([b["id"].numpy() for b in got])
             assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
             assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
