@@ -11,7 +11,8 @@ they take turns on the lock more than they run (docs/PERFORMANCE.md, "Native loo
   of an array, one after another, into a new one);
 * :func:`copy_from`: byte ranges of several buffers (memory-mapped files) into places of another,
   where a file cut short since it was mapped stops the copy, not the process (the C module's);
-* :func:`pread_ranges`: byte ranges of files read into places of a buffer;
+* :func:`pread_ranges`: byte ranges of files read into places of a buffer; :func:`pread_summed`:
+  the same, each range's checksum taken as it is read;
 * :func:`read_checked`: chunks of files read, checked and copied on in one go;
 * :func:`pack`: the next tokens of a stream of documents, with their positions and row ids.
 
@@ -47,7 +48,7 @@ except ImportError:  # not compiled, or built before it: the slots are looked at
 
 __all__ = ["NATIVE", "copy_from", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
            "read_checked", "slot_view", "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
-           "python_pread_ranges", "python_read_checked"]
+           "pread_summed", "python_pread_ranges", "python_pread_summed", "python_read_checked"]
 
 NATIVE = _c_pack is not None
 """Whether the C module is used."""
@@ -185,6 +186,30 @@ def pread_ranges(fds: NDArray[np.int64], offsets: NDArray[np.int64], sizes: NDAr
         return python_pread_ranges(fds, offsets, sizes, dst, dst_at)
     return int(_c_pread_ranges(*(np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes)), dst,
                                     np.ascontiguousarray(dst_at, np.int64)))
+
+
+def python_pread_summed(fn: Callable[[int, int, int], int], fds: NDArray[np.int64], offsets: NDArray[np.int64],
+                        sizes: NDArray[np.int64], dst: np.ndarray, dst_at: NDArray[np.int64]
+                        ) -> tuple[int, NDArray[np.uint32]]:
+    """:func:`python_pread_ranges`, then each range's ``fn(0, address, size)`` (0 for an empty one):
+    -1 or the first range not read whole, and the sums (those from that range on are 0)."""
+    failed = python_pread_ranges(fds, offsets, sizes, dst, dst_at)
+    done = len(sizes) if failed < 0 else failed
+    sums = np.zeros(len(sizes), np.uint32)
+    sums[:done] = numpy_crc_ranges(fn, dst.reshape(-1).view(np.uint8), dst_at[:done], sizes[:done])
+    return failed, sums
+
+
+def pread_summed(fn: Callable[[int, int, int], int], address: int, fds: NDArray[np.int64], offsets: NDArray[np.int64],
+                 sizes: NDArray[np.int64], dst: np.ndarray, dst_at: NDArray[np.int64]) -> tuple[int, NDArray[np.uint32]]:
+    """:func:`python_pread_summed` in one C call, each range summed right after its read (its bytes
+    still in cache), ``fn`` called at ``address`` (its C function's)."""
+    if not NATIVE:
+        return python_pread_summed(fn, fds, offsets, sizes, dst, dst_at)
+    sums = np.zeros(len(sizes), np.uint32)
+    failed = _c_pread_ranges(*(np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes)), dst,
+                             np.ascontiguousarray(dst_at, np.int64), address, sums)
+    return int(failed), sums
 
 
 def python_read_checked(fn: Callable[[int, int, int], int], fds: NDArray[np.int64], offsets: NDArray[np.int64],

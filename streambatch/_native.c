@@ -19,7 +19,9 @@
  *       a SIGBUS stopped it (a mapped file truncated since it was mapped: see bus_guard_ready).
  *   pread_ranges(fds, offsets, sizes, dst, dst_at)  sizes[i] bytes at offsets[i] of descriptor fds[i]
  *       into dst at dst_at[i], for each i (int64 arrays), with pread; returns -1, or the first i
- *       that failed (an error or the file's end: the caller reads it again to say which).
+ *       that failed (an error or the file's end: the caller reads it again to say which).  With fn
+ *       and out, each range's checksum by fn (as crc_chunks) is taken right after its read, while
+ *       its bytes are in cache, into out (uint32, one per range).
  *   read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, out, dst_at)  chunk i,
  *       chunk_bytes bytes at offsets[i] of descriptor fds[i], into buf at i * chunk_bytes (chunks
  *       that follow each other in one file: one pread), its checksum by fn (as crc_chunks) checked
@@ -300,13 +302,18 @@ done:
 }
 
 static PyObject *pread_ranges(PyObject *self, PyObject *args) {
-    Py_buffer fds, offsets, sizes, dst, dst_at;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*y*", &fds, &offsets, &sizes, &dst, &dst_at))
+    Py_buffer fds, offsets, sizes, dst, dst_at, out = {0};
+    unsigned long long address = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*y*|Kw*", &fds, &offsets, &sizes, &dst, &dst_at, &address, &out))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = sizes.len / 8, failed = -1;
     if (sizes.len % 8 || fds.len != sizes.len || offsets.len != sizes.len || dst_at.len != sizes.len) {
         PyErr_SetString(PyExc_ValueError, "pread_ranges: fds, offsets, sizes and dst_at must be int64 of one length");
+        goto done;
+    }
+    if (out.obj != NULL && (address == 0 || out.len < n * 4)) {
+        PyErr_SetString(PyExc_ValueError, "pread_ranges: fn must be a function address and out 4 bytes a range");
         goto done;
     }
     if (!int64_buffer(&fds, n, "pread_ranges: fds") || !int64_buffer(&offsets, n, "pread_ranges: offsets") ||
@@ -323,11 +330,17 @@ static PyObject *pread_ranges(PyObject *self, PyObject *args) {
         }
     }
     {
-        char *to = (char *)dst.buf;
+        char *to = (char *)dst.buf, *sums = (char *)out.buf;
+        crc_fn fn = (crc_fn)(uintptr_t)address;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n && failed < 0; i++)
-            if (pread_all((int)f[i], to + d[i], z[i], o[i]) < z[i])
+        for (Py_ssize_t i = 0; i < n && failed < 0; i++) {
+            if (pread_all((int)f[i], to + d[i], z[i], o[i]) < z[i]) {
                 failed = i;  /* an error or the file's end: the caller reads it again to say which */
+            } else if (sums != NULL) {  /* summed while its bytes are in cache */
+                uint32_t v = z[i] > 0 ? fn(0, to + d[i], (size_t)z[i]) : 0;
+                memcpy(sums + 4 * i, &v, 4);
+            }
+        }
         Py_END_ALLOW_THREADS
     }
     result = PyLong_FromSsize_t(failed);
@@ -337,6 +350,8 @@ done:
     PyBuffer_Release(&sizes);
     PyBuffer_Release(&dst);
     PyBuffer_Release(&dst_at);
+    if (out.obj != NULL)
+        PyBuffer_Release(&out);
     return result;
 }
 
@@ -546,8 +561,8 @@ static PyMethodDef methods[] = {
     {"copy_ranges", copy_ranges, METH_VARARGS, "copy_ranges(src, src_at, sizes, dst, dst_at): byte ranges copied"},
     {"copy_from", copy_from, METH_VARARGS, "copy_from(srcs, which, src_at, sizes, dst, dst_at): byte ranges of several "
                                             "buffers copied; -1, or the range a SIGBUS stopped"},
-    {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at): -1, or the "
-                                                  "first range that could not be read whole"},
+    {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at[, fn, out]): -1, or "
+                                                  "the first range that could not be read whole"},
     {"read_checked", read_checked, METH_VARARGS, "read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, "
                                                   "out, dst_at): -1, or the first chunk not read whole or not as summed"},
     {"pack", pack, METH_VARARGS, "pack(values, item_bytes, starts, cum, rows, at, count, tok, pos, doc): packed tokens"},

@@ -29,6 +29,7 @@ from ._sizes import parse_size
 from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
+from .loader.direct import direct_columns, epoch_direct
 from .loader.device import DeviceFeeder, check_on_device, resolve_device
 from .loader.handoff import batch_ring, forget_done
 from .loader.ring import Ring
@@ -102,6 +103,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         TypeError: ``remote`` is not a ``RemoteOptions``.
     """
 
+    _sums: list[PieceSums]  # with verify: each piece's checksum (readers.VerifyOnce)
+    _direct_sums: list[PieceSums]  # and each row's of the direct columns (loader/direct.py)
+
     def __init__(self, path: str | os.PathLike[str], batch_size: int = 256, shuffle: bool = True, seed: int = 0,
                  memory_budget: int | str = "512MiB", columns: list[str] | None = None, drop_last: bool = False,
                  threads: int | None = None, transform: Callable[[Any], Any] | None = None,
@@ -159,8 +163,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._shared = Shared()  # epoch and resume state as DataLoader workers see them
         self.last_peak_accounted_bytes = 0
         self._buffers: list[dict[str, np.ndarray]] = []  # window buffers kept between epochs
-        self._sums: list[PieceSums] = []  # with verify: each piece's checksum, kept between epochs,
-        self._shared_sums = SharedSums() if verify and SharedSums.available() else None  # ... workers' too
+        self._sums, self._direct_sums = [], []  # kept between epochs, shared with DataLoader workers too
+        self._shared_sums = SharedSums() if verify and SharedSums.available() else None
         self._sizing().layout(1)  # fail now, not in a worker, if the budget is too small
 
     # ------------------------------------------------------------------ sizing
@@ -225,7 +229,11 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         the epoch plan's memory (outside the budget), threads, budget and predicted peak bytes,
         predicted design effect and label KL (``loader.sizing.describe`` lists every key).
         """
-        return describe(self._sizing(), self.manifest, num_workers, shuffle=self.shuffle, rank=self.rank)
+        out = describe(self._sizing(), self.manifest, num_workers, shuffle=self.shuffle, rank=self.rank)
+        # columns whose rows are read straight into the batches, not through the window (loader/direct.py)
+        out["direct_columns"] = list(direct_columns(self.manifest, self.columns, remote=self.remote is not None,
+                                                    verify=self.verify))
+        return out
 
     # ------------------------------------------------------------------ iteration
     def _pending(self, worker: int, num_workers: int, in_worker: bool) -> Run:
@@ -269,12 +277,18 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         plan = self.plan(run.share, run.num_workers, epoch=run.epoch, window_rows=run.window_rows,
                          history=run.history, piece_rows=run.piece_rows)
         ragged = {c.name: c.kind for c in self.columns if c.ragged}
-        reader = epoch_reader(lambda verify: open_reader(self.manifest, verify=verify, remote=self._remote_files()),
-                              ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
+        opener = lambda verify: open_reader(self.manifest, verify=verify, remote=self._remote_files())  # noqa: E731
+        direct = epoch_direct(self.manifest, self.columns, remote=self.remote is not None, verify=self.verify,
+                              open_reader=opener, keep=self._direct_sums, shared=self._shared_sums)
+        far = set(direct.names) if direct is not None else set()
+        reader = epoch_reader(opener, ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
                               pieces=bool(run.piece_rows), threads=lay.threads,
                               sums=piece_sums(self._sums, self.manifest.unit_rows, run.piece_rows,
-                                              tuple(c.name for c in self.columns), self._shared_sums)
+                                              tuple(c.name for c in self.columns if c.name not in far),
+                                              self._shared_sums)
                               if run.piece_rows and self.verify and sizing.partial and not ragged else None)
+        if direct is not None and self._target is None:  # (the device path's ring is sized to lay.ahead)
+            lay = direct.layout(lay, sizing.row_nbytes, sizing.batch_size * sizing.batch_row_nbytes)
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
         index_key = INDEX_KEY if self.return_index or packed else None
@@ -289,7 +303,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
             finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
             if ragged and not packed else None, read_scratch=group_read_bytes(lay.outside, lay.threads),
-            alloc=None if ring is None else ring.take)
+            alloc=None if ring is None else ring.take, direct=direct)
         batches: Iterator[Any] = pf
         if packed:
             start = run.pack_start
@@ -307,6 +321,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             batches.close()
             pf.close()
             reader.close()
+            if direct is not None:
+                direct.close()
             if ring is not None:
                 ring.close()
             self.last_peak_accounted_bytes = pf.peak_accounted_bytes
@@ -319,6 +335,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._buffers.clear()
         self._rings.clear()
         self._sums.clear()
+        self._direct_sums.clear()
         if self._shared_sums is not None:
             self._shared_sums.forget()
         forget_done()
@@ -328,6 +345,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         state["_buffers"] = []  # never ship buffers to DataLoader worker processes
         state["_rings"] = []
         state["_sums"] = []
+        state["_direct_sums"] = []
         return state
 
     # ------------------------------------------------------------------ resume

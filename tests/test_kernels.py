@@ -209,6 +209,10 @@ def test_the_c_module_refuses_ranges_outside_its_buffers() -> None:
                      doc)
     with pytest.raises(IndexError, match="range 0"):
         _native.pread_ranges(one * 0, one * 0, one * 50, dst, one * 60)
+    with pytest.raises(IndexError, match="range 0"):
+        _native.pread_ranges(one * 0, one * 0, one * 50, dst, one * 60, 1, np.zeros(1, np.uint32))
+    with pytest.raises(ValueError, match="4 bytes a range"):
+        _native.pread_ranges(one * 0, one * 0, one * 50, dst, one * 0, 1, np.zeros(0, np.uint32))
 
 
 def test_pread_ranges_reads_the_ranges_and_names_the_first_it_cannot(tmp_path: Path) -> None:
@@ -234,6 +238,34 @@ def test_pread_ranges_reads_the_ranges_and_names_the_first_it_cannot(tmp_path: P
     closed = np.full(1, fd, np.int64)  # a descriptor no longer open
     assert _kernels.pread_ranges(closed, np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.uint8),
                                  np.zeros(1, np.int64)) == 0
+
+
+def test_pread_summed_reads_and_sums_each_range_or_names_the_first_it_cannot(tmp_path: Path) -> None:
+    from streambatch.io.checksum import native_crc32c
+
+    crc = native_crc32c()
+    if crc is None:
+        pytest.skip("no native CRC-32C")
+    data = np.random.default_rng(2).integers(0, 256, 9000, dtype=np.uint8)
+    (tmp_path / "f").write_bytes(data.tobytes())
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        fds = np.full(4, fd, np.int64)
+        offs, sizes = np.array([8000, 0, 123, 4000], np.int64), np.array([1000, 4096, 0, 7], np.int64)
+        at = np.array([0, 1000, 5096, 5096], np.int64)
+        for fn in (_kernels.pread_summed, lambda f, _a, *r: _kernels.python_pread_summed(f, *r)):
+            out = np.zeros(5103, np.uint8)
+            failed, sums = fn(crc[0], crc[1], fds, offs, sizes, out, at)
+            assert failed == -1
+            for o, z, d, got in zip(offs.tolist(), sizes.tolist(), at.tolist(), sums.tolist()):
+                assert np.array_equal(out[d:d + z], data[o:o + z])
+                assert got == (checksum_fn("crc32c")(data[o:o + z].tobytes()) if z else 0)
+            # the second range passes the file's end: it is named, the first is read and summed
+            failed, sums = fn(crc[0], crc[1], fds[:2], np.array([0, 8990], np.int64), np.array([10, 20], np.int64),
+                              out, np.array([0, 10], np.int64))
+            assert failed == 1 and sums[0] == checksum_fn("crc32c")(data[:10].tobytes())
+    finally:
+        os.close(fd)
 
 
 def test_read_checked_reads_checks_and_copies_or_names_the_first_bad_chunk(tmp_path: Path) -> None:

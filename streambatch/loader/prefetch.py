@@ -30,6 +30,7 @@ from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
+from .direct import DIRECT_WINDOWS, DirectRows
 from .malloc import cap_mmap_threshold
 from .pool import Flag, Pool, Task
 from .rows import batch_values_nbytes, ragged_slack, window_nbytes
@@ -65,7 +66,8 @@ class Prefetcher:
     Memory invariant: ``accounted_bytes`` = bytes of window buffers in use + bytes of batches
     submitted and not yet taken, and it never exceeds ``budget_bytes``: a window buffer is
     acquired before its reads are submitted and released when its last batch is taken.
-    At most two windows are held: the one being served and the one being read.
+    At most two windows are held: the one being served and the one being read (``DIRECT_WINDOWS``
+    with direct columns, whose windows hold a few bytes a row: loader/direct.py).
 
     Window buffers are reused from ``buffers`` (a list the caller keeps across epochs) when their
     shapes fit, and returned to it at close.  Use as a context manager or call ``close()``
@@ -84,7 +86,7 @@ class Prefetcher:
                  name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None,
                  finish_ragged: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  alloc: Callable[[int], np.ndarray] | None = None, read_scratch: int = 0,
-                 ragged_views: bool = False) -> None:
+                 ragged_views: bool = False, direct: DirectRows | None = None) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
         self.read_scratch = read_scratch  # ragged pieces: bytes a read task holds beside the window (rows.py)
         # ragged columns served as slices of the window (a packed stream: the packer copies them
@@ -97,18 +99,21 @@ class Prefetcher:
         # padded columns: a batch also holds its [rows, longest] copy (counted by batch_values_nbytes)
         self._padded = frozenset(n for n, how in getattr(finish_ragged, "collate", {}).items() if how == "pad")
         self.row_nbytes = sum(c.row_nbytes for c in columns)
+        self.direct = direct  # columns read row by row into the batches: a window holds their places (direct.py)
+        self.window_row_nbytes = self.row_nbytes if direct is None else direct.window_row_nbytes(self.row_nbytes)
         # ragged columns: a window may also hold the unused part of the two units it cuts (rows.py)
-        self.window_nbytes = plan.window_rows * self.row_nbytes + (ragged_slack(reader.manifest, columns)
-                                                                   if self.ragged else 0)
+        self.window_nbytes = plan.window_rows * self.window_row_nbytes + (ragged_slack(reader.manifest, columns)
+                                                                          if self.ragged else 0)
         self.batch_nbytes = plan.batch_size * (self.row_nbytes + getattr(finish_ragged, "extra_row_nbytes", 0))
         self.budget_bytes = budget_bytes
         self.batches_ahead = max(1, batches_ahead)
         if group is None:  # batches per task: at least 4, up to about TASK_BYTES of small batches
             group = max(4, pool.TASK_BYTES // max(1, self.batch_nbytes))
         self.group = max(1, min(group, self.batches_ahead // 2 or 1))
-        if 2 * self.window_nbytes + self.batches_ahead * self.batch_nbytes > budget_bytes:
-            raise ValueError(f"window of {self.window_nbytes} bytes and {self.batches_ahead} batches ahead "
-                             f"do not fit the budget of {budget_bytes} bytes")
+        self.windows_held = DIRECT_WINDOWS if direct is not None else 2  # the one served, those read (direct.py)
+        if self.windows_held * self.window_nbytes + self.batches_ahead * self.batch_nbytes > budget_bytes:
+            raise ValueError(f"{self.windows_held} windows of {self.window_nbytes} bytes and {self.batches_ahead} "
+                             f"batches ahead do not fit the budget of {budget_bytes} bytes")
         self.start_batch = start_batch
         self.index_key = index_key
         self.normalize = normalize or {}
@@ -117,7 +122,9 @@ class Prefetcher:
         self._window_need: dict[int, int] = {}  # ragged columns: each window's bytes (_window_fits)
         self.accounted_bytes = 0
         self.peak_accounted_bytes = 0
-        self._buffers = Buffers(tuple(c for c in columns if not c.ragged), plan.window_rows, buffers)
+        far = direct.names if direct is not None else ()
+        self._buffers = Buffers(tuple(c for c in columns if not c.ragged and c.name not in far), plan.window_rows,
+                                buffers)
         cap_mmap_threshold()  # freed buffers of a few MiB go back to the system (malloc.py)
         self._pool = Pool(max(1, threads), name)
         # decoded columns: as many threads again decode parts of a batch (loader/tensors.py, _decode_parts)
@@ -145,8 +152,8 @@ class Prefetcher:
         ids = self.unit_start if needs else None
         if not self.ragged:
             self._acquire(self.window_nbytes)
-        w = start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.row_nbytes, ids, self.ragged,
-                         self.read_scratch)
+        w = start_window(self._pool, self.reader, self.plan, j, bufs, fresh, self.window_row_nbytes, ids, self.ragged,
+                         self.read_scratch, self.direct, tuple(c.name for c in self.columns if not c.ragged))
         if self.ragged:  # the bytes of its buffers, at most window_nbytes
             self._acquire(w.nbytes)
         return w
@@ -181,7 +188,7 @@ class Prefetcher:
         head: Window | None = None
         cur: Window | None = None
         while True:
-            while todo and len(held) < 2 and (not self.ragged or self._window_fits(todo[0], held)):
+            while todo and len(held) < self.windows_held and (not self.ragged or self._window_fits(todo[0], held)):
                 w = self._start_window(todo.popleft())
                 w.next_b = first_offset if started == 0 else 0
                 started += 1
@@ -287,7 +294,7 @@ class Prefetcher:
             if t.error is not None:
                 raise t.error
         self._release(w.nbytes)
-        self._buffers.give(w.buffers)
+        self._buffers.give(w.own)
 
     def cancel(self) -> None:
         """Ask a prefetcher iterated by another thread (the device path's copy thread) to stop: its

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
+from .direct import DirectRows
 from .pool import Pool, Task, Where
 from .rows import RaggedBuf, naming_pieces, ragged_buffers, read_rows_group
 
@@ -60,11 +61,12 @@ def _touch_tail(bufs: Bufs, start: int) -> None:
 class Window:
     """One window in flight: its buffer, its read tasks and the global row id of each position."""
 
-    __slots__ = ("j", "rows", "buffers", "ragged", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches",
+    __slots__ = ("j", "rows", "buffers", "own", "ragged", "reads", "row_ids", "perm", "nbytes", "next_b", "n_batches",
                  "in_flight", "reads_done", "touch", "next_group")
 
     def __init__(self, j: int, rows: int, buffers: Bufs, nbytes: int) -> None:
         self.j, self.rows, self.buffers, self.nbytes = j, rows, buffers, nbytes
+        self.own = buffers  # the window buffers it reads into (``buffers`` adds the direct columns, direct.py)
         self.ragged: dict[str, RaggedBuf] = {}  # the ragged columns' buffers (rows.py)
         self.next_group: tuple[int, int] | None = None  # the next batch group's end and bytes, cut to fit
         self.reads: list[Task] = []
@@ -117,15 +119,20 @@ class Buffers:
 
 
 def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs, fresh: bool, row_nbytes: int,
-                 unit_start: NDArray[np.int64] | None, ragged: tuple[Column, ...] = (), scratch: int = 0) -> Window:
+                 unit_start: NDArray[np.int64] | None, ragged: tuple[Column, ...] = (), scratch: int = 0,
+                 direct: DirectRows | None = None, order: tuple[str, ...] = ()) -> Window:
     """Submit window ``j``'s hints, shuffle and reads into ``bufs``; row ids when ``unit_start`` is
     given.  With ``ragged`` columns, the window's ragged buffers are made for its pieces and
     every piece is read whole by the reader's ``read_rows`` (``rows.read_rows_group``); the
     window's ``nbytes`` are then its fixed columns' plus those buffers' (``scratch``: what a read
-    task may hold beside them, ``rows.group_read_bytes``)."""
+    task may hold beside them, ``rows.group_read_bytes``).  ``direct``: the columns read row by row
+    into the batches (direct.py), served beside ``bufs`` in the column ``order``; their units'
+    checks, where verifying, are among the window's reads."""
     table, keeps = plan.window_table(j)
     rows = plan.window_size(j)
     w = Window(j, rows, bufs, plan.window_rows * row_nbytes)
+    if direct is not None:
+        _direct_window(workers, w, plan, direct, bufs, order)
     if ragged:
         w.ragged = ragged_buffers(reader.manifest, ragged, table, plan.window_rows)
         w.nbytes = plan.window_rows * sum(b[:1].nbytes for b in bufs.values()) + sum(
@@ -146,7 +153,7 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     start_bytes = table[:, 3] * row_nbytes
     firsts = np.unique(np.searchsorted(start_bytes, np.arange(0, int(start_bytes[-1]) + 1, step)))
     bounds = np.append(firsts, table.shape[0]).tolist()
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:]) if bufs else ():
         if w.ragged:
             u, lo, hi = table[a, :3].tolist()
             where = Where(f"while reading unit {u} (rows {lo}:{hi}) of {root}")
@@ -164,6 +171,23 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     w.row_ids = plan.window_row_ids(j, unit_start) if unit_start is not None else None
     w.n_batches = plan.window_batches(j)
     return w
+
+
+def _direct_window(workers: Pool, w: Window, plan: EpochPlan, direct: DirectRows, bufs: Bufs,
+                   order: tuple[str, ...]) -> None:
+    """Window ``w``'s direct columns beside its buffers, and the checks of the units it needs
+    whose rows' sums are not known (tasks of about ``4 * TASK_BYTES`` of units each)."""
+    rows = plan.window_row_ids(w.j, direct.manifest.unit_start)
+    cols = direct.window(rows)
+    w.buffers = {n: bufs[n] if n in bufs else cols[n] for n in order}
+    units = direct.units_to_check(rows)
+    if units.size:
+        unit_bytes = int(direct.manifest.unit_rows.max()) * sum(c.row_nbytes for c in direct.columns.values())
+        step = max(1, 4 * pool.TASK_BYTES // max(1, unit_bytes))
+        for a in range(0, units.size, step):
+            part = units[a:a + step]
+            w.reads.append(workers.submit(1, direct.check_units, (part,), Where(
+                f"while checking units {int(part[0])}..{int(part[-1])} of {direct.manifest.root}")))
 
 
 def _submit_reads(workers: Pool, reader: Any, pieces: Table, keeps: Keeps, bufs: Bufs, root: Any) -> Task:
