@@ -140,8 +140,10 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     root = getattr(getattr(reader, "manifest", None), "root", "")
     advise = getattr(reader, "advise", None)
     if advise is not None:  # let a cold disk work on the whole window at once (a pool task, ahead
-        # of the reads: a window's hints are a thousand system calls, off the consuming thread)
-        workers.submit(1, advise, (table, list(bufs)), f"while hinting the reads of window {j}")
+        # of the reads: a window's hints are a thousand system calls, off the consuming thread), its
+        # buffers' columns and those its batch tasks read (direct.py)
+        names = list(bufs) + (list(direct.names) if direct is not None else [])
+        workers.submit(1, advise, (table, names), f"while hinting the reads of window {j}")
     # The window's row permutation (milliseconds for a large window) on a pool thread, ahead of its
     # reads, not on the consuming thread (docs/PERFORMANCE.md, Loader: task size).
     w.perm = workers.submit(1, plan.window_perm, (j,), f"while shuffling window {j}")
