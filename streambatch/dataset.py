@@ -227,7 +227,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
     def describe(self, num_workers: int = 0) -> dict[str, Any]:
         """Sizes and predicted quality, computed before any data is read: window and piece sizes,
         the epoch plan's memory (outside the budget), threads, budget and predicted peak bytes,
-        predicted design effect and label KL (``loader.sizing.describe`` lists every key).
+        predicted design effect and label KL (``loader.sizing.describe`` lists every key), and
+        ``direct_columns``: the columns whose rows are read straight into the batches, not through
+        the windows (``loader.direct``).
         """
         out = describe(self._sizing(), self.manifest, num_workers, shuffle=self.shuffle, rank=self.rank)
         # columns whose rows are read straight into the batches, not through the window (loader/direct.py)
