@@ -89,6 +89,19 @@ def test_direct_columns_serve_the_window_paths_batches(source: tuple[Path, np.nd
     assert peak <= BUDGET and ds.last_peak_accounted_bytes <= BUDGET
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_direct_column_alone_is_served_without_window_buffers(source: tuple[Path, np.ndarray],
+                                                                verify: bool) -> None:
+    """Only ``x`` selected: a window has no buffer to read into, only the rows' places."""
+    path, x = source
+    ds = make(path, columns=["x"], verify=verify, return_index=True)
+    for e in range(2):
+        got = batches(ds, e)
+        rows = np.concatenate([b["_row"] for b in got])
+        assert np.array_equal(np.sort(rows), np.arange(ROWS))
+        assert all(list(b) == ["x", "_row"] and np.array_equal(b["x"], x[b["_row"]]) for b in got)
+
+
 def test_through_dataloader_workers_every_row_once(source: tuple[Path, np.ndarray]) -> None:
     path, x = source
     ds = make(path, memory_budget=2 * BUDGET)  # each worker gets half

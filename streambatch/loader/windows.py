@@ -155,7 +155,7 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     start_bytes = table[:, 3] * row_nbytes
     firsts = np.unique(np.searchsorted(start_bytes, np.arange(0, int(start_bytes[-1]) + 1, step)))
     bounds = np.append(firsts, table.shape[0]).tolist()
-    for a, b in zip(bounds[:-1], bounds[1:]) if bufs else ():
+    for a, b in zip(bounds[:-1], bounds[1:]) if bufs or w.ragged else ():  # (direct columns alone: none)
         if w.ragged:
             u, lo, hi = table[a, :3].tolist()
             where = Where(f"while reading unit {u} (rows {lo}:{hi}) of {root}")
