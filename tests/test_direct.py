@@ -102,6 +102,17 @@ def test_a_direct_column_alone_is_served_without_window_buffers(source: tuple[Pa
         assert all(list(b) == ["x", "_row"] and np.array_equal(b["x"], x[b["_row"]]) for b in got)
 
 
+def test_the_device_path_serves_the_same_batches(source: tuple[Path, np.ndarray],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device="cpu"``: rows read straight into the device path's reused host buffers."""
+    path, _ = source
+    got = [batches(make(path, device="cpu", memory_budget=4 * BUDGET), e) for e in range(2)]
+    window_path(monkeypatch)
+    ds = make(path, device="cpu", memory_budget=4 * BUDGET)
+    for e, want in enumerate(got):
+        assert_same(batches(ds, e), want)
+
+
 def test_through_dataloader_workers_every_row_once(source: tuple[Path, np.ndarray]) -> None:
     path, x = source
     ds = make(path, memory_budget=2 * BUDGET)  # each worker gets half
