@@ -29,7 +29,7 @@ from ._sizes import parse_size
 from .errors import StateError
 from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
-from .loader.direct import direct_columns, epoch_direct
+from .loader.direct import direct_columns, epoch_direct, window_row_nbytes
 from .loader.device import DeviceFeeder, check_on_device, resolve_device
 from .loader.handoff import batch_ring, forget_done
 from .loader.ring import Ring
@@ -180,7 +180,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                       int(m.unit_rows.max()), m.n_units, partial, label_icc_of(m),
                       self.piece_rows if self.shuffle and not ragged else 0, **ragged_sizing(m, self.columns),
                       device=self._target is not None, batch_extra=decoded_row_nbytes(self.decode), ragged=ragged,
-                      padded_batch=padded_batch_nbytes(m, self.columns, self.collate, self._row_batch))
+                      padded_batch=padded_batch_nbytes(m, self.columns, self.collate, self._row_batch),
+                      window_row_nbytes=window_row_nbytes(m, self.columns, self.row_nbytes, remote=self.remote
+                                                          is not None, verify=self.verify))
 
     @property
     def _row_batch(self) -> int:
@@ -289,8 +291,6 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                                               tuple(c.name for c in self.columns if c.name not in far),
                                               self._shared_sums)
                               if run.piece_rows and self.verify and sizing.partial and not ragged else None)
-        if direct is not None and self._target is None:  # (the device path's ring is sized to lay.ahead)
-            lay = direct.layout(lay, sizing.row_nbytes, sizing.batch_size * sizing.batch_row_nbytes)
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
         index_key = INDEX_KEY if self.return_index or packed else None

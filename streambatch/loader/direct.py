@@ -5,23 +5,25 @@ place (local, uncompressed Zarr), is not read into the window buffer.  A batch t
 of its rows with a ``pread`` straight into the batch's buffer, all of a group's rows in one C
 call with the GIL released (``_kernels.pread_ranges``), so reader threads read in parallel and the
 bytes go from the page cache to the batch once.  The window keeps, per row of such a column, its
-file and offset (16 bytes a row, in the window's bytes); the epoch's plan, its windows and their
-read-ahead hints are those of the window path, so the order served and the pages cached are the
-same.  Memory mapping was measured and ruled out: the kernel's fault-around maps most of the files
-(docs/PERFORMANCE.md, "One copy, measured again").
+file and offset (``sizing.PLACE_BYTES`` a row), so the sizing gives windows of up to
+``sizing.DIRECT_WINDOW_FACTOR`` times the rows (better mixing, fewer windows) and the scheduler
+holds ``sizing.DIRECT_WINDOWS`` of them; a window's read-ahead hints cover its direct rows, which
+wait in the page cache, outside the budget, until served.  Memory mapping was measured and ruled
+out: the kernel's fault-around maps most of the files (docs/PERFORMANCE.md, "One copy, measured
+again").
 
 With ``verify``, each row is checked against its own CRC-32C (``PieceSums`` with pieces of one
 row, 4 bytes a row and column, kept across epochs and shared with DataLoader workers): a unit is
 read whole and its stored checksum checked the first time a window of the epoch needs a row of it
 whose sum is not known, which leaves the sums of all its rows; a batch's rows are summed as they
-are read (``_kernels.pread_summed``: each row's sum taken right after its read) and compared.  A row whose sum differs has its unit read and
-checked again: a damaged unit is that check's ``DataError``; rows that differ from a unit that
-passes changed since it was checked, also a ``DataError``.
+are read (``_kernels.pread_summed``: each row's sum taken right after its read) and compared.  A
+row whose sum differs has its unit read and checked again: a damaged unit is that check's
+``DataError``; rows that differ from a unit that passes changed since it was checked, also a
+``DataError``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Any, Callable
 
@@ -35,17 +37,12 @@ from ..io.files import ByteRanges
 from ..manifest import Manifest
 from ..schema import Column
 from .readers import _Claims
-from .sizing import Layout
+from .sizing import PLACE_BYTES
 from .sums import PieceSums, SharedSums, piece_sums
 
-__all__ = ["DIRECT_ROW_BYTES", "DIRECT_WINDOWS", "PLACE_BYTES", "DirectColumn", "DirectRows", "direct_columns", "epoch_direct"]
+__all__ = ["DIRECT_ROW_BYTES", "DirectColumn", "DirectRows", "direct_columns", "epoch_direct", "window_row_nbytes"]
 
 DIRECT_ROW_BYTES = 4096  # a pread per row costs about what gathering the row from RAM does from ~4-16 KiB up
-PLACE_BYTES = 16  # a window's bytes per row and direct column: the row's file descriptor and offset
-# Windows held at once with direct columns (the window path holds two): the scheduler serves a
-# window's batches only once its reads are done, and with the large rows out of them, windows are
-# cheap; more read ahead keep both reader threads busy across window boundaries.
-DIRECT_WINDOWS = 4
 
 
 def direct_columns(manifest: Manifest, columns: tuple[Column, ...], *, remote: bool, verify: bool) -> tuple[str, ...]:
@@ -55,6 +52,16 @@ def direct_columns(manifest: Manifest, columns: tuple[Column, ...], *, remote: b
             or any(c.ragged for c in columns) or (verify and native_crc32c() is None)):
         return ()
     return tuple(c.name for c in columns if c.row_nbytes >= DIRECT_ROW_BYTES)
+
+
+def window_row_nbytes(manifest: Manifest, columns: tuple[Column, ...], row_nbytes: int, *, remote: bool,
+                     verify: bool) -> int:
+    """Bytes a window holds a row (``row_nbytes``: every column's): the direct columns' places
+    instead of their rows; 0 where there is no direct column (for ``sizing.Sizing``)."""
+    names = set(direct_columns(manifest, columns, remote=remote, verify=verify))
+    if not names:
+        return 0
+    return row_nbytes - sum(c.row_nbytes for c in columns if c.name in names) + PLACE_BYTES * len(names)
 
 
 def epoch_direct(manifest: Manifest, columns: tuple[Column, ...], *, remote: bool, verify: bool,
@@ -116,16 +123,6 @@ class DirectRows:
     @property
     def verifying(self) -> bool:
         return self._sums is not None
-
-    def layout(self, lay: Layout, row_nbytes: int, batch_nbytes: int) -> Layout:
-        """``lay`` with what its windows no longer hold (the direct columns' rows, less their places;
-        ``row_nbytes``: a row of every column) given to batches assembled ahead, up to 8 per reader
-        thread as the sizing's own maximum, beside ``DIRECT_WINDOWS`` windows: each batch task reads
-        as well as gathers now, so more of them in flight keep the threads busy.  The windows, and
-        so the plan, stay as they are."""
-        window = lay.window_rows * self.window_row_nbytes(row_nbytes)
-        room = (lay.budget - lay.outside - DIRECT_WINDOWS * window) // max(1, batch_nbytes)
-        return dataclasses.replace(lay, ahead=max(lay.ahead, min(8 * lay.threads, room)))
 
     def window_row_nbytes(self, row_nbytes: int) -> int:
         """A window's bytes a row: the other columns' rows (``row_nbytes`` less the direct ones) and

@@ -30,10 +30,11 @@ from ..plan import EpochPlan
 from ..schema import Column
 from . import pool
 from .batches import Normalizers, gather_batches
-from .direct import DIRECT_WINDOWS, DirectRows
+from .direct import DirectRows
 from .malloc import cap_mmap_threshold
 from .pool import Flag, Pool, Task
 from .rows import batch_values_nbytes, ragged_slack, window_nbytes
+from .sizing import DIRECT_WINDOWS
 from .windows import Buffers, Window, start_window
 
 __all__ = ["Prefetcher"]
@@ -66,7 +67,7 @@ class Prefetcher:
     Memory invariant: ``accounted_bytes`` = bytes of window buffers in use + bytes of batches
     submitted and not yet taken, and it never exceeds ``budget_bytes``: a window buffer is
     acquired before its reads are submitted and released when its last batch is taken.
-    At most two windows are held: the one being served and the one being read (``DIRECT_WINDOWS``
+    At most two windows are held: the one being served and the one being read (``sizing.DIRECT_WINDOWS``
     with direct columns, whose windows hold a few bytes a row: loader/direct.py).
 
     Window buffers are reused from ``buffers`` (a list the caller keeps across epochs) when their

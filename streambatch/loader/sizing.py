@@ -71,6 +71,16 @@ WINDOW_SPREAD_SDS = 2.0
 # their way or held by the main process (the DataLoader's prefetch_factor, 2 by default, the batch
 # the loop holds, and the one it held while it asked for the next).
 HANDOFF_IN_FLIGHT = 4
+# Where the large columns are read straight into the batches (loader/direct.py), a window holds a
+# few bytes a row of them, and windows may hold this many times the rows of windows of whole rows:
+# fewer windows an epoch (each costs some milliseconds of CPU: its table, places, hints and reads)
+# and better mixing, while the rows hinted ahead for a cold disk stay a few times the budget.
+DIRECT_WINDOW_FACTOR = 4
+# Windows held at once where large columns are read directly (two otherwise: the one served and the
+# one read): the scheduler serves a window's batches only once its reads are done, and windows of
+# a few bytes a row are cheap, so more read ahead keep both reader threads busy across windows.
+DIRECT_WINDOWS = 4
+PLACE_BYTES = 16  # a window's bytes a row and direct column: the row's file descriptor and offset
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class Sizing:
     ragged: bool = False  # ragged columns: the budget keeps room for what is held outside it (OUTSIDE_MAX)
     padded_batch: int = 0  # collate="pad": bytes of a batch padded to the longest row, with its mask (the worst case)
     unit_nbytes_sd: float = 0.0  # ragged columns: the standard deviation of a unit's bytes (rows.ragged_sizing)
+    window_row_nbytes: int = 0  # bytes a window holds a row, where less than row_nbytes (loader/direct.py)
 
     @property
     def batch_row_nbytes(self) -> int:
@@ -166,10 +177,19 @@ class Sizing:
                              f"{num_workers} worker(s); give at least "
                              f"{self._least_budget(budget) * max(1, num_workers)} bytes")
         rows = window_rows_for(window_bytes, self.row_nbytes, self.batch_size, self.rank_rows)
+        if 0 < self.window_row_nbytes < self.row_nbytes:  # large columns read straight into the batches:
+            # windows of up to DIRECT_WINDOW_FACTOR times the rows (their rows' bytes are then in the
+            # page cache from the window's read-ahead hints until served, not in the budget)
+            rows = min(DIRECT_WINDOW_FACTOR * rows, window_rows_for(window_bytes, self.window_row_nbytes,
+                                                                    self.batch_size, self.rank_rows))
         if self.unit_nbytes_sd:  # a window's units vary in bytes: keep two windows fitting (WINDOW_SPREAD_SDS)
             sd = self.unit_nbytes_sd * math.sqrt(max(1.0, rows * self.n_units / max(1, self.rows)))
             rows = window_rows_for(max(batch_bytes, window_bytes - int(WINDOW_SPREAD_SDS * sd)), self.row_nbytes,
                                    self.batch_size, self.rank_rows)
+        if self.window_row_nbytes and not self.device:  # what the windows no longer hold goes to batches ahead,
+            # up to 8 a thread: each batch task reads its large rows too, so more in flight keep threads busy
+            room = (budget - outside - DIRECT_WINDOWS * rows * self.window_row_nbytes) // max(1, batch_bytes)
+            ahead = max(ahead, min(8 * threads, room))
         lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside)
         return device_layout(lay, reserve, self.root) if self.device else lay
 
@@ -257,15 +277,24 @@ class Sizing:
     def fits(self, window_rows: int, num_workers: int) -> bool:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
         lay = self.layout(num_workers)
-        return (2 * (window_rows * self.row_nbytes + self.window_slack)
+        return (self.windows_held * (window_rows * self.held_row_nbytes + self.window_slack)
                 + lay.held_batches * self.batch_size * self.batch_row_nbytes + lay.outside + self.padded_batch
                 <= lay.budget)
 
+    @property
+    def held_row_nbytes(self) -> int:
+        """Bytes a window holds a row: ``window_row_nbytes`` where large columns are read directly."""
+        return self.window_row_nbytes or self.row_nbytes
+
+    @property
+    def windows_held(self) -> int:
+        return DIRECT_WINDOWS if self.window_row_nbytes else 2
+
     def peak_bytes(self, lay: Layout) -> int:
-        """The most bytes one process holds: two windows and the batches ahead (or the device ring),
+        """The most bytes one process holds: the windows and the batches ahead (or the device ring),
         and a batch padded to the longest row (``padded_batch``)."""
-        return (2 * lay.window_rows * self.row_nbytes + lay.held_batches * self.batch_size * self.batch_row_nbytes
-                + 2 * self.window_slack + lay.outside + self.padded_batch)
+        return (self.windows_held * (lay.window_rows * self.held_row_nbytes + self.window_slack)
+                + lay.held_batches * self.batch_size * self.batch_row_nbytes + lay.outside + self.padded_batch)
 
 
 def device_layout(lay: Layout, reserve: int, root: Any) -> Layout:
