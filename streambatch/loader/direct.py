@@ -6,9 +6,9 @@ of its rows with a ``pread`` straight into the batch's buffer, all of a group's 
 call with the GIL released (``_kernels.pread_ranges``), so reader threads read in parallel and the
 bytes go from the page cache to the batch once.  The window keeps, per row of such a column, its
 file and offset (``sizing.PLACE_BYTES`` a row), so the sizing gives windows of up to
-``sizing.DIRECT_WINDOW_FACTOR`` times the rows (better mixing, fewer windows) and the scheduler
-holds ``sizing.DIRECT_WINDOWS`` of them; a window's read-ahead hints cover its direct rows, which
-wait in the page cache, outside the budget, until served.  Memory mapping was measured and ruled
+``sizing.DIRECT_WINDOW_FACTOR`` times the rows (better mixing, fewer windows); a window's
+read-ahead hints cover its direct rows, which wait in the page cache, outside the budget, until
+served.  Memory mapping was measured and ruled
 out: the kernel's fault-around maps most of the files (docs/PERFORMANCE.md, "One copy, measured
 again").
 

@@ -34,7 +34,6 @@ from .direct import DirectRows
 from .malloc import cap_mmap_threshold
 from .pool import Flag, Pool, Task
 from .rows import batch_values_nbytes, ragged_slack, window_nbytes
-from .sizing import DIRECT_WINDOWS
 from .windows import Buffers, Window, start_window
 
 __all__ = ["Prefetcher"]
@@ -67,8 +66,7 @@ class Prefetcher:
     Memory invariant: ``accounted_bytes`` = bytes of window buffers in use + bytes of batches
     submitted and not yet taken, and it never exceeds ``budget_bytes``: a window buffer is
     acquired before its reads are submitted and released when its last batch is taken.
-    At most two windows are held: the one being served and the one being read (``sizing.DIRECT_WINDOWS``
-    with direct columns, whose windows hold a few bytes a row: loader/direct.py).
+    At most two windows are held: the one being served and the one being read.
 
     Window buffers are reused from ``buffers`` (a list the caller keeps across epochs) when their
     shapes fit, and returned to it at close.  Use as a context manager or call ``close()``
@@ -111,10 +109,9 @@ class Prefetcher:
         if group is None:  # batches per task: at least 4, up to about TASK_BYTES of small batches
             group = max(4, pool.TASK_BYTES // max(1, self.batch_nbytes))
         self.group = max(1, min(group, self.batches_ahead // 2 or 1))
-        self.windows_held = DIRECT_WINDOWS if direct is not None else 2  # the one served, those read (direct.py)
-        if self.windows_held * self.window_nbytes + self.batches_ahead * self.batch_nbytes > budget_bytes:
-            raise ValueError(f"{self.windows_held} windows of {self.window_nbytes} bytes and {self.batches_ahead} "
-                             f"batches ahead do not fit the budget of {budget_bytes} bytes")
+        if 2 * self.window_nbytes + self.batches_ahead * self.batch_nbytes > budget_bytes:
+            raise ValueError(f"window of {self.window_nbytes} bytes and {self.batches_ahead} batches ahead "
+                             f"do not fit the budget of {budget_bytes} bytes")
         self.start_batch = start_batch
         self.index_key = index_key
         self.normalize = normalize or {}
@@ -189,7 +186,7 @@ class Prefetcher:
         head: Window | None = None
         cur: Window | None = None
         while True:
-            while todo and len(held) < self.windows_held and (not self.ragged or self._window_fits(todo[0], held)):
+            while todo and len(held) < 2 and (not self.ragged or self._window_fits(todo[0], held)):
                 w = self._start_window(todo.popleft())
                 w.next_b = first_offset if started == 0 else 0
                 started += 1

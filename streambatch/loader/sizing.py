@@ -74,12 +74,10 @@ HANDOFF_IN_FLIGHT = 4
 # Where the large columns are read straight into the batches (loader/direct.py), a window holds a
 # few bytes a row of them, and windows may hold this many times the rows of windows of whole rows:
 # fewer windows an epoch (each costs some milliseconds of CPU: its table, places, hints and reads)
-# and better mixing, while the rows hinted ahead for a cold disk stay a few times the budget.
+# and better mixing.  The two windows' rows, hinted for a cold disk, then wait in the page cache
+# (outside the budget) until served: about 4 times the budget's bytes (docs/PERFORMANCE.md,
+# "Windows four times larger": 4 and 2 windows held ran as fast as 2 and 4, 2 and 2 at 0.86x).
 DIRECT_WINDOW_FACTOR = 4
-# Windows held at once where large columns are read directly (two otherwise: the one served and the
-# one read): the scheduler serves a window's batches only once its reads are done, and windows of
-# a few bytes a row are cheap, so more read ahead keep both reader threads busy across windows.
-DIRECT_WINDOWS = 4
 PLACE_BYTES = 16  # a window's bytes a row and direct column: the row's file descriptor and offset
 
 
@@ -188,7 +186,7 @@ class Sizing:
                                    self.batch_size, self.rank_rows)
         if self.window_row_nbytes and not self.device:  # what the windows no longer hold goes to batches ahead,
             # up to 8 a thread: each batch task reads its large rows too, so more in flight keep threads busy
-            room = (budget - outside - DIRECT_WINDOWS * rows * self.window_row_nbytes) // max(1, batch_bytes)
+            room = (budget - outside - 2 * rows * self.window_row_nbytes) // max(1, batch_bytes)
             ahead = max(ahead, min(8 * threads, room))
         lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside)
         return device_layout(lay, reserve, self.root) if self.device else lay
@@ -277,7 +275,7 @@ class Sizing:
     def fits(self, window_rows: int, num_workers: int) -> bool:
         """Whether windows of ``window_rows`` (a saved state's) fit this budget with ``num_workers``."""
         lay = self.layout(num_workers)
-        return (self.windows_held * (window_rows * self.held_row_nbytes + self.window_slack)
+        return (2 * (window_rows * self.held_row_nbytes + self.window_slack)
                 + lay.held_batches * self.batch_size * self.batch_row_nbytes + lay.outside + self.padded_batch
                 <= lay.budget)
 
@@ -286,14 +284,10 @@ class Sizing:
         """Bytes a window holds a row: ``window_row_nbytes`` where large columns are read directly."""
         return self.window_row_nbytes or self.row_nbytes
 
-    @property
-    def windows_held(self) -> int:
-        return DIRECT_WINDOWS if self.window_row_nbytes else 2
-
     def peak_bytes(self, lay: Layout) -> int:
-        """The most bytes one process holds: the windows and the batches ahead (or the device ring),
+        """The most bytes one process holds: two windows and the batches ahead (or the device ring),
         and a batch padded to the longest row (``padded_batch``)."""
-        return (self.windows_held * (lay.window_rows * self.held_row_nbytes + self.window_slack)
+        return (2 * (lay.window_rows * self.held_row_nbytes + self.window_slack)
                 + lay.held_batches * self.batch_size * self.batch_row_nbytes + lay.outside + self.padded_batch)
 
 
