@@ -139,6 +139,30 @@ def test_the_device_path_serves_the_same_batches(source: tuple[Path, np.ndarray]
         assert_same(batches(ds, e), want)
 
 
+def test_a_budget_too_small_for_windows_of_whole_rows_serves_direct_columns(
+        source: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window of direct columns holds 48 bytes a row: the least budget counts that, not whole
+    rows, so a budget the window path refuses (naming its least budget) serves every row once."""
+    import re
+
+    path, x = source
+    window_path(monkeypatch)
+    budget = 7 * BATCH * ROW_BYTES // 2  # two batches ahead leave less than a batch of whole rows a window
+    with pytest.raises(ValueError, match="too small") as refused:
+        make(path, memory_budget=budget)
+    least = int(re.search(r"give at least (\d+) bytes", str(refused.value)).group(1))
+    monkeypatch.undo()
+    ds = make(path, memory_budget=budget)
+    assert budget < least
+    got = batches(ds, 0)
+    assert np.array_equal(np.sort(np.concatenate([b["id"] for b in got])), np.arange(ROWS))
+    assert all(np.array_equal(b["x"], x[b["id"]]) for b in got)
+    assert ds.last_peak_accounted_bytes <= budget
+    with pytest.raises(ValueError, match=r"give at least (\d+) bytes") as small:
+        make(path, memory_budget=3 * BATCH * ROW_BYTES // 2)
+    assert int(re.search(r"give at least (\d+) bytes", str(small.value)).group(1)) < least
+
+
 def test_through_dataloader_workers_every_row_once(source: tuple[Path, np.ndarray]) -> None:
     path, x = source
     ds = make(path, memory_budget=2 * BUDGET)  # each worker gets half

@@ -158,7 +158,8 @@ class Sizing:
         """Budget per process -> threads, batches ahead, window rows.
 
         Raises:
-            ValueError: the budget is too small for two windows of one batch and the batches ahead.
+            ValueError: the budget is too small for two windows of one batch (of what a window
+                holds of a row) and the batches ahead.
         """
         budget = self.memory_budget // max(1, num_workers)
         threads = self.threads(num_workers)
@@ -167,7 +168,7 @@ class Sizing:
         ahead = min(reserve, 8 * threads)
         outside = self._outside(budget)
         window_bytes = self._window_bytes(budget)
-        if window_bytes < batch_bytes:
+        if window_bytes < self._window_least:
             padded = (f" (padded to the longest row, a batch may hold {self.padded_batch} bytes)"
                       if self.padded_batch else "")
             raise ValueError(f"{self.root}: memory_budget {self.memory_budget} bytes is too small for "
@@ -207,15 +208,21 @@ class Sizing:
     def _least_budget(self, budget: int) -> int:
         """The smallest process budget above ``budget`` whose windows hold a batch: what a refusal
         advises (the outside room and the batches ahead grow with the budget, so it is searched)."""
-        batch_bytes = self.batch_size * self.batch_row_nbytes
-        step = max(1, (batch_bytes + self.padded_batch + self.window_slack) // 8)
+        least = self._window_least
+        step = max(1, (self.batch_size * self.batch_row_nbytes + self.padded_batch + self.window_slack) // 8)
         hi = budget + step
-        while self._window_bytes(hi) < batch_bytes:
+        while self._window_bytes(hi) < least:
             budget, hi = hi, hi + step
         while hi - budget > 1:  # the smallest that fits within the last step (budget: refused, hi: fits)
             mid = (budget + hi) // 2
-            budget, hi = (budget, mid) if self._window_bytes(mid) >= batch_bytes else (mid, hi)
+            budget, hi = (budget, mid) if self._window_bytes(mid) >= least else (mid, hi)
         return hi
+
+    @property
+    def _window_least(self) -> int:
+        """The bytes of a window of one batch: of whole rows, or of what a window holds of a row
+        where large columns are read straight into the batches (``window_row_nbytes``)."""
+        return self.batch_size * (self.window_row_nbytes or self.batch_row_nbytes)
 
     def reserved_batches(self, budget: int) -> int:
         """Batches the budget keeps for assembling ahead: BATCHES_AHEAD_MAX, or a quarter of a
