@@ -18,6 +18,7 @@ peak bytes and the predicted shuffle quality before any data is read.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Iterator, Mapping
 
@@ -181,8 +182,13 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                       self.piece_rows if self.shuffle and not ragged else 0, **ragged_sizing(m, self.columns),
                       device=self._target is not None, batch_extra=decoded_row_nbytes(self.decode), ragged=ragged,
                       padded_batch=padded_batch_nbytes(m, self.columns, self.collate, self._row_batch),
-                      window_row_nbytes=window_row_nbytes(m, self.columns, self.row_nbytes, remote=self.remote
-                                                          is not None, verify=self.verify))
+                      window_row_nbytes=window_row_nbytes(self.row_nbytes,
+                                                          [c for c in self.columns if c.name in self._direct]))
+
+    @functools.cached_property
+    def _direct(self) -> tuple[str, ...]:
+        """The columns whose rows are read straight into the batches (loader/direct.py)."""
+        return direct_columns(self.manifest, self.columns, remote=self.remote is not None, verify=self.verify)
 
     @property
     def _row_batch(self) -> int:
@@ -234,9 +240,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         the windows (``loader.direct``).
         """
         out = describe(self._sizing(), self.manifest, num_workers, shuffle=self.shuffle, rank=self.rank)
-        # columns whose rows are read straight into the batches, not through the window (loader/direct.py)
-        out["direct_columns"] = list(direct_columns(self.manifest, self.columns, remote=self.remote is not None,
-                                                    verify=self.verify))
+        out["direct_columns"] = list(self._direct)
         return out
 
     # ------------------------------------------------------------------ iteration
@@ -282,13 +286,12 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
                          history=run.history, piece_rows=run.piece_rows)
         ragged = {c.name: c.kind for c in self.columns if c.ragged}
         opener = lambda verify: open_reader(self.manifest, verify=verify, remote=self._remote_files())  # noqa: E731
-        direct = epoch_direct(self.manifest, self.columns, remote=self.remote is not None, verify=self.verify,
-                              open_reader=opener, keep=self._direct_sums, shared=self._shared_sums)
-        far = set(direct.names) if direct is not None else set()
+        direct = epoch_direct(self.manifest, self._direct, verify=self.verify, open_reader=opener,
+                              keep=self._direct_sums, shared=self._shared_sums)
         reader = epoch_reader(opener, ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
                               pieces=bool(run.piece_rows), threads=lay.threads,
                               sums=piece_sums(self._sums, self.manifest.unit_rows, run.piece_rows,
-                                              tuple(c.name for c in self.columns if c.name not in far),
+                                              tuple(c.name for c in self.columns if c.name not in self._direct),
                                               self._shared_sums)
                               if run.piece_rows and self.verify and sizing.partial and not ragged else None)
         packed, in_worker = self.pack is not None, get_worker_info() is not None

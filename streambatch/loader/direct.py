@@ -54,23 +54,17 @@ def direct_columns(manifest: Manifest, columns: tuple[Column, ...], *, remote: b
     return tuple(c.name for c in columns if c.row_nbytes >= DIRECT_ROW_BYTES)
 
 
-def window_row_nbytes(manifest: Manifest, columns: tuple[Column, ...], row_nbytes: int, *, remote: bool,
-                     verify: bool) -> int:
-    """Bytes a window holds a row (``row_nbytes``: every column's): the direct columns' places
+def window_row_nbytes(row_nbytes: int, direct: list[Column]) -> int:
+    """Bytes a window holds a row (``row_nbytes``: every column's): the ``direct`` columns' places
     instead of their rows; 0 where there is no direct column (for ``sizing.Sizing``)."""
-    names = set(direct_columns(manifest, columns, remote=remote, verify=verify))
-    if not names:
-        return 0
-    return row_nbytes - sum(c.row_nbytes for c in columns if c.name in names) + PLACE_BYTES * len(names)
+    return row_nbytes - sum(c.row_nbytes for c in direct) + PLACE_BYTES * len(direct) if direct else 0
 
 
-def epoch_direct(manifest: Manifest, columns: tuple[Column, ...], *, remote: bool, verify: bool,
-                 open_reader: Callable[[bool], Any], keep: list[PieceSums], shared: SharedSums | None
-                 ) -> DirectRows | None:
-    """An epoch's direct columns (None where there are none): rows read with ``open_reader(True)``
-    to check a unit, and, with ``verify``, each row's sum from ``keep`` (the dataset's, across
-    epochs), in ``shared`` memory where given."""
-    names = direct_columns(manifest, columns, remote=remote, verify=verify)
+def epoch_direct(manifest: Manifest, names: tuple[str, ...], *, verify: bool, open_reader: Callable[[bool], Any],
+                 keep: list[PieceSums], shared: SharedSums | None) -> DirectRows | None:
+    """An epoch's direct columns ``names`` (``direct_columns``; None where there are none): rows
+    read with ``open_reader(True)`` to check a unit, and, with ``verify``, each row's sum from
+    ``keep`` (the dataset's, across epochs), in ``shared`` memory where given."""
     if not names:
         return None
     sums = piece_sums(keep, manifest.unit_rows, 1, names, shared) if verify else None
@@ -118,22 +112,20 @@ class DirectRows:
         self._claims = _Claims()
         self._lock = threading.Lock()
         self._local = threading.local()
-        self.whole_reads = 0  # units read whole to take their rows' sums (tests)
-
-    @property
-    def verifying(self) -> bool:
-        return self._sums is not None
 
     def window_row_nbytes(self, row_nbytes: int) -> int:
         """A window's bytes a row: the other columns' rows (``row_nbytes`` less the direct ones) and
         the direct columns' places."""
-        return row_nbytes - sum(c.row_nbytes for c in self.columns.values()) + PLACE_BYTES * len(self.columns)
+        return window_row_nbytes(row_nbytes, list(self.columns.values()))
+
+    def _units_of(self, rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The unit of each of ``rows`` (global row numbers)."""
+        return np.searchsorted(self.manifest.unit_start, rows, side="right") - 1
 
     def window(self, rows: NDArray[np.int64]) -> dict[str, DirectColumn]:
         """The direct columns of a window whose buffer rows are the global rows ``rows``."""
-        starts = self.manifest.unit_start
-        unit = np.searchsorted(starts, rows, side="right") - 1
-        within = rows - starts[unit]
+        unit = self._units_of(rows)
+        within = rows - self.manifest.unit_start[unit]
         out = {}
         for name, col in self.columns.items():
             files = self._file[name][unit]
@@ -147,7 +139,7 @@ class DirectRows:
         if self._sums is None:
             return np.zeros(0, np.int64)
         unknown = rows[~self._sums.known[rows]]
-        return np.unique(np.searchsorted(self.manifest.unit_start, unknown, side="right") - 1)
+        return np.unique(self._units_of(unknown))
 
     def check_units(self, units: NDArray[np.int64]) -> None:
         """Read each unit whole, check its stored checksum and take its rows' sums, once an epoch
@@ -168,7 +160,6 @@ class DirectRows:
                 self._checked = self._open_checked()
         self._checked.read_into(unit, 0, rows, bufs)  # raises DataError for a damaged unit
         self._sums.record(unit, bufs)
-        self.whole_reads += 1
 
     def _scratch(self, rows: int) -> dict[str, np.ndarray]:
         """This thread's buffer of one unit of the direct columns."""
@@ -203,7 +194,7 @@ class DirectRows:
         read and checked again (a damaged unit raises there), which retakes the sums; then each row
         must match its sum."""
         assert self._sums is not None
-        units = np.searchsorted(self.manifest.unit_start, rows, side="right") - 1
+        units = self._units_of(rows)
         for u in np.unique(units).tolist():
             self._check_unit(u)
         wrong = np.flatnonzero(crc_ranges(*self._sums.crc, flat, at, sizes) != self._sums.sums[name][rows])
@@ -216,7 +207,7 @@ class DirectRows:
     def _failed_read(self, col: DirectColumn, k: int) -> None:
         """Name why row ``k`` of the window could not be read (the file's end, an error)."""
         row = int(col.rows[k])
-        unit = int(np.searchsorted(self.manifest.unit_start, row, side="right") - 1)
+        unit = int(self._units_of(col.rows[k:k + 1])[0])
         rb = self.columns[col.name].row_nbytes
         where = lambda: self._where(col.name, unit, int(col.files[k]))  # noqa: E731
         self._files.read_into(memoryview(bytearray(rb)), int(col.files[k]), int(col.offsets[k]), where)

@@ -131,8 +131,7 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     table, keeps = plan.window_table(j)
     rows = plan.window_size(j)
     w = Window(j, rows, bufs, plan.window_rows * row_nbytes)
-    if direct is not None:
-        _direct_window(workers, w, plan, direct, bufs, order)
+    direct_rows = _direct_window(workers, w, plan, direct, bufs, order) if direct is not None else None
     if ragged:
         w.ragged = ragged_buffers(reader.manifest, ragged, table, plan.window_rows)
         w.nbytes = plan.window_rows * sum(b[:1].nbytes for b in bufs.values()) + sum(
@@ -170,15 +169,17 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
         # untouched, so peak RSS would depend on the dataset's length; touching it here, after this
         # window's reads, makes it the budget's from the first epoch on.
         w.touch = workers.submit(1, _touch_tail, (bufs, rows), f"while preparing the buffer of window {j}")
-    w.row_ids = plan.window_row_ids(j, unit_start) if unit_start is not None else None
+    if unit_start is not None:  # (a window of direct columns has them already)
+        w.row_ids = direct_rows if direct_rows is not None else plan.window_row_ids(j, unit_start)
     w.n_batches = plan.window_batches(j)
     return w
 
 
 def _direct_window(workers: Pool, w: Window, plan: EpochPlan, direct: DirectRows, bufs: Bufs,
-                   order: tuple[str, ...]) -> None:
+                   order: tuple[str, ...]) -> NDArray[np.int64]:
     """Window ``w``'s direct columns beside its buffers, and the checks of the units it needs
-    whose rows' sums are not known (tasks of about ``4 * TASK_BYTES`` of units each)."""
+    whose rows' sums are not known (tasks of about ``4 * TASK_BYTES`` of units each); the global
+    row number at each of its positions."""
     rows = plan.window_row_ids(w.j, direct.manifest.unit_start)
     cols = direct.window(rows)
     w.buffers = {n: bufs[n] if n in bufs else cols[n] for n in order}
@@ -190,6 +191,7 @@ def _direct_window(workers: Pool, w: Window, plan: EpochPlan, direct: DirectRows
             part = units[a:a + step]
             w.reads.append(workers.submit(1, direct.check_units, (part,), Where(
                 f"while checking units {int(part[0])}..{int(part[-1])} of {direct.manifest.root}")))
+    return rows
 
 
 def _submit_reads(workers: Pool, reader: Any, pieces: Table, keeps: Keeps, bufs: Bufs, root: Any) -> Task:
