@@ -119,8 +119,6 @@ class Store:
         column; the rows read."""
         order = pieces[np.lexsort((pieces[:, 1], pieces[:, 0]))].tolist()
         for name, _, _, rb in self.cols:
-            if name not in bufs:  # a column the caller reads otherwise (direct_path)
-                continue
             flat = memoryview(bufs[name].reshape(-1).view(np.uint8))
             fds, fis, offs, at = self.fds, self.file[name], self.offset[name], 0
             for u, lo, hi in order:
@@ -250,14 +248,14 @@ class Mapped:
         return out
 
     def batch_native(self, where: list[tuple[NDArray[np.int64], ...]], i: int, j: int) -> dict[str, torch.Tensor]:
-        """Rows ``i:j`` (a group of batches) of a window (``where`` from :meth:`locate_bytes`) copied from the maps by one
-        C call per column, the GIL released (``_native.copy_from``): one copy."""
+        """Rows ``i:j`` (a group of batches) of a window (``where`` from :meth:`locate_bytes`) copied
+        from the maps by one C call per column, the GIL released (``_kernels.copy_from``): one copy."""
         out = {}
-        for (name, dt, shape, _, _, rows_of), (fi, at) in zip(self.cols, where):
+        for (name, dt, shape, _, _, _), (fi, at) in zip(self.cols, where):
             o = np.empty((j - i, *shape), dt)
             rb = o[0].nbytes if j > i else 0
-            if kernels.copy_from(self.maps, fi[i:j], at[i:j], np.full(j - i, rb, np.int64), o.reshape(-1).view(np.uint8),
-                                 np.arange(0, (j - i) * rb, rb, dtype=np.int64)) >= 0:
+            if kernels.copy_from(self.maps, fi[i:j], at[i:j], np.full(j - i, rb, np.int64),
+                                 o.reshape(-1).view(np.uint8), np.arange(0, (j - i) * rb, rb, dtype=np.int64)) >= 0:
                 raise OSError(f"column {name!r}: a mapped file became shorter (SIGBUS)")
             out[name] = torch.from_numpy(o)
         return out
@@ -342,9 +340,7 @@ def direct_path(store: Store, piece_rows: int, window_rows: int, threads: int,
     ``pread`` per row, the GIL released: ``_kernels.pread_ranges``), the small columns into a window
     buffer by pieces and gathered from it.  The page cache is the only place the large rows are
     between the file and the batch, and it is not the process's memory.  With 2 threads, each
-    serves every other window."""
-    from streambatch._kernels import pread_ranges
-
+    serves every other group of batches."""
     rng = np.random.default_rng(seed)
     big = [c for c in store.cols if c[3] >= DIRECT_BYTES]
     group = BATCH * max(1, (1 << 20) // (BATCH * store.row_nbytes))
@@ -362,10 +358,11 @@ def direct_path(store: Store, piece_rows: int, window_rows: int, threads: int,
         fds, k = np.asarray(store.fds, np.int64), 0
         for w, unit, row, perm in plan:
             for name, _, _, rb in store.cols:  # the small columns: one C call per column, a pread per piece
-                if name in bufs:
-                    sizes = (w[:, 2] - w[:, 1]) * rb
-                    pread_ranges(fds[store.file[name][w[:, 0]]], store.offset[name][w[:, 0]] + w[:, 1] * rb, sizes,
-                                 bufs[name].reshape(-1).view(np.uint8), np.cumsum(sizes) - sizes)
+                sizes = (w[:, 2] - w[:, 1]) * rb
+                if name in bufs and kernels.pread_ranges(
+                        fds[store.file[name][w[:, 0]]], store.offset[name][w[:, 0]] + w[:, 1] * rb, sizes,
+                        bufs[name].reshape(-1).view(np.uint8), np.cumsum(sizes) - sizes) >= 0:
+                    raise OSError(f"{store.path}: column {name!r}: a short read")
             places = {name: (fds[store.file[name][unit]], store.offset[name][unit] + row * rb)
                       for name, _, _, rb in big}
             for i in range(0, len(perm), group):
@@ -377,8 +374,9 @@ def direct_path(store: Store, piece_rows: int, window_rows: int, threads: int,
                 for name, dt, shape, rb in big:
                     o = out[name] = np.empty((len(idx), *shape), dt)
                     fd, off = places[name]
-                    if pread_ranges(fd[idx], off[idx], np.full(len(idx), rb, np.int64), o.reshape(-1).view(np.uint8),
-                                    np.arange(0, len(idx) * rb, rb, dtype=np.int64)) >= 0:
+                    if kernels.pread_ranges(fd[idx], off[idx], np.full(len(idx), rb, np.int64),
+                                            o.reshape(-1).view(np.uint8),
+                                            np.arange(0, len(idx) * rb, rb, dtype=np.int64)) >= 0:
                         raise OSError(f"{store.path}: column {name!r}: a short read")
                 group_t = {k2: torch.from_numpy(v) for k2, v in out.items()}
                 yield [{k2: t[a:a + BATCH] for k2, t in group_t.items()} for a in range(0, len(idx), BATCH)]

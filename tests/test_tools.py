@@ -527,6 +527,15 @@ def test_bench_ceiling_ipc_path_serves_every_row_once_through_two_workers() -> N
     assert all(len({t.untyped_storage().data_ptr() for t in b.values()}) == 1 for b in got)  # one block a batch
 
 
+def _each_row_once(got: list[dict[str, Any]], columns: dict[str, np.ndarray]) -> None:
+    """A ceiling path's epoch of the 3,000-row ``tab``: every row once, over several windows, and
+    each of ``columns`` (the source's) the row's bytes."""
+    ids = np.concatenate([b["id"].numpy() for b in got])
+    assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
+    for name, values in columns.items():
+        assert all(np.array_equal(b[name].numpy(), values[b["id"].numpy()]) for b in got)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bench_ceiling_design_paths_serve_every_row_once_with_its_bytes(tmp_path: Path, threads: int) -> None:
     """The ceiling's design paths (units or pieces read with preadv into window buffers, gathered
@@ -542,10 +551,7 @@ def test_bench_ceiling_design_paths_serve_every_row_once_with_its_bytes(tmp_path
         assert store.m.n_units > 10
         for piece in (0, 7):
             sets = [store.buffers(500 + int(store.m.unit_rows.max())) for _ in range(2)]
-            got = list(bce.design_path(store, piece, 500, threads, sets, seed=3))
-            ids = np.concatenate([b["id"].numpy() for b in got])
-            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
-            assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
+            _each_row_once(list(bce.design_path(store, piece, 500, threads, sets, seed=3)), {"x": x})
     finally:
         store.close()
 
@@ -572,11 +578,8 @@ def test_bench_ceiling_mapped_path_serves_every_row_once_with_its_bytes(tmp_path
     try:
         mapped = bce.Mapped(store)
         for piece, native in ((0, False), (7, False), (7, True)):  # numpy gathers per file, or a C copy per column
-            got = list(bce.mapped_path(store, mapped, piece, 500, threads, seed=3, native=native))
-            ids = np.concatenate([b["id"].numpy() for b in got])
-            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
-            assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
-            assert all(np.array_equal(b["y"].numpy(), y[b["id"].numpy()]) for b in got)
+            _each_row_once(list(bce.mapped_path(store, mapped, piece, 500, threads, seed=3, native=native)),
+                           {"x": x, "y": y})
         assert mapped.peak_file_mib > 0  # the mapped pages were sampled at the windows' ends
     finally:
         store.close()
@@ -593,10 +596,6 @@ def test_bench_ceiling_direct_path_serves_every_row_once_with_its_bytes(tmp_path
     try:
         for piece in (0, 7):
             sets = [store.buffers(500 + int(store.m.unit_rows.max())) for _ in range(2)]
-            got = list(bce.direct_path(store, piece, 500, threads, sets, seed=3))
-            ids = np.concatenate([b["id"].numpy() for b in got])
-            assert sorted(ids.tolist()) == list(range(3000)) and len(got) > 3000 // 256  # several windows
-            assert all(np.array_equal(b["x"].numpy(), x[b["id"].numpy()]) for b in got)
-            assert all(np.array_equal(b["y"].numpy(), y[b["id"].numpy()]) for b in got)
+            _each_row_once(list(bce.direct_path(store, piece, 500, threads, sets, seed=3)), {"x": x, "y": y})
     finally:
         store.close()
