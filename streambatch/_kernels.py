@@ -179,13 +179,20 @@ def python_pread_ranges(fds: NDArray[np.int64], offsets: NDArray[np.int64], size
     return -1
 
 
+_NO_SUMS = np.zeros(0, np.uint32)
+
+
 def pread_ranges(fds: NDArray[np.int64], offsets: NDArray[np.int64], sizes: NDArray[np.int64], dst: np.ndarray,
-                 dst_at: NDArray[np.int64]) -> int:
-    """:func:`python_pread_ranges` in one C call (no Python between the reads)."""
+                 dst_at: NDArray[np.int64], gap: int = 0, scratch: np.ndarray | None = None) -> int:
+    """:func:`python_pread_ranges` in one C call (no Python between the reads).  With ``scratch``
+    (a uint8 buffer), ranges of a file in order at most ``gap`` bytes apart are read as one span
+    into it and copied from there (the C module's; the same result either way)."""
     if not NATIVE or not hasattr(os, "pread"):
         return python_pread_ranges(fds, offsets, sizes, dst, dst_at)
-    return int(_c_pread_ranges(*(np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes)), dst,
-                                    np.ascontiguousarray(dst_at, np.int64)))
+    i64 = [np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes, dst_at)]
+    if scratch is None:
+        return int(_c_pread_ranges(*i64[:3], dst, i64[3]))
+    return int(_c_pread_ranges(*i64[:3], dst, i64[3], 0, _NO_SUMS, gap, scratch))
 
 
 def python_pread_summed(fn: Callable[[int, int, int], int], fds: NDArray[np.int64], offsets: NDArray[np.int64],
@@ -201,14 +208,17 @@ def python_pread_summed(fn: Callable[[int, int, int], int], fds: NDArray[np.int6
 
 
 def pread_summed(fn: Callable[[int, int, int], int], address: int, fds: NDArray[np.int64], offsets: NDArray[np.int64],
-                 sizes: NDArray[np.int64], dst: np.ndarray, dst_at: NDArray[np.int64]) -> tuple[int, NDArray[np.uint32]]:
+                 sizes: NDArray[np.int64], dst: np.ndarray, dst_at: NDArray[np.int64], gap: int = 0,
+                 scratch: np.ndarray | None = None) -> tuple[int, NDArray[np.uint32]]:
     """:func:`python_pread_summed` in one C call, each range summed right after its read (its bytes
-    still in cache), ``fn`` called at ``address`` (its C function's)."""
-    if not NATIVE:
+    still in cache), ``fn`` called at ``address`` (its C function's); ``gap``, ``scratch``: as
+    :func:`pread_ranges`."""
+    if not NATIVE or not hasattr(os, "pread"):
         return python_pread_summed(fn, fds, offsets, sizes, dst, dst_at)
     sums = np.zeros(len(sizes), np.uint32)
+    args = (address, sums) if scratch is None else (address, sums, gap, scratch)
     failed = _c_pread_ranges(*(np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes)), dst,
-                             np.ascontiguousarray(dst_at, np.int64), address, sums)
+                             np.ascontiguousarray(dst_at, np.int64), *args)
     return int(failed), sums
 
 

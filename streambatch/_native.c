@@ -17,11 +17,15 @@
  *   copy_from(srcs, which, src_at, sizes, dst, dst_at)  as copy_ranges, range i taken from the buffer
  *       srcs[which[i]] (a sequence of buffers: memory-mapped files); returns -1, or the range at which
  *       a SIGBUS stopped it (a mapped file truncated since it was mapped: see bus_guard_ready).
- *   pread_ranges(fds, offsets, sizes, dst, dst_at)  sizes[i] bytes at offsets[i] of descriptor fds[i]
- *       into dst at dst_at[i], for each i (int64 arrays), with pread; returns -1, or the first i
- *       that failed (an error or the file's end: the caller reads it again to say which).  With fn
- *       and out, each range's checksum by fn (as crc_chunks) is taken right after its read, while
- *       its bytes are in cache, into out (uint32, one per range).
+ *   pread_ranges(fds, offsets, sizes, dst, dst_at[, fn, out, gap, scratch])  sizes[i] bytes at
+ *       offsets[i] of descriptor fds[i] into dst at dst_at[i], for each i (int64 arrays), with
+ *       pread; returns -1, or the first i that failed (an error or the file's end: the caller reads
+ *       it again to say which).  With fn and out, each range's checksum by fn (as crc_chunks) is
+ *       taken right after its read, while its bytes are in cache, into out (uint32, one per range;
+ *       fn 0: no sums).  Ranges that follow each other in a file and in dst are read with one pread
+ *       (up to RUN_BYTES); with gap and scratch (a writable buffer), ranges of a file in order at
+ *       most gap bytes apart are read with one pread into scratch (as many as it holds) and copied
+ *       from there.
  *   read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, out, dst_at)  chunk i,
  *       chunk_bytes bytes at offsets[i] of descriptor fds[i], into buf at i * chunk_bytes (chunks
  *       that follow each other in one file: one pread), its checksum by fn (as crc_chunks) checked
@@ -301,10 +305,14 @@ done:
     return result;
 }
 
+#define RUN_BYTES ((int64_t)256 << 10)
+
 static PyObject *pread_ranges(PyObject *self, PyObject *args) {
-    Py_buffer fds, offsets, sizes, dst, dst_at, out = {0};
+    Py_buffer fds, offsets, sizes, dst, dst_at, out = {0}, scratch = {0};
     unsigned long long address = 0;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*y*|Kw*", &fds, &offsets, &sizes, &dst, &dst_at, &address, &out))
+    long long gap = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*y*|Kw*Lw*", &fds, &offsets, &sizes, &dst, &dst_at, &address, &out, &gap,
+                          &scratch))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = sizes.len / 8, failed = -1;
@@ -312,7 +320,11 @@ static PyObject *pread_ranges(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "pread_ranges: fds, offsets, sizes and dst_at must be int64 of one length");
         goto done;
     }
-    if (out.obj != NULL && (address == 0 || out.len < n * 4)) {
+    if (out.obj != NULL && out.len > 0 && address == 0) {
+        PyErr_SetString(PyExc_ValueError, "pread_ranges: fn must be a function address");
+        goto done;
+    }
+    if (out.obj != NULL && address != 0 && out.len < n * 4) {
         PyErr_SetString(PyExc_ValueError, "pread_ranges: fn must be a function address and out 4 bytes a range");
         goto done;
     }
@@ -330,15 +342,50 @@ static PyObject *pread_ranges(PyObject *self, PyObject *args) {
         }
     }
     {
-        char *to = (char *)dst.buf, *sums = (char *)out.buf;
+        char *to = (char *)dst.buf, *sums = address != 0 ? (char *)out.buf : NULL, *span = (char *)scratch.buf;
         crc_fn fn = (crc_fn)(uintptr_t)address;
+        int64_t span_len = scratch.obj != NULL ? (int64_t)scratch.len : 0;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n && failed < 0; i++) {
-            if (pread_all((int)f[i], to + d[i], z[i], o[i]) < z[i]) {
-                failed = i;  /* an error or the file's end: the caller reads it again to say which */
-            } else if (sums != NULL) {  /* summed while its bytes are in cache */
-                uint32_t v = z[i] > 0 ? fn(0, to + d[i], (size_t)z[i]) : 0;
-                memcpy(sums + 4 * i, &v, 4);
+        for (Py_ssize_t i = 0, j; i < n && failed < 0; i = j) {
+            /* ranges that follow each other in the file and in dst (the pieces of one range that
+             * their sums cut) are one pread, of at most RUN_BYTES: still in cache when summed */
+            int64_t total = z[i];
+            for (j = i + 1; j < n && f[j] == f[i] && o[j] == o[i] + total && d[j] == d[i] + total
+                            && total + z[j] <= RUN_BYTES; j++)
+                total += z[j];
+            /* more ranges of the file, in order, at most gap bytes apart, within the scratch: one
+             * pread into it (a pread costs about what copying gap bytes does), each copied out */
+            Py_ssize_t js = i + 1;
+            int64_t end = o[i] + z[i];
+            for (; js < n && f[js] == f[i] && o[js] >= end && o[js] - end <= gap && o[js] + z[js] - o[i] <= span_len;
+                 js++)
+                end = o[js] + z[js];
+            if (js > j) {
+                int64_t got = pread_all((int)f[i], span, end - o[i], o[i]);
+                Py_ssize_t k = i;
+                for (; k < js && o[k] + z[k] - o[i] <= got; k++) {
+                    memcpy(to + d[k], span + (o[k] - o[i]), (size_t)z[k]);
+                    if (sums != NULL) {  /* summed as copied, its bytes in cache */
+                        uint32_t v = z[k] > 0 ? fn(0, to + d[k], (size_t)z[k]) : 0;
+                        memcpy(sums + 4 * k, &v, 4);
+                    }
+                }
+                if (k < js)
+                    failed = k;  /* not read whole: the caller reads it again to say why */
+                j = js;
+                continue;
+            }
+            int64_t got = pread_all((int)f[i], to + d[i], total, o[i]);
+            if (got < total) {  /* an error or the file's end: the caller reads it again to say which */
+                Py_ssize_t k = i;
+                for (int64_t whole = 0; k < j && whole + z[k] <= got; k++)
+                    whole += z[k];
+                failed = k;
+                j = k;  /* the ranges read whole before it are summed */
+            }
+            for (Py_ssize_t k = i; sums != NULL && k < j; k++) {  /* summed while its bytes are in cache */
+                uint32_t v = z[k] > 0 ? fn(0, to + d[k], (size_t)z[k]) : 0;
+                memcpy(sums + 4 * k, &v, 4);
             }
         }
         Py_END_ALLOW_THREADS
@@ -352,6 +399,8 @@ done:
     PyBuffer_Release(&dst_at);
     if (out.obj != NULL)
         PyBuffer_Release(&out);
+    if (scratch.obj != NULL)
+        PyBuffer_Release(&scratch);
     return result;
 }
 
@@ -561,8 +610,8 @@ static PyMethodDef methods[] = {
     {"copy_ranges", copy_ranges, METH_VARARGS, "copy_ranges(src, src_at, sizes, dst, dst_at): byte ranges copied"},
     {"copy_from", copy_from, METH_VARARGS, "copy_from(srcs, which, src_at, sizes, dst, dst_at): byte ranges of several "
                                             "buffers copied; -1, or the range a SIGBUS stopped"},
-    {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at[, fn, out]): -1, or "
-                                                  "the first range that could not be read whole"},
+    {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at[, fn, out, gap, "
+                                                  "scratch]): -1, or the first range that could not be read whole"},
     {"read_checked", read_checked, METH_VARARGS, "read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, "
                                                   "out, dst_at): -1, or the first chunk not read whole or not as summed"},
     {"pack", pack, METH_VARARGS, "pack(values, item_bytes, starts, cum, rows, at, count, tok, pos, doc): packed tokens"},

@@ -264,8 +264,61 @@ def test_pread_summed_reads_and_sums_each_range_or_names_the_first_it_cannot(tmp
             failed, sums = fn(crc[0], crc[1], fds[:2], np.array([0, 8990], np.int64), np.array([10, 20], np.int64),
                               out, np.array([0, 10], np.int64))
             assert failed == 1 and sums[0] == checksum_fn("crc32c")(data[:10].tobytes())
+            # ranges that follow each other in the file and in the output (read as one run by the
+            # C module): each still summed alone; a run cut short names its first range not read whole
+            offs, sizes = np.array([8700, 8800, 8800, 8850], np.int64), np.array([100, 0, 50, 200], np.int64)
+            at = np.array([0, 100, 100, 150], np.int64)
+            out = np.zeros(350, np.uint8)
+            failed, sums = fn(crc[0], crc[1], fds, offs, sizes, out, at)
+            assert failed == 3 and np.array_equal(out[:150], data[8700:8850])
+            assert sums.tolist()[:3] == [checksum_fn("crc32c")(data[8700:8800].tobytes()), 0,
+                                         checksum_fn("crc32c")(data[8800:8850].tobytes())]
+            offs[3], out[:] = 8850, 0  # the same run within the file: read whole
+            sizes[3] = 150
+            failed, sums = fn(crc[0], crc[1], fds, offs, sizes, out, at)
+            assert failed == -1 and np.array_equal(out[:300], data[8700:9000])
+            assert sums[3] == checksum_fn("crc32c")(data[8850:9000].tobytes())
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("scratch_bytes", [64, 300, 1 << 16])
+def test_pread_ranges_reads_near_ranges_as_spans_through_the_scratch(tmp_path: Path, scratch_bytes: int) -> None:
+    """Ranges of a file in order, a few bytes apart, read as spans into a scratch buffer (as many
+    as it holds): the same bytes and sums as range by range; a span cut short by the file's end
+    names its first range not read whole, the ones before it read and summed."""
+    from streambatch.io.checksum import native_crc32c
+
+    crc = native_crc32c()
+    data = np.random.default_rng(3).integers(0, 256, 2000, dtype=np.uint8)
+    (tmp_path / "f").write_bytes(data.tobytes())
+    (tmp_path / "g").write_bytes(data[::-1].tobytes())
+    fd, gd = os.open(tmp_path / "f", os.O_RDONLY), os.open(tmp_path / "g", os.O_RDONLY)
+    try:
+        offs = np.array([0, 24, 40, 40, 100, 1500, 1530, 10, 20], np.int64)
+        sizes = np.array([16, 8, 0, 30, 50, 20, 16, 5, 5], np.int64)
+        fds = np.array([fd] * 7 + [gd] * 2, np.int64)
+        at = np.cumsum(sizes) - sizes
+        expect = np.concatenate([(data if f == fd else data[::-1])[o:o + z] for f, o, z in zip(fds, offs, sizes)])
+        scratch = np.zeros(scratch_bytes, np.uint8)
+        out = np.zeros(int(sizes.sum()), np.uint8)
+        assert _kernels.pread_ranges(fds, offs, sizes, out, at, 64, scratch) == -1
+        assert np.array_equal(out, expect)
+        if crc is not None:
+            out[:] = 0
+            failed, sums = _kernels.pread_summed(*crc, fds, offs, sizes, out, at, 64, scratch)
+            assert failed == -1 and np.array_equal(out, expect)
+            assert sums.tolist() == [checksum_fn("crc32c")(expect[a:a + z].tobytes()) if z else 0
+                                     for a, z in zip(at.tolist(), sizes.tolist())]
+        # the seventh range passes the file's end (in one span with the sixth): named, with the
+        # ranges before it read
+        offs[5], offs[6], out[:] = 1970, 1992, 0
+        assert _kernels.pread_ranges(fds, offs, sizes, out, at, 64, scratch) == 6
+        assert np.array_equal(out[:int(at[5])], expect[:int(at[5])])
+        assert np.array_equal(out[int(at[5]):int(at[6])], data[1970:1990])
+    finally:
+        os.close(fd)
+        os.close(gd)
 
 
 def test_read_checked_reads_checks_and_copies_or_names_the_first_bad_chunk(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 import pytest
 
 import streambatch
@@ -260,16 +261,27 @@ def test_rows_that_read_otherwise_than_their_checked_unit_are_an_error(datasets:
     ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
     epoch(ds)
     reader = FORMATS["zarr"].reader_class
-    original = reader.read_pieces
+    original, original_summed = reader.read_pieces, reader.read_pieces_summed
+
+    def flip(self: Any, pieces: np.ndarray, bufs: Any) -> NDArray[np.bool_]:
+        hit = (pieces[:, 0] == 3) & (not self.verify)
+        for at in pieces[hit, 3].tolist():
+            bufs["x"][at].view(np.uint8)[0] ^= 1
+        return hit
 
     def flipping(self: Any, pieces: np.ndarray, bufs: Any, where: Any) -> bool:
         done = original(self, pieces, bufs, where)
-        for u, lo, hi, at in pieces.tolist():
-            if u == 3 and not self.verify:
-                bufs["x"][at].view(np.uint8)[0] ^= 1
+        flip(self, pieces, bufs)
         return done
 
+    def flipping_summed(self: Any, pieces: np.ndarray, bufs: Any, where: Any, crc: Any) -> Any:
+        sums = original_summed(self, pieces, bufs, where, crc)  # as a read gone wrong: bytes and sums differ
+        if sums is not None:
+            sums["x"][flip(self, pieces, bufs)] ^= 1
+        return sums
+
     monkeypatch.setattr(reader, "read_pieces", flipping)
+    monkeypatch.setattr(reader, "read_pieces_summed", flipping_summed)
     ds.set_epoch(1)
     with pytest.raises(DataError, match=r"column 'x', unit 3: rows \d+:\d+ differ from what the unit held"):
         epoch(ds)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .._kernels import copy_ranges, native, pread_ranges
+from .._kernels import copy_ranges, native, pread_ranges, pread_summed
 from ..errors import DataError
 from ..ragged import runs
 
@@ -199,50 +199,73 @@ class ByteRanges:
                 views[0] = views[0][n:]
 
     def read_ranges(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
-                    dst: NDArray[np.uint8], at: NDArray[np.int64], where: Any, gap: int = GAP_BYTES) -> None:
+                    dst: NDArray[np.uint8], at: NDArray[np.int64], where: Any, gap: int = GAP_BYTES,
+                    crc: tuple[Any, int] | None = None) -> NDArray[np.uint32] | None:
         """Read the byte ranges ``(fis[k], starts[k], sizes[k])`` into ``dst[at[k]:at[k] + sizes[k]]``
         (``dst`` a flat uint8 array): the loader's many small shuffle pieces, in storage order.
 
         Ranges of one file that follow each other with at most ``gap`` bytes between them are
-        read as one span into this thread's scratch buffer and scattered from there with one
-        vectorised copy (a system call costs about what copying ``gap`` bytes does); a range
-        alone is read straight into place.  A failure raises as ``read_into`` would, ``where(k)``
-        naming the ``k``-th range.
+        read as one span into this thread's scratch buffer and copied from there (a system call
+        costs about what copying ``gap`` bytes does; ``gap`` -1: never); a range alone is read
+        straight into place.  Local files: one call of the C module for all of them, and with
+        ``crc`` (a checksum's function and its C address, ``checksum.native_crc32c``) each range's
+        checksum taken as it is read, while its bytes are in cache: the ranges' sums are returned
+        (else None).  A failure raises as ``read_into`` would, ``where(k)`` naming the ``k``-th range.
         """
+        if self.remote is None:
+            return self._read_local(fis, starts, sizes, dst, at, where, gap, crc)
+        if crc is not None:
+            raise ValueError("read_ranges: checksums as read are for local files")
         n = int(fis.shape[0])
         if n == 0:
-            return
+            return None
         ends = starts + sizes
         first, last = _spans(fis, starts, ends, gap)
-        if self.remote is None:
-            first, last = self._read_alone(fis, starts, sizes, dst, at, first, last, where)
-            if first.size == 0:
-                return
-        span_end = np.maximum.reduceat(ends, first)
         flat = memoryview(dst)
-        fds, fi_l, start_l, size_l, at_l = self._fds, fis.tolist(), starts.tolist(), sizes.tolist(), at.tolist()
-        for a, b, e in zip(first.tolist(), last.tolist(), span_end.tolist()):
-            fi, s0, d0 = fi_l[a], start_l[a], at_l[a]
+        for a, b, e in zip(first.tolist(), last.tolist(), np.maximum.reduceat(ends, first).tolist()):
+            fi, s0 = int(fis[a]), int(starts[a])
+            if a == b:
+                self.read_into(flat[int(at[a]):int(at[a] + sizes[a])], fi, s0, lambda: where(a))
+                continue
             try:
-                if a == b:  # one range: straight into place, the common case kept short
-                    view = flat[d0:d0 + size_l[a]]
-                    entry = fds.get(fi)
-                    if (entry is None or self.remote is not None or e > entry[1]
-                            or os.preadv(entry[0], [view], s0) != len(view)):
-                        self.read_into(view, fi, s0, lambda: where(a))  # the careful path says why
-                    continue
-                self.check(fi, s0, e - s0, lambda: where(a))
-                span = np.frombuffer(self.scratch(e - s0), np.uint8)
-                self.read_into(memoryview(span), fi, s0, lambda: where(a))
-            except OSError as err:
-                raise DataError(f"{where(a)}: read failed: {err.strerror or err}") from None
-            except DataError as err:
-                if a == b:
-                    raise
-                # name the first range of the span that lies past the file's end
+                span = np.frombuffer(self.read_scratch(fi, s0, e - s0, lambda: where(a)), np.uint8)
+            except DataError as err:  # name the first range of the span that lies past the file's end
                 k = a + int(np.argmax(ends[a:b + 1] > self.fd(fi, lambda: where(a))[1]))
                 raise DataError(f"{where(k)}: {str(err).split(': ', 1)[-1]}") from None
             _scatter(span, starts[a:b + 1] - s0, sizes[a:b + 1], dst, at[a:b + 1])
+        return None
+
+    def _read_local(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
+                    dst: NDArray[np.uint8], at: NDArray[np.int64], where: Any, gap: int,
+                    crc: tuple[Any, int] | None) -> NDArray[np.uint32] | None:
+        """:meth:`read_ranges` of local files: one native call (``pread_ranges``, or ``pread_summed``
+        with ``crc``) up to the first range that cannot be read whole; that one read again by the
+        careful path, which raises naming it (or reads it, should the failure have passed), and
+        on from the next."""
+        n = int(fis.shape[0])
+        sums = None if crc is None else np.zeros(n, np.uint32)
+        if n == 0:
+            return sums
+        fds, fsize = self.descriptors(fis, where)
+        past = np.flatnonzero(starts + sizes > fsize)  # past the file's end: the careful read names them
+        scratch = np.frombuffer(self.scratch(SPAN_BYTES), np.uint8) if gap >= 0 else None
+        k = 0
+        while k < n:
+            stop = int(past[np.searchsorted(past, k)]) if past.size and past[-1] >= k else n
+            got, part = -1, slice(k, stop)
+            if stop > k and sums is None:
+                got = pread_ranges(fds[part], starts[part], sizes[part], dst, at[part], gap, scratch)
+            elif stop > k:
+                got, sums[part] = pread_summed(*crc, fds[part], starts[part], sizes[part], dst, at[part], gap, scratch)
+            bad = stop if got < 0 else k + got
+            if bad >= n:
+                break
+            view = memoryview(dst)[int(at[bad]):int(at[bad] + sizes[bad])]
+            self.read_into(view, int(fis[bad]), int(starts[bad]), lambda: where(bad))
+            if sums is not None and len(view):
+                sums[bad] = crc[0](0, np.frombuffer(view, np.uint8).ctypes.data, len(view))
+            k = bad + 1
+        return sums
 
     def descriptors(self, fis: NDArray[np.int64], where: Callable[[int], str]
                     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -255,26 +278,6 @@ class ByteRanges:
                 self._table[f] = self.fd(f, lambda f=f: where(int(np.argmax(fis == f))))
             got = self._table[fis]
         return got[:, 0], got[:, 1]
-
-    def _read_alone(self, fis: NDArray[np.int64], starts: NDArray[np.int64], sizes: NDArray[np.int64],
-                    dst: NDArray[np.uint8], at: NDArray[np.int64], first: NDArray[np.int64], last: NDArray[np.int64],
-                    where: Any) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Read the ranges of ``read_ranges`` that are read alone (spans of one range, within
-        their files) with one native call (``_kernels.pread_ranges``); the spans left, for
-        ``read_ranges``' own loop: the others, and from a range the call could not read on
-        (that loop reads it again and says why)."""
-        alone = np.flatnonzero(first == last)
-        if alone.size == 0:
-            return first, last
-        ks = first[alone]
-        fds, fsize = self.descriptors(fis[ks], lambda j: where(int(ks[j])))
-        inside = starts[ks] + sizes[ks] <= fsize  # a range past its file's end: the loop names it
-        take = alone[inside]
-        got = pread_ranges(fds[inside], starts[first[take]], sizes[first[take]], dst, at[first[take]])
-        done = take if got < 0 else take[:got]
-        keep = np.ones(first.size, bool)
-        keep[done] = False
-        return first[keep], last[keep]
 
     def cached(self, fi: int, offset: int) -> bool:
         """Whether the page holding byte ``offset`` of local file ``fi`` is in the page cache

@@ -133,8 +133,12 @@ class VerifyOnce:
             return False
         summed, parts = self._sums.covered_parts(pieces) if self._sums is not None \
             and bufs.keys() == set(self._sums.names) else (np.zeros(len(pieces), bool), None)
-        alone = summed.copy()  # read alone: summed, or of a unit checked this epoch
-        for k in np.flatnonzero(~summed).tolist():
+        read = None  # the summed pieces' sums, taken as they are read, where the reader does that
+        read_summed = getattr(self._plain, "read_pieces_summed", None)
+        if parts is not None and read_summed is not None:
+            read = read_summed(self._sums.part_table(pieces[summed], parts), bufs, where, self._sums.crc)
+        alone = summed.copy() if read is None else np.zeros_like(summed)  # read alone: summed (unless
+        for k in np.flatnonzero(~summed).tolist():  # read just now), or of a unit checked this epoch
             u, lo, hi, at = pieces[k].tolist()
             if self._checks.passed(u):
                 alone[k] = True
@@ -146,10 +150,11 @@ class VerifyOnce:
             for u, lo, hi, at in later.tolist():
                 where(u, lo, hi)
                 self._plain.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
-        self._check_summed(pieces[summed], bufs, parts)
+        self._check_summed(pieces[summed], bufs, parts, read)
         return True
 
-    def _check_summed(self, pieces: Table, bufs: Bufs, parts: Any = None) -> None:
+    def _check_summed(self, pieces: Table, bufs: Bufs, parts: Any = None,
+                      read: dict[str, NDArray[np.uint32]] | None = None) -> None:
         """The pieces read without their unit, checked against their sums.  A range that differs:
         its unit is read whole and checked again, which names what is wrong; if that passes, the
         range's rows are compared with the unit's.  Rows equal to them are right (their sum was
@@ -158,7 +163,8 @@ class VerifyOnce:
         if self._sums is None or not len(pieces):
             return
         retaken: set[int] = set()
-        while (bad := self._sums.differing(pieces, bufs, parts)) is not None:
+        while (bad := self._sums.differing(pieces, bufs, parts, read)) is not None:
+            read = None  # from here on, the sums are taken from what bufs hold
             u, lo, hi, at = (int(v) for v in pieces[bad[0]])
             rows = int(self.manifest.unit_rows[u])
             unit = self._scratch(rows, bufs)

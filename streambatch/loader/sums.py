@@ -173,6 +173,13 @@ class PieceSums:
         row = lo[rep] + j * self.cut
         return rep, self.first[u[rep]] + k0[rep] + j, at[rep] + j * self.cut, np.minimum(self.cut, hi[rep] - row)
 
+    @staticmethod
+    def part_table(pieces: Table, parts: Any) -> Table:
+        """The parts (``_expand``'s, of ``pieces``) as pieces of their own: rows ``(unit, lo, hi, buffer row)``."""
+        rep, _, row, rows = parts
+        lo = pieces[rep, 1] + (row - pieces[rep, 3])
+        return np.stack([pieces[rep, 0], lo, lo + rows, row], axis=1)
+
     def covered_parts(self, pieces: Table) -> tuple[NDArray[np.bool_], Any]:
         """Whether each range of ``pieces`` is whole pieces whose sums are all known (not one cut
         otherwise, by a window boundary, nor one of a unit not checked yet); and the parts
@@ -189,15 +196,18 @@ class PieceSums:
         ok[np.flatnonzero(ok)[missing > 0]] = False
         return ok, None
 
-    def differing(self, pieces: Table, bufs: Bufs, parts: Any = None) -> tuple[int, str] | None:
+    def differing(self, pieces: Table, bufs: Bufs, parts: Any = None,
+                  read: dict[str, NDArray[np.uint32]] | None = None) -> tuple[int, str] | None:
         """The first range of ``pieces`` (its row) and column whose bytes, read into ``bufs`` at the
         ranges' buffer rows, differ from their pieces' sums; None if none does.  ``parts``: the
-        ranges' ``_expand``, where :meth:`covered_parts` gave it."""
+        ranges' ``_expand``, where :meth:`covered_parts` gave it; ``read``: each column's sums of
+        those parts, taken as they were read (else they are taken from ``bufs`` here)."""
         assert self.crc is not None
         rep, at, row, rows = self._expand(pieces) if parts is None else parts
         for name, arr in bufs.items():
             size = arr[0].nbytes
-            got = crc_ranges(*self.crc, arr.reshape(-1).view(np.uint8), row * size, rows * size)
+            got = read[name] if read is not None else crc_ranges(*self.crc, arr.reshape(-1).view(np.uint8),
+                                                                  row * size, rows * size)
             bad = np.flatnonzero(got != self.sums[name][at])
             if bad.size:
                 return int(rep[bad[0]]), name

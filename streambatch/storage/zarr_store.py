@@ -208,27 +208,48 @@ class Reader:
         pieces, read as byte ranges (``ByteRanges.read_ranges``: near ones as one span).  False (nothing read) where
         that path does not apply (compressed, verify, remote, buffers not contiguous);
         ``where(unit, lo, hi)`` is called with the piece whose read fails, before it raises."""
+        ranges = self._piece_ranges(pieces, bufs, where)
+        for fis, starts, sizes, out, at, name_it in ranges or ():
+            self._files.read_ranges(fis, starts, sizes, out, at, name_it)
+        return ranges is not None
+
+    def read_pieces_summed(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any,
+                           crc: tuple[Any, int]) -> dict[str, NDArray[np.uint32]] | None:
+        """:meth:`read_pieces` of local files, each piece read straight into place and its checksum
+        (``crc``: ``checksum.native_crc32c``'s) taken as it is read (``ByteRanges.read_ranges``):
+        each column's sums, one a piece; None (nothing read) where that path does not apply."""
+        ranges = self._piece_ranges(pieces, bufs, where) if self._remote is None else None
+        if ranges is None:
+            return None
+        return {name: self._files.read_ranges(fis, starts, sizes, out, at, name_it, crc=crc)
+                for name, (fis, starts, sizes, out, at, name_it) in zip(bufs, ranges)}
+
+    def _piece_ranges(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> list[Any] | None:
+        """Each column's byte ranges of ``read_pieces``' pieces: (files, starts, sizes, its buffer's
+        bytes, where each range goes in them, a function naming the ``k``-th); None where that
+        path does not apply."""
         if self.verify or self._remote is not None or any(
                 self._decoders[n] is not None or not b.flags.c_contiguous for n, b in bufs.items()):
-            return False
+            return None
         units, lo, hi, at = (pieces[:, i] for i in range(4))
         if (lo < 0).any() or (lo >= hi).any() or (hi > self.manifest.unit_rows[units]).any():
             raise ValueError(f"{self.manifest.root}: piece rows outside their units")
+        out = []
         for name, buf in bufs.items():
             col = self.manifest.column(name)
             loc = self.manifest.layout["columns"][name]
             rb = col.row_nbytes
             if (loc["size"][units] != self._unit_rows * rb).any():
-                return False  # a stored size that is not an uncompressed chunk: read_into names it
+                return None  # a stored size that is not an uncompressed chunk: read_into names it
             fis = loc["file"][units]
 
             def name_it(k: int, col: Column = col, fis: np.ndarray = fis) -> str:
                 where(int(units[k]), int(lo[k]), int(hi[k]))
                 return self._where(col, int(units[k]), int(fis[k]))
 
-            out = buf.reshape(-1).view(np.uint8)
-            self._files.read_ranges(fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, out, at * rb, name_it)
-        return True
+            out.append((fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, buf.reshape(-1).view(np.uint8), at * rb,
+                        name_it))
+        return out
 
     def read_ragged_pieces(self, pieces: np.ndarray, bufs: dict[str, tuple[np.ndarray, ...]],
                            name: Callable[[int], None], scratch: int = 0) -> NDArray[np.bool_]:
