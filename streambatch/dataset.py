@@ -32,7 +32,7 @@ from .io.remote import RemoteFiles, RemoteOptions, is_url
 from .loader.batches import normalizers
 from .loader.direct import direct_columns, epoch_direct, window_row_nbytes
 from .loader.device import DeviceFeeder, check_on_device, resolve_device
-from .loader.handoff import batch_ring, forget_done
+from .loader.handoff import BatchRing, batch_ring, forget_done, keep_ring
 from .loader.ring import Ring
 from .loader.prefetch import Prefetcher
 from .loader.pool import end_worker_on_ctrl_c
@@ -154,6 +154,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self.device: torch.device | None = None if self._target is None else self._target.device
         self.on_device = check_on_device(on_device, self._target, self.normalize)
         self._rings: list[Ring] = []  # the device path's host buffers, kept between epochs (pinned once)
+        self._batch_rings: list[BatchRing] = []  # large batches' buffers, kept between epochs (faulted in once)
         self.epoch = 0
         self.skipped_rows = 0  # rows this process dropped: images that did not decode (on_error="skip")
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration
@@ -297,7 +298,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
         index_key = INDEX_KEY if self.return_index or packed else None
-        lay, ring = batch_ring(sizing, lay, self.columns, self.normalize, index_key, in_worker) \
+        lay, ring = batch_ring(sizing, lay, self.columns, self.normalize, index_key, in_worker, self._batch_rings) \
             if not packed and self._target is None else (lay, None)
         pf = Prefetcher(
             reader, plan, self.columns, self.manifest.unit_start, threads=lay.threads,
@@ -329,16 +330,17 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             if direct is not None:
                 direct.close()
             if ring is not None:
-                ring.close()
+                keep_ring(ring, self._batch_rings)
             self.last_peak_accounted_bytes = pf.peak_accounted_bytes
             self.skipped_rows += getattr(pf.finish_ragged, "skipped", 0)
 
     def release_buffers(self) -> None:
-        """Free the window buffers kept for the next epoch (they are reused to avoid page faults),
-        the piece sums kept for verify (the next epoch checks its units whole again), and the shared
-        memory of DataLoader workers that are done."""
+        """Free the window buffers and large batches' buffers kept for the next epoch (they are
+        reused to avoid page faults), the piece sums kept for verify (the next epoch checks its
+        units whole again), and the shared memory of DataLoader workers that are done."""
         self._buffers.clear()
         self._rings.clear()
+        self._batch_rings.clear()
         self._sums.clear()
         self._direct_sums.clear()
         if self._shared_sums is not None:
@@ -349,6 +351,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         state = self.__dict__.copy()
         state["_buffers"] = []  # never ship buffers to DataLoader worker processes
         state["_rings"] = []
+        state["_batch_rings"] = []
         state["_sums"] = []
         state["_direct_sums"] = []
         return state

@@ -203,7 +203,8 @@ def test_a_full_ring_and_a_batch_larger_than_a_slot_get_plain_memory() -> None:
 
 def test_batches_served_here_from_a_private_ring_are_never_overwritten(tmp_path: Path) -> None:
     """Batches of 1 MiB or more served in this process are assembled in a private ring (reused,
-    already-faulted pages): a loop that keeps every one still has each batch's own rows."""
+    already-faulted pages), kept by the dataset for the next epoch: a loop that keeps every one
+    still has each batch's own rows, also once later epochs have reused the ring."""
     src = write_sorted_npy(tmp_path / "src", 700, width=4096)  # 16 KiB rows: batches of 64 are 1 MiB
     streambatch.convert(src, tmp_path / "d.zarr", unit_rows=10, label="y")
     x = np.load(src / "x.npy")
@@ -213,13 +214,21 @@ def test_batches_served_here_from_a_private_ring_are_never_overwritten(tmp_path:
     _, ring = handoff.batch_ring(ds._sizing(), lay, fixed.values(), ds.normalize, "_row", in_worker=False)
     assert ring is not None and not ring.shared and ring.slots >= 2
     ring.close()
-    for epoch in range(2):
+    rings, first = [], None
+    for epoch in range(3):
         ds.set_epoch(epoch)
         kept = list(ds)
         assert len(kept) == 11
         rows = np.concatenate([check_batch(b, x, 700) for b in kept])
         assert np.array_equal(np.sort(rows), np.arange(700))
+        rings.append(ds._batch_rings[0])
+        if epoch == 0:
+            first = kept  # held through the next epochs, which take the ring's other slots
         del kept
+        assert np.array_equal(np.sort(np.concatenate([check_batch(b, x, 700) for b in first])), np.arange(700))
+    assert rings[0] is rings[1] is rings[2] and not rings[0].closed  # one ring, faulted in once
+    ds.release_buffers()
+    assert ds._batch_rings == []
 
 
 def test_small_batches_served_here_need_no_ring(data: tuple[Path, np.ndarray]) -> None:

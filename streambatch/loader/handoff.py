@@ -55,7 +55,7 @@ from .batches import Normalizers, batch_buffer_bytes
 from .sizing import Layout, Sizing, worker_layout
 from .tensors import make_batch, make_shared_batch
 
-__all__ = ["SlotBatch", "BatchRing", "available", "forget_done", "batch_ring", "mapped_rings"]
+__all__ = ["SlotBatch", "BatchRing", "available", "forget_done", "batch_ring", "keep_ring", "mapped_rings"]
 
 _PAGE = 4096
 _MAPPED, _CLOSED = 0, 1  # header bytes: the main process has mapped the block; the worker closed it
@@ -74,7 +74,8 @@ def available() -> bool:
 
 class BatchRing:
     """``slots`` batch buffers of ``slot_bytes`` (rounded to pages) in one block, for one
-    iteration, each free again once nothing refers to what was made of it: batches assembled
+    iteration (a private one is kept for the next: ``keep_ring``), each free again once nothing
+    refers to what was made of it: batches assembled
     into reused, already-faulted pages instead of fresh allocations (which cost glibc's heap
     trims and a page fault per 4 KiB every batch).  ``shared``: a shared-memory block of a
     DataLoader worker, whose batches are :class:`SlotBatch` es (``make_batch``), closed at the
@@ -338,14 +339,29 @@ def _rebuild(place: tuple[Any, ...], layout: tuple[tuple[str, int, str, tuple[in
 
 
 def batch_ring(sizing: Sizing, lay: Layout, columns: Any, normalize: Normalizers, index_key: str | None,
-               in_worker: bool) -> tuple[Layout, BatchRing | None]:
+               in_worker: bool, keep: list[BatchRing] | None = None) -> tuple[Layout, BatchRing | None]:
     """The layout with the slots an iteration's batches are assembled in (``sizing.worker_layout``),
     and those slots: in a DataLoader worker shared memory its batches cross to the main process in
     (None where there is none to make: the batches then cross as torch sends them), else private
-    memory for batches of at least ``PRIVATE_MIN_BATCH_BYTES`` (None for smaller ones)."""
+    memory for batches of at least ``PRIVATE_MIN_BATCH_BYTES`` (None for smaller ones).  A private
+    ring is taken from ``keep`` (the dataset's, across epochs: :func:`keep_ring` puts it back)
+    where one there has these slots, so that its pages are faulted in once, not every epoch."""
     fixed = {c.name: (c.np_dtype, c.shape) for c in columns if not c.ragged}
     nbytes = batch_buffer_bytes(fixed, sizing.batch_size, normalize, index_key)
     if not available() if in_worker else nbytes < PRIVATE_MIN_BATCH_BYTES:
         return lay, None
     lay = worker_layout(lay, sizing.reserved_batches(lay.budget))
+    kept = keep.pop() if keep and not in_worker else None  # (an iteration running beside this one has none)
+    if kept is not None and not kept.closed and (kept.slots, kept.slot_bytes) == (
+            lay.handoff, -(-nbytes // _PAGE) * _PAGE):
+        return lay, kept
     return lay, BatchRing(lay.handoff, nbytes, shared=in_worker)
+
+
+def keep_ring(ring: BatchRing, keep: list[BatchRing]) -> None:
+    """An iteration's ring when it ends: a private one kept for the next (``keep``: the
+    dataset's; slots a batch still holds stay taken until it goes), a shared one closed."""
+    if ring.shared:
+        ring.close()
+    else:
+        keep[:] = [ring]
