@@ -3,6 +3,7 @@
 
     python benchmarks/bench_paired.py --a OLD_TREE --b NEW_TREE --data DIR [--repeats 7]
            [--budget 64MiB] [--datasets tab.zarr,tab.parquet,img.zarr,img.parquet] [--num-workers 2]
+           [--persistent]
 
 ``DIR`` holds converted datasets (e.g. ``tools/make_datasets.py tab DIR/tab-npy --rows 400000``,
 then ``streambatch convert DIR/tab-npy DIR/tab.zarr --label y``); ``--data-a`` gives tree A datasets
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 DATASETS = "tab.zarr,tab.parquet,img.zarr,img.parquet"
+PERSISTENT = False  # --persistent
 
 
 def _import_tree(tree: Path, alias: str, links: Path) -> ModuleType:
@@ -43,12 +45,21 @@ def _import_tree(tree: Path, alias: str, links: Path) -> ModuleType:
     return importlib.import_module(alias)
 
 
+_LOADERS: dict[int, Any] = {}  # --persistent: each dataset's DataLoader, kept across epochs
+
+
 def _batches(ds: Any, workers: int) -> Any:
-    """The dataset itself, or a DataLoader of ``workers`` fresh (not persistent) worker processes."""
+    """The dataset itself, or a DataLoader of ``workers`` fresh worker processes (persistent ones,
+    kept across epochs, with ``--persistent``)."""
     if not workers:
         return ds
     import torch
 
+    if PERSISTENT:
+        if id(ds) not in _LOADERS:
+            _LOADERS[id(ds)] = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                                           persistent_workers=True)
+        return _LOADERS[id(ds)]
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
 
 
@@ -103,14 +114,19 @@ def main() -> int:
     ap.add_argument("--datasets", default=DATASETS)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--budget", default="64MiB")
+    ap.add_argument("--persistent", action="store_true",
+                    help="persistent DataLoader workers (their CPU is not counted: they are reaped at exit)")
     ap.add_argument("--num-workers", type=int, default=0,
                     help="serve every epoch through a DataLoader with this many fresh (forked) worker processes")
     args = ap.parse_args()
+    global PERSISTENT
+    PERSISTENT = args.persistent
     links = Path(tempfile.mkdtemp(prefix="sb-paired-"))
     sys.path.insert(0, str(links))
     packages = {"A": _import_tree(args.a, "streambatch_a", links), "B": _import_tree(args.b, "streambatch_b", links)}
     print(f"A = {args.a.resolve()}\nB = {args.b.resolve()}\nbudget {args.budget}, batch 256, epochs alternated "
-          f"A B B A ..., {args.repeats} each, after a warm-up epoch each; num_workers {args.num_workers}; "
+          f"A B B A ..., {args.repeats} each, after a warm-up epoch each; num_workers {args.num_workers}"
+          f"{' (persistent)' if args.persistent else ''}; "
           f"{os.cpu_count()} CPUs\n")
     print("| dataset | A samples/s | B samples/s | B / A | median pair B / A | A per CPU-s | B per CPU-s "
           "| B / A (CPU) | same batches |")

@@ -106,6 +106,8 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
 
     _sums: list[PieceSums]  # with verify: each piece's checksum (readers.VerifyOnce)
     _direct_sums: list[PieceSums]  # and each row's of the direct columns (loader/direct.py)
+    _rings: list[Ring]  # the device path's host buffers (loader/device.py)
+    _batch_rings: list[BatchRing]  # the buffers of large batches (loader/handoff.py)
 
     def __init__(self, path: str | os.PathLike[str], batch_size: int = 256, shuffle: bool = True, seed: int = 0,
                  memory_budget: int | str = "512MiB", columns: list[str] | None = None, drop_last: bool = False,
@@ -153,8 +155,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         self._target = resolve_device(device)
         self.device: torch.device | None = None if self._target is None else self._target.device
         self.on_device = check_on_device(on_device, self._target, self.normalize)
-        self._rings: list[Ring] = []  # the device path's host buffers, kept between epochs (pinned once)
-        self._batch_rings: list[BatchRing] = []  # large batches' buffers, kept between epochs (faulted in once)
+        self._rings, self._batch_rings = [], []  # kept between epochs: pinned once, faulted in once
         self.epoch = 0
         self.skipped_rows = 0  # rows this process dropped: images that did not decode (on_error="skip")
         self._resume: list[Phase] | None = None  # phases of a loaded state, used by the next iteration

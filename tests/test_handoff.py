@@ -118,6 +118,28 @@ def test_pin_memory_persistent_workers_and_a_loop_left_early(data: tuple[Path, n
     assert handoff.mapped_rings() == 0
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_workers_keep_their_slots_across_epochs(data: tuple[Path, np.ndarray], context: str) -> None:
+    """A persistent worker assembles every epoch's batches in the one block it made (its pages
+    faulted in once, the main process's map of it made once): the main process maps the same
+    blocks in every epoch, each batch right, and lets them go once the workers are gone."""
+    path, x = data
+    before = set(handoff._mapped)
+    dl = loader(path, persistent_workers=True, multiprocessing_context=context)
+    ds = dl.dataset
+    blocks = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        rows = np.concatenate([check_batch(b, x) for b in dl])
+        assert np.array_equal(np.sort(rows), np.arange(ROWS))
+        blocks.append(set(handoff._mapped) - before)
+    assert len(blocks[0]) == 2 and blocks[0] == blocks[1] == blocks[2]
+    del dl
+    gc.collect()
+    ds.release_buffers()
+    assert not set(handoff._mapped) - before
+
+
 def test_describe_keeps_the_slots_inside_each_workers_budget(data: tuple[Path, np.ndarray]) -> None:
     path, _ = data
     ds = StreamDataset(path, batch_size=BATCH, memory_budget=200_000, return_index=True)

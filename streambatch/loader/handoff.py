@@ -73,14 +73,14 @@ def available() -> bool:
 
 
 class BatchRing:
-    """``slots`` batch buffers of ``slot_bytes`` (rounded to pages) in one block, for one
-    iteration (a private one is kept for the next: ``keep_ring``), each free again once nothing
-    refers to what was made of it: batches assembled
+    """``slots`` batch buffers of ``slot_bytes`` (rounded to pages) in one block, for an
+    iteration and those after it (``keep_ring``), each free again once nothing refers to what
+    was made of it: batches assembled
     into reused, already-faulted pages instead of fresh allocations (which cost glibc's heap
     trims and a page fault per 4 KiB every batch).  ``shared``: a shared-memory block of a
-    DataLoader worker, whose batches are :class:`SlotBatch` es (``make_batch``), closed at the
-    iteration's end (or the worker's exit); the main process unmaps it once no batch of it is on
-    its way or alive there.  Else private memory, for batches served in this process."""
+    DataLoader worker, whose batches are :class:`SlotBatch` es (``make_batch``), closed when the
+    worker ends (or by :meth:`close`); the main process unmaps it once no batch of it is on its
+    way or alive there.  Else private memory, for batches served in this process."""
 
     def __init__(self, slots: int, slot_bytes: int, shared: bool = True) -> None:
         self.slots, self.slot_bytes, self.shared = slots, -(-slot_bytes // _PAGE) * _PAGE, shared
@@ -343,25 +343,25 @@ def batch_ring(sizing: Sizing, lay: Layout, columns: Any, normalize: Normalizers
     """The layout with the slots an iteration's batches are assembled in (``sizing.worker_layout``),
     and those slots: in a DataLoader worker shared memory its batches cross to the main process in
     (None where there is none to make: the batches then cross as torch sends them), else private
-    memory for batches of at least ``PRIVATE_MIN_BATCH_BYTES`` (None for smaller ones).  A private
-    ring is taken from ``keep`` (the dataset's, across epochs: :func:`keep_ring` puts it back)
-    where one there has these slots, so that its pages are faulted in once, not every epoch."""
+    memory for batches of at least ``PRIVATE_MIN_BATCH_BYTES`` (None for smaller ones).  The ring
+    is taken from ``keep`` (the dataset's, across epochs: :func:`keep_ring` puts it back) where
+    the one there is this process's, of this kind and these slots, so that its pages are faulted
+    in once, not every epoch (a persistent DataLoader worker's too, and the main process's map of
+    it); an iteration running beside another makes its own."""
     fixed = {c.name: (c.np_dtype, c.shape) for c in columns if not c.ragged}
     nbytes = batch_buffer_bytes(fixed, sizing.batch_size, normalize, index_key)
     if not available() if in_worker else nbytes < PRIVATE_MIN_BATCH_BYTES:
         return lay, None
     lay = worker_layout(lay, sizing.reserved_batches(lay.budget))
-    kept = keep.pop() if keep and not in_worker else None  # (an iteration running beside this one has none)
-    if kept is not None and not kept.closed and (kept.slots, kept.slot_bytes) == (
-            lay.handoff, -(-nbytes // _PAGE) * _PAGE):
+    kept = keep.pop() if keep else None  # (a forked worker's copy of its parent's ring is not its own)
+    if kept is not None and (kept.pid, kept.shared, kept.closed, kept.slots, kept.slot_bytes) == (
+            os.getpid(), in_worker, False, lay.handoff, -(-nbytes // _PAGE) * _PAGE):
         return lay, kept
     return lay, BatchRing(lay.handoff, nbytes, shared=in_worker)
 
 
 def keep_ring(ring: BatchRing, keep: list[BatchRing]) -> None:
-    """An iteration's ring when it ends: a private one kept for the next (``keep``: the
-    dataset's; slots a batch still holds stay taken until it goes), a shared one closed."""
-    if ring.shared:
-        ring.close()
-    else:
-        keep[:] = [ring]
+    """An iteration's ring when it ends, kept for the next (``keep``: the dataset's; slots a
+    batch still holds stay taken until it goes).  A worker's shared ring is closed when the
+    worker ends (its finaliser), and the main process then unmaps it once drained."""
+    keep[:] = [ring]
