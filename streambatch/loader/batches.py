@@ -76,21 +76,21 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
             layouts[rows] = _layout(buffers, rows, normalize, key)
         specs, total = layouts[rows]
         raw = np.empty(total + _ALIGN, np.uint8) if alloc is None else alloc(total + _ALIGN)
-        skip = -raw.ctypes.data % _ALIGN
-        flat = raw[skip:skip + total]
+        skip = -raw.__array_interface__["data"][0] % _ALIGN  # (cheaper than .ctypes, as are the calls below:
+        flat = raw[skip:skip + total]  # a small batch's Python costs as much as its copies)
         out: dict[str, Any] = {}
         for name, dt, shape, at, nbytes in specs:
-            view = flat[at:at + nbytes].view(dt).reshape(shape)
+            view = np.ndarray(shape, dt, raw, skip + at)
             if name == key and name not in buffers:
-                np.take(row_ids, idx, out=view, mode="clip")
+                row_ids.take(idx, None, view, "clip")
             elif name in normalize:
                 mean, inv_std = normalize[name]
                 np.subtract(np.take(buffers[name], idx, axis=0).astype(np.float32, copy=False), mean, out=view)
                 view *= inv_std
             else:
-                # mode="clip": with out=, the default mode buffers the whole result to check the
+                # mode "clip": with out, the default mode buffers the whole result to check the
                 # indices first; these are a slice of a permutation of the window's rows
-                np.take(buffers[name], idx, axis=0, out=view, mode="clip")
+                buffers[name].take(idx, 0, view, "clip")
             out[name] = view
         batch = make_batch(flat, out) if make_batch is not None else out
         if ragged:
