@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from .ragged import runs
 
-__all__ = ["Pieces", "rows_to_pieces", "without_rows"]
+__all__ = ["Pieces", "rows_to_pieces", "storage_order", "without_rows"]
 
 _I64 = np.int64
 
@@ -113,7 +113,9 @@ class Pieces:
         lengths = self.lengths()
         end = np.cumsum(lengths)
         start = end - lengths
-        bounds = np.union1d(np.concatenate([[0], end]), cuts).astype(_I64)
+        bounds = np.concatenate([[0], end, cuts]).astype(_I64)  # their sorted union (np.union1d, a hash
+        bounds.sort()  # set on ~14k pieces, cost 1.5 ms of each epoch's plan on the consuming thread)
+        bounds = bounds[np.concatenate([[True], bounds[1:] != bounds[:-1]])]
         pstart, plen = bounds[:-1], np.diff(bounds)
         src = np.searchsorted(end, pstart, side="right")
         return self.sub(src, pstart - start[src], plen), pstart
@@ -163,3 +165,16 @@ def without_rows(p: Pieces, drop: NDArray[np.int64], unit_start: NDArray[np.int6
             fixed.append(rows_to_pieces(np.full(rows.size, p.unit[i], _I64), rows))
     keep = np.setdiff1d(np.arange(p.n, dtype=_I64), hit)
     return Pieces.concat([p.take(keep)] + fixed)
+
+
+def storage_order(window: NDArray[np.int64], unit: NDArray[np.int64], lo: NDArray[np.int64], rows: int,
+                  one_key: bool = True) -> NDArray[np.int64]:
+    """The order that sorts pieces by ``window``, then ``unit``, then ``lo`` (< ``rows``), ties kept
+    in place: ``np.lexsort``'s.  Where (window, unit, row, place) fit one int64 key, each key is
+    distinct and one unstable ``argsort`` of it gives that same order in a fifth of the time (an
+    epoch's plan runs on the consuming thread: 2 ms of ``tab``'s 9)."""
+    n = unit.shape[0]
+    units = int(unit.max()) + 1 if n else 1
+    if one_key and (int(window[-1]) + 1 if n else 1) * units * rows * max(1, n) < 1 << 62:
+        return np.argsort(((window * units + unit) * rows + lo) * max(1, n) + np.arange(n, dtype=_I64)).astype(_I64)
+    return np.lexsort((lo, unit, window)).astype(_I64)

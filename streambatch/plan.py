@@ -40,7 +40,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from ._pieces import Pieces, rows_to_pieces, without_rows
+from ._pieces import Pieces, rows_to_pieces, storage_order, without_rows
 from .ragged import runs
 
 __all__ = ["Pieces", "Phase", "EpochPlan", "plan_epoch", "leftover", "split_units", "window_bounds", "window_rows_for",
@@ -233,10 +233,8 @@ def _plan_stream(stream: Pieces, *, seed: int, epoch: int, phase: int, batch_siz
     win_seg = np.searchsorted(pstart, win_start, side="left")
     win_seg[-1] = mine.n
     # Inside a window, place pieces in storage order: reads of neighbouring units run in file order.
-    order = np.concatenate([a + np.lexsort((mine.lo[a:b], mine.unit[a:b]))
-                            for a, b in zip(win_seg[:-1].tolist(), win_seg[1:].tolist())] or [np.zeros(0, _I64)])
-    mine = mine.take(order.astype(_I64))
-    del order
+    window_of = np.repeat(np.arange(win_seg.size - 1, dtype=_I64), np.diff(win_seg))
+    mine = mine.take(storage_order(window_of, mine.unit, mine.lo, int(mine.hi.max()) + 1 if mine.n else 1))
     # Pieces of one unit that a window holds side by side are read as one.
     mine, win_seg = _coalesce(mine, win_seg)
     windows = np.arange(worker, win_start.size - 1, num_workers, dtype=_I64)

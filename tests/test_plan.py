@@ -17,6 +17,7 @@ from streambatch.plan import (
     window_rows_for,
     worker_batch_counts,
 )
+from streambatch._pieces import storage_order
 from streambatch.quality import design_effect, epoch_pair, global_order
 
 
@@ -290,6 +291,18 @@ def test_pieces_of_one_unit_side_by_side_in_a_window_are_read_as_one():
     assert p.pieces.n == 4  # storage order: each unit's 20 pieces coalesce into one read
     q = plan_epoch(ur, seed=0, epoch=0, batch_size=10, window_rows=400, piece_rows=5)
     assert q.pieces.n == 4  # shuffled, but one window holds every piece: sorted, then coalesced
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 40), st.integers(0, 9)), max_size=200))
+def test_storage_order_on_one_key_is_lexsorts(rows: list[tuple[int, int, int]]) -> None:
+    """Pieces sorted by window, unit and first row, ties (a window's padding copies) kept in
+    place: the one-key sort gives exactly ``np.lexsort``'s order, and so does its fallback."""
+    arr = np.asarray(sorted(rows, key=lambda r: r[0]) or np.zeros((0, 3)), np.int64).reshape(-1, 3)
+    window, unit, lo = arr[:, 0], arr[:, 1], arr[:, 2]
+    want = np.lexsort((lo, unit, window))
+    assert np.array_equal(storage_order(window, unit, lo, 10), want)
+    assert np.array_equal(storage_order(window, unit, lo, 10, one_key=False), want)
 
 
 def test_an_epoch_keeps_its_first_phase_piece_size():
