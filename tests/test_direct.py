@@ -1,8 +1,9 @@
 """Large rows read straight into the batches (loader/direct.py): the same batches as the window
 path, exactly once, through DataLoader workers and resumes, and checked row by row.
 
-A real uncompressed Zarr dataset whose ``x`` rows are 4 KiB (float32[1024]), iterated by
-``StreamDataset``; the window path is the same dataset with ``DIRECT_ROW_BYTES`` out of reach.
+Real uncompressed Zarr and Arrow IPC datasets whose ``x`` rows are 4 KiB (float32[1024]), iterated
+by ``StreamDataset`` (every test runs on both); the window path is the same dataset with
+``DIRECT_ROW_BYTES`` out of reach.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from streambatch import _kernels
 from streambatch.errors import DataError
 from streambatch.loader import direct, sizing
 
-from conftest import flip_byte, unit_range, write_sorted_npy
+from conftest import column_range, flip_byte, write_sorted_npy
 
 ROWS = 3000
 WIDTH = 1024  # x float32[1024]: 4 KiB rows, read row by row
@@ -33,18 +34,20 @@ BATCH = 64
 pytestmark = pytest.mark.skipif(not _kernels.NATIVE, reason="the direct path needs streambatch._native")
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+@pytest.fixture(scope="module", params=["zarr", "arrow"])
+def source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     root = tmp_path_factory.mktemp("direct")
     src = write_sorted_npy(root / "src", ROWS, width=WIDTH)
-    streambatch.convert(src, root / "ds.zarr", label="y", unit_bytes=24 * ROW_BYTES, codec="none", progress=False)
-    return root / "ds.zarr", np.load(src / "x.npy")
+    path = root / f"ds.{request.param}"
+    streambatch.convert(src, path, label="y", unit_bytes=24 * ROW_BYTES, codec="none", progress=False,
+                        format=request.param)
+    return path, np.load(src / "x.npy")
 
 
 @pytest.fixture
 def copy(source: tuple[Path, np.ndarray], tmp_path: Path) -> Path:
-    shutil.copytree(source[0], tmp_path / "ds.zarr")
-    return tmp_path / "ds.zarr"
+    shutil.copytree(source[0], tmp_path / source[0].name)
+    return tmp_path / source[0].name
 
 
 def make(path: Path, **kw: Any) -> streambatch.StreamDataset:
@@ -212,7 +215,7 @@ def test_elastic_resume_under_two_ranks_serves_every_row(source: tuple[Path, np.
 
 def test_a_unit_damaged_before_the_first_epoch_is_an_error_before_any_of_its_rows(copy: Path) -> None:
     m = make(copy).manifest
-    f, off, size = unit_range(m, 9, "x")
+    f, off, size = column_range(m, 9, "x")
     flip_byte(f, off + size // 3)
     seen = []
     with pytest.raises(DataError, match=r"column 'x', unit 9, .*checksum mismatch"):
@@ -229,7 +232,7 @@ def test_a_row_damaged_after_its_unit_was_checked_is_an_error_and_never_served(c
     ds = make(copy)
     batches(ds, 0)
     m = ds.manifest
-    f, off, size = unit_range(m, 4, "x")
+    f, off, size = column_range(m, 4, "x")
     flip_byte(f, off + 5 * 4 * WIDTH + 17)  # row 5 of unit 4
     row = int(m.unit_start[4]) + 5
     seen = []
@@ -265,7 +268,7 @@ def test_a_row_read_otherwise_than_its_checked_unit_is_an_error(source: tuple[Pa
     def flipping(fn: Any, address: int, fds: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, dst: np.ndarray,
                  at: np.ndarray) -> tuple[int, np.ndarray]:
         failed, sums = original(fn, address, fds, offsets, sizes, dst, at)
-        x_file, x_off, _ = unit_range(ds.manifest, 6, "x")
+        x_file, x_off, _ = column_range(ds.manifest, 6, "x")
         for k, off in enumerate(offsets.tolist()):
             if off == x_off + 2 * 4 * WIDTH and os.path.samefile(f"/proc/self/fd/{int(fds[k])}", x_file):
                 dst[int(at[k])] ^= 1
@@ -282,10 +285,11 @@ def test_a_row_read_otherwise_than_its_checked_unit_is_an_error(source: tuple[Pa
 def test_a_file_cut_short_is_an_error_naming_it(copy: Path) -> None:
     ds = make(copy, verify=False)
     batches(ds, 0)
-    f, off, size = unit_range(ds.manifest, int(ds.manifest.n_units) - 1, "x")
+    f, off, size = column_range(ds.manifest, int(ds.manifest.n_units) - 1, "x")
     os.truncate(f, off + size // 2)
     rel = f.relative_to(copy).as_posix()
-    with pytest.raises(DataError, match=rf"column 'x', unit \d+, file {rel}: file truncated"):
+    # (an Arrow unit's columns share its record batch: the first column cut short is named)
+    with pytest.raises(DataError, match=rf"column '\w+', unit \d+, file {rel}: file truncated"):
         batches(ds, 1)
 
 

@@ -1,7 +1,8 @@
 """Large rows read straight into the batches: one copy, and a window that holds only small columns.
 
 A column whose rows are at least ``DIRECT_ROW_BYTES`` long, stored as plain bytes at a known
-place (local, uncompressed Zarr), is not read into the window buffer.  A batch task reads each
+place (local uncompressed Zarr or Arrow IPC: ``StorageFormat.row_places``), is not read into the
+window buffer.  A batch task reads each
 of its rows with a ``pread`` straight into the batch's buffer, all of a group's rows in one C
 call with the GIL released (``_kernels.pread_ranges``), so reader threads read in parallel and the
 bytes go from the page cache to the batch once.  The window keeps, per row of such a column, its
@@ -36,6 +37,7 @@ from ..io.checksum import native_crc32c
 from ..io.files import ByteRanges
 from ..manifest import Manifest
 from ..schema import Column
+from ..storage import FORMATS
 from .readers import _Claims
 from .sizing import PLACE_BYTES
 from .sums import PieceSums, SharedSums, piece_sums
@@ -46,12 +48,15 @@ DIRECT_ROW_BYTES = 4096  # a pread per row costs about what gathering the row fr
 
 
 def direct_columns(manifest: Manifest, columns: tuple[Column, ...], *, remote: bool, verify: bool) -> tuple[str, ...]:
-    """The columns read row by row into the batches: rows of at least ``DIRECT_ROW_BYTES``, stored
-    uncompressed in local Zarr files, read by the C module (and, with ``verify``, summed by it)."""
-    if (remote or manifest.storage != "zarr" or manifest.codec != "none" or not native()
-            or any(c.ragged for c in columns) or (verify and native_crc32c() is None)):
+    """The columns read row by row into the batches: rows of at least ``DIRECT_ROW_BYTES``, stored as
+    plain bytes in local files (``StorageFormat.row_places``: uncompressed Zarr, Arrow IPC), read by
+    the C module (and, with ``verify``, summed by it)."""
+    fmt = FORMATS.get(manifest.storage)
+    if (remote or fmt is None or not native() or any(c.ragged for c in columns)
+            or (verify and native_crc32c() is None)):
         return ()
-    return tuple(c.name for c in columns if c.row_nbytes >= DIRECT_ROW_BYTES)
+    return tuple(c.name for c in columns
+                 if c.row_nbytes >= DIRECT_ROW_BYTES and fmt.row_places(manifest, c.name) is not None)
 
 
 def window_row_nbytes(row_nbytes: int, direct: list[Column]) -> int:
@@ -102,9 +107,9 @@ class DirectRows:
                  sums: PieceSums | None) -> None:
         self.manifest, self.names = manifest, names
         self.columns = {n: manifest.column(n) for n in names}
-        lay = manifest.layout["columns"]
-        self._file = {n: np.asarray(lay[n]["file"], np.int64) for n in names}
-        self._offset = {n: np.asarray(lay[n]["offset"], np.int64) for n in names}
+        places = {n: FORMATS[manifest.storage].row_places(manifest, n) for n in names}
+        self._file = {n: p[0] for n, p in places.items() if p is not None}  # each unit's file and first row
+        self._offset = {n: p[1] for n, p in places.items() if p is not None}
         self._files = ByteRanges(manifest)
         self._open_checked = open_checked  # a reader that checks a unit's stored checksum as it reads it
         self._checked: Any = None

@@ -42,6 +42,7 @@ from ..schema import Column
 from ._arrow_check import check_arrow_files
 from ._arrow_schema import arrow_schema
 from ._arrow_write import Writer, units_per_file
+from ._piece_reads import PieceReads
 from .base import StorageFormat, piece_units
 
 __all__ = ["Reader", "Writer", "validate_layout", "FORMAT"]
@@ -84,7 +85,7 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
     return out
 
 
-class Reader:
+class Reader(PieceReads):
     """Reads record batches by byte range (``ByteRanges``: ``preadv`` or ranged requests)."""
 
     def __init__(self, manifest: Manifest, verify: bool = False, remote: Any = None) -> None:
@@ -104,6 +105,13 @@ class Reader:
         """``(file index, offset, size)`` of the unit's record batch."""
         lay = self.manifest.layout
         return int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
+
+    def _places(self, name: str, units: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each of ``units``' file and first row's offset (``PieceReads``): its record batch's values."""
+        if self.manifest.column(name).np_dtype == np.bool_:
+            return None  # bit-packed
+        lay = self.manifest.layout
+        return lay["file"][units], lay["offset"][units] + lay["values"][name][units]
 
     def _mostly(self, names: Any) -> bool:
         """Whether columns ``names`` hold at least half of a row's bytes (then one read of the
@@ -272,6 +280,15 @@ class ArrowFormat(StorageFormat):
     def partial_reads(self, manifest: Manifest, names: list[str]) -> bool:
         # uncompressed buffers; booleans are bit-packed and read with their whole unit
         return all(manifest.column(n).np_dtype != np.bool_ for n in names)
+
+    def row_places(self, manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        # a column's values lie in its record batch's body, row after row (booleans: bit-packed)
+        c = manifest.column(name)
+        if c.np_dtype == np.bool_ or c.ragged:
+            return None
+        lay = manifest.layout
+        return (np.asarray(lay["file"], np.int64),
+                np.asarray(lay["offset"], np.int64) + np.asarray(lay["values"][name], np.int64))
 
     def default_threads(self, cores: int) -> int:
         return min(8, cores)  # pyarrow serialises and writes without the GIL: a file per thread

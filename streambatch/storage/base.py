@@ -123,6 +123,13 @@ class StorageFormat(ABC):
         read whole, once an epoch.  Default: no."""
         return False
 
+    def row_places(self, manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where column ``name``'s rows lie as plain bytes in local files: each unit's file index and
+        the byte offset of its first row (row ``r`` at that offset plus ``r`` times the row's bytes),
+        so that the loader reads large rows straight into the batches (``loader.direct``); None
+        where they do not lie so (compressed, bit-packed, pages).  Default: None."""
+        return None
+
     def library_rows(self, manifest: Manifest, names: list[str]) -> Any:
         """Random rows of ``manifest``'s columns ``names`` as a map-style dataset, through the
         format's own library where it has one (``streambatch bench --compare naive``); here, a

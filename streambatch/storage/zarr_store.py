@@ -32,6 +32,7 @@ from ..io.checksum import CHECKSUMS, checksum_fn
 from ..io.files import ByteRanges
 from ..manifest import Manifest
 from ..schema import Column
+from ._piece_reads import PieceReads
 from ._zarr_check import check_zarr_files
 from ._zarr_meta import chunk_locations
 from ._zarr_ragged import RaggedReader, validate_ragged
@@ -86,7 +87,7 @@ def _file_checks(value: Any, where: str) -> dict[str, list[int]]:
     return value
 
 
-class Reader:
+class Reader(PieceReads):
     """Direct reader: ``os.preadv`` of recorded byte ranges, numcodecs decode, no zarr-python.
 
     An uncompressed unit is read straight into the caller's buffer (only the rows asked
@@ -202,54 +203,13 @@ class Reader:
             del full
         del data
 
-    def read_pieces(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> bool:
-        """Rows ``lo:hi`` of many units (rows ``(unit, lo, hi, buffer row)``, in storage order) into
-        the window buffers ``bufs`` at their buffer rows, unchecked: the loader's small shuffle
-        pieces, read as byte ranges (``ByteRanges.read_ranges``: near ones as one span).  False (nothing read) where
-        that path does not apply (compressed, verify, remote, buffers not contiguous);
-        ``where(unit, lo, hi)`` is called with the piece whose read fails, before it raises."""
-        ranges = self._piece_ranges(pieces, bufs, where)
-        for fis, starts, sizes, out, at, name_it in ranges or ():
-            self._files.read_ranges(fis, starts, sizes, out, at, name_it)
-        return ranges is not None
-
-    def read_pieces_summed(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any,
-                           crc: tuple[Any, int]) -> dict[str, NDArray[np.uint32]] | None:
-        """:meth:`read_pieces` of local files, each piece read straight into place and its checksum
-        (``crc``: ``checksum.native_crc32c``'s) taken as it is read (``ByteRanges.read_ranges``):
-        each column's sums, one a piece; None (nothing read) where that path does not apply."""
-        ranges = self._piece_ranges(pieces, bufs, where) if self._remote is None else None
-        if ranges is None:
-            return None
-        return {name: self._files.read_ranges(fis, starts, sizes, out, at, name_it, crc=crc)
-                for name, (fis, starts, sizes, out, at, name_it) in zip(bufs, ranges)}
-
-    def _piece_ranges(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> list[Any] | None:
-        """Each column's byte ranges of ``read_pieces``' pieces: (files, starts, sizes, its buffer's
-        bytes, where each range goes in them, a function naming the ``k``-th); None where that
-        path does not apply."""
-        if self.verify or self._remote is not None or any(
-                self._decoders[n] is not None or not b.flags.c_contiguous for n, b in bufs.items()):
-            return None
-        units, lo, hi, at = (pieces[:, i] for i in range(4))
-        if (lo < 0).any() or (lo >= hi).any() or (hi > self.manifest.unit_rows[units]).any():
-            raise ValueError(f"{self.manifest.root}: piece rows outside their units")
-        out = []
-        for name, buf in bufs.items():
-            col = self.manifest.column(name)
-            loc = self.manifest.layout["columns"][name]
-            rb = col.row_nbytes
-            if (loc["size"][units] != self._unit_rows * rb).any():
-                return None  # a stored size that is not an uncompressed chunk: read_into names it
-            fis = loc["file"][units]
-
-            def name_it(k: int, col: Column = col, fis: np.ndarray = fis) -> str:
-                where(int(units[k]), int(lo[k]), int(hi[k]))
-                return self._where(col, int(units[k]), int(fis[k]))
-
-            out.append((fis, loc["offset"][units] + lo * rb, (hi - lo) * rb, buf.reshape(-1).view(np.uint8), at * rb,
-                        name_it))
-        return out
+    def _places(self, name: str, units: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+        """Each of ``units``' file and first row's offset (``PieceReads``): its uncompressed chunk's."""
+        loc = self.manifest.layout["columns"][name]
+        if self._decoders[name] is not None or (loc["size"][units] != self._unit_rows *
+                                                self.manifest.column(name).row_nbytes).any():
+            return None  # compressed, or a stored size that is not an uncompressed chunk's
+        return loc["file"][units], loc["offset"][units]
 
     def read_ragged_pieces(self, pieces: np.ndarray, bufs: dict[str, tuple[np.ndarray, ...]],
                            name: Callable[[int], None], scratch: int = 0) -> NDArray[np.bool_]:
@@ -327,6 +287,13 @@ class ZarrFormat(StorageFormat):
     def partial_reads(self, manifest: Manifest, names: list[str]) -> bool:
         # an uncompressed chunk's rows are byte ranges; a ragged column's unit is read whole
         return manifest.codec == "none" and not any(manifest.column(n).ragged for n in names)
+
+    def row_places(self, manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        # an uncompressed chunk holds the unit's rows from its first byte on
+        if manifest.codec != "none" or manifest.column(name).ragged:
+            return None
+        loc = manifest.layout["columns"][name]
+        return np.asarray(loc["file"], np.int64), np.asarray(loc["offset"], np.int64)
 
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
         if any(c.ragged for c in columns):  # one writer: a unit's values start where the last one's end
