@@ -2,10 +2,9 @@
 
 A column whose rows are at least ``DIRECT_ROW_BYTES`` long, stored as plain bytes at a known
 place (local uncompressed Zarr or Arrow IPC: ``StorageFormat.row_places``), is not read into the
-window buffer.  A batch task reads each
-of its rows with a ``pread`` straight into the batch's buffer, all of a group's rows in one C
-call with the GIL released (``_kernels.pread_ranges``), so reader threads read in parallel and the
-bytes go from the page cache to the batch once.  The window keeps, per row of such a column, its
+window buffer.  A batch task reads each of its rows with a ``pread`` straight into the batch's
+buffer, all of a group's rows in one C call with the GIL released (``_kernels.pread_ranges``), so
+reader threads read in parallel and the bytes go from the page cache to the batch once.  The window keeps, per row of such a column, its
 file and offset (``sizing.PLACE_BYTES`` a row), so the sizing gives windows of up to
 ``sizing.DIRECT_WINDOW_FACTOR`` times the rows (better mixing, fewer windows); a window's
 read-ahead hints cover its direct rows, which wait in the page cache, outside the budget, until
@@ -107,9 +106,9 @@ class DirectRows:
                  sums: PieceSums | None) -> None:
         self.manifest, self.names = manifest, names
         self.columns = {n: manifest.column(n) for n in names}
-        places = {n: FORMATS[manifest.storage].row_places(manifest, n) for n in names}
-        self._file = {n: p[0] for n, p in places.items() if p is not None}  # each unit's file and first row
-        self._offset = {n: p[1] for n, p in places.items() if p is not None}
+        places = {n: FORMATS[manifest.storage].row_places(manifest, n) for n in names}  # (direct_columns':
+        self._file = {n: p[0] for n, p in places.items()}  # never None) each unit's file and first row
+        self._offset = {n: p[1] for n, p in places.items()}
         self._files = ByteRanges(manifest)
         self._open_checked = open_checked  # a reader that checks a unit's stored checksum as it reads it
         self._checked: Any = None
