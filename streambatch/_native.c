@@ -307,6 +307,12 @@ done:
 
 #define RUN_BYTES ((int64_t)256 << 10)
 
+/* Range k's checksum by fn into sums (uint32 a range; 0 for an empty one), its bytes just read or copied. */
+static void sum_range(crc_fn fn, char *sums, Py_ssize_t k, const char *bytes, int64_t size) {
+    uint32_t v = size > 0 ? fn(0, bytes, (size_t)size) : 0;
+    memcpy(sums + 4 * k, &v, 4);
+}
+
 static PyObject *pread_ranges(PyObject *self, PyObject *args) {
     Py_buffer fds, offsets, sizes, dst, dst_at, out = {0}, scratch = {0};
     unsigned long long address = 0;
@@ -365,10 +371,8 @@ static PyObject *pread_ranges(PyObject *self, PyObject *args) {
                 Py_ssize_t k = i;
                 for (; k < js && o[k] + z[k] - o[i] <= got; k++) {
                     memcpy(to + d[k], span + (o[k] - o[i]), (size_t)z[k]);
-                    if (sums != NULL) {  /* summed as copied, its bytes in cache */
-                        uint32_t v = z[k] > 0 ? fn(0, to + d[k], (size_t)z[k]) : 0;
-                        memcpy(sums + 4 * k, &v, 4);
-                    }
+                    if (sums != NULL)  /* summed as copied, its bytes in cache */
+                        sum_range(fn, sums, k, to + d[k], z[k]);
                 }
                 if (k < js)
                     failed = k;  /* not read whole: the caller reads it again to say why */
@@ -383,10 +387,8 @@ static PyObject *pread_ranges(PyObject *self, PyObject *args) {
                 failed = k;
                 j = k;  /* the ranges read whole before it are summed */
             }
-            for (Py_ssize_t k = i; sums != NULL && k < j; k++) {  /* summed while its bytes are in cache */
-                uint32_t v = z[k] > 0 ? fn(0, to + d[k], (size_t)z[k]) : 0;
-                memcpy(sums + 4 * k, &v, 4);
-            }
+            for (Py_ssize_t k = i; sums != NULL && k < j; k++)  /* summed while its bytes are in cache */
+                sum_range(fn, sums, k, to + d[k], z[k]);
         }
         Py_END_ALLOW_THREADS
     }

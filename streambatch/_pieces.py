@@ -175,6 +175,6 @@ def storage_order(window: NDArray[np.int64], unit: NDArray[np.int64], lo: NDArra
     epoch's plan runs on the consuming thread: 2 ms of ``tab``'s 9)."""
     n = unit.shape[0]
     units = int(unit.max()) + 1 if n else 1
-    if one_key and (int(window[-1]) + 1 if n else 1) * units * rows * max(1, n) < 1 << 62:
+    if one_key and (int(window.max()) + 1 if n else 1) * units * rows * max(1, n) < 1 << 62:
         return np.argsort(((window * units + unit) * rows + lo) * max(1, n) + np.arange(n, dtype=_I64)).astype(_I64)
     return np.lexsort((lo, unit, window)).astype(_I64)

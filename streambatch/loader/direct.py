@@ -4,13 +4,12 @@ A column whose rows are at least ``DIRECT_ROW_BYTES`` long, stored as plain byte
 place (local uncompressed Zarr or Arrow IPC: ``StorageFormat.row_places``), is not read into the
 window buffer.  A batch task reads each of its rows with a ``pread`` straight into the batch's
 buffer, all of a group's rows in one C call with the GIL released (``_kernels.pread_ranges``), so
-reader threads read in parallel and the bytes go from the page cache to the batch once.  The window keeps, per row of such a column, its
-file and offset (``sizing.PLACE_BYTES`` a row), so the sizing gives windows of up to
-``sizing.DIRECT_WINDOW_FACTOR`` times the rows (better mixing, fewer windows); a window's
-read-ahead hints cover its direct rows, which wait in the page cache, outside the budget, until
-served.  Memory mapping was measured and ruled
-out: the kernel's fault-around maps most of the files (docs/PERFORMANCE.md, "One copy, measured
-again").
+reader threads read in parallel and the bytes go from the page cache to the batch once.  The
+window keeps, per row of such a column, its file and offset (``sizing.PLACE_BYTES`` a row), so the
+sizing gives windows of up to ``sizing.DIRECT_WINDOW_FACTOR`` times the rows (better mixing, fewer
+windows); a window's read-ahead hints cover its direct rows, which wait in the page cache, outside
+the budget, until served.  Memory mapping was measured and ruled out: the kernel's fault-around
+maps most of the files (docs/PERFORMANCE.md, "One copy, measured again").
 
 With ``verify``, each row is checked against its own CRC-32C (``PieceSums`` with pieces of one
 row, 4 bytes a row and column, kept across epochs and shared with DataLoader workers): a unit is

@@ -75,9 +75,8 @@ def available() -> bool:
 class BatchRing:
     """``slots`` batch buffers of ``slot_bytes`` (rounded to pages) in one block, for an
     iteration and those after it (``keep_ring``), each free again once nothing refers to what
-    was made of it: batches assembled
-    into reused, already-faulted pages instead of fresh allocations (which cost glibc's heap
-    trims and a page fault per 4 KiB every batch).  ``shared``: a shared-memory block of a
+    was made of it: batches assembled into reused, already-faulted pages instead of fresh
+    allocations (which cost glibc's heap trims and a page fault per 4 KiB every batch).  ``shared``: a shared-memory block of a
     DataLoader worker, whose batches are :class:`SlotBatch` es (``make_batch``), closed when the
     worker ends (or by :meth:`close`); the main process unmaps it once no batch of it is on its
     way or alive there.  Else private memory, for batches served in this process."""

@@ -4,8 +4,8 @@ The loader's shuffle pieces (rows ``lo:hi`` of a unit) of uncompressed Zarr chun
 batches are byte ranges of their files: a window's pieces are read by ``ByteRanges.read_ranges``,
 one C call per column for all of them (near ones as one span), and with ``crc`` each piece's
 checksum is taken as it is read.  A reader provides ``manifest``, ``verify``, ``_files`` (its
-``ByteRanges``) and ``_places(name, units)``: each unit's file and the byte offset of its first
-row, or None where the column's rows do not lie so.
+``ByteRanges``) and ``_row_places(name)``: its format's ``StorageFormat.row_places`` (each unit's
+file and the byte offset of its first row, or None where the column's rows do not lie so).
 """
 
 from __future__ import annotations
@@ -25,8 +25,13 @@ class PieceReads:
     verify: bool
     _files: Any
 
-    def _places(self, name: str, units: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+    def _row_places(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
         raise NotImplementedError
+
+    def _places(self, name: str, units: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+        """The file and first row's offset of each of ``units`` (``_row_places``), or None."""
+        places = self._row_places(name)
+        return None if places is None else (places[0][units], places[1][units])
 
     def read_pieces(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> bool:
         """Rows ``lo:hi`` of many units (rows ``(unit, lo, hi, buffer row)``, in storage order) into

@@ -45,7 +45,7 @@ from ._arrow_write import Writer, units_per_file
 from ._piece_reads import PieceReads
 from .base import StorageFormat, piece_units
 
-__all__ = ["Reader", "Writer", "validate_layout", "FORMAT"]
+__all__ = ["Reader", "Writer", "row_places", "validate_layout", "FORMAT"]
 
 
 def _nbytes(c: Column, rows: Any) -> Any:
@@ -85,6 +85,17 @@ def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns:
     return out
 
 
+def row_places(manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``StorageFormat.row_places``: a column's values lie in its record batch's body, row after
+    row (booleans: bit-packed, so None)."""
+    c = manifest.column(name)
+    if c.np_dtype == np.bool_ or c.ragged:
+        return None
+    lay = manifest.layout
+    return (np.asarray(lay["file"], np.int64),
+            np.asarray(lay["offset"], np.int64) + np.asarray(lay["values"][name], np.int64))
+
+
 class Reader(PieceReads):
     """Reads record batches by byte range (``ByteRanges``: ``preadv`` or ranged requests)."""
 
@@ -106,12 +117,8 @@ class Reader(PieceReads):
         lay = self.manifest.layout
         return int(lay["file"][unit]), int(lay["offset"][unit]), int(lay["size"][unit])
 
-    def _places(self, name: str, units: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Each of ``units``' file and first row's offset (``PieceReads``): its record batch's values."""
-        if self.manifest.column(name).np_dtype == np.bool_:
-            return None  # bit-packed
-        lay = self.manifest.layout
-        return lay["file"][units], lay["offset"][units] + lay["values"][name][units]
+    def _row_places(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        return row_places(self.manifest, name)
 
     def _mostly(self, names: Any) -> bool:
         """Whether columns ``names`` hold at least half of a row's bytes (then one read of the
@@ -282,13 +289,7 @@ class ArrowFormat(StorageFormat):
         return all(manifest.column(n).np_dtype != np.bool_ for n in names)
 
     def row_places(self, manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        # a column's values lie in its record batch's body, row after row (booleans: bit-packed)
-        c = manifest.column(name)
-        if c.np_dtype == np.bool_ or c.ragged:
-            return None
-        lay = manifest.layout
-        return (np.asarray(lay["file"], np.int64),
-                np.asarray(lay["offset"], np.int64) + np.asarray(lay["values"][name], np.int64))
+        return row_places(manifest, name)
 
     def default_threads(self, cores: int) -> int:
         return min(8, cores)  # pyarrow serialises and writes without the GIL: a file per thread

@@ -40,7 +40,7 @@ from ._zarr_ragged_group import pieces_ok, read_pieces
 from ._zarr_write import Writer, compressor, units_per_shard
 from .base import StorageFormat
 
-__all__ = ["Reader", "Writer", "validate_layout", "FORMAT"]
+__all__ = ["Reader", "Writer", "row_places", "validate_layout", "FORMAT"]
 
 def validate_layout(layout: dict[str, Any], n_units: int, n_files: int, columns: tuple[Column, ...],
                     where: str, *, codec: str | None = None, unit_rows: np.ndarray | None = None) -> dict[str, Any]:
@@ -85,6 +85,14 @@ def _file_checks(value: Any, where: str) -> dict[str, list[int]]:
         safe_relpath(Path("."), rel, where)
         int_array(check, 2, f"{where}[{rel!r}]", hi=1 << 40)
     return value
+
+
+def row_places(manifest: Manifest, name: str) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+    """``StorageFormat.row_places``: an uncompressed chunk holds its unit's rows from its first byte on."""
+    if manifest.codec != "none" or manifest.column(name).ragged:
+        return None
+    loc = manifest.layout["columns"][name]
+    return np.asarray(loc["file"], np.int64), np.asarray(loc["offset"], np.int64)
 
 
 class Reader(PieceReads):
@@ -203,13 +211,14 @@ class Reader(PieceReads):
             del full
         del data
 
+    def _row_places(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+        return row_places(self.manifest, name)
+
     def _places(self, name: str, units: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
-        """Each of ``units``' file and first row's offset (``PieceReads``): its uncompressed chunk's."""
-        loc = self.manifest.layout["columns"][name]
-        if self._decoders[name] is not None or (loc["size"][units] != self._unit_rows *
-                                                self.manifest.column(name).row_nbytes).any():
-            return None  # compressed, or a stored size that is not an uncompressed chunk's
-        return loc["file"][units], loc["offset"][units]
+        if (self.manifest.layout["columns"][name]["size"][units] != self._unit_rows *
+                self.manifest.column(name).row_nbytes).any():
+            return None  # a stored size that is not an uncompressed chunk's: read_into names it
+        return super()._places(name, units)
 
     def read_ragged_pieces(self, pieces: np.ndarray, bufs: dict[str, tuple[np.ndarray, ...]],
                            name: Callable[[int], None], scratch: int = 0) -> NDArray[np.bool_]:
@@ -289,11 +298,7 @@ class ZarrFormat(StorageFormat):
         return manifest.codec == "none" and not any(manifest.column(n).ragged for n in names)
 
     def row_places(self, manifest: Manifest, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        # an uncompressed chunk holds the unit's rows from its first byte on
-        if manifest.codec != "none" or manifest.column(name).ragged:
-            return None
-        loc = manifest.layout["columns"][name]
-        return np.asarray(loc["file"], np.int64), np.asarray(loc["offset"], np.int64)
+        return row_places(manifest, name)
 
     def units_per_file(self, columns: tuple[Column, ...], rows: int, unit_rows: int, shard_bytes: int) -> int:
         if any(c.ragged for c in columns):  # one writer: a unit's values start where the last one's end
