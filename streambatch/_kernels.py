@@ -42,16 +42,26 @@ try:
 except ImportError:  # not compiled, or built before it
     _c_copy_from = None
 try:
+    from ._native import crc32c_addresses as _c_crc32c_addresses
+except ImportError:  # not compiled, or built before it
+    _c_crc32c_addresses = None
+try:
     from ._native import SlotView as _c_SlotView
 except ImportError:  # not compiled, or built before it: the slots are looked at instead (loader/handoff.py)
     _c_SlotView = None
 
-__all__ = ["NATIVE", "copy_from", "copy_ranges", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
+__all__ = ["NATIVE", "copy_from", "copy_ranges", "crc32c_addresses", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
            "read_checked", "slot_view", "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
            "pread_summed", "python_pread_ranges", "python_pread_summed", "python_read_checked"]
 
 NATIVE = _c_pack is not None
 """Whether the C module is used."""
+
+
+def crc32c_addresses() -> tuple[int, ...]:
+    """The C module's CRC-32C functions' addresses (``crc32c_extend``'s signature), the fastest
+    first, 0 for one this CPU cannot run; none where the module was not built."""
+    return tuple(_c_crc32c_addresses()) if _c_crc32c_addresses is not None else ()
 
 
 def numpy_crc_chunks(fn: Callable[[int, int, int], int], data: np.ndarray, chunk_bytes: int) -> NDArray[np.uint32]:

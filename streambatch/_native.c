@@ -6,6 +6,9 @@
  * sizes) before any byte is touched; streambatch/_kernels.py holds the numpy equivalents used
  * where this module was not built, and the tests compare the two.
  *
+ *   crc32c_addresses()  the addresses of this module's CRC-32C functions (signed as google-crc32c's
+ *       crc32c_extend) that this CPU runs, the fastest first, 0 for one it cannot: the fn of the
+ *       functions below (io/checksum.py picks it).
  *   crc_chunks(fn, data, chunk_bytes, out)   the checksum of each chunk_bytes of data in turn,
  *       computed by the C function at address fn (uint32 fn(uint32 crc, const void *p, size_t n):
  *       google-crc32c's crc32c_extend), written to out (uint32, one per chunk).
@@ -137,6 +140,199 @@ static int64_t pread_all(int fd, char *dst, int64_t size, int64_t offset) {
         got += r;
     }
     return got;
+}
+
+/* CRC-32C (the Castagnoli polynomial, as google-crc32c's crc32c_extend: uint32 fn(uint32 crc, const
+ * void *p, size_t n), crc the value so far, 0 to start), with the x86-64 instructions the CPU has,
+ * chosen at run time (crc32c_addresses).  Datasets are summed every time they are read, so this is
+ * in every read's CPU cost: a 12 KiB row in cache is summed at about 16 GB/s with the crc32
+ * instruction (three interleaved streams, as google-crc32c) and about 45 GB/s by folding 256 bytes
+ * at a time with carry-less multiplies (VPCLMULQDQ on 512-bit registers).
+ *
+ * The crc32 path sums three blocks of the buffer at once (LONG_BYTES, then SHORT_BYTES each) and
+ * joins the three sums by shifting the earlier ones past the later blocks' bytes (a table of the
+ * linear map "append n zero bytes", 4 lookups).  The folding path keeps 16 lanes of 128 bits,
+ * each multiplied forward by x^(8 * 256) modulo the polynomial at every step and the next bytes
+ * added in; at the end the lanes are folded into one, whose 16 bytes the crc32 instruction sums.
+ * In the bit-reflected order a carry-less product of two 64-bit halves comes out one bit short,
+ * hence the constants x^(8d + 63) and x^(8d - 1) (for the lane's upper and lower halves of
+ * degree) to move a lane d bytes forward. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define CRC32C_X86 1
+#define CRC32C_POLY 0x82f63b78u /* bit-reflected: bit 31 is x^0 */
+#define LONG_BYTES 4096
+#define SHORT_BYTES 256
+#define FOLD_MIN 512 /* shorter buffers take the crc32 path */
+
+static uint32_t shift_long[4][256], shift_short[4][256];
+enum { FOLD_256, FOLD_192, FOLD_128, FOLD_64, FOLD_48, FOLD_32, FOLD_16, FOLDS };
+static const uint64_t fold_bytes[FOLDS] = {256, 192, 128, 64, 48, 32, 16};
+static uint64_t fold_k[FOLDS][2]; /* fold_k[i]: the constants moving a lane fold_bytes[i] bytes forward */
+
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec) {
+    uint32_t sum = 0;
+    for (; vec; vec >>= 1, mat++)
+        if (vec & 1)
+            sum ^= *mat;
+    return sum;
+}
+
+static void gf2_square(uint32_t *square, const uint32_t *mat) {
+    for (int n = 0; n < 32; n++)
+        square[n] = gf2_times(mat, mat[n]);
+}
+
+/* The table of the map appending len zero bytes (a power of two) to a CRC-32C state. */
+static void zeros_table(uint32_t table[4][256], size_t len) {
+    uint32_t even[32], odd[32]; /* operators for 2^k zero bits, squared in turn */
+    odd[0] = CRC32C_POLY;       /* one zero bit */
+    for (int n = 1; n < 32; n++)
+        odd[n] = 1u << (n - 1);
+    gf2_square(even, odd); /* two */
+    gf2_square(odd, even); /* four */
+    const uint32_t *op = odd;
+    for (;;) {
+        gf2_square(even, odd); /* 8, 32, ... bits: 1, 4, ... bytes */
+        op = even;
+        if ((len >>= 1) == 0)
+            break;
+        gf2_square(odd, even);
+        op = odd;
+        if ((len >>= 1) == 0)
+            break;
+    }
+    for (uint32_t n = 0; n < 256; n++)
+        for (int k = 0; k < 4; k++)
+            table[k][n] = gf2_times(op, n << (8 * k));
+}
+
+static inline uint32_t crc_shift(uint32_t table[4][256], uint32_t crc) {
+    return table[0][crc & 0xff] ^ table[1][(crc >> 8) & 0xff] ^ table[2][(crc >> 16) & 0xff] ^ table[3][crc >> 24];
+}
+
+/* x^n modulo the polynomial, bit-reflected */
+static uint32_t x_pow(uint64_t n) {
+    uint32_t r = 0x80000000u;
+    while (n--)
+        r = (r >> 1) ^ ((r & 1) ? CRC32C_POLY : 0);
+    return r;
+}
+
+static void crc32c_init(void) {
+    zeros_table(shift_long, LONG_BYTES);
+    zeros_table(shift_short, SHORT_BYTES);
+    for (int i = 0; i < FOLDS; i++) {
+        fold_k[i][0] = (uint64_t)x_pow(8 * fold_bytes[i] + 63) << 32;
+        fold_k[i][1] = (uint64_t)x_pow(8 * fold_bytes[i] - 1) << 32;
+    }
+}
+
+/* Three streams of `block` bytes each at p, summed at once and joined: the state after them. */
+#define CRC_TRIPLE(c0, p, block, table)                                                              \
+    do {                                                                                             \
+        uint64_t c1 = 0, c2 = 0, a, b, d;                                                            \
+        const unsigned char *end = p + block;                                                        \
+        do {                                                                                         \
+            memcpy(&a, p, 8), memcpy(&b, p + block, 8), memcpy(&d, p + 2 * block, 8);                \
+            c0 = _mm_crc32_u64(c0, a), c1 = _mm_crc32_u64(c1, b), c2 = _mm_crc32_u64(c2, d);         \
+            p += 8;                                                                                  \
+        } while (p < end);                                                                           \
+        c0 = crc_shift(table, (uint32_t)c0) ^ c1;                                                    \
+        c0 = crc_shift(table, (uint32_t)c0) ^ c2;                                                    \
+        p += 2 * block;                                                                              \
+    } while (0)
+
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const void *buf, size_t len) {
+    const unsigned char *p = buf;
+    uint64_t c0 = crc ^ 0xffffffffu, a;
+    for (; len && ((uintptr_t)p & 7); len--)
+        c0 = _mm_crc32_u8((uint32_t)c0, *p++);
+    for (; len >= 3 * LONG_BYTES; len -= 3 * LONG_BYTES)
+        CRC_TRIPLE(c0, p, LONG_BYTES, shift_long);
+    for (; len >= 3 * SHORT_BYTES; len -= 3 * SHORT_BYTES)
+        CRC_TRIPLE(c0, p, SHORT_BYTES, shift_short);
+    for (; len >= 8; len -= 8, p += 8)
+        memcpy(&a, p, 8), c0 = _mm_crc32_u64(c0, a);
+    for (; len; len--)
+        c0 = _mm_crc32_u8((uint32_t)c0, *p++);
+    return (uint32_t)c0 ^ 0xffffffffu;
+}
+
+#define FOLD_TARGET __attribute__((target("avx512f,avx512vl,vpclmulqdq,pclmul,sse4.2")))
+
+FOLD_TARGET static inline __m512i fold512(__m512i lanes, __m512i k) {
+    return _mm512_xor_si512(_mm512_clmulepi64_epi128(lanes, k, 0x00), _mm512_clmulepi64_epi128(lanes, k, 0x11));
+}
+
+FOLD_TARGET static inline __m512i fold_k512(int i) { /* the constants in each lane */
+    return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fold_k[i]));
+}
+
+FOLD_TARGET static inline __m128i fold128(__m128i lane, int i) {
+    __m128i k = _mm_loadu_si128((const __m128i *)fold_k[i]);
+    return _mm_xor_si128(_mm_clmulepi64_si128(lane, k, 0x00), _mm_clmulepi64_si128(lane, k, 0x11));
+}
+
+FOLD_TARGET static uint32_t crc32c_avx512(uint32_t crc, const void *buf, size_t len) {
+    const unsigned char *p = buf;
+    if (len < FOLD_MIN)
+        return crc32c_sse42(crc, buf, len);
+    /* the state so far enters as the first 32 bits of the message */
+    __m512i a0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                                           0, (int)(crc ^ 0xffffffffu)));
+    __m512i a1 = _mm512_loadu_si512(p + 64), a2 = _mm512_loadu_si512(p + 128), a3 = _mm512_loadu_si512(p + 192);
+    __m512i k = fold_k512(FOLD_256);
+    for (p += 256, len -= 256; len >= 256; p += 256, len -= 256) {
+        a0 = _mm512_xor_si512(fold512(a0, k), _mm512_loadu_si512(p));
+        a1 = _mm512_xor_si512(fold512(a1, k), _mm512_loadu_si512(p + 64));
+        a2 = _mm512_xor_si512(fold512(a2, k), _mm512_loadu_si512(p + 128));
+        a3 = _mm512_xor_si512(fold512(a3, k), _mm512_loadu_si512(p + 192));
+    }
+    /* the four registers into the last (moved 192, 128 and 64 bytes forward), its four lanes into its last */
+    __m512i a = _mm512_xor_si512(_mm512_xor_si512(fold512(a0, fold_k512(FOLD_192)), fold512(a1, fold_k512(FOLD_128))),
+                                 _mm512_xor_si512(fold512(a2, fold_k512(FOLD_64)), a3));
+    __m128i x = _mm_xor_si128(_mm_xor_si128(fold128(_mm512_extracti32x4_epi32(a, 0), FOLD_48),
+                                            fold128(_mm512_extracti32x4_epi32(a, 1), FOLD_32)),
+                              _mm_xor_si128(fold128(_mm512_extracti32x4_epi32(a, 2), FOLD_16),
+                                            _mm512_extracti32x4_epi32(a, 3)));
+    /* the lane's 16 bytes summed from a zero state: the state after all bytes so far; the rest from there */
+    uint64_t c = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(x));
+    c = _mm_crc32_u64(c, (uint64_t)_mm_extract_epi64(x, 1));
+    return crc32c_sse42((uint32_t)c ^ 0xffffffffu, p, len);
+}
+
+/* Whether the CPU (cpuid) and the operating system (xgetbv: the registers are saved) allow the folding path. */
+static int cpu_folds(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_PCLMUL) || !(c & bit_SSE4_2))
+        return 0;
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0xe6) != 0xe6) /* SSE, AVX, opmask and both halves of the upper ZMM state */
+        return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    return (b & bit_AVX512F) && (b & bit_AVX512VL) && (c & bit_VPCLMULQDQ);
+}
+
+static int cpu_crc32(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
+}
+#endif
+
+/* crc32c_addresses(): the addresses of this module's CRC-32C functions (as crc32c_extend) that this
+ * CPU runs, the fastest first: (folding, crc32 instruction), 0 for one it cannot run or that was not built. */
+static PyObject *crc32c_addresses(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    uintptr_t fold = 0, sse42 = 0;
+#ifdef CRC32C_X86
+    sse42 = cpu_crc32() ? (uintptr_t)crc32c_sse42 : 0;
+    fold = sse42 && cpu_folds() ? (uintptr_t)crc32c_avx512 : 0;
+#endif
+    return Py_BuildValue("(KK)", (unsigned long long)fold, (unsigned long long)sse42);
 }
 
 static PyObject *crc_chunks(PyObject *self, PyObject *args) {
@@ -607,6 +803,8 @@ static PyTypeObject SlotViewType = {
 };
 
 static PyMethodDef methods[] = {
+    {"crc32c_addresses", crc32c_addresses, METH_NOARGS, "crc32c_addresses(): (folding, crc32 instruction) CRC-32C "
+                                                         "functions' addresses, 0 where this CPU lacks them"},
     {"crc_chunks", crc_chunks, METH_VARARGS, "crc_chunks(fn, data, chunk_bytes, out): each chunk's checksum"},
     {"crc_ranges", crc_ranges, METH_VARARGS, "crc_ranges(fn, data, starts, sizes, out): each range's checksum"},
     {"copy_ranges", copy_ranges, METH_VARARGS, "copy_ranges(src, src_at, sizes, dst, dst_at): byte ranges copied"},
@@ -626,6 +824,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "streambat
 PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&SlotViewType) < 0)
         return NULL;
+#ifdef CRC32C_X86
+    crc32c_init();
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

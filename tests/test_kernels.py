@@ -4,6 +4,7 @@ it was not given."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -70,6 +71,33 @@ def test_crc_chunks_gives_each_chunks_crc32c(chunk: int) -> None:
     one = checksum_fn("crc32c")
     want = [one(data[i:i + chunk]) for i in range(0, data.nbytes, chunk)]
     assert got.tolist() == want == _kernels.numpy_crc_chunks(fn, data, chunk).tolist()
+
+
+@native
+@pytest.mark.parametrize("which", ["folding", "crc32 instruction"])
+def test_streambatchs_own_crc32c_gives_google_crc32cs_values(which: str) -> None:
+    """The C module's CRC-32C functions (``crc32c_addresses``) against google_crc32c: every length
+    up to 1,100 bytes (the folding path starts at 512, then 256 bytes a step, and tails of 0-255
+    bytes), longer buffers to 70,000, at every alignment, continuing from random states; and the
+    checksum module takes the fastest this CPU runs."""
+    import google_crc32c
+
+    from streambatch.io import checksum
+
+    addresses = _kernels.crc32c_addresses()
+    address = addresses[["folding", "crc32 instruction"].index(which)]
+    if not address:
+        pytest.skip(f"this CPU has no {which} path")
+    fn = checksum._EXTEND(address)
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 70_100, dtype=np.uint8)
+    lengths = list(range(1101)) + rng.integers(1101, 70_000, 200).tolist()
+    for n in lengths:
+        at, state = int(rng.integers(0, 64)), int(rng.integers(0, 1 << 32))
+        view = data[at:at + n]
+        assert fn(state, view.ctypes.data, n) == google_crc32c.extend(state, view.tobytes()), (n, at)
+    best = next(a for a in addresses if a)
+    assert ctypes.cast(checksum._native_crc32c(), ctypes.c_void_p).value == best
 
 
 @settings(max_examples=100, deadline=None)
