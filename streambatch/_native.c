@@ -157,9 +157,15 @@ static int64_t pread_all(int fd, char *dst, int64_t size, int64_t offset) {
  * In the bit-reflected order a carry-less product of two 64-bit halves comes out one bit short,
  * hence the constants x^(8d + 63) and x^(8d - 1) (for the lane's upper and lower halves of
  * degree) to move a lane d bytes forward. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 8) || (!defined(__clang__) && __GNUC__ >= 9))
 #include <cpuid.h>
 #include <immintrin.h>
+#ifndef bit_AVX512VL
+#define bit_AVX512VL (1u << 31)
+#endif
+#ifndef bit_VPCLMULQDQ
+#define bit_VPCLMULQDQ (1u << 10)
+#endif
 #define CRC32C_X86 1
 #define CRC32C_POLY 0x82f63b78u /* bit-reflected: bit 31 is x^0 */
 #define LONG_BYTES 4096
