@@ -100,6 +100,20 @@ def test_streambatchs_own_crc32c_gives_google_crc32cs_values(which: str) -> None
     assert ctypes.cast(checksum._native_crc32c(), ctypes.c_void_p).value == best
 
 
+def test_without_streambatchs_crc32c_google_crc32cs_library_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C module has no CRC-32C for this CPU (another architecture, or not built), the
+    checksum module falls back to the library inside google_crc32c's wheel, with the same values."""
+    import google_crc32c
+
+    from streambatch.io import checksum
+
+    monkeypatch.setattr(checksum, "crc32c_addresses", lambda: ())
+    fn = checksum._native_crc32c.__wrapped__()
+    assert fn is not None and not isinstance(fn, checksum._EXTEND)
+    data = np.random.default_rng(6).integers(0, 256, 5000, dtype=np.uint8)
+    assert fn(7, data.ctypes.data, data.nbytes) == google_crc32c.extend(7, data.tobytes())
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 3000)), max_size=20))
 def test_crc_ranges_gives_each_ranges_crc32c_and_refuses_ranges_outside(ranges: list[tuple[int, int]]) -> None:

@@ -21,7 +21,7 @@ import ctypes
 import functools
 import glob
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -79,10 +79,11 @@ def _native_crc32c() -> Callable[[int, int, int], int] | None:
     return next((fn for fn in crc32c_functions() if fn(0, probe.ctypes.data, probe.nbytes) == 0xE3069283), None)
 
 
-def crc32c_functions() -> list[Callable[[int, int, int], int]]:
+def crc32c_functions() -> Iterator[Callable[[int, int, int], int]]:
     """The C functions ``crc32c_extend(crc, address, size)`` found, the fastest first: streambatch's
-    own that this CPU runs (``_native.crc32c_addresses``), then google_crc32c's library's."""
-    found: list[Callable[[int, int, int], int]] = [_EXTEND(a) for a in crc32c_addresses() if a]
+    own that this CPU runs (``_native.crc32c_addresses``), then google_crc32c's library's (loaded
+    only when asked for)."""
+    yield from (_EXTEND(a) for a in crc32c_addresses() if a)
     import google_crc32c
 
     here = os.path.dirname(os.path.abspath(google_crc32c.__file__))
@@ -93,8 +94,7 @@ def crc32c_functions() -> list[Callable[[int, int, int], int]]:
         except (OSError, AttributeError):
             continue
         fn.restype, fn.argtypes = ctypes.c_uint32, (ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t)
-        found.append(fn)
-    return found
+        yield fn
 
 
 def _crc32(data: Any) -> int:
