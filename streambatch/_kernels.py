@@ -23,7 +23,7 @@ tests compare both).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,14 +43,16 @@ except ImportError:  # not compiled, or built before it
     _c_copy_from = None
 try:
     from ._native import crc32c_addresses as _c_crc32c_addresses
+    from ._native import pread_known as _c_pread_known
 except ImportError:  # not compiled, or built before it
-    _c_crc32c_addresses = None
+    _c_crc32c_addresses = _c_pread_known = None
 try:
     from ._native import SlotView as _c_SlotView
 except ImportError:  # not compiled, or built before it: the slots are looked at instead (loader/handoff.py)
     _c_SlotView = None
 
-__all__ = ["NATIVE", "copy_from", "copy_ranges", "crc32c_addresses", "crc_chunks", "crc_ranges", "gather", "native", "pack", "pread_ranges",
+__all__ = ["NATIVE", "copy_from", "copy_ranges", "crc32c_addresses", "crc_chunks", "crc_ranges", "gather", "native", "pack",
+           "pread_known", "pread_ranges",
            "read_checked", "slot_view", "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
            "pread_summed", "python_pread_ranges", "python_pread_summed", "python_read_checked"]
 
@@ -230,6 +232,25 @@ def pread_summed(fn: Callable[[int, int, int], int], address: int, fds: NDArray[
     failed = _c_pread_ranges(*(np.ascontiguousarray(x, np.int64) for x in (fds, offsets, sizes)), dst,
                              np.ascontiguousarray(dst_at, np.int64), *args)
     return int(failed), sums
+
+
+def pread_known(pieces: NDArray[np.int64], cut: int, unit_rows: NDArray[np.int64], first: NDArray[np.int64],
+                known: NDArray[np.bool_], cols: list[tuple[Any, ...]], address: int, gap: int,
+                scratch: np.ndarray) -> NDArray[np.bool_] | None:
+    """The pieces (int64 rows ``(unit, lo, hi, buffer row)``) of a read task whose every part (``cut``
+    rows of a unit, numbered from ``first[unit]``) has a ``known`` checksum, read and checked in
+    one C call for all ``cols`` (``(fds, offsets, row_bytes, window buffer, sums)`` each: every
+    unit's descriptor and first row's offset, each part's CRC-32C), each part summed by the C
+    function at ``address`` as it arrives; ``gap``, ``scratch``: as :func:`pread_ranges`.  Which
+    pieces were read and matched their sums: none from the first whose read came short or whose
+    sum differs on (the caller's careful path reads those again and says what is wrong); None where
+    the C module was not built."""
+    if not NATIVE or _c_pread_known is None:
+        return None
+    done = np.zeros(len(pieces), np.uint8)
+    _c_pread_known(np.ascontiguousarray(pieces, np.int64), int(cut), unit_rows, first, known.view(np.uint8), cols,
+                   address, gap, scratch, done)
+    return done.view(np.bool_)
 
 
 def python_read_checked(fn: Callable[[int, int, int], int], fds: NDArray[np.int64], offsets: NDArray[np.int64],

@@ -29,6 +29,10 @@
  *       (up to RUN_BYTES); with gap and scratch (a writable buffer), ranges of a file in order at
  *       most gap bytes apart are read with one pread into scratch (as many as it holds) and copied
  *       from there.
+ *   pread_known(pieces, cut, unit_rows, first, known, cols, fn, gap, scratch, done)  a read task of a
+ *       window whose pieces' checksums are known (cut-row parts of units): each piece of whole parts
+ *       with known sums read into every column's buffer as pread_ranges reads, each part summed as
+ *       it arrives and compared with its sum; done marks the pieces read and matching (see below).
  *   read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, out, dst_at)  chunk i,
  *       chunk_bytes bytes at offsets[i] of descriptor fds[i], into buf at i * chunk_bytes (chunks
  *       that follow each other in one file: one pread), its checksum by fn (as crc_chunks) checked
@@ -515,6 +519,54 @@ static void sum_range(crc_fn fn, char *sums, Py_ssize_t k, const char *bytes, in
     memcpy(sums + 4 * k, &v, 4);
 }
 
+/* pread_ranges' reads (its arguments checked; called with the GIL released): ranges i of n, from
+ * fds f at offsets o, sizes z, to `to` at d; summed by fn into sums (4 bytes a range) where sums is
+ * not NULL; near ranges through span (span_len bytes) where gap allows.  -1, or the first range
+ * not read whole. */
+static Py_ssize_t read_ranges(const int64_t *f, const int64_t *o, const int64_t *z, const int64_t *d, Py_ssize_t n,
+                              char *to, crc_fn fn, char *sums, int64_t gap, char *span, int64_t span_len) {
+    Py_ssize_t failed = -1;
+    for (Py_ssize_t i = 0, j; i < n && failed < 0; i = j) {
+        /* ranges that follow each other in the file and in dst (the pieces of one range that
+         * their sums cut) are one pread, of at most RUN_BYTES: still in cache when summed */
+        int64_t total = z[i];
+        for (j = i + 1; j < n && f[j] == f[i] && o[j] == o[i] + total && d[j] == d[i] + total
+                        && total + z[j] <= RUN_BYTES; j++)
+            total += z[j];
+        /* more ranges of the file, in order, at most gap bytes apart, within the scratch: one
+         * pread into it (a pread costs about what copying gap bytes does), each copied out */
+        Py_ssize_t js = i + 1;
+        int64_t end = o[i] + z[i];
+        for (; js < n && f[js] == f[i] && o[js] >= end && o[js] - end <= gap && o[js] + z[js] - o[i] <= span_len;
+             js++)
+            end = o[js] + z[js];
+        if (js > j) {
+            int64_t got = pread_all((int)f[i], span, end - o[i], o[i]);
+            Py_ssize_t k = i;
+            for (; k < js && o[k] + z[k] - o[i] <= got; k++) {
+                memcpy(to + d[k], span + (o[k] - o[i]), (size_t)z[k]);
+                if (sums != NULL)  /* summed as copied, its bytes in cache */
+                    sum_range(fn, sums, k, to + d[k], z[k]);
+            }
+            if (k < js)
+                failed = k;  /* not read whole: the caller reads it again to say why */
+            j = js;
+            continue;
+        }
+        int64_t got = pread_all((int)f[i], to + d[i], total, o[i]);
+        if (got < total) {  /* an error or the file's end: the caller reads it again to say which */
+            Py_ssize_t k = i;
+            for (int64_t whole = 0; k < j && whole + z[k] <= got; k++)
+                whole += z[k];
+            failed = k;
+            j = k;  /* the ranges read whole before it are summed */
+        }
+        for (Py_ssize_t k = i; sums != NULL && k < j; k++)  /* summed while its bytes are in cache */
+            sum_range(fn, sums, k, to + d[k], z[k]);
+    }
+    return failed;
+}
+
 static PyObject *pread_ranges(PyObject *self, PyObject *args) {
     Py_buffer fds, offsets, sizes, dst, dst_at, out = {0}, scratch = {0};
     unsigned long long address = 0;
@@ -554,44 +606,7 @@ static PyObject *pread_ranges(PyObject *self, PyObject *args) {
         crc_fn fn = (crc_fn)(uintptr_t)address;
         int64_t span_len = scratch.obj != NULL ? (int64_t)scratch.len : 0;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0, j; i < n && failed < 0; i = j) {
-            /* ranges that follow each other in the file and in dst (the pieces of one range that
-             * their sums cut) are one pread, of at most RUN_BYTES: still in cache when summed */
-            int64_t total = z[i];
-            for (j = i + 1; j < n && f[j] == f[i] && o[j] == o[i] + total && d[j] == d[i] + total
-                            && total + z[j] <= RUN_BYTES; j++)
-                total += z[j];
-            /* more ranges of the file, in order, at most gap bytes apart, within the scratch: one
-             * pread into it (a pread costs about what copying gap bytes does), each copied out */
-            Py_ssize_t js = i + 1;
-            int64_t end = o[i] + z[i];
-            for (; js < n && f[js] == f[i] && o[js] >= end && o[js] - end <= gap && o[js] + z[js] - o[i] <= span_len;
-                 js++)
-                end = o[js] + z[js];
-            if (js > j) {
-                int64_t got = pread_all((int)f[i], span, end - o[i], o[i]);
-                Py_ssize_t k = i;
-                for (; k < js && o[k] + z[k] - o[i] <= got; k++) {
-                    memcpy(to + d[k], span + (o[k] - o[i]), (size_t)z[k]);
-                    if (sums != NULL)  /* summed as copied, its bytes in cache */
-                        sum_range(fn, sums, k, to + d[k], z[k]);
-                }
-                if (k < js)
-                    failed = k;  /* not read whole: the caller reads it again to say why */
-                j = js;
-                continue;
-            }
-            int64_t got = pread_all((int)f[i], to + d[i], total, o[i]);
-            if (got < total) {  /* an error or the file's end: the caller reads it again to say which */
-                Py_ssize_t k = i;
-                for (int64_t whole = 0; k < j && whole + z[k] <= got; k++)
-                    whole += z[k];
-                failed = k;
-                j = k;  /* the ranges read whole before it are summed */
-            }
-            for (Py_ssize_t k = i; sums != NULL && k < j; k++)  /* summed while its bytes are in cache */
-                sum_range(fn, sums, k, to + d[k], z[k]);
-        }
+        failed = read_ranges(f, o, z, d, n, to, fn, sums, gap, span, span_len);
         Py_END_ALLOW_THREADS
     }
     result = PyLong_FromSsize_t(failed);
@@ -605,6 +620,157 @@ done:
         PyBuffer_Release(&out);
     if (scratch.obj != NULL)
         PyBuffer_Release(&scratch);
+    return result;
+}
+
+/* pread_known: one column of a window's read task (pread_known's cols[i]). */
+typedef struct {
+    Py_buffer fd, off, dst, sums;
+    long long rb;
+} KnownCol;
+
+/* pread_known(pieces, cut, unit_rows, first, known, cols, fn, gap, scratch, done): the pieces of a
+ * read task whose every part's checksum is known, read and checked, all columns in one call.
+ * pieces: int64 rows (unit, lo, hi, at); a part is cut rows of a unit (its last one shorter), the
+ * parts of unit u numbered from first[u] (int64, one more than unit_rows), known[part] (bytes) says
+ * whether its sums are known; cols: a sequence of (fds, offsets, row_bytes, dst, sums): each unit's
+ * descriptor and first row's offset (int64), a row's bytes, the window buffer (rows at `at`) and
+ * each part's CRC-32C (uint32).  A piece is taken when it is whole parts (lo a multiple of cut, hi
+ * one too or the unit's end) whose sums are all known, within its unit and the buffers; its parts
+ * are read as pread_ranges reads ranges (gap, scratch) and each summed by fn as it arrives.  done
+ * (bytes, one a piece) says which pieces were read and matched their sums: from the first piece
+ * whose read came short or whose sum differs (returned; -1 if none), none is, and the caller
+ * reads them again by its careful path, which says what is wrong. */
+static PyObject *pread_known(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer pieces, unit_rows, first, known, scratch, done;
+    PyObject *cols_obj, *result = NULL, *fast = NULL;
+    Py_ssize_t cut, ncols = 0, got = 0;
+    unsigned long long address;
+    long long gap;
+    if (!PyArg_ParseTuple(args, "y*ny*y*y*OKLw*w*", &pieces, &cut, &unit_rows, &first, &known, &cols_obj, &address,
+                          &gap, &scratch, &done))
+        return NULL;
+    KnownCol *cols = NULL;
+    int64_t *work = NULL;
+    Py_ssize_t n = pieces.len / 32, units = unit_rows.len / 8;
+    if (pieces.len % 32 || unit_rows.len % 8 || cut <= 0 || address == 0 || done.len < n ||
+        !int64_buffer(&pieces, 4 * n, "pread_known: pieces") || !int64_buffer(&unit_rows, units, "pread_known: unit_rows") ||
+        !int64_buffer(&first, units + 1, "pread_known: first")) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "pread_known: pieces (int64, 4 a row), a cut > 0, fn and one done a piece");
+        goto done;
+    }
+    const int64_t *P = (const int64_t *)pieces.buf, *rows_of = (const int64_t *)unit_rows.buf,
+                  *first_of = (const int64_t *)first.buf;
+    const int64_t parts = first_of[units];
+    if (parts < 0 || known.len < parts) {
+        PyErr_SetString(PyExc_ValueError, "pread_known: known must hold a byte a part");
+        goto done;
+    }
+    if ((fast = PySequence_Fast(cols_obj, "pread_known: cols must be a sequence of tuples")) == NULL)
+        goto done;
+    ncols = PySequence_Fast_GET_SIZE(fast);
+    if ((cols = PyMem_Calloc(ncols > 0 ? (size_t)ncols : 1, sizeof(KnownCol))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < ncols; got++) {
+        KnownCol *c = &cols[got];
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, got), "y*y*Lw*y*;pread_known: a column is (fds, "
+                              "offsets, row_bytes, dst, sums)", &c->fd, &c->off, &c->rb, &c->dst, &c->sums))
+            goto done;
+        if (c->rb <= 0 || c->sums.len < 4 * parts || !int64_buffer(&c->fd, units, "pread_known: fds") ||
+            !int64_buffer(&c->off, units, "pread_known: offsets")) {
+            got++;  /* its buffers are held: released below */
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "pread_known: a row's bytes > 0 and a sum a part");
+            goto done;
+        }
+    }
+    /* the pieces taken, and their parts' number */
+    const uint8_t *is_known = (const uint8_t *)known.buf;
+    uint8_t *taken = (uint8_t *)done.buf;
+    int64_t m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t u = P[4 * i], lo = P[4 * i + 1], hi = P[4 * i + 2], at = P[4 * i + 3];
+        taken[i] = 0;
+        if (u < 0 || u >= units || lo < 0 || lo >= hi || hi > rows_of[u] || at < 0 || lo % cut != 0 ||
+            (hi % cut != 0 && hi != rows_of[u]))
+            continue;
+        const int64_t k0 = first_of[u] + lo / cut, count = (hi - lo + cut - 1) / cut;
+        int ok = k0 >= 0 && k0 + count <= first_of[u + 1] && first_of[u + 1] <= parts;
+        for (int64_t j = 0; ok && j < count; j++)
+            ok = is_known[k0 + j] != 0;
+        for (Py_ssize_t c = 0; ok && c < ncols; c++) {
+            const int64_t fd = ((const int64_t *)cols[c].fd.buf)[u], off = ((const int64_t *)cols[c].off.buf)[u];
+            ok = fd >= 0 && off >= 0 && (at + hi - lo) <= (int64_t)cols[c].dst.len / cols[c].rb;
+        }
+        if (ok) {
+            taken[i] = 1;
+            m += count;
+        }
+    }
+    /* per part: file, offset, size, place, part number, piece; then its sum as read */
+    if ((work = PyMem_Malloc((size_t)(m > 0 ? m : 1) * (6 * 8 + 4))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t limit = n;
+    {
+        int64_t *f = work, *o = work + m, *z = work + 2 * m, *d = work + 3 * m, *part = work + 4 * m, *piece = work + 5 * m;
+        char *sums = (char *)(work + 6 * m), *span = (char *)scratch.buf;
+        crc_fn fn = (crc_fn)(uintptr_t)address;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t c = 0; c < ncols && limit > 0; c++) {
+            const int64_t *fds = (const int64_t *)cols[c].fd.buf, *offs = (const int64_t *)cols[c].off.buf, rb = cols[c].rb;
+            Py_ssize_t q = 0;
+            for (Py_ssize_t i = 0; i < limit; i++) {
+                if (!taken[i])
+                    continue;
+                const int64_t u = P[4 * i], lo = P[4 * i + 1], hi = P[4 * i + 2], at = P[4 * i + 3];
+                for (int64_t row = lo, k = first_of[u] + lo / cut; row < hi; row += cut, k++, q++) {
+                    const int64_t rows = hi - row < cut ? hi - row : cut;
+                    f[q] = fds[u], o[q] = offs[u] + row * rb, z[q] = rows * rb, d[q] = (at + row - lo) * rb;
+                    part[q] = k, piece[q] = i;
+                }
+            }
+            Py_ssize_t bad = read_ranges(f, o, z, d, q, (char *)cols[c].dst.buf, fn, sums, gap, span,
+                                         (int64_t)scratch.len);
+            Py_ssize_t stop = bad >= 0 ? bad : q;
+            const uint32_t *want = (const uint32_t *)cols[c].sums.buf;
+            for (Py_ssize_t p = 0; p < stop; p++) {
+                uint32_t have;
+                memcpy(&have, sums + 4 * p, 4);
+                if (have != want[part[p]]) {
+                    stop = p;
+                    break;
+                }
+            }
+            if (stop < q)
+                limit = (Py_ssize_t)piece[stop];
+        }
+        for (Py_ssize_t i = limit; i < n; i++)
+            taken[i] = 0;
+        Py_END_ALLOW_THREADS
+    }
+    result = PyLong_FromSsize_t(limit < n ? limit : -1);
+done:
+    for (Py_ssize_t c = 0; c < got; c++) {
+        PyBuffer_Release(&cols[c].fd);
+        PyBuffer_Release(&cols[c].off);
+        PyBuffer_Release(&cols[c].dst);
+        PyBuffer_Release(&cols[c].sums);
+    }
+    PyMem_Free(cols);
+    PyMem_Free(work);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&pieces);
+    PyBuffer_Release(&unit_rows);
+    PyBuffer_Release(&first);
+    PyBuffer_Release(&known);
+    PyBuffer_Release(&scratch);
+    PyBuffer_Release(&done);
     return result;
 }
 
@@ -818,6 +984,8 @@ static PyMethodDef methods[] = {
                                             "buffers copied; -1, or the range a SIGBUS stopped"},
     {"pread_ranges", pread_ranges, METH_VARARGS, "pread_ranges(fds, offsets, sizes, dst, dst_at[, fn, out, gap, "
                                                   "scratch]): -1, or the first range that could not be read whole"},
+    {"pread_known", pread_known, METH_VARARGS, "pread_known(pieces, cut, unit_rows, first, known, cols, fn, gap, "
+                                                "scratch, done): the pieces whose sums are known, read and checked"},
     {"read_checked", read_checked, METH_VARARGS, "read_checked(fn, fds, offsets, chunk_bytes, want, buf, src_at, sizes, "
                                                   "out, dst_at): -1, or the first chunk not read whole or not as summed"},
     {"pack", pack, METH_VARARGS, "pack(values, item_bytes, starts, cum, rows, at, count, tok, pos, doc): packed tokens"},

@@ -421,3 +421,116 @@ def test_slot_view_marks_its_flag_free_in_c_when_the_last_view_goes() -> None:
 def test_slot_view_is_none_without_the_c_module(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_kernels, "NATIVE", False)
     assert _kernels.slot_view(bytearray(16), 0, 4, 0) is None
+
+
+class _Units:
+    """Two columns of rows (3 and 40 bytes) in one file each, units of 5-13 rows, their parts of
+    ``cut`` rows summed as ``PieceSums`` sums them: for ``pread_known``."""
+
+    def __init__(self, tmp_path: Path, cut: int = 3) -> None:
+        from streambatch.io.checksum import native_crc32c
+
+        rng = np.random.default_rng(9)
+        self.cut, self.crc = cut, native_crc32c()
+        self.unit_rows = rng.integers(5, 14, 7).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(self.unit_rows)]).astype(np.int64)
+        self.first = np.concatenate([[0], np.cumsum(-(-self.unit_rows // cut))]).astype(np.int64)
+        self.known = np.ones(int(self.first[-1]), bool)
+        self.rb, self.data, self.fds, self.offsets, self.sums = [3, 40], [], [], [], []
+        for c, rb in enumerate(self.rb):
+            data = rng.integers(0, 256, (int(starts[-1]), rb), dtype=np.uint8)
+            (tmp_path / f"c{c}").write_bytes(b"\0" * 64 + data.tobytes())
+            self.data.append(data)
+            self.fds.append(np.full(len(self.unit_rows), os.open(tmp_path / f"c{c}", os.O_RDONLY), np.int64))
+            self.offsets.append(64 + starts[:-1] * rb)
+            self.sums.append(np.array([checksum_fn("crc32c")(data[starts[u] + r:starts[u] + min(r + cut, n)].tobytes())
+                                       for u, n in enumerate(self.unit_rows.tolist()) for r in range(0, n, cut)],
+                                      np.uint32))
+        self.starts = starts
+
+    def read(self, pieces: np.ndarray, rows: int = 80) -> tuple[np.ndarray, list[np.ndarray]]:
+        bufs = [np.zeros((rows, rb), np.uint8) for rb in self.rb]
+        cols = [(self.fds[c], self.offsets[c], rb, bufs[c].reshape(-1), self.sums[c]) for c, rb in enumerate(self.rb)]
+        done = _kernels.pread_known(pieces, self.cut, self.unit_rows, self.first, self.known, cols, self.crc[1],
+                                    64, np.zeros(4096, np.uint8))
+        assert done is not None
+        return done, bufs
+
+    def rows_of(self, c: int, u: int, lo: int, hi: int) -> np.ndarray:
+        return self.data[c][self.starts[u] + lo:self.starts[u] + hi]
+
+    def close(self) -> None:
+        for fds in self.fds:
+            os.close(int(fds[0]))
+
+
+@native
+def test_pread_known_reads_and_checks_the_pieces_whose_sums_are_known(tmp_path: Path) -> None:
+    """Pieces of whole parts whose sums are known are read into place, every column, and marked
+    done; a piece cut inside a part, one with a part whose sum is not known, or one outside its
+    unit or the buffers, is left to the caller untouched."""
+    u = _Units(tmp_path)
+    if u.crc is None:
+        pytest.skip("no native CRC-32C")
+    try:
+        last = int(u.unit_rows[2])
+        pieces = np.array([[0, 0, 3, 0], [0, 3, 6, 3],
+                           [1, 1, 3, 6],  # cut inside a part
+                           [2, 3, last, 8], [4, 0, 3, 30],  # to the unit's end; whole parts
+                           [5, 0, 3, 40],  # a part whose sum is not known
+                           [6, 0, 99, 50], [3, 3, 6, 79], [9, 0, 3, 60]],  # past the unit, the buffers; no unit 9
+                          np.int64)
+        u.known[int(u.first[5])] = False  # unit 5's first part: not known
+        done, bufs = u.read(pieces)
+        assert done.tolist() == [True, True, False, True, True, False, False, False, False]
+        for (unit, lo, hi, at), ok in zip(pieces.tolist(), done.tolist()):
+            for c in range(2):
+                if ok:
+                    assert np.array_equal(bufs[c][at:at + hi - lo], u.rows_of(c, unit, lo, hi))
+                elif unit in (1, 5):
+                    assert not bufs[c][at:at + hi - lo].any()
+    finally:
+        u.close()
+
+
+@native
+def test_pread_known_stops_at_the_first_piece_whose_sum_differs_or_read_comes_short(tmp_path: Path) -> None:
+    """A part whose bytes do not match its sum, in any column, leaves its piece and every later
+    one to the caller (done before it); so does a part the file's end cuts short."""
+    u = _Units(tmp_path)
+    if u.crc is None:
+        pytest.skip("no native CRC-32C")
+    try:
+        pieces = np.array([[0, 0, 3, 0], [1, 0, 3, 3], [2, 0, 3, 6], [3, 0, 3, 9], [4, 0, 3, 12]], np.int64)
+        u.sums[1][int(u.first[2])] ^= 1  # the second column's sum of unit 2's first part
+        assert u.read(pieces)[0].tolist() == [True, True, False, False, False]
+        u.sums[1][int(u.first[2])] ^= 1
+        u.sums[0][int(u.first[4])] ^= 1  # the first column's, of the last piece
+        assert u.read(pieces)[0].tolist() == [True, True, True, True, False]
+        u.sums[0][int(u.first[4])] ^= 1
+        assert u.read(pieces)[0].all()
+        os.truncate(tmp_path / "c1", 64 + int(u.starts[3]) * 40 + 50)  # unit 3's rows of c1 end mid-row 1
+        done, bufs = u.read(pieces)
+        assert done.tolist() == [True, True, True, False, False]
+        assert np.array_equal(bufs[1][6:9], u.rows_of(1, 2, 0, 3))
+    finally:
+        u.close()
+
+
+@native
+def test_pread_known_refuses_columns_it_cannot_use(tmp_path: Path) -> None:
+    u = _Units(tmp_path)
+    if u.crc is None:
+        pytest.skip("no native CRC-32C")
+    try:
+        pieces = np.array([[0, 0, 3, 0]], np.int64)
+        buf = np.zeros(300, np.uint8)
+        for cols, error in (([(u.fds[0], u.offsets[0], 3, buf)], TypeError),  # four items, not five
+                            ([(u.fds[0], u.offsets[0], 0, buf, u.sums[0])], ValueError),  # rows of 0 bytes
+                            ([(u.fds[0], u.offsets[0], 3, buf, u.sums[0][:2])], ValueError),  # a sum short
+                            ([(u.fds[0][:3], u.offsets[0], 3, buf, u.sums[0])], ValueError)):  # a unit's fd short
+            with pytest.raises(error):
+                _kernels.pread_known(pieces, u.cut, u.unit_rows, u.first, u.known, cols, u.crc[1], 64,
+                                     np.zeros(64, np.uint8))
+    finally:
+        u.close()

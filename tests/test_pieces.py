@@ -145,6 +145,40 @@ def test_checksums_are_checked_once_per_unit_then_per_piece(datasets: dict[str, 
     assert len(checked) < ds.manifest.n_units // 4
 
 
+def test_later_epochs_read_the_pieces_whose_sums_are_known_in_one_call(datasets: dict[str, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the sums are known, every piece of whole parts is read and checked by the reader's one C
+    call a read task (``read_known_pieces``), all columns at once; only the pieces a window
+    boundary cut go the careful way, and every row is served once."""
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    epoch(ds)
+    reader = FORMATS["zarr"].reader_class
+    known, summed = reader.read_known_pieces, reader.read_pieces_summed
+    taken: list[int] = []
+    careful: list[int] = []
+
+    def counting_known(self: Any, pieces: np.ndarray, bufs: Any, sums: Any) -> Any:
+        done = known(self, pieces, bufs, sums)
+        taken.append(-1 if done is None else int(done.sum()))
+        return done
+
+    def counting_summed(self: Any, pieces: np.ndarray, bufs: Any, where: Any, crc: Any) -> Any:
+        careful.append(len(pieces))
+        return summed(self, pieces, bufs, where, crc)
+
+    monkeypatch.setattr(reader, "read_known_pieces", counting_known)
+    monkeypatch.setattr(reader, "read_pieces_summed", counting_summed)
+    ds.set_epoch(1)
+    ids, _, _ = epoch(ds)
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+    cut, rows = ds._sizing().layout(1).piece_rows, ds.manifest.unit_rows
+    plan = ds.plan(epoch=1)
+    pieces = np.concatenate([plan.window_table(j)[0] for j in plan.windows.tolist()])
+    whole = ~((pieces[:, 1] % cut != 0) | ((pieces[:, 2] % cut != 0) & (pieces[:, 2] != rows[pieces[:, 0]])))
+    assert min(taken) >= 0 and sum(taken) == int(whole.sum()) > 0
+    assert sum(careful) == 0
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_fresh_dataloader_workers_keep_the_sums_for_the_next_epochs(datasets: dict[str, Path], tmp_path: Path,
                                                                      context: str) -> None:
@@ -261,7 +295,7 @@ def test_rows_that_read_otherwise_than_their_checked_unit_are_an_error(datasets:
     ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
     epoch(ds)
     reader = FORMATS["zarr"].reader_class
-    original, original_summed = reader.read_pieces, reader.read_pieces_summed
+    original, original_summed, original_known = reader.read_pieces, reader.read_pieces_summed, reader.read_known_pieces
 
     def flip(self: Any, pieces: np.ndarray, bufs: Any) -> NDArray[np.bool_]:
         hit = (pieces[:, 0] == 3) & (not self.verify)
@@ -280,8 +314,15 @@ def test_rows_that_read_otherwise_than_their_checked_unit_are_an_error(datasets:
             sums["x"][flip(self, pieces, bufs)] ^= 1
         return sums
 
+    def known_misread(self: Any, pieces: np.ndarray, bufs: Any, sums: Any) -> Any:
+        done = original_known(self, pieces, bufs, sums)  # unit 3's pieces as if their sums differed
+        if done is not None:
+            done[np.argmax(pieces[:, 0] == 3) if (pieces[:, 0] == 3).any() else len(done):] = False
+        return done
+
     monkeypatch.setattr(reader, "read_pieces", flipping)
     monkeypatch.setattr(reader, "read_pieces_summed", flipping_summed)
+    monkeypatch.setattr(reader, "read_known_pieces", known_misread)
     ds.set_epoch(1)
     with pytest.raises(DataError, match=r"column 'x', unit 3: rows \d+:\d+ differ from what the unit held"):
         epoch(ds)

@@ -106,7 +106,10 @@ class VerifyOnce:
 
     With ``sums`` (:class:`PieceSums`, kept across epochs), a checked unit also leaves each of
     its pieces' CRC-32C, and a piece whose sum is known is read alone and its bytes checked
-    against it: from the second epoch on, no unit is read twice.
+    against it: from the second epoch on, no unit is read twice.  A reader with
+    ``read_known_pieces`` reads and checks all such pieces of a read task, every column, in one C
+    call; what it leaves (pieces a window boundary cut, or from one whose read or sum failed on)
+    goes the way above, which says what is wrong.
     """
 
     def __init__(self, checked: Any, plain: Any, sums: PieceSums | None = None) -> None:
@@ -131,6 +134,13 @@ class VerifyOnce:
         fast = getattr(self._plain, "read_pieces", None)
         if fast is None:
             return False
+        known = getattr(self._plain, "read_known_pieces", None)
+        if known is not None and self._sums is not None and bufs.keys() == set(self._sums.names):
+            done = known(pieces, bufs, self._sums)  # pieces whose sums are known: one C call, all columns
+            if done is not None:
+                if done.all():
+                    return True
+                pieces = pieces[~done]  # the others (pieces cut by the window, or a failed read): below
         summed, parts = self._sums.covered_parts(pieces) if self._sums is not None \
             and bufs.keys() == set(self._sums.names) else (np.zeros(len(pieces), bool), None)
         read = None  # the summed pieces' sums, taken as they are read, where the reader does that

@@ -15,6 +15,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._kernels import native, pread_known
+from ..errors import DataError
+from ..io.files import GAP_BYTES, SPAN_BYTES
+
 __all__ = ["PieceReads"]
 
 
@@ -54,6 +58,40 @@ class PieceReads:
             return None
         return {name: self._files.read_ranges(fis, starts, sizes, out, at, name_it, crc=crc)
                 for name, (fis, starts, sizes, out, at, name_it) in zip(bufs, ranges)}
+
+    def read_known_pieces(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], sums: Any) -> NDArray[np.bool_] | None:
+        """The pieces (rows ``(unit, lo, hi, buffer row)``) that are whole parts of ``sums``
+        (``loader.sums.PieceSums``) whose sums are all known, read into ``bufs`` and checked
+        against them: all columns in one C call (``_kernels.pread_known``), each part summed as it
+        is read.  Which pieces were (none from the first whose read or sum failed on: the caller
+        reads them again by its careful path, which says what is wrong); None where this path
+        does not apply (see ``_piece_ranges``, and files that do not open: their pieces name them)."""
+        if (self.verify or self._files.remote is not None or sums.crc is None or not native()
+                or any(not b.flags.c_contiguous for b in bufs.values())):
+            return None
+        cols = []
+        for name, buf in bufs.items():
+            places = self._unit_fds(name)
+            if places is None:
+                return None
+            cols.append((*places, self.manifest.column(name).row_nbytes, buf.reshape(-1).view(np.uint8),
+                         sums.sums[name]))
+        return pread_known(pieces, sums.cut, self.manifest.unit_rows, sums.first, sums.known, cols, sums.crc[1],
+                           GAP_BYTES, np.frombuffer(self._files.scratch(SPAN_BYTES), np.uint8))
+
+    def _unit_fds(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.int64]] | None:
+        """Every unit's file descriptor and first row's offset in column ``name`` (``_places``, its
+        files opened), kept for the reader's life; None where a unit's rows do not lie so or a file
+        does not open."""
+        cache = self.__dict__.setdefault("_unit_fds_cache", {})
+        if name not in cache:
+            places = self._places(name, np.arange(len(self.manifest.unit_rows)))
+            try:
+                cache[name] = None if places is None else tuple(np.ascontiguousarray(a, np.int64) for a in (
+                    self._files.descriptors(places[0], lambda k: str(self.manifest.root))[0], places[1]))
+            except (DataError, OSError):
+                cache[name] = None
+        return cache[name]
 
     def _piece_ranges(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> list[Any] | None:
         """Each column's byte ranges of the pieces: (files, starts, sizes, its buffer's bytes, where
