@@ -314,3 +314,35 @@ def test_released_sums_make_the_next_epoch_check_its_units_again(source: tuple[P
     ds.release_buffers()
     batches(ds, 2)
     assert sorted(checked) == list(range(n_units))
+
+
+def test_the_units_a_window_checks_are_hinted_whole_before_their_checks(source: tuple[Path, np.ndarray],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window whose direct rows' units are not checked yet first hints those whole units of the
+    direct columns (one task, queued before the checks: a cold disk reads them in large requests),
+    and later epochs, whose sums are known, hint no whole unit."""
+    from streambatch.loader.pool import Pool
+
+    events: list[tuple[str, Any]] = []
+    submit = Pool.submit
+
+    def recording(self: Any, prio: int, fn: Any, args: Any, where: Any) -> Any:
+        events.append((str(where), args))
+        return submit(self, prio, fn, args, where)
+
+    monkeypatch.setattr(Pool, "submit", recording)
+    ds = make(source[0])
+    rows = ds.manifest.unit_rows
+    batches(ds, 0)
+    hints = [k for k, (w, _) in enumerate(events) if w.startswith("while hinting the units window")]
+    checks = [k for k, (w, _) in enumerate(events) if w.startswith("while checking units")]
+    assert hints and checks and hints[0] < checks[0]
+    table, names = events[hints[0]][1]
+    assert names == list(ds.describe()["direct_columns"])
+    assert (table[:, 1] == 0).all() and np.array_equal(table[:, 2], rows[table[:, 0]])
+    hinted = set(table[:, 0].tolist())
+    first_window = [k for k in checks if k > hints[0] and (not hints[1:] or k < hints[1])]
+    assert {u for k in first_window for u in events[k][1][0].tolist()} == hinted
+    events.clear()
+    batches(ds, 1)
+    assert not any(w.startswith("while hinting the units window") for w, _ in events)

@@ -179,6 +179,36 @@ def test_later_epochs_read_the_pieces_whose_sums_are_known_in_one_call(datasets:
     assert sum(careful) == 0
 
 
+def test_a_window_hints_whole_the_units_it_will_check(datasets: dict[str, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-ahead hints: in the first epoch a window's pieces belong to units read whole by their
+    check, so the hints ask for those whole units (a cold disk reads them in large requests);
+    once their sums are known, only the pieces."""
+    reader = FORMATS["zarr"].reader_class
+    original = reader.advise
+    asked: list[np.ndarray] = []
+
+    def recording(self: Any, pieces: Any, names: list[str]) -> None:
+        asked.append(np.array(pieces, np.int64).reshape(-1, 4))
+        original(self, pieces, names)
+
+    monkeypatch.setattr(reader, "advise", recording)
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    rows = ds.manifest.unit_rows
+    ids, _, _ = epoch(ds)
+    assert np.array_equal(np.sort(ids), np.arange(ROWS))
+    whole = {tuple(r) for r in np.concatenate(asked)[:, :3].tolist()}
+    units = np.unique(ds.plan().window_table(0)[0][:, 0])  # before any check of the epoch: all whole
+    assert {(u, 0, int(rows[u])) for u in units.tolist()} <= whole
+    asked.clear()
+    ds.set_epoch(1)
+    epoch(ds)
+    plan = ds.plan(epoch=1)
+    in_order = lambda t: t[np.lexsort(t.T[::-1])]  # noqa: E731 - windows are hinted by two threads
+    assert np.array_equal(in_order(np.concatenate(asked)),
+                          in_order(np.concatenate([plan.window_table(j)[0] for j in plan.windows.tolist()])))
+
+
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_fresh_dataloader_workers_keep_the_sums_for_the_next_epochs(datasets: dict[str, Path], tmp_path: Path,
                                                                      context: str) -> None:

@@ -209,8 +209,23 @@ class VerifyOnce:
         for name, dst in out.items():
             dst[...] = tmp[name][lo:hi]
 
-    def advise(self, pieces: list[Any], names: list[str]) -> None:
-        _advise(self._plain, pieces, names)
+    def advise(self, pieces: Any, names: list[str]) -> None:
+        """The pieces' read-ahead hints; a piece whose unit will be read whole to check it (a unit
+        whose sums are not known yet, or not checked this epoch where no sums are kept) hints the
+        whole unit: a cold disk then reads such units in large requests, not the pieces first and
+        the rest of the unit at its check."""
+        table = np.array(pieces, np.int64).reshape(-1, 4)
+        if self._sums is not None and set(names) >= set(self._sums.names):  # units whose sums are not known
+            whole = np.flatnonzero(~self._sums.known[self._sums.first[table[:, 0]]])
+        else:
+            whole = np.array([k for k, u in enumerate(table[:, 0].tolist()) if not self._checks.passed(u)], np.int64)
+        if whole.size:
+            units = np.unique(table[whole, 0])
+            rest = np.delete(table, whole, axis=0)
+            table = np.concatenate([rest, np.stack([units, np.zeros_like(units), self.manifest.unit_rows[units],
+                                                    np.zeros_like(units)], axis=1)])
+            table = table[np.lexsort((table[:, 1], table[:, 0]))]
+        _advise(self._plain, table, names)
 
     def close(self) -> None:
         self._checked.close()

@@ -131,13 +131,13 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
     table, keeps = plan.window_table(j)
     rows = plan.window_size(j)
     w = Window(j, rows, bufs, plan.window_rows * row_nbytes)
-    direct_rows = _direct_window(workers, w, plan, direct, bufs, order) if direct is not None else None
+    advise = getattr(reader, "advise", None)
+    direct_rows = _direct_window(workers, w, plan, direct, bufs, order, advise) if direct is not None else None
     if ragged:
         w.ragged = ragged_buffers(reader.manifest, ragged, table, plan.window_rows)
         w.nbytes = plan.window_rows * sum(b[:1].nbytes for b in bufs.values()) + sum(
             b.nbytes for b in w.ragged.values())
     root = getattr(getattr(reader, "manifest", None), "root", "")
-    advise = getattr(reader, "advise", None)
     if advise is not None:  # let a cold disk work on the whole window at once (a pool task, ahead
         # of the reads: a window's hints are a thousand system calls, off the consuming thread), its
         # buffers' columns and those its batch tasks read (direct.py)
@@ -176,14 +176,18 @@ def start_window(workers: Pool, reader: Any, plan: EpochPlan, j: int, bufs: Bufs
 
 
 def _direct_window(workers: Pool, w: Window, plan: EpochPlan, direct: DirectRows, bufs: Bufs,
-                   order: tuple[str, ...]) -> NDArray[np.int64]:
+                   order: tuple[str, ...], advise: Any = None) -> NDArray[np.int64]:
     """Window ``w``'s direct columns beside its buffers, and the checks of the units it needs
-    whose rows' sums are not known (tasks of about ``4 * TASK_BYTES`` of units each); the global
-    row number at each of its positions."""
+    whose rows' sums are not known (tasks of about ``4 * TASK_BYTES`` of units each), after a
+    task hinting those whole units (``advise``: the reader's) for a cold disk; the global row
+    number at each of its positions."""
     rows = plan.window_row_ids(w.j, direct.manifest.unit_start)
     cols = direct.window(rows)
     w.buffers = {n: bufs[n] if n in bufs else cols[n] for n in order}
     units = direct.units_to_check(rows)
+    if units.size and advise is not None:
+        whole = np.stack([units, np.zeros_like(units), direct.manifest.unit_rows[units], np.zeros_like(units)], axis=1)
+        workers.submit(1, advise, (whole, list(direct.names)), f"while hinting the units window {w.j} checks")
     if units.size:
         unit_bytes = int(direct.manifest.unit_rows.max()) * sum(c.row_nbytes for c in direct.columns.values())
         step = max(1, 4 * pool.TASK_BYTES // max(1, unit_bytes))
