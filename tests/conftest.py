@@ -83,6 +83,19 @@ def write_sorted_npy(folder: Path, rows: int, width: int = 4, n_labels: int = 10
     return folder
 
 
+def fail_batched_checks_of(monkeypatch: pytest.MonkeyPatch, reader: Any, units: set[int]) -> None:
+    """A test that makes ``reader.read_into`` fail (or hang) for ``units`` fails their checks in
+    the first epoch's batches too: ``check_units`` answers False for a batch holding one, as its
+    C read does when a unit cannot be read or does not match, and each unit of that batch is then
+    checked alone through ``read_into``, which raises (or hangs) naming it."""
+    batch = reader.check_units
+
+    def failing(self: Any, batch_units: np.ndarray, *args: Any) -> Any:
+        return False if units & set(batch_units.tolist()) else batch(self, batch_units, *args)
+
+    monkeypatch.setattr(reader, "check_units", failing)
+
+
 def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
     """Corrupt one byte of ``path`` in place (XOR with ``mask``)."""
     with open(path, "r+b") as f:

@@ -22,7 +22,7 @@ from streambatch import StateError, StreamDataset
 from streambatch.quality import label_sorted_kl, summarize
 from streambatch.storage import FORMATS
 
-from conftest import interrupt_epochs, streambatch_threads, write_sorted_npy
+from conftest import fail_batched_checks_of, interrupt_epochs, streambatch_threads, write_sorted_npy
 
 ROWS = 5003
 
@@ -239,6 +239,7 @@ def test_reader_error_keeps_its_type_and_names_the_unit(datasets, monkeypatch):
         return original(self, unit, lo, hi, out)
 
     monkeypatch.setattr(zarr_store.Reader, "read_into", failing)
+    fail_batched_checks_of(monkeypatch, zarr_store.Reader, {7})
     with pytest.raises(Boom) as info:
         for _ in small(datasets["zarr"]):
             pass

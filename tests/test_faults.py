@@ -45,7 +45,8 @@ from streambatch.errors import WriteError
 from streambatch.manifest import MANIFEST_NAME
 from streambatch.storage import FORMATS, load_manifest, zarr_store
 
-from conftest import SIGINT_HANDLER, column_range, flip_byte, streambatch_threads, unit_range, write_sorted_npy
+from conftest import (SIGINT_HANDLER, column_range, fail_batched_checks_of, flip_byte, streambatch_threads, unit_range,
+                      write_sorted_npy)
 
 ROWS = 3001
 UNIT = 50
@@ -339,6 +340,7 @@ def test_reader_raising_a_data_error_stops_the_epoch_with_it(built: dict[str, Pa
         original(self, unit, lo, hi, out)
 
     monkeypatch.setattr(zarr_store.Reader, "read_into", failing)
+    fail_batched_checks_of(monkeypatch, zarr_store.Reader, {9})
     with pytest.raises(DataError, match="unit 9") as ei:
         one_epoch(small(built["zarr-none"]))
     assert any("while reading unit 9" in n for n in ei.value.__notes__)
@@ -359,6 +361,7 @@ def test_hanging_reader_times_out_naming_the_unit(built: dict[str, Path], monkey
         original(self, unit, lo, hi, out)
 
     monkeypatch.setattr(zarr_store.Reader, "read_into", hanging)
+    fail_batched_checks_of(monkeypatch, zarr_store.Reader, {11})
     ds = small(built["zarr-none"], shuffle=False, timeout=10)
     served = []
     try:

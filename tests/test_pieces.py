@@ -128,7 +128,15 @@ def test_checksums_are_checked_once_per_unit_then_per_piece(datasets: dict[str, 
             checked.append(unit)
         original(self, unit, lo, hi, out)
 
+    batch = reader.check_units
+
+    def counting_batch(self: Any, units: np.ndarray, pieces: np.ndarray, bufs: Any, sums: Any) -> Any:
+        done = batch(self, units, pieces, bufs, sums)  # several units checked whole in one go
+        checked.extend(units.tolist() if done else [])
+        return done
+
     monkeypatch.setattr(reader, "read_into", counting)
+    monkeypatch.setattr(reader, "check_units", counting_batch)
     ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
     ids, _, _ = epoch(ds)
     assert np.array_equal(np.sort(ids), np.arange(ROWS))
@@ -230,11 +238,21 @@ def test_fresh_dataloader_workers_keep_the_sums_for_the_next_epochs(datasets: di
                 f.write(f"{unit}\n")
         original(self, unit, lo, hi, out)
 
+    batch = reader.check_units
+
+    def logging_batch(self: Any, units: np.ndarray, pieces: np.ndarray, bufs: Any, sums: Any) -> Any:
+        done = batch(self, units, pieces, bufs, sums)  # several units checked whole in one go
+        if done:
+            with open(log, "a") as f:
+                f.write("".join(f"{u}\n" for u in units.tolist()))
+        return done
+
     ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
     names = tuple(c.name for c in ds.columns)
     checked = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reader, "read_into", logging)
+        mp.setattr(reader, "check_units", logging_batch)
         for e in range(2):
             log.write_text("")
             ds.set_epoch(e)
@@ -356,6 +374,44 @@ def test_rows_that_read_otherwise_than_their_checked_unit_are_an_error(datasets:
     ds.set_epoch(1)
     with pytest.raises(DataError, match=r"column 'x', unit 3: rows \d+:\d+ differ from what the unit held"):
         epoch(ds)
+
+
+def test_the_first_epochs_batched_checks_match_the_unit_by_unit_ones(datasets: dict[str, Path], tmp_path: Path) -> None:
+    """``check_units`` (the first epoch's checks, several units per C call): the pieces' rows land
+    in the window buffers and each unit's part sums are those the unit-by-unit check records;
+    a damaged unit among them makes it answer False before any unit's sums are flagged known."""
+    import shutil
+
+    from streambatch.loader.sums import PieceSums
+
+    path = tmp_path / "d"
+    shutil.copytree(datasets["zarr"], path)
+    m = streambatch.StreamDataset(path, batch_size=BATCH).manifest
+    names, cut = ("id", "x", "y"), 7
+    reader = FORMATS["zarr"].reader_class(m, verify=True)
+    try:
+        units = np.array([1, 2, 5, 9, 10, 30], np.int64)
+        rows = m.unit_rows[units]
+        pieces = np.array([[u, lo, lo + 5, 10 * k] for k, (u, lo) in enumerate(zip(units.tolist(), [0, 7, 3, 0, 14, 20]))],
+                          np.int64)
+        bufs = {n: np.zeros((70, *m.column(n).shape), m.column(n).np_dtype) for n in names}
+        batched, alone = PieceSums(m.unit_rows, cut, names), PieceSums(m.unit_rows, cut, names)
+        assert reader.check_units(units, pieces, bufs, batched) is True
+        for (u, lo, hi, at), n in ((p, n) for p in pieces.tolist() for n in names):
+            want = {c: np.empty((int(m.unit_rows[u]), *m.column(c).shape), m.column(c).np_dtype) for c in names}
+            reader.read_into(u, 0, int(m.unit_rows[u]), want)
+            assert np.array_equal(bufs[n][at:at + hi - lo], want[n][lo:hi])
+            alone.record(u, want)
+        assert np.array_equal(batched.known, alone.known) and batched.known.sum() == (-(-rows // cut)).sum()
+        assert all(np.array_equal(batched.sums[n], alone.sums[n]) for n in names)
+
+        f, off, size = unit_range(m, 9, "x")
+        flip_byte(f, off + size // 3)
+        fresh = PieceSums(m.unit_rows, cut, names)
+        assert reader.check_units(units, pieces, bufs, fresh) is False
+        assert not fresh.known.any()
+    finally:
+        reader.close()
 
 
 def test_a_damaged_unit_fails_at_its_first_piece(datasets: dict[str, Path], tmp_path: Path) -> None:

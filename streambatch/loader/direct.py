@@ -36,7 +36,7 @@ from ..io.files import ByteRanges
 from ..manifest import Manifest
 from ..schema import Column
 from ..storage import FORMATS
-from .readers import _Claims
+from .readers import _Claims, settle_claims
 from .sizing import PLACE_BYTES
 from .sums import PieceSums, SharedSums, piece_sums
 
@@ -146,22 +146,35 @@ class DirectRows:
 
     def check_units(self, units: NDArray[np.int64]) -> None:
         """Read each unit whole, check its stored checksum and take its rows' sums, once an epoch
-        (another thread asking for a unit being checked waits for that check)."""
+        (another thread asking for a unit being checked waits for that check).  The units this
+        thread claims are checked together where the reader can (``check_units``: a C call per
+        column for several units), else one by one, which names a unit that fails."""
+        mine, others = [], []
         for u in units.tolist():
-            claim, mine = self._claims.claim(u)
-            if mine:
-                claim.settle(lambda u=u: self._check_unit(u))
-            else:
-                claim.wait()
+            claim, own = self._claims.claim(u)
+            (mine if own else others).append((u, claim))
+        if mine:
+            checked = self._checked_reader()
+            batch = getattr(checked, "check_units", None)
+            ids = np.array([u for u, _ in mine], np.int64)
+            none = np.zeros((0, 4), np.int64)
+            row = {n: np.empty((1, *c.shape), c.np_dtype) for n, c in self.columns.items()}  # no rows copied
+            settle_claims(mine, lambda: None if batch is None or self._sums is None else batch(
+                ids, none, row, self._sums), self._check_unit, lambda u: None)
+        for _, claim in others:
+            claim.wait()
+
+    def _checked_reader(self) -> Any:
+        with self._lock:
+            if self._checked is None:
+                self._checked = self._open_checked()
+        return self._checked
 
     def _check_unit(self, unit: int) -> None:
         assert self._sums is not None
         rows = int(self.manifest.unit_rows[unit])
         bufs = self._scratch(rows)
-        with self._lock:
-            if self._checked is None:
-                self._checked = self._open_checked()
-        self._checked.read_into(unit, 0, rows, bufs)  # raises DataError for a damaged unit
+        self._checked_reader().read_into(unit, 0, rows, bufs)  # raises DataError for a damaged unit
         self._sums.record(unit, bufs)
 
     def _scratch(self, rows: int) -> dict[str, np.ndarray]:

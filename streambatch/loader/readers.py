@@ -29,6 +29,43 @@ def _advise(reader: Any, pieces: list[Any], names: list[str]) -> None:
         advise(pieces, names)
 
 
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def settle_claims(claims: list[tuple[int, _Claim]], batch: Callable[[], bool | None], one: Callable[[int], None],
+                  name: Callable[[int], None]) -> bool:
+    """Check the units of ``claims`` (each claimed by this thread, which must settle it): all at
+    once by ``batch()`` (True: they passed), else each alone by ``one(unit)``, which raises for a
+    unit that fails, named by ``name(unit)`` first.  Every claim is settled whatever happens (a
+    thread waiting for one gets its error); the first unit's error is raised once all are.
+    Whether ``batch`` checked them."""
+    try:
+        done = batch()
+    except BaseException as e:
+        for _, claim in claims:
+            try:
+                claim.settle(lambda e=e: _raise(e))  # noqa: B023
+            except BaseException:  # noqa: BLE001 - the error itself is raised below
+                pass
+        raise
+    if done:
+        for _, claim in claims:
+            claim.settle(lambda: None)
+        return True
+    first: tuple[int, BaseException] | None = None
+    for u, claim in claims:  # one by one: the failing unit's error names it
+        try:
+            name(u)
+            claim.settle(lambda u=u: one(u))
+        except BaseException as e:  # noqa: BLE001 - raised below, once every claim is settled
+            first = first or (u, e)
+    if first is not None:
+        name(first[0])
+        raise first[1]
+    return False
+
+
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
 
@@ -148,7 +185,8 @@ class VerifyOnce:
         if parts is not None and read_summed is not None:
             read = read_summed(self._sums.part_table(pieces[summed], parts), bufs, where, self._sums.crc)
         alone = summed.copy() if read is None else np.zeros_like(summed)  # read alone: summed (unless
-        for k in np.flatnonzero(~summed).tolist():  # read just now), or of a unit checked this epoch
+        todo = self._check_units(pieces, np.flatnonzero(~summed), bufs, where)  # read just now), or of a unit
+        for k in todo.tolist():  # checked this epoch
             u, lo, hi, at = pieces[k].tolist()
             if self._checks.passed(u):
                 alone[k] = True
@@ -162,6 +200,41 @@ class VerifyOnce:
                 self._plain.read_into(u, lo, hi, {n: b[at:at + hi - lo] for n, b in bufs.items()})
         self._check_summed(pieces[summed], bufs, parts, read)
         return True
+
+    def _check_units(self, pieces: Table, todo: NDArray[np.int64], bufs: Bufs, where: Any) -> NDArray[np.int64]:
+        """The units of pieces ``todo`` that no thread has claimed yet, claimed, checked and their
+        pieces read by the checked reader's ``check_units`` (one C call per column for several
+        units: their checksums, the pieces' rows, the part sums); the pieces still to read, one by
+        one.  Where a unit fails there, each claimed unit is checked alone (``settle_claims``),
+        which says what is wrong; then their pieces are read as those of checked units."""
+        batch = getattr(self._checked, "check_units", None)
+        if batch is None or self._sums is None or todo.size < 2 or bufs.keys() != set(self._sums.names):
+            return todo
+        claims = []
+        for u in np.unique(pieces[todo, 0]).tolist():
+            if not self._checks.passed(u):
+                claim, mine = self._checks.claim(u)
+                if mine:
+                    claims.append((u, claim))
+        if not claims:
+            return todo
+        units = np.array([u for u, _ in claims], np.int64)
+        taken = np.isin(pieces[todo, 0], units)
+        if settle_claims(claims, lambda: batch(units, pieces[todo[taken]], bufs, self._sums),
+                         lambda u: self._check_whole(u, bufs),
+                         lambda u: where(u, 0, int(self.manifest.unit_rows[u]))):
+            self.whole_reads += len(claims)
+            return todo[~taken]
+        return todo  # their units passed one by one: each piece is read alone
+
+    def _check_whole(self, unit: int, bufs: Bufs) -> None:
+        """Read ``unit`` whole with the checked reader (raises for a damaged unit) and record its sums."""
+        rows = int(self.manifest.unit_rows[unit])
+        tmp = self._scratch(rows, bufs)
+        self._checked.read_into(unit, 0, rows, tmp)
+        self.whole_reads += 1
+        if self._sums is not None:
+            self._sums.record(unit, tmp)
 
     def _check_summed(self, pieces: Table, bufs: Bufs, parts: Any = None,
                       read: dict[str, NDArray[np.uint32]] | None = None) -> None:

@@ -29,7 +29,8 @@ from .._fields import int_array, safe_relpath
 from ..errors import DataError, ManifestError
 from ..ragged import Ragged
 from ..io.checksum import CHECKSUMS, checksum_fn
-from ..io.files import ByteRanges
+from .._kernels import crc_ranges, native, read_checked
+from ..io.files import SPAN_BYTES, ByteRanges
 from ..manifest import Manifest
 from ..schema import Column
 from ._piece_reads import PieceReads
@@ -147,6 +148,55 @@ class Reader(PieceReads):
         if fis:
             self._files.advise(*(np.concatenate(x).astype(np.int64, copy=False) for x in (fis, starts, sizes)),
                                lambda: f"dataset {self.manifest.root}")
+
+    def check_units(self, units: NDArray[np.int64], pieces: NDArray[np.int64], bufs: dict[str, np.ndarray],
+                    sums: Any) -> bool | None:
+        """Read ``units`` (sorted, distinct) whole, check each chunk's stored CRC-32C, copy the rows of
+        ``pieces`` (rows ``(unit, lo, hi, buffer row)`` of those units) into the window buffers
+        ``bufs`` and record each unit's part sums in ``sums`` (``loader.sums.PieceSums``, sums before
+        flags): per column, ``_kernels.read_checked`` for as many chunks as this thread's scratch
+        holds and ``crc_ranges`` for their parts, in place of a Python read and check per unit and
+        column.  False where a chunk could not be read whole or its checksum differs (the caller
+        checks the units one by one, which says what is wrong); None where this path does not
+        apply (remote, compressed, another checksum, no C module)."""
+        crc = sums.crc
+        if (not self.verify or self._files.remote is not None or crc is None or not native()
+                or self.manifest.layout.get("checksum") != "crc32c" or bufs.keys() != set(sums.names)
+                or any(self._decoders[n] is not None or not b.flags.c_contiguous for n, b in bufs.items())):
+            return None
+        rows = self.manifest.unit_rows[units]
+        parts = -(-rows // sums.cut)
+        for name, buf in bufs.items():
+            loc = self.manifest.layout["columns"][name]
+            rb = self.manifest.column(name).row_nbytes
+            chunk = self._unit_rows * rb
+            if (loc["size"][units] != chunk).any():
+                return None  # a stored size that is not an uncompressed chunk's: read_into names it
+            try:
+                fds = self._files.descriptors(loc["file"][units], lambda k: self._where(
+                    self.manifest.column(name), int(units[k]), int(loc["file"][units[k]])))[0]
+            except DataError:
+                return False
+            scratch = np.frombuffer(self._files.scratch(max(SPAN_BYTES, chunk)), np.uint8)
+            step = max(1, scratch.nbytes // chunk)
+            flat = buf.reshape(-1).view(np.uint8)
+            for a in range(0, len(units), step):
+                b = min(len(units), a + step)
+                mine = (pieces[:, 0] >= units[a]) & (pieces[:, 0] <= units[b - 1])
+                at = np.searchsorted(units[a:b], pieces[mine, 0]) * chunk
+                lo, hi = pieces[mine, 1], pieces[mine, 2]
+                if read_checked(*crc, fds[a:b], loc["offset"][units[a:b]], chunk, loc["crc32"][units[a:b]], scratch,
+                                at + lo * rb, (hi - lo) * rb, flat, pieces[mine, 3] * rb) >= 0:
+                    return False
+                n = parts[a:b]
+                rep = np.repeat(np.arange(b - a), n)
+                k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+                sizes = np.minimum(sums.cut, rows[a:b][rep] - k * sums.cut) * rb
+                sums.sums[name][sums.first[units[a:b]][rep] + k] = crc_ranges(*crc, scratch, rep * chunk + k * sums.cut * rb,
+                                                                              sizes)
+        for u in units.tolist():
+            sums.known[sums.first[u]:sums.first[u + 1]] = True
+        return True
 
     def _stored_range(self, col: Column, unit: int) -> tuple[int, int, int]:
         loc = self.manifest.layout["columns"][col.name]
