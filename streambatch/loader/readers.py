@@ -29,6 +29,12 @@ def _advise(reader: Any, pieces: list[Any], names: list[str]) -> None:
         advise(pieces, names)
 
 
+def whole_units(unit_rows: NDArray[np.int64], units: NDArray[np.int64]) -> Table:
+    """``units`` as pieces of all their rows: rows ``(unit, 0, its rows, 0)``."""
+    zero = np.zeros_like(units)
+    return np.stack([units, zero, unit_rows[units], zero], axis=1)
+
+
 def _raise(error: BaseException) -> None:
     raise error
 
@@ -227,14 +233,16 @@ class VerifyOnce:
             return todo[~taken]
         return todo  # their units passed one by one: each piece is read alone
 
-    def _check_whole(self, unit: int, bufs: Bufs) -> None:
-        """Read ``unit`` whole with the checked reader (raises for a damaged unit) and record its sums."""
+    def _check_whole(self, unit: int, bufs: Bufs) -> Bufs:
+        """Read ``unit`` whole with the checked reader (raises for a damaged unit) into this thread's
+        scratch (columns as ``bufs``) and record its sums; the scratch's rows."""
         rows = int(self.manifest.unit_rows[unit])
         tmp = self._scratch(rows, bufs)
         self._checked.read_into(unit, 0, rows, tmp)
         self.whole_reads += 1
         if self._sums is not None:
             self._sums.record(unit, tmp)
+        return tmp
 
     def _check_summed(self, pieces: Table, bufs: Bufs, parts: Any = None,
                       read: dict[str, NDArray[np.uint32]] | None = None) -> None:
@@ -274,11 +282,7 @@ class VerifyOnce:
             if self._sums is not None:
                 self._sums.record(unit, out)
             return
-        tmp = self._scratch(rows, out)
-        self._checked.read_into(unit, 0, rows, tmp)
-        self.whole_reads += 1
-        if self._sums is not None:
-            self._sums.record(unit, tmp)
+        tmp = self._check_whole(unit, out)
         for name, dst in out.items():
             dst[...] = tmp[name][lo:hi]
 
@@ -293,10 +297,8 @@ class VerifyOnce:
         else:
             whole = np.array([k for k, u in enumerate(table[:, 0].tolist()) if not self._checks.passed(u)], np.int64)
         if whole.size:
-            units = np.unique(table[whole, 0])
-            rest = np.delete(table, whole, axis=0)
-            table = np.concatenate([rest, np.stack([units, np.zeros_like(units), self.manifest.unit_rows[units],
-                                                    np.zeros_like(units)], axis=1)])
+            table = np.concatenate([np.delete(table, whole, axis=0),
+                                    whole_units(self.manifest.unit_rows, np.unique(table[whole, 0]))])
             table = table[np.lexsort((table[:, 1], table[:, 0]))]
         _advise(self._plain, table, names)
 

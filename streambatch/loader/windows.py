@@ -18,6 +18,7 @@ from ..schema import Column
 from . import pool
 from .direct import DirectRows
 from .pool import Pool, Task, Where
+from .readers import whole_units
 from .rows import RaggedBuf, naming_pieces, ragged_buffers, read_rows_group
 
 __all__ = ["Window", "Buffers", "start_window", "read_group"]
@@ -186,8 +187,8 @@ def _direct_window(workers: Pool, w: Window, plan: EpochPlan, direct: DirectRows
     w.buffers = {n: bufs[n] if n in bufs else cols[n] for n in order}
     units = direct.units_to_check(rows)
     if units.size and advise is not None:
-        whole = np.stack([units, np.zeros_like(units), direct.manifest.unit_rows[units], np.zeros_like(units)], axis=1)
-        workers.submit(1, advise, (whole, list(direct.names)), f"while hinting the units window {w.j} checks")
+        workers.submit(1, advise, (whole_units(direct.manifest.unit_rows, units), list(direct.names)),
+                       f"while hinting the units window {w.j} checks")
     if units.size:
         unit_bytes = int(direct.manifest.unit_rows.max()) * sum(c.row_nbytes for c in direct.columns.values())
         step = max(1, 4 * pool.TASK_BYTES // max(1, unit_bytes))

@@ -66,8 +66,7 @@ class PieceReads:
         is read.  Which pieces were (none from the first whose read or sum failed on: the caller
         reads them again by its careful path, which says what is wrong); None where this path
         does not apply (see ``_piece_ranges``, and files that do not open: their pieces name them)."""
-        if (self.verify or self._files.remote is not None or sums.crc is None or not native()
-                or any(not b.flags.c_contiguous for b in bufs.values())):
+        if not self._reads_ranges(bufs) or sums.crc is None or not native():
             return None
         cols = []
         for name, buf in bufs.items():
@@ -93,10 +92,15 @@ class PieceReads:
                 cache[name] = None
         return cache[name]
 
+    def _reads_ranges(self, bufs: dict[str, np.ndarray]) -> bool:
+        """Whether pieces into ``bufs`` are read as byte ranges: a plain reader (no unit checks) of
+        local files, buffers contiguous."""
+        return not self.verify and self._files.remote is None and all(b.flags.c_contiguous for b in bufs.values())
+
     def _piece_ranges(self, pieces: np.ndarray, bufs: dict[str, np.ndarray], where: Any) -> list[Any] | None:
         """Each column's byte ranges of the pieces: (files, starts, sizes, its buffer's bytes, where
         each range goes in them, a function naming the ``k``-th); None where that path does not apply."""
-        if self.verify or self._files.remote is not None or any(not b.flags.c_contiguous for b in bufs.values()):
+        if not self._reads_ranges(bufs):
             return None
         units, lo, hi, at = (pieces[:, i] for i in range(4))
         if (lo < 0).any() or (lo >= hi).any() or (hi > self.manifest.unit_rows[units]).any():
