@@ -137,6 +137,14 @@ class PeakRSS:
         self.sample()
 
 
+def peak_rss_of(batches: Any, **kwargs: Any) -> PeakRSS:
+    """A :class:`PeakRSS` for consuming ``batches``: child processes scanned only when they come
+    from a ``DataLoader`` with worker processes.  An in-process loader has no children, and
+    scanning for them (every process on the machine, 1.3 ms a sample with the GIL held) slowed a
+    GIL-bound loader by about 12% (``tab``: 1.37M against 1.56M samples/s, paired epochs)."""
+    return PeakRSS(children=getattr(batches, "num_workers", 0) > 0, **kwargs)
+
+
 def consume(
     batches: Iterable[Mapping[str, torch.Tensor]], max_batches: int | None = None, count_ids: int | None = None,
     touch: bool = False,

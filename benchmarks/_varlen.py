@@ -171,7 +171,7 @@ data (the loader refuses them by name)."""
 def _epoch(batches: Iterable[Mapping[str, Any]], lengths: NDArray[np.int64],
            unit_rows: NDArray[np.int64]) -> dict[str, Any]:
     """One consumed epoch under ``PeakRSS``: :func:`consume`'s figures, completeness, quality."""
-    with _common.PeakRSS() as mem:
+    with _common.peak_rss_of(batches) as mem:
         res = consume(batches, lengths)
     res.update(order_quality(res.pop("ids"), unit_rows), peak_rss_delta=mem.peak - mem.start)
     return res

@@ -224,7 +224,7 @@ def run_epoch(batches: Iterable[Mapping[str, torch.Tensor]], n_rows: int,
     checked against ``0..n_rows-1`` and the quality of the order is measured with the unit
     sizes ``unit_rows`` (when given and the epoch is complete).
     """
-    with _common.PeakRSS() as mem:
+    with _common.peak_rss_of(batches) as mem:
         res = _common.consume(batches, touch=touch)
     seconds = max(float(res["seconds"]), 1e-12)
     ids = res.pop("ids")
