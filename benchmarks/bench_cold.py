@@ -9,7 +9,9 @@ each repeat
 2. reads the same files sequentially in 8 MiB blocks (``_common.sequential_read``): the disk
    limit, measured in the same run,
 3. evicts them again and serves one shuffled epoch in process (256 MiB budget, batch 256,
-   default threads), timing it with the shared consumption loop.
+   default threads), timing it with the shared consumption loop: ``--consumer touch`` (the
+   default) reads one element of every tensor, so that the loader is what is measured;
+   ``--consumer sum`` sums ``x`` in float64 on torch's threads, which compete with the loader's.
 
 After the repeats the files are cached again and the same dataset serves as many warm epochs:
 their stored MB/s is the ceiling of a cold epoch (reads fully hidden), reported next to it.
@@ -23,7 +25,7 @@ shows that eviction took effect. Medians of ``--repeats`` (default 3).
 
 Usage::
 
-    python benchmarks/bench_cold.py [--data DIR] [--quick] [--repeats N]
+    python benchmarks/bench_cold.py [--data DIR] [--quick] [--repeats N] [--consumer touch|sum]
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ EVICTION_SUSPECT = 0.8
 """A cold read this close to the warm read suggests eviction did not take effect."""
 
 
-def measure_cold(store: Path, budget: int, repeats: int) -> dict[str, Any]:
+def measure_cold(store: Path, budget: int, repeats: int, touch: bool = True) -> dict[str, Any]:
     """Cold sequential read and cold epoch of one stored dataset, ``repeats`` times."""
     from streambatch import StreamDataset
 
@@ -56,14 +58,14 @@ def measure_cold(store: Path, budget: int, repeats: int) -> dict[str, Any]:
     n, units = ds.manifest.rows, ds.manifest.unit_rows
     # Untimed warm-up epoch: allocates (and faults in) the window buffers kept between epochs.
     ds.set_epoch(0)
-    warmup = bt.run_epoch(ds, n, units, quality=False)
+    warmup = bt.run_epoch(ds, n, units, quality=False, touch=touch)
     runs: list[dict[str, Any]] = []
     for r in range(repeats):
         evicted = _common.evict(store)
         seq = _common.sequential_read(store)
         _common.evict(store)
         ds.set_epoch(r + 1)
-        ep = bt.run_epoch(ds, n, units)
+        ep = bt.run_epoch(ds, n, units, touch=touch)
         seconds = max(float(ep["seconds"]), 1e-12)
         stored_mb_s = seq["bytes"] / 1e6 / seconds
         runs.append({
@@ -80,7 +82,8 @@ def measure_cold(store: Path, budget: int, repeats: int) -> dict[str, Any]:
     warm_epochs = []
     for r in range(repeats):
         ds.set_epoch(repeats + r + 1)
-        warm_epochs.append(seq_bytes_of(runs) / 1e6 / max(float(bt.run_epoch(ds, n, units, quality=False)["seconds"]),
+        warm_epochs.append(seq_bytes_of(runs) / 1e6 / max(float(bt.run_epoch(ds, n, units, quality=False,
+                                                                                       touch=touch)["seconds"]),
                                                            1e-12))
     ds.release_buffers()
     del ds
@@ -131,6 +134,7 @@ def seq_bytes_of(runs: Sequence[Mapping[str, Any]]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the cold-cache benchmark, append its records and regenerate RESULTS.md."""
     p = bt.make_parser(__doc__ or "")
+    bt.add_consumer(p, "touch")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
@@ -145,12 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = bt.store_path(root, KIND, fmt, codec)
         try:
             bt.ensure_store(npy, store, fmt, codec, rows)
-            res = measure_cold(store, budget, args.repeats)
+            res = measure_cold(store, budget, args.repeats, touch=args.consumer == "touch")
         except Exception as exc:  # one broken configuration must not cost the whole run
             _common.write_record(NAME, {**common, "role": "streambatch", "dataset": KIND, "rows": rows,
                                         "cache": "cold", **bt.failure(exc, store, fmt, codec, budget)})
             continue
-        rec = {**common, "role": "streambatch", "dataset": KIND, **res}
+        rec = {**common, "role": "streambatch", "dataset": KIND, "consumer": args.consumer, **res}
         rec["targets"] = check_targets(rec)
         _common.write_record(NAME, rec)
         bt.log(f"  seq read {res['seq_mb_per_s']:.0f} MB/s (warm {res['warm_read_mb_per_s']:.0f}), epoch "
@@ -187,7 +191,10 @@ def render(records: list[dict[str, Any]]) -> str:
         "",
         "How close to the disk does one shuffled epoch get when nothing is cached "
         f"(`{first['dataset']}`, {first['rows']:,} rows, budget {bt._mib(first['budget_bytes'])} MiB, "
-        f"batch {first['batch_size']}, {first['threads']} threads, medians of {first.get('repeats')} "
+        f"batch {first['batch_size']}, {first['threads']} threads, "
+        + ("a consumer that reads one element of every tensor, so that the loader is what is measured, "
+           if first.get("consumer") == "touch" else "a consumer that sums x in float64, ")
+        + f"medians of {first.get('repeats')} "
         f"repeats){quick}?",
         "",
     ]

@@ -13,7 +13,11 @@ budget, batch 256:
   reported (workers are not persistent, as in torch's default, so with workers each epoch
   starts new processes);
 
-samples/s and the ratio to ram-limit (measured before and after, mean of the two medians),
+samples/s and the ratio to ram-limit (measured before and after, mean of the two medians, with
+the same consumer: ``--consumer touch``, the default, reads one element of every tensor and keeps
+the ids, so that the loader is what is measured, and adds its CPU seconds per GB; ``--consumer
+sum`` sums ``x`` in float64 on torch's threads, as a training step would, which for ``img`` is
+slower than the loader),
 and a plot of throughput against threads (``scaling_threads.png``). Medians of ``--repeats``.
 Records carry the machine (``_common.machine_info``: CPU count, usable CPUs, RAM, versions).
 
@@ -24,6 +28,7 @@ Usage::
 
     python benchmarks/bench_scaling.py [--data DIR] [--quick] [--repeats N]
                                        [--threads 1,2,4,8,16] [--workers 0,2,4,8]
+                                       [--consumer sum|touch]
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def measure(store: Path, budget: int, repeats: int, *, threads: int | None = None,
-            num_workers: int | None = None) -> dict[str, Any]:
+            num_workers: int | None = None, touch: bool = False) -> dict[str, Any]:
     """``repeats`` x (fresh dataset, :data:`EPOCHS` epochs); the last epoch's figures, medians.
 
     ``num_workers=None`` iterates the dataset in process; an int goes through a DataLoader.
@@ -131,7 +136,7 @@ def measure(store: Path, budget: int, repeats: int, *, threads: int | None = Non
         for e in range(EPOCHS):
             ds.set_epoch(e)
             # Quality only on the reported epoch (it costs a pass over the ids).
-            runs.append(bt.run_epoch(source, n, units, quality=e == EPOCHS - 1))
+            runs.append(bt.run_epoch(source, n, units, quality=e == EPOCHS - 1, touch=touch))
         first.append(runs[0])
         last.append(runs[-1])
         ds.release_buffers()
@@ -154,6 +159,8 @@ def measure(store: Path, budget: int, repeats: int, *, threads: int | None = Non
         "epoch1_samples_per_s": med(first, "samples_per_s"),
         "epoch1_first_batch_s": med(first, "first_batch_s"),
         "runs_samples_per_s": [r["samples_per_s"] for r in last],
+        "cpu_s_per_gb": bt.median([r["cpu_seconds"] / (r["bytes"] / 1e9) for r in last]),
+        "cpu_per_wall": bt.median([r["cpu_seconds"] / r["wall_seconds"] for r in last]),
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in last),
         "peak_rss_delta_bytes": max(r["peak_rss_delta_bytes"] for r in last),
         "missing": sum(r["missing"] for r in first + last),
@@ -177,7 +184,8 @@ def run_store(args: Any, common: dict[str, Any], threads_list: list[int], kind: 
     budget = bt.budget_for(kind, args.quick)
 
     bt.log(f"{kind}: ram-limit (before)")
-    ram_before = bt.measure_ram_limit(npy, args.repeats)
+    touch = args.consumer == "touch"
+    ram_before = bt.measure_ram_limit(npy, args.repeats, touch=touch)
     bt.log(f"  ram-limit {ram_before['samples_per_s']:,.0f} samples/s")
     results = []
     failures: list[dict[str, Any]] = []
@@ -190,7 +198,8 @@ def run_store(args: Any, common: dict[str, Any], threads_list: list[int], kind: 
                     else f"DataLoader num_workers {job['num_workers']}")
             bt.log(f"{kind}: {what}")
             try:
-                res = measure(store, worker_budget(budget, args.quick, job.get("num_workers")), args.repeats, **job)
+                res = measure(store, worker_budget(budget, args.quick, job.get("num_workers")), args.repeats,
+                              touch=touch, **job)
             except _Stop:
                 raise
             except Exception as exc:  # one broken configuration must not cost the others
@@ -204,7 +213,7 @@ def run_store(args: Any, common: dict[str, Any], threads_list: list[int], kind: 
                    f"epoch 1 {res['epoch1_samples_per_s']:,.0f} samples/s, "
                    f"missing/dup {res['missing']}/{res['duplicated']}")
         bt.log(f"{kind}: ram-limit (after)")
-        ram_after = bt.measure_ram_limit(npy, args.repeats)
+        ram_after = bt.measure_ram_limit(npy, args.repeats, touch=touch)
     except _Stop as exc:
         partial = True
         bt.log(f"stopped by {exc} after {len(results)} of {len(jobs)} configurations; writing those")
@@ -223,6 +232,7 @@ def run_store(args: Any, common: dict[str, Any], threads_list: list[int], kind: 
             "cache": "warm",
             **res,
             "task_bytes": args.task_bytes,
+            "consumer": args.consumer,
             "ram_limit_samples_per_s": ram,
             "ram_limit_before_samples_per_s": ram_before["samples_per_s"],
             "ram_limit_after_samples_per_s": ram_after["samples_per_s"],
@@ -259,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--task-bytes", type=int, default=None, metavar="N",
                    help="ablation: the loader's bytes per pool task (default: the library's; 1 = one unit "
                         "per read task and 4 batches per batch task, as before tasks were grouped)")
+    bt.add_consumer(p, "touch")
     args = p.parse_args(argv)
     if args.task_bytes is not None:
         import streambatch.loader.pool as pool
@@ -279,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r.get("machine", {}).get("cpu_count"), r["dataset"], r["format"], r["codec"], r.get("task_bytes"))
+    return (r.get("machine", {}).get("cpu_count"), r["dataset"], r["format"], r["codec"], r.get("task_bytes"),
+            r.get("consumer", "sum"))
 
 
 def render(records: list[dict[str, Any]]) -> str:
@@ -291,22 +303,26 @@ def render(records: list[dict[str, Any]]) -> str:
     for r in rows:
         groups.setdefault(_key(r), []).append(r)
     parts = ["## Scaling: throughput against threads and DataLoader workers\n"]
-    for key in sorted(groups, key=lambda k: (k[0] or 0, k[1], k[2], k[3], k[4] or 0)):
+    for key in sorted(groups, key=lambda k: (k[0] or 0, k[1], k[2], k[3], k[4] or 0, k[5])):
         parts.append(_render_group(records, groups[key]))
     return "\n".join(parts)
 
 
 def _render_group(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     first = rows[0]
+    touch = first.get("consumer") == "touch"
+    consumer = ("a consumer that reads one element of every tensor and keeps the ids, so that the loader is "
+                "what is measured" if touch else "a consumer that sums x in float64")
     quick = " (**--quick smoke run: tiny dataset, not a measurement**)" if first.get("quick") else ""
     lines = [
         f"### {first['dataset']} {first['format']}/{first['codec']} on {first.get('machine', {}).get('cpu_count')} CPUs"
-        + (f" (ablation: {first['task_bytes']} bytes per pool task)" if first.get("task_bytes") else ""),
+        + (f" (ablation: {first['task_bytes']} bytes per pool task)" if first.get("task_bytes") else "")
+        + (", touch consumer" if touch else ""),
         "",
         "How does the steady-state throughput grow with reader threads in process, and what do "
         f"DataLoader worker processes add (`{first['dataset']}` {first['format']}/{first['codec']}, "
         f"{first['rows']:,} rows, warm cache, budget {bt._mib(first['budget_bytes'])} MiB, batch "
-        f"{first['batch_size']}, epoch 2 of 2, medians of {first.get('repeats')} repeats){quick}?",
+        f"{first['batch_size']}, {consumer}, epoch 2 of 2, medians of {first.get('repeats')} repeats){quick}?",
         "",
     ]
     table = []
@@ -325,6 +341,8 @@ def _render_group(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
             "peak RSS MiB (Δ)": f"{bt._mib(r['peak_rss_bytes'])} ({bt._mib(r['peak_rss_delta_bytes'])})",
             "missing / dup": f"{r['missing']} / {r['duplicated']}",
             "deff": bt._num(r["deff"], ".2f"),
+            **({"CPU s/GB": bt._num(r.get("cpu_s_per_gb", float("nan")), ".2f"),
+                "CPU / wall": bt._num(r.get("cpu_per_wall", float("nan")), ".2f")} if touch else {}),
         })
     lines.append(_common.format_table(table, list(table[0])))
     inproc = sorted((r for r in rows if r["mode"] == "in-process"), key=lambda r: r["threads"])

@@ -505,15 +505,21 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_consumer(p: argparse.ArgumentParser, default: str, more: str = "") -> None:
+    """``--consumer sum|touch``: how each batch is consumed (:func:`_common.consume`)."""
+    p.add_argument("--consumer", choices=("sum", "touch"), default=default,
+                   help=f"sum: x summed in float64 on torch's threads; touch: one element of every tensor read, "
+                        f"so that the loader is what is measured (with CPU seconds per GB){more}; "
+                        f"default {default}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the throughput benchmark, append its records and regenerate RESULTS.md."""
     p = make_parser(__doc__ or "")
     p.add_argument("--datasets", default="tab,img", help="comma-separated subset of tab,img,varlen")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="rows (and budget) as a fraction of the full datasets, e.g. 0.25 on a busy machine")
-    p.add_argument("--consumer", choices=("sum", "touch"), default="sum",
-                   help="sum: x summed in float64 (default); touch: one element of every tensor read, so that the "
-                        "loader is measured (with CPU seconds per GB), in a section of its own")
+    add_consumer(p, "sum", "; with touch, in a section of its own")
     p.add_argument("--variants", default=None,
                    help=f"comma-separated streambatch variants of {list(VARIANTS)}; default: all with "
                         "--consumer touch, else default")

@@ -11,7 +11,8 @@
 # first, each under its own `timeout`:
 #
 #   1. bench_gpu.py --repeats 2 (the device= path on tab and img; --legacy adds the manual variants)
-#   2. bench_scaling.py --threads 1,2,4,8,16 --workers 0,2,4,8 --repeats 1
+#   2. bench_scaling.py --stores img:zarr:none,tab:zarr:none --consumer touch --threads 1,2,4,8,16
+#      --workers 0,2,4 --repeats 1 (issue 16: img at 16 threads >= 5x one thread, the loader alone)
 #   3. bench_convert.py --only 'npy -> zarr (none)' --no-codec --repeats 3   (only if time is left)
 #   4. bench_convert.py --scheduler local:1 --scheduler local:$(nproc) --repeats 1   (the Dask row:
 #      16 workers against one; only if time is left and dask + distributed import, i.e. their
@@ -71,7 +72,7 @@ BUDGET=${DEVICE_BENCH_BUDGET_S:-390}
 GPU_REPEATS=${DEVICE_BENCH_GPU_REPEATS:-2}
 STEPS=${DEVICE_BENCH_STEPS:-scaling gpu convert cluster images}
 # bench_scaling arguments; a second run (with a ';' between) runs after the first in the same step
-SCALING_ARGS=${DEVICE_BENCH_SCALING_ARGS:---threads 1,2,4,8,16 --workers 0,2,4,8}
+SCALING_ARGS=${DEVICE_BENCH_SCALING_ARGS:---stores img:zarr:none,tab:zarr:none --consumer touch --threads 1,2,4,8,16 --workers 0,2,4}
 SCALING_CAP=${DEVICE_BENCH_SCALING_CAP:-230}
 OUT=${OUT:-$(mktemp -d /tmp/device_bench_out.XXXXXX)}
 mkdir -p "$OUT"
