@@ -290,12 +290,17 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         opener = lambda verify: open_reader(self.manifest, verify=verify, remote=self._remote_files())  # noqa: E731
         direct = epoch_direct(self.manifest, self._direct, verify=self.verify, open_reader=opener,
                               keep=self._direct_sums, shared=self._shared_sums)
+        # Units read a piece at a time keep each piece's sum (whole units: a piece each), so that a
+        # later epoch reads and checks a task's pieces in one C call; whole units checked unit by
+        # unit went through Python one unit at a time (img at a quarter of the data, whole-unit
+        # pieces: 214k samples/s and 0.62 CPU-s/GB, against 335k and 0.44 summed)
+        summed = self.verify and sizing.partial and not ragged
         reader = epoch_reader(opener, ragged=bool(ragged), partial=sizing.partial, verify=self.verify,
-                              pieces=bool(run.piece_rows), threads=lay.threads,
-                              sums=piece_sums(self._sums, self.manifest.unit_rows, run.piece_rows,
+                              pieces=summed, threads=lay.threads,
+                              sums=piece_sums(self._sums, self.manifest.unit_rows,
+                                              run.piece_rows or int(self.manifest.unit_rows.max()),
                                               tuple(c.name for c in self.columns if c.name not in self._direct),
-                                              self._shared_sums)
-                              if run.piece_rows and self.verify and sizing.partial and not ragged else None)
+                                              self._shared_sums) if summed else None)
         packed, in_worker = self.pack is not None, get_worker_info() is not None
         tensors = make_shared_batch if in_worker else make_batch
         index_key = INDEX_KEY if self.return_index or packed else None

@@ -153,12 +153,16 @@ def test_checksums_are_checked_once_per_unit_then_per_piece(datasets: dict[str, 
     assert len(checked) < ds.manifest.n_units // 4
 
 
+@pytest.mark.parametrize("piece_rows", [None, 0])
 def test_later_epochs_read_the_pieces_whose_sums_are_known_in_one_call(datasets: dict[str, Path],
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       piece_rows: int | None) -> None:
     """Once the sums are known, every piece of whole parts is read and checked by the reader's one C
     call a read task (``read_known_pieces``), all columns at once; only the pieces a window
-    boundary cut go the careful way, and every row is served once."""
-    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    boundary cut go the careful way, and every row is served once.  Whole units (``piece_rows=0``,
+    or where units mix well enough) are pieces of their own: none is read and checked unit by unit."""
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16,
+                                   piece_rows=piece_rows)
     epoch(ds)
     reader = FORMATS["zarr"].reader_class
     known, summed = reader.read_known_pieces, reader.read_pieces_summed
@@ -174,17 +178,28 @@ def test_later_epochs_read_the_pieces_whose_sums_are_known_in_one_call(datasets:
         careful.append(len(pieces))
         return summed(self, pieces, bufs, where, crc)
 
+    one_by_one = reader.read_into
+    checked: list[int] = []
+
+    def counting_checks(self: Any, unit: int, lo: int, hi: int, out: Any) -> None:
+        if self.verify:
+            checked.append(unit)
+        one_by_one(self, unit, lo, hi, out)
+
     monkeypatch.setattr(reader, "read_known_pieces", counting_known)
     monkeypatch.setattr(reader, "read_pieces_summed", counting_summed)
+    monkeypatch.setattr(reader, "read_into", counting_checks)
     ds.set_epoch(1)
     ids, _, _ = epoch(ds)
     assert np.array_equal(np.sort(ids), np.arange(ROWS))
-    cut, rows = ds._sizing().layout(1).piece_rows, ds.manifest.unit_rows
+    rows = ds.manifest.unit_rows
+    cut = ds._sizing().layout(1).piece_rows or int(rows.max())
     plan = ds.plan(epoch=1)
     pieces = np.concatenate([plan.window_table(j)[0] for j in plan.windows.tolist()])
     whole = ~((pieces[:, 1] % cut != 0) | ((pieces[:, 2] % cut != 0) & (pieces[:, 2] != rows[pieces[:, 0]])))
-    assert min(taken) >= 0 and sum(taken) == int(whole.sum()) > 0
+    assert taken and min(taken) >= 0 and sum(taken) == int(whole.sum()) > 0
     assert sum(careful) == 0
+    assert len(checked) <= int((~whole).sum())  # only units a window boundary cut are read whole again
 
 
 def test_a_window_hints_whole_the_units_it_will_check(datasets: dict[str, Path],
