@@ -352,8 +352,9 @@ def epoch_reader(open_reader: Callable[[bool], Any], *, ragged: bool, partial: b
 
     With ragged columns each piece's unit is decoded whole by ``rows.read_rows`` and checked as
     read; storage that reads units whole reads a unit cut by a window once (``WholeUnits``); and
-    pieces smaller than units (``pieces``) check each unit once an epoch (``VerifyOnce``), or
-    their own bytes once ``sums`` knows them."""
+    storage that reads a unit's rows alone, verified (``pieces``: pieces smaller than units, or
+    whole units a piece each), checks each unit once an epoch (``VerifyOnce``), or the pieces'
+    own bytes once ``sums`` knows them."""
     reader = open_reader(verify)
     if ragged:
         return reader
