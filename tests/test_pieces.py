@@ -18,7 +18,7 @@ from streambatch.errors import DataError
 from streambatch.loader.sums import PieceSums, SharedSums
 from streambatch.storage import FORMATS
 
-from conftest import flip_byte, unit_range, write_sorted_npy
+from conftest import column_range, flip_byte, unit_range, write_sorted_npy
 
 ROWS = 24_000
 WIDTH = 30  # x float32[30] + id + y: 136-byte rows, units of 256 rows (94 units)
@@ -311,19 +311,22 @@ def test_shared_sums_keep_one_region_per_piece_layout(tmp_path: Path) -> None:
     assert not PieceSums(rows, 219, ("x",), other).known.any()
 
 
+@pytest.mark.parametrize(("name", "piece_rows"), [("zarr", None), ("zarr", 0), ("arrow", 0)])
 def test_a_piece_damaged_after_its_unit_was_checked_is_an_error(datasets: dict[str, Path], tmp_path: Path,
-                                                                kernels: str) -> None:
+                                                                kernels: str, name: str, piece_rows: int | None) -> None:
     """A byte flipped once the first epoch has checked every unit: the next epoch checks each
     piece against the sum its unit's check left, and the damaged piece's window fails, naming the
-    unit (read whole again to say what is wrong); no row of that piece is served."""
+    unit (read whole again to say what is wrong); no row of that piece is served.  Whole units
+    (``piece_rows=0``) are pieces of their own, checked the same way."""
     import shutil
 
     path = tmp_path / "d"
-    shutil.copytree(datasets["zarr"], path)
-    ds = streambatch.StreamDataset(path, batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16)
+    shutil.copytree(datasets[name], path)
+    ds = streambatch.StreamDataset(path, batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 16,
+                                   piece_rows=piece_rows)
     epoch(ds)
     m = ds.manifest
-    f, off, size = unit_range(m, 7, "x")
+    f, off, size = column_range(m, 7, "x")
     flip_byte(f, off + size // 2)
     row = int(m.unit_start[7]) + (size // 2) // (4 * WIDTH)
     ds.set_epoch(1)
