@@ -14,6 +14,7 @@ they take turns on the lock more than they run (docs/PERFORMANCE.md, "Native loo
 * :func:`pread_ranges`: byte ranges of files read into places of a buffer; :func:`pread_summed`:
   the same, each range's checksum taken as it is read;
 * :func:`read_checked`: chunks of files read, checked and copied on in one go;
+* :func:`take_rows`: rows of several arrays gathered into several batches' arrays at once;
 * :func:`pack`: the next tokens of a stream of documents, with their positions and row ids.
 
 ``NATIVE`` tells which is used; ``numpy_*`` and ``python_*`` are the versions without it (the
@@ -22,6 +23,7 @@ tests compare both).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable
 
@@ -47,13 +49,17 @@ try:
 except ImportError:  # not compiled, or built before it
     _c_crc32c_addresses = _c_pread_known = None
 try:
+    from ._native import take_rows as _c_take_rows
+except ImportError:  # not compiled, or built before it
+    _c_take_rows = None
+try:
     from ._native import SlotView as _c_SlotView
 except ImportError:  # not compiled, or built before it: the slots are looked at instead (loader/handoff.py)
     _c_SlotView = None
 
 __all__ = ["NATIVE", "copy_from", "copy_ranges", "crc32c_addresses", "crc_chunks", "crc_ranges", "gather", "native", "pack",
            "pread_known", "pread_ranges",
-           "read_checked", "slot_view", "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
+           "read_checked", "slot_view", "take_rows", "numpy_take_rows", "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
            "pread_summed", "python_pread_ranges", "python_pread_summed", "python_read_checked"]
 
 NATIVE = _c_pack is not None
@@ -155,6 +161,29 @@ def copy_from(srcs: list[object], which: NDArray[np.int64], src_at: NDArray[np.i
         return numpy_copy_from(srcs, which, src_at, sizes, dst, dst_at)
     return int(_c_copy_from(srcs, *(np.ascontiguousarray(x, np.int64) for x in (which, src_at, sizes)), dst,
                             np.ascontiguousarray(dst_at, np.int64)))
+
+
+def numpy_take_rows(srcs: list[np.ndarray], idx_list: list[NDArray[np.int64]], dsts: list[list[np.ndarray]]) -> None:
+    """``dsts[b][c][:] = srcs[c][idx_list[b]]`` for each batch ``b`` and array ``c`` (C-contiguous arrays;
+    ``dsts[b][c]`` of ``srcs[c]``'s dtype and row shape, ``len(idx_list[b])`` rows)."""
+    for idx, outs in zip(idx_list, dsts):
+        for src, dst in zip(srcs, outs):
+            src.take(idx, 0, dst, "clip")  # "clip": with out, the default buffers the result to check first
+
+
+def take_rows(srcs: list[np.ndarray], idx_list: list[NDArray[np.int64]], dsts: list[list[np.ndarray]]) -> None:
+    """:func:`numpy_take_rows` in one C call, the GIL released (an ``IndexError`` for an index
+    outside any of ``srcs``, where numpy's "clip" would take the last row)."""
+    if _c_take_rows is None or not srcs or not idx_list or \
+            any(s.dtype.hasobject or not s.flags.c_contiguous for s in srcs):
+        numpy_take_rows(srcs, idx_list, dsts)
+        return
+    row_nbytes = np.array([s.dtype.itemsize * math.prod(s.shape[1:]) for s in srcs], np.int64)
+    bounds = np.zeros(len(idx_list) + 1, np.int64)
+    np.cumsum([len(i) for i in idx_list], out=bounds[1:])
+    idx = np.concatenate(idx_list).astype(np.int64, copy=False) if len(idx_list) > 1 else \
+        np.ascontiguousarray(idx_list[0], np.int64)
+    _c_take_rows(srcs, row_nbytes, idx, bounds, [d for outs in dsts for d in outs])
 
 
 def gather(values: np.ndarray, starts: NDArray[np.int64], stops: NDArray[np.int64], total: int) -> np.ndarray:

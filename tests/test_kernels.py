@@ -534,3 +534,44 @@ def test_pread_known_refuses_columns_it_cannot_use(tmp_path: Path) -> None:
                                      np.zeros(64, np.uint8))
     finally:
         u.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=0, max_size=5), st.sampled_from([(), (3,), (2, 5)]),
+       st.sampled_from(["<f4", "<i8", "u1", "S3"]))
+def test_take_rows_gathers_what_numpys_take_gathers(counts: list[int], shape: tuple[int, ...], dtype: str) -> None:
+    """Every array's rows at each batch's indices into that batch's arrays, as ``take`` would:
+    several arrays (one of int64 row ids beside the columns), rows of 1 to 120 bytes."""
+    rng = np.random.default_rng(len(counts))
+    rows = 50
+    srcs = [rng.integers(0, 256, rows * int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=np.uint8)
+            .view(dtype).reshape(rows, *shape), np.arange(rows, dtype=np.int64) * 7]
+    idx_list = [rng.integers(0, rows, c).astype(np.int64) for c in counts]
+    got = [[np.zeros((c, *s.shape[1:]), s.dtype) for s in srcs] for c in counts]
+    want = [[np.zeros((c, *s.shape[1:]), s.dtype) for s in srcs] for c in counts]
+    _kernels.take_rows(srcs, idx_list, got)
+    _kernels.numpy_take_rows(srcs, idx_list, want)
+    for idx, g, w in zip(idx_list, got, want):
+        for src, a, b in zip(srcs, g, w):
+            assert a.tobytes() == b.tobytes() == src[idx].tobytes()  # (random bytes: NaNs among the floats)
+
+
+@native
+def test_take_rows_refuses_indices_and_outputs_outside_its_buffers() -> None:
+    from streambatch import _native
+
+    src, ids = np.zeros((10, 4), np.float32), np.arange(12, dtype=np.int64)
+    rb, bounds = np.array([16, 8], np.int64), np.array([0, 2], np.int64)
+    out = [np.zeros((2, 4), np.float32), np.zeros(2, np.int64)]
+    with pytest.raises(IndexError, match="index 1 is row 10 of 10"):  # ids has 12 rows, src 10: 10 is outside
+        _native.take_rows([src, ids], rb, np.array([3, 10], np.int64), bounds, out)
+    with pytest.raises(IndexError, match="index 0 is row -1"):
+        _native.take_rows([src, ids], rb, np.array([-1, 0], np.int64), bounds, out)
+    with pytest.raises(IndexError, match="batch 0, source 1"):  # 2 rows of 8 bytes into 8 bytes
+        _native.take_rows([src, ids], rb, np.array([0, 1], np.int64), bounds, [out[0], out[1][:1]])
+    with pytest.raises(IndexError, match="batch 0's rows"):  # bounds past the indices
+        _native.take_rows([src, ids], rb, np.array([0, 1], np.int64), np.array([0, 3], np.int64), out)
+    with pytest.raises(ValueError, match="2 sources need 2 row sizes"):
+        _native.take_rows([src, ids], rb, np.array([0, 1], np.int64), bounds, out[:1])
+    _native.take_rows([src, ids], rb, np.array([9, 0], np.int64), bounds, out)
+    assert out[1].tolist() == [9, 0]

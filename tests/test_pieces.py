@@ -202,6 +202,37 @@ def test_later_epochs_read_the_pieces_whose_sums_are_known_in_one_call(datasets:
     assert len(checked) <= int((~whole).sum())  # only units a window boundary cut are read whole again
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_task_gathers_the_rows_of_all_its_batches_in_one_call(datasets: dict[str, Path],
+                                                                monkeypatch: pytest.MonkeyPatch, normalize: bool) -> None:
+    """Batch assembly gathers every plain column, and the row ids, of all a task's batches in one
+    call (``take_rows``: one release of the interpreter lock, not one per column and batch); a
+    normalised column is gathered apart.  Every batch holds the rows its ids name."""
+    from streambatch.loader import batches
+
+    real, calls = batches.take_rows, []
+
+    def counting(srcs: list[np.ndarray], idx_list: list[np.ndarray], dsts: list[list[np.ndarray]]) -> None:
+        calls.append((len(srcs), len(idx_list)))
+        real(srcs, idx_list, dsts)
+
+    monkeypatch.setattr(batches, "take_rows", counting)
+    ds = streambatch.StreamDataset(datasets["zarr"], batch_size=BATCH, memory_budget=ROWS * ROW_BYTES // 4,
+                                   return_index=True, normalize=["x"] if normalize else False)
+    served = list(ds)
+    assert sum(n for _, n in calls) == len(served) and len(calls) < len(served) / 2
+    assert {k for k, _ in calls} == {3 if normalize else 4}  # id, y, the row ids (and x unless normalised)
+    src = datasets["zarr"].parent / "src"
+    x, y = np.load(src / "x.npy"), np.load(src / "y.npy")
+    rows = np.concatenate([b["_row"].numpy() for b in served])
+    assert np.array_equal(np.sort(rows), np.arange(ROWS))
+    for b in served:
+        r = b["_row"].numpy()
+        assert np.array_equal(b["id"].numpy(), r) and np.array_equal(b["y"].numpy(), y[r])
+        want = x[r] if not normalize else (x[r] - ds.normalize["x"][0]) * ds.normalize["x"][1]
+        assert np.allclose(b["x"].numpy(), want, rtol=1e-6, atol=1e-6)
+
+
 def test_a_window_hints_whole_the_units_it_will_check(datasets: dict[str, Path],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Read-ahead hints: in the first epoch a window's pieces belong to units read whole by their

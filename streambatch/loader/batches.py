@@ -17,6 +17,7 @@ from ..errors import ManifestError
 from ..manifest import Manifest
 from ..ragged import Ragged
 from ..schema import Column
+from .._kernels import take_rows
 from .rows import RaggedBuf, gather_ragged, slice_ragged
 
 __all__ = ["Normalizers", "batch_buffer_bytes", "gather_batches", "normalizers"]
@@ -50,6 +51,25 @@ def batch_buffer_bytes(shapes: dict[str, tuple[np.dtype, tuple[int, ...]]], rows
     return _layout(bufs, rows, normalize, index_key)[1] + _ALIGN
 
 
+def _batch_buffers(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]], normalize: Normalizers,
+                   key: str | None, alloc: Callable[[int], np.ndarray] | None
+                   ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Each batch's one buffer (``_layout``, from ``alloc`` or new) and its columns' views of it."""
+    layouts: dict[int, tuple[list[tuple[str, np.dtype, tuple[int, ...], int, int]], int]] = {}
+    made = []
+    for idx in idx_list:
+        rows = len(idx)
+        if rows not in layouts:  # the batches of a group share one length but the last
+            layouts[rows] = _layout(buffers, rows, normalize, key)
+        specs, total = layouts[rows]
+        raw = np.empty(total + _ALIGN, np.uint8) if alloc is None else alloc(total + _ALIGN)
+        skip = -raw.__array_interface__["data"][0] % _ALIGN  # (cheaper than .ctypes, as are the calls below:
+        # a small batch's Python costs as much as its copies)
+        made.append((raw[skip:skip + total], {name: np.ndarray(shape, dt, raw, skip + at)
+                                              for name, dt, shape, at, nbytes in specs}))
+    return made
+
+
 def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int64]],
                    row_ids: NDArray[np.int64] | None, index_key: str | None, normalize: Normalizers,
                    make_batch: Callable[[np.ndarray, dict[str, np.ndarray]], Any] | None,
@@ -67,31 +87,28 @@ def gather_batches(buffers: dict[str, np.ndarray], idx_list: list[NDArray[np.int
     ``alloc(nbytes)`` gives that buffer (uint8; the device path's reused pinned buffers), else a new one.
     ``views``: ragged columns as ``RowSlices`` of their window buffers instead (a packed stream's).
     """
-    out_list = []
     key = index_key if row_ids is not None and index_key is not None else None
-    layouts: dict[int, tuple[list[tuple[str, np.dtype, tuple[int, ...], int, int]], int]] = {}
-    for idx in idx_list:
-        rows = len(idx)
-        if rows not in layouts:  # the batches of a group share one length but the last
-            layouts[rows] = _layout(buffers, rows, normalize, key)
-        specs, total = layouts[rows]
-        raw = np.empty(total + _ALIGN, np.uint8) if alloc is None else alloc(total + _ALIGN)
-        skip = -raw.__array_interface__["data"][0] % _ALIGN  # (cheaper than .ctypes, as are the calls below:
-        flat = raw[skip:skip + total]  # a small batch's Python costs as much as its copies)
-        out: dict[str, Any] = {}
-        for name, dt, shape, at, nbytes in specs:
-            view = np.ndarray(shape, dt, raw, skip + at)
-            if name == key and name not in buffers:
-                row_ids.take(idx, None, view, "clip")
-            elif name in normalize:
-                mean, inv_std = normalize[name]
-                np.subtract(np.take(buffers[name], idx, axis=0).astype(np.float32, copy=False), mean, out=view)
-                view *= inv_std
-            else:
-                # mode "clip": with out, the default mode buffers the whole result to check the
-                # indices first; these are a slice of a permutation of the window's rows
-                buffers[name].take(idx, 0, view, "clip")
-            out[name] = view
+    # the plain columns (and the row ids) of every batch of the group gathered in one call (one GIL
+    # release, not one per column and batch); normalised columns after, batch by batch
+    # (others: the columns read row by row into the batches, loader/direct.py, each its own take)
+    plain = [n for n, b in buffers.items() if n not in normalize and isinstance(b, np.ndarray)]
+    others = [n for n, b in buffers.items() if n not in normalize and not isinstance(b, np.ndarray)]
+    normed = [n for n in buffers if n in normalize]
+    srcs = [buffers[n] for n in plain]
+    if key is not None and key not in buffers:
+        plain.append(key)
+        srcs.append(row_ids)  # type: ignore[arg-type]
+    made = _batch_buffers(buffers, idx_list, normalize, key, alloc)
+    take_rows(srcs, idx_list, [[out[n] for n in plain] for _, out in made])
+    out_list = []
+    for idx, (flat, out) in zip(idx_list, made):
+        for name in others:
+            buffers[name].take(idx, 0, out[name], "clip")
+        for name in normed:
+            mean, inv_std = normalize[name]
+            view = out[name]
+            np.subtract(np.take(buffers[name], idx, axis=0).astype(np.float32, copy=False), mean, out=view)
+            view *= inv_std
         batch = make_batch(flat, out) if make_batch is not None else out
         if ragged:
             rows_r = slice_ragged(ragged, idx) if views else gather_ragged(ragged, idx)
