@@ -1,10 +1,11 @@
-"""Byte sizes as users write them: ``"512MiB"``, ``"1.5GB"``, ``4096``."""
+"""Byte sizes as users write them: ``"512MiB"``, ``"1.5GB"``, ``4096``; and the cores a process may use."""
 
 from __future__ import annotations
 
+import os
 import re
 
-__all__ = ["parse_size", "format_size"]
+__all__ = ["parse_size", "format_size", "cores"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -38,3 +39,11 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1

@@ -315,7 +315,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
             finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
             if ragged and not packed else None, read_scratch=group_read_bytes(lay.outside, lay.threads),
-            alloc=None if ring is None else ring.take, direct=direct)
+            alloc=None if ring is None else ring.take, direct=direct, running=lay.running)
         batches: Iterator[Any] = pf
         if packed:
             start = run.pack_start

@@ -324,11 +324,59 @@ def test_rank_from_environment(datasets, monkeypatch):
 def test_default_threads(datasets: dict[str, Path], monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int,
                          want: int) -> None:
     """Two reader threads by default (more only contend for the GIL), never more than the cores
-    per DataLoader worker; an explicit ``threads`` wins."""
+    per DataLoader worker; an explicit ``threads`` wins, but no more of their tasks run at once
+    than the cores per worker (local files)."""
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     ds = StreamDataset(datasets["zarr"], batch_size=64)
     assert ds.describe(num_workers=workers)["threads"] == want
-    assert StreamDataset(datasets["zarr"], batch_size=64, threads=5).describe()["threads"] == 5
+    assert ds.describe(num_workers=workers)["running_tasks"] == want
+    five = StreamDataset(datasets["zarr"], batch_size=64, threads=5).describe(num_workers=workers)
+    assert five["threads"] == 5 and five["running_tasks"] == min(5, max(1, cpus // max(1, workers)))
+
+
+def test_a_pool_runs_no_more_tasks_at_once_than_it_may_and_keeps_their_order() -> None:
+    """Four threads, two tasks at once: never a third running, every task done, a failure raised
+    with its type; with one task at once, tasks queued behind a running one run in (priority,
+    submission) order whatever thread takes them."""
+    from streambatch.loader.pool import Pool
+
+    lock, now, most, order = threading.Lock(), [0], [0], []
+
+    def work(k: int) -> int:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        threading.Event().wait(0.02)
+        with lock:
+            now[0] -= 1
+            order.append(k)
+        if k == 7:
+            raise KeyError(k)
+        return k
+
+    pool = Pool(4, "limit", running=2)
+    try:
+        tasks = [pool.submit(0, work, (k,), f"task {k}") for k in range(10)]
+        assert [pool.wait(t) for t in tasks if t is not tasks[7]] == [k for k in range(10) if k != 7]
+        with pytest.raises(KeyError):
+            pool.wait(tasks[7])
+        assert most[0] == 2 and pool.running == 2
+    finally:
+        pool.close()
+    order.clear()
+    pool = Pool(4, "order", running=1)
+    try:
+        gate = threading.Event()
+        first = pool.submit(0, gate.wait, (5.0,), "gate")
+        tasks = [pool.submit(p, work, (k,), f"task {k}") for k, p in enumerate([3, 1, 2, 1, 0])]
+        gate.set()
+        pool.wait(first)
+        for t in tasks:
+            pool.wait(t)
+        assert order == [4, 1, 3, 2, 0]
+    finally:
+        pool.close()
 
 
 _RSS_CHILD = """

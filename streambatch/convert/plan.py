@@ -3,11 +3,10 @@ are counted, the threads that fit, and whether the parts are written in parallel
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from .._sizes import format_size, parse_size
+from .._sizes import cores, format_size, parse_size
 from ..errors import InputError
 from ..manifest import _MAX_UNIT_BYTES
 from ..schema import Column
@@ -142,9 +141,3 @@ def _work_memory(source: Source, cols: tuple[Column, ...], unit_rows: int, memor
     return max(memory_b - stats_b, memory_b // 4)
 
 
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
