@@ -57,9 +57,9 @@ try:
 except ImportError:  # not compiled, or built before it: the slots are looked at instead (loader/handoff.py)
     _c_SlotView = None
 
-__all__ = ["NATIVE", "copy_from", "copy_ranges", "crc32c_addresses", "crc_chunks", "crc_ranges", "gather", "native", "pack",
-           "pread_known", "pread_ranges",
-           "read_checked", "slot_view", "take_rows", "numpy_take_rows", "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
+__all__ = ["NATIVE", "copy_from", "copy_ranges", "crc32c_addresses", "crc_chunks", "crc_ranges", "gather", "native",
+           "pack", "pread_known", "pread_ranges", "read_checked", "slot_view", "take_rows", "numpy_take_rows",
+           "numpy_copy_from", "numpy_copy_ranges", "numpy_crc_chunks", "numpy_crc_ranges", "numpy_pack",
            "pread_summed", "python_pread_ranges", "python_pread_summed", "python_read_checked"]
 
 NATIVE = _c_pack is not None

@@ -30,14 +30,16 @@ from ..manifest import Manifest
 from ..schema import Column
 from ._arrow_schema import binary_values, ragged_rows
 from ._parquet_layout import RAW, decode, stored_as, stored_nbytes, value_range
+from ._piece_reads import PieceReads
 from .base import piece_units
 
 __all__ = ["Reader"]
 
 
-class Reader:
+class Reader(PieceReads):
     """Reads a Parquet dataset's units (see the module docstring); pyarrow's files are opened
-    once per thread."""
+    once per thread.  Pieces of columns stored plain, as they are in memory, are read as byte
+    ranges like Zarr's and Arrow's (``PieceReads``: a window's pieces in one C call a column)."""
 
     def __init__(self, manifest: Manifest, verify: bool = False, remote: Any = None) -> None:
         self.manifest = manifest
@@ -59,6 +61,16 @@ class Reader:
         self._stored_sizes: dict[int, list[int]] = {}
         self._nbytes = {c.name: c.row_nbytes for c in manifest.columns}
         self._row_nbytes = sum(self._nbytes.values())
+
+    def _row_places(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each unit's file and the offset of its first value of column ``name``, where the values
+        lie as numpy holds them, row after row (``PieceReads``); None for the others."""
+        got = self._inplace.get(name)
+        if got is None or got[1] != RAW:
+            return None
+        lay = self.manifest.layout
+        return (np.asarray(lay["file"], np.int64),
+                np.asarray(lay["offset"], np.int64) + np.asarray(got[2], np.int64))
 
     def _where(self, unit: int, fi: int, col: str | None = None) -> str:
         c = f", column {col!r}" if col else ""
@@ -140,14 +152,29 @@ class Reader:
         return bad
 
     def advise(self, pieces: Any, names: list[str]) -> None:
-        """Hint the kernel to read the row groups of a window's ``(unit, lo, hi, buffer row)`` pieces
-        (``ByteRanges.advise``: only where they are not cached).  Only when the requested
-        columns are most of a row: a few columns are read on their own, and hinting whole
-        row groups would read the others from disk too."""
-        if not self._mostly(dict.fromkeys(names)):
-            return
-        units = piece_units(pieces)
-        self._files.advise_ranges([self._stored_range(u) for u in units], lambda: f"dataset {self.manifest.root}")
+        """Hint the kernel to read what a window's ``(unit, lo, hi, buffer row)`` pieces need
+        (``ByteRanges.advise``: only where they are not cached).  Columns stored in place: each
+        piece's rows of each, as they are read (a piece of a quarter of a unit no longer reads the
+        whole row group from a cold disk: docs/PERFORMANCE.md, Cold pieces of Parquet).  Else the
+        row groups of the pieces' units, only when the requested columns are most of a row (a few
+        columns are read on their own, and whole row groups would read the others from disk too)."""
+        where = lambda: f"dataset {self.manifest.root}"  # noqa: E731
+        arr = np.asarray(pieces, dtype=np.int64).reshape(-1, 4)
+        if len(arr) and names and all(n in self._inplace for n in names):
+            lay = self.manifest.layout
+            whole = (arr[:, 1] == 0) & (arr[:, 2] == self.manifest.unit_rows[arr[:, 0]])
+            if whole.any():  # a unit read whole (checked, or a piece of its own): its row group
+                self._files.advise_ranges([self._stored_range(u) for u in arr[whole, 0].tolist()], where)
+            u, lo, hi = arr[~whole, 0], arr[~whole, 1], arr[~whole, 2]
+            fi, base = np.asarray(lay["file"], np.int64)[u], np.asarray(lay["offset"], np.int64)[u]
+            ranges = []
+            for name in names:
+                c, how, at_unit = self._inplace[name]
+                start, end, _ = value_range(c, how, lo, hi)  # elementwise on the pieces' rows
+                ranges.append((fi, base + np.asarray(at_unit, np.int64)[u] + start, end - start))
+            self._files.advise(*(np.concatenate(x) for x in zip(*ranges)), where)
+        elif self._mostly(dict.fromkeys(names)):
+            self._files.advise_ranges([self._stored_range(u) for u in piece_units(pieces)], where)
 
     def _mostly(self, out: dict[str, Any]) -> bool:
         """Whether the columns of ``out`` hold at least half of a row's bytes (then reading the
