@@ -254,8 +254,12 @@ def label_kl(labels_in_served_order: ArrayLike, batch_size: int,
 
 
 def _spearman_from_ranks(d: NDArray[np.float64], n: int) -> float:
-    """Spearman correlation of two rankings of ``n`` items differing by ``d``."""
-    return float(1.0 - 6.0 * np.dot(d, d) / (n * (float(n) ** 2 - 1.0)))
+    """Spearman correlation of two rankings of ``n`` items differing by ``d``.
+
+    The sum of squares by ``einsum``'s own loop, not ``np.dot``: OpenBLAS threads a long dot
+    product, and its threads then spin for a while, holding a core the loader's readers need (an
+    epoch of 20k ``img`` rows right after this ran 0.6-0.7x as fast: docs/PERFORMANCE.md)."""
+    return float(1.0 - 6.0 * np.einsum("i,i->", d, d) / (n * (float(n) ** 2 - 1.0)))
 
 
 def global_order(order: _Order, n_bins: int = 10) -> dict[str, float]:
