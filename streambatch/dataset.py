@@ -68,7 +68,9 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
         columns: the columns to load (all by default).
         drop_last: drop each rank's last short batch (and the ``N mod world_size`` rows).
         threads: reader threads per process (default: 2 for local files, at most the cores
-            divided among workers; 8 or the cores for a dataset at a URL).
+            divided among workers; 8 or the cores for a dataset at a URL).  For local files
+            never more than the cores divided among workers, even when asked: more only ran
+            slower (``describe()`` gives ``threads`` and ``threads_asked``).
         transform: called on each batch dict (tensors) in the reader threads.
         rank, world_size: this process's share; from ``torch.distributed`` when it is
             initialised, else from ``RANK``/``WORLD_SIZE``, else 0 and 1.
@@ -315,7 +317,7 @@ class StreamDataset(IterableDataset):  # type: ignore[type-arg]
             timeout=self.timeout, name=f"r{self.rank}w{run.worker}", buffers=self._buffers,
             finish_ragged=RaggedOutput(ragged, self.collate, self.decode, self.manifest.unit_start)
             if ragged and not packed else None, read_scratch=group_read_bytes(lay.outside, lay.threads),
-            alloc=None if ring is None else ring.take, direct=direct, running=lay.running)
+            alloc=None if ring is None else ring.take, direct=direct)
         batches: Iterator[Any] = pf
         if packed:
             start = run.pack_start

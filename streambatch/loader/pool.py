@@ -113,21 +113,10 @@ class Task:
         return self.value
 
 
-class _Running:
-    """How many of a pool's tasks run, and how many may (the pool's lock guards it)."""
-
-    __slots__ = ("now", "most")
-
-    def __init__(self, most: int) -> None:
-        self.now, self.most = 0, most
-
-
 class Pool:
-    """Fixed threads taking the lowest (priority, sequence) task first; at most ``running`` tasks
-    run at once (None: one a thread).  A thread takes a task only when it may run it, so the
-    order holds whatever the threads (more threads than running tasks: they take turns)."""
+    """Fixed threads taking the lowest (priority, sequence) task first."""
 
-    def __init__(self, threads: int, name: str, running: int | None = None) -> None:
+    def __init__(self, threads: int, name: str) -> None:
         self._heap: list[tuple[int, int, Task]] = []
         # The consumer takes the plain lock in C (``with self._lock``), never through the
         # Condition's Python __enter__, where Ctrl-C could leave it held (see Done)
@@ -135,9 +124,7 @@ class Pool:
         self._cond = threading.Condition(self._lock)
         self._stop = Flag()
         self._seq = itertools.count()
-        self.running = max(1, min(threads, running if running is not None else threads))
-        self._running = _Running(self.running)
-        self.threads = [threading.Thread(target=_pool_worker, args=(self._heap, self._cond, self._stop, self._running),
+        self.threads = [threading.Thread(target=_pool_worker, args=(self._heap, self._cond, self._stop),
                                          name=f"{THREAD_PREFIX}{name}-{i}", daemon=True)
                         for i in range(threads)]
         for t in self.threads:
@@ -149,8 +136,7 @@ class Pool:
             if self._stop.is_set():
                 raise RuntimeError("streambatch loader is closed")
             heapq.heappush(self._heap, (priority, next(self._seq), task))
-            if self._running.now < self._running.most:  # else a running thread takes it when done
-                self._cond.notify()
+            self._cond.notify()
         return task
 
     def wait(self, task: Task) -> Any:
@@ -185,16 +171,15 @@ def _leave_signals_to_the_main_thread() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _THREAD_SIGNALS)
 
 
-def _pool_worker(heap: list[tuple[int, int, Task]], cond: threading.Condition, stop: Flag, running: _Running) -> None:
+def _pool_worker(heap: list[tuple[int, int, Task]], cond: threading.Condition, stop: Flag) -> None:
     _leave_signals_to_the_main_thread()
     while True:
         with cond:
-            while (not heap or running.now >= running.most) and not stop.is_set():
+            while not heap and not stop.is_set():
                 cond.wait(POLL)
             if stop.is_set():
                 return
             _, _, task = heapq.heappop(heap)
-            running.now += 1
         try:
             task.value = task.fn(*task.args)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer with its type intact
@@ -204,8 +189,6 @@ def _pool_worker(heap: list[tuple[int, int, Task]], cond: threading.Condition, s
             task.args = ()
             task.done.set()
             del task  # not kept while this thread waits for the next: its value belongs to the consumer
-            with cond:  # this thread looks for the next task itself: no other needs waking
-                running.now -= 1
 
 
 def _shutdown(heap: list[Any], lock: Any, cond: threading.Condition, stop: Flag,

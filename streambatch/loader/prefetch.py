@@ -85,7 +85,7 @@ class Prefetcher:
                  name: str = "reader", buffers: list[dict[str, np.ndarray]] | None = None,
                  finish_ragged: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  alloc: Callable[[int], np.ndarray] | None = None, read_scratch: int = 0,
-                 ragged_views: bool = False, direct: DirectRows | None = None, running: int | None = None) -> None:
+                 ragged_views: bool = False, direct: DirectRows | None = None) -> None:
         self.reader, self.plan, self.columns = reader, plan, columns
         self.read_scratch = read_scratch  # ragged pieces: bytes a read task holds beside the window (rows.py)
         # ragged columns served as slices of the window (a packed stream: the packer copies them
@@ -124,7 +124,7 @@ class Prefetcher:
         self._buffers = Buffers(tuple(c for c in columns if not c.ragged and c.name not in far), plan.window_rows,
                                 buffers)
         cap_mmap_threshold()  # freed buffers of a few MiB go back to the system (malloc.py)
-        self._pool = Pool(max(1, threads), name, running)  # running: tasks at once (sizing.Layout)
+        self._pool = Pool(max(1, threads), name)
         # decoded columns: as many threads again decode parts of a batch (loader/tensors.py, _decode_parts)
         decoding = getattr(finish_ragged, "decoders", None)
         self._pools = [self._pool, *([Pool(max(1, threads), f"{name}-decode")] if decoding else [])]

@@ -94,7 +94,6 @@ class Layout:
     copy_slots: int = 0  # of those, buffers the copy thread holds while their copies run
     outside: int = 0  # bytes of the budget kept for what the process holds outside its accounting
     handoff: int = 0  # a DataLoader worker's slots of shared memory its batches cross in (worker_layout)
-    running: int | None = None  # reader tasks that run at once (local files: the cores); None: one a thread
 
     @property
     def held_batches(self) -> int:
@@ -146,19 +145,17 @@ class Sizing:
         return r // self.batch_size if self.drop_last else -(-r // self.batch_size)
 
     def threads(self, num_workers: int) -> int:
-        """Reader threads per process."""
+        """Reader threads per process: for local files never more than its share of the cores,
+        even when asked (more only took turns on the cores and the GIL, and ran slower:
+        docs/PERFORMANCE.md, Loader: reader threads); at a URL, as asked (they wait on the network)."""
+        share = max(1, cores() // max(1, num_workers))
         if self.threads_asked is not None:
-            return max(1, int(self.threads_asked))
+            asked = max(1, int(self.threads_asked))
+            return asked if self.remote else min(asked, share)
         if self.remote:  # waiting on the network: more requests in flight
             return max(8, cores()) // max(1, num_workers)
         # Two reader threads locally: more only contend for the GIL with the consumer
-        # (docs/PERFORMANCE.md, Loader: reader threads).
-        return max(1, min(LOCAL_THREADS, cores() // max(1, num_workers)))
-
-    def running(self, num_workers: int) -> int | None:
-        """Reader tasks run at once per process: local files, its cores whatever the threads (more
-        ran slower: docs/PERFORMANCE.md, Loader: reader threads); None (every thread) at a URL."""
-        return None if self.remote else max(1, cores() // max(1, num_workers))
+        return min(LOCAL_THREADS, share)
 
     def layout(self, num_workers: int) -> Layout:
         """Budget per process -> threads, batches ahead, window rows.
@@ -195,7 +192,7 @@ class Sizing:
             # up to 8 a thread: each batch task reads its large rows too, so more in flight keep threads busy
             room = (budget - outside - 2 * rows * self.window_row_nbytes) // max(1, batch_bytes)
             ahead = max(ahead, min(8 * threads, room))
-        lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside, running=self.running(num_workers))
+        lay = Layout(budget, threads, ahead, rows, self.piece_rows(rows), outside=outside)
         return device_layout(lay, reserve, self.root) if self.device else lay
 
     def _outside(self, budget: int) -> int:
@@ -388,8 +385,7 @@ def describe(s: Sizing, m: Manifest, num_workers: int, *, shuffle: bool, rank: i
         "pieces_split_units": bool(lay.piece_rows),
         # the epoch's plan, outside the budget: held while it runs, and the peak while it is made
         "plan_bytes": PLAN_BYTES_PER_PIECE * n_pieces, "plan_peak_bytes": PLAN_PEAK_BYTES_PER_PIECE * n_pieces,
-        "threads": lay.threads, "running_tasks": min(lay.threads, lay.running or lay.threads),  # tasks at once
-        "budget_bytes": s.memory_budget,
+        "threads": lay.threads, "threads_asked": s.threads_asked, "budget_bytes": s.memory_budget,
         "budget_bytes_per_process": lay.budget, "predicted_peak_bytes": s.peak_bytes(lay) * max(1, num_workers),
         # the device path's host batch buffers (pinned for CUDA), inside the budget: 0 without a device
         "device_buffers": lay.ring, "device_buffer_bytes": lay.ring * s.batch_size * s.batch_row_nbytes,
