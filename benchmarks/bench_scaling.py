@@ -38,7 +38,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _threads(r: Mapping[str, Any]) -> Any:
+    """The threads a row ran with, and those asked where the loader used fewer (local files: at
+    most the cores)."""
+    asked = r.get("threads_requested")
+    return r["threads"] if asked is None or asked == r["threads"] else f"{asked} asked, {r['threads']} used"
+
+
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
     return (r.get("machine", {}).get("cpu_count"), r["dataset"], r["format"], r["codec"], r.get("task_bytes"),
             r.get("consumer", "sum"))
@@ -330,7 +337,7 @@ def _render_group(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
         mode = "in process" if r["mode"] == "in-process" else f"DataLoader num_workers={r['num_workers']}"
         table.append({
             "mode": mode,
-            "threads (per process)": r["threads"],
+            "threads (per process)": _threads(r),
             "samples/s": bt._num(r["samples_per_s"], ",.0f"),
             "MB/s": bt._num(r["mb_per_s"], ".0f"),
             "× ram-limit": bt._num(r["vs_ram"], ".2f"),
@@ -399,8 +406,9 @@ def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         if label in series:
             continue
         inproc = sorted((r for r in records if r.get("role") == "streambatch" and r.get("mode") == "in-process"
-                         and _key(r) == key), key=lambda r: r["threads"])
-        series[label] = ([float(r["threads"]) for r in inproc], [float(r["vs_ram"]) for r in inproc])
+                         and _key(r) == key), key=lambda r: r.get("threads_requested") or r["threads"])
+        series[label] = ([float(r.get("threads_requested") or r["threads"]) for r in inproc],
+                         [float(r["vs_ram"]) for r in inproc])
     if not series:
         return []
     quick = ", --quick" if any(r.get("quick") for r in records) else ""
