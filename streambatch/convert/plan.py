@@ -139,5 +139,3 @@ def _work_memory(source: Source, cols: tuple[Column, ...], unit_rows: int, memor
                          f"{format_size(stats_b)}) in units of {unit_rows:,} row(s): give at least "
                          f"{-(-need // (1 << 20))}MiB")
     return max(memory_b - stats_b, memory_b // 4)
-
-

@@ -155,7 +155,7 @@ class Reader(PieceReads):
         """Hint the kernel to read what a window's ``(unit, lo, hi, buffer row)`` pieces need
         (``ByteRanges.advise``: only where they are not cached).  Columns stored in place: each
         piece's rows of each, as they are read (a piece of a quarter of a unit no longer reads the
-        whole row group from a cold disk: docs/PERFORMANCE.md, Cold pieces of Parquet).  Else the
+        whole row group from a cold disk: docs/PERFORMANCE.md, Parquet pieces).  Else the
         row groups of the pieces' units, only when the requested columns are most of a row (a few
         columns are read on their own, and whole row groups would read the others from disk too)."""
         where = lambda: f"dataset {self.manifest.root}"  # noqa: E731
