@@ -442,14 +442,48 @@ done:
     return result;
 }
 
+/* Buffers of a sequence, each as a Py_buffer (writable ones where flags ask); NULL and an error, else
+ * an array of *count the caller releases with release_all. */
+static Py_buffer *buffers_of(PyObject *seq, int flags, Py_ssize_t *count, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast), got = 0;
+    Py_buffer *bufs = PyMem_Calloc(k > 0 ? (size_t)k : 1, sizeof(Py_buffer));
+    if (bufs == NULL) {
+        PyErr_NoMemory();
+    } else {
+        for (; got < k; got++)
+            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got], flags) < 0)
+                break;
+        if (got < k) {
+            for (Py_ssize_t j = 0; j < got; j++)
+                PyBuffer_Release(&bufs[j]);
+            PyMem_Free(bufs);
+            bufs = NULL;
+        }
+    }
+    Py_DECREF(fast);
+    *count = k;
+    return bufs;
+}
+
+static void release_all(Py_buffer *bufs, Py_ssize_t k) {
+    if (bufs == NULL)
+        return;
+    for (Py_ssize_t j = 0; j < k; j++)
+        PyBuffer_Release(&bufs[j]);
+    PyMem_Free(bufs);
+}
+
 static PyObject *copy_from(PyObject *self, PyObject *args) {
     PyObject *seq;
     Py_buffer which, src_at, sizes, dst, dst_at;
     if (!PyArg_ParseTuple(args, "Oy*y*y*w*y*", &seq, &which, &src_at, &sizes, &dst, &dst_at))
         return NULL;
-    PyObject *result = NULL, *fast = NULL;
+    PyObject *result = NULL;
     Py_buffer *srcs = NULL;
-    Py_ssize_t k = 0, got = 0, n = sizes.len / 8;
+    Py_ssize_t k = 0, n = sizes.len / 8;
     if (sizes.len % 8 || which.len != sizes.len || src_at.len != sizes.len || dst_at.len != sizes.len) {
         PyErr_SetString(PyExc_ValueError, "copy_from: which, src_at, sizes and dst_at must be int64 of one length");
         goto done;
@@ -457,16 +491,8 @@ static PyObject *copy_from(PyObject *self, PyObject *args) {
     if (!int64_buffer(&which, n, "copy_from: which") || !int64_buffer(&src_at, n, "copy_from: src_at") ||
         !int64_buffer(&sizes, n, "copy_from: sizes") || !int64_buffer(&dst_at, n, "copy_from: dst_at"))
         goto done;
-    if ((fast = PySequence_Fast(seq, "copy_from: srcs must be a sequence of buffers")) == NULL)
+    if ((srcs = buffers_of(seq, PyBUF_SIMPLE, &k, "copy_from: srcs must be a sequence of buffers")) == NULL)
         goto done;
-    k = PySequence_Fast_GET_SIZE(fast);
-    if ((srcs = PyMem_Calloc(k > 0 ? (size_t)k : 1, sizeof(Py_buffer))) == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (; got < k; got++)
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &srcs[got], PyBUF_SIMPLE) < 0)
-            goto done;
     const int64_t *w = (const int64_t *)which.buf, *s = (const int64_t *)src_at.buf, *z = (const int64_t *)sizes.buf,
                   *d = (const int64_t *)dst_at.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -502,50 +528,13 @@ static PyObject *copy_from(PyObject *self, PyObject *args) {
         result = PyLong_FromSsize_t(at);
     }
 done:
-    for (Py_ssize_t j = 0; j < got; j++)
-        PyBuffer_Release(&srcs[j]);
-    PyMem_Free(srcs);
-    Py_XDECREF(fast);
+    release_all(srcs, k);
     PyBuffer_Release(&which);
     PyBuffer_Release(&src_at);
     PyBuffer_Release(&sizes);
     PyBuffer_Release(&dst);
     PyBuffer_Release(&dst_at);
     return result;
-}
-
-/* Buffers of a sequence, each as a Py_buffer (writable ones where flags ask); NULL and an error, else
- * an array of *count the caller releases with release_all. */
-static Py_buffer *buffers_of(PyObject *seq, int flags, Py_ssize_t *count, const char *what) {
-    PyObject *fast = PySequence_Fast(seq, what);
-    if (fast == NULL)
-        return NULL;
-    Py_ssize_t k = PySequence_Fast_GET_SIZE(fast), got = 0;
-    Py_buffer *bufs = PyMem_Calloc(k > 0 ? (size_t)k : 1, sizeof(Py_buffer));
-    if (bufs == NULL) {
-        PyErr_NoMemory();
-    } else {
-        for (; got < k; got++)
-            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got], flags) < 0)
-                break;
-        if (got < k) {
-            for (Py_ssize_t j = 0; j < got; j++)
-                PyBuffer_Release(&bufs[j]);
-            PyMem_Free(bufs);
-            bufs = NULL;
-        }
-    }
-    Py_DECREF(fast);
-    *count = k;
-    return bufs;
-}
-
-static void release_all(Py_buffer *bufs, Py_ssize_t k) {
-    if (bufs == NULL)
-        return;
-    for (Py_ssize_t j = 0; j < k; j++)
-        PyBuffer_Release(&bufs[j]);
-    PyMem_Free(bufs);
 }
 
 static PyObject *take_rows(PyObject *self, PyObject *args) {
